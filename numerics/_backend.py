@@ -1,0 +1,182 @@
+"""Backend dispatch and argument checks shared by every numerics function.
+
+One entry point, :func:`namespace_of`, finds the array-API namespace of the named
+arguments (through ``array_api_compat``, which looks types up in ``sys.modules`` and so
+never imports CuPy for a NumPy caller). Everything else here checks arguments up front
+and raises errors that name the argument, what was expected and what came.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from types import ModuleType
+from typing import Any
+
+import array_api_compat
+
+__all__ = [
+    "namespace_of",
+    "get_namespace",
+    "library_name",
+    "compute_dtype",
+    "check_float_array",
+    "check_same_dtype",
+    "check_finite",
+    "check_mask",
+    "check_scale",
+    "broadcast_shapes",
+    "shape_str",
+    "sum_to_shape",
+]
+
+# Names a caller may use in ``xp=``; each is imported only when asked for.
+_NAMESPACE_MODULES = {
+    "numpy": "numpy",
+    "cupy": "cupy",
+    "torch": "torch",
+    "array_api_strict": "array_api_strict",
+}
+
+
+def shape_str(x: Any) -> str:
+    """The shape of ``x`` as a plain tuple string, e.g. ``(2, 7, 16)``."""
+    return str(tuple(int(n) for n in x.shape))
+
+
+def library_name(x: Any) -> str:
+    """Top-level module of the array type of ``x`` (``numpy``, ``torch``, ``cupy`` ...)."""
+    return type(x).__module__.split(".")[0]
+
+
+def namespace_of(**arrays: Any) -> ModuleType:
+    """Return the array-API namespace shared by the named arrays (``None`` entries skipped).
+
+    Raises TypeError naming the argument when one is not an array, and naming both
+    arguments and their libraries when they come from different libraries.
+    """
+    first_name, first_xp, first_array = None, None, None
+    for name, x in arrays.items():
+        if x is None:
+            continue
+        try:
+            xp = array_api_compat.array_namespace(x)
+        except TypeError:
+            raise TypeError(
+                f"{name} must be an array of NumPy, CuPy, torch or another array-API library, "
+                f"got {type(x).__name__}"
+            ) from None
+        if first_xp is None:
+            first_name, first_xp, first_array = name, xp, x
+        elif xp is not first_xp:
+            raise TypeError(
+                f"arguments mix array libraries: {first_name} is a {library_name(first_array)} "
+                f"array ({type(first_array).__name__}), {name} is a {library_name(x)} array "
+                f"({type(x).__name__}); convert them to one library"
+            )
+    if first_xp is None:
+        raise TypeError("no array argument was given")
+    return first_xp
+
+
+def get_namespace(xp: ModuleType | str) -> ModuleType:
+    """The array-API namespace for a module (``numpy``, ``torch``, ...) or its name.
+
+    Only the library named is imported, so CuPy is loaded only when asked for.
+    """
+    if isinstance(xp, str):
+        if xp not in _NAMESPACE_MODULES:
+            raise ValueError(
+                f"xp must be one of {sorted(_NAMESPACE_MODULES)} or an array module, got {xp!r}"
+            )
+        xp = importlib.import_module(_NAMESPACE_MODULES[xp])
+    if not isinstance(xp, ModuleType) or not hasattr(xp, "asarray"):
+        raise TypeError(f"xp must be an array module or its name, got {xp!r}")
+    return array_api_compat.array_namespace(xp.asarray(0.0))
+
+
+def compute_dtype(xp: ModuleType, dtype: Any) -> Any:
+    """The dtype to compute in: float64 and float32 as given, half precisions in float32."""
+    if dtype == xp.float64 or dtype == xp.float32:
+        return dtype
+    return xp.float32
+
+
+def check_float_array(name: str, x: Any, xp: ModuleType, *, min_ndim: int = 0, ndim: int | None = None) -> None:
+    """Check that ``x`` is a real floating array of the wanted rank."""
+    if not xp.isdtype(x.dtype, "real floating"):
+        raise TypeError(f"{name} must have a real floating dtype, got {x.dtype} (shape {shape_str(x)})")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {shape_str(x)}")
+    if x.ndim < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} dimensions, got shape {shape_str(x)}")
+
+
+def check_same_dtype(**arrays: Any) -> None:
+    """Check that the named arrays (``None`` skipped) share one dtype."""
+    present = [(n, x) for n, x in arrays.items() if x is not None]
+    dtypes = {str(x.dtype) for _, x in present}
+    if len(dtypes) > 1:
+        listing = ", ".join(f"{n} is {x.dtype}" for n, x in present)
+        raise TypeError(f"{', '.join(n for n, _ in present)} must share one dtype: {listing}")
+
+
+def check_finite(xp: ModuleType, **arrays: Any) -> None:
+    """Raise ValueError naming the first array (``None`` skipped) that holds NaN or Inf."""
+    for name, x in arrays.items():
+        if x is not None and not bool(xp.all(xp.isfinite(x))):
+            raise ValueError(
+                f"{name} contains NaN or Inf (shape {shape_str(x)}); "
+                "pass check_finite=False to skip this check"
+            )
+
+
+def broadcast_shapes(*shapes: tuple[int, ...]) -> tuple[int, ...]:
+    """NumPy broadcasting of shapes; ValueError when they do not broadcast."""
+    ndim = max((len(s) for s in shapes), default=0)
+    result = []
+    for axis in range(-ndim, 0):
+        sizes = {s[axis] for s in shapes if len(s) >= -axis} - {1}
+        if len(sizes) > 1:
+            raise ValueError(f"shapes {', '.join(str(tuple(s)) for s in shapes)} do not broadcast")
+        result.append(sizes.pop() if sizes else 1)
+    return tuple(result)
+
+
+def check_mask(mask: Any, target: tuple[int, ...], xp: ModuleType, *, target_desc: str) -> None:
+    """Check a boolean mask (True = may attend) broadcastable to ``target``."""
+    if mask.dtype != xp.bool:
+        raise TypeError(f"mask must be a boolean array (True = may attend), got dtype {mask.dtype}")
+    try:
+        out = broadcast_shapes(tuple(mask.shape), target)
+    except ValueError:
+        out = None
+    if out != tuple(target):
+        raise ValueError(
+            f"mask must broadcast to {target_desc} {tuple(target)}, got shape {shape_str(mask)}"
+        )
+
+
+def check_scale(scale: Any) -> float:
+    """A finite non-zero real scale as a Python float."""
+    try:
+        value = float(scale)
+    except (TypeError, ValueError):
+        raise TypeError(f"scale must be a real number or None, got {type(scale).__name__}") from None
+    if not math.isfinite(value) or value == 0.0:
+        raise ValueError(f"scale must be finite and non-zero, got {scale!r}")
+    return value
+
+
+def sum_to_shape(xp: ModuleType, x: Any, shape: tuple[int, ...]) -> Any:
+    """Sum ``x`` over the axes along which ``shape`` was broadcast to ``x.shape``."""
+    shape = tuple(shape)
+    if tuple(x.shape) == shape:
+        return x
+    lead = x.ndim - len(shape)
+    if lead > 0:
+        x = xp.sum(x, axis=tuple(range(lead)))
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and x.shape[i] != 1)
+    if axes:
+        x = xp.sum(x, axis=axes, keepdims=True)
+    return x

@@ -1,0 +1,189 @@
+"""Scaled dot-product attention, forward and hand-written backward.
+
+Shapes (one glossary for the whole package): B... batch dims, N query length,
+M key length, K key/query width, V value width.
+
+    S = scale * Q K^T            (..., N, M)
+    A = softmax(S) over M, with excluded entries at weight 0
+    O = A V                      (..., N, V)
+
+Backward, for an upstream gradient dO (FlashAttention's formulation)::
+
+    dV = A^T dO
+    dS = A * (dO V^T - rowsum(dO * O))
+    dQ = scale * dS K
+    dK = scale * dS^T Q
+
+A query row with no allowed key has A = 0, so its output, weights and every gradient
+through it are 0 (PyTorch's ``_safe_softmax`` behaviour), never NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import array_api_compat
+
+from . import _backend as bk
+from .softmax import safe_divide, softmax_unnormalised
+
+__all__ = ["scaled_dot_product_attention", "attention_backward", "causal_mask"]
+
+
+def causal_mask(xp: ModuleType, n: int, m: int, device: Any = None) -> Any:
+    """Boolean (N, M) mask allowing key j for query i iff j <= i (top-left aligned)."""
+    rows = xp.arange(n, device=device)[:, None]
+    cols = xp.arange(m, device=device)[None, :]
+    return cols <= rows
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """Checked arguments of one attention call, in the compute dtype."""
+
+    xp: ModuleType
+    q: Any
+    k: Any
+    v: Any
+    allowed: Any  # boolean (..., N, M) or None when every key is allowed
+    scale: float
+    batch: tuple[int, ...]
+
+
+def _prepare(q, k, v, mask, causal, scale, check_finite, d_out=None) -> _Problem:
+    xp = bk.namespace_of(q=q, k=k, v=v, mask=mask, d_out=d_out)
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        bk.check_float_array(name, x, xp, min_ndim=2)
+    bk.check_same_dtype(q=q, k=k, v=v, d_out=d_out)
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(
+            f"q and k must have the same width K: q has shape {bk.shape_str(q)}, k has shape {bk.shape_str(k)}"
+        )
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(
+            f"k and v must have the same length M: k has shape {bk.shape_str(k)}, v has shape {bk.shape_str(v)}"
+        )
+    try:
+        batch = bk.broadcast_shapes(tuple(q.shape[:-2]), tuple(k.shape[:-2]), tuple(v.shape[:-2]))
+    except ValueError:
+        raise ValueError(
+            "the batch dimensions of q, k and v must broadcast: "
+            f"q has shape {bk.shape_str(q)}, k has shape {bk.shape_str(k)}, v has shape {bk.shape_str(v)}"
+        ) from None
+    n, m = int(q.shape[-2]), int(k.shape[-2])
+    if mask is not None:
+        bk.check_mask(mask, batch + (n, m), xp, target_desc="(..., N, M) =")
+    if d_out is not None:
+        expected = batch + (n, int(v.shape[-1]))
+        if tuple(d_out.shape) != expected:
+            raise ValueError(
+                f"d_out must have the output's shape {expected}, got shape {bk.shape_str(d_out)}"
+            )
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else bk.check_scale(scale)
+    if check_finite:
+        bk.check_finite(xp, q=q, k=k, v=v, d_out=d_out)
+
+    allowed = mask
+    if causal:
+        tri = causal_mask(xp, n, m, device=array_api_compat.device(q))
+        allowed = tri if allowed is None else (allowed & tri)
+    work = bk.compute_dtype(xp, q.dtype)
+    q, k, v = (xp.astype(x, work, copy=False) for x in (q, k, v))
+    return _Problem(xp, q, k, v, allowed, scale, batch)
+
+
+def _unnormalised_weights(p: _Problem) -> tuple[Any, Any]:
+    """``(e, l)``: unnormalised weights (..., N, M) and their row sums (..., N, 1)."""
+    xp = p.xp
+    # Scaling q (N x K) costs less than scaling the scores (N x M).
+    scores = (p.q * p.scale) @ xp.matrix_transpose(p.k)
+    if p.allowed is not None:
+        scores = xp.where(p.allowed, scores, -xp.inf)
+    return softmax_unnormalised(xp, scores, axis=-1)
+
+
+def scaled_dot_product_attention(
+    q: Any,
+    k: Any,
+    v: Any,
+    *,
+    mask: Any = None,
+    causal: bool = False,
+    scale: float | None = None,
+    return_weights: bool = False,
+    check_finite: bool = True,
+) -> Any:
+    """Attention ``softmax(scale * q k^T) v`` with optional boolean and causal masks.
+
+    Parameters
+    ----------
+    q : array (..., N, K)
+    k : array (..., M, K)
+    v : array (..., M, V)
+        One real floating dtype; batch dims broadcast against each other.
+    mask : boolean array, optional
+        Broadcastable to (..., N, M); True means query i may attend to key j.
+    causal : bool
+        Allow key j for query i only when j <= i (combined with ``mask`` by AND).
+    scale : float, optional
+        Multiplies the scores; default ``1 / sqrt(K)``.
+    return_weights : bool
+        Also return the attention weights (..., N, M).
+    check_finite : bool
+        Raise ValueError when q, k or v hold NaN or Inf.
+
+    Returns
+    -------
+    out : array (..., N, V), or ``(out, weights)`` when ``return_weights``.
+    Rows with no allowed key give output 0 and weights 0. float16/bfloat16 inputs are
+    computed in float32 and the results cast back.
+    """
+    dtype = q.dtype if hasattr(q, "dtype") else None
+    p = _prepare(q, k, v, mask, causal, scale, check_finite)
+    xp = p.xp
+    e, total = _unnormalised_weights(p)
+    # Normalise the (N, V) output rather than the larger (N, M) weights.
+    out = xp.astype(safe_divide(xp, e @ p.v, total), dtype, copy=False)
+    if not return_weights:
+        return out
+    return out, xp.astype(safe_divide(xp, e, total), dtype, copy=False)
+
+
+def attention_backward(
+    q: Any,
+    k: Any,
+    v: Any,
+    d_out: Any,
+    *,
+    mask: Any = None,
+    causal: bool = False,
+    scale: float | None = None,
+    check_finite: bool = True,
+) -> tuple[Any, Any, Any]:
+    """Gradients ``(dq, dk, dv)`` of ``sum(d_out * attention(q, k, v))``.
+
+    Arguments as in :func:`scaled_dot_product_attention`; ``d_out`` has the output's
+    shape (..., N, V). Each gradient has the shape of its input (summed over broadcast
+    batch dims). Rows with no allowed key contribute 0 to every gradient.
+    """
+    dtype = q.dtype if hasattr(q, "dtype") else None
+    p = _prepare(q, k, v, mask, causal, scale, check_finite, d_out=d_out)
+    xp = p.xp
+    d_out = xp.astype(d_out, p.q.dtype, copy=False)
+    e, total = _unnormalised_weights(p)
+    weights = safe_divide(xp, e, total)
+    out = weights @ p.v
+    dv = xp.matrix_transpose(weights) @ d_out
+    delta = xp.sum(d_out * out, axis=-1, keepdims=True)
+    d_scores = weights * (d_out @ xp.matrix_transpose(p.v) - delta)
+    dq = (d_scores @ p.k) * p.scale
+    dk = (xp.matrix_transpose(d_scores) @ p.q) * p.scale
+    return tuple(
+        xp.astype(bk.sum_to_shape(xp, g, tuple(x.shape)), dtype, copy=False)
+        for g, x in ((dq, q), (dk, k), (dv, v))
+    )

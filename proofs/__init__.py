@@ -1,0 +1,1 @@
+"""proofs: the Claim model, SymPy derivations, the catalogue of the seeds' claims and LaTeX."""
