@@ -1,0 +1,367 @@
+"""Multi-head attention in the row convention of the documents, forward and backward.
+
+Shapes: B... batch dims, N query length, M key/memory length, D model width,
+Dm memory width (D for self-attention), H heads, K key/query width per head,
+V value width per head.
+
+    Q = X W_q + b_q          (..., N, H*K)    split into H heads (..., H, N, K)
+    K = Mem W_k + b_k        (..., M, H*K)    Mem = X for self-attention
+    V = Mem W_v + b_v        (..., M, H*V)
+    head_i = attention(Q_i, K_i, V_i)         all heads in one batched call
+    MHA(X) = concat(head_1..head_H) W_o + b_o (..., N, D)
+
+Backward is written by hand from these lines and :func:`numerics.attention_backward`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from . import _backend as bk
+from .attention import attention_backward, scaled_dot_product_attention
+
+__all__ = ["MHAParams", "MHAGradients", "init_params", "multi_head_attention", "multi_head_attention_backward"]
+
+_WEIGHTS = ("w_q", "w_k", "w_v", "w_o")
+_BIASES = ("b_q", "b_k", "b_v", "b_o")
+
+
+@dataclass
+class MHAParams:
+    """Parameters of multi-head attention (row convention, ``Q = X @ w_q``).
+
+    w_q (D, H*K), w_k (Dm, H*K), w_v (Dm, H*V), w_o (H*V, D); biases b_q (H*K,),
+    b_k (H*K,), b_v (H*V,), b_o (D,) or None. Dm is the memory width (D for self-attention).
+    """
+
+    w_q: Any
+    w_k: Any
+    w_v: Any
+    w_o: Any
+    num_heads: int
+    b_q: Any = None
+    b_k: Any = None
+    b_v: Any = None
+    b_o: Any = None
+
+    @property
+    def d_model(self) -> int:
+        return int(self.w_q.shape[0])
+
+    @property
+    def d_memory(self) -> int:
+        return int(self.w_k.shape[0])
+
+    @property
+    def d_k(self) -> int:
+        return int(self.w_q.shape[1]) // self.num_heads
+
+    @property
+    def d_v(self) -> int:
+        return int(self.w_v.shape[1]) // self.num_heads
+
+    def arrays(self) -> dict[str, Any]:
+        """The parameter arrays by field name, absent biases left out."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "num_heads" and getattr(self, f.name) is not None}
+
+    def num_parameters(self) -> int:
+        """Total number of scalar parameters."""
+        return sum(math.prod(a.shape) for a in self.arrays().values())
+
+
+@dataclass
+class MHAGradients:
+    """Gradients of ``sum(d_out * MHA(x, memory))``: x (..., N, D), memory (..., M, Dm) or
+    None for self-attention (its gradient is folded into ``x``), params as :class:`MHAParams`."""
+
+    x: Any
+    memory: Any
+    params: MHAParams
+
+
+def init_params(
+    d_model: int,
+    num_heads: int,
+    *,
+    d_k: int | None = None,
+    d_v: int | None = None,
+    d_memory: int | None = None,
+    bias: bool = False,
+    dtype: Any = None,
+    xp: ModuleType | str = "numpy",
+    seed: int = 0,
+) -> MHAParams:
+    """Random parameters: weights N(0, 1/fan_in), biases 0.
+
+    d_k and d_v default to d_model // num_heads (d_model must then be divisible by
+    num_heads); d_memory defaults to d_model. Drawn on the host with
+    ``numpy.random.default_rng(seed)`` (float64) and cast to ``dtype`` (default float64)
+    on namespace ``xp``, so every backend gets the same values for the same seed.
+    """
+    for name, value in (("d_model", d_model), ("num_heads", num_heads)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if (d_k is None or d_v is None) and d_model % num_heads:
+        raise ValueError(
+            f"d_model ({d_model}) must be divisible by num_heads ({num_heads}) when d_k or d_v is not given"
+        )
+    d_k = d_model // num_heads if d_k is None else d_k
+    d_v = d_model // num_heads if d_v is None else d_v
+    d_memory = d_model if d_memory is None else d_memory
+    for name, value in (("d_k", d_k), ("d_v", d_v), ("d_memory", d_memory)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    xp = bk.get_namespace(xp)
+    dtype = xp.float64 if dtype is None else dtype
+    rng = np.random.default_rng(seed)
+    shapes = {
+        "w_q": (d_model, num_heads * d_k),
+        "w_k": (d_memory, num_heads * d_k),
+        "w_v": (d_memory, num_heads * d_v),
+        "w_o": (num_heads * d_v, d_model),
+    }
+    weights = {n: xp.asarray(rng.standard_normal(s) / math.sqrt(s[0]), dtype=dtype) for n, s in shapes.items()}
+    biases = {}
+    if bias:
+        biases = {b: xp.zeros(shapes[w][1], dtype=dtype) for w, b in zip(_WEIGHTS, _BIASES)}
+    return MHAParams(num_heads=num_heads, **weights, **biases)
+
+
+def _check_params(params: MHAParams, xp: ModuleType) -> None:
+    h = params.num_heads
+    if not isinstance(h, int) or h < 1:
+        raise ValueError(f"params.num_heads must be a positive int, got {h!r}")
+    for name in _WEIGHTS:
+        bk.check_float_array(f"params.{name}", getattr(params, name), xp, ndim=2)
+    for name in _BIASES:
+        if getattr(params, name) is not None:
+            bk.check_float_array(f"params.{name}", getattr(params, name), xp, ndim=1)
+    bk.check_same_dtype(**{f"params.{n}": a for n, a in params.arrays().items()})
+    w_q, w_k, w_v, w_o = (tuple(getattr(params, n).shape) for n in _WEIGHTS)
+    for name, shape in (("w_q", w_q), ("w_v", w_v)):
+        if shape[1] % h:
+            raise ValueError(f"params.{name} has {shape[1]} columns, not divisible by num_heads = {h}")
+    expected = {
+        "w_k": (w_k[0], w_q[1]),
+        "w_v": (w_k[0], w_v[1]),
+        "w_o": (w_v[1], w_q[0]),
+    }
+    for name, shape in expected.items():
+        if tuple(getattr(params, name).shape) != shape:
+            raise ValueError(
+                f"params.{name} must have shape {shape} to match w_q {w_q}, w_k {w_k} and w_v {w_v}, "
+                f"got {tuple(getattr(params, name).shape)}"
+            )
+    for w, b in zip(_WEIGHTS, _BIASES):
+        bias = getattr(params, b)
+        if bias is not None and tuple(bias.shape) != (getattr(params, w).shape[1],):
+            raise ValueError(
+                f"params.{b} must have shape ({getattr(params, w).shape[1]},) to match params.{w} "
+                f"{tuple(getattr(params, w).shape)}, got {bk.shape_str(bias)}"
+            )
+
+
+@dataclass(frozen=True)
+class _Call:
+    """Checked arguments of one MHA call, cast to the compute dtype."""
+
+    xp: ModuleType
+    x: Any
+    memory: Any  # None for self-attention
+    params: MHAParams
+    mask: Any  # (..., 1, N, M): one mask for every head
+    dtype: Any  # the caller's dtype, results are cast back to it
+
+
+def _prepare(x, params, memory, mask, causal, check_finite, d_out=None) -> _Call:
+    if not isinstance(params, MHAParams):
+        raise TypeError(f"params must be an MHAParams, got {type(params).__name__}")
+    named_params = {f"params.{n}": a for n, a in params.arrays().items()}
+    xp = bk.namespace_of(x=x, memory=memory, mask=mask, d_out=d_out, **named_params)
+    _check_params(params, xp)
+    bk.check_float_array("x", x, xp, min_ndim=2)
+    bk.check_same_dtype(x=x, memory=memory, d_out=d_out, **{"params.w_q": params.w_q})
+    if x.shape[-1] != params.d_model:
+        raise ValueError(
+            f"x must have width D = params.w_q.shape[0] = {params.d_model}: x has shape {bk.shape_str(x)}"
+        )
+    source = x
+    if memory is not None:
+        bk.check_float_array("memory", memory, xp, min_ndim=2)
+        if memory.shape[-1] != params.d_memory:
+            raise ValueError(
+                f"memory must have width Dm = params.w_k.shape[0] = {params.d_memory}: "
+                f"memory has shape {bk.shape_str(memory)}"
+            )
+        source = memory
+    elif params.d_memory != params.d_model:
+        raise ValueError(
+            f"self-attention needs params.w_k.shape[0] == d_model = {params.d_model}, got {params.d_memory}; "
+            "pass memory= for cross-attention"
+        )
+    try:
+        batch = bk.broadcast_shapes(tuple(x.shape[:-2]), tuple(source.shape[:-2]))
+    except ValueError:
+        raise ValueError(
+            f"the batch dimensions of x and memory must broadcast: x has shape {bk.shape_str(x)}, "
+            f"memory has shape {bk.shape_str(memory)}"
+        ) from None
+    n, m = int(x.shape[-2]), int(source.shape[-2])
+    if mask is not None:
+        bk.check_mask(mask, batch + (n, m), xp, target_desc="(..., N, M) =")
+        mask = xp.expand_dims(mask, axis=-3) if mask.ndim >= 2 else mask
+    if d_out is not None and tuple(d_out.shape) != batch + (n, params.d_model):
+        raise ValueError(
+            f"d_out must have the output's shape {batch + (n, params.d_model)}, got shape {bk.shape_str(d_out)}"
+        )
+    if check_finite:
+        bk.check_finite(xp, x=x, memory=memory, d_out=d_out, **named_params)
+    dtype = x.dtype
+    work = bk.compute_dtype(xp, dtype)
+    if work != dtype:
+        params = replace(params, **{k: xp.astype(a, work) for k, a in params.arrays().items()})
+        x = xp.astype(x, work)
+        memory = None if memory is None else xp.astype(memory, work)
+    return _Call(xp, x, memory, params, mask, dtype)
+
+
+def _project(xp, x, w, b):
+    y = x @ w
+    return y if b is None else y + b
+
+
+def _split_heads(xp, y, num_heads: int):
+    """(..., L, H*C) -> (..., H, L, C)."""
+    *lead, length, width = y.shape
+    y = xp.reshape(y, (*lead, length, num_heads, width // num_heads))
+    axes = tuple(range(len(lead)))
+    return xp.permute_dims(y, axes + (len(lead) + 1, len(lead), len(lead) + 2))
+
+
+def _merge_heads(xp, y):
+    """(..., H, L, C) -> (..., L, H*C)."""
+    *lead, h, length, width = y.shape
+    axes = tuple(range(len(lead)))
+    y = xp.permute_dims(y, axes + (len(lead) + 1, len(lead), len(lead) + 2))
+    return xp.reshape(y, (*lead, length, h * width))
+
+
+def _heads(c: _Call):
+    """Projected per-head q (..., H, N, K), k (..., H, M, K), v (..., H, M, V)."""
+    xp, p = c.xp, c.params
+    source = c.x if c.memory is None else c.memory
+    q = _split_heads(xp, _project(xp, c.x, p.w_q, p.b_q), p.num_heads)
+    k = _split_heads(xp, _project(xp, source, p.w_k, p.b_k), p.num_heads)
+    v = _split_heads(xp, _project(xp, source, p.w_v, p.b_v), p.num_heads)
+    return q, k, v
+
+
+def multi_head_attention(
+    x: Any,
+    params: MHAParams,
+    *,
+    memory: Any = None,
+    mask: Any = None,
+    causal: bool = False,
+    return_weights: bool = False,
+    check_finite: bool = True,
+) -> Any:
+    """Multi-head attention of ``x`` over itself or over ``memory``.
+
+    Parameters
+    ----------
+    x : array (..., N, D)
+    params : MHAParams
+    memory : array (..., M, Dm), optional
+        Keys and values come from here (cross-attention); default ``x`` (self-attention).
+    mask : boolean array, optional
+        Broadcastable to (..., N, M), True = may attend; the same for every head.
+    causal : bool
+        Key j allowed for query i only when j <= i.
+    return_weights : bool
+        Also return the per-head weights (..., H, N, M).
+    check_finite : bool
+        Raise ValueError on NaN or Inf in x, memory or the parameters.
+
+    Returns
+    -------
+    out : array (..., N, D), or ``(out, weights)``.
+    """
+    c = _prepare(x, params, memory, mask, causal, check_finite)
+    xp, p = c.xp, c.params
+    q, k, v = _heads(c)
+    attended = scaled_dot_product_attention(
+        q, k, v, mask=c.mask, causal=causal, return_weights=return_weights, check_finite=False
+    )
+    heads, weights = attended if return_weights else (attended, None)
+    out = xp.astype(_project(xp, _merge_heads(xp, heads), p.w_o, p.b_o), c.dtype, copy=False)
+    return (out, xp.astype(weights, c.dtype, copy=False)) if return_weights else out
+
+
+def _weight_grad(xp, inputs, d_outputs):
+    """sum over all leading dims of inputs^T d_outputs: (..., L, A), (..., L, C) -> (A, C)."""
+    a, c = inputs.shape[-1], d_outputs.shape[-1]
+    return xp.matrix_transpose(xp.reshape(inputs, (-1, a))) @ xp.reshape(d_outputs, (-1, c))
+
+
+def _bias_grad(xp, d_outputs):
+    return xp.sum(xp.reshape(d_outputs, (-1, d_outputs.shape[-1])), axis=0)
+
+
+def multi_head_attention_backward(
+    x: Any,
+    params: MHAParams,
+    d_out: Any,
+    *,
+    memory: Any = None,
+    mask: Any = None,
+    causal: bool = False,
+    check_finite: bool = True,
+) -> MHAGradients:
+    """Gradients of ``sum(d_out * multi_head_attention(x, params, ...))``.
+
+    ``d_out`` has the output's shape (..., N, D). Returns :class:`MHAGradients` with the
+    gradient of x, of memory (None for self-attention; its share is in ``x``) and of every
+    parameter (None where the bias is None).
+    """
+    c = _prepare(x, params, memory, mask, causal, check_finite, d_out=d_out)
+    xp, p = c.xp, c.params
+    d_out = xp.astype(d_out, p.w_q.dtype, copy=False)
+    source = c.x if c.memory is None else c.memory
+    q, k, v = _heads(c)
+    heads = scaled_dot_product_attention(q, k, v, mask=c.mask, causal=causal, check_finite=False)
+    concat = _merge_heads(xp, heads)
+
+    d_concat = d_out @ xp.matrix_transpose(p.w_o)
+    dq, dk, dv = attention_backward(
+        q, k, v, _split_heads(xp, d_concat, p.num_heads), mask=c.mask, causal=causal, check_finite=False
+    )
+    dq, dk, dv = (_merge_heads(xp, g) for g in (dq, dk, dv))
+
+    d_source = dk @ xp.matrix_transpose(p.w_k) + dv @ xp.matrix_transpose(p.w_v)
+    dx = dq @ xp.matrix_transpose(p.w_q)
+    grads = {
+        "w_q": _weight_grad(xp, c.x, dq),
+        "w_k": _weight_grad(xp, source, dk),
+        "w_v": _weight_grad(xp, source, dv),
+        "w_o": _weight_grad(xp, concat, d_out),
+    }
+    for b, d in (("b_q", dq), ("b_k", dk), ("b_v", dv), ("b_o", d_out)):
+        if getattr(p, b) is not None:
+            grads[b] = _bias_grad(xp, d)
+    if c.memory is None:
+        dx, d_memory = dx + d_source, None
+    else:
+        dx = bk.sum_to_shape(xp, dx, tuple(x.shape))
+        d_memory = bk.sum_to_shape(xp, d_source, tuple(memory.shape))
+    cast = lambda a: None if a is None else xp.astype(a, c.dtype, copy=False)  # noqa: E731
+    return MHAGradients(
+        x=cast(dx),
+        memory=cast(d_memory),
+        params=MHAParams(num_heads=p.num_heads, **{n: cast(g) for n, g in grads.items()}),
+    )
