@@ -28,6 +28,8 @@ __all__ = [
     "broadcast_shapes",
     "shape_str",
     "sum_to_shape",
+    "inplace",
+    "masked_fill",
 ]
 
 # Names a caller may use in ``xp=``; each is imported only when asked for.
@@ -159,6 +161,8 @@ def check_mask(mask: Any, target: tuple[int, ...], xp: ModuleType, *, target_des
 
 def check_scale(scale: Any) -> float:
     """A finite non-zero real scale as a Python float."""
+    if isinstance(scale, (str, bytes, bool)):
+        raise TypeError(f"scale must be a real number or None, got {type(scale).__name__} {scale!r}")
     try:
         value = float(scale)
     except (TypeError, ValueError):
@@ -180,3 +184,27 @@ def sum_to_shape(xp: ModuleType, x: Any, shape: tuple[int, ...]) -> Any:
     if axes:
         x = xp.sum(x, axis=axes, keepdims=True)
     return x
+
+
+def _writes_in_place(xp: ModuleType) -> bool:
+    """NumPy and CuPy ufuncs take ``out=``; the array API standard has no in-place form."""
+    return array_api_compat.is_numpy_namespace(xp) or array_api_compat.is_cupy_namespace(xp)
+
+
+def inplace(xp: ModuleType, op: str, a: Any, *others: Any) -> Any:
+    """``xp.<op>(a, *others)``, written into ``a`` where the namespace allows it.
+
+    Only for arrays the caller owns and whose shape the result keeps: on NumPy and CuPy it
+    saves the allocation and first touch of a fresh buffer, the dominant cost of the
+    elementwise passes over (..., N, M) score arrays.
+    """
+    fn = getattr(xp, op)
+    return fn(a, *others, out=a) if _writes_in_place(xp) else fn(a, *others)
+
+
+def masked_fill(xp: ModuleType, a: Any, keep: Any, value: float) -> Any:
+    """``where(keep, a, value)``, written into ``a`` (which the caller owns) on NumPy and CuPy."""
+    if _writes_in_place(xp):
+        xp.copyto(a, value, where=xp.logical_not(keep))
+        return a
+    return xp.where(keep, a, value)

@@ -103,8 +103,32 @@ def _unnormalised_weights(p: _Problem) -> tuple[Any, Any]:
     # Scaling q (N x K) costs less than scaling the scores (N x M).
     scores = (p.q * p.scale) @ xp.matrix_transpose(p.k)
     if p.allowed is not None:
-        scores = xp.where(p.allowed, scores, -xp.inf)
-    return softmax_unnormalised(xp, scores, axis=-1)
+        scores = bk.masked_fill(xp, scores, p.allowed, -xp.inf)
+    return softmax_unnormalised(xp, scores, axis=-1, overwrite=True)
+
+
+def _forward(p: _Problem, return_weights: bool) -> tuple[Any, Any]:
+    """``(out, weights or None)`` in the compute dtype."""
+    xp = p.xp
+    e, total = _unnormalised_weights(p)
+    # Normalise the (N, V) output rather than the larger (N, M) weights.
+    out = safe_divide(xp, e @ p.v, total, overwrite=True)
+    return out, (safe_divide(xp, e, total, overwrite=True) if return_weights else None)
+
+
+def _backward(p: _Problem, d_out: Any) -> tuple[Any, Any, Any, Any]:
+    """``(dq, dk, dv, out)`` in the compute dtype, before summing over broadcast batch dims."""
+    xp = p.xp
+    e, total = _unnormalised_weights(p)
+    weights = safe_divide(xp, e, total, overwrite=True)
+    out = weights @ p.v
+    dv = xp.matrix_transpose(weights) @ d_out
+    delta = xp.sum(d_out * out, axis=-1, keepdims=True)
+    d_scores = bk.inplace(xp, "subtract", d_out @ xp.matrix_transpose(p.v), delta)
+    d_scores = bk.inplace(xp, "multiply", d_scores, weights)
+    dq = bk.inplace(xp, "multiply", d_scores @ p.k, p.scale)
+    dk = bk.inplace(xp, "multiply", xp.matrix_transpose(d_scores) @ p.q, p.scale)
+    return dq, dk, dv, out
 
 
 def scaled_dot_product_attention(
@@ -145,13 +169,9 @@ def scaled_dot_product_attention(
     """
     dtype = q.dtype if hasattr(q, "dtype") else None
     p = _prepare(q, k, v, mask, causal, scale, check_finite)
-    xp = p.xp
-    e, total = _unnormalised_weights(p)
-    # Normalise the (N, V) output rather than the larger (N, M) weights.
-    out = xp.astype(safe_divide(xp, e @ p.v, total), dtype, copy=False)
-    if not return_weights:
-        return out
-    return out, xp.astype(safe_divide(xp, e, total), dtype, copy=False)
+    out, weights = _forward(p, return_weights)
+    out = p.xp.astype(out, dtype, copy=False)
+    return (out, p.xp.astype(weights, dtype, copy=False)) if return_weights else out
 
 
 def attention_backward(
@@ -174,15 +194,7 @@ def attention_backward(
     dtype = q.dtype if hasattr(q, "dtype") else None
     p = _prepare(q, k, v, mask, causal, scale, check_finite, d_out=d_out)
     xp = p.xp
-    d_out = xp.astype(d_out, p.q.dtype, copy=False)
-    e, total = _unnormalised_weights(p)
-    weights = safe_divide(xp, e, total)
-    out = weights @ p.v
-    dv = xp.matrix_transpose(weights) @ d_out
-    delta = xp.sum(d_out * out, axis=-1, keepdims=True)
-    d_scores = weights * (d_out @ xp.matrix_transpose(p.v) - delta)
-    dq = (d_scores @ p.k) * p.scale
-    dk = (xp.matrix_transpose(d_scores) @ p.q) * p.scale
+    dq, dk, dv, _ = _backward(p, xp.astype(d_out, p.q.dtype, copy=False))
     return tuple(
         xp.astype(bk.sum_to_shape(xp, g, tuple(x.shape)), dtype, copy=False)
         for g, x in ((dq, q), (dk, k), (dv, v))
