@@ -21,13 +21,15 @@ through it are 0 (PyTorch's ``_safe_softmax`` behaviour), never NaN.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from functools import partial
+from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any
 
 import array_api_compat
 
 from . import _backend as bk
+from . import _parallel
 from .softmax import safe_divide, softmax_unnormalised
 
 __all__ = ["scaled_dot_product_attention", "attention_backward", "causal_mask"]
@@ -107,13 +109,13 @@ def _unnormalised_weights(p: _Problem) -> tuple[Any, Any]:
     return softmax_unnormalised(xp, scores, axis=-1, overwrite=True)
 
 
-def _forward(p: _Problem, return_weights: bool) -> tuple[Any, Any]:
-    """``(out, weights or None)`` in the compute dtype."""
+def _forward(p: _Problem, return_weights: bool) -> tuple[Any, ...]:
+    """``(out,)`` or ``(out, weights)`` in the compute dtype."""
     xp = p.xp
     e, total = _unnormalised_weights(p)
     # Normalise the (N, V) output rather than the larger (N, M) weights.
     out = safe_divide(xp, e @ p.v, total, overwrite=True)
-    return out, (safe_divide(xp, e, total, overwrite=True) if return_weights else None)
+    return (out, safe_divide(xp, e, total, overwrite=True)) if return_weights else (out,)
 
 
 def _backward(p: _Problem, d_out: Any) -> tuple[Any, Any, Any, Any]:
@@ -129,6 +131,25 @@ def _backward(p: _Problem, d_out: Any) -> tuple[Any, Any, Any, Any]:
     dq = bk.inplace(xp, "multiply", d_scores @ p.k, p.scale)
     dk = bk.inplace(xp, "multiply", xp.matrix_transpose(d_scores) @ p.q, p.scale)
     return dq, dk, dv, out
+
+
+def _run(p: _Problem, fn, *extra: Any) -> tuple[Any, ...]:
+    """``fn(p, *extra)``, split over CPU cores for large NumPy problems (see _parallel).
+
+    ``extra`` holds arrays with the problem's batch dims (d_out); bind other arguments
+    with functools.partial.
+    """
+    same_batch = all(tuple(x.shape[:-2]) == p.batch for x in (p.q, p.k, p.v))
+    n, m = p.q.shape[-2], p.k.shape[-2]
+    axis = _parallel.split_axis(p.xp, p.batch, math.prod(p.batch) * n * m) if same_batch else None
+    if axis is None:
+        return fn(p, *extra)
+
+    def slab(q, k, v, allowed, *rest):
+        return fn(replace(p, q=q, k=k, v=v, allowed=allowed), *rest)
+
+    arrays = [p.q, p.k, p.v, p.allowed, *extra]
+    return tuple(_parallel.map_slabs(slab, arrays, axis, p.batch))
 
 
 def scaled_dot_product_attention(
@@ -169,9 +190,8 @@ def scaled_dot_product_attention(
     """
     dtype = q.dtype if hasattr(q, "dtype") else None
     p = _prepare(q, k, v, mask, causal, scale, check_finite)
-    out, weights = _forward(p, return_weights)
-    out = p.xp.astype(out, dtype, copy=False)
-    return (out, p.xp.astype(weights, dtype, copy=False)) if return_weights else out
+    results = tuple(p.xp.astype(r, dtype, copy=False) for r in _run(p, partial(_forward, return_weights=return_weights)))
+    return results if return_weights else results[0]
 
 
 def attention_backward(
@@ -194,7 +214,7 @@ def attention_backward(
     dtype = q.dtype if hasattr(q, "dtype") else None
     p = _prepare(q, k, v, mask, causal, scale, check_finite, d_out=d_out)
     xp = p.xp
-    dq, dk, dv, _ = _backward(p, xp.astype(d_out, p.q.dtype, copy=False))
+    dq, dk, dv, _ = _run(p, _backward, xp.astype(d_out, p.q.dtype, copy=False))
     return tuple(
         xp.astype(bk.sum_to_shape(xp, g, tuple(x.shape)), dtype, copy=False)
         for g, x in ((dq, q), (dk, k), (dv, v))

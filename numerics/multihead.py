@@ -358,7 +358,7 @@ def multi_head_attention_backward(
     q, k, v = _heads(c)
     d_heads = _split_heads(xp, d_out @ xp.matrix_transpose(p.w_o), p.num_heads)
     problem = _attention._prepare(q, k, v, c.mask, causal, None, False, d_out=d_heads)
-    dq, dk, dv, heads = _attention._backward(problem, d_heads)
+    dq, dk, dv, heads = _attention._run(problem, _attention._backward, d_heads)
     # k and v have memory's batch dims, which may be fewer than the broadcast ones.
     dk, dv = (bk.sum_to_shape(xp, g, tuple(k.shape)) for g in (dk, dv))
     dq, dk, dv, concat = (_merge_heads(xp, g) for g in (dq, dk, dv, heads))

@@ -1,0 +1,74 @@
+"""The split of large NumPy attention problems over cores gives the unsplit numbers."""
+
+import numpy as np
+import pytest
+
+import numerics
+from numerics import _parallel
+
+
+@pytest.fixture
+def force_split(monkeypatch):
+    """Split even tiny problems, over two workers, so the slab path runs on any machine."""
+    monkeypatch.setattr(_parallel, "MIN_SCORES", 0)
+    monkeypatch.setattr(_parallel, "worker_count", lambda: 2)
+
+
+def _problem(rng, batch=(3, 2), n=5, m=7):
+    q = rng.standard_normal(batch + (n, 4))
+    k = rng.standard_normal(batch + (m, 4))
+    v = rng.standard_normal(batch + (m, 3))
+    d_out = rng.standard_normal(batch + (n, 3))
+    mask = rng.random((batch[0], 1, n, m)) > 0.3
+    return q, k, v, d_out, mask
+
+
+def _all_outputs(q, k, v, d_out, mask):
+    out, w = numerics.scaled_dot_product_attention(q, k, v, mask=mask, causal=True, return_weights=True)
+    return (out, w) + tuple(numerics.attention_backward(q, k, v, d_out, mask=mask, causal=True))
+
+
+def test_split_path_is_taken_and_matches_unsplit(force_split, monkeypatch):
+    q, k, v, d_out, mask = _problem(np.random.default_rng(0))
+    calls = []
+    real = _parallel.map_slabs
+    monkeypatch.setattr(_parallel, "map_slabs", lambda *a, **kw: calls.append(a[2]) or real(*a, **kw))
+    split = _all_outputs(q, k, v, d_out, mask)
+    assert calls == [0, 0], "forward and backward should both split along batch axis 0"
+    monkeypatch.setattr(_parallel, "MIN_SCORES", 1 << 62)
+    whole = _all_outputs(q, k, v, d_out, mask)
+    for a, b in zip(split, whole):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-14)
+
+
+def test_split_detects_wrong_join(force_split, monkeypatch):
+    """The comparison above can fail: joining the slabs in the wrong order is caught."""
+    q, k, v, d_out, mask = _problem(np.random.default_rng(1))
+    whole = numerics.scaled_dot_product_attention(q, k, v, mask=mask)
+    real = _parallel.map_slabs
+    monkeypatch.setattr(
+        _parallel, "map_slabs", lambda *a, **kw: [np.flip(r, axis=a[2]) for r in real(*a, **kw)]
+    )
+    wrong = numerics.scaled_dot_product_attention(q, k, v, mask=mask)
+    assert np.max(np.abs(wrong - whole)) > 1e-3
+
+
+def test_split_mha_matches_unsplit(force_split, monkeypatch):
+    rng = np.random.default_rng(2)
+    params = numerics.init_params(8, 2, bias=True, seed=3)
+    x = rng.standard_normal((4, 6, 8))
+    d_out = rng.standard_normal((4, 6, 8))
+    split_out = numerics.multi_head_attention(x, params, causal=True)
+    split_grad = numerics.multi_head_attention_backward(x, params, d_out, causal=True)
+    monkeypatch.setattr(_parallel, "MIN_SCORES", 1 << 62)
+    np.testing.assert_allclose(split_out, numerics.multi_head_attention(x, params, causal=True), rtol=0, atol=1e-14)
+    whole_grad = numerics.multi_head_attention_backward(x, params, d_out, causal=True)
+    np.testing.assert_allclose(split_grad.x, whole_grad.x, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(split_grad.params.w_q, whole_grad.params.w_q, rtol=0, atol=1e-13)
+
+
+def test_no_split_for_other_namespaces_or_small_problems():
+    assert _parallel.split_axis(numerics._backend.get_namespace("array_api_strict"), (64, 8), 1 << 30) is None
+    xp = numerics._backend.get_namespace("numpy")
+    assert _parallel.split_axis(xp, (64, 8), 10) is None
