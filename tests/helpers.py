@@ -45,3 +45,57 @@ def relative_error(actual, expected) -> float:
     scale = np.max(np.abs(expected))
     assert scale > 0, "relative error against an all-zero reference"
     return float(np.max(np.abs(actual - expected)) / scale)
+
+
+def numerical_gradient(f, inputs: dict, d_out, eps: float = 1e-6) -> dict:
+    """Central finite differences of ``sum(d_out * f(**inputs))`` on NumPy float64 (tests only).
+
+    Parameters
+    ----------
+    f : callable
+        Called as ``f(**inputs)`` with NumPy float64 arrays; returns an array (any backend:
+        it goes through :func:`to_numpy`) of ``d_out``'s shape.
+    inputs : dict name -> array or None
+        The point to differentiate at; None entries are passed through and get no gradient.
+    d_out : array
+        Upstream gradient (weights of the scalar objective).
+    eps : float
+        Step; with float64 and O(1) values, 1e-6 gives errors ~1e-9, fine for gradcheck's
+        tolerances (atol 1e-5, rtol 1e-3).
+
+    Returns
+    -------
+    dict name -> gradient array (float64, the input's shape), for every non-None input.
+    """
+    point = {n: None if a is None else np.array(a, dtype=np.float64, copy=True) for n, a in inputs.items()}
+    weights = np.asarray(to_numpy(d_out), dtype=np.float64)
+
+    def objective() -> float:
+        out = np.asarray(to_numpy(f(**point)), dtype=np.float64)
+        assert out.shape == weights.shape, f"f returned shape {out.shape}, d_out has shape {weights.shape}"
+        return float(np.sum(weights * out))
+
+    grads = {}
+    for name, a in point.items():
+        if a is None:
+            continue
+        g = np.zeros_like(a)
+        flat, gflat = a.reshape(-1), g.reshape(-1)  # views into point[name] and g
+        for i in range(flat.size):
+            saved = flat[i]
+            flat[i] = saved + eps
+            plus = objective()
+            flat[i] = saved - eps
+            minus = objective()
+            flat[i] = saved
+            gflat[i] = (plus - minus) / (2.0 * eps)
+        grads[name] = g
+    return grads
+
+
+def assert_gradcheck(actual, expected, *, atol: float = 1e-5, rtol: float = 1e-3, name: str = "gradient") -> None:
+    """gradcheck's float64 rule ``|actual - expected| <= atol + rtol * |expected|`` elementwise."""
+    actual = np.asarray(to_numpy(actual), dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
+    np.testing.assert_allclose(actual, expected, atol=atol, rtol=rtol, err_msg=name)

@@ -1,0 +1,486 @@
+"""Layer normalisation, GELU and the position-wise feed-forward network, with hand-written
+backward passes.
+
+Shapes use the package glossary: ``...`` any leading (batch, token) dims, D model width,
+F feed-forward width. Row-vector convention, as the documents write it::
+
+    layer_norm:    y = (x - mean(x)) / sqrt(var(x) + eps) * gamma + beta      over the last axis
+                   (biased variance, the 1/D of PyTorch's ``layer_norm``)
+    gelu:          x * Phi(x)                                   approximate="none"
+                   0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))   approximate="tanh"
+    feed_forward:  GELU(x W1 + b1) W2 + b2,   x (..., D), W1 (D, F), b1 (F,), W2 (F, D), b2 (D,)
+
+Every ``*_backward`` returns the gradient of ``sum(d_out * f(...))`` with respect to each
+input; parameter gradients are summed over all leading dims. float16 / bfloat16 inputs are
+computed in float32 and every result is cast back to the input's dtype; results stay on the
+input's namespace (and device).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from . import _backend as bk
+from ._special import erfc
+
+__all__ = [
+    "layer_norm",
+    "layer_norm_backward",
+    "gelu",
+    "gelu_backward",
+    "FFNParams",
+    "init_ffn_params",
+    "feed_forward",
+    "feed_forward_backward",
+]
+
+_GELU_MODES = ("none", "tanh")
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_TANH_COEF = 0.044715
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_eps(eps: Any) -> float:
+    try:
+        value = float(eps)
+    except (TypeError, ValueError):
+        raise TypeError(f"eps must be a real number, got {type(eps).__name__}") from None
+    if not math.isfinite(value) or value < 0.0:
+        raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
+    return value
+
+
+def _check_approximate(approximate: Any) -> str:
+    if not isinstance(approximate, str) or approximate not in _GELU_MODES:
+        raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+    return approximate
+
+
+def _check_d_out(d_out: Any, expected: tuple[int, ...], what: str) -> None:
+    if tuple(d_out.shape) != tuple(expected):
+        raise ValueError(f"d_out must have {what} {tuple(expected)}, got shape {bk.shape_str(d_out)}")
+
+
+def _check_vector(name: str, v: Any, xp: ModuleType, size: int, letter: str, source: str) -> None:
+    bk.check_float_array(name, v, xp)
+    if tuple(v.shape) != (size,):
+        raise ValueError(
+            f"{name} must have shape ({letter},) with {letter} = {source} = {size}, got {bk.shape_str(v)}"
+        )
+
+
+# --------------------------------------------------------------------------- layer norm
+
+
+def _layer_norm_prepare(x, gamma, beta, eps, check_finite, d_out=None):
+    xp = bk.namespace_of(x=x, gamma=gamma, beta=beta, d_out=d_out)
+    bk.check_float_array("x", x, xp, min_ndim=1)
+    d = int(x.shape[-1])
+    if d == 0:
+        raise ValueError(f"x must have a non-empty last axis D, got shape {bk.shape_str(x)}")
+    if gamma is not None:
+        _check_vector("gamma", gamma, xp, d, "D", "x.shape[-1]")
+    if beta is not None:
+        _check_vector("beta", beta, xp, d, "D", "x.shape[-1]")
+    if d_out is not None:
+        bk.check_float_array("d_out", d_out, xp)
+        _check_d_out(d_out, tuple(x.shape), "x's shape")
+    bk.check_same_dtype(x=x, gamma=gamma, beta=beta, d_out=d_out)
+    eps = _check_eps(eps)
+    if check_finite:
+        bk.check_finite(xp, x=x, gamma=gamma, beta=beta, d_out=d_out)
+    return xp, eps, bk.compute_dtype(xp, x.dtype)
+
+
+def _normalise(xp: ModuleType, x: Any, eps: float) -> tuple[Any, Any]:
+    """``(xhat, rstd)``: two-pass normalisation over the last axis, rstd of shape (..., 1)."""
+    centred = x - xp.mean(x, axis=-1, keepdims=True)
+    var = xp.mean(centred * centred, axis=-1, keepdims=True)
+    rstd = 1.0 / xp.sqrt(var + eps)
+    return centred * rstd, rstd
+
+
+def layer_norm(
+    x: Any,
+    gamma: Any = None,
+    beta: Any = None,
+    *,
+    eps: float = 1e-5,
+    check_finite: bool = True,
+) -> Any:
+    """Layer normalisation over the last axis, ``(x - mean) / sqrt(var + eps) * gamma + beta``.
+
+    Parameters
+    ----------
+    x : array (..., D)
+        Real floating, at least 1-D.
+    gamma, beta : array (D,), optional
+        Gain and bias, same dtype and namespace as ``x``; omitted means 1 and 0.
+    eps : float
+        Added to the biased (1/D) variance; must be >= 0. With ``eps=0`` a constant row
+        divides by zero (inf/NaN), as in PyTorch.
+    check_finite : bool
+        Raise ValueError when an argument holds NaN or Inf.
+
+    Returns
+    -------
+    array (..., D), same dtype and namespace as ``x``.
+    """
+    xp, eps, work = _layer_norm_prepare(x, gamma, beta, eps, check_finite)
+    y, _ = _normalise(xp, xp.astype(x, work, copy=False), eps)
+    if gamma is not None:
+        y = y * xp.astype(gamma, work, copy=False)
+    if beta is not None:
+        y = y + xp.astype(beta, work, copy=False)
+    return xp.astype(y, x.dtype, copy=False)
+
+
+def layer_norm_backward(
+    x: Any,
+    d_out: Any,
+    gamma: Any = None,
+    *,
+    eps: float = 1e-5,
+    check_finite: bool = True,
+) -> tuple[Any, Any | None, Any]:
+    """Gradients ``(dx, dgamma, dbeta)`` of ``sum(d_out * layer_norm(x, gamma, beta, eps=eps))``.
+
+    The gradients do not depend on ``beta``, so it is not an argument. With
+    ``xhat = (x - mean) * rstd``, ``rstd = 1 / sqrt(var + eps)`` and ``g = d_out * gamma``::
+
+        dx     = rstd * (g - mean(g) - xhat * mean(g * xhat))     (means over the last axis)
+        dgamma = sum over leading dims of d_out * xhat
+        dbeta  = sum over leading dims of d_out
+
+    Returns
+    -------
+    dx : array (..., D)
+    dgamma : array (D,), or None when ``gamma`` is None (no gain to differentiate).
+    dbeta : array (D,), always returned: it is the gradient for a bias whether or not the
+        forward pass used one; a caller without a bias ignores it.
+    All in ``x``'s dtype and namespace.
+    """
+    xp, eps, work = _layer_norm_prepare(x, gamma, None, eps, check_finite, d_out=d_out)
+    d = int(x.shape[-1])
+    xhat, rstd = _normalise(xp, xp.astype(x, work, copy=False), eps)
+    dy = xp.astype(d_out, work, copy=False)
+    g = dy if gamma is None else dy * xp.astype(gamma, work, copy=False)
+    dx = rstd * (
+        g - xp.mean(g, axis=-1, keepdims=True) - xhat * xp.mean(g * xhat, axis=-1, keepdims=True)
+    )
+    dy_rows = xp.reshape(dy, (-1, d))
+    dbeta = xp.sum(dy_rows, axis=0)
+    dgamma = None
+    if gamma is not None:
+        dgamma = xp.astype(xp.sum(dy_rows * xp.reshape(xhat, (-1, d)), axis=0), x.dtype, copy=False)
+    return xp.astype(dx, x.dtype, copy=False), dgamma, xp.astype(dbeta, x.dtype, copy=False)
+
+
+# --------------------------------------------------------------------------- GELU
+
+
+def _stable_sigmoids(xp: ModuleType, z: Any) -> tuple[Any, Any]:
+    """``(sigmoid(z), sigmoid(-z))`` without overflow or cancellation for any real z."""
+    e = xp.exp(-xp.abs(z))
+    big = 1.0 / (1.0 + e)
+    small = e / (1.0 + e)
+    positive = z >= 0
+    return xp.where(positive, big, small), xp.where(positive, small, big)
+
+
+# Beyond |x| = 1e6 the tanh-GELU's sigmoid is exactly 0 or 1 in every precision: clipping
+# there changes no result and keeps x^3 (and x^2 in the derivatives) from overflowing.
+_CLIP_TANH = 1e6
+# Beyond |x| = 40, x phi(x) < 1e-340 underflows to 0 in float64 and float32.
+_CLIP_PDF = 40.0
+
+
+def _tanh_argument(xp: ModuleType, x: Any) -> Any:
+    """``2 u`` with ``u = sqrt(2/pi) (x + 0.044715 x^3)``, so that 0.5 (1 + tanh u) = sigmoid(2u)."""
+    x = xp.clip(x, -_CLIP_TANH, _CLIP_TANH)
+    return (2.0 * _SQRT_2_OVER_PI) * (x + _TANH_COEF * (x * x * x))
+
+
+def _gelu(xp: ModuleType, x: Any, approximate: str) -> Any:
+    if approximate == "none":
+        # Phi(x) = erfc(-x / sqrt 2) / 2: no cancellation in the negative tail.
+        return (0.5 * x) * erfc(xp, -x * _INV_SQRT_2)
+    # 0.5 (1 + tanh u) written as sigmoid(2u), again free of cancellation for x << 0.
+    s, _ = _stable_sigmoids(xp, _tanh_argument(xp, x))
+    return x * s
+
+
+def _gelu_derivative(xp: ModuleType, x: Any, approximate: str) -> Any:
+    if approximate == "none":
+        # d/dx x Phi(x) = Phi(x) + x phi(x)
+        xc = xp.clip(x, -_CLIP_PDF, _CLIP_PDF)
+        pdf_term = xc * (_INV_SQRT_2PI * xp.exp(-0.5 * (xc * xc)))
+        return 0.5 * erfc(xp, -x * _INV_SQRT_2) + pdf_term
+    s, one_minus_s = _stable_sigmoids(xp, _tanh_argument(xp, x))
+    # d/dx x sigmoid(2u) = s + x * 2 s (1 - s) du/dx, du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2).
+    # Where |x| >= 1e6, s (1 - s) is exactly 0 in every precision; zeroing x there keeps
+    # x * x^2 from overflowing into 0 * inf = NaN.
+    xs = xp.where(xp.abs(x) < _CLIP_TANH, x, xp.zeros_like(x))
+    du = _SQRT_2_OVER_PI * (1.0 + (3.0 * _TANH_COEF) * (xs * xs))
+    return s + (2.0 * xs) * (s * one_minus_s) * du
+
+
+def _gelu_prepare(x, approximate, check_finite, d_out=None):
+    xp = bk.namespace_of(x=x, d_out=d_out)
+    bk.check_float_array("x", x, xp)
+    if d_out is not None:
+        bk.check_float_array("d_out", d_out, xp)
+        _check_d_out(d_out, tuple(x.shape), "x's shape")
+        bk.check_same_dtype(x=x, d_out=d_out)
+    approximate = _check_approximate(approximate)
+    if check_finite:
+        bk.check_finite(xp, x=x, d_out=d_out)
+    return xp, approximate, bk.compute_dtype(xp, x.dtype)
+
+
+def gelu(x: Any, *, approximate: str = "none", check_finite: bool = True) -> Any:
+    """Gaussian error linear unit, elementwise.
+
+    Parameters
+    ----------
+    x : array
+        Real floating, any shape.
+    approximate : {"none", "tanh"}
+        ``"none"``: exact ``x * Phi(x)``, Phi the standard normal CDF (computed as
+        ``erfc(-x / sqrt 2) / 2``, accurate also for large negative x). ``"tanh"``:
+        ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` (computed as ``x * sigmoid(2u)``),
+        PyTorch's ``approximate='tanh'``.
+    check_finite : bool
+        Raise ValueError when ``x`` holds NaN or Inf.
+
+    Returns
+    -------
+    array, same shape, dtype and namespace as ``x``.
+    """
+    xp, approximate, work = _gelu_prepare(x, approximate, check_finite)
+    y = _gelu(xp, xp.astype(x, work, copy=False), approximate)
+    return xp.astype(y, x.dtype, copy=False)
+
+
+def gelu_backward(x: Any, d_out: Any, *, approximate: str = "none", check_finite: bool = True) -> Any:
+    """Gradient ``d_out * gelu'(x)`` of ``sum(d_out * gelu(x))``; ``d_out`` has ``x``'s shape.
+
+    ``gelu'(x) = Phi(x) + x phi(x)`` (exact) or the derivative of the tanh formula.
+    """
+    xp, approximate, work = _gelu_prepare(x, approximate, check_finite, d_out=d_out)
+    grad = xp.astype(d_out, work, copy=False) * _gelu_derivative(xp, xp.astype(x, work, copy=False), approximate)
+    return xp.astype(grad, x.dtype, copy=False)
+
+
+# --------------------------------------------------------------------------- feed-forward
+
+
+@dataclass(frozen=True)
+class FFNParams:
+    """Parameters of the position-wise feed-forward network ``GELU(x W1 + b1) W2 + b2``.
+
+    Attributes
+    ----------
+    w1 : array (D, F)
+    b1 : array (F,) or None
+    w2 : array (F, D)
+    b2 : array (D,) or None
+
+    The same class holds gradients (:func:`feed_forward_backward`), with None where the
+    parameter is None.
+    """
+
+    w1: Any
+    b1: Any
+    w2: Any
+    b2: Any
+
+    @property
+    def d_model(self) -> int:
+        """D, the model width (rows of ``w1``)."""
+        return int(self.w1.shape[0])
+
+    @property
+    def d_ff(self) -> int:
+        """F, the hidden width (columns of ``w1``)."""
+        return int(self.w1.shape[1])
+
+
+def _resolve_dtype(xp: ModuleType, dtype: Any) -> Any:
+    if dtype is None:
+        return xp.float64
+    if isinstance(dtype, str):
+        if not hasattr(xp, dtype):
+            raise ValueError(f"dtype {dtype!r} is not a dtype of namespace {xp.__name__}")
+        dtype = getattr(xp, dtype)
+    try:
+        ok = xp.isdtype(dtype, "real floating")
+    except Exception:
+        ok = False
+    if not ok:
+        raise TypeError(f"dtype must be a real floating dtype of namespace {xp.__name__}, got {dtype!r}")
+    return dtype
+
+
+def init_ffn_params(
+    d_model: int,
+    d_ff: int,
+    *,
+    bias: bool = True,
+    dtype: Any = None,
+    xp: ModuleType | str = "numpy",
+    seed: int = 0,
+    device: Any = None,
+) -> FFNParams:
+    """Random :class:`FFNParams` for a (D = ``d_model``, F = ``d_ff``) feed-forward network.
+
+    Every entry (weights and biases) is drawn from a normal distribution with standard
+    deviation ``1 / sqrt(fan_in)`` (fan_in = D for ``w1``, ``b1``; F for ``w2``, ``b2``),
+    in float64 by ``numpy.random.default_rng(seed)`` on the host, then moved to namespace
+    ``xp`` (a module or its name: "numpy", "torch", "cupy", "array_api_strict") and cast to
+    ``dtype`` (default float64; a dtype object of ``xp`` or its name). The same seed gives the
+    same values on every namespace (up to the final cast). ``bias=False`` leaves b1, b2 None.
+    """
+    for name, value in (("d_model", d_model), ("d_ff", d_ff)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    d_model, d_ff = int(d_model), int(d_ff)
+    xp = bk.get_namespace(xp)
+    dtype = _resolve_dtype(xp, dtype)
+    rng = np.random.default_rng(seed)
+    std_in, std_hidden = 1.0 / math.sqrt(d_model), 1.0 / math.sqrt(d_ff)
+    host = {
+        "w1": rng.standard_normal((d_model, d_ff)) * std_in,
+        "b1": rng.standard_normal(d_ff) * std_in if bias else None,
+        "w2": rng.standard_normal((d_ff, d_model)) * std_hidden,
+        "b2": rng.standard_normal(d_model) * std_hidden if bias else None,
+    }
+    moved = {
+        name: None if a is None else xp.astype(xp.asarray(a, device=device), dtype)
+        for name, a in host.items()
+    }
+    return FFNParams(**moved)
+
+
+def _ffn_prepare(x, params, approximate, check_finite, d_out=None):
+    if not isinstance(params, FFNParams):
+        raise TypeError(f"params must be an FFNParams, got {type(params).__name__}")
+    w1, b1, w2, b2 = params.w1, params.b1, params.w2, params.b2
+    xp = bk.namespace_of(x=x, w1=w1, b1=b1, w2=w2, b2=b2, d_out=d_out)
+    bk.check_float_array("x", x, xp, min_ndim=1)
+    d = int(x.shape[-1])
+    bk.check_float_array("w1", w1, xp)
+    if w1.ndim != 2 or int(w1.shape[0]) != d:
+        raise ValueError(f"w1 must have shape (D, F) with D = x.shape[-1] = {d}, got {bk.shape_str(w1)}")
+    f = int(w1.shape[1])
+    if d == 0 or f == 0:
+        raise ValueError(
+            f"x and w1 must have non-empty widths D and F: x has shape {bk.shape_str(x)}, "
+            f"w1 has shape {bk.shape_str(w1)}"
+        )
+    if b1 is not None:
+        _check_vector("b1", b1, xp, f, "F", "w1.shape[1]")
+    bk.check_float_array("w2", w2, xp)
+    if tuple(w2.shape) != (f, d):
+        raise ValueError(
+            f"w2 must have shape (F, D) = ({f}, {d}) with F = w1.shape[1] and D = x.shape[-1], "
+            f"got {bk.shape_str(w2)}"
+        )
+    if b2 is not None:
+        _check_vector("b2", b2, xp, d, "D", "x.shape[-1]")
+    if d_out is not None:
+        bk.check_float_array("d_out", d_out, xp)
+        _check_d_out(d_out, tuple(x.shape), "the output's shape (..., D) =")
+    bk.check_same_dtype(x=x, w1=w1, b1=b1, w2=w2, b2=b2, d_out=d_out)
+    approximate = _check_approximate(approximate)
+    if check_finite:
+        bk.check_finite(xp, x=x, w1=w1, b1=b1, w2=w2, b2=b2, d_out=d_out)
+    work = bk.compute_dtype(xp, x.dtype)
+    cast = lambda a: None if a is None else xp.astype(a, work, copy=False)  # noqa: E731
+    return xp, approximate, cast(x), FFNParams(cast(w1), cast(b1), cast(w2), cast(b2))
+
+
+def _hidden(xp: ModuleType, x: Any, p: FFNParams) -> Any:
+    h = xp.matmul(x, p.w1)
+    return h if p.b1 is None else h + p.b1
+
+
+def feed_forward(
+    x: Any,
+    params: FFNParams,
+    *,
+    approximate: str = "none",
+    check_finite: bool = True,
+) -> Any:
+    """Position-wise feed-forward network ``GELU(x W1 + b1) W2 + b2``.
+
+    Parameters
+    ----------
+    x : array (..., D)
+    params : FFNParams
+        w1 (D, F), b1 (F,) or None, w2 (F, D), b2 (D,) or None; same dtype and namespace as x.
+    approximate : {"none", "tanh"}
+        Which GELU (see :func:`gelu`).
+    check_finite : bool
+        Raise ValueError when x or a parameter holds NaN or Inf.
+
+    Returns
+    -------
+    array (..., D), same dtype and namespace as ``x``.
+    """
+    dtype = x.dtype if hasattr(x, "dtype") else None
+    xp, approximate, xw, p = _ffn_prepare(x, params, approximate, check_finite)
+    y = xp.matmul(_gelu(xp, _hidden(xp, xw, p), approximate), p.w2)
+    if p.b2 is not None:
+        y = y + p.b2
+    return xp.astype(y, dtype, copy=False)
+
+
+def feed_forward_backward(
+    x: Any,
+    params: FFNParams,
+    d_out: Any,
+    *,
+    approximate: str = "none",
+    check_finite: bool = True,
+) -> tuple[Any, FFNParams]:
+    """Gradients of ``sum(d_out * feed_forward(x, params))``.
+
+    With ``h = x W1 + b1`` and ``a = GELU(h)``::
+
+        dW2 = a^T d_out,  db2 = sum d_out,  dh = (d_out W2^T) * GELU'(h),
+        dW1 = x^T dh,     db1 = sum dh,     dx = dh W1^T
+
+    (parameter gradients summed over all leading dims of x).
+
+    Returns
+    -------
+    dx : array (..., D)
+    grads : FFNParams of gradients with the parameters' shapes; ``b1``/``b2`` fields are
+        None where the parameter is None. All in ``x``'s dtype and namespace.
+    """
+    dtype = x.dtype if hasattr(x, "dtype") else None
+    xp, approximate, xw, p = _ffn_prepare(x, params, approximate, check_finite, d_out=d_out)
+    d, f = p.d_model, p.d_ff
+    dy = xp.astype(d_out, xw.dtype, copy=False)
+    h = _hidden(xp, xw, p)
+    a = _gelu(xp, h, approximate)
+    dy_rows = xp.reshape(dy, (-1, d))
+    dw2 = xp.matmul(xp.matrix_transpose(xp.reshape(a, (-1, f))), dy_rows)
+    db2 = None if p.b2 is None else xp.sum(dy_rows, axis=0)
+    dh = xp.matmul(dy, xp.matrix_transpose(p.w2)) * _gelu_derivative(xp, h, approximate)
+    dh_rows = xp.reshape(dh, (-1, f))
+    dw1 = xp.matmul(xp.matrix_transpose(xp.reshape(xw, (-1, d))), dh_rows)
+    db1 = None if p.b1 is None else xp.sum(dh_rows, axis=0)
+    dx = xp.matmul(dh, xp.matrix_transpose(p.w1))
+    cast = lambda a: None if a is None else xp.astype(a, dtype, copy=False)  # noqa: E731
+    return cast(dx), FFNParams(cast(dw1), cast(db1), cast(dw2), cast(db2))

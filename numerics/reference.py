@@ -1,0 +1,884 @@
+"""High-precision reference attention and transformer block for small problems.
+
+What it is
+----------
+A slow, plain implementation of softmax, scaled dot-product attention, multi-head
+attention, layer normalisation, GELU, the feed-forward sub-layer and the transformer
+block, forward *and* backward, in mpmath arithmetic. Tests use it as the ground truth
+against which the float64 (and lower-precision) implementations in ``numerics`` are
+measured, to relative errors far below 1e-12.
+
+Why it is independent
+---------------------
+It is written directly from the mathematical definitions and shares no code with
+``numerics.softmax``, ``numerics.attention`` or the other array modules:
+
+* softmax is ``exp(z_j) / sum(exp(z_l) for allowed l)``: masked keys are simply left out
+  of the sum, with no max subtraction and no ``-inf``; a row with no allowed key is 0;
+* every gradient comes from the **complex-step** method, not from hand-derived backward
+  formulas: the input entry ``x`` is replaced by ``x + i h`` and
+  ``d/dx sum(d_out * f) = Im(sum(d_out * f(x + i h))) / h``. Because there is no
+  subtraction of nearby values, this is exact up to ``O(h^2)`` and the working precision
+  for analytic ``f`` -- which is why the reference avoids ``max``, ``abs`` and every
+  comparison on values (masks and causality are decided from positions only).
+
+Precision
+---------
+Forward values are computed with at least :data:`DPS` = 50 significant decimal digits
+(more if the caller's mpmath context is already more precise); float64 inputs convert
+exactly (``mpf(float)`` is exact). Gradients are computed at :data:`GRADIENT_DPS` = 100
+digits with step ``h =`` :data:`STEP` ``= 2**-110`` (about 7.7e-34): the truncation error
+is ``O(h^2)`` ~ 1e-67 relative, and a rounding error of 1e-100 times the size of the
+intermediate values becomes an absolute error of about 1e-66 times that size in the
+gradient. Every function restores the caller's mpmath precision on return, so arithmetic
+you do yourself on the returned object arrays runs at *your* precision (mpmath's default
+is 15 digits): wrap it in ``mpmath.workdps(50)`` or convert with :func:`to_float64` first.
+
+Shapes (the package's glossary)
+-------------------------------
+B... batch dims (any number, broadcast), N query length, M key length, H heads,
+D model width, K key/query width per head, V value width per head, F feed-forward width.
+
+Conventions: row vectors (``Q = X @ W_q``); boolean masks with True = "may attend",
+broadcastable to (..., N, M); ``causal=True`` allows key j for query i iff ``j <= i``
+(top-left aligned, combined with ``mask`` by AND); a query row with no allowed key gives
+output 0 and gradient 0. Parameter objects (multi-head attention, feed-forward, block)
+are read only through attribute access, so ``numerics.multihead.MHAParams``,
+``numerics.layers.FFNParams``, ``numerics.block.BlockParams`` and plain
+``types.SimpleNamespace`` objects all work.
+
+Cost: every operation is a Python call on mpmath numbers, and a gradient costs one
+forward pass per input entry. Use problems of a few hundred entries at most (a block with
+B=2, N=3, D=4, H=2, F=8 and its ~200 parameters takes a few seconds).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import numbers
+from typing import Any, Callable, Iterator, Mapping
+
+import mpmath
+import numpy as np
+
+__all__ = [
+    "DPS",
+    "GRADIENT_DPS",
+    "STEP",
+    "to_mp",
+    "to_float64",
+    "softmax",
+    "attention",
+    "multi_head_attention",
+    "layer_norm",
+    "gelu",
+    "feed_forward",
+    "transformer_block",
+    "param_arrays",
+    "gradients",
+    "attention_gradients",
+    "multi_head_attention_gradients",
+    "transformer_block_gradients",
+]
+
+#: Minimum working precision of the forward functions, in significant decimal digits.
+DPS = 50
+#: Working precision of :func:`gradients`, in significant decimal digits.
+GRADIENT_DPS = 100
+#: Complex step ``h`` of :func:`gradients` (an exact power of two, about 7.7e-34).
+STEP = mpmath.mpf(2) ** -110
+
+_MHA_FIELDS = ("w_q", "w_k", "w_v", "w_o", "b_q", "b_k", "b_v", "b_o")
+_FFN_FIELDS = ("w1", "b1", "w2", "b2")
+_BLOCK_FIELDS = ("ln1_gamma", "ln1_beta", "ln2_gamma", "ln2_beta")
+
+
+# --------------------------------------------------------------------------- precision
+
+
+@contextlib.contextmanager
+def _precision(dps: int = DPS) -> Iterator[None]:
+    """mpmath context with at least ``dps`` digits (never lowers the caller's precision)."""
+    with mpmath.workdps(max(int(dps), int(mpmath.mp.dps))):
+        yield
+
+
+# --------------------------------------------------------------------------- conversions
+
+_exp = np.frompyfunc(mpmath.exp, 1, 1)
+_erf = np.frompyfunc(mpmath.erf, 1, 1)
+_tanh = np.frompyfunc(mpmath.tanh, 1, 1)
+_sqrt = np.frompyfunc(mpmath.sqrt, 1, 1)
+_mpf_of_float = np.frompyfunc(lambda t: mpmath.mpf(float(t)), 1, 1)
+_mpmathify = np.frompyfunc(mpmath.mpmathify, 1, 1)
+
+
+def _object_array(x: Any) -> np.ndarray:
+    """Wrap a frompyfunc result (a bare object for 0-d input) as an object array."""
+    if isinstance(x, np.ndarray):
+        return x
+    out = np.empty((), dtype=object)
+    out[()] = x
+    return out
+
+
+def to_mp(x: Any, name: str = "x") -> np.ndarray:
+    """Convert an array to a NumPy object array of mpmath numbers, exactly.
+
+    Parameters
+    ----------
+    x : array_like
+        Real floating or integer NumPy array (converted exactly), or an object array of
+        mpmath numbers (``mpf``/``mpc``, returned with its entries mpmathified).
+    name : str
+        Argument name used in error messages.
+
+    Returns
+    -------
+    numpy.ndarray of dtype object, same shape.
+    """
+    if isinstance(x, np.ndarray) and x.dtype == object:
+        return _object_array(_mpmathify(x))
+    try:
+        a = np.asarray(x)
+    except Exception:  # pragma: no cover - exotic objects
+        raise TypeError(f"{name} must be a real NumPy array, got {type(x).__name__}") from None
+    if a.dtype == object:
+        return _object_array(_mpmathify(a))
+    if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+        raise TypeError(f"{name} must have a real floating dtype, got {a.dtype} (shape {a.shape})")
+    if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} contains NaN or Inf (shape {a.shape}); the reference needs finite input")
+    if np.issubdtype(a.dtype, np.floating) and a.dtype.itemsize > 8:
+        raise TypeError(f"{name} has dtype {a.dtype}; convert it to float64 or to an object array of mpf")
+    if a.dtype.kind == "f":
+        return _object_array(_mpf_of_float(a.astype(np.float64)))
+    return _object_array(_mpmathify(a.astype(object)))
+
+
+def _to_float(v: Any) -> float:
+    v = mpmath.mpmathify(v)
+    if isinstance(v, mpmath.mpc):
+        if v.imag != 0:
+            raise TypeError(f"cannot convert the complex value {v} to float64")
+        v = v.real
+    return float(v)
+
+
+_to_float_u = np.frompyfunc(_to_float, 1, 1)
+
+
+def to_float64(x: Any) -> np.ndarray:
+    """Round an object array of mpmath reals to the nearest float64 values.
+
+    Parameters
+    ----------
+    x : numpy.ndarray of dtype object (or anything :func:`numpy.asarray` accepts)
+
+    Returns
+    -------
+    numpy.ndarray of dtype float64, same shape. Complex entries with a non-zero imaginary
+    part raise TypeError.
+    """
+    a = np.asarray(x, dtype=object)
+    return np.asarray(_to_float_u(a), dtype=object).astype(np.float64)
+
+
+def _zeros(shape: tuple[int, ...]) -> np.ndarray:
+    out = np.empty(shape, dtype=object)
+    out.fill(mpmath.mpf(0))
+    return out
+
+
+def _mp_scalar(name: str, value: Any) -> Any:
+    """A real scalar (float, int, mpf or 0-d array) as an exact mpf."""
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value[()]
+    if isinstance(value, (mpmath.mpf, mpmath.mpc)):
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if not np.isfinite(float(value)):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return mpmath.mpf(value)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _shape(x: np.ndarray) -> str:
+    return str(tuple(int(n) for n in x.shape))
+
+
+def _check_ndim(name: str, x: np.ndarray, min_ndim: int, desc: str) -> None:
+    if x.ndim < min_ndim:
+        raise ValueError(f"{name} must have shape {desc} (at least {min_ndim} dimensions), got shape {_shape(x)}")
+
+
+def _broadcast(what: str, **arrays_shapes: tuple[int, ...]) -> tuple[int, ...]:
+    try:
+        return tuple(np.broadcast_shapes(*arrays_shapes.values()))
+    except ValueError:
+        listing = ", ".join(f"{n} has shape {tuple(s)}" for n, s in arrays_shapes.items())
+        raise ValueError(f"{what} must broadcast: {listing}") from None
+
+
+def _check_mask(mask: Any, target: tuple[int, ...], target_desc: str) -> np.ndarray:
+    m = np.asarray(mask)
+    if m.dtype != np.bool_:
+        raise TypeError(f"mask must be a boolean array (True = may attend), got dtype {m.dtype}")
+    try:
+        ok = tuple(np.broadcast_shapes(m.shape, target)) == tuple(target)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"mask must broadcast to {target_desc} {tuple(target)}, got shape {_shape(m)}")
+    return m
+
+
+def _check_vector(name: str, b: Any, size: int, what: str) -> np.ndarray | None:
+    if b is None:
+        return None
+    b = to_mp(b, name)
+    if b.shape != (size,):
+        raise ValueError(f"{name} must have shape ({size},) ({what}), got shape {_shape(b)}")
+    return b
+
+
+def _check_matrix(name: str, w: Any, desc: str, rows: int | None = None) -> np.ndarray:
+    if w is None:
+        raise ValueError(f"{name} is required, got None")
+    w = to_mp(w, name)
+    if w.ndim != 2:
+        raise ValueError(f"{name} must be a matrix of shape {desc}, got shape {_shape(w)}")
+    if rows is not None and w.shape[0] != rows:
+        raise ValueError(f"{name} must have shape {desc} with {rows} rows, got shape {_shape(w)}")
+    return w
+
+
+def _field(params: Any, name: str, where: str) -> Any:
+    """Required attribute ``name`` of a parameter object, with a clear error when missing."""
+    try:
+        return getattr(params, name)
+    except AttributeError:
+        raise TypeError(f"{where} must have an attribute {name!r} ({type(params).__name__} has none)") from None
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+# --------------------------------------------------------------------------- core maths
+# The underscored functions take checked object arrays and do the mathematics only.
+
+
+def _softmax(z: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
+    """Row softmax over the last axis; excluded entries are left out of the sum."""
+    e = _exp(z)
+    if allowed is not None:
+        allowed = np.broadcast_to(allowed, z.shape)
+        e = np.where(allowed, e, mpmath.mpf(0))
+        has_any = np.any(allowed, axis=-1, keepdims=True)
+    else:
+        has_any = np.ones(z.shape[:-1] + (1,), dtype=bool)
+    total = np.sum(e, axis=-1, keepdims=True)
+    # A row with nothing allowed has total 0; divide by 1 there (e is 0 there).
+    total = np.where(has_any, total, mpmath.mpf(1))
+    return np.where(has_any, e / total, mpmath.mpf(0))
+
+
+def _allowed(mask: np.ndarray | None, causal: bool, n: int, m: int) -> np.ndarray | None:
+    allowed = mask
+    if causal:
+        tri = np.arange(m)[None, :] <= np.arange(n)[:, None]
+        allowed = tri if allowed is None else (allowed & tri)
+    return allowed
+
+
+def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, allowed: np.ndarray | None, scale: Any) -> np.ndarray:
+    scores = (q @ np.swapaxes(k, -1, -2)) * scale
+    return _softmax(scores, allowed) @ v
+
+
+def _layer_norm(x: np.ndarray, gamma: np.ndarray | None, beta: np.ndarray | None, eps: Any) -> np.ndarray:
+    d = x.shape[-1]
+    mean = np.sum(x, axis=-1, keepdims=True) / d
+    centred = x - mean
+    var = np.sum(centred * centred, axis=-1, keepdims=True) / d
+    y = centred / _sqrt(var + eps)
+    if gamma is not None:
+        y = y * gamma
+    if beta is not None:
+        y = y + beta
+    return y
+
+
+def _gelu(x: np.ndarray, approximate: str) -> np.ndarray:
+    half = mpmath.mpf(1) / 2
+    if approximate == "none":
+        return x * half * (1 + _erf(x / mpmath.sqrt(2)))
+    c = mpmath.sqrt(2 / mpmath.pi)
+    a = mpmath.mpf("0.044715")
+    return x * half * (1 + _tanh(c * (x + a * x * x * x)))
+
+
+# --------------------------------------------------------------------------- forward API
+
+
+def softmax(z: Any, mask: Any = None) -> np.ndarray:
+    """Softmax along the last axis, ``exp(z_j) / sum_{allowed l} exp(z_l)``.
+
+    Parameters
+    ----------
+    z : array (..., M)
+        Real logits (float64 or an object array of mpmath numbers).
+    mask : boolean array, optional
+        Broadcastable to ``z.shape``; False entries are left out of the sum and get 0.
+
+    Returns
+    -------
+    object array (..., M) of mpmath numbers; rows with no allowed entry are 0.
+    """
+    with _precision():
+        z = to_mp(z, "z")
+        _check_ndim("z", z, 1, "(..., M)")
+        m = None if mask is None else _check_mask(mask, z.shape, "z's shape")
+        return _softmax(z, m)
+
+
+def _prepare_scale(scale: Any, width: int) -> Any:
+    if scale is None:
+        return 1 / mpmath.sqrt(width)
+    s = _mp_scalar("scale", scale)
+    if s == 0:
+        raise ValueError("scale must be non-zero, got 0")
+    return s
+
+
+def attention(q: Any, k: Any, v: Any, *, mask: Any = None, causal: bool = False, scale: Any = None) -> np.ndarray:
+    """Scaled dot-product attention ``softmax(scale * q k^T) v``.
+
+    Parameters
+    ----------
+    q : array (..., N, K)
+    k : array (..., M, K)
+    v : array (..., M, V)
+        float64 or object arrays of mpmath numbers; batch dims broadcast.
+    mask : boolean array, optional
+        Broadcastable to (..., N, M); True = query i may attend to key j.
+    causal : bool
+        Allow key j for query i only when ``j <= i`` (AND with ``mask``).
+    scale : real, optional
+        Multiplies the scores; default ``1 / sqrt(K)`` computed in mp precision.
+
+    Returns
+    -------
+    object array (..., N, V); rows with no allowed key are 0.
+    """
+    with _precision():
+        q, k, v = to_mp(q, "q"), to_mp(k, "k"), to_mp(v, "v")
+        _check_ndim("q", q, 2, "(..., N, K)")
+        _check_ndim("k", k, 2, "(..., M, K)")
+        _check_ndim("v", v, 2, "(..., M, V)")
+        if q.shape[-1] != k.shape[-1]:
+            raise ValueError(
+                f"q and k must have the same width K: q has shape {_shape(q)}, k has shape {_shape(k)}"
+            )
+        if k.shape[-2] != v.shape[-2]:
+            raise ValueError(
+                f"k and v must have the same length M: k has shape {_shape(k)}, v has shape {_shape(v)}"
+            )
+        batch = _broadcast("the batch dimensions of q, k and v", q=q.shape[:-2], k=k.shape[:-2], v=v.shape[:-2])
+        n, m = q.shape[-2], k.shape[-2]
+        mask = None if mask is None else _check_mask(mask, batch + (n, m), "(..., N, M) =")
+        allowed = _allowed(mask, _check_bool("causal", causal), n, m)
+        out = _attention(q, k, v, allowed, _prepare_scale(scale, q.shape[-1]))
+        return np.broadcast_to(out, batch + (n, v.shape[-1])).copy()
+
+
+def _mha(x, params, memory, mask, causal, scale, where="params"):
+    """Checked multi-head attention in the current mp context."""
+    x = to_mp(x, "x")
+    _check_ndim("x", x, 2, "(..., N, D)")
+    mem = x if memory is None else to_mp(memory, "memory")
+    _check_ndim("memory", mem, 2, "(..., M, Dm)")
+    d, dm = x.shape[-1], mem.shape[-1]
+    h = _field(params, "num_heads", where)
+    if isinstance(h, bool) or not isinstance(h, numbers.Integral) or h < 1:
+        raise ValueError(f"{where}.num_heads must be a positive int, got {h!r}")
+    h = int(h)
+    w_q = _check_matrix(f"{where}.w_q", _field(params, "w_q", where), "(D, H*K)", rows=d)
+    w_k = _check_matrix(f"{where}.w_k", _field(params, "w_k", where), "(Dm, H*K)", rows=dm)
+    w_v = _check_matrix(f"{where}.w_v", _field(params, "w_v", where), "(Dm, H*V)", rows=dm)
+    hk, hv = w_q.shape[1], w_v.shape[1]
+    if hk % h or w_k.shape[1] != hk:
+        raise ValueError(
+            f"{where}.w_q and {where}.w_k must have H*K columns with H = {h}: "
+            f"w_q has shape {_shape(w_q)}, w_k has shape {_shape(w_k)}"
+        )
+    if hv % h:
+        raise ValueError(f"{where}.w_v must have H*V columns with H = {h}, got shape {_shape(w_v)}")
+    w_o = _check_matrix(f"{where}.w_o", _field(params, "w_o", where), "(H*V, D)", rows=hv)
+    b_q = _check_vector(f"{where}.b_q", getattr(params, "b_q", None), hk, "H*K")
+    b_k = _check_vector(f"{where}.b_k", getattr(params, "b_k", None), hk, "H*K")
+    b_v = _check_vector(f"{where}.b_v", getattr(params, "b_v", None), hv, "H*V")
+    b_o = _check_vector(f"{where}.b_o", getattr(params, "b_o", None), w_o.shape[1], "w_o's width")
+    batch = _broadcast("the batch dimensions of x and memory", x=x.shape[:-2], memory=mem.shape[:-2])
+    n, m = x.shape[-2], mem.shape[-2]
+    mask = None if mask is None else _check_mask(mask, batch + (n, m), "(..., N, M) =")
+    allowed = _allowed(mask, _check_bool("causal", causal), n, m)
+    kw, vw = hk // h, hv // h
+    scale = _prepare_scale(scale, kw)
+
+    q_all = x @ w_q + (0 if b_q is None else b_q)
+    k_all = mem @ w_k + (0 if b_k is None else b_k)
+    v_all = mem @ w_v + (0 if b_v is None else b_v)
+    heads = [
+        _attention(
+            q_all[..., i * kw:(i + 1) * kw],
+            k_all[..., i * kw:(i + 1) * kw],
+            v_all[..., i * vw:(i + 1) * vw],
+            allowed,
+            scale,
+        )
+        for i in range(h)
+    ]
+    # Each head broadcasts to batch + (N, V) before concatenation.
+    heads = [np.broadcast_to(o, batch + (n, vw)) for o in heads]
+    out = np.concatenate(heads, axis=-1) @ w_o
+    return out + b_o if b_o is not None else out
+
+
+def multi_head_attention(
+    x: Any, params: Any, *, memory: Any = None, mask: Any = None, causal: bool = False, scale: Any = None
+) -> np.ndarray:
+    """Multi-head attention in the row convention.
+
+    ``Q = X W_q + b_q``, ``K = Mem W_k + b_k``, ``V = Mem W_v + b_v`` (``Mem = memory``
+    or ``x``); head i attends with columns ``i*K:(i+1)*K`` of Q and K and ``i*V:(i+1)*V``
+    of V; the head outputs are concatenated in head order and multiplied by ``W_o``,
+    then ``b_o`` is added.
+
+    Parameters
+    ----------
+    x : array (..., N, D)
+    params : object with attributes
+        ``w_q`` (D, H*K), ``w_k`` (Dm, H*K), ``w_v`` (Dm, H*V), ``w_o`` (H*V, D),
+        ``num_heads`` (int H), and ``b_q`` (H*K,), ``b_k`` (H*K,), ``b_v`` (H*V,),
+        ``b_o`` (D,), each optional (None or missing = no bias).
+    memory : array (..., M, Dm), optional
+        Keys and values come from here (cross-attention); default ``x``.
+    mask : boolean array, optional
+        Broadcastable to (..., N, M), applied to every head.
+    causal : bool
+        Key j allowed for query i only when ``j <= i``.
+    scale : real, optional
+        Score scale; default ``1 / sqrt(K)``.
+
+    Returns
+    -------
+    object array (..., N, D) (the width of ``w_o``).
+    """
+    with _precision():
+        return _mha(x, params, memory, mask, causal, scale)
+
+
+def _ln_checked(x, gamma, beta, eps, prefix=""):
+    x = to_mp(x, "x")
+    _check_ndim("x", x, 1, "(..., D)")
+    d = x.shape[-1]
+    gamma = _check_vector(prefix + "gamma", gamma, d, "D, the last dimension of x")
+    beta = _check_vector(prefix + "beta", beta, d, "D, the last dimension of x")
+    e = _mp_scalar("eps", eps)
+    if not isinstance(e, mpmath.mpc) and e < 0:
+        raise ValueError(f"eps must be >= 0, got {eps!r}")
+    return _layer_norm(x, gamma, beta, e)
+
+
+def layer_norm(x: Any, gamma: Any = None, beta: Any = None, eps: Any = 1e-5) -> np.ndarray:
+    """Layer normalisation over the last axis with the biased variance.
+
+    ``(x - mean) / sqrt(var + eps) * gamma + beta`` with ``var = mean((x - mean)**2)``.
+
+    Parameters
+    ----------
+    x : array (..., D)
+    gamma, beta : array (D,), optional
+        Scale and shift; None means 1 and 0.
+    eps : real
+        Added to the variance; the float64 value given is used exactly (``1e-5`` means
+        the double nearest 1e-5, as in float implementations).
+
+    Returns
+    -------
+    object array (..., D).
+    """
+    with _precision():
+        return _ln_checked(x, gamma, beta, eps)
+
+
+def _check_approximate(approximate: Any) -> str:
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+    return approximate
+
+
+def gelu(x: Any, approximate: str = "none") -> np.ndarray:
+    """GELU, exact ``x Phi(x) = x/2 (1 + erf(x / sqrt 2))`` or its tanh approximation.
+
+    Parameters
+    ----------
+    x : array (...)
+    approximate : {"none", "tanh"}
+        ``"tanh"``: ``x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` with the constant
+        0.044715 taken as the exact decimal.
+
+    Returns
+    -------
+    object array, same shape.
+    """
+    with _precision():
+        return _gelu(to_mp(x, "x"), _check_approximate(approximate))
+
+
+def _ffn(x, params, approximate, where="params"):
+    x = to_mp(x, "x")
+    _check_ndim("x", x, 1, "(..., D)")
+    d = x.shape[-1]
+    w1 = _check_matrix(f"{where}.w1", _field(params, "w1", where), "(D, F)", rows=d)
+    f = w1.shape[1]
+    b1 = _check_vector(f"{where}.b1", getattr(params, "b1", None), f, "F, the width of w1")
+    w2 = _check_matrix(f"{where}.w2", _field(params, "w2", where), "(F, D)", rows=f)
+    b2 = _check_vector(f"{where}.b2", getattr(params, "b2", None), w2.shape[1], "the width of w2")
+    hidden = x @ w1
+    if b1 is not None:
+        hidden = hidden + b1
+    out = _gelu(hidden, _check_approximate(approximate)) @ w2
+    return out + b2 if b2 is not None else out
+
+
+def feed_forward(x: Any, params: Any, approximate: str = "none") -> np.ndarray:
+    """Position-wise feed-forward sub-layer ``GELU(x W1 + b1) W2 + b2``.
+
+    Parameters
+    ----------
+    x : array (..., D)
+    params : object with attributes ``w1`` (D, F), ``b1`` (F,) or None, ``w2`` (F, D),
+        ``b2`` (D,) or None.
+    approximate : {"none", "tanh"}
+        GELU variant, see :func:`gelu`.
+
+    Returns
+    -------
+    object array (..., D).
+    """
+    with _precision():
+        return _ffn(x, params, approximate)
+
+
+def transformer_block(
+    x: Any,
+    params: Any,
+    *,
+    norm: str = "post",
+    mask: Any = None,
+    causal: bool = False,
+    approximate: str = "none",
+    eps: Any = 1e-5,
+) -> np.ndarray:
+    """One transformer encoder block (self-attention, feed-forward, two layer norms).
+
+    post-LN (``norm="post"``)::
+
+        T1 = MHA(X); T2 = X + T1; T3 = LN1(T2); T4 = FFN(T3); T5 = T3 + T4; H = LN2(T5)
+
+    pre-LN (``norm="pre"``)::
+
+        T = X + MHA(LN1(X)); H = T + FFN(LN2(T))       (no final layer norm)
+
+    Parameters
+    ----------
+    x : array (..., N, D)
+    params : object with attributes ``attn`` (see :func:`multi_head_attention`), ``ffn``
+        (see :func:`feed_forward`), ``ln1_gamma``, ``ln1_beta``, ``ln2_gamma``,
+        ``ln2_beta`` (each (D,) or None).
+    norm : {"post", "pre"}
+    mask : boolean array, optional
+        Broadcastable to (..., N, N), applied to every head.
+    causal : bool
+    approximate : {"none", "tanh"}
+        GELU variant.
+    eps : real
+        Layer-norm epsilon of both layer norms.
+
+    Returns
+    -------
+    object array (..., N, D).
+    """
+    if norm not in ("post", "pre"):
+        raise ValueError(f"norm must be 'post' or 'pre', got {norm!r}")
+    _check_approximate(approximate)
+    with _precision():
+        x = to_mp(x, "x")
+        _check_ndim("x", x, 2, "(..., N, D)")
+        attn, ffn = _field(params, "attn", "params"), _field(params, "ffn", "params")
+        g1, b1 = getattr(params, "ln1_gamma", None), getattr(params, "ln1_beta", None)
+        g2, b2 = getattr(params, "ln2_gamma", None), getattr(params, "ln2_beta", None)
+        if norm == "post":
+            t2 = x + _mha(x, attn, None, mask, causal, None, "params.attn")
+            t3 = _ln_checked(t2, g1, b1, eps, "params.ln1_")
+            t5 = t3 + _ffn(t3, ffn, approximate, "params.ffn")
+            return _ln_checked(t5, g2, b2, eps, "params.ln2_")
+        t = x + _mha(_ln_checked(x, g1, b1, eps, "params.ln1_"), attn, None, mask, causal, None, "params.attn")
+        return t + _ffn(_ln_checked(t, g2, b2, eps, "params.ln2_"), ffn, approximate, "params.ffn")
+
+
+# --------------------------------------------------------------------------- backward
+
+
+class _Overlay:
+    """Read-only attribute view of ``base`` with some attributes replaced."""
+
+    def __init__(self, base: Any, overrides: Mapping[str, Any]):
+        object.__setattr__(self, "_base", base)
+        object.__setattr__(self, "_overrides", dict(overrides))
+
+    def __getattr__(self, name: str) -> Any:
+        overrides = object.__getattribute__(self, "_overrides")
+        if name in overrides:
+            return overrides[name]
+        return getattr(object.__getattribute__(self, "_base"), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("a parameter overlay is read-only")
+
+
+def _overlay(base: Any, paths: Mapping[str, Any], where: str) -> Any:
+    """``base`` with the dotted ``paths`` (relative to it) replaced by their values."""
+    direct: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for path, value in paths.items():
+        head, _, rest = path.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            direct[head] = value
+    for head, sub in nested.items():
+        if head in direct:
+            raise ValueError(f"inputs name both {where}.{head} and fields inside it")
+        try:
+            child = getattr(base, head)
+        except AttributeError:
+            raise KeyError(f"{where} has no attribute {head!r}") from None
+        direct[head] = _overlay(child, sub, f"{where}.{head}")
+    for head in direct:
+        if not hasattr(base, head):
+            raise KeyError(f"{where} has no attribute {head!r}")
+    return _Overlay(base, direct)
+
+
+def _call(fn: Callable, values: Mapping[str, np.ndarray], kwargs: Mapping[str, Any]) -> Any:
+    """Call ``fn`` with ``kwargs`` where ``values`` replace arguments or dotted fields."""
+    args = dict(kwargs)
+    dotted: dict[str, dict[str, Any]] = {}
+    for name, value in values.items():
+        root, _, rest = name.partition(".")
+        if rest:
+            dotted.setdefault(root, {})[rest] = value
+        else:
+            args[name] = value
+    for root, paths in dotted.items():
+        if root not in kwargs:
+            raise KeyError(f"input {root}.{next(iter(paths))} names {root!r}, which is not among the keyword arguments")
+        args[root] = _overlay(kwargs[root], paths, root)
+    return fn(**args)
+
+
+def param_arrays(params: Any, prefix: str = "") -> dict[str, np.ndarray]:
+    """The array fields of a parameter object as a flat dict with dotted names.
+
+    Multi-head attention params give ``w_q, w_k, w_v, w_o, b_q, b_k, b_v, b_o``;
+    feed-forward params ``w1, b1, w2, b2``; block params ``attn.<mha field>``,
+    ``ffn.<ffn field>``, ``ln1_gamma, ln1_beta, ln2_gamma, ln2_beta``. Fields that are
+    None or missing are left out. With ``prefix="params"`` every name starts with
+    ``"params."``, ready to be passed as ``inputs`` to :func:`gradients` together with
+    ``params=params`` in its keyword arguments.
+
+    Parameters
+    ----------
+    params : MHA, FFN or block parameter object (read through ``getattr``)
+    prefix : str
+        Prepended to every name, followed by a dot, when non-empty.
+
+    Returns
+    -------
+    dict mapping names to the parameter arrays (not copied).
+    """
+    pre = f"{prefix}." if prefix else ""
+    out: dict[str, np.ndarray] = {}
+    if hasattr(params, "attn") and hasattr(params, "ffn"):
+        out.update(param_arrays(getattr(params, "attn"), f"{pre}attn"))
+        out.update(param_arrays(getattr(params, "ffn"), f"{pre}ffn"))
+        fields = _BLOCK_FIELDS
+    elif hasattr(params, "w_q"):
+        fields = _MHA_FIELDS
+    elif hasattr(params, "w1"):
+        fields = _FFN_FIELDS
+    else:
+        raise TypeError(
+            "params must be multi-head attention (w_q, ...), feed-forward (w1, ...) or block "
+            f"(attn, ffn, ...) parameters, got {type(params).__name__}"
+        )
+    for name in fields:
+        value = getattr(params, name, None)
+        if value is not None:
+            out[pre + name] = value
+    return out
+
+
+def gradients(
+    fn: Callable[..., np.ndarray],
+    inputs: Mapping[str, Any],
+    d_out: Any,
+    *,
+    as_mp: bool = False,
+    **kwargs: Any,
+) -> dict[str, np.ndarray]:
+    """Gradients of ``sum(d_out * fn(**inputs, **kwargs))`` by the complex step in mpmath.
+
+    For every entry ``x`` of every named input, ``x`` is replaced by ``x + i h``
+    (``h =`` :data:`STEP`) and the derivative is ``Im(sum(d_out * f)) / h``, computed at
+    :data:`GRADIENT_DPS` digits. One forward call per input entry.
+
+    Naming inputs: a plain name (``"q"``, ``"x"``) is passed to ``fn`` as that keyword
+    argument. A dotted name ``"root.a.b"`` replaces field ``a.b`` of the object passed as
+    keyword argument ``root`` in ``kwargs`` (through a read-only attribute view, so it
+    works with frozen dataclasses and ``SimpleNamespace``). :func:`param_arrays` builds
+    such names, e.g. ``inputs = {"x": x, **param_arrays(params, "params")}`` with
+    ``params=params`` in ``kwargs`` gives keys ``"params.attn.w_q"``, ``"params.ffn.w1"``,
+    ``"params.ln1_gamma"`` ....
+
+    Parameters
+    ----------
+    fn : callable
+        Built from this module's functions (or any function analytic in its inputs that
+        accepts object arrays of ``mpc``), called as ``fn(**inputs, **kwargs)``.
+    inputs : dict of str -> array
+        The arrays to differentiate with respect to (float64 or object arrays).
+    d_out : array
+        Same shape as ``fn``'s output.
+    as_mp : bool
+        Return object arrays of ``mpf`` (about 60 correct digits) instead of float64.
+    **kwargs
+        Further keyword arguments of ``fn`` (held fixed).
+
+    Returns
+    -------
+    dict of str -> float64 array (object array of mpf with ``as_mp``), same keys and
+    shapes as ``inputs``.
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    with _precision(GRADIENT_DPS):
+        base = {name: to_mp(value, name) for name, value in inputs.items()}
+        dout = to_mp(d_out, "d_out")
+        out = np.asarray(_call(fn, base, kwargs), dtype=object)
+        if out.shape != dout.shape:
+            raise ValueError(
+                f"d_out must have the shape of fn's output {tuple(out.shape)}, got shape {_shape(dout)}"
+            )
+        h = STEP
+        grads: dict[str, np.ndarray] = {}
+        for name, x in base.items():
+            g = _zeros(x.shape)
+            for idx in np.ndindex(*x.shape):
+                xp = x.copy()
+                xp[idx] = mpmath.mpc(xp[idx], h)
+                values = dict(base)
+                values[name] = xp
+                f = np.asarray(_call(fn, values, kwargs), dtype=object)
+                total = mpmath.fsum((dout * f).ravel()) if f.size else mpmath.mpf(0)
+                g[idx] = mpmath.im(total) / h
+            grads[name] = g if as_mp else to_float64(g)
+        return grads
+
+
+def attention_gradients(
+    q: Any, k: Any, v: Any, d_out: Any, *, mask: Any = None, causal: bool = False, scale: Any = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(dq, dk, dv)``, float64 gradients of ``sum(d_out * attention(q, k, v))``.
+
+    Arguments as in :func:`attention`; ``d_out`` has the output's shape (..., N, V).
+    Each gradient has the shape of its input (broadcast batch dims summed over).
+    """
+    g = gradients(attention, {"q": q, "k": k, "v": v}, d_out, mask=mask, causal=causal, scale=scale)
+    return g["q"], g["k"], g["v"]
+
+
+def _strip(grads: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {name[len(prefix):] if name.startswith(prefix) else name: g for name, g in grads.items()}
+
+
+def multi_head_attention_gradients(
+    x: Any,
+    params: Any,
+    d_out: Any,
+    *,
+    memory: Any = None,
+    mask: Any = None,
+    causal: bool = False,
+    scale: Any = None,
+) -> dict[str, np.ndarray]:
+    """Float64 gradients of ``sum(d_out * multi_head_attention(x, params, ...))``.
+
+    Returns
+    -------
+    dict with keys ``"x"``, ``"memory"`` (only when given) and the non-None parameter
+    fields ``"w_q", "w_k", "w_v", "w_o", "b_q", "b_k", "b_v", "b_o"``; each value has
+    the shape of the corresponding array.
+    """
+    inputs = {"x": x, **param_arrays(params, "params")}
+    if memory is not None:
+        inputs["memory"] = memory
+    g = gradients(
+        lambda x, params, memory=None: multi_head_attention(
+            x, params, memory=memory, mask=mask, causal=causal, scale=scale
+        ),
+        inputs,
+        d_out,
+        params=params,
+    )
+    return _strip(g, "params.")
+
+
+def transformer_block_gradients(
+    x: Any,
+    params: Any,
+    d_out: Any,
+    *,
+    norm: str = "post",
+    mask: Any = None,
+    causal: bool = False,
+    approximate: str = "none",
+    eps: Any = 1e-5,
+) -> dict[str, np.ndarray]:
+    """Float64 gradients of ``sum(d_out * transformer_block(x, params, ...))``.
+
+    Returns
+    -------
+    dict with keys ``"x"``, ``"attn.w_q"`` ... ``"attn.b_o"``, ``"ffn.w1"`` ...
+    ``"ffn.b2"``, ``"ln1_gamma"``, ``"ln1_beta"``, ``"ln2_gamma"``, ``"ln2_beta"``
+    (None fields left out), i.e. :func:`param_arrays` names plus ``"x"``.
+    """
+    inputs = {"x": x, **param_arrays(params, "params")}
+    g = gradients(
+        lambda x, params: transformer_block(
+            x, params, norm=norm, mask=mask, causal=causal, approximate=approximate, eps=eps
+        ),
+        inputs,
+        d_out,
+        params=params,
+    )
+    return _strip(g, "params.")
