@@ -23,5 +23,11 @@ def main() -> None:
     """
 
 
+from verify.cli_check import check, derive, report  # noqa: E402  (commands register below)
+
+main.add_command(check)
+main.add_command(derive)
+main.add_command(report)
+
 if __name__ == "__main__":
     main()
