@@ -9,3 +9,5 @@ from .multihead import MHAGradients, MHAParams, init_params, multi_head_attentio
 __all__ += ["MHAParams", "MHAGradients", "init_params", "multi_head_attention", "multi_head_attention_backward"]
 from .layers import FFNParams, feed_forward, feed_forward_backward, gelu, gelu_backward, init_ffn_params, layer_norm, layer_norm_backward  # noqa: E402
 __all__ += ["layer_norm", "layer_norm_backward", "gelu", "gelu_backward", "FFNParams", "init_ffn_params", "feed_forward", "feed_forward_backward"]  # noqa: E501
+from .block import BlockGradients, BlockParams, init_block_params, transformer_block, transformer_block_backward  # noqa: E402
+__all__ += ["BlockParams", "BlockGradients", "init_block_params", "transformer_block", "transformer_block_backward"]

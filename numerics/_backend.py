@@ -14,6 +14,7 @@ from types import ModuleType
 from typing import Any
 
 import array_api_compat
+import numpy as np
 
 __all__ = [
     "namespace_of",
@@ -30,6 +31,8 @@ __all__ = [
     "sum_to_shape",
     "inplace",
     "masked_fill",
+    "resolve_dtype",
+    "positive_int",
 ]
 
 # Names a caller may use in ``xp=``; each is imported only when asked for.
@@ -208,3 +211,27 @@ def masked_fill(xp: ModuleType, a: Any, keep: Any, value: float) -> Any:
         xp.copyto(a, value, where=xp.logical_not(keep))
         return a
     return xp.where(keep, a, value)
+
+
+def resolve_dtype(xp: ModuleType, dtype: Any) -> Any:
+    """A real floating dtype of ``xp`` from a dtype object or its name; None means float64."""
+    if dtype is None:
+        return xp.float64
+    if isinstance(dtype, str):
+        if not hasattr(xp, dtype):
+            raise ValueError(f"dtype {dtype!r} is not a dtype of namespace {xp.__name__}")
+        dtype = getattr(xp, dtype)
+    try:
+        ok = xp.isdtype(dtype, "real floating")
+    except Exception:
+        ok = False
+    if not ok:
+        raise TypeError(f"dtype must be a real floating dtype of namespace {xp.__name__}, got {dtype!r}")
+    return dtype
+
+
+def positive_int(name: str, value: Any) -> int:
+    """``value`` as a Python int when it is a positive integer (NumPy integers too), else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)

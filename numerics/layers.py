@@ -315,22 +315,6 @@ class FFNParams:
         return int(self.w1.shape[1])
 
 
-def _resolve_dtype(xp: ModuleType, dtype: Any) -> Any:
-    if dtype is None:
-        return xp.float64
-    if isinstance(dtype, str):
-        if not hasattr(xp, dtype):
-            raise ValueError(f"dtype {dtype!r} is not a dtype of namespace {xp.__name__}")
-        dtype = getattr(xp, dtype)
-    try:
-        ok = xp.isdtype(dtype, "real floating")
-    except Exception:
-        ok = False
-    if not ok:
-        raise TypeError(f"dtype must be a real floating dtype of namespace {xp.__name__}, got {dtype!r}")
-    return dtype
-
-
 def init_ffn_params(
     d_model: int,
     d_ff: int,
@@ -350,12 +334,9 @@ def init_ffn_params(
     ``dtype`` (default float64; a dtype object of ``xp`` or its name). The same seed gives the
     same values on every namespace (up to the final cast). ``bias=False`` leaves b1, b2 None.
     """
-    for name, value in (("d_model", d_model), ("d_ff", d_ff)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    d_model, d_ff = int(d_model), int(d_ff)
+    d_model, d_ff = bk.positive_int("d_model", d_model), bk.positive_int("d_ff", d_ff)
     xp = bk.get_namespace(xp)
-    dtype = _resolve_dtype(xp, dtype)
+    dtype = bk.resolve_dtype(xp, dtype)
     rng = np.random.default_rng(seed)
     std_in, std_hidden = 1.0 / math.sqrt(d_model), 1.0 / math.sqrt(d_ff)
     host = {

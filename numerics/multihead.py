@@ -105,21 +105,16 @@ def init_params(
     ``numpy.random.default_rng(seed)`` (float64) and cast to ``dtype`` (default float64)
     on namespace ``xp``, so every backend gets the same values for the same seed.
     """
-    for name, value in (("d_model", d_model), ("num_heads", num_heads)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    d_model, num_heads = bk.positive_int("d_model", d_model), bk.positive_int("num_heads", num_heads)
     if (d_k is None or d_v is None) and d_model % num_heads:
         raise ValueError(
             f"d_model ({d_model}) must be divisible by num_heads ({num_heads}) when d_k or d_v is not given"
         )
-    d_k = d_model // num_heads if d_k is None else d_k
-    d_v = d_model // num_heads if d_v is None else d_v
-    d_memory = d_model if d_memory is None else d_memory
-    for name, value in (("d_k", d_k), ("d_v", d_v), ("d_memory", d_memory)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    d_k = d_model // num_heads if d_k is None else bk.positive_int("d_k", d_k)
+    d_v = d_model // num_heads if d_v is None else bk.positive_int("d_v", d_v)
+    d_memory = d_model if d_memory is None else bk.positive_int("d_memory", d_memory)
     xp = bk.get_namespace(xp)
-    dtype = xp.float64 if dtype is None else dtype
+    dtype = bk.resolve_dtype(xp, dtype)
     rng = np.random.default_rng(seed)
     shapes = {
         "w_q": (d_model, num_heads * d_k),

@@ -1,0 +1,471 @@
+"""The transformer encoder block, forward and hand-written backward.
+
+Shapes use the package glossary: B... batch dims, N sequence length, D model width,
+H heads, K key/query width per head, V value width per head, F feed-forward width.
+Row-vector convention, as the documents write it. With MHA = :func:`numerics.multi_head_attention`
+(self-attention), LN1/LN2 = :func:`numerics.layer_norm` with their own gain and bias, and
+FFN = :func:`numerics.feed_forward`::
+
+    post-LN (norm="post", the original Transformer; seed 003, Teorema 1):
+        T1 = MHA(X);  T2 = X + T1;  T3 = LN1(T2);  T4 = FFN(T3);  T5 = T3 + T4;  H = LN2(T5)
+
+    pre-LN (norm="pre"):
+        T = X + MHA(LN1(X));  H = T + FFN(LN2(T))          (no final layer norm)
+
+These are exactly ``torch.nn.TransformerEncoderLayer`` with ``dropout=0``,
+``activation="gelu"`` (or the tanh GELU), ``norm_first=False`` / ``True``, in eval mode.
+
+The backward pass is composed by hand, by the chain rule through the lines above, from
+:func:`numerics.multi_head_attention_backward`, :func:`numerics.layer_norm_backward` and
+:func:`numerics.feed_forward_backward` (no automatic differentiation). float16 / bfloat16
+inputs are cast once to float32, the whole block is computed in float32, and every result
+is rounded once back to the input's dtype.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, replace
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from . import _backend as bk
+from . import layers as _layers
+from . import multihead as _multihead
+from .layers import FFNParams, feed_forward, feed_forward_backward, init_ffn_params, layer_norm, layer_norm_backward
+from .multihead import MHAParams, init_params, multi_head_attention, multi_head_attention_backward
+
+__all__ = ["BlockParams", "BlockGradients", "init_block_params", "transformer_block", "transformer_block_backward"]
+
+_NORMS = ("post", "pre")
+_LN_FIELDS = ("ln1_gamma", "ln1_beta", "ln2_gamma", "ln2_beta")
+_FFN_FIELDS = ("w1", "b1", "w2", "b2")
+
+
+@dataclass
+class BlockParams:
+    """Parameters of one transformer encoder block.
+
+    Attributes
+    ----------
+    attn : MHAParams
+        Self-attention: w_q (D, H*K), w_k (D, H*K), w_v (D, H*V), w_o (H*V, D), biases or None.
+    ffn : FFNParams
+        w1 (D, F), b1 (F,) or None, w2 (F, D), b2 (D,) or None.
+    ln1_gamma, ln1_beta, ln2_gamma, ln2_beta : array (D,) or None
+        Gains and biases of the two layer norms; None means gain 1 / bias 0. LN1 is the
+        norm after (post-LN) or before (pre-LN) the attention sub-layer, LN2 the one of the
+        feed-forward sub-layer (torch's ``norm1`` and ``norm2``).
+
+    The same class holds gradients (:func:`transformer_block_backward`), with None where
+    the parameter is None.
+    """
+
+    attn: MHAParams
+    ffn: FFNParams
+    ln1_gamma: Any = None
+    ln1_beta: Any = None
+    ln2_gamma: Any = None
+    ln2_beta: Any = None
+
+    @property
+    def d_model(self) -> int:
+        """D, the model width."""
+        return self.attn.d_model
+
+    @property
+    def num_heads(self) -> int:
+        """H, the number of attention heads."""
+        return self.attn.num_heads
+
+    @property
+    def d_ff(self) -> int:
+        """F, the feed-forward hidden width."""
+        return self.ffn.d_ff
+
+    def arrays(self) -> dict[str, Any]:
+        """Every parameter array by dotted name (``attn.w_q``, ``ffn.w1``, ``ln1_gamma`` ...),
+        absent (None) ones left out: the names of :func:`numerics.reference.param_arrays`."""
+        out = {f"attn.{n}": a for n, a in self.attn.arrays().items()}
+        out.update({f"ffn.{n}": getattr(self.ffn, n) for n in _FFN_FIELDS if getattr(self.ffn, n) is not None})
+        out.update({n: getattr(self, n) for n in _LN_FIELDS if getattr(self, n) is not None})
+        return out
+
+    def num_parameters(self) -> int:
+        """Total number of scalar parameters."""
+        return sum(math.prod(a.shape) for a in self.arrays().values())
+
+
+@dataclass
+class BlockGradients:
+    """Gradients of ``sum(d_out * transformer_block(x, params, ...))``.
+
+    Attributes
+    ----------
+    x : array (..., N, D)
+    params : BlockParams
+        Gradient of every parameter, with the parameter's shape; None where it is None.
+    """
+
+    x: Any
+    params: BlockParams
+
+
+def init_block_params(
+    d_model: int,
+    num_heads: int,
+    d_ff: int,
+    *,
+    bias: bool = True,
+    dtype: Any = None,
+    xp: ModuleType | str = "numpy",
+    seed: int = 0,
+    noise: float = 0.0,
+) -> BlockParams:
+    """Random :class:`BlockParams` for width D = ``d_model``, H = ``num_heads``, F = ``d_ff``.
+
+    The attention weights come from :func:`numerics.init_params` (N(0, 1/fan_in), K = V =
+    D / H, biases 0) and the feed-forward network from :func:`numerics.init_ffn_params`
+    (weights and biases N(0, 1/fan_in)); the layer-norm gains are 1 and their biases 0,
+    as in PyTorch. ``bias=False`` leaves every bias None (attention, feed-forward and
+    layer-norm biases, like torch's ``bias=False``); the gains stay.
+
+    ``noise > 0`` is for tests: the values that are otherwise constants are drawn near them,
+    gains ``1 + noise * N(0, 1)`` and the layer-norm and attention biases ``noise * N(0, 1)``,
+    so that every parameter takes part (a gain of exactly 1 and biases of exactly 0 hide
+    transpositions, swaps and dropped terms).
+
+    Values are drawn on the host in float64 from ``numpy.random.SeedSequence(seed)`` (one
+    independent child stream for each of attention, feed-forward and the extra values),
+    then put on namespace ``xp`` (a module or its name) and cast to ``dtype`` (default
+    float64; a dtype of ``xp`` or its name): the same seed gives the same values on every
+    namespace.
+    """
+    d_model, num_heads, d_ff = (
+        bk.positive_int(n, v) for n, v in (("d_model", d_model), ("num_heads", num_heads), ("d_ff", d_ff))
+    )
+    if d_model % num_heads:
+        raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads})")
+    try:
+        noise = float(noise)
+    except (TypeError, ValueError):
+        raise TypeError(f"noise must be a real number, got {type(noise).__name__}") from None
+    if not math.isfinite(noise) or noise < 0:
+        raise ValueError(f"noise must be finite and >= 0, got {noise!r}")
+    xp = bk.get_namespace(xp)
+    dtype = bk.resolve_dtype(xp, dtype)
+    attn_seq, ffn_seq, extra_seq = np.random.SeedSequence(seed).spawn(3)
+    attn = init_params(
+        d_model, num_heads, bias=bias, dtype=dtype, xp=xp, seed=int(attn_seq.generate_state(1)[0])
+    )
+    ffn = init_ffn_params(d_model, d_ff, bias=bias, dtype=dtype, xp=xp, seed=int(ffn_seq.generate_state(1)[0]))
+    rng = np.random.default_rng(extra_seq)
+
+    def put(a: np.ndarray) -> Any:
+        return xp.astype(xp.asarray(a), dtype)
+
+    def near(value: float, shape: tuple[int, ...]) -> Any:
+        return put(value + noise * rng.standard_normal(shape) if noise else np.full(shape, value))
+
+    if bias:
+        attn = replace(attn, **{n: near(0.0, tuple(getattr(attn, n).shape)) for n in ("b_q", "b_k", "b_v", "b_o")})
+    ln = {
+        "ln1_gamma": near(1.0, (d_model,)),
+        "ln1_beta": near(0.0, (d_model,)) if bias else None,
+        "ln2_gamma": near(1.0, (d_model,)),
+        "ln2_beta": near(0.0, (d_model,)) if bias else None,
+    }
+    return BlockParams(attn=attn, ffn=ffn, **ln)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+@dataclass(frozen=True)
+class _Call:
+    """Checked arguments of one block call, cast to the compute dtype."""
+
+    xp: ModuleType
+    x: Any
+    params: BlockParams
+    mask: Any
+    causal: bool
+    norm: str
+    approximate: str
+    eps: float
+    dtype: Any  # the caller's dtype; results are cast back to it
+
+
+def _check_attn(attn: MHAParams, xp: ModuleType) -> None:
+    """multihead's own checks, with the names re-rooted at ``params.attn``."""
+    try:
+        _multihead._check_params(attn, xp)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(re.sub(r"\bparams\.", "params.attn.", str(exc))) from None
+
+
+def _check_ffn(ffn: FFNParams, xp: ModuleType, d: int) -> None:
+    bk.check_float_array("params.ffn.w1", ffn.w1, xp, ndim=2)
+    if int(ffn.w1.shape[0]) != d or int(ffn.w1.shape[1]) == 0:
+        raise ValueError(
+            f"params.ffn.w1 must have shape (D, F) with D = x.shape[-1] = {d} and F >= 1, "
+            f"got {bk.shape_str(ffn.w1)}"
+        )
+    f = int(ffn.w1.shape[1])
+    bk.check_float_array("params.ffn.w2", ffn.w2, xp, ndim=2)
+    if tuple(ffn.w2.shape) != (f, d):
+        raise ValueError(
+            f"params.ffn.w2 must have shape (F, D) = ({f}, {d}) with F = params.ffn.w1.shape[1] and "
+            f"D = x.shape[-1], got {bk.shape_str(ffn.w2)}"
+        )
+    for name, size, what in (("b1", f, "F = params.ffn.w1.shape[1]"), ("b2", d, "D = x.shape[-1]")):
+        b = getattr(ffn, name)
+        if b is not None:
+            bk.check_float_array(f"params.ffn.{name}", b, xp, ndim=1)
+            if tuple(b.shape) != (size,):
+                raise ValueError(f"params.ffn.{name} must have shape ({size},) with {what}, got {bk.shape_str(b)}")
+
+
+def _prepare(x, params, mask, causal, norm, approximate, eps, check_finite, d_out=None) -> _Call:
+    if not isinstance(params, BlockParams):
+        raise TypeError(f"params must be a BlockParams, got {type(params).__name__}")
+    if not isinstance(params.attn, MHAParams):
+        raise TypeError(f"params.attn must be an MHAParams, got {type(params.attn).__name__}")
+    if not isinstance(params.ffn, FFNParams):
+        raise TypeError(f"params.ffn must be an FFNParams, got {type(params.ffn).__name__}")
+    if not isinstance(norm, str) or norm not in _NORMS:
+        raise ValueError(f"norm must be 'post' or 'pre', got {norm!r}")
+    approximate = _layers._check_approximate(approximate)
+    eps = _layers._check_eps(eps)
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    named = {f"params.{n}": a for n, a in params.arrays().items()}
+    xp = bk.namespace_of(x=x, mask=mask, d_out=d_out, **named)
+    bk.check_float_array("x", x, xp, min_ndim=2)
+    d, n = int(x.shape[-1]), int(x.shape[-2])
+    if d == 0:
+        raise ValueError(f"x must have a non-empty width D, got shape {bk.shape_str(x)}")
+    _check_attn(params.attn, xp)
+    if params.attn.d_model != d:
+        raise ValueError(
+            f"params.attn.w_q must have D = x.shape[-1] = {d} rows: x has shape {bk.shape_str(x)}, "
+            f"params.attn.w_q has shape {bk.shape_str(params.attn.w_q)}"
+        )
+    if params.attn.d_memory != d:
+        raise ValueError(
+            f"params.attn.w_k must have D = x.shape[-1] = {d} rows (the block uses self-attention), "
+            f"got shape {bk.shape_str(params.attn.w_k)}"
+        )
+    _check_ffn(params.ffn, xp, d)
+    for name in _LN_FIELDS:
+        a = getattr(params, name)
+        if a is not None:
+            bk.check_float_array(f"params.{name}", a, xp, ndim=1)
+            if tuple(a.shape) != (d,):
+                raise ValueError(f"params.{name} must have shape (D,) with D = x.shape[-1] = {d}, got {bk.shape_str(a)}")
+    if d_out is not None:
+        bk.check_float_array("d_out", d_out, xp)
+        if tuple(d_out.shape) != tuple(x.shape):
+            raise ValueError(
+                f"d_out must have the output's shape, which is x's shape {bk.shape_str(x)}, "
+                f"got shape {bk.shape_str(d_out)}"
+            )
+    bk.check_same_dtype(x=x, d_out=d_out, **named)
+    if mask is not None:
+        bk.check_mask(mask, tuple(int(s) for s in x.shape[:-2]) + (n, n), xp, target_desc="(..., N, N) =")
+    if check_finite:
+        bk.check_finite(xp, x=x, d_out=d_out, **named)
+    dtype = x.dtype
+    work = bk.compute_dtype(xp, dtype)
+    if work != dtype:
+        cast = lambda a: None if a is None else xp.astype(a, work)  # noqa: E731
+        params = BlockParams(
+            attn=replace(params.attn, **{k: cast(a) for k, a in params.attn.arrays().items()}),
+            ffn=FFNParams(*(cast(getattr(params.ffn, k)) for k in _FFN_FIELDS)),
+            **{k: cast(getattr(params, k)) for k in _LN_FIELDS},
+        )
+        x = cast(x)
+    return _Call(xp, x, params, mask, causal, norm, approximate, eps, dtype)
+
+
+# --------------------------------------------------------------------------- sub-layers
+# Inputs are checked once in _prepare; the sub-layers skip the finiteness scan.
+
+
+def _mha(c: _Call, u: Any) -> Any:
+    return multi_head_attention(u, c.params.attn, mask=c.mask, causal=c.causal, check_finite=False)
+
+
+def _mha_backward(c: _Call, u: Any, d: Any):
+    return multi_head_attention_backward(u, c.params.attn, d, mask=c.mask, causal=c.causal, check_finite=False)
+
+
+def _ln(c: _Call, which: int, u: Any) -> Any:
+    p = c.params
+    gamma, beta = (p.ln1_gamma, p.ln1_beta) if which == 1 else (p.ln2_gamma, p.ln2_beta)
+    return layer_norm(u, gamma, beta, eps=c.eps, check_finite=False)
+
+
+def _ln_backward(c: _Call, which: int, u: Any, d: Any) -> tuple[Any, Any, Any]:
+    """(du, dgamma, dbeta) with None for an absent gain or bias."""
+    p = c.params
+    gamma, beta = (p.ln1_gamma, p.ln1_beta) if which == 1 else (p.ln2_gamma, p.ln2_beta)
+    du, dgamma, dbeta = layer_norm_backward(u, d, gamma, eps=c.eps, check_finite=False)
+    return du, dgamma, None if beta is None else dbeta
+
+
+def _ffn(c: _Call, u: Any) -> Any:
+    return feed_forward(u, c.params.ffn, approximate=c.approximate, check_finite=False)
+
+
+def _ffn_backward(c: _Call, u: Any, d: Any) -> tuple[Any, FFNParams]:
+    return feed_forward_backward(u, c.params.ffn, d, approximate=c.approximate, check_finite=False)
+
+
+def _forward(c: _Call) -> Any:
+    x = c.x
+    if c.norm == "post":
+        t3 = _ln(c, 1, x + _mha(c, x))
+        return _ln(c, 2, t3 + _ffn(c, t3))
+    t = x + _mha(c, _ln(c, 1, x))
+    return t + _ffn(c, _ln(c, 2, t))
+
+
+def _backward(c: _Call, d_h: Any) -> BlockGradients:
+    x = c.x
+    if c.norm == "post":
+        # Forward again, keeping what the backward needs.
+        t2 = x + _mha(c, x)
+        t3 = _ln(c, 1, t2)
+        t5 = t3 + _ffn(c, t3)
+        # H = LN2(T5); T5 = T3 + FFN(T3); T3 = LN1(T2); T2 = X + MHA(X).
+        d_t5, dg2, db2 = _ln_backward(c, 2, t5, d_h)
+        d_t3_ffn, g_ffn = _ffn_backward(c, t3, d_t5)
+        d_t2, dg1, db1 = _ln_backward(c, 1, t2, d_t5 + d_t3_ffn)
+        g_attn = _mha_backward(c, x, d_t2)
+        dx = d_t2 + g_attn.x
+    else:
+        u = _ln(c, 1, x)
+        t = x + _mha(c, u)
+        v = _ln(c, 2, t)
+        # H = T + FFN(V); V = LN2(T); T = X + MHA(U); U = LN1(X).
+        d_v, g_ffn = _ffn_backward(c, v, d_h)
+        d_t_ln, dg2, db2 = _ln_backward(c, 2, t, d_v)
+        d_t = d_h + d_t_ln
+        g_attn = _mha_backward(c, u, d_t)
+        d_x_ln, dg1, db1 = _ln_backward(c, 1, x, g_attn.x)
+        dx = d_t + d_x_ln
+    xp, dtype = c.xp, c.dtype
+    cast = lambda a: None if a is None else xp.astype(a, dtype, copy=False)  # noqa: E731
+    attn = g_attn.params
+    return BlockGradients(
+        x=cast(dx),
+        params=BlockParams(
+            attn=replace(attn, **{k: cast(a) for k, a in attn.arrays().items()}),
+            ffn=FFNParams(*(cast(getattr(g_ffn, k)) for k in _FFN_FIELDS)),
+            ln1_gamma=cast(dg1),
+            ln1_beta=cast(db1),
+            ln2_gamma=cast(dg2),
+            ln2_beta=cast(db2),
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- API
+
+
+def transformer_block(
+    x: Any,
+    params: BlockParams,
+    *,
+    norm: str = "post",
+    mask: Any = None,
+    causal: bool = False,
+    approximate: str = "none",
+    eps: float = 1e-5,
+    check_finite: bool = True,
+) -> Any:
+    """One transformer encoder block: self-attention and feed-forward sub-layers with
+    residual connections and two layer norms.
+
+    Parameters
+    ----------
+    x : array (..., N, D)
+        Real floating.
+    params : BlockParams
+        Same dtype and namespace as ``x``; attention with D = ``x.shape[-1]`` rows in w_q
+        and w_k, feed-forward with w1 (D, F), layer-norm parameters (D,) or None.
+    norm : {"post", "pre"}
+        ``"post"``: ``T3 = LN1(X + MHA(X))``, ``H = LN2(T3 + FFN(T3))``.
+        ``"pre"``: ``T = X + MHA(LN1(X))``, ``H = T + FFN(LN2(T))`` (no final layer norm).
+    mask : boolean array, optional
+        Broadcastable to (..., N, N), True = may attend, the same for every head. A query
+        with no allowed key gets attention output 0 (its attention sub-layer adds only
+        ``b_o``), never NaN.
+    causal : bool
+        Token j visible to token i only when j <= i (combined with ``mask`` by AND).
+    approximate : {"none", "tanh"}
+        The feed-forward network's GELU (see :func:`numerics.gelu`).
+    eps : float
+        Epsilon of both layer norms (added to the biased variance), >= 0.
+    check_finite : bool
+        Raise ValueError when ``x`` or a parameter holds NaN or Inf.
+
+    Returns
+    -------
+    array (..., N, D), same dtype and namespace as ``x``.
+
+    Raises
+    ------
+    TypeError
+        params not a BlockParams (or its attn / ffn of the wrong class), non-floating
+        arrays, mixed dtypes or array libraries, causal not a bool.
+    ValueError
+        Unknown ``norm`` or ``approximate``, inconsistent shapes (the message names the
+        argument, e.g. ``params.ffn.w1`` or ``params.ln2_gamma``), bad ``eps``, non-finite input.
+    """
+    c = _prepare(x, params, mask, causal, norm, approximate, eps, check_finite)
+    return c.xp.astype(_forward(c), c.dtype, copy=False)
+
+
+def transformer_block_backward(
+    x: Any,
+    params: BlockParams,
+    d_out: Any,
+    *,
+    norm: str = "post",
+    mask: Any = None,
+    causal: bool = False,
+    approximate: str = "none",
+    eps: float = 1e-5,
+    check_finite: bool = True,
+) -> BlockGradients:
+    """Gradients of ``sum(d_out * transformer_block(x, params, ...))``, by hand.
+
+    Arguments as in :func:`transformer_block`; ``d_out`` has the output's shape, which is
+    ``x``'s (..., N, D), and is checked for NaN/Inf with the rest. Post-LN, with
+    ``LN'``, ``FFN'``, ``MHA'`` the vector-Jacobian products of the sub-layers::
+
+        dT5 = LN2'(T5)[dH];  dT3 = dT5 + FFN'(T3)[dT5];  dT2 = LN1'(T2)[dT3];
+        dX  = dT2 + MHA'(X)[dT2]
+
+    pre-LN::
+
+        dT = dH + LN2'(T)[FFN'(LN2(T))[dH]];  dX = dT + LN1'(X)[MHA'(LN1(X))[dT]]
+
+    The forward pass is recomputed (nothing is cached between calls).
+
+    Returns
+    -------
+    BlockGradients
+        ``x`` (..., N, D) and ``params``, a :class:`BlockParams` of gradients with the
+        parameters' shapes (``attn`` an MHAParams, ``ffn`` an FFNParams; None where the
+        parameter is None), all in ``x``'s dtype and namespace. The gradient of
+        ``attn.b_k`` is 0 in exact arithmetic (softmax is invariant to a shift common to
+        all keys) and comes out as rounding noise.
+    """
+    c = _prepare(x, params, mask, causal, norm, approximate, eps, check_finite, d_out=d_out)
+    return _backward(c, c.xp.astype(d_out, c.x.dtype, copy=False))
