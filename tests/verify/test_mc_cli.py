@@ -1,0 +1,72 @@
+"""``attnverify mc``: output, JSON, plots and argument errors."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from verify.cli import main
+from verify.cli_mc import parse_dks
+
+
+def run(*args):
+    return CliRunner().invoke(main, ["mc", *args], catch_exceptions=False)
+
+
+def test_mc_lists_the_four_experiments():
+    out = run("--help")
+    assert out.exit_code == 0
+    for name in ("variance", "scaled", "projected", "saturation"):
+        assert name in out.output
+
+
+def test_variance_command_writes_json_and_plot(tmp_path):
+    j, p = tmp_path / "out" / "v.json", tmp_path / "v.png"
+    out = run("variance", "--dk", "1..4", "--samples", "5e3", "--seed", "3", "--json", str(j), "--plot", str(p))
+    assert out.exit_code == 0, out.output
+    assert "SUPPORTED" in out.output and "seed=3" in out.output
+    data = json.loads(j.read_text())
+    assert data["experiment"] == "variance" and [pt["d_k"] for pt in data["points"]] == [1, 2, 4]
+    assert data["points"][0]["result"]["samples"] == 5000
+    assert p.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_variance_command_refutes_dk_with_non_zero_mean():
+    out = run("variance", "--dk", "16", "--samples", "20000", "--seed", "1", "--mean-q", "1", "--std-k", "2")
+    assert out.exit_code == 0, out.output
+    assert "REFUTED" in out.output and "SUPPORTED" in out.output
+
+
+def test_scaled_projected_saturation_commands(tmp_path):
+    assert run("scaled", "--dk", "4,64", "--samples", "2000", "--seed", "1").exit_code == 0
+    out = run("projected", "--dk", "4", "--d-model", "2", "--same-token", "--samples", "20000", "--seed", "1",
+              "--dist", "rademacher", "--workers", "2")
+    assert out.exit_code == 0, out.output
+    out = run("saturation", "--dk", "1,256", "--samples", "500", "--seed", "1", "--keys", "8",
+              "--plot", str(tmp_path / "s.png"))
+    assert out.exit_code == 0, out.output
+    assert "Corolário 4" in out.output and "REFUTED" in out.output
+    assert (tmp_path / "s.png").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["variance", "--dk", "0"], "--dk"),
+    (["variance", "--dk", "8..2"], "--dk"),
+    (["variance", "--samples", "1.5"], "whole number"),
+    (["variance", "--dk", "4", "--samples", "1"], "samples must be an integer >= 2, got 1"),
+    (["variance", "--dk", "4", "--alpha", "2"], "alpha must lie in (0, 1), got 2.0"),
+    (["variance", "--dk", "4", "--rel-error", "-1"], "rel_error must lie in (0, inf)"),
+    (["variance", "--dist", "cauchy"], "cauchy"),
+    (["variance", "--dk", "2", "--samples", "100", "--plot", "x.jpg"], "must end in .png"),
+    (["saturation", "--keys", "1"], "--keys"),
+])
+def test_bad_arguments_are_usage_errors(args, message):
+    out = run(*args)
+    assert out.exit_code == 2
+    assert message in out.output
+
+
+def test_parse_dks():
+    assert parse_dks("1..8") == (1, 2, 4, 8)
+    assert parse_dks(("3,3,5", "2..4")) == (3, 5, 2, 4)
+    assert parse_dks("3..20") == (3, 6, 12)

@@ -1,0 +1,515 @@
+"""The streaming Monte Carlo engine: blocks, seeds, workers, stopping rules.
+
+How a run is defined
+--------------------
+A run is the sampler, the seed and the **block size**. The sample budget is cut into blocks of
+``block_size`` samples (the last one possibly shorter); block ``b`` draws from its own generator,
+seeded by ``SeedSequence(seed, spawn_key=spawn_key + (b,))``, and is summarised on its own
+(mean, centred moment sums, counts, histograms). Block summaries are merged in block order with
+Chan's formulas. Threads, chunk sizes and the order in which blocks finish therefore cannot change
+a single bit of the result; the block size can, and is logged with the seed.
+
+Memory is bounded by ``workers`` blocks in flight: the default block holds about 2**19 random
+numbers (4 MiB in float64) whatever the total budget.
+
+Workers are threads: NumPy's generators and ufuncs release the GIL, so one Python process uses
+every core. ``chunk_size`` is the number of samples a worker takes at once (a whole number of
+blocks): it only changes scheduling and how often progress is drawn.
+
+Stopping: at the budget (``samples``), or when the target interval's relative half-width
+reaches ``rel_error`` (checked after every block, in block order, so that the stopping point is
+reproducible too), or on Ctrl-C, which returns the blocks finished so far, in order, flagged
+``incomplete=True``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+
+import numpy as np
+
+from ._checks import check_alpha, check_choice, check_int, check_positive_float
+from .results import MCResult, Output
+from .stats import (
+    VARIANCE_METHODS,
+    Count,
+    Histogram,
+    Moments,
+    count_of,
+    fraction_interval,
+    histogram_of,
+    mean_interval,
+    moments_of,
+    variance_interval,
+)
+
+__all__ = [
+    "Sampler",
+    "FunctionSampler",
+    "BlockInfo",
+    "run_mc",
+    "default_block_size",
+    "array_namespace_for",
+    "make_generator",
+    "BACKENDS",
+    "BIT_GENERATORS",
+    "BLOCK_ELEMENTS",
+]
+
+#: Backends a run can use; CuPy is imported only when named.
+BACKENDS = ("numpy", "cupy")
+#: NumPy bit generators a run can use (CuPy uses its own default generator).
+BIT_GENERATORS = ("PCG64", "PCG64DXSM", "Philox", "SFC64")
+#: Random numbers per block the default block size aims at, per backend.
+BLOCK_ELEMENTS = {"numpy": 2**19, "cupy": 2**25}
+#: Largest default block, in samples.
+MAX_BLOCK_SAMPLES = 2**16
+#: Budget when only a relative-error target is given.
+DEFAULT_MAX_SAMPLES = 10**9
+#: Budget when neither samples nor a target is given.
+DEFAULT_SAMPLES = 10**6
+#: Seconds after which a progress bar appears (when stderr is a terminal).
+PROGRESS_AFTER_S = 2.0
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """What the engine samples from.
+
+    Attributes
+    ----------
+    name : str
+    params : dict
+        Parameters logged with the result.
+    outputs : mapping of str to Output
+        The named per-sample quantities the call returns, and how to summarise them.
+    elements_per_sample : int
+        Roughly how many float64 numbers one sample holds in memory; sizes the default block.
+
+    ``sampler(xp, rng, n)`` draws ``n`` independent samples with the generator ``rng``
+    (``numpy.random.Generator`` or ``cupy.random.Generator``) and returns a mapping from each
+    output name to an array of shape (n,) in namespace ``xp``. It must use only ``rng`` for
+    randomness and only array-API functions of ``xp`` for arithmetic, so that the same code runs
+    on NumPy and CuPy.
+    """
+
+    name: str
+    params: dict
+    outputs: Mapping[str, Output]
+    elements_per_sample: int
+
+    def __call__(self, xp: Any, rng: Any, n: int) -> Mapping[str, Any]: ...
+
+
+@dataclass
+class FunctionSampler:
+    """Wrap a plain function ``fn(xp, rng, n) -> array (n,) or mapping`` as a :class:`Sampler`.
+
+    A bare array result is reported under the output name ``"x"``.
+    """
+
+    fn: Callable[..., Any]
+    outputs: Mapping[str, Output] = field(default_factory=lambda: {"x": Output("x")})
+    name: str = ""
+    elements_per_sample: int = 1
+    params: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.name:
+            self.name = getattr(self.fn, "__name__", "sampler")
+
+    def __call__(self, xp, rng, n):
+        out = self.fn(xp, rng, n)
+        if isinstance(out, Mapping):
+            return out
+        if len(self.outputs) != 1:
+            raise ValueError(f"sampler {self.name!r} returned one array but declares outputs {sorted(self.outputs)}")
+        return {next(iter(self.outputs)): out}
+
+
+@dataclass(frozen=True)
+class BlockInfo:
+    """Passed to ``callback`` after each block is merged (in block order)."""
+
+    block: int
+    blocks: int
+    samples: int
+    budget: int
+    seconds: float
+    relative_half_width: float | None
+
+
+def array_namespace_for(backend: str) -> Any:
+    """The array-API namespace of ``backend`` (``array_api_compat``'s wrapper of NumPy or CuPy)."""
+    check_choice("backend", backend, BACKENDS)
+    if backend == "numpy":
+        import array_api_compat.numpy as xp
+    else:
+        try:
+            import array_api_compat.cupy as xp
+        except ImportError as exc:  # pragma: no cover - depends on the machine
+            raise ValueError(f"backend 'cupy' needs CuPy and a CUDA device: {exc}") from None
+    return xp
+
+
+def make_generator(backend: str, seed_seq: np.random.SeedSequence, bit_generator: str = "PCG64") -> Any:
+    """A generator for one block.
+
+    NumPy: ``Generator(<bit_generator>(seed_seq))``. CuPy: ``cupy.random.default_rng`` seeded
+    with a 64-bit integer drawn from ``seed_seq`` (CuPy cannot take a SeedSequence).
+    """
+    if backend == "numpy":
+        return np.random.Generator(getattr(np.random, bit_generator)(seed_seq))
+    import cupy
+
+    return cupy.random.default_rng(int(seed_seq.generate_state(1, np.uint64)[0]))
+
+
+def default_block_size(elements_per_sample: int, backend: str = "numpy") -> int:
+    """Samples per block: ``BLOCK_ELEMENTS[backend] // elements_per_sample`` rounded down to a
+    power of two, between 1 and ``MAX_BLOCK_SAMPLES`` (numpy)."""
+    per = max(1, int(elements_per_sample))
+    raw = max(1, BLOCK_ELEMENTS[backend] // per)
+    size = 1 << (raw.bit_length() - 1)
+    cap = MAX_BLOCK_SAMPLES if backend == "numpy" else MAX_BLOCK_SAMPLES * 64
+    return max(1, min(size, cap))
+
+
+def _seed_parts(seed: Any) -> tuple[int, tuple[int, ...]]:
+    if seed is None:
+        ss = np.random.SeedSequence()
+        return int(ss.entropy), ()
+    if isinstance(seed, np.random.SeedSequence):
+        if not isinstance(seed.entropy, (int, np.integer)):
+            raise ValueError(f"seed must be a SeedSequence with an integer entropy, got entropy {seed.entropy!r}")
+        return int(seed.entropy), tuple(int(k) for k in seed.spawn_key)
+    value = check_int("seed", seed, minimum=0)
+    return value, ()
+
+
+def _summarise(xp: Any, outputs: Mapping[str, Output], values: Mapping[str, Any], n: int, name: str) -> dict:
+    if not isinstance(values, Mapping):
+        raise TypeError(f"sampler {name!r} must return a mapping of output name to array, got {type(values).__name__}")
+    missing = [k for k in outputs if k not in values]
+    if missing:
+        raise ValueError(f"sampler {name!r} did not return outputs {missing}; it returned {sorted(values)}")
+    stats = {}
+    for key, spec in outputs.items():
+        v = values[key]
+        shape = tuple(getattr(v, "shape", ()))
+        if shape != (n,):
+            raise ValueError(f"sampler {name!r} output {key!r} must have shape ({n},), got {shape}")
+        if spec.kind == "moments":
+            m = moments_of(xp, v)
+            if not (math.isfinite(m.mean) and math.isfinite(m.m4)):
+                raise ValueError(
+                    f"sampler {name!r} output {key!r} has non-finite values or overflows float64 moments "
+                    f"(mean {m.mean}, fourth central sum {m.m4})"
+                )
+            stats[key] = m
+        elif spec.kind == "fraction":
+            stats[key] = count_of(xp, v)
+        else:
+            stats[key] = histogram_of(xp, v, spec.edges)
+    return stats
+
+
+def _empty(spec: Output):
+    if spec.kind == "moments":
+        return Moments()
+    if spec.kind == "fraction":
+        return Count()
+    return Histogram(tuple(spec.edges))
+
+
+def _relative_half_width(spec: Output, statistic: str, acc: Any, blocks: list, alpha: float,
+                         variance_method: str, batches: int) -> float:
+    if statistic == "mean":
+        lo, hi, _ = mean_interval(acc, alpha)
+        est = acc.mean
+    elif statistic == "variance":
+        lo, hi, _ = variance_interval(acc, alpha, variance_method, blocks=blocks, batches=batches)
+        est = acc.variance
+    else:
+        lo, hi, _ = fraction_interval(acc, alpha)
+        est = acc.fraction
+    if not (math.isfinite(lo) and math.isfinite(hi)) or not est:
+        return math.inf
+    return 0.5 * (hi - lo) / abs(est)
+
+
+class _Progress:
+    """A rich progress bar on stderr that appears only after ``PROGRESS_AFTER_S`` seconds."""
+
+    def __init__(self, enabled: bool | None, total: int, description: str):
+        if enabled is None:
+            enabled = bool(getattr(sys.stderr, "isatty", lambda: False)())
+        self.enabled, self.total, self.description = enabled, total, description
+        self.bar = None
+        self.task = None
+        self.t0 = time.perf_counter()
+
+    def update(self, done: int, note: str = "") -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            if time.perf_counter() - self.t0 < PROGRESS_AFTER_S:
+                return
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), TextColumn("{task.fields[note]}"),
+                console=Console(stderr=True), transient=True,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task(self.description, total=self.total, note="")
+        self.bar.update(self.task, completed=done, note=note)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+def run_mc(
+    sampler: Sampler | Callable[..., Any],
+    samples: int | None = None,
+    *,
+    seed: int | np.random.SeedSequence | None = None,
+    alpha: float = 1e-6,
+    rel_error: float | None = None,
+    target: tuple[str, str] | None = None,
+    variance_method: str = "fourth-moment",
+    batches: int = 32,
+    block_size: int | None = None,
+    chunk_size: int | None = None,
+    workers: int | None = None,
+    backend: str = "numpy",
+    bit_generator: str = "PCG64",
+    progress: bool | None = None,
+    callback: Callable[[BlockInfo], Any] | None = None,
+    min_samples: int = 1000,
+    description: str | None = None,
+) -> MCResult:
+    """Run a streaming Monte Carlo estimate.
+
+    Parameters
+    ----------
+    sampler : Sampler or callable
+        ``sampler(xp, rng, n)`` returning ``{name: array (n,)}`` (see :class:`Sampler`); a plain
+        function returning one array (n,) is wrapped by :class:`FunctionSampler`.
+    samples : int, optional
+        Sample budget (>= 2). Default: ``DEFAULT_SAMPLES`` (10**6), or ``DEFAULT_MAX_SAMPLES``
+        (10**9) when ``rel_error`` is given.
+    seed : int, SeedSequence or None
+        Root of every block's stream; None draws fresh entropy (logged in the result).
+    alpha : float
+        Error rate of the result's default intervals, in (0, 1).
+    rel_error : float, optional
+        Stop once the target interval's half-width is at most ``rel_error * |estimate|``.
+    target : (output name, statistic), optional
+        What ``rel_error`` watches; default: the sampler's ``target`` attribute, else the first
+        output's variance (moments) or fraction.
+    variance_method : {"fourth-moment", "batch-means"}
+    batches : int
+        Batches for the batch-means interval (>= 2).
+    block_size : int, optional
+        Samples per block (default :func:`default_block_size`); part of the stream's definition.
+    chunk_size : int, optional
+        Samples a worker takes at once, rounded up to whole blocks (default one block).
+    workers : int, optional
+        Threads (default: the usable CPU count; 1 for CuPy). 1 runs in the calling thread.
+    backend : {"numpy", "cupy"}
+    bit_generator : {"PCG64", "PCG64DXSM", "Philox", "SFC64"}
+        NumPy bit generator (ignored by CuPy).
+    progress : bool or None
+        Progress bar on stderr after 2 s; None: only when stderr is a terminal.
+    callback : callable, optional
+        Called with a :class:`BlockInfo` after each block is merged (in order). Raising
+        KeyboardInterrupt there stops the run like Ctrl-C.
+    min_samples : int
+        ``rel_error`` is not checked before this many samples.
+    description : str, optional
+        Label of the progress bar (default: the sampler's name).
+
+    Returns
+    -------
+    MCResult
+    """
+    if not isinstance(sampler, Sampler):
+        if not callable(sampler):
+            raise TypeError(f"sampler must be a Sampler or a callable, got {type(sampler).__name__}")
+        sampler = FunctionSampler(sampler)
+    outputs = dict(sampler.outputs)
+    if not outputs:
+        raise ValueError(f"sampler {sampler.name!r} declares no outputs")
+    backend = check_choice("backend", backend, BACKENDS)
+    bit_generator = check_choice("bit_generator", bit_generator, BIT_GENERATORS)
+    alpha = check_alpha(alpha)
+    rel_error = check_positive_float("rel_error", rel_error, allow_none=True)
+    variance_method = check_choice("variance_method", variance_method, VARIANCE_METHODS)
+    batches = check_int("batches", batches, minimum=2)
+    min_samples = check_int("min_samples", min_samples, minimum=0)
+    if samples is None:
+        samples = DEFAULT_MAX_SAMPLES if rel_error is not None else DEFAULT_SAMPLES
+    samples = check_int("samples", samples, minimum=2)
+    if block_size is None:
+        block_size = default_block_size(sampler.elements_per_sample, backend)
+    block_size = check_int("block_size", block_size, minimum=1)
+    chunk_size = check_int("chunk_size", chunk_size if chunk_size is not None else block_size, minimum=1)
+    if workers is None:
+        workers = 1 if backend == "cupy" else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = check_int("workers", workers, minimum=1)
+    entropy, spawn_key = _seed_parts(seed)
+
+    if target is None:
+        target = getattr(sampler, "target", None)
+    if target is None:
+        first, spec = next(iter(outputs.items()))
+        target = (first, "variance" if spec.kind == "moments" else "fraction" if spec.kind == "fraction" else "quantile")
+    t_name, t_stat = target
+    if t_name not in outputs:
+        raise ValueError(f"target output must be one of {sorted(outputs)}, got {t_name!r}")
+    allowed = {"moments": ("mean", "variance"), "fraction": ("fraction",), "quantile": ()}[outputs[t_name].kind]
+    if rel_error is not None and t_stat not in allowed:
+        raise ValueError(
+            f"target statistic for output {t_name!r} (kind {outputs[t_name].kind!r}) must be one of "
+            f"{allowed or 'none (quantiles cannot be a stopping target)'}, got {t_stat!r}"
+        )
+
+    xp = array_namespace_for(backend)
+    n_blocks = -(-samples // block_size)
+    chunk_blocks = max(1, -(-chunk_size // block_size))
+    chunk_size = chunk_blocks * block_size
+
+    def block_n(b: int) -> int:
+        return min(block_size, samples - b * block_size)
+
+    def compute_block(b: int) -> dict:
+        ss = np.random.SeedSequence(entropy, spawn_key=spawn_key + (b,))
+        rng = make_generator(backend, ss, bit_generator)
+        n = block_n(b)
+        return _summarise(xp, outputs, sampler(xp, rng, n), n, sampler.name)
+
+    per_block: dict[str, list] = {k: [] for k, spec in outputs.items() if spec.kind == "moments"}
+    # The merged state is replaced by one assignment, so that Ctrl-C arriving mid-merge leaves
+    # either the old or the new prefix, never a mix (per_block lists are cut to "merged").
+    state = {"snap": ({k: _empty(spec) for k, spec in outputs.items()}, 0, 0), "stop": "budget", "incomplete": False}
+    t0 = time.perf_counter()
+    bar = _Progress(progress, samples, description or sampler.name)
+
+    def merge(b: int, stats: dict) -> bool:
+        """Merge block ``b``; True when the run should stop after it."""
+        totals, merged, done_samples = state["snap"]
+        new_totals = {k: totals[k].merge(st) for k, st in stats.items()}
+        for k in per_block:
+            del per_block[k][merged:]
+            per_block[k].append(stats[k])
+        state["snap"] = (new_totals, b + 1, done_samples + block_n(b))
+        totals, merged, done_samples = state["snap"]
+        rhw = None
+        done = False
+        if rel_error is not None and done_samples >= min_samples:
+            rhw = _relative_half_width(outputs[t_name], t_stat, totals[t_name], per_block.get(t_name, []),
+                                       alpha, variance_method, batches)
+            if rhw <= rel_error:
+                state["stop"] = "rel_error"
+                done = True
+        note = f"rel. half-width {rhw:.3g} -> {rel_error:g}" if rhw is not None else ""
+        bar.update(done_samples, note)
+        if callback is not None:
+            callback(BlockInfo(b, n_blocks, done_samples, samples, time.perf_counter() - t0, rhw))
+        return done
+
+    try:
+        if workers == 1:
+            for b in range(n_blocks):
+                if merge(b, compute_block(b)):
+                    break
+        else:
+            _run_threaded(compute_block, merge, n_blocks, chunk_blocks, workers)
+    except KeyboardInterrupt:
+        state["stop"] = "interrupted"
+        state["incomplete"] = True
+    finally:
+        bar.close()
+
+    totals, merged, done_samples = state["snap"]
+    return MCResult(
+        name=sampler.name,
+        params=dict(getattr(sampler, "params", {}) or {}),
+        outputs=outputs,
+        accumulators=totals,
+        block_moments={k: tuple(v[:merged]) for k, v in per_block.items()},
+        samples=done_samples,
+        seed=entropy,
+        spawn_key=spawn_key,
+        block_size=block_size,
+        blocks=merged,
+        bit_generator=bit_generator if backend == "numpy" else "cupy default_rng (XORWOW)",
+        backend=backend,
+        workers=workers,
+        chunk_size=chunk_size,
+        alpha=alpha,
+        variance_method=variance_method,
+        batches=batches,
+        seconds=time.perf_counter() - t0,
+        incomplete=state["incomplete"],
+        stop_reason=state["stop"],
+        target=(t_name, t_stat),
+        rel_error=rel_error,
+    )
+
+
+def _run_threaded(compute_block, merge, n_blocks: int, chunk_blocks: int, workers: int) -> None:
+    """Compute blocks on a thread pool, merging them strictly in block order.
+
+    At most ``2 * workers`` chunks are in flight. KeyboardInterrupt (from the main thread or
+    re-raised from a worker) propagates after the pool has been stopped.
+    """
+    stop = threading.Event()
+
+    def task(start: int, end: int) -> list:
+        out = []
+        for b in range(start, end):
+            if stop.is_set():
+                break
+            out.append((b, compute_block(b)))
+        return out
+
+    starts = list(range(0, n_blocks, chunk_blocks))
+    ex = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="attnverify-mc")
+    pending: dict = {}
+    finished: dict[int, dict] = {}
+    next_task = 0
+    next_merge = 0
+    try:
+        while next_merge < n_blocks:
+            while len(pending) < 2 * workers and next_task < len(starts):
+                s = starts[next_task]
+                pending[ex.submit(task, s, min(s + chunk_blocks, n_blocks))] = s
+                next_task += 1
+            done, _ = wait(list(pending), timeout=0.2, return_when=FIRST_COMPLETED)
+            for f in done:
+                pending.pop(f)
+                for b, st in f.result():
+                    finished[b] = st
+            while next_merge in finished:
+                stop_now = merge(next_merge, finished.pop(next_merge))
+                next_merge += 1
+                if stop_now:
+                    return
+    finally:
+        stop.set()
+        for f in pending:
+            f.cancel()
+        ex.shutdown(wait=True, cancel_futures=True)

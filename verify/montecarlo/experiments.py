@@ -1,0 +1,371 @@
+"""The four experiments of the scaling argument, as sweeps over d_k with verdicts.
+
+1. ``variance_sweep``: Var(q·k) against ``d_k (s_q^2 s_k^2 + mu_q^2 s_k^2 + mu_k^2 s_q^2)``
+   (= d_k for standardised components, Vaswani et al. 2017 footnote 4; seed 003 Teorema 6).
+2. ``variance_sweep(scaled=True)``: Var(q·k / sqrt(d_k)) against 1 (seed 003 Lema 6).
+3. ``projected_sweep``: q = x W^Q, k = x' W^K with N(0, 1/D) projections, against the exact
+   values of :mod:`verify.montecarlo.theory` and against the naive ``d_k``.
+4. ``saturation_sweep``: softmax saturation and gradients, raw against scaled scores, with the
+   ordering findings that bear on seed 003's Corolário 3 and Corolário 4.
+
+Every check of a sweep shares one family error rate ``alpha`` (Bonferroni: each interval is at
+``alpha / tests``). Each d_k draws from its own stream ``SeedSequence(seed, spawn_key=(tag, ...))``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from ._checks import check_alpha, check_dks, check_int
+from .distributions import get_distribution
+from .engine import run_mc
+from .results import MCResult, _jsonable, format_number
+from .samplers import DotSampler, ProjectedSampler, SaturationSampler
+from .theory import softmax_jacobian_fro_bound
+from .verdict import INCONCLUSIVE, REFUTED, SUPPORTED, check_equal, compare
+
+__all__ = [
+    "DEFAULT_DKS",
+    "SweepPoint",
+    "Sweep",
+    "variance_sweep",
+    "projected_sweep",
+    "saturation_sweep",
+    "SOURCES",
+]
+
+#: d_k = 1, 2, 4, ..., 4096.
+DEFAULT_DKS = tuple(2**i for i in range(13))
+
+#: Spawn-key tags of the experiments' streams.
+TAGS = {"variance": 1, "scaled": 2, "projected": 3, "saturation": 4, "weights": 5}
+
+SOURCES = {
+    "vaswani": "Vaswani et al. 2017, footnote 4 (seed 003, Teorema 6)",
+    "lema6": "seed 003, Lema 6 (Var(q·k/sqrt(d_k)) = 1)",
+    "derived": "closed form of verify.montecarlo.theory (cross-checked with SymPy in the tests)",
+    "cor3": "seed 003, Corolário 3 (without 1/sqrt(d_k), large d_k saturates the softmax: small gradients)",
+    "cor4": "seed 003, Corolário 4 (unscaled gradient magnitude ~ exp(||s||): explodes for large d_k)",
+}
+
+HEAVY_TAIL_NOTE = (
+    "components with an infinite 8th moment (t5): the variance interval converges slowly and "
+    "under-covers at small d_k (nominal 95% covered ~89% at d_k=1, n=8192; ~94% at n=131072)"
+)
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One d_k of a sweep: the run, the predictions and the checks."""
+
+    d_k: int
+    result: MCResult
+    predicted: dict
+    checks: tuple = ()
+
+    def to_dict(self) -> dict:
+        return _jsonable({
+            "d_k": self.d_k, "predicted": self.predicted,
+            "checks": [c.to_dict() for c in self.checks], "result": self.result.to_dict(),
+        })
+
+    def summary(self) -> str:
+        verdicts = ", ".join(c.verdict for c in self.checks)
+        return f"d_k={self.d_k}: {self.result.summary()}" + (f" -> {verdicts}" if verdicts else "")
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A sweep over d_k: the points, the family error rate and the verdicts.
+
+    Attributes
+    ----------
+    experiment : str
+        ``"variance"``, ``"scaled"``, ``"projected"`` or ``"saturation"``.
+    params : dict
+    seed : int
+        Root entropy; point streams are ``SeedSequence(seed, spawn_key=...)`` (logged per run).
+    alpha : float
+        Family error rate.
+    tests : int
+        Number of checks and comparisons sharing ``alpha``.
+    points : tuple of SweepPoint
+    findings : tuple of Comparison
+        Ordering verdicts across points (saturation).
+    seconds : float
+    incomplete : bool
+    """
+
+    experiment: str
+    params: dict
+    seed: int
+    alpha: float
+    tests: int
+    points: tuple
+    findings: tuple = ()
+    seconds: float = 0.0
+    incomplete: bool = False
+
+    @property
+    def checks(self) -> list:
+        return [c for p in self.points for c in p.checks]
+
+    @property
+    def verdicts(self) -> list:
+        return [c.verdict for c in self.checks] + [f.verdict for f in self.findings]
+
+    def to_dict(self) -> dict:
+        return _jsonable({
+            "experiment": self.experiment, "params": self.params, "seed": self.seed,
+            "alpha": self.alpha, "tests": self.tests, "seconds": self.seconds,
+            "incomplete": self.incomplete, "summary": self.summary(),
+            "points": [p.to_dict() for p in self.points],
+            "findings": [f.to_dict() for f in self.findings],
+        })
+
+    def summary(self) -> str:
+        v = self.verdicts
+        counts = ", ".join(f"{v.count(k)} {k}" for k in (SUPPORTED, REFUTED, INCONCLUSIVE) if v.count(k))
+        dks = [p.d_k for p in self.points]
+        span = f"d_k {dks[0]}..{dks[-1]} ({len(dks)} values)" if dks else "no d_k completed"
+        params = ", ".join(f"{k}={v}" for k, v in self.params.items())
+        return (
+            f"{self.experiment} sweep ({params}; {span}): {counts or 'no verdicts'} at family "
+            f"alpha={self.alpha:g} (Bonferroni over {self.tests}), seed={self.seed}, {self.seconds:.3g} s"
+            + (" INCOMPLETE" if self.incomplete else "")
+        )
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+def _root_seed(seed: Any) -> int:
+    if seed is None:
+        return int(np.random.SeedSequence().entropy)
+    return check_int("seed", seed, minimum=0)
+
+
+def _run(sampler, key, root, alpha, run_kw, label) -> MCResult:
+    return run_mc(sampler, seed=np.random.SeedSequence(root, spawn_key=key), alpha=alpha,
+                  description=label, **run_kw)
+
+
+def _run_kwargs(samples, rel_error, variance_method, backend, workers, block_size, chunk_size, progress) -> dict:
+    return dict(samples=samples, rel_error=rel_error, variance_method=variance_method, backend=backend,
+                workers=workers, block_size=block_size, chunk_size=chunk_size, progress=progress)
+
+
+def variance_sweep(
+    d_ks: Sequence[int] = DEFAULT_DKS,
+    *,
+    dist: str = "normal",
+    mean_q: float = 0.0,
+    mean_k: float = 0.0,
+    std_q: float = 1.0,
+    std_k: float = 1.0,
+    scaled: bool = False,
+    samples: int = 100_000,
+    rel_error: float | None = None,
+    seed: int | None = None,
+    alpha: float = 1e-6,
+    variance_method: str = "fourth-moment",
+    backend: str = "numpy",
+    workers: int | None = None,
+    block_size: int | None = None,
+    chunk_size: int | None = None,
+    progress: bool | None = None,
+) -> Sweep:
+    """Experiments 1 and 2: Var(q·k) (or of q·k/sqrt(d_k) when ``scaled``) across ``d_ks``.
+
+    Checks per d_k: the variance against the general formula, the mean against
+    ``d_k mu_q mu_k``; and, when the components are not standardised, the variance against the
+    document's value (``d_k``, or 1 when scaled), which then should be REFUTED.
+
+    Returns
+    -------
+    Sweep
+    """
+    d_ks = check_dks(d_ks)
+    alpha = check_alpha(alpha)
+    dist_obj = get_distribution(dist)
+    root = _root_seed(seed)
+    samplers = [DotSampler(d, dist_obj, mean_q, mean_k, std_q, std_k, scaled) for d in d_ks]
+    standard = (mean_q, mean_k, std_q, std_k) == (0.0, 0.0, 1.0, 1.0)
+    per_point = 2 if standard else 3
+    tests = per_point * len(d_ks)
+    run_kw = _run_kwargs(samples, rel_error, variance_method, backend, workers, block_size, chunk_size, progress)
+    name = "scaled" if scaled else "variance"
+    label = "q·k/sqrt(d_k)" if scaled else "q·k"
+    note = HEAVY_TAIL_NOTE if dist_obj.finite_moments < 8 else ""
+    points, t0, incomplete = [], time.perf_counter(), False
+    for d, sampler in zip(d_ks, samplers):
+        res = _run(sampler, (TAGS[name], d), root, alpha / tests, run_kw, f"{name} d_k={d}")
+        mean, var = sampler.predicted()
+        checks = [
+            check_equal(res, var, statistic="variance", alpha=alpha, tests=tests,
+                        claim=f"Var({label}) = {format_number(var)} (general formula at d_k={d})",
+                        source=SOURCES["derived"], note=note),
+            check_equal(res, mean, statistic="mean", alpha=alpha, tests=tests,
+                        claim=f"E[{label}] = {format_number(mean)} (d_k mu_q mu_k{' / sqrt(d_k)' if scaled else ''})",
+                        source=SOURCES["derived"]),
+        ]
+        if not standard:
+            doc = 1.0 if scaled else float(d)
+            checks.append(check_equal(
+                res, doc, statistic="variance", alpha=alpha, tests=tests,
+                claim=f"Var({label}) = {format_number(doc)} (the document's value, which assumes mean 0, variance 1)",
+                source=SOURCES["lema6" if scaled else "vaswani"], note=note))
+        points.append(SweepPoint(d, res, {"mean": mean, "variance": var}, tuple(checks)))
+        if res.incomplete:
+            incomplete = True
+            break
+    params = {"dist": dist_obj.name, "mean_q": mean_q, "mean_k": mean_k, "std_q": std_q, "std_k": std_k,
+              "samples": samples, "rel_error": rel_error, "variance_method": variance_method, "backend": backend}
+    return Sweep(name, params, root, alpha, tests, tuple(points), (), time.perf_counter() - t0, incomplete)
+
+
+def projected_sweep(
+    d_ks: Sequence[int] = DEFAULT_DKS[:9],
+    *,
+    d_model: int = 16,
+    same_token: bool = False,
+    weights: str = "fresh",
+    dist: str = "normal",
+    samples: int = 100_000,
+    rel_error: float | None = None,
+    seed: int | None = None,
+    alpha: float = 1e-6,
+    variance_method: str = "fourth-moment",
+    backend: str = "numpy",
+    workers: int | None = None,
+    block_size: int | None = None,
+    chunk_size: int | None = None,
+    progress: bool | None = None,
+) -> Sweep:
+    """Experiment 3: self-attention scores ``x W^Q · x' W^K`` across ``d_ks``.
+
+    Checks per d_k: the variance against the exact value (``d_k (1 + (kappa-1)/D)`` for
+    ``x' = x``, ``d_k`` for independent tokens, with fresh weights; the conditional values
+    ``||A||_F^2 (+ tr A^2 + (kappa-3) sum A_ii^2)`` with fixed weights), the mean against its
+    exact value, and the variance against the naive ``d_k`` whenever that differs.
+    """
+    d_ks = check_dks(d_ks)
+    alpha = check_alpha(alpha)
+    d_model = check_int("d_model", d_model, minimum=1)
+    dist_obj = get_distribution(dist)
+    root = _root_seed(seed)
+    samplers = [
+        ProjectedSampler(d, d_model, same_token, weights, dist_obj,
+                         np.random.SeedSequence(root, spawn_key=(TAGS["weights"], d)) if weights == "fixed" else None)
+        for d in d_ks
+    ]
+    plans = []
+    for d, s in zip(d_ks, samplers):
+        mean, var = s.predicted()
+        plans.append((mean, var, var != float(d)))
+    tests = sum(3 if extra else 2 for _, _, extra in plans)
+    run_kw = _run_kwargs(samples, rel_error, variance_method, backend, workers, block_size, chunk_size, progress)
+    label = "x W^Q · x W^K" if same_token else "x W^Q · x' W^K"
+    kind = "exact (fresh-weights ensemble)" if weights == "fresh" else "exact given the fixed W^Q, W^K"
+    note = HEAVY_TAIL_NOTE if dist_obj.finite_moments < 8 else ""
+    points, t0, incomplete = [], time.perf_counter(), False
+    for d, s, (mean, var, extra) in zip(d_ks, samplers, plans):
+        res = _run(s, (TAGS["projected"], int(same_token), d), root, alpha / tests, run_kw, f"projected d_k={d}")
+        checks = [
+            check_equal(res, var, statistic="variance", alpha=alpha, tests=tests,
+                        claim=f"Var({label}) = {format_number(var)} ({kind}, d_k={d}, D={d_model})",
+                        source=SOURCES["derived"], note=note),
+            check_equal(res, mean, statistic="mean", alpha=alpha, tests=tests,
+                        claim=f"E[{label}] = {format_number(mean)} ({kind})", source=SOURCES["derived"]),
+        ]
+        if extra:
+            checks.append(check_equal(res, float(d), statistic="variance", alpha=alpha, tests=tests,
+                                      claim=f"Var({label}) = d_k = {d} (the naive value)",
+                                      source=SOURCES["vaswani"], note=note))
+        predicted = {"mean": mean, "variance": var, "ensemble_variance": s.ensemble_predicted()[1]}
+        points.append(SweepPoint(d, res, predicted, tuple(checks)))
+        if res.incomplete:
+            incomplete = True
+            break
+    params = {"d_model": d_model, "same_token": same_token, "weights": weights, "dist": dist_obj.name,
+              "samples": samples, "rel_error": rel_error, "variance_method": variance_method, "backend": backend}
+    return Sweep("projected", params, root, alpha, tests, tuple(points), (), time.perf_counter() - t0, incomplete)
+
+
+#: (claim, source, compare arguments) of the saturation findings; "hi"/"lo" = largest/smallest d_k.
+_SATURATION_FINDINGS = (
+    ("unscaled, the softmax Jacobian in the scores, mean ||diag(s) - s s^T||_F, grows with d_k "
+     "(largest d_k > smallest)",
+     "cor4", ("hi", "lo", ">", "jacobian_fro_raw", None, "mean")),
+    ("unscaled, the mean Jacobian of the weights in the query, ||ds/dq||_F = ||J K||_F, grows with d_k "
+     "(largest d_k > smallest)",
+     "cor4", ("hi", "lo", ">", "grad_q_fro_raw", None, "mean")),
+    ("unscaled, the softmax saturates as d_k grows (share of rows with max weight > 0.99: largest d_k > smallest)",
+     "cor3", ("hi", "lo", ">", "saturated_raw", None, "fraction")),
+    ("unscaled, the attention entropy falls as d_k grows (largest d_k < smallest)",
+     "cor3", ("hi", "lo", "<", "entropy_raw", None, "mean")),
+    ("at the largest d_k, scaling by 1/sqrt(d_k) lowers the saturated share (scaled < raw)",
+     "cor3", ("hi", "hi", "<", "saturated_scaled", "saturated_raw", "fraction")),
+    ("at the largest d_k, fewer rows have a vanished query gradient (||ds/dq||_F < 1e-3) scaled than raw",
+     "cor3", ("hi", "hi", "<", "grad_vanished_scaled", "grad_vanished_raw", "fraction")),
+    ("at the largest d_k, the scaled softmax has the larger Jacobian in the scores (scaled > raw): scaling "
+     "keeps it from vanishing, there is no explosion to prevent",
+     "cor4", ("hi", "hi", ">", "jacobian_fro_scaled", "jacobian_fro_raw", "mean")),
+)
+
+
+def saturation_sweep(
+    d_ks: Sequence[int] = DEFAULT_DKS,
+    *,
+    n_keys: int = 16,
+    dist: str = "normal",
+    samples: int = 10_000,
+    rel_error: float | None = None,
+    seed: int | None = None,
+    alpha: float = 1e-6,
+    backend: str = "numpy",
+    workers: int | None = None,
+    block_size: int | None = None,
+    chunk_size: int | None = None,
+    progress: bool | None = None,
+) -> Sweep:
+    """Experiment 4: saturation and gradients of softmax over ``n_keys`` keys, raw and scaled.
+
+    Each point estimates, raw and scaled: mean largest weight, mean entropy, mean
+    ``||diag(s) - s s^T||_F``, mean ``||ds/dq||_F`` and the share of rows with largest weight
+    above 0.99. With at least two d_k, the findings compare the smallest and the largest d_k
+    (and raw against scaled at the largest) with the ordering rule of :func:`verdict.compare`.
+    ``rel_error`` watches the mean raw Jacobian norm.
+    """
+    d_ks = check_dks(d_ks)
+    alpha = check_alpha(alpha)
+    n_keys = check_int("n_keys", n_keys, minimum=2)
+    dist_obj = get_distribution(dist)
+    root = _root_seed(seed)
+    findings_spec = [f for f in _SATURATION_FINDINGS if len(d_ks) > 1 or f[2][0] == f[2][1]]
+    tests = max(1, len(findings_spec))
+    run_kw = _run_kwargs(samples, rel_error, "fourth-moment", backend, workers, block_size, chunk_size, progress)
+    points, t0, incomplete = [], time.perf_counter(), False
+    for d in d_ks:
+        s = SaturationSampler(d, n_keys, dist_obj)
+        res = _run(s, (TAGS["saturation"], d), root, alpha / tests, run_kw, f"saturation d_k={d}")
+        points.append(SweepPoint(d, res, {"jacobian_fro_bound": softmax_jacobian_fro_bound(n_keys)}))
+        if res.incomplete:
+            incomplete = True
+            break
+    findings = []
+    if points and not incomplete:
+        by = {"lo": points[0].result, "hi": points[-1].result}
+        lo_d, hi_d = points[0].d_k, points[-1].d_k
+        for claim, src, (a, b, rel, out_a, out_b, stat) in findings_spec:
+            text = claim.replace("the largest d_k", f"d_k={hi_d}").replace("largest d_k", f"d_k={hi_d}")
+            text = text.replace("smallest", f"d_k={lo_d}")
+            findings.append(compare(by[a], by[b], rel, output=out_a, output_b=out_b, statistic=stat,
+                                    alpha=alpha, tests=tests, claim=text, source=SOURCES[src]))
+    params = {"n_keys": n_keys, "dist": dist_obj.name, "samples": samples, "rel_error": rel_error, "backend": backend}
+    return Sweep("saturation", params, root, alpha, tests, tuple(points), tuple(findings),
+                 time.perf_counter() - t0, incomplete)

@@ -1,0 +1,371 @@
+"""Mergeable accumulators (Welford/Chan/Pébay) and confidence intervals.
+
+Each block of samples is summarised on its own backend (NumPy or CuPy) into a small host-side
+accumulator; accumulators are merged in block order with the pairwise formulas of Chan, Golub
+and LeVeque (1979), extended to third and fourth central moments by Pébay (2008). Everything
+is float64 (the counts are exact integers), so a merge order fixed by the block index gives the
+same bits whatever thread computed which block.
+
+Intervals
+---------
+mean
+    Student t interval ``xbar +- t_{n-1, 1-alpha/2} s / sqrt(n)``.
+variance, ``"fourth-moment"``
+    Asymptotic (delta method) interval from the fourth central moment:
+    ``Var(s^2) ~= (m4 - s^4 (n - 3) / (n - 1)) / n`` (``m4`` the sample fourth central moment),
+    never below ``2 s^4 / (n (n - 1))`` (the exact lower bound, since ``mu4 >= sigma^4``),
+    built on the log scale, ``s^2 exp(+-z sqrt(Var(s^2)) / s^2)``, which keeps the lower end
+    positive and follows the right skew of ``s^2``. Valid when the sampled quantity has a finite
+    fourth moment; it converges slowly when the eighth moment is infinite (heavy tails), because
+    ``m4`` itself is then a poor estimate.
+variance, ``"batch-means"``
+    The run is cut into ``B`` contiguous batches of whole blocks; the ``B`` batch variances give
+    a Student t interval ``s^2 +- t_{B-1, 1-alpha/2} sd(batch variances) / sqrt(B)``. It needs
+    only a finite fourth moment and never estimates ``m4`` directly.
+fraction
+    Clopper-Pearson (exact binomial) interval.
+quantile
+    Distribution-free order-statistic interval: the ranks ``binom.ppf(alpha/2, n, p)`` and
+    ``binom.ppf(1 - alpha/2, n, p) + 1`` mapped to the outer edges of the histogram bins that
+    hold them (conservative by at most one bin width on each side).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = [
+    "Moments",
+    "Count",
+    "Histogram",
+    "moments_of",
+    "count_of",
+    "histogram_of",
+    "merge_all",
+    "mean_interval",
+    "variance_interval",
+    "fraction_interval",
+    "quantile_estimate",
+    "VARIANCE_METHODS",
+]
+
+#: Variance interval methods by name.
+VARIANCE_METHODS = ("fourth-moment", "batch-means")
+
+
+def _to_host(x: Any) -> np.ndarray:
+    """A NumPy copy of a small NumPy, CuPy (``.get()``) or other array-API array (DLPack)."""
+    if isinstance(x, (np.ndarray, np.generic)):
+        return np.asarray(x)
+    get = getattr(x, "get", None)
+    if callable(get):
+        return np.asarray(get())
+    try:
+        return np.from_dlpack(x)
+    except (TypeError, AttributeError, RuntimeError, BufferError):
+        return np.asarray(x)
+
+
+# --------------------------------------------------------------------------- moments
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Count, mean, central moment sums, minimum and maximum of a stream of reals.
+
+    ``m2``, ``m3``, ``m4`` are sums of centred powers, ``sum (x - mean)^p``, as in Welford's
+    algorithm; ``merge`` is Chan's pairwise update (Pébay's for ``m3``, ``m4``).
+    """
+
+    n: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+    m3: float = 0.0
+    m4: float = 0.0
+    minimum: float = math.inf
+    maximum: float = -math.inf
+
+    def merge(self, other: "Moments") -> "Moments":
+        """The moments of the concatenation ``self`` then ``other``."""
+        if other.n == 0:
+            return self
+        if self.n == 0:
+            return other
+        na, nb = self.n, other.n
+        n = na + nb
+        delta = other.mean - self.mean
+        dn = delta / n
+        mean = self.mean + nb * dn
+        m2 = self.m2 + other.m2 + delta * dn * na * nb
+        m3 = (
+            self.m3 + other.m3
+            + delta * dn * dn * na * nb * (na - nb)
+            + 3.0 * dn * (na * other.m2 - nb * self.m2)
+        )
+        m4 = (
+            self.m4 + other.m4
+            + delta * dn * dn * dn * na * nb * (na * na - na * nb + nb * nb)
+            + 6.0 * dn * dn * (na * na * other.m2 + nb * nb * self.m2)
+            + 4.0 * dn * (na * other.m3 - nb * self.m3)
+        )
+        return Moments(n, mean, m2, m3, m4, min(self.minimum, other.minimum), max(self.maximum, other.maximum))
+
+    @property
+    def variance(self) -> float:
+        """Unbiased sample variance ``m2 / (n - 1)`` (NaN for n < 2)."""
+        return self.m2 / (self.n - 1) if self.n > 1 else math.nan
+
+    @property
+    def fourth_central(self) -> float:
+        """Sample fourth central moment ``m4 / n``."""
+        return self.m4 / self.n if self.n > 0 else math.nan
+
+    @property
+    def kurtosis(self) -> float:
+        """Sample kurtosis ``n m4 / m2^2`` (3 for a normal law)."""
+        return self.n * self.m4 / (self.m2 * self.m2) if self.n > 1 and self.m2 > 0 else math.nan
+
+    def to_dict(self) -> dict:
+        return {
+            "n": self.n, "mean": self.mean, "m2": self.m2, "m3": self.m3, "m4": self.m4,
+            "min": self.minimum, "max": self.maximum,
+        }
+
+
+def moments_of(xp: Any, values: Any) -> Moments:
+    """Moments of a 1-D array, computed on its own backend by two passes (mean, then centred sums).
+
+    Parameters
+    ----------
+    xp : array namespace of ``values``
+    values : array (n,)
+        Real values; cast to float64 first.
+    """
+    v = xp.astype(values, xp.float64)
+    n = int(v.shape[0])
+    if n == 0:
+        return Moments()
+    mean = xp.sum(v) / n
+    d = v - mean
+    d2 = d * d
+    stacked = xp.stack([mean, xp.sum(d2), xp.sum(d2 * d), xp.sum(d2 * d2), xp.min(v), xp.max(v)])
+    mean_, m2, m3, m4, lo, hi = (float(x) for x in _to_host(stacked))
+    return Moments(n, mean_, m2, m3, m4, lo, hi)
+
+
+# --------------------------------------------------------------------------- counts
+
+
+@dataclass(frozen=True)
+class Count:
+    """Number of trials and of successes of a boolean stream (exact integers)."""
+
+    n: int = 0
+    k: int = 0
+
+    def merge(self, other: "Count") -> "Count":
+        return Count(self.n + other.n, self.k + other.k)
+
+    @property
+    def fraction(self) -> float:
+        return self.k / self.n if self.n else math.nan
+
+    def to_dict(self) -> dict:
+        return {"n": self.n, "k": self.k}
+
+
+def count_of(xp: Any, values: Any) -> Count:
+    """Successes in a boolean (or 0/1) array of shape (n,)."""
+    n = int(values.shape[0])
+    if values.dtype != xp.bool:
+        values = values != 0
+    return Count(n, int(_to_host(xp.sum(xp.astype(values, xp.int64)))))
+
+
+# --------------------------------------------------------------------------- histograms
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Counts of a stream in fixed bins, with an underflow and an overflow bin.
+
+    ``counts[0]`` counts values below ``edges[0]``, ``counts[i]`` values in
+    ``[edges[i-1], edges[i])``, ``counts[-1]`` values at or above ``edges[-1]``.
+    """
+
+    edges: tuple[float, ...]
+    counts: tuple[int, ...] = field(default=())
+
+    def __post_init__(self):
+        if not self.counts:
+            object.__setattr__(self, "counts", (0,) * (len(self.edges) + 1))
+
+    @property
+    def n(self) -> int:
+        return int(sum(self.counts))
+
+    def merge(self, other: "Histogram") -> "Histogram":
+        if other.edges != self.edges:
+            raise ValueError("cannot merge histograms with different edges")
+        return Histogram(self.edges, tuple(a + b for a, b in zip(self.counts, other.counts)))
+
+    def to_dict(self) -> dict:
+        return {"edges": list(self.edges), "counts": list(self.counts)}
+
+
+def histogram_of(xp: Any, values: Any, edges: Sequence[float]) -> Histogram:
+    """Histogram of a 1-D array (sort + searchsorted, both in the array API standard)."""
+    v = xp.sort(xp.astype(values, xp.float64))
+    e = xp.asarray([float(x) for x in edges], dtype=xp.float64)  # on the values' device
+    below = _to_host(xp.searchsorted(v, e, side="left")).astype(np.int64)
+    n = int(v.shape[0])
+    cum = np.concatenate([[0], below, [n]])
+    return Histogram(tuple(float(x) for x in edges), tuple(int(c) for c in np.diff(cum)))
+
+
+def merge_all(items: Sequence[Any]) -> Any:
+    """Merge accumulators left to right (the fixed block order)."""
+    it = iter(items)
+    total = next(it)
+    for item in it:
+        total = total.merge(item)
+    return total
+
+
+# --------------------------------------------------------------------------- intervals
+
+
+def _two_sided_quantile(alpha: float) -> float:
+    from scipy import stats
+
+    return float(stats.norm.isf(alpha / 2.0))
+
+
+def mean_interval(m: Moments, alpha: float) -> tuple[float, float, str]:
+    """Student t interval for the mean: ``(low, high, method)``."""
+    from scipy import stats
+
+    if m.n < 2:
+        return (math.nan, math.nan, "t")
+    se = math.sqrt(max(m.variance, 0.0) / m.n)
+    t = float(stats.t.isf(alpha / 2.0, m.n - 1))
+    return (m.mean - t * se, m.mean + t * se, "t")
+
+
+def fourth_moment_se(m: Moments) -> float:
+    """Asymptotic standard error of the sample variance, ``sqrt((m4 - s^4 (n-3)/(n-1)) / n)``."""
+    if m.n < 4:
+        return math.nan
+    s2 = m.variance
+    n = m.n
+    v = (m.fourth_central - s2 * s2 * (n - 3) / (n - 1)) / n
+    # Exact: Var(s^2) = (mu4 - sigma^4 (n-3)/(n-1)) / n >= 2 sigma^4 / (n (n-1)) because
+    # mu4 >= sigma^4 (Jensen). The floor matters when mu4 = sigma^4 (e.g. Rademacher q·k at
+    # d_k = 1, where (q·k)^2 = 1): the plug-in value then collapses towards 0.
+    floor = 2.0 * s2 * s2 / (n * (n - 1))
+    return math.sqrt(max(v, floor))
+
+
+def variance_interval(
+    m: Moments,
+    alpha: float,
+    method: str = "fourth-moment",
+    *,
+    blocks: Sequence[Moments] | None = None,
+    batches: int = 32,
+) -> tuple[float, float, str]:
+    """Interval for the variance: ``(low, high, method description)``.
+
+    Parameters
+    ----------
+    m : Moments
+        The merged moments of the whole run.
+    alpha : float
+        Error rate; the interval has nominal coverage ``1 - alpha``.
+    method : {"fourth-moment", "batch-means"}
+        See the module docstring.
+    blocks : sequence of Moments, optional
+        Per-block moments in block order (needed by ``"batch-means"``).
+    batches : int
+        Number of batches for ``"batch-means"`` (fewer when there are fewer blocks).
+    """
+    if method == "fourth-moment":
+        s2 = m.variance
+        se = fourth_moment_se(m)
+        if not (math.isfinite(s2) and math.isfinite(se)):
+            return (math.nan, math.nan, "fourth-moment (log-scale delta method)")
+        z = _two_sided_quantile(alpha)
+        if s2 <= 0.0:
+            return (0.0, z * se, "fourth-moment (log-scale delta method)")
+        r = z * se / s2
+        return (s2 * math.exp(-r), s2 * math.exp(r), "fourth-moment (log-scale delta method)")
+    if method == "batch-means":
+        from scipy import stats
+
+        if not blocks or len(blocks) < 2:
+            return (math.nan, math.nan, "batch-means (needs at least 2 blocks)")
+        groups = np.array_split(np.arange(len(blocks)), min(batches, len(blocks)))
+        values = []
+        for g in groups:
+            mg = merge_all([blocks[i] for i in g])
+            values.append(mg.variance)
+        b = len(values)
+        vals = np.asarray(values, dtype=np.float64)
+        sd = float(np.std(vals, ddof=1))
+        t = float(stats.t.isf(alpha / 2.0, b - 1))
+        s2 = m.variance
+        return (s2 - t * sd / math.sqrt(b), s2 + t * sd / math.sqrt(b), f"batch-means ({b} batches, t with {b - 1} df)")
+    raise ValueError(f"variance method must be one of {', '.join(map(repr, VARIANCE_METHODS))}, got {method!r}")
+
+
+def fraction_interval(c: Count, alpha: float) -> tuple[float, float, str]:
+    """Clopper-Pearson interval for a binomial proportion."""
+    from scipy import stats
+
+    if c.n == 0:
+        return (math.nan, math.nan, "clopper-pearson")
+    lo = 0.0 if c.k == 0 else float(stats.beta.ppf(alpha / 2.0, c.k, c.n - c.k + 1))
+    hi = 1.0 if c.k == c.n else float(stats.beta.isf(alpha / 2.0, c.k + 1, c.n - c.k))
+    return (lo, hi, "clopper-pearson")
+
+
+def quantile_estimate(h: Histogram, q: float, alpha: float) -> tuple[float, float, float, str]:
+    """``(estimate, low, high, method)`` of the ``q`` quantile from a histogram.
+
+    The estimate interpolates linearly inside the bin holding rank ``q n``; the interval is the
+    order-statistic (binomial) interval widened to whole bins. Infinite where a rank falls in the
+    underflow or overflow bin.
+    """
+    from scipy import stats
+
+    n = h.n
+    method = "order-statistic (binomial ranks, widened to histogram bins)"
+    if n == 0:
+        return (math.nan, math.nan, math.nan, method)
+    counts = np.asarray(h.counts, dtype=np.int64)
+    cum = np.cumsum(counts)  # cum[i] = values in bins 0..i
+    edges = np.asarray(h.edges, dtype=np.float64)
+    # Bin i spans [lower(i), upper(i)): bin 0 is (-inf, edges[0]), the last is [edges[-1], inf).
+    lower = np.concatenate([[-np.inf], edges])
+    upper = np.concatenate([edges, [np.inf]])
+
+    def bin_of(rank: float) -> int:  # bin holding the order statistic of 1-based rank
+        return int(np.searchsorted(cum, rank, side="left"))
+
+    target = q * n
+    b = bin_of(max(target, 1e-300))
+    before = cum[b] - counts[b]
+    if math.isinf(lower[b]) or math.isinf(upper[b]):
+        est = upper[b] if math.isinf(lower[b]) else lower[b]
+    else:
+        frac = (target - before) / counts[b] if counts[b] else 0.0
+        est = float(lower[b] + min(max(frac, 0.0), 1.0) * (upper[b] - lower[b]))
+    r_lo = float(stats.binom.ppf(alpha / 2.0, n, q))
+    r_hi = float(stats.binom.ppf(1.0 - alpha / 2.0, n, q)) + 1.0
+    lo = -math.inf if r_lo < 1 else float(lower[bin_of(r_lo)])
+    hi = math.inf if r_hi > n else float(upper[bin_of(r_hi)])
+    return (float(est), lo, hi, method)
