@@ -29,5 +29,9 @@ main.add_command(check)
 main.add_command(derive)
 main.add_command(report)
 
+from .cli_mc import mc  # noqa: E402
+
+main.add_command(mc)
+
 if __name__ == "__main__":
     main()

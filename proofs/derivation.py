@@ -1,0 +1,582 @@
+"""Derivations: ordered lists of steps, each step checked when the derivation is checked.
+
+A :class:`Derivation` is a list of :class:`Step` objects. A step is one line of the
+derivation as it is displayed (``lhs  rel  rhs``, or raw LaTeX) together with its
+justification (``reason``) and a *checker* that decides, when the derivation is checked,
+whether the step holds. The checker also says *how* it decided (``method``), so every line
+of the rendered proof carries its own evidence:
+
+=================== ===================================================================
+checker             what it verifies (method string recorded)
+=================== ===================================================================
+:class:`Definition` nothing: introduces notation or states an assumption ("definition",
+                    "assumption"); recorded as *not checked*
+:class:`Symbolic`   ``lhs - rhs`` (or a given expression) reduces to 0 in SymPy
+                    ("symbolic"); ``Chain`` compares with the previous step's rhs
+:class:`AtSizes`    the same zero test, instantiated at explicit sizes where SymPy
+                    cannot do the general case ("explicit sizes n=2..6")
+:class:`NonNegative` an inequality ``expr >= 0`` through a witness: ``expr - witness``
+                    reduces to 0 and SymPy's assumptions prove ``witness >= 0``
+:class:`Custom`     any callable returning ``(passed, note)`` (interval arithmetic,
+                    numeric cross-checks); the caller names the method
+=================== ===================================================================
+
+The zero test (:func:`is_zero`) follows PITFALLS.md: ``doit()`` first, then ``refine``
+with the step's assumptions (drops the ``Piecewise`` that sums of ``KroneckerDelta``
+produce), then bound summation variables are renamed canonically (so
+``Sum(e**z[j], (j, 1, n))`` and ``Sum(e**z[k], (k, 1, n))`` cancel), then ``expand``,
+``cancel`` and only last ``simplify``.
+
+A derivation is *valid* when every checked step passed and at least one step was
+checked. :meth:`Derivation.outcome` turns a valid derivation into a
+:class:`~proofs.claims.CheckOutcome`; for an invalid one it **raises**
+:class:`DerivationError`: a failing step in one of our own derivations is a defect of the
+toolkit, not a finding about a document, and must never be reported as PROVED (nor
+silently as anything else). ``Claim.run`` records the exception as a crashed check.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import sympy as sp
+from sympy.matrices.expressions.matexpr import MatrixExpr
+
+from .claims import CheckOutcome, Evidence, Method, Verdict
+
+__all__ = [
+    "Derivation",
+    "DerivationError",
+    "Step",
+    "StepResult",
+    "Checker",
+    "Definition",
+    "Symbolic",
+    "Chain",
+    "AtSizes",
+    "NonNegative",
+    "Custom",
+    "is_zero",
+    "canonical_sums",
+    "exp_to_symbols",
+    "unfold_indexed",
+    "format_sizes",
+]
+
+_NOTE_CHARS = 300
+
+
+# --------------------------------------------------------------------------- zero test
+
+
+def canonical_sums(expr: Any) -> Any:
+    """Rename the bound variables of every ``Sum`` to canonical symbols.
+
+    The names depend only on the nesting depth and the position of the limit (innermost
+    ``_i0_0``, the sum around it ``_i1_0``...), so two sums that differ only in their dummy
+    indices become identical and cancel, and nested sums never capture each other's index.
+    """
+    if not isinstance(expr, sp.Basic) or not expr.has(sp.Sum):
+        return expr
+
+    def depth(e: sp.Basic) -> int:
+        inner = [depth(a) for a in e.args if isinstance(a, sp.Basic) and a.has(sp.Sum)]
+        own = 1 if isinstance(e, sp.Sum) else 0
+        return own + (max(inner) if inner else 0)
+
+    def rename(s: sp.Sum) -> sp.Basic:
+        if any(len(limit) != 3 for limit in s.limits):
+            return s
+        level = depth(s.function)
+        mapping = {limit[0]: sp.Symbol(f"_i{level}_{p}", integer=True) for p, limit in enumerate(s.limits)}
+        if all(old == new for old, new in mapping.items()):
+            return s
+        limits = [(mapping[v], lo.xreplace(mapping), hi.xreplace(mapping)) for v, lo, hi in s.limits]
+        return sp.Sum(s.function.xreplace(mapping), *limits)
+
+    return expr.replace(lambda e: isinstance(e, sp.Sum), rename)
+
+
+def exp_to_symbols(expr: Any, table: dict[Any, sp.Symbol]) -> Any:
+    """Replace ``exp(r * key)`` by ``symbol**r`` for each ``key -> symbol`` of ``table``.
+
+    SymPy merges ``exp(a)**2`` into ``exp(2 a)``; replacing each exponential of a known
+    argument by a positive symbol turns softmax expressions into rational functions, which
+    ``cancel`` decides quickly and exactly. ``r`` must be a rational number.
+    """
+    keys = []
+    for k, s in table.items():
+        k = sp.expand(k)
+        terms = k.as_coefficients_dict()
+        keys.append((k, s, next(iter(terms.items()))))
+
+    def match(arg: sp.Basic) -> sp.Basic | None:
+        a = sp.expand(arg)
+        terms = a.as_coefficients_dict()
+        for key, sym, (mono, coeff) in keys:
+            if mono not in terms:
+                continue
+            ratio = terms[mono] / coeff
+            if ratio.is_Rational and sp.expand(a - ratio * key) == 0:
+                return sym**ratio
+        return None
+
+    if not isinstance(expr, (sp.Basic, sp.MatrixBase)):
+        return expr
+    atoms = expr.atoms(sp.exp)
+    mapping = {}
+    for atom in atoms:
+        new = match(atom.args[0])
+        if new is not None:
+            mapping[atom] = new
+    return expr.xreplace(mapping) if mapping else expr
+
+
+def _short(x: Any) -> str:
+    s = str(x)
+    return s if len(s) <= _NOTE_CHARS else s[: _NOTE_CHARS - 3] + "..."
+
+
+def _zero_scalar(e: Any, assumptions: Any) -> tuple[bool, str, Any]:
+    e = sp.sympify(e)
+    if e == 0:
+        return True, "identically 0", e
+    e = e.doit()  # doit before simplify (sympy #14570, #27359)
+    if assumptions is not None:
+        e = sp.refine(e, assumptions)
+    e = canonical_sums(e)
+    if e == 0:
+        return True, "0 after doit/refine", e
+    stages: list[tuple[str, Callable[[Any], Any]]] = [
+        ("expand", lambda x: canonical_sums(sp.expand(x).doit())),
+        ("cancel", lambda x: sp.cancel(sp.together(x))),
+        ("simplify", lambda x: canonical_sums(sp.simplify(x))),
+    ]
+    cur = e
+    for name, stage in stages:
+        cur = stage(cur)
+        if assumptions is not None and isinstance(cur, sp.Basic) and cur.has(sp.Piecewise):
+            cur = sp.refine(cur, assumptions)
+        if cur == 0:
+            return True, f"reduces to 0 ({name})", cur
+    return False, f"does not reduce to 0: {_short(cur)}", cur
+
+
+def is_zero(expr: Any, assumptions: Any = None) -> tuple[bool, str]:
+    """Decide whether ``expr`` is identically zero; ``(passed, note)``.
+
+    ``expr`` may be a SymPy expression, an ``Eq`` (``lhs - rhs`` is tested), an explicit
+    matrix (every entry is tested), a matrix expression (``expand().doit()`` must give a
+    zero matrix) or an iterable of these. ``assumptions`` is a SymPy ``Q`` predicate used
+    with ``refine``. A ``False`` answer means "SymPy could not show it", which for our own
+    derivations is treated as a failed step.
+    """
+    if isinstance(expr, sp.Equality):
+        expr = expr.lhs - expr.rhs
+    if isinstance(expr, MatrixExpr) and not isinstance(expr, sp.MatrixBase):
+        reduced = expr.expand().doit()
+        if isinstance(reduced, sp.ZeroMatrix) or reduced == 0:
+            return True, "matrix expression reduces to the zero matrix"
+        if isinstance(reduced, sp.MatrixBase):
+            return is_zero(reduced, assumptions)
+        return False, f"matrix expression does not reduce to 0: {_short(reduced)}"
+    if isinstance(expr, sp.MatrixBase) or isinstance(expr, (list, tuple)):
+        entries = list(expr) if not isinstance(expr, sp.MatrixBase) else list(expr)
+        how: set[str] = set()
+        for idx, entry in enumerate(entries):
+            ok, note = is_zero(entry, assumptions)
+            if not ok:
+                return False, f"entry {idx}: {note}"
+            how.add(note)
+        return True, f"all {len(entries)} entries: " + "; ".join(sorted(how))
+    ok, note, _ = _zero_scalar(expr, assumptions)
+    return ok, note
+
+
+# --------------------------------------------------------------------------- checkers
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """Outcome of checking one step."""
+
+    index: int  # 1-based position in the derivation
+    reason: str
+    passed: bool
+    method: str
+    note: str
+    seconds: float
+    checked: bool = True  # False for definitions and stated assumptions
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "reason": self.reason,
+            "passed": self.passed,
+            "checked": self.checked,
+            "method": self.method,
+            "note": self.note,
+            "seconds": round(self.seconds, 6),
+        }
+
+
+@dataclass
+class _Context:
+    """What a checker may look at: the step, the previous step, the unfolding map."""
+
+    step: "Step"
+    previous: "Step | None"
+    unfold: Callable[[Any], Any]
+
+
+class Checker:
+    """Base class: ``run(ctx) -> (passed, note)`` and a ``method`` string."""
+
+    method: str = "?"
+    checked: bool = True
+
+    def run(self, ctx: _Context) -> tuple[bool, str]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class Definition(Checker):
+    """Introduces notation or states an assumption; nothing to check (recorded as such)."""
+
+    checked = False
+
+    def __init__(self, kind: str = "definition"):
+        if kind not in ("definition", "assumption", "cited"):
+            raise ValueError(f"kind must be 'definition', 'assumption' or 'cited', got {kind!r}")
+        self.method = kind
+
+    def run(self, ctx: _Context) -> tuple[bool, str]:
+        return True, {"definition": "introduces notation", "assumption": "stated assumption",
+                      "cited": "cited result, not re-proved here"}[self.method]
+
+
+class Symbolic(Checker):
+    """``expr`` (default: the step's ``lhs - rhs``, after unfolding) reduces to 0."""
+
+    method = "symbolic"
+
+    def __init__(self, expr: Any = None, *, assumptions: Any = None, prepare: Callable[[Any], Any] | None = None,
+                 unfold: bool = True):
+        self.expr, self.assumptions, self.prepare, self.do_unfold = expr, assumptions, prepare, unfold
+
+    def _target(self, ctx: _Context) -> Any:
+        if self.expr is not None:
+            return self.expr
+        step = ctx.step
+        if not isinstance(step.lhs, (sp.Basic, sp.MatrixBase)) or not isinstance(step.rhs, (sp.Basic, sp.MatrixBase)):
+            raise TypeError(f"step {step.reason!r}: a symbolic check needs SymPy lhs and rhs, or an explicit expr")
+        return step.lhs - step.rhs
+
+    def run(self, ctx: _Context) -> tuple[bool, str]:
+        e = self._target(ctx)
+        if self.do_unfold:
+            e = ctx.unfold(e)
+        if self.prepare is not None:
+            e = self.prepare(e)
+        return is_zero(e, self.assumptions)
+
+
+class Chain(Symbolic):
+    """The step's rhs equals the previous step's rhs (a line ``&= ...`` of a chain)."""
+
+    def _target(self, ctx: _Context) -> Any:
+        if ctx.previous is None or not isinstance(ctx.previous.rhs, (sp.Basic, sp.MatrixBase)):
+            raise TypeError(f"step {ctx.step.reason!r} continues a chain but the previous step has no SymPy rhs")
+        if not isinstance(ctx.step.rhs, (sp.Basic, sp.MatrixBase)):
+            raise TypeError(f"step {ctx.step.reason!r}: a chain step needs a SymPy rhs")
+        return ctx.previous.rhs - ctx.step.rhs
+
+
+def format_sizes(sizes: Sequence[Any], label: str) -> str:
+    """``"n=2..6"``, ``"n=2, 4, 8"`` or ``"(N,M)=(2,3), (3,2)"`` (spaces let LaTeX break lines)."""
+    vals = list(sizes)
+    if vals and all(isinstance(v, int) for v in vals):
+        if len(vals) > 2 and vals == list(range(vals[0], vals[-1] + 1)):
+            return f"{label}={vals[0]}..{vals[-1]}"
+        return f"{label}=" + ", ".join(map(str, vals))
+    return f"{label}=" + ", ".join("(" + ",".join(map(str, v)) + ")" for v in vals)
+
+
+class AtSizes(Checker):
+    """The zero test at each explicit size: ``build(size)`` returns what must be zero.
+
+    ``build`` receives one size (an int, or a tuple unpacked as arguments) and returns an
+    expression, an ``Eq``, a matrix, or a list of these. Used where SymPy cannot do the
+    general case; the method string lists the sizes, e.g. ``"explicit sizes n=2..6"``.
+    """
+
+    def __init__(self, build: Callable[..., Any], sizes: Iterable[Any], label: str = "n", *,
+                 assumptions: Any = None, prepare: Callable[[Any], Any] | None = None):
+        self.build, self.sizes, self.label = build, list(sizes), label
+        if not self.sizes:
+            raise ValueError("AtSizes needs at least one size")
+        self.assumptions, self.prepare = assumptions, prepare
+        self.method = "explicit sizes " + format_sizes(self.sizes, label)
+
+    def run(self, ctx: _Context) -> tuple[bool, str]:
+        notes = []
+        for size in self.sizes:
+            e = self.build(*size) if isinstance(size, tuple) else self.build(size)
+            if self.prepare is not None:
+                e = self.prepare(e)
+            ok, note = is_zero(e, self.assumptions)
+            if not ok:
+                return False, f"fails at {self.label}={size}: {note}"
+            notes.append(size)
+        return True, f"zero at every size ({format_sizes(notes, self.label)})"
+
+
+class NonNegative(Checker):
+    """``expr >= 0`` through a witness: ``expr - witness.subs(subs)`` reduces to 0 and
+    ``witness.is_nonnegative`` is True from the assumptions of its symbols.
+
+    ``subs`` expresses auxiliary nonnegative symbols of the witness (e.g. the remaining
+    mass ``r = 1 - s_i - s_j``) in the variables of ``expr``; :meth:`many` checks a list of
+    ``(expr, witness, subs)`` triples (e.g. one per explicit size). The witness's symbols
+    must carry the assumptions the statement grants (``nonnegative=True`` for weights...):
+    they are what SymPy's ``is_nonnegative`` reasons from.
+    """
+
+    method = "symbolic (nonnegativity witness)"
+
+    def __init__(self, expr: Any, witness: Any, subs: dict | None = None, *, assumptions: Any = None):
+        self.cases = [(expr, witness, subs or {})]
+        self.assumptions = assumptions
+
+    @classmethod
+    def many(cls, cases: Iterable[tuple[Any, Any, dict | None]], label: str | None = None) -> "NonNegative":
+        obj = cls(0, 0)
+        obj.cases = [(e, w, s or {}) for e, w, s in cases]
+        if label:
+            obj.method = f"symbolic (nonnegativity witness), {label}"
+        return obj
+
+    def run(self, ctx: _Context) -> tuple[bool, str]:
+        for idx, (expr, witness, subs) in enumerate(self.cases):
+            expr = ctx.unfold(expr)
+            ok, note = is_zero(expr - sp.sympify(witness).subs(subs), self.assumptions)
+            if not ok:
+                return False, f"case {idx}: expression differs from its witness: {note}"
+            if sp.sympify(witness).is_nonnegative is not True:
+                return False, f"case {idx}: SymPy cannot show the witness {witness} is nonnegative"
+        return True, f"{len(self.cases)} case(s): expression = witness, witness >= 0 by the symbols' assumptions"
+
+
+class Custom(Checker):
+    """Any check: ``fn()`` returns ``(passed, note)``; ``method`` says what kind it is."""
+
+    def __init__(self, fn: Callable[[], tuple[bool, str]], method: str):
+        self.fn, self.method = fn, method
+
+    def run(self, ctx: _Context) -> tuple[bool, str]:
+        ok, note = self.fn()
+        return bool(ok), str(note)
+
+
+# --------------------------------------------------------------------------- steps
+
+
+@dataclass
+class Step:
+    """One displayed line: ``lhs rel rhs`` (SymPy objects or LaTeX strings), a reason, a check.
+
+    ``lhs=None`` continues the previous line (``&= rhs``); when no ``check`` is given such a
+    step is checked with :class:`Chain`, and a step with SymPy ``lhs`` and ``rhs`` with
+    :class:`Symbolic`. ``latex`` replaces the displayed math entirely (it may contain one
+    ``&`` alignment point). ``rel`` is LaTeX: ``"="``, ``r"\\le"``, ``r"\\to"``...
+    """
+
+    lhs: Any = None
+    rhs: Any = None
+    reason: str = ""
+    check: Checker | None = None
+    rel: str = "="
+    latex: str | None = None
+    latex_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.reason:
+            raise ValueError("every step needs a reason")
+        if self.check is None:
+            sym = (sp.Basic, sp.MatrixBase)
+            if self.lhs is None and isinstance(self.rhs, sym):
+                self.check = Chain()
+            elif isinstance(self.lhs, sym) and isinstance(self.rhs, sym):
+                self.check = Symbolic()
+            else:
+                raise ValueError(f"step {self.reason!r}: give a check (no SymPy lhs/rhs to compare)")
+        if self.rel != "=" and isinstance(self.check, Symbolic) and self._default_symbolic():
+            raise ValueError(f"step {self.reason!r}: relation {self.rel!r} cannot be checked as an equality")
+
+    def _default_symbolic(self) -> bool:
+        return isinstance(self.check, Symbolic) and self.check.expr is None
+
+    # convenience constructors -------------------------------------------------------
+    @classmethod
+    def define(cls, lhs: Any, rhs: Any, reason: str = "definition", *, kind: str = "definition", **kw) -> "Step":
+        return cls(lhs, rhs, reason, Definition(kind), **kw)
+
+    @classmethod
+    def assume(cls, lhs: Any, rhs: Any = None, reason: str = "assumption", **kw) -> "Step":
+        return cls(lhs, rhs, reason, Definition("assumption"), **kw)
+
+
+# --------------------------------------------------------------------------- derivation
+
+
+class DerivationError(RuntimeError):
+    """A step of one of our own derivations failed its check: a defect, never a verdict."""
+
+    def __init__(self, derivation: "Derivation", failed: list[StepResult]):
+        self.derivation, self.failed = derivation, failed
+        lines = "; ".join(f"step {r.index} ({r.reason}): {r.note}" for r in failed)
+        super().__init__(f"derivation {derivation.name!r} is not valid: {lines}")
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def unfold_indexed(table: dict[sp.IndexedBase, Callable[..., Any]]) -> Callable[[Any], Any]:
+    """An ``unfold`` map replacing ``base[idx]`` by ``table[base](*idx)`` everywhere."""
+
+    def unfold(expr: Any) -> Any:
+        if not isinstance(expr, (sp.Basic, sp.MatrixBase)):
+            return expr
+        return expr.replace(
+            lambda e: isinstance(e, sp.Indexed) and e.base in table,
+            lambda e: table[e.base](*e.indices),
+        )
+
+    return unfold
+
+
+@dataclass
+class Derivation:
+    """An ordered list of checked steps proving ``statement`` under ``assumptions``.
+
+    ``unfold`` maps displayed notation to checkable expressions (e.g. ``sigma[i]`` to
+    ``exp(z[i]) / Sum(exp(z[k]), (k, 1, n))``) before symbolic checks. ``results`` holds
+    the quantities a claim check may want to quote (a certified bound, a polynomial...).
+    ``method`` is the :class:`~proofs.claims.Method` an outcome reports by default.
+    """
+
+    name: str
+    title: str
+    statement: str  # LaTeX
+    steps: list[Step]
+    assumptions: list[str] = field(default_factory=list)
+    unfold: Callable[[Any], Any] = _identity
+    results: dict[str, Any] = field(default_factory=dict)
+    method: Method = Method.SYMBOLIC
+    latex_options: dict[str, Any] = field(default_factory=dict)
+    _results: list[StepResult] | None = field(default=None, init=False, repr=False)
+    check_seconds: float | None = field(default=None, init=False)
+    build_seconds: float | None = field(default=None, init=False)
+
+    def check(self, force: bool = False) -> list[StepResult]:
+        """Check every step (once; ``force=True`` re-checks) and return the per-step results.
+
+        A checker that raises counts as a failed step, with the exception in its note.
+        """
+        if self._results is not None and not force:
+            return self._results
+        start = time.perf_counter()
+        results: list[StepResult] = []
+        previous: Step | None = None
+        for index, step in enumerate(self.steps, 1):
+            t = time.perf_counter()
+            checker = step.check
+            try:
+                ok, note = checker.run(_Context(step, previous, self.unfold))
+            except Exception as exc:  # a crashing checker is a failed step, with the reason
+                ok, note = False, f"checker raised {type(exc).__name__}: {_short(exc)}"
+            results.append(StepResult(index, step.reason, bool(ok), checker.method, note,
+                                      time.perf_counter() - t, checker.checked))
+            if step.rhs is not None:
+                previous = step
+        self._results = results
+        self.check_seconds = time.perf_counter() - start
+        return results
+
+    @property
+    def valid(self) -> bool:
+        """Every checked step passed, and at least one step was checked."""
+        results = self.check()
+        return all(r.passed for r in results) and any(r.checked for r in results)
+
+    @property
+    def failed(self) -> list[StepResult]:
+        return [r for r in self.check() if not r.passed]
+
+    @property
+    def methods(self) -> list[str]:
+        """The distinct check methods used, in order of first use (definitions left out)."""
+        seen: list[str] = []
+        for r in self.check():
+            if r.checked and r.method not in seen:
+                seen.append(r.method)
+        return seen
+
+    def summary(self) -> str:
+        results = self.check()
+        checked = sum(r.checked for r in results)
+        status = "all checked steps pass" if self.valid else f"{len(self.failed)} step(s) FAIL"
+        return f"{self.title}: {checked} of {len(results)} steps checked, {status} ({'; '.join(self.methods)})"
+
+    def latex(self, **options: Any) -> str:
+        from .latex import render
+
+        return render(self, **options)
+
+    def evidence(self, summary: str | None = None) -> Evidence:
+        """Evidence(kind="derivation") with the per-step results, the results and the LaTeX."""
+        results = self.check()
+        return Evidence(
+            kind="derivation",
+            summary=summary or self.summary(),
+            data={
+                "derivation": self.name,
+                "title": self.title,
+                "statement": self.statement,
+                "assumptions": list(self.assumptions),
+                "valid": self.valid,
+                "steps": [r.to_dict() for r in results],
+                "results": dict(self.results),
+                "check_seconds": self.check_seconds,
+            },
+            latex=self.latex(),
+        )
+
+    def outcome(
+        self,
+        verdict_if_valid: Verdict = Verdict.PROVED,
+        *,
+        summary: str | None = None,
+        method: Method | None = None,
+        corrected_statement: str | None = None,
+        extra_evidence: Sequence[Evidence] = (),
+    ) -> CheckOutcome:
+        """A :class:`CheckOutcome` carrying this derivation as evidence.
+
+        Raises :class:`DerivationError` when a step failed: a broken derivation of ours is
+        a defect and must never be reported as a verdict (``Claim.run`` records it as a
+        crashed check). ``verdict_if_valid`` may be REFUTED or CORRECTED when the
+        derivation proves a statement contradicting a document's (pass the counterexample
+        in ``extra_evidence``, and ``corrected_statement`` for CORRECTED).
+        """
+        self.check()
+        if not self.valid:
+            raise DerivationError(self, self.failed or [])
+        return CheckOutcome(
+            Verdict(verdict_if_valid),
+            method or self.method,
+            [self.evidence(summary), *extra_evidence],
+            corrected_statement,
+        )

@@ -1,0 +1,114 @@
+"""Derivation 7: softmax attention is a soft lookup that tends to the hard argmax lookup.
+
+With scores z_1 > z_j (j >= 2) and scale beta -> oo, the weights tend to (1, 0, ..., 0)
+and the output to v_1. Written with the gaps g_j = z_1 - z_j > 0 the weights are
+1 / (1 + sum_j e^{-beta g_j}) and e^{-beta g_j} / (1 + ...), whose limits SymPy computes
+(the limit of the original form needs the sign of z_1, which SymPy does not know). When
+the maximum is attained m times, the output tends to the average of the m tied values.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from ..derivation import AtSizes, Derivation, NonNegative, Step
+from ._registry import register
+
+__all__ = ["soft_lookup"]
+
+BETA = sp.Symbol("beta", positive=True)
+SIZES = range(2, 5)
+TIES = [(2, 2), (3, 2), (3, 3), (4, 2), (4, 3)]
+
+
+def _weights(n: int, tied: int = 1) -> tuple[list, list, sp.Symbol, list]:
+    """Weights written with the original scores, and the substitution to gaps.
+
+    z_1 = ... = z_tied is the maximum; g_j = z_1 - z_j > 0 for the others.
+    """
+    z = list(sp.symbols(f"z_1:{n + 1}", real=True))
+    g = list(sp.symbols(f"g_{tied + 1}:{n + 1}", positive=True))
+    e = [sp.exp(BETA * v) for v in z]
+    total = sum(e)
+    weights = [x / total for x in e]
+    sub = {z[j]: z[0] for j in range(1, tied)}
+    sub.update({z[j]: z[0] - g[j - tied] for j in range(tied, n)})
+    return weights, z, sub, g
+
+
+def _gap_form(n: int) -> list:
+    """softmax(beta z) - the gap form, zero after substituting z_j = z_1 - g_j."""
+    weights, z, sub, g = _weights(n)
+    rest = sum(sp.exp(-BETA * x) for x in g)
+    gap = [1 / (1 + rest)] + [sp.exp(-BETA * x) / (1 + rest) for x in g]
+    return [w.subs(sub) - gw for w, gw in zip(weights, gap)]
+
+
+def _gap_weights(n: int, tied: int = 1) -> list:
+    g = list(sp.symbols(f"g_{tied + 1}:{n + 1}", positive=True))
+    rest = sum(sp.exp(-BETA * x) for x in g)
+    return [1 / (tied + rest)] * tied + [sp.exp(-BETA * x) / (tied + rest) for x in g]
+
+
+def _weight_limits(n: int) -> list:
+    w = _gap_weights(n)
+    target = [1] + [0] * (n - 1)
+    return [sp.limit(x, BETA, sp.oo) - t for x, t in zip(w, target)]
+
+
+def _output_limit(n: int) -> sp.Expr:
+    v = sp.symbols(f"v_1:{n + 1}", real=True)
+    out = sum(wj * vj for wj, vj in zip(_gap_weights(n), v))
+    return sp.limit(out, BETA, sp.oo) - v[0]
+
+
+def _tied_gap_form(n: int, tied: int) -> list:
+    weights, z, sub, g = _weights(n, tied)
+    return [w.subs(sub) - gw
+            for w, gw in zip(weights, _gap_weights(n, tied))]
+
+
+def _tied_limit(n: int, tied: int) -> sp.Expr:
+    v = sp.symbols(f"v_1:{n + 1}", real=True)
+    out = sum(wj * vj for wj, vj in zip(_gap_weights(n, tied), v))
+    return sp.limit(out, BETA, sp.oo) - sum(v[:tied]) / tied
+
+
+@register("soft-lookup", "Softmax attention tends to the hard argmax lookup")
+def soft_lookup() -> Derivation:
+    """beta -> oo: weights -> e_1 and output -> v_1 for a unique maximum; ties average."""
+    s = sp.Symbol("S", nonnegative=True)
+    w1 = 1 / (1 + s)
+    steps = [
+        Step.define(r"w_j(\beta)", r"\frac{e^{\beta z_j}}{\sum_{k=1}^{n} e^{\beta z_k}},\quad a(\beta) = \sum_j w_j(\beta)\, v_j",
+                    r"attention with scores $\beta z$, $\beta > 0$ the scale (inverse temperature)"),
+        Step.assume(r"z_1", r"z_j \quad (j \ge 2)", r"a unique maximum; write $g_j = z_1 - z_j > 0$", rel=">"),
+        Step(r"w_1(\beta)", r"\frac{1}{1 + \sum_{j \ge 2} e^{-\beta g_j}},\quad "
+                            r"w_j(\beta) = \frac{e^{-\beta g_j}}{1 + \sum_{k \ge 2} e^{-\beta g_k}}",
+             r"divide by $e^{\beta z_1}$", AtSizes(_gap_form, SIZES)),
+        Step(r"\lim_{\beta \to \infty} \left(w_1, w_2, \dots, w_n\right)", r"(1, 0, \dots, 0)",
+             r"limits computed by SymPy ($g_j > 0$)", AtSizes(_weight_limits, SIZES)),
+        Step(r"\lim_{\beta \to \infty} a(\beta)", r"v_1",
+             r"the hard lookup of the value at the argmax", AtSizes(_output_limit, SIZES)),
+        Step(r"1 - w_1(\beta)", r"\frac{S}{1 + S} \le S = \sum_{j \ge 2} e^{-\beta g_j} \le (n-1)\, e^{-\beta \min_j g_j}",
+             r"exponentially fast: $S - S/(1+S) = S^2/(1+S) \ge 0$",
+             NonNegative(s - (1 - w1), s**2 / (1 + s))),
+        Step.assume(r"z_1 = \dots = z_m", r"z_j \quad (j > m)", r"a maximum attained $m$ times", rel=">"),
+        Step(r"w_i(\beta)", r"\frac{1}{m + \sum_{j > m} e^{-\beta g_j}} \ (i \le m)",
+             r"divide by $e^{\beta z_1}$", AtSizes(_tied_gap_form, TIES, "(n,m)")),
+        Step(r"\lim_{\beta \to \infty} a(\beta)", r"\frac{1}{m} \sum_{i=1}^{m} v_i",
+             r"ties: the average of the tied values, not a lookup", AtSizes(_tied_limit, TIES, "(n,m)")),
+    ]
+    return Derivation(
+        name="soft-lookup",
+        title="Softmax attention tends to the hard argmax lookup",
+        statement=(r"If $z_1 > z_j$ for all $j \ge 2$, then $\operatorname{softmax}(\beta z) \to e_1$ and "
+                   r"$\sum_j \operatorname{softmax}(\beta z)_j v_j \to v_1$ as $\beta \to \infty$, with "
+                   r"$1 - w_1 \le (n-1)e^{-\beta \min_j (z_1 - z_j)}$; if the maximum is attained $m$ times the "
+                   r"output tends to the average of the $m$ tied values."),
+        steps=steps,
+        assumptions=["finite real scores z and values v; limits checked at n = 2..4 (ties at (n, m) = "
+                     + ", ".join(map(str, TIES)) + "); vector values follow coordinatewise"],
+        results={"unique_max_limit": "v_argmax", "tie_limit": "mean of tied values",
+                 "rate": "1 - w_1 <= (n-1) exp(-beta * min gap)"},
+    )
