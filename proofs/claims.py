@@ -173,7 +173,8 @@ class ClaimResult:
         """One line of evidence for the table."""
         if self.error:
             return "check crashed: " + self.error.strip().splitlines()[-1]
-        return self.outcomes[0].evidence[0].summary if self.outcomes else ""
+        deciding = [o for o in self.outcomes if o.verdict is self.verdict]
+        return deciding[0].evidence[0].summary if deciding else ""
 
     def to_dict(self) -> dict[str, Any]:
         c = self.claim

@@ -75,17 +75,17 @@ def results_document(results, *, seconds: float) -> dict:
 
 
 def _results_table(results) -> Table:
-    table = Table(title="attnverify check", show_lines=False, expand=True)
-    table.add_column("claim", no_wrap=True)
-    table.add_column("source", overflow="fold")
-    table.add_column("verdict", no_wrap=True)
-    table.add_column("method", no_wrap=True)
-    table.add_column("evidence", overflow="fold", ratio=3)
+    table = Table(title="attnverify check", show_lines=False)
+    table.add_column("claim", overflow="fold", min_width=18, max_width=34)
+    table.add_column("source", overflow="fold", min_width=10, max_width=24)
+    table.add_column("verdict", no_wrap=True, min_width=9)
+    table.add_column("method", overflow="fold", min_width=8, max_width=12)
+    table.add_column("evidence", overflow="fold", min_width=30)
     for r in results:
         verdict = "CRASHED" if r.verdict is None else r.verdict.value
         style = _VERDICT_STYLE.get(verdict, "bold red")
         source = f"{r.claim.source.document[:3]} {r.claim.source.label}"
-        table.add_row(r.claim.id, source, f"[{style}]{verdict}[/]", ",".join(r.methods), r.summary)
+        table.add_row(r.claim.id, source, f"[{style}]{verdict}[/]", ", ".join(r.methods), r.summary)
     return table
 
 
@@ -106,7 +106,8 @@ def check(json_path: Path | None, pattern: str | None, progress: bool | None) ->
 
     from proofs.catalogue import all_claims
 
-    console = Console()
+    # Piped output gets a wide table rather than rich's 80-column default.
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     claims = select_claims(all_claims(), pattern)
     if not claims:
         raise click.UsageError(f"--only {pattern!r} matches no claim id or source")
@@ -144,10 +145,9 @@ def derive(name: str | None, list_names: bool) -> None:
     if name not in DERIVATIONS:
         raise click.BadParameter(f"expected one of {', '.join(DERIVATIONS)}; got {name!r}", param_hint="NAME")
     derivation = DERIVATIONS[name]()
-    failed = [s for s in derivation.check() if not s.passed]
-    click.echo(derivation.to_latex())
-    if failed:
-        raise click.ClickException(f"{len(failed)} step(s) of {name} failed their check")
+    click.echo(derivation.latex())
+    if not derivation.valid:
+        raise click.ClickException(f"{len(derivation.failed)} step(s) of {name} failed their check")
 
 
 @click.command()

@@ -1,0 +1,191 @@
+"""Small helpers the catalogue's checks share: sources, derivation-style evidence, outcomes.
+
+Every check in the catalogue *computes* its verdict: the helpers here only package what a
+check found (a list of verified steps, a counterexample) into :class:`~proofs.claims.Evidence`
+and :class:`~proofs.claims.CheckOutcome`. None of them returns a verdict by itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import sympy as sp
+
+from ..claims import CheckOutcome, Claim, Evidence, Method, Source, Verdict
+from ._doc import DOCUMENTS, text_line
+from ._labels import labels_in_document
+
+__all__ = ["Steps", "claim_at", "supplementary_claim", "note", "counterexample", "derived", "numeric", "informal_outcome"]
+
+
+def _as_math_text(statement: str) -> str:
+    """Statements are text with ``$...$`` math (what the report expects); bare math gets wrapped."""
+    return statement if "$" in statement else f"${statement}$"
+
+
+def _label_at(doc: str, line: int) -> str:
+    for label, number in labels_in_document(doc):
+        if number == line:
+            return label
+    raise LookupError(f"no statement header on line {line} of {DOCUMENTS[doc]}")
+
+
+def _slug(label: str) -> str:
+    import re
+    import unicodedata
+
+    ascii_label = unicodedata.normalize("NFKD", label).encode("ascii", "ignore").decode()
+    ascii_label = re.sub(r"\(line (\d+)\)", r"l\1", ascii_label)
+    return re.sub(r"[^a-z0-9.]+", "-", ascii_label.lower()).strip("-")
+
+
+def claim_at(
+    doc: str,
+    line: int,
+    *,
+    title: str,
+    statement: str,
+    checks: list[Callable[[], CheckOutcome]],
+    assumptions: list[str] | None = None,
+) -> Claim:
+    """A claim for the statement header on ``line`` of seed ``doc``.
+
+    The label is read from the document with :func:`labels_in_document` (so a claim can only
+    point at a real header), the original words are the repaired header line.
+    """
+    label = _label_at(doc, line)
+    return Claim(
+        id=f"seed{doc}.{_slug(label)}",
+        title=title,
+        source=Source(DOCUMENTS[doc], label, line),
+        statement=_as_math_text(statement),
+        checks=checks,
+        assumptions=list(assumptions or []),
+        original=text_line(doc, line).lstrip("> ").strip(),
+    )
+
+
+def supplementary_claim(
+    doc: str,
+    line: int,
+    label: str,
+    *,
+    title: str,
+    statement: str,
+    checks: list[Callable[[], CheckOutcome]],
+    assumptions: list[str] | None = None,
+) -> Claim:
+    """A claim on a line that is not a statement header (seed 002 has none).
+
+    ``label`` must occur on that line of the document (checked here, so a supplementary
+    claim also points at real text); the source label gets ``(line N)`` appended.
+    """
+    text = text_line(doc, line)
+    if label not in text:
+        raise LookupError(f"{label!r} does not occur on line {line} of {DOCUMENTS[doc]}: {text[:80]!r}")
+    full = f"{label} (line {line})"
+    return Claim(
+        id=f"seed{doc}.{_slug(full)}",
+        title=title,
+        source=Source(DOCUMENTS[doc], full, line),
+        statement=_as_math_text(statement),
+        checks=checks,
+        assumptions=list(assumptions or []),
+        original=text.strip(),
+    )
+
+
+@dataclass
+class Steps:
+    """An ordered list of (LaTeX, justification, how it was verified) steps.
+
+    ``add`` records a step only together with the boolean that verified it; ``ok`` is the
+    conjunction, so a derivation whose step failed cannot be reported as verified.
+    """
+
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, latex: str | sp.Basic, reason: str, verified: bool, how: str) -> bool:
+        tex = latex if isinstance(latex, str) else sp.latex(latex)
+        self.steps.append({"latex": tex, "reason": reason, "verified": bool(verified), "how": how})
+        return bool(verified)
+
+    def add_zero(self, lhs: sp.Basic, rhs: sp.Basic, reason: str, *, how: str = "sympy: simplify(lhs - rhs) == 0",
+                 display: str | None = None) -> bool:
+        """Record ``lhs = rhs``, verified by SymPy simplifying the difference to zero.
+
+        ``display`` is the LaTeX shown for the step (the general formula) when ``lhs`` and
+        ``rhs`` are explicit matrices too large to print; the check is always on lhs - rhs.
+        """
+        diff = sp.simplify(sp.expand(lhs - rhs))
+        zero = diff == 0 if not isinstance(diff, sp.MatrixBase) else diff.is_zero_matrix
+        tex = display if display is not None else f"{sp.latex(lhs)} = {sp.latex(rhs)}"
+        return self.add(tex, reason, bool(zero), how)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.steps) and all(s["verified"] for s in self.steps)
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [s for s in self.steps if not s["verified"]]
+
+    def latex(self) -> str:
+        rows = []
+        for s in self.steps:
+            mark = "" if s["verified"] else r" \textbf{[FAILED]}"
+            rows.append(rf"&{s['latex']} \\" + "\n" + rf"&\qquad\parbox[t]{{0.8\linewidth}}{{\footnotesize "
+                        rf"{_tex_escape(s['reason'])} ({_tex_escape(s['how'])}){mark}}}")
+        return "\\begin{align*}\n" + " \\\\\n".join(rows) + "\n\\end{align*}"
+
+    def evidence(self, summary: str, **data: Any) -> Evidence:
+        return Evidence("derivation", summary, {"steps": self.steps, **data}, latex=self.latex())
+
+
+_TEX_SPECIAL = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}",
+}
+
+
+def _tex_escape(text: str) -> str:
+    """Plain text for ``\\text{...}``: every LaTeX special character escaped."""
+    return "".join(_TEX_SPECIAL.get(c, c) for c in text)
+
+
+def note(summary: str, **data: Any) -> Evidence:
+    return Evidence("note", summary, data)
+
+
+def counterexample(summary: str, **data: Any) -> Evidence:
+    return Evidence("counterexample", summary, data)
+
+
+def derived(summary: str, **data: Any) -> Evidence:
+    """Evidence from an exact (symbolic) computation that is not a list of steps."""
+    return Evidence("derivation", summary, data)
+
+
+def numeric(summary: str, **data: Any) -> Evidence:
+    return Evidence("numeric", summary, data)
+
+
+def informal_outcome(reason: str, proxy_holds: bool, proxy: Evidence, *, refutes_if_false: str) -> CheckOutcome:
+    """INFORMAL when the statement cannot be checked and its proxy holds, else REFUTED.
+
+    The proxy is a *necessary condition* of the statement (``refutes_if_false`` says why),
+    so a failed proxy refutes the statement; a passing one is reported, never upgraded to a
+    proof.
+    """
+    if proxy_holds:
+        return CheckOutcome(
+            Verdict.INFORMAL,
+            Method.INFORMAL,
+            [note("not a mathematical statement: " + reason, reason=reason), proxy],
+        )
+    return CheckOutcome(
+        Verdict.REFUTED,
+        Method.NUMERIC if proxy.kind == "numeric" else Method.SYMBOLIC,
+        [counterexample("a necessary condition fails: " + refutes_if_false, proxy=proxy.to_dict()), proxy],
+    )

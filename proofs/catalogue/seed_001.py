@@ -1,0 +1,306 @@
+"""Seed 001 (001_82dc5f1976065850.txt): "Autoatenção e Feedforward nos Transformer Blocks".
+
+Nine labelled statements: four worked examples given as Python code (run here exactly as
+printed), Lema 2, 2.1, Proposição 2, 2.1 and Teorema 1. See INVENTORY.md.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import sympy as sp
+
+from ..claims import CheckOutcome, Claim, Method, Verdict
+from ._derivations import derivation
+from ._doc import code_block_after, run_document_code
+from ._kit import Steps, claim_at, counterexample, derived, informal_outcome, note, numeric
+
+DOC = "001"
+
+
+def _run_example(line: int) -> tuple[int, dict]:
+    start, code = code_block_after(DOC, line)
+    return start, run_document_code(code, f"seed001_line{start}")
+
+
+# ---- worked example (line 15): projections of one token -----------------------------------------
+
+def check_example_projection_shapes() -> CheckOutcome:
+    start, ns = _run_example(15)
+    steps = Steps()
+    d, dk, dv = ns["d"], ns["dk"], ns["dv"]
+    for name, width, weight in (("q_i", dk, "W_Q"), ("k_i", dk, "W_K"), ("v_i", dv, "W_V")):
+        vec = ns[name]
+        steps.add(rf"{name} = x_i {weight} \in \mathbb{{R}}^{{{width}}}", f"the document's code (fence on line {start}) gives shape {vec.shape}",
+                  vec.shape == (width,) and np.allclose(vec, ns["x_i"] @ ns[weight], rtol=1e-15, atol=0),
+                  "running the document's code")
+    ok = steps.ok
+    return CheckOutcome(Verdict.PROVED if ok else Verdict.REFUTED, Method.NUMERIC,
+                        [steps.evidence(f"q_i, k_i have d_k = {dk} entries and v_i has d_v = {dv} (d = {d})"
+                                        if ok else "a projection has the wrong width", failed=steps.failed)])
+
+
+# ---- worked example (line 54): one query's attention ------------------------------------------
+
+def check_example_attention_code() -> CheckOutcome:
+    import mpmath
+
+    start, ns = _run_example(54)
+    from numerics import scaled_dot_product_attention
+
+    q, K, V, dk = ns["q_i"], ns["K"], ns["V"], ns["dk"]
+    weights, a = ns["attention_weights"], ns["a_i"]
+    out, w_ref = scaled_dot_product_attention(q[None, :], K, V, return_weights=True)
+    with mpmath.workdps(40):
+        s = [mpmath.fsum(mpmath.mpf(repr(float(qq))) * mpmath.mpf(repr(float(kk))) for qq, kk in zip(q, k)) / mpmath.sqrt(dk)
+             for k in K]
+        e = [mpmath.exp(x) for x in s]
+        exact_w = [x / mpmath.fsum(e) for x in e]
+        exact_a = [float(mpmath.fsum(exact_w[j] * mpmath.mpf(repr(float(V[j, c]))) for j in range(len(e))))
+                   for c in range(V.shape[1])]
+    err_code = float(np.abs(a - np.array(exact_a)).max())
+    err_numerics = float(np.abs(out[0] - np.array(exact_a)).max())
+    steps = Steps()
+    steps.add(r"\alpha_{ij} \ge 0,\ \textstyle\sum_j \alpha_{ij} = 1", f"weights {np.round(weights, 6).tolist()}",
+              bool((weights >= 0).all() and abs(weights.sum() - 1) < 1e-15), "document's code")
+    steps.add(r"a_i = \sum_j \alpha_{ij} v_j = \mathrm{softmax}(q_i K^\top/\sqrt{d_k}) V",
+              f"document's a_i = {np.round(a, 8).tolist()}: error {err_code:.1e} against a 40-digit reference "
+              f"(numerics: {err_numerics:.1e})", err_code < 1e-14 and err_numerics < 1e-14,
+              "mpmath, 40 digits; float64 rounding bound 1e-14")
+    ok = steps.ok
+    return CheckOutcome(Verdict.PROVED if ok else Verdict.REFUTED, Method.NUMERIC,
+                        [steps.evidence("the document's code computes softmax(q K^T / sqrt(d_k)) V correctly" if ok
+                                        else "the document's code does not compute attention", failed=steps.failed,
+                                        weights=weights.tolist(), a_i=a.tolist())])
+
+
+# ---- Lema 2 (informal): separate projections ------------------------------------------------------
+
+def _tied_scores_symmetric() -> tuple[bool, bool, dict]:
+    n, d, dk = 3, 2, 2
+    X = sp.Matrix(n, d, lambda i, j: sp.Symbol(f"x_{i}{j}"))
+    W = sp.Matrix(d, dk, lambda i, j: sp.Symbol(f"w_{i}{j}"))
+    S_tied = (X * W) * (X * W).T
+    tied_symmetric = (S_tied - S_tied.T).expand().is_zero_matrix
+    Wq = sp.Matrix([[1, 0], [0, 0]])
+    Wk = sp.Matrix([[0, 0], [1, 0]])
+    Xn = sp.Matrix([[1, 0], [0, 1], [1, 1]])
+    S = (Xn * Wq) * (Xn * Wk).T
+    separate_asymmetric = not (S - S.T).is_zero_matrix
+    return tied_symmetric, separate_asymmetric, {"W_Q": Wq.tolist(), "W_K": Wk.tolist(), "X": Xn.tolist(), "S": S.tolist()}
+
+
+def check_projections_informal() -> CheckOutcome:
+    tied, separate, data = _tied_scores_symmetric()
+    return informal_outcome(
+        "'capturar diferentes aspectos da informação' and 'flexibilidade' are not defined",
+        tied and separate,
+        derived(
+            "proxy: with one shared projection (W^Q = W^K) the scores X W W^T X^T are always symmetric (sympy, "
+            "3 x 2 symbolic X, W); with separate W^Q, W^K they need not be (explicit example)", **data),
+        refutes_if_false="separate projections would add nothing if they could not produce different scores",
+    )
+
+
+# ---- Lema 2.1: "independently parametrised and learned" ----------------------------------------
+
+def check_independent_learning() -> CheckOutcome:
+    a, b, c = sp.symbols("a b c", real=True)  # W^Q, W^K, W^V for d = d_k = d_v = 1
+    x = [sp.Integer(1), sp.Integer(2)]
+    loss = 0
+    for i in range(2):
+        e = [sp.exp(a * x[i] * b * x[j]) for j in range(2)]
+        loss += sum(e[j] * c * x[j] for j in range(2)) / sum(e)
+    grad_q = sp.diff(loss, a)
+    cross = sp.diff(grad_q, b)
+    at = {a: sp.Rational(1, 2), b: sp.Rational(1, 2), c: 1}
+    value = sp.N(cross.subs(at), 15)
+    coupled = abs(value) > 1e-12
+    # the same numerically with numerics.attention_backward: changing W^K changes the gradient of W^Q
+    from numerics import attention_backward
+
+    rng = np.random.default_rng(8)
+    X, Wq, Wk, Wv, G = (rng.standard_normal(s) for s in ((5, 4), (4, 4), (4, 4), (4, 4), (5, 4)))
+
+    def grad_wq(wk):
+        dq, _, _ = attention_backward(X @ Wq, X @ wk, X @ Wv, G)
+        return X.T @ dq
+
+    change = float(np.abs(grad_wq(Wk) - grad_wq(Wk + 0.5 * rng.standard_normal((4, 4)))).max())
+    data = {"x": [1, 2], "point": {"W^Q": 0.5, "W^K": 0.5, "W^V": 1}, "d2L_dWQ_dWK": float(value),
+            "numeric_change_of_dL_dWQ_when_WK_moves": change}
+    if not coupled:
+        return CheckOutcome(Verdict.PROVED, Method.SYMBOLIC, [note("the gradient of W^Q does not depend on W^K", **data)])
+    return CheckOutcome(Verdict.CORRECTED, Method.SYMBOLIC, [
+        counterexample(f"not learned independently: d^2 L / dW^Q dW^K = {float(value):.6f} != 0 for the sum of the outputs "
+                       f"of 1-d attention on x = (1, 2) at W^Q = W^K = 1/2, W^V = 1; numerically, moving W^K changes dL/dW^Q "
+                       f"by up to {change:.3f}", **data),
+        derived("exact gradient (sympy)", dL_dWQ=str(grad_q)),
+    ], corrected_statement=(
+        r"$W^Q$, $W^K$, $W^V$ are separate parameters (no entry is shared), but they are not learned "
+        r"independently: $\partial L/\partial W^Q = X^\top\, dS\, K/\sqrt{d_k}$ with $K = XW^K$ depends on $W^K$ "
+        r"(and, through $dS$, on $W^V$); gradient descent updates each matrix using the current values of the others."))
+
+
+# ---- worked example (line 134): feed-forward with GELU -----------------------------------------
+
+def check_example_ffn_code() -> CheckOutcome:
+    start, ns = _run_example(134)
+    from numerics import gelu
+
+    steps = Steps()
+    d, d_ff = ns["d"], ns["d_ff"]
+    steps.add(r"xW_1 + b_1 \in \mathbb{R}^{d_{ff}},\ \mathrm{FFN}(x) \in \mathbb{R}^{d}",
+              f"document's code: hidden {ns['hidden'].shape}, output {ns['output'].shape}",
+              ns["hidden"].shape == (d_ff,) and ns["output"].shape == (d,), "running the document's code")
+    grid = np.linspace(-6, 6, 2001)
+    doc_gelu = ns["gelu"](grid)
+    ref_tanh = gelu(grid, approximate="tanh")
+    exact = gelu(grid)
+    gap_tanh = float(np.abs(doc_gelu - ref_tanh).max())
+    gap_exact = float(np.abs(doc_gelu - exact).max())
+    steps.add(r"0.5x(1+\tanh[\sqrt{2/\pi}(x+0.044715x^3)]) \approx x\Phi(x)",
+              f"the document's gelu equals the standard tanh form (max diff {gap_tanh:.1e}) and is within "
+              f"{gap_exact:.2e} of x Phi(x) on [-6, 6]", gap_tanh < 1e-12 and gap_exact < 5e-4,
+              "numerics.gelu on 2001 points")
+    rigorous, ev = derivation("gelu")
+    if rigorous:
+        from ._derivations import derivation_object
+
+        upper = float(derivation_object("gelu").results.get("upper", "nan"))
+        steps.add(rf"\max_{{\mathrm{{grid}}}} |\mathrm{{err}}| = {gap_exact:.6e} \le {upper:.6e}",
+                  "the grid maximum is within the certified bound of the gelu derivation", gap_exact <= upper + 1e-12,
+                  "comparison with the derivation's interval-certified sup")
+    if not steps.ok:
+        return CheckOutcome(Verdict.REFUTED, Method.NUMERIC, [counterexample(
+            "the example's code does not do what the text says", failed=steps.failed), ev])
+    # The shapes are exact; "GELU ~ tanh formula" is established on a grid here and rigorously (a
+    # certified sup bound) only by the gelu derivation: without it the claim is SUPPORTED, not PROVED.
+    verdict = Verdict.PROVED if rigorous else Verdict.SUPPORTED
+    return CheckOutcome(verdict, Method.NUMERIC if rigorous is None else Method.SYMBOLIC, [
+        steps.evidence("the example's code expands 4 -> 8 -> 4 with the standard tanh GELU, within "
+                       f"{gap_exact:.2e} of x Phi(x)", grid="2001 points on [-6, 6]", max_error=gap_exact,
+                       error_rate="not statistical: a deterministic grid, no bound between grid points"), ev])
+
+
+# ---- Proposição 2: the FFN is nonlinear; without GELU it collapses ------------------------------
+
+def check_ffn_nonlinear() -> CheckOutcome:
+    steps = Steps()
+    d, f = 2, 3
+    x = sp.Matrix(1, d, lambda i, j: sp.Symbol(f"x_{j}"))
+    W1 = sp.Matrix(d, f, lambda i, j: sp.Symbol(f"a_{i}{j}"))
+    W2 = sp.Matrix(f, d, lambda i, j: sp.Symbol(f"c_{i}{j}"))
+    b1 = sp.Matrix(1, f, lambda i, j: sp.Symbol(f"b_{j}"))
+    b2 = sp.Matrix(1, d, lambda i, j: sp.Symbol(f"e_{j}"))
+    steps.add_zero((x * W1 + b1) * W2 + b2, x * (W1 * W2) + (b1 * W2 + b2),
+                   "without an activation the two layers are one affine map x W + b with W = W_1W_2, b = b_1W_2 + b_2",
+                   how="sympy, explicit 2 -> 3 -> 2 symbolic matrices",
+                   display=r"(xW_1 + b_1)W_2 + b_2 = x(W_1W_2) + (b_1W_2 + b_2)")
+    from numerics import feed_forward, init_ffn_params
+
+    p = init_ffn_params(4, 8, seed=1)
+    rng = np.random.default_rng(9)
+    u, v = rng.standard_normal((2, 4))
+    mid = feed_forward((u + v)[None] / 2, p)[0]
+    avg = (feed_forward(u[None], p)[0] + feed_forward(v[None], p)[0]) / 2
+    gap = float(np.abs(mid - avg).max())
+    steps.add(r"\mathrm{FFN}\big(\tfrac{u+v}{2}\big) \ne \tfrac{1}{2}\big(\mathrm{FFN}(u) + \mathrm{FFN}(v)\big)",
+              f"with GELU the FFN is not affine: midpoint gap {gap:.3g} (numerics.feed_forward, d = 4, d_ff = 8)",
+              gap > 1e-6, "numeric witness, far above float64 rounding")
+    _, ev = derivation("linear_collapse")
+    ok = steps.ok
+    return CheckOutcome(Verdict.PROVED if ok else Verdict.REFUTED, Method.SYMBOLIC,
+                        [steps.evidence("the FFN with GELU is non-affine; without it, it would collapse to one affine map",
+                                        failed=steps.failed), ev])
+
+
+# ---- Proposição 2.1 (informal): expansion and reduction ---------------------------------------
+
+def check_expansion_informal() -> CheckOutcome:
+    from numerics import feed_forward, init_ffn_params
+
+    p = init_ffn_params(4, 16, seed=0)
+    y = feed_forward(np.ones((3, 4)), p)
+    holds = p.w1.shape == (4, 16) and p.w2.shape == (16, 4) and y.shape == (3, 4)
+    return informal_outcome(
+        "'transformações mais complexas' is not defined; expansion to d_ff > d is a design choice (Vaswani et al. use "
+        "d_ff = 4d), a nonlinear FFN with d_ff <= d is also non-affine",
+        holds,
+        numeric(f"proxy: numerics.feed_forward maps (n, d) -> (n, d) through width d_ff: W_1 {p.w1.shape}, W_2 {p.w2.shape}, "
+                f"output {y.shape}", w1=list(p.w1.shape), w2=list(p.w2.shape), out=list(y.shape)),
+        refutes_if_false="the layer would not map d -> d_ff -> d",
+    )
+
+
+# ---- worked example (line 215): multi-head code --------------------------------------------------
+
+def check_example_multihead_code() -> CheckOutcome:
+    start, code = code_block_after(DOC, 215)
+    try:
+        ns = run_document_code(code, f"seed001_line{start}")
+    except Exception as exc:  # the finding: the document's code does not run
+        return CheckOutcome(Verdict.REFUTED, Method.NUMERIC, [counterexample(
+            f"the example's code (fence on line {start}) raises {type(exc).__name__}: {exc}. With a single token x_i, "
+            "np.dot(Q, K.T) is a scalar per head, and the 'attention' returns raw scores without softmax or V, so "
+            "nothing of shape (h*d_v,) exists to concatenate and project with W_O (4 x 4)",
+            exception=f"{type(exc).__name__}: {exc}", line=start)])
+    out = np.asarray(ns.get("output"))
+    ok = out.shape == (ns["d"],)
+    return CheckOutcome(Verdict.PROVED if ok else Verdict.REFUTED, Method.NUMERIC, [numeric(
+        f"the example's code runs and gives output of shape {out.shape}", shape=list(out.shape))])
+
+
+# ---- Teorema 1 (informal): expressivity --------------------------------------------------------
+
+def check_expressivity_informal() -> CheckOutcome:
+    from numerics import init_params, multi_head_attention
+
+    d, h = 8, 2
+    p = init_params(d, h, seed=0)
+    dk = d // h
+    ranks = [int(np.linalg.matrix_rank(p.w_q[:, i * dk:(i + 1) * dk] @ p.w_k[:, i * dk:(i + 1) * dk].T)) for i in range(h)]
+    x = np.random.default_rng(0).standard_normal((6, d))
+    _, w = multi_head_attention(x, p, return_weights=True)
+    gap = float(np.abs(w[0] - w[1]).max())
+    holds = gap > 1e-3
+    return informal_outcome(
+        "'expressividade' is not defined. With d_k = d/h the classes are not even nested: each head's score form "
+        "W_i^Q (W_i^K)^T has rank <= d/h, a single head's up to d",
+        holds,
+        numeric(f"proxy: the two heads of a random layer attend differently (max |A_1 - A_2| = {gap:.3f}); their score "
+                f"forms have ranks {ranks} <= d/h = {dk}", ranks=ranks, max_abs_difference=gap),
+        refutes_if_false="heads that always attend alike cannot combine different patterns",
+    )
+
+
+def claims() -> list[Claim]:
+    return [
+        claim_at(DOC, 15, title="Worked example (code): projections q_i, k_i, v_i of one token",
+                 statement=r"q_i = x_iW^Q,\ k_i = x_iW^K \in \mathbb{R}^{d_k},\ v_i = x_iW^V \in \mathbb{R}^{d_v}\ (d=4, d_k=3, d_v=2)",
+                 checks=[check_example_projection_shapes], assumptions=["the document's code, run as printed"]),
+        claim_at(DOC, 54, title="Worked example (code): attention weights and output of one query",
+                 statement=r"\text{the code computes } \alpha = \mathrm{softmax}(q_iK^\top/\sqrt{d_k}),\ a_i = \alpha V",
+                 checks=[check_example_attention_code], assumptions=["the document's code, run as printed"]),
+        claim_at(DOC, 93, title="Linear projections W^Q, W^K, W^V give flexibility",
+                 statement=r"\text{the projections map inputs to different spaces, capturing different aspects (informal)}",
+                 checks=[check_projections_informal]),
+        claim_at(DOC, 108, title="W^Q, W^K, W^V are parametrised and learned independently",
+                 statement=r"W^Q, W^K, W^V \text{ are independently parametrised and learned}",
+                 checks=[check_independent_learning]),
+        claim_at(DOC, 134, title="Worked example (code): feed-forward layer with tanh-GELU",
+                 statement=r"\mathrm{FFN}(x) = \mathrm{GELU}(xW_1+b_1)W_2+b_2:\ \mathbb{R}^4 \to \mathbb{R}^8 \to \mathbb{R}^4,\ "
+                           r"\mathrm{GELU}(x) \approx 0.5x(1+\tanh[\sqrt{2/\pi}(x+0.044715x^3)])",
+                 checks=[check_example_ffn_code], assumptions=["the document's code, run as printed"]),
+        claim_at(DOC, 177, title="The feed-forward layer introduces nonlinearity",
+                 statement=r"\mathrm{GELU}(xW_1+b_1)W_2+b_2 \text{ is not affine; without GELU it is the affine map } x W_1W_2 + b_1W_2 + b_2",
+                 checks=[check_ffn_nonlinear]),
+        claim_at(DOC, 194, title="Expansion d -> d_ff -> d allows more complex transformations",
+                 statement=r"d \to d_{ff} > d \to d \text{ permits more complex transformations (informal)}",
+                 checks=[check_expansion_informal]),
+        claim_at(DOC, 215, title="Worked example (code): two heads, concatenation and projection",
+                 statement=r"\text{the code computes two heads, concatenates them and projects back to } \mathbb{R}^d",
+                 checks=[check_example_multihead_code], assumptions=["the document's code, run as printed"]),
+        claim_at(DOC, 282, title="Multi-head attention is more expressive than one head",
+                 statement=r"\text{multi-head attention is more expressive than single-head attention (informal)}",
+                 checks=[check_expressivity_informal]),
+    ]
