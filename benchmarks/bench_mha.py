@@ -8,16 +8,20 @@ achieved GFLOP/s against a plain float32 GEMM measured in the same run.
 
 Peers: torch.nn.MultiheadAttention forward (inference, need_weights=False, under
 torch.no_grad, which takes torch's fused fast path); forward+backward through autograd.
-Both sides use every core: NumPy through its BLAS, torch through its intra-op threads.
+numerics runs with its defaults (finite-input checks on). Both sides use every core.
+Each figure is measured in a fresh process (the two libraries' thread pools would
+otherwise spin against each other), alternating the peers over several rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import platform
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
@@ -47,74 +51,107 @@ def mha_flops(b: int, n: int, m: int, d: int, h: int) -> tuple[float, float]:
     return float(forward), float(2 * forward)
 
 
+def _setup(b: int, n: int, d: int, h: int):
+    """The problem (NumPy float32) and numerics parameters; same seed in every process."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((b, n, d)).astype(np.float32)
+    d_out = rng.standard_normal((b, n, d)).astype(np.float32)
+    params = numerics.init_params(d, h, bias=True, dtype=np.float32, seed=0)
+    return x, d_out, params
+
+
+def _torch_module(params, d: int, h: int):
+    import torch
+
+    mha = torch.nn.MultiheadAttention(d, h, bias=True, batch_first=True)
+    with torch.no_grad():  # the same weights as numerics
+        mha.in_proj_weight.copy_(torch.from_numpy(np.concatenate([params.w_q, params.w_k, params.w_v], 1).T))
+        mha.in_proj_bias.copy_(torch.from_numpy(np.concatenate([params.b_q, params.b_k, params.b_v])))
+        mha.out_proj.weight.copy_(torch.from_numpy(params.w_o.T))
+        mha.out_proj.bias.copy_(torch.from_numpy(params.b_o))
+    return mha.eval()
+
+
+def measure(peer: str, which: str, shape: tuple[int, int, int, int], repeat: int) -> float:
+    """Median seconds of one pass, measured in the calling (fresh) process."""
+    b, n, d, h = shape
+    x, d_out, params = _setup(b, n, d, h)
+    if peer == "gemm":
+        a = np.ascontiguousarray(x.reshape(b * n, d))
+        w = np.random.default_rng(1).standard_normal((d, 3 * d)).astype(np.float32)
+        return best_time(lambda: a @ w, repeat)
+    if peer == "numerics":
+        if which == "forward":
+            return best_time(lambda: numerics.multi_head_attention(x, params), repeat)
+        return best_time(
+            lambda: (numerics.multi_head_attention(x, params),
+                     numerics.multi_head_attention_backward(x, params, d_out)),
+            repeat,
+        )
+    import torch
+
+    mha = _torch_module(params, d, h)
+    tx, t_dout = torch.from_numpy(x), torch.from_numpy(d_out)
+
+    def forward():
+        with torch.no_grad():
+            return mha(tx, tx, tx, need_weights=False)[0]
+
+    def forward_backward():
+        xg = tx.detach().requires_grad_(True)
+        mha(xg, xg, xg, need_weights=False)[0].backward(t_dout)
+        mha.zero_grad(set_to_none=True)
+        return xg.grad
+
+    return best_time(forward if which == "forward" else forward_backward, repeat)
+
+
+def _in_fresh_process(*args) -> float:
+    """Run :func:`measure` in a new process, so the libraries' thread pools never meet."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(measure, *args).result()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--d-model", type=int, default=512)
     parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternate the peers this many times; each figure is the median over rounds")
     args = parser.parse_args()
     import torch  # the peer; imported here so --help works without it
 
-    b, n, d, h = args.batch, args.seq, args.d_model, args.heads
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((b, n, d)).astype(np.float32)
-    d_out = rng.standard_normal((b, n, d)).astype(np.float32)
-    params = numerics.init_params(d, h, bias=True, dtype=np.float32, seed=0)
-
-    mha = torch.nn.MultiheadAttention(d, h, bias=True, batch_first=True)
-    with torch.no_grad():  # same weights on both sides
-        mha.in_proj_weight.copy_(torch.from_numpy(np.concatenate([params.w_q, params.w_k, params.w_v], 1).T))
-        mha.in_proj_bias.copy_(torch.from_numpy(np.concatenate([params.b_q, params.b_k, params.b_v])))
-        mha.out_proj.weight.copy_(torch.from_numpy(params.w_o.T))
-        mha.out_proj.bias.copy_(torch.from_numpy(params.b_o))
-    mha.eval()
-    tx = torch.from_numpy(x)
-    t_dout = torch.from_numpy(d_out)
-
-    def torch_forward():
-        with torch.no_grad():
-            return mha(tx, tx, tx, need_weights=False)[0]
-
-    def torch_forward_backward():
-        xg = tx.detach().requires_grad_(True)
-        out = mha(xg, xg, xg, need_weights=False)[0]
-        out.backward(t_dout)
-        mha.zero_grad(set_to_none=True)
-        return xg.grad
-
-    def ours_forward():
-        return numerics.multi_head_attention(x, params, check_finite=False)
-
-    def ours_forward_backward():
-        ours_forward()
-        return numerics.multi_head_attention_backward(x, params, d_out, check_finite=False)
+    shape = (args.batch, args.seq, args.d_model, args.heads)
+    b, n, d, h = shape
 
     # Same answer before timing anything.
-    err = float(np.max(np.abs(ours_forward() - torch_forward().numpy())))
+    x, _, params = _setup(*shape)
+    with torch.no_grad():
+        theirs = _torch_module(params, d, h)(*(torch.from_numpy(x),) * 3, need_weights=False)[0].numpy()
+    err = float(np.max(np.abs(numerics.multi_head_attention(x, params) - theirs)))
     assert err < 1e-3, f"numerics and torch disagree by {err}"
 
-    a = rng.standard_normal((b * n, d)).astype(np.float32)
-    w = rng.standard_normal((d, 3 * d)).astype(np.float32)
-    gemm_time = best_time(lambda: a @ w, args.repeat)
-    gemm_rate = 2 * a.shape[0] * d * 3 * d / gemm_time / 1e9
-
+    times: dict[tuple[str, str], list[float]] = {}
+    for _ in range(args.rounds):
+        for key in [("gemm", ""), ("numerics", "forward"), ("torch", "forward"),
+                    ("numerics", "forward+backward"), ("torch", "forward+backward")]:
+            times.setdefault(key, []).append(_in_fresh_process(*key, shape, args.repeat))
+    med = {key: statistics.median(v) for key, v in times.items()}
+    gemm_rate = 2 * b * n * d * 3 * d / med[("gemm", "")] / 1e9
     fwd_flops, bwd_flops = mha_flops(b, n, n, d, h)
-    rows = [
-        ("forward", ours_forward, torch_forward, fwd_flops),
-        ("forward+backward", ours_forward_backward, torch_forward_backward, fwd_flops + bwd_flops),
-    ]
+
     print(f"machine: {platform.machine()} {platform.processor() or ''} cores={os.cpu_count()} "
           f"numpy {np.__version__} torch {torch.__version__} (threads {torch.get_num_threads()})")
     print(f"problem: float32 B={b} N=M={n} D={d} H={h}; GEMM ({b * n}x{d})@({d}x{3 * d}) "
-          f"{gemm_rate:.1f} GFLOP/s")
+          f"{gemm_rate:.1f} GFLOP/s; each figure: median of {args.rounds} fresh processes x {args.repeat} runs")
     print(f"{'pass':<18}{'numerics s':>12}{'torch s':>10}{'ratio':>8}{'numerics GFLOP/s':>18}{'of GEMM':>9}")
-    for name, ours, theirs, flops in rows:
-        t_ours = best_time(ours, args.repeat)
-        t_torch = best_time(theirs, args.repeat)
-        rate = flops / t_ours / 1e9
-        print(f"{name:<18}{t_ours:>12.4f}{t_torch:>10.4f}{t_ours / t_torch:>8.2f}{rate:>18.1f}{rate / gemm_rate:>9.0%}")
+    for which, flops in (("forward", fwd_flops), ("forward+backward", fwd_flops + bwd_flops)):
+        ours, theirs = med[("numerics", which)], med[("torch", which)]
+        rate = flops / ours / 1e9
+        print(f"{which:<18}{ours:>12.4f}{theirs:>10.4f}{ours / theirs:>8.2f}{rate:>18.1f}{rate / gemm_rate:>9.0%}")
 
 
 if __name__ == "__main__":

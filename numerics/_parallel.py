@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 import array_api_compat
 
-__all__ = ["worker_count", "split_axis", "map_slabs"]
+__all__ = ["worker_count", "split_axis", "map_slabs", "join_slabs", "was_split"]
 
 #: Below this many score entries (batch x N x M) one thread is faster than two.
 MIN_SCORES = 1 << 20
@@ -27,6 +27,7 @@ MIN_SCORES = 1 << 20
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 _blas_limit = threading.Lock()  # threadpool_limits is process-wide: one split call at a time
+_inside = threading.local()  # set in slab threads: a slab never splits again (no nested pools)
 
 
 def worker_count() -> int:
@@ -40,7 +41,9 @@ def worker_count() -> int:
 def split_axis(xp, batch: tuple[int, ...], scores: int) -> int | None:
     """The batch axis to split along (index into ``batch``), or None to run unsplit."""
     workers = worker_count()
-    if workers < 2 or scores < MIN_SCORES or not array_api_compat.is_numpy_namespace(xp):
+    if getattr(_inside, "slab", False) or workers < 2 or scores < MIN_SCORES:
+        return None
+    if not array_api_compat.is_numpy_namespace(xp):
         return None
     for axis, size in enumerate(batch):
         if size >= workers:
@@ -50,14 +53,19 @@ def split_axis(xp, batch: tuple[int, ...], scores: int) -> int | None:
 
 def _slice(x: Any, axis: int, ndim: int, part: slice) -> Any:
     """``x`` restricted to ``part`` along batch ``axis`` of a (batch + 2)-dim problem."""
-    if x is None:
-        return None
-    offset = x.ndim - ndim  # x may have fewer leading dims (broadcast)
-    if offset + axis < 0 or x.shape[offset + axis] == 1:
-        return x  # broadcast along this axis: every slab uses all of it
+    if not was_split(x, axis, ndim):
+        return x  # absent, or broadcast along this axis: every slab uses all of it
     index = [slice(None)] * x.ndim
-    index[offset + axis] = part
+    index[x.ndim - ndim + axis] = part
     return x[tuple(index)]
+
+
+def was_split(x: Any, axis: int, ndim: int) -> bool:
+    """Whether :func:`map_slabs` cuts ``x`` (it may have fewer leading dims, or size 1 there)."""
+    if x is None:
+        return False
+    position = x.ndim - ndim + axis
+    return position >= 0 and x.shape[position] != 1
 
 
 def map_slabs(
@@ -65,11 +73,12 @@ def map_slabs(
     arrays: Sequence[Any],
     axis: int,
     batch: tuple[int, ...],
-) -> list[Any]:
-    """Run ``fn(*slabs_of_arrays)`` on one slab per core and join each result along ``axis``.
+) -> list[Sequence[Any]]:
+    """``fn(*slabs_of_arrays)`` for one slab per core, in slab order.
 
-    ``arrays`` are (batch + 2)-dim problem arrays (or broadcastable to that); every result
-    of ``fn`` must have the full batch dims, so results join by concatenation.
+    ``arrays`` are (batch + 2)-dim problem arrays, or broadcastable to that (those of size 1
+    along ``axis`` go whole to every slab; None stays None). Join the per-slab results with
+    :func:`join_slabs` (or by summing partial sums).
     """
     from threadpoolctl import threadpool_limits
 
@@ -82,9 +91,20 @@ def map_slabs(
     with _pool_lock:
         if _pool is None:
             _pool = ThreadPoolExecutor(workers, thread_name_prefix="numerics")
+
+    def slab(part: slice) -> Sequence[Any]:
+        _inside.slab = True
+        try:
+            return fn(*(_slice(x, axis, ndim, part) for x in arrays))
+        finally:
+            _inside.slab = False
+
     with _blas_limit, threadpool_limits(limits=1, user_api="blas"):
-        futures = [_pool.submit(fn, *(_slice(x, axis, ndim, part) for x in arrays)) for part in parts]
-        results = [f.result() for f in futures]
+        return [f.result() for f in [_pool.submit(slab, part) for part in parts]]
+
+
+def join_slabs(per_slab: list[Sequence[Any]], axis: int) -> list[Any]:
+    """Concatenate each result of :func:`map_slabs` along ``axis``."""
     import numpy as np
 
-    return [np.concatenate(outputs, axis=axis) for outputs in zip(*results)]
+    return [np.concatenate(outputs, axis=axis) for outputs in zip(*per_slab)]

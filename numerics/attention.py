@@ -149,7 +149,7 @@ def _run(p: _Problem, fn, *extra: Any) -> tuple[Any, ...]:
         return fn(replace(p, q=q, k=k, v=v, allowed=allowed), *rest)
 
     arrays = [p.q, p.k, p.v, p.allowed, *extra]
-    return tuple(_parallel.map_slabs(slab, arrays, axis, p.batch))
+    return tuple(_parallel.join_slabs(_parallel.map_slabs(slab, arrays, axis, p.batch), axis))
 
 
 def scaled_dot_product_attention(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
+from functools import partial
 from types import ModuleType
 from typing import Any
 
@@ -24,6 +25,7 @@ import array_api_compat
 import numpy as np
 
 from . import _backend as bk
+from . import _parallel
 from . import attention as _attention
 from .attention import scaled_dot_product_attention
 
@@ -171,8 +173,17 @@ class _Call:
     x: Any
     memory: Any  # None for self-attention
     params: MHAParams
-    mask: Any  # (..., 1, N, M): one mask for every head
+    mask: Any  # broadcastable to (..., N, M), or None
+    causal: bool
+    batch: tuple[int, ...]  # broadcast batch dims of x and memory
     dtype: Any  # the caller's dtype, results are cast back to it
+
+    @property
+    def head_mask(self) -> Any:
+        """The mask with a head axis, (..., 1, N, M): one mask for every head."""
+        if self.mask is None or self.mask.ndim < 2:
+            return self.mask
+        return self.xp.expand_dims(self.mask, axis=-3)
 
 
 def _prepare(x, params, memory, mask, causal, check_finite, d_out=None) -> _Call:
@@ -211,7 +222,6 @@ def _prepare(x, params, memory, mask, causal, check_finite, d_out=None) -> _Call
     n, m = int(x.shape[-2]), int(source.shape[-2])
     if mask is not None:
         bk.check_mask(mask, batch + (n, m), xp, target_desc="(..., N, M) =")
-        mask = xp.expand_dims(mask, axis=-3) if mask.ndim >= 2 else mask
     if d_out is not None and tuple(d_out.shape) != batch + (n, params.d_model):
         raise ValueError(
             f"d_out must have the output's shape {batch + (n, params.d_model)}, got shape {bk.shape_str(d_out)}"
@@ -224,7 +234,9 @@ def _prepare(x, params, memory, mask, causal, check_finite, d_out=None) -> _Call
         params = replace(params, **{k: xp.astype(a, work) for k, a in params.arrays().items()})
         x = xp.astype(x, work)
         memory = None if memory is None else xp.astype(memory, work)
-    return _Call(xp, x, memory, params, mask, dtype)
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    return _Call(xp, x, memory, params, mask, causal, batch, dtype)
 
 
 def _project(xp, x, w, b):
@@ -310,14 +322,56 @@ def multi_head_attention(
     out : array (..., N, D), or ``(out, weights)``.
     """
     c = _prepare(x, params, memory, mask, causal, check_finite)
+    joins = ("batch", "batch") if return_weights else ("batch",)
+    results = _in_slabs(c, partial(_forward, return_weights=return_weights), joins)
+    results = tuple(c.xp.astype(r, c.dtype, copy=False) for r in results)
+    return results if return_weights else results[0]
+
+
+def _forward(c: _Call, return_weights: bool) -> tuple[Any, ...]:
+    """``(out,)`` or ``(out, weights)`` in the compute dtype."""
     xp, p = c.xp, c.params
     q, k, v = _heads(c)
     attended = scaled_dot_product_attention(
-        q, k, v, mask=c.mask, causal=causal, return_weights=return_weights, check_finite=False
+        q, k, v, mask=c.head_mask, causal=c.causal, return_weights=return_weights, check_finite=False
     )
     heads, weights = attended if return_weights else (attended, None)
-    out = xp.astype(_project(xp, _merge_heads(xp, heads), p.w_o, p.b_o), c.dtype, copy=False)
-    return (out, xp.astype(weights, c.dtype, copy=False)) if return_weights else out
+    out = _project(xp, _merge_heads(xp, heads), p.w_o, p.b_o)
+    return (out, weights) if return_weights else (out,)
+
+
+def _in_slabs(c: _Call, fn, joins: tuple[str, ...], d_out: Any = None) -> list[Any]:
+    """``fn(c)`` (or ``fn(c, d_out)``), run as one batch slab per core for large NumPy problems.
+
+    The whole layer runs inside each slab, projections included, so every product and every
+    elementwise pass is spread over the cores (see numerics._parallel). ``joins`` says how
+    each result is put together from the slabs: "batch" (it has the batch dims: concatenate),
+    "sum" (a partial sum, e.g. a parameter gradient) or "memory" (memory's gradient:
+    concatenated when memory was split, summed when it is shared across the split axis).
+    """
+    source = c.x if c.memory is None else c.memory
+    full = tuple(c.x.shape[:-2]) == c.batch
+    scores = math.prod(c.batch) * c.params.num_heads * c.x.shape[-2] * source.shape[-2]
+    axis = _parallel.split_axis(c.xp, c.batch, scores) if full else None
+    if axis is None:
+        return list(fn(c) if d_out is None else fn(c, d_out))
+
+    def slab(x, memory, mask, *rest):
+        return fn(replace(c, x=x, memory=memory, mask=mask), *rest)
+
+    arrays = [c.x, c.memory, c.mask] + ([] if d_out is None else [d_out])
+    per_slab = _parallel.map_slabs(slab, arrays, axis, c.batch)
+    memory_split = _parallel.was_split(c.memory, axis, len(c.batch) + 2)
+    joined = []
+    for how, outputs in zip(joins, zip(*per_slab)):
+        if how == "batch" or (how == "memory" and memory_split):
+            joined.append(c.xp.concat(outputs, axis=axis))
+        else:
+            total = outputs[0]
+            for part in outputs[1:]:
+                total = total + part
+            joined.append(total)
+    return joined
 
 
 def _weight_grad(xp, inputs, d_outputs):
@@ -348,11 +402,29 @@ def multi_head_attention_backward(
     """
     c = _prepare(x, params, memory, mask, causal, check_finite, d_out=d_out)
     xp, p = c.xp, c.params
-    d_out = xp.astype(d_out, p.w_q.dtype, copy=False)
+    names = [n for n in (*_WEIGHTS, *_BIASES) if getattr(p, n) is not None]
+    joins = ("batch",) + (("memory",) if c.memory is not None else ()) + ("sum",) * len(names)
+    results = _in_slabs(c, _backward, joins, d_out=xp.astype(d_out, p.w_q.dtype, copy=False))
+    dx, d_memory = results[0], (results[1] if c.memory is not None else None)
+    grads = dict(zip(names, results[-len(names):]))
+    if c.memory is not None:
+        dx = bk.sum_to_shape(xp, dx, tuple(x.shape))
+        d_memory = bk.sum_to_shape(xp, d_memory, tuple(memory.shape))
+    cast = lambda a: None if a is None else xp.astype(a, c.dtype, copy=False)  # noqa: E731
+    return MHAGradients(
+        x=cast(dx),
+        memory=cast(d_memory),
+        params=MHAParams(num_heads=p.num_heads, **{n: cast(g) for n, g in grads.items()}),
+    )
+
+
+def _backward(c: _Call, d_out: Any) -> tuple[Any, ...]:
+    """``(dx, [d_memory,] *parameter gradients)`` in the compute dtype (absent biases left out)."""
+    xp, p = c.xp, c.params
     source = c.x if c.memory is None else c.memory
     q, k, v = _heads(c)
     d_heads = _split_heads(xp, d_out @ xp.matrix_transpose(p.w_o), p.num_heads)
-    problem = _attention._prepare(q, k, v, c.mask, causal, None, False, d_out=d_heads)
+    problem = _attention._prepare(q, k, v, c.head_mask, c.causal, None, False, d_out=d_heads)
     dq, dk, dv, heads = _attention._run(problem, _attention._backward, d_heads)
     # k and v have memory's batch dims, which may be fewer than the broadcast ones.
     dk, dv = (bk.sum_to_shape(xp, g, tuple(k.shape)) for g in (dk, dv))
@@ -370,13 +442,5 @@ def multi_head_attention_backward(
         if getattr(p, b) is not None:
             grads[b] = _bias_grad(xp, d)
     if c.memory is None:
-        dx, d_memory = dx + d_source, None
-    else:
-        dx = bk.sum_to_shape(xp, dx, tuple(x.shape))
-        d_memory = bk.sum_to_shape(xp, d_source, tuple(memory.shape))
-    cast = lambda a: None if a is None else xp.astype(a, c.dtype, copy=False)  # noqa: E731
-    return MHAGradients(
-        x=cast(dx),
-        memory=cast(d_memory),
-        params=MHAParams(num_heads=p.num_heads, **{n: cast(g) for n, g in grads.items()}),
-    )
+        return (bk.inplace(xp, "add", dx, d_source), *grads.values())
+    return (dx, d_source, *grads.values())

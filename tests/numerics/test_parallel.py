@@ -46,9 +46,9 @@ def test_split_detects_wrong_join(force_split, monkeypatch):
     """The comparison above can fail: joining the slabs in the wrong order is caught."""
     q, k, v, d_out, mask = _problem(np.random.default_rng(1))
     whole = numerics.scaled_dot_product_attention(q, k, v, mask=mask)
-    real = _parallel.map_slabs
+    real = _parallel.join_slabs
     monkeypatch.setattr(
-        _parallel, "map_slabs", lambda *a, **kw: [np.flip(r, axis=a[2]) for r in real(*a, **kw)]
+        _parallel, "join_slabs", lambda per_slab, axis: [np.flip(r, axis=axis) for r in real(per_slab, axis)]
     )
     wrong = numerics.scaled_dot_product_attention(q, k, v, mask=mask)
     assert np.max(np.abs(wrong - whole)) > 1e-3
