@@ -4,9 +4,17 @@ from .attention import attention_backward, causal_mask, scaled_dot_product_atten
 from .softmax import softmax
 
 __all__ = ["softmax", "scaled_dot_product_attention", "attention_backward", "causal_mask"]
-from .multihead import MHAGradients, MHAParams, init_params, multi_head_attention, multi_head_attention_backward
+from .multihead import (
+    MHAGradients,
+    MHAParams,
+    init_params,
+    multi_head_attention,
+    multi_head_attention_backward,
+    multi_head_attention_vjp,
+)
 
 __all__ += ["MHAParams", "MHAGradients", "init_params", "multi_head_attention", "multi_head_attention_backward"]
+__all__ += ["multi_head_attention_vjp"]
 from .layers import FFNParams, feed_forward, feed_forward_backward, gelu, gelu_backward, init_ffn_params, layer_norm, layer_norm_backward  # noqa: E402
 __all__ += ["layer_norm", "layer_norm_backward", "gelu", "gelu_backward", "FFNParams", "init_ffn_params", "feed_forward", "feed_forward_backward"]  # noqa: E501
 from .block import BlockGradients, BlockParams, init_block_params, transformer_block, transformer_block_backward  # noqa: E402

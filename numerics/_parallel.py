@@ -73,12 +73,14 @@ def map_slabs(
     arrays: Sequence[Any],
     axis: int,
     batch: tuple[int, ...],
+    extras: Sequence[Any] | None = None,
 ) -> list[Sequence[Any]]:
-    """``fn(*slabs_of_arrays)`` for one slab per core, in slab order.
+    """``fn(*slabs_of_arrays[, extra])`` for one slab per core, in slab order.
 
     ``arrays`` are (batch + 2)-dim problem arrays, or broadcastable to that (those of size 1
-    along ``axis`` go whole to every slab; None stays None). Join the per-slab results with
-    :func:`join_slabs` (or by summing partial sums).
+    along ``axis`` go whole to every slab; None stays None). ``extras``, when given, holds
+    one value per slab (what an earlier call returned for that slab, say), passed last.
+    Join the per-slab results with :func:`join_slabs` (or by summing partial sums).
     """
     from threadpoolctl import threadpool_limits
 
@@ -92,15 +94,19 @@ def map_slabs(
         if _pool is None:
             _pool = ThreadPoolExecutor(workers, thread_name_prefix="numerics")
 
-    def slab(part: slice) -> Sequence[Any]:
+    if extras is not None and len(extras) != len(parts):
+        raise ValueError(f"extras has {len(extras)} values for {len(parts)} slabs")
+
+    def slab(i: int) -> Sequence[Any]:
         _inside.slab = True
         try:
-            return fn(*(_slice(x, axis, ndim, part) for x in arrays))
+            args = [_slice(x, axis, ndim, parts[i]) for x in arrays]
+            return fn(*args) if extras is None else fn(*args, extras[i])
         finally:
             _inside.slab = False
 
     with _blas_limit, threadpool_limits(limits=1, user_api="blas"):
-        return [f.result() for f in [_pool.submit(slab, part) for part in parts]]
+        return [f.result() for f in [_pool.submit(slab, i) for i in range(len(parts))]]
 
 
 def join_slabs(per_slab: list[Sequence[Any]], axis: int) -> list[Any]:

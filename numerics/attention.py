@@ -118,19 +118,30 @@ def _forward(p: _Problem, return_weights: bool) -> tuple[Any, ...]:
     return (out, safe_divide(xp, e, total, overwrite=True)) if return_weights else (out,)
 
 
-def _backward(p: _Problem, d_out: Any) -> tuple[Any, Any, Any, Any]:
-    """``(dq, dk, dv, out)`` in the compute dtype, before summing over broadcast batch dims."""
+def _weights_and_output(p: _Problem) -> tuple[Any, Any]:
+    """``(weights, out)``: normalised weights (..., N, M) and output (..., N, V), compute dtype."""
     xp = p.xp
     e, total = _unnormalised_weights(p)
     weights = safe_divide(xp, e, total, overwrite=True)
-    out = weights @ p.v
+    return weights, weights @ p.v
+
+
+def _gradients(p: _Problem, weights: Any, out: Any, d_out: Any) -> tuple[Any, Any, Any]:
+    """``(dq, dk, dv)`` from the forward's weights and output (neither is modified), before
+    summing over broadcast batch dims."""
+    xp = p.xp
     dv = xp.matrix_transpose(weights) @ d_out
     delta = xp.sum(d_out * out, axis=-1, keepdims=True)
     d_scores = bk.inplace(xp, "subtract", d_out @ xp.matrix_transpose(p.v), delta)
     d_scores = bk.inplace(xp, "multiply", d_scores, weights)
     dq = bk.inplace(xp, "multiply", d_scores @ p.k, p.scale)
     dk = bk.inplace(xp, "multiply", xp.matrix_transpose(d_scores) @ p.q, p.scale)
-    return dq, dk, dv, out
+    return dq, dk, dv
+
+
+def _backward(p: _Problem, d_out: Any) -> tuple[Any, Any, Any]:
+    """``(dq, dk, dv)``: the forward recomputed, then :func:`_gradients`."""
+    return _gradients(p, *_weights_and_output(p), d_out)
 
 
 def _run(p: _Problem, fn, *extra: Any) -> tuple[Any, ...]:
@@ -214,7 +225,7 @@ def attention_backward(
     dtype = q.dtype if hasattr(q, "dtype") else None
     p = _prepare(q, k, v, mask, causal, scale, check_finite, d_out=d_out)
     xp = p.xp
-    dq, dk, dv, _ = _run(p, _backward, xp.astype(d_out, p.q.dtype, copy=False))
+    dq, dk, dv = _run(p, _backward, xp.astype(d_out, p.q.dtype, copy=False))
     return tuple(
         xp.astype(bk.sum_to_shape(xp, g, tuple(x.shape)), dtype, copy=False)
         for g, x in ((dq, q), (dk, k), (dv, v))

@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass, fields, replace
 from functools import partial
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 import array_api_compat
 import numpy as np
@@ -29,7 +29,14 @@ from . import _parallel
 from . import attention as _attention
 from .attention import scaled_dot_product_attention
 
-__all__ = ["MHAParams", "MHAGradients", "init_params", "multi_head_attention", "multi_head_attention_backward"]
+__all__ = [
+    "MHAParams",
+    "MHAGradients",
+    "init_params",
+    "multi_head_attention",
+    "multi_head_attention_backward",
+    "multi_head_attention_vjp",
+]
 
 _WEIGHTS = ("w_q", "w_k", "w_v", "w_o")
 _BIASES = ("b_q", "b_k", "b_v", "b_o")
@@ -323,65 +330,44 @@ def multi_head_attention(
     """
     c = _prepare(x, params, memory, mask, causal, check_finite)
     joins = ("batch", "batch") if return_weights else ("batch",)
-    results = _in_slabs(c, partial(_forward, return_weights=return_weights), joins)
+    results = _join(c, _in_slabs(c, partial(_forward, return_weights=return_weights)), joins)
     results = tuple(c.xp.astype(r, c.dtype, copy=False) for r in results)
     return results if return_weights else results[0]
 
 
-def _forward(c: _Call, return_weights: bool) -> tuple[Any, ...]:
-    """``(out,)`` or ``(out, weights)`` in the compute dtype."""
-    xp, p = c.xp, c.params
-    q, k, v = _heads(c)
-    attended = scaled_dot_product_attention(
-        q, k, v, mask=c.head_mask, causal=c.causal, return_weights=return_weights, check_finite=False
-    )
-    heads, weights = attended if return_weights else (attended, None)
-    out = _project(xp, _merge_heads(xp, heads), p.w_o, p.b_o)
-    return (out, weights) if return_weights else (out,)
+def multi_head_attention_vjp(
+    x: Any,
+    params: MHAParams,
+    *,
+    memory: Any = None,
+    mask: Any = None,
+    causal: bool = False,
+    check_finite: bool = True,
+) -> tuple[Any, Callable[[Any], MHAGradients]]:
+    """Forward pass that keeps what the backward pass needs: ``(out, backward)``.
 
-
-def _in_slabs(c: _Call, fn, joins: tuple[str, ...], d_out: Any = None) -> list[Any]:
-    """``fn(c)`` (or ``fn(c, d_out)``), run as one batch slab per core for large NumPy problems.
-
-    The whole layer runs inside each slab, projections included, so every product and every
-    elementwise pass is spread over the cores (see numerics._parallel). ``joins`` says how
-    each result is put together from the slabs: "batch" (it has the batch dims: concatenate),
-    "sum" (a partial sum, e.g. a parameter gradient) or "memory" (memory's gradient:
-    concatenated when memory was split, summed when it is shared across the split axis).
+    ``backward(d_out)`` returns the :class:`MHAGradients` of ``sum(d_out * out)`` without
+    recomputing the forward pass (as autograd libraries do), at the cost of holding the
+    per-head q, k, v, outputs and weights (..., H, N, M) until ``backward`` is dropped.
+    It may be called more than once. Arguments as in :func:`multi_head_attention`.
     """
-    source = c.x if c.memory is None else c.memory
-    full = tuple(c.x.shape[:-2]) == c.batch
-    scores = math.prod(c.batch) * c.params.num_heads * c.x.shape[-2] * source.shape[-2]
-    axis = _parallel.split_axis(c.xp, c.batch, scores) if full else None
-    if axis is None:
-        return list(fn(c) if d_out is None else fn(c, d_out))
+    c = _prepare(x, params, memory, mask, causal, check_finite)
+    per_slab = _in_slabs(c, _forward_saving)
+    out = c.xp.astype(_join(c, per_slab, ("batch", "keep"))[0], c.dtype, copy=False)
+    saved = [result[1] for result in per_slab.results]
 
-    def slab(x, memory, mask, *rest):
-        return fn(replace(c, x=x, memory=memory, mask=mask), *rest)
-
-    arrays = [c.x, c.memory, c.mask] + ([] if d_out is None else [d_out])
-    per_slab = _parallel.map_slabs(slab, arrays, axis, c.batch)
-    memory_split = _parallel.was_split(c.memory, axis, len(c.batch) + 2)
-    joined = []
-    for how, outputs in zip(joins, zip(*per_slab)):
-        if how == "batch" or (how == "memory" and memory_split):
-            joined.append(c.xp.concat(outputs, axis=axis))
+    def backward(d_out: Any) -> MHAGradients:
+        """Gradients of ``sum(d_out * out)``; d_out has the output's shape (..., N, D)."""
+        _check_d_out(c, d_out, check_finite)
+        d_out = c.xp.astype(d_out, c.params.w_q.dtype, copy=False)
+        if per_slab.axis is None:
+            results = _backward_saved(saved[0], d_out)
         else:
-            total = outputs[0]
-            for part in outputs[1:]:
-                total = total + part
-            joined.append(total)
-    return joined
+            results = _join(c, _Slabs(per_slab.axis, _parallel.map_slabs(
+                _backward_saved_slab, [d_out], per_slab.axis, c.batch, extras=saved)), _backward_joins(c))
+        return _gradients_result(c, results)
 
-
-def _weight_grad(xp, inputs, d_outputs):
-    """sum over all leading dims of inputs^T d_outputs: (..., L, A), (..., L, C) -> (A, C)."""
-    a, c = inputs.shape[-1], d_outputs.shape[-1]
-    return xp.matrix_transpose(xp.reshape(inputs, (-1, a))) @ xp.reshape(d_outputs, (-1, c))
-
-
-def _bias_grad(xp, d_outputs):
-    return xp.sum(xp.reshape(d_outputs, (-1, d_outputs.shape[-1])), axis=0)
+    return out, backward
 
 
 def multi_head_attention_backward(
@@ -398,37 +384,69 @@ def multi_head_attention_backward(
 
     ``d_out`` has the output's shape (..., N, D). Returns :class:`MHAGradients` with the
     gradient of x, of memory (None for self-attention; its share is in ``x``) and of every
-    parameter (None where the bias is None).
+    parameter (None where the bias is None). The forward pass is recomputed; use
+    :func:`multi_head_attention_vjp` to keep it from a forward pass instead.
     """
     c = _prepare(x, params, memory, mask, causal, check_finite, d_out=d_out)
+    d_out = c.xp.astype(d_out, c.params.w_q.dtype, copy=False)
+    results = _join(c, _in_slabs(c, _backward, d_out=d_out), _backward_joins(c))
+    return _gradients_result(c, results)
+
+
+# ------------------------------------------------------------------ computation in one slab
+
+
+@dataclass(frozen=True)
+class _Saved:
+    """What the backward pass needs from the forward pass of one slab (compute dtype)."""
+
+    call: _Call  # the slab's arguments
+    problem: Any  # the per-head attention problem: q (..., H, N, K), k, v
+    weights: Any  # (..., H, N, M)
+    heads: Any  # per-head outputs (..., H, N, V)
+
+
+def _forward(c: _Call, return_weights: bool) -> tuple[Any, ...]:
+    """``(out,)`` or ``(out, weights)`` in the compute dtype."""
     xp, p = c.xp, c.params
-    names = [n for n in (*_WEIGHTS, *_BIASES) if getattr(p, n) is not None]
-    joins = ("batch",) + (("memory",) if c.memory is not None else ()) + ("sum",) * len(names)
-    results = _in_slabs(c, _backward, joins, d_out=xp.astype(d_out, p.w_q.dtype, copy=False))
-    dx, d_memory = results[0], (results[1] if c.memory is not None else None)
-    grads = dict(zip(names, results[-len(names):]))
-    if c.memory is not None:
-        dx = bk.sum_to_shape(xp, dx, tuple(x.shape))
-        d_memory = bk.sum_to_shape(xp, d_memory, tuple(memory.shape))
-    cast = lambda a: None if a is None else xp.astype(a, c.dtype, copy=False)  # noqa: E731
-    return MHAGradients(
-        x=cast(dx),
-        memory=cast(d_memory),
-        params=MHAParams(num_heads=p.num_heads, **{n: cast(g) for n, g in grads.items()}),
+    q, k, v = _heads(c)
+    attended = scaled_dot_product_attention(
+        q, k, v, mask=c.head_mask, causal=c.causal, return_weights=return_weights, check_finite=False
     )
+    heads, weights = attended if return_weights else (attended, None)
+    out = _project(xp, _merge_heads(xp, heads), p.w_o, p.b_o)
+    return (out, weights) if return_weights else (out,)
+
+
+def _forward_saving(c: _Call) -> tuple[Any, _Saved]:
+    """``(out, saved)``: the forward pass, keeping normalised weights for the backward pass."""
+    xp, p = c.xp, c.params
+    q, k, v = _heads(c)
+    problem = _attention._prepare(q, k, v, c.head_mask, c.causal, None, False)
+    weights, heads = _attention._run(problem, _attention._weights_and_output)
+    out = _project(xp, _merge_heads(xp, heads), p.w_o, p.b_o)
+    return out, _Saved(c, problem, weights, heads)
 
 
 def _backward(c: _Call, d_out: Any) -> tuple[Any, ...]:
+    """The forward pass recomputed, then :func:`_backward_saved`."""
+    return _backward_saved(_forward_saving(c)[1], d_out)
+
+
+def _backward_saved_slab(d_out: Any, saved: _Saved) -> tuple[Any, ...]:
+    return _backward_saved(saved, d_out)
+
+
+def _backward_saved(saved: _Saved, d_out: Any) -> tuple[Any, ...]:
     """``(dx, [d_memory,] *parameter gradients)`` in the compute dtype (absent biases left out)."""
+    c, problem = saved.call, saved.problem
     xp, p = c.xp, c.params
     source = c.x if c.memory is None else c.memory
-    q, k, v = _heads(c)
     d_heads = _split_heads(xp, d_out @ xp.matrix_transpose(p.w_o), p.num_heads)
-    problem = _attention._prepare(q, k, v, c.head_mask, c.causal, None, False, d_out=d_heads)
-    dq, dk, dv, heads = _attention._run(problem, _attention._backward, d_heads)
+    dq, dk, dv = _attention._run(problem, _attention._gradients, saved.weights, saved.heads, d_heads)
     # k and v have memory's batch dims, which may be fewer than the broadcast ones.
-    dk, dv = (bk.sum_to_shape(xp, g, tuple(k.shape)) for g in (dk, dv))
-    dq, dk, dv, concat = (_merge_heads(xp, g) for g in (dq, dk, dv, heads))
+    dk, dv = (bk.sum_to_shape(xp, g, tuple(problem.k.shape)) for g in (dk, dv))
+    dq, dk, dv, concat = (_merge_heads(xp, g) for g in (dq, dk, dv, saved.heads))
 
     d_source = dk @ xp.matrix_transpose(p.w_k) + dv @ xp.matrix_transpose(p.w_v)
     dx = dq @ xp.matrix_transpose(p.w_q)
@@ -444,3 +462,105 @@ def _backward(c: _Call, d_out: Any) -> tuple[Any, ...]:
     if c.memory is None:
         return (bk.inplace(xp, "add", dx, d_source), *grads.values())
     return (dx, d_source, *grads.values())
+
+
+def _weight_grad(xp, inputs, d_outputs):
+    """sum over all leading dims of inputs^T d_outputs: (..., L, A), (..., L, C) -> (A, C)."""
+    a, c = inputs.shape[-1], d_outputs.shape[-1]
+    return xp.matrix_transpose(xp.reshape(inputs, (-1, a))) @ xp.reshape(d_outputs, (-1, c))
+
+
+def _bias_grad(xp, d_outputs):
+    return xp.sum(xp.reshape(d_outputs, (-1, d_outputs.shape[-1])), axis=0)
+
+
+# ------------------------------------------------------------------ slabs and results
+
+
+@dataclass(frozen=True)
+class _Slabs:
+    """Per-slab results of one computation, with the batch axis it was split along (None:
+    computed whole, ``results`` then holds one entry)."""
+
+    axis: int | None
+    results: list[Any]
+
+
+def _in_slabs(c: _Call, fn, d_out: Any = None) -> _Slabs:
+    """``fn(c)`` (or ``fn(c, d_out)``), run as one batch slab per core for large NumPy problems.
+
+    The whole layer runs inside each slab, projections included, so every product and every
+    elementwise pass is spread over the cores (see numerics._parallel).
+    """
+    source = c.x if c.memory is None else c.memory
+    full = tuple(c.x.shape[:-2]) == c.batch
+    scores = math.prod(c.batch) * c.params.num_heads * c.x.shape[-2] * source.shape[-2]
+    axis = _parallel.split_axis(c.xp, c.batch, scores) if full else None
+    if axis is None:
+        return _Slabs(None, [fn(c) if d_out is None else fn(c, d_out)])
+
+    def slab(x, memory, mask, *rest):
+        return fn(replace(c, x=x, memory=memory, mask=mask), *rest)
+
+    arrays = [c.x, c.memory, c.mask] + ([] if d_out is None else [d_out])
+    return _Slabs(axis, _parallel.map_slabs(slab, arrays, axis, c.batch))
+
+
+def _join(c: _Call, slabs: _Slabs, joins: tuple[str, ...]) -> list[Any]:
+    """Put each result together from the slabs, as ``joins`` says: "batch" (it has the batch
+    dims: concatenate), "sum" (a partial sum, e.g. a parameter gradient), "memory" (memory's
+    gradient: concatenated when memory was split, summed when shared across the split axis)
+    or "keep" (the list of per-slab values)."""
+    if slabs.axis is None:
+        return list(slabs.results[0])
+    memory_split = _parallel.was_split(c.memory, slabs.axis, len(c.batch) + 2)
+    joined = []
+    for how, outputs in zip(joins, zip(*slabs.results)):
+        if how == "keep":
+            joined.append(list(outputs))
+        elif how == "batch" or (how == "memory" and memory_split):
+            joined.append(c.xp.concat(outputs, axis=slabs.axis))
+        else:
+            total = outputs[0]
+            for part in outputs[1:]:
+                total = total + part
+            joined.append(total)
+    return joined
+
+
+def _parameter_names(p: MHAParams) -> list[str]:
+    """The parameters that have gradients, in the order :func:`_backward_saved` returns them."""
+    return [n for n in (*_WEIGHTS, *_BIASES) if getattr(p, n) is not None]
+
+
+def _backward_joins(c: _Call) -> tuple[str, ...]:
+    memory = ("memory",) if c.memory is not None else ()
+    return ("batch", *memory) + ("sum",) * len(_parameter_names(c.params))
+
+
+def _gradients_result(c: _Call, results: list[Any]) -> MHAGradients:
+    """MHAGradients from ``(dx, [d_memory,] *parameter gradients)``, in the caller's dtype."""
+    xp = c.xp
+    names = _parameter_names(c.params)
+    dx, d_memory = results[0], (results[1] if c.memory is not None else None)
+    if c.memory is not None:
+        dx = bk.sum_to_shape(xp, dx, tuple(c.x.shape))
+        d_memory = bk.sum_to_shape(xp, d_memory, tuple(c.memory.shape))
+    cast = lambda a: None if a is None else xp.astype(a, c.dtype, copy=False)  # noqa: E731
+    return MHAGradients(
+        x=cast(dx),
+        memory=cast(d_memory),
+        params=MHAParams(num_heads=c.params.num_heads, **{n: cast(g) for n, g in zip(names, results[-len(names):])}),
+    )
+
+
+def _check_d_out(c: _Call, d_out: Any, check_finite: bool) -> None:
+    """The checks multi_head_attention_backward makes of d_out, for a vjp's backward."""
+    bk.namespace_of(x=c.x, d_out=d_out)
+    expected = c.batch + (int(c.x.shape[-2]), c.params.d_model)
+    if tuple(d_out.shape) != expected:
+        raise ValueError(f"d_out must have the output's shape {expected}, got shape {bk.shape_str(d_out)}")
+    if d_out.dtype != c.dtype:
+        raise TypeError(f"x, d_out must share one dtype: x is {c.dtype}, d_out is {d_out.dtype}")
+    if check_finite:
+        bk.check_finite(c.xp, d_out=d_out)

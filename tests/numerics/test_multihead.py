@@ -406,7 +406,9 @@ def test_split_over_cores_matches_mpmath_reference(monkeypatch, workers, name):
     kw = dict(c["kwargs"], memory=c["memory"])
     out, w = multi_head_attention(c["x"], c["params"], return_weights=True, **kw)
     g = multi_head_attention_backward(c["x"], c["params"], c["d_out"], **kw)
-    assert len(calls) == 2  # forward and backward both took the split path
+    # forward and backward both took the split path (a backward split along heads, not
+    # batch, splits its recomputed forward and its gradients separately)
+    assert len(calls) >= 2
     assert relative_error(out, c["ref_out"]) < TOL64
     assert relative_error(w, c["ref_weights"]) < TOL64
     errors = gradient_errors(g, c["ref_grads"])
