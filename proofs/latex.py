@@ -45,7 +45,9 @@ _UNICODE = {
 }
 _TEXT_SPECIALS = {
     "\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "_": r"\_", "%": r"\%", "&": r"\&",
-    "#": r"\#", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "#": r"\#", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "$": r"\$",
+    # the default OT1 text font has no <, >, |: take them from math
+    "<": r"\ensuremath{<}", ">": r"\ensuremath{>}", "|": r"\ensuremath{|}",
 }
 
 
@@ -61,26 +63,33 @@ def latex_expr(expr: Any, **options: Any) -> str:
     return sp.latex(expr, **opts)
 
 
-def _escape_plain(s: str) -> str:
+def escape(s: str, *, unknown: str = "raise") -> str:
+    """Plain text (no math) for LaTeX text mode: specials escaped, known Unicode mapped.
+
+    Another non-ASCII character raises ValueError (``unknown="raise"``), or becomes ``?``
+    (``unknown="replace"``, for text that comes from documents).
+    """
     out = []
-    for ch in s:
+    for ch in str(s):
         if ch in _TEXT_SPECIALS:
             out.append(_TEXT_SPECIALS[ch])
         elif ch in _UNICODE:
             out.append(_UNICODE[ch])
         elif ord(ch) > 127:
-            raise ValueError(f"non-ASCII character {ch!r} in LaTeX text {s!r}: add it to proofs.latex._UNICODE")
+            if unknown != "replace":
+                raise ValueError(f"non-ASCII character {ch!r} in LaTeX text {s!r}: add it to proofs.latex._UNICODE")
+            out.append("?")
         else:
             out.append(ch)
     return "".join(out)
 
 
-def text(s: str) -> str:
+def text(s: str, *, unknown: str = "raise") -> str:
     """Escape ``s`` for LaTeX text mode; ``$...$`` segments are kept as math, untouched."""
     parts = s.split("$")
     if len(parts) % 2 == 0:
         raise ValueError(f"unbalanced $ in {s!r}")
-    return "".join(_escape_plain(p) if k % 2 == 0 else f"${p}$" for k, p in enumerate(parts))
+    return "".join(escape(p, unknown=unknown) if k % 2 == 0 else f"${p}$" for k, p in enumerate(parts))
 
 
 def _row(step: Any, options: dict[str, Any], with_methods: bool, result: Any, reason_width: str | None) -> str:

@@ -7,7 +7,6 @@ with the end of the log when LaTeX reports an error.
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 from collections import Counter
@@ -15,21 +14,11 @@ from pathlib import Path
 from typing import Iterable
 
 from .claims import ClaimResult, Verdict
+from .latex import escape
+from .latex import text as latex_text
 
 __all__ = ["ReportError", "latex_escape", "render_report", "write_report", "compile_pdf"]
 
-_SPECIAL = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-}
 _VERDICT_COLOUR = {
     Verdict.PROVED: "ForestGreen",
     Verdict.SUPPORTED: "teal",
@@ -43,9 +32,10 @@ _PREAMBLE = r"""\documentclass[11pt]{article}
 \usepackage[a4paper,margin=2.2cm]{geometry}
 \usepackage[dvipsnames]{xcolor}
 \usepackage{graphicx}
-\usepackage{longtable}
+\usepackage{longtable,array}
 \usepackage{hyperref}
 \allowdisplaybreaks
+\sloppy
 \setlength{\parindent}{0pt}
 \setlength{\parskip}{0.5em}
 """
@@ -56,15 +46,16 @@ class ReportError(RuntimeError):
 
 
 def latex_escape(text: str) -> str:
-    """Plain text made safe for LaTeX text mode; characters outside Latin-1 become '?'."""
-    out = "".join(_SPECIAL.get(ch, ch) for ch in str(text))
-    return "".join(ch if ord(ch) < 256 else "?" for ch in out)
+    """Plain text made safe for LaTeX text mode; unknown non-ASCII characters become '?'."""
+    return escape(text, unknown="replace")
 
 
 def _safe_math_text(text: str) -> str:
     """A statement that mixes text and $...$ math: escape the text, keep the math."""
-    parts = re.split(r"(\$\$.*?\$\$|\$[^$]*\$)", str(text), flags=re.S)
-    return "".join(p if p.startswith("$") else latex_escape(p) for p in parts)
+    try:
+        return latex_text(str(text), unknown="replace")
+    except ValueError:  # unbalanced $: all of it is text
+        return latex_escape(text)
 
 
 def _verdict_tag(result: ClaimResult) -> str:
@@ -91,7 +82,7 @@ def _claim_section(result: ClaimResult, figure_dir: Path, out_dir: Path) -> str:
     lines = [
         rf"\subsection*{{{latex_escape(claim.id)}: {latex_escape(claim.title)}}}",
         rf"\textbf{{Source:}} \texttt{{{latex_escape(claim.source.document)}}}, {latex_escape(claim.source.label)}"
-        + (rf" (line {claim.source.line})" if claim.source.line else "")
+        + (rf" (line {claim.source.line})" if claim.source.line and "(line" not in claim.source.label else "")
         + r"\\",
         rf"\textbf{{Verdict:}} {_verdict_tag(result)} \quad \textbf{{Method:}} {latex_escape(', '.join(result.methods) or '-')}"
         rf" \quad \textbf{{Time:}} {result.seconds:.2f} s",
@@ -117,7 +108,7 @@ def _claim_section(result: ClaimResult, figure_dir: Path, out_dir: Path) -> str:
                 lines.append(evidence.latex)
             rows = list(_data_rows(evidence.data))
             if rows:
-                lines += [r"\begin{longtable}{ll}"]
+                lines += [r"\begin{longtable}{>{\raggedright}p{0.3\linewidth}>{\raggedright\arraybackslash}p{0.64\linewidth}}"]
                 lines += [rf"\texttt{{{latex_escape(k)}}} & {latex_escape(v)} \\" for k, v in rows]
                 lines += [r"\end{longtable}"]
             for figure in evidence.figures:

@@ -7,12 +7,16 @@ and :class:`~proofs.claims.CheckOutcome`. None of them returns a verdict by itse
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import sympy as sp
 
 from ..claims import CheckOutcome, Claim, Evidence, Method, Source, Verdict
+from ..latex import escape
 from ._doc import DOCUMENTS, text_line
 from ._labels import labels_in_document
 
@@ -136,22 +140,11 @@ class Steps:
         for s in self.steps:
             mark = "" if s["verified"] else r" \textbf{[FAILED]}"
             rows.append(rf"&{s['latex']} \\" + "\n" + rf"&\qquad\parbox[t]{{0.8\linewidth}}{{\footnotesize "
-                        rf"{_tex_escape(s['reason'])} ({_tex_escape(s['how'])}){mark}}}")
+                        rf"{escape(s['reason'])} ({escape(s['how'])}){mark}}}")
         return "\\begin{align*}\n" + " \\\\\n".join(rows) + "\n\\end{align*}"
 
     def evidence(self, summary: str, **data: Any) -> Evidence:
         return Evidence("derivation", summary, {"steps": self.steps, **data}, latex=self.latex())
-
-
-_TEX_SPECIAL = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}",
-}
-
-
-def _tex_escape(text: str) -> str:
-    """Plain text for ``\\text{...}``: every LaTeX special character escaped."""
-    return "".join(_TEX_SPECIAL.get(c, c) for c in text)
 
 
 def note(summary: str, **data: Any) -> Evidence:
@@ -189,3 +182,11 @@ def informal_outcome(reason: str, proxy_holds: bool, proxy: Evidence, *, refutes
         Method.NUMERIC if proxy.kind == "numeric" else Method.SYMBOLIC,
         [counterexample("a necessary condition fails: " + refutes_if_false, proxy=proxy.to_dict()), proxy],
     )
+
+
+def figure_path(name: str) -> Path:
+    """Where a check writes its figure ``name``: ``$ATTNVERIFY_FIGURES``, else a folder in the
+    temporary directory. The report copies the figures its evidence names."""
+    folder = Path(os.environ.get("ATTNVERIFY_FIGURES") or Path(tempfile.gettempdir()) / "attnverify-figures")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name

@@ -4,11 +4,11 @@ Fourteen labelled statements (Lema 1-4, 6; Teorema 1, 3, 5-8; Corolário 1, 3, 4
 repeats as a header: "Lema 1" on line 87 and "Teorema 6" on line 519 are mentions inside
 running text ("O **Lema 1** destaca", "como demonstrado no Teorema 6"), not statements.
 
-Statistical evidence: Teorema 6 and Lema 6 also get a Monte Carlo check
-(``verify.montecarlo.experiments.variance_sweep``) when that module imports; the exact
-(symbolic) variance decides them either way, and a Monte Carlo refutation of a proved
+Statistical evidence (verify.montecarlo, with its plots): Teorema 6 and Lema 6 get the
+variance sweep (``variance_sweep``), Corolário 3 and 4 the saturation sweep
+(``saturation_sweep``, raw against scaled scores over d_k = 1 .. 4096). The exact (symbolic)
+checks decide Teorema 6 and Lema 6 either way, and a Monte Carlo refutation of a proved
 claim makes ``combine_verdicts`` raise (a defect somewhere, never a silent verdict).
-Corolário 3 and 4 have no statistical check yet — see ``STATISTICAL_HOOKS``.
 """
 
 from __future__ import annotations
@@ -21,21 +21,19 @@ import sympy as sp
 from ..claims import CheckOutcome, Claim, Method, Verdict
 from . import _counts as C
 from ._derivations import derivation
-from ._kit import Steps, claim_at, counterexample, derived, informal_outcome, note, numeric
+from ._kit import Steps, claim_at, counterexample, derived, figure_path, informal_outcome, note, numeric
 
 DOC = "003"
 
-# Statistical checks. Wired: teorema-6, lema-6 (check_variance_monte_carlo).
-# TODO(statistical): corolario-3 and corolario-4 -- verify.montecarlo.experiments.saturation_sweep
-# estimates saturation and Jacobian norms raw vs scaled (its findings bear on both); map its
-# ordering findings to these claims' verdicts once that API is settled (it costs ~3 s at 4000 samples).
-STATISTICAL_HOOKS = {
-    "seed003.teorema-6": "Var(q . k) = d_k for q, k with iid N(0, 1) components, d_k in {1, 4, 16, 64} (wired)",
-    "seed003.lema-6": "Var(q . k / sqrt(d_k)) = 1 for the same model, d_k in {1, 4, 16, 64} (wired)",
-    "seed003.corolario-3": "Var(s q . k) = s^2 d_k for s in {1, 1/sqrt(d_k)}; saturation raw vs scaled (TODO)",
-    "seed003.corolario-4": "mean ||diag(p) - p p^T|| raw vs scaled across d_k (TODO)",
+# Statistical checks (each also draws its plot for the report).
+STATISTICAL_CHECKS = {
+    "seed003.teorema-6": "Var(q . k) = d_k for q, k with iid N(0, 1) components, d_k in {1, 4, 16, 64}",
+    "seed003.lema-6": "Var(q . k / sqrt(d_k)) = 1 for the same model, d_k in {1, 4, 16, 64}",
+    "seed003.corolario-3": "saturation, entropy and vanished gradients, raw against scaled, d_k = 1 .. 4096",
+    "seed003.corolario-4": "mean ||diag(p) - p p^T||_F raw across d_k = 1 .. 4096, and against scaled",
 }
 MC_DKS, MC_SAMPLES, MC_SEED, MC_ALPHA = (1, 4, 16, 64), 20_000, 2024, 1e-6
+SATURATION_DKS, SATURATION_SAMPLES = (1, 8, 64, 512, 4096), 2_000
 
 
 def _monte_carlo_available() -> bool:
@@ -50,14 +48,71 @@ def check_variance_monte_carlo(scaled: bool) -> CheckOutcome:
     """SUPPORTED when every d_k's interval holds the exact value, REFUTED otherwise."""
     from ..claims import Evidence
     from verify.montecarlo.experiments import variance_sweep
+    from verify.montecarlo.plots import plot_sweep
 
     sweep = variance_sweep(MC_DKS, samples=MC_SAMPLES, seed=MC_SEED, alpha=MC_ALPHA, scaled=scaled, progress=False)
     verdicts = sweep.verdicts
     if not verdicts or sweep.incomplete:
         raise RuntimeError(f"Monte Carlo sweep gave no verdict: {sweep.summary()}")
     verdict = Verdict.SUPPORTED if all(v == "SUPPORTED" for v in verdicts) else Verdict.REFUTED
-    return CheckOutcome(verdict, Method.STATISTICAL, [Evidence("statistic", sweep.summary(), sweep.to_dict())])
+    figure = plot_sweep(sweep, figure_path(f"seed003-variance-{'scaled' if scaled else 'raw'}.png"))
+    return CheckOutcome(verdict, Method.STATISTICAL,
+                        [Evidence("statistic", sweep.summary(), sweep.to_dict(), figures=[str(figure)])])
 
+
+@lru_cache(maxsize=1)
+def _saturation() -> tuple:
+    """The saturation sweep (raw against scaled scores) and its plot, shared by Corolário 3 and 4."""
+    from verify.montecarlo.experiments import saturation_sweep
+    from verify.montecarlo.plots import plot_sweep
+
+    sweep = saturation_sweep(SATURATION_DKS, samples=SATURATION_SAMPLES, seed=MC_SEED, alpha=MC_ALPHA, progress=False)
+    if sweep.incomplete or not sweep.findings:
+        raise RuntimeError(f"the saturation sweep gave no findings: {sweep.summary()}")
+    return sweep, plot_sweep(sweep, figure_path("seed003-saturation.png"))
+
+
+def _decided(findings) -> list:
+    undecided = [f for f in findings if f.verdict not in ("SUPPORTED", "REFUTED")]
+    if undecided:  # more samples would decide it; no verdict without evidence
+        raise RuntimeError("inconclusive Monte Carlo comparison: " + undecided[0].summary())
+    return findings
+
+
+def check_saturation_monte_carlo() -> CheckOutcome:
+    """Corolário 3 predicts, without the scale: saturation and lower entropy as d_k grows, and
+    that scaling removes them. SUPPORTED when every such comparison is, REFUTED when one fails."""
+    from ..claims import Evidence
+    from verify.montecarlo.experiments import SOURCES
+
+    sweep, figure = _saturation()
+    findings = _decided([f for f in sweep.findings if f.source == SOURCES["cor3"]])
+    verdict = Verdict.SUPPORTED if all(f.verdict == "SUPPORTED" for f in findings) else Verdict.REFUTED
+    return CheckOutcome(verdict, Method.STATISTICAL, [
+        Evidence("statistic", "; ".join(f.summary() for f in findings),
+                 {"findings": [f.to_dict() for f in findings], "sweep": sweep.to_dict()}, figures=[str(figure)]),
+    ])
+
+
+def check_gradient_growth_monte_carlo() -> CheckOutcome:
+    """Corolário 4 predicts that the unscaled softmax gradient grows (like exp(||s||)) with d_k:
+    the comparison of the mean ||diag(p) - p p^T||_F at the largest against the smallest d_k
+    decides (REFUTED when it falls significantly)."""
+    from ..claims import Evidence
+    from verify.montecarlo.experiments import SOURCES
+
+    sweep, figure = _saturation()
+    findings = _decided([f for f in sweep.findings if f.source == SOURCES["cor4"]])
+    growth = [f for f in findings if "Jacobian in the scores" in f.claim and "grows with d_k" in f.claim]
+    if len(growth) != 1:
+        raise RuntimeError(f"expected one growth comparison of the raw Jacobian, found {len(growth)}")
+    verdict = Verdict(growth[0].verdict)
+    others = [f.summary() for f in findings if f is not growth[0]]
+    return CheckOutcome(verdict, Method.STATISTICAL, [
+        Evidence("statistic", growth[0].summary(),
+                 {"decisive": growth[0].to_dict(), "also_measured": others, "sweep": sweep.to_dict()},
+                 figures=[str(figure)]),
+    ])
 
 
 def _sym_matrix(name: str, rows: int, cols: int) -> sp.Matrix:
@@ -547,7 +602,8 @@ def claims() -> list[Claim]:
                  checks=[check_dot_product_variance, *mc(scaled=False)], assumptions=var_assumptions),
         claim_at(DOC, 451, title="The 1/sqrt(d_k) scale is necessary",
                  statement=r"\text{the scale } 1/\sqrt{d_k} \text{ is necessary to keep the variance of the scores adequate for softmax}",
-                 checks=[check_scale_necessary], assumptions=var_assumptions),
+                 checks=[check_scale_necessary, *([check_saturation_monte_carlo] if available else [])],
+                 assumptions=var_assumptions),
         claim_at(DOC, 481, title="Complete formulation of self-attention (four steps)",
                  statement=r"q_i = x_iW^Q, \ldots;\ \mathrm{score}(x_i,x_j) = q_i^\top k_j/\sqrt{d_k};\ "
                            r"\alpha_{ij} = \mathrm{softmax}_j;\ a_i = \sum_j \alpha_{ij}v_j",
@@ -560,5 +616,5 @@ def claims() -> list[Claim]:
                  checks=[check_softmax_jacobian]),
         claim_at(DOC, 549, title="Unscaled scores make softmax gradients grow like exp(||s||)",
                  statement=r"\|\nabla\| \propto \exp(\|s\|) \text{ unscaled},\ \propto \exp(\|s\|/\sqrt{d_k}) \text{ scaled}",
-                 checks=[check_gradient_growth]),
+                 checks=[check_gradient_growth, *([check_gradient_growth_monte_carlo] if available else [])]),
     ]

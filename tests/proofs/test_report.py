@@ -30,7 +30,8 @@ def test_latex_escape_covers_specials():
     assert latex_escape("a_b & 50% #1 {x} ~ ^ \\") == (
         r"a\_b \& 50\% \#1 \{x\} \textasciitilde{} \textasciicircum{} \textbackslash{}"
     )
-    assert latex_escape("Proposição √2") == "Proposição ?2"
+    assert latex_escape("Proposição √2") == r"Proposi\c{c}\~ao ?2"
+    assert latex_escape("a < b | c > d") == r"a \ensuremath{<} b \ensuremath{|} c \ensuremath{>} d"
 
 
 def test_render_keeps_math_and_escapes_text(tmp_path):

@@ -117,5 +117,10 @@ def test_report_writes_and_compiles_the_catalogue(tmp_path):
         pytest.skip("pdflatex not installed")
     result = CliRunner().invoke(main, ["report", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "report.tex").is_file()
+    tex = (tmp_path / "report.tex").read_text()
     assert (tmp_path / "report.pdf").stat().st_size > 10_000
+    # the Monte Carlo evidence comes with its plots (variance sweeps, saturation sweep)
+    figures = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
+    assert figures == ["seed003-saturation.png", "seed003-variance-raw.png", "seed003-variance-scaled.png"]
+    for name in figures:
+        assert f"figures/{name}" in tex

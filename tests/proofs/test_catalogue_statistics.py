@@ -1,0 +1,55 @@
+"""The Monte Carlo checks of seed 003's Corolário 3 and 4: verdicts from the saturation sweep."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from proofs.catalogue import seed_003
+from proofs.claims import Method, Verdict
+from verify.montecarlo.experiments import SOURCES
+
+
+def _finding(source, verdict, claim):
+    return SimpleNamespace(source=SOURCES[source], verdict=verdict, claim=claim,
+                           summary=lambda: f"{verdict}: {claim}", to_dict=lambda: {"verdict": verdict})
+
+
+def _fake_sweep(monkeypatch, findings, tmp_path):
+    sweep = SimpleNamespace(findings=findings, to_dict=lambda: {"experiment": "saturation"})
+    monkeypatch.setattr(seed_003, "_saturation", lambda: (sweep, tmp_path / "fig.png"))
+
+
+GROWTH = "unscaled, the softmax Jacobian in the scores, mean ||diag(s) - s s^T||_F, grows with d_k"
+
+
+def test_real_sweep_supports_corollary_3_and_refutes_corollary_4():
+    """With the real sweep: saturation appears without the scale (cor 3), and the unscaled
+    Jacobian shrinks rather than explodes (cor 4) -- as the exact bound ||J||_2 <= 1/2 says."""
+    cor3 = seed_003.check_saturation_monte_carlo()
+    cor4 = seed_003.check_gradient_growth_monte_carlo()
+    assert (cor3.verdict, cor3.method) == (Verdict.SUPPORTED, Method.STATISTICAL)
+    assert cor4.verdict is Verdict.REFUTED
+    decisive = cor4.evidence[0].data["decisive"]
+    assert decisive["verdict"] == "REFUTED"
+    assert cor3.evidence[0].figures and cor3.evidence[0].figures == cor4.evidence[0].figures
+
+
+def test_corollary_3_check_refutes_when_a_prediction_fails(monkeypatch, tmp_path):
+    _fake_sweep(monkeypatch, [_finding("cor3", "SUPPORTED", "saturates"), _finding("cor3", "REFUTED", "entropy falls")],
+                tmp_path)
+    assert seed_003.check_saturation_monte_carlo().verdict is Verdict.REFUTED
+    _fake_sweep(monkeypatch, [_finding("cor3", "SUPPORTED", "saturates")], tmp_path)
+    assert seed_003.check_saturation_monte_carlo().verdict is Verdict.SUPPORTED
+
+
+def test_corollary_4_check_follows_the_growth_comparison(monkeypatch, tmp_path):
+    _fake_sweep(monkeypatch, [_finding("cor4", "SUPPORTED", GROWTH), _finding("cor4", "REFUTED", "other")], tmp_path)
+    assert seed_003.check_gradient_growth_monte_carlo().verdict is Verdict.SUPPORTED
+    _fake_sweep(monkeypatch, [_finding("cor4", "REFUTED", GROWTH)], tmp_path)
+    assert seed_003.check_gradient_growth_monte_carlo().verdict is Verdict.REFUTED
+
+
+def test_inconclusive_comparison_gives_no_verdict(monkeypatch, tmp_path):
+    _fake_sweep(monkeypatch, [_finding("cor3", "INCONCLUSIVE", "saturates")], tmp_path)
+    with pytest.raises(RuntimeError, match="inconclusive"):
+        seed_003.check_saturation_monte_carlo()
