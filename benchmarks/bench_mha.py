@@ -109,6 +109,14 @@ def measure(peer: str, which: str, shape: tuple[int, int, int, int], repeat: int
     return best_time(forward if which == "forward" else forward_backward, repeat)
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
 def _in_fresh_process(*args) -> float:
     """Run :func:`measure` in a new process, so the libraries' thread pools never meet."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -147,7 +155,7 @@ def main() -> None:
     gemm_rate = 2 * b * n * d * 3 * d / med[("gemm", "")] / 1e9
     fwd_flops, bwd_flops = mha_flops(b, n, n, d, h)
 
-    print(f"machine: {platform.machine()} {platform.processor() or ''} cores={os.cpu_count()} "
+    print(f"machine: {platform.machine()} {_cpu_model()} cores={os.cpu_count()} "
           f"numpy {np.__version__} torch {torch.__version__} (threads {torch.get_num_threads()})")
     print(f"problem: float32 B={b} N=M={n} D={d} H={h}; GEMM ({b * n}x{d})@({d}x{3 * d}) "
           f"{gemm_rate:.1f} GFLOP/s; each figure: median of {args.rounds} fresh processes x {args.repeat} runs")
