@@ -53,7 +53,7 @@ def run_claims(claims, *, console: Console, show_progress: bool):
     return results
 
 
-def results_document(results, *, seconds: float) -> dict:
+def results_document(results, *, seconds: float, not_run: list[str] | None = None) -> dict:
     """The JSON document ``check --json`` writes (schema: proofs/schema/check.schema.json)."""
     from verify.cli import __version__
 
@@ -70,6 +70,7 @@ def results_document(results, *, seconds: float) -> dict:
             "crashed": sum(1 for r in results if not r.ok),
             "verdicts": {v: counts.get(v, 0) for v in _VERDICT_STYLE},
         },
+        "not_run": list(not_run or []),
         "results": [r.to_dict() for r in results],
     }
 
@@ -104,7 +105,7 @@ def check(json_path: Path | None, pattern: str | None, progress: bool | None) ->
     """
     import time
 
-    from proofs.catalogue import all_claims
+    from proofs.catalogue import all_claims, not_run
 
     # Piped output gets a wide table rather than rich's 80-column default.
     console = Console() if sys.stdout.isatty() else Console(width=160)
@@ -121,8 +122,12 @@ def check(json_path: Path | None, pattern: str | None, progress: bool | None) ->
         f"{len(results)} claims in {seconds:.1f} s: "
         + ", ".join(f"{v} {counts[v]}" for v in [*_VERDICT_STYLE, "CRASHED"] if counts[v])
     )
+    left_out = not_run()
+    for reason in left_out:
+        console.print(f"[yellow]not run:[/] {reason}")
     if json_path is not None:
-        json_path.write_text(json.dumps(results_document(results, seconds=seconds), indent=2))
+        document = results_document(results, seconds=seconds, not_run=left_out)
+        json_path.write_text(json.dumps(document, indent=2))
         console.print(f"wrote {json_path}")
     crashed = [r for r in results if not r.ok]
     for r in crashed:

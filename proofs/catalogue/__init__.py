@@ -40,6 +40,7 @@ __all__ = [
     "is_statement_label",
     "run_all",
     "DOCUMENTS",
+    "not_run",
     "SEEDS_DIR",
     "document_path",
 ]
@@ -66,6 +67,12 @@ def all_claims() -> list[Claim]:
             raise RuntimeError(f"duplicate claim id {c.id!r}: {seen[c.id].source} and {c.source}")
         seen[c.id] = c
     return claims
+
+
+def not_run() -> list[str]:
+    """Claims the catalogue leaves out in this environment (an optional dependency missing),
+    each with the reason; :func:`all_claims` holds every other claim."""
+    return [reason for key in DOCUMENTS for reason in getattr(_module(key), "not_run", list)()]
 
 
 def run_all(claims: list[Claim] | None = None) -> list[ClaimResult]:

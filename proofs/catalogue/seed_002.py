@@ -200,6 +200,16 @@ def check_prunable_code() -> CheckOutcome:
     return CheckOutcome(Verdict.REFUTED, Method.NUMERIC, evidence)
 
 
+_TORCH_CLAIMS = ("class MultiHeadAttention (line 77)", "class PrunableMultiHeadAttention (line 269)")
+
+
+def not_run() -> list[str]:
+    """The claims left out of :func:`claims` here, each with the reason."""
+    if importlib.util.find_spec("torch") is not None:
+        return []
+    return [f"{DOC} {name}: the document's code needs torch (pip install 'attnverify[torch]')" for name in _TORCH_CLAIMS]
+
+
 def claims() -> list[Claim]:
     out = [
         supplementary_claim(DOC, 138, "Nota Importante", title="d = h d_k: trade-off between heads and head width",

@@ -375,3 +375,18 @@ def test_results_serialise(results):
 
 def test_whole_catalogue_is_fast(results):
     assert sum(r.seconds for r in results.values()) < 40
+
+
+def test_claims_that_need_torch_are_listed_as_not_run_when_torch_is_missing(monkeypatch):
+    import importlib.util
+
+    from proofs import catalogue
+    from proofs.catalogue import seed_002
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    ids = {c.id for c in catalogue.all_claims()}
+    assert not any("multiheadattention" in i for i in ids)
+    assert len(catalogue.not_run()) == 2 and all("needs torch" in r for r in catalogue.not_run())
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    assert catalogue.not_run() == [] and len(seed_002.claims()) == 4

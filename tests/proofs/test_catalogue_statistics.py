@@ -53,3 +53,4 @@ def test_inconclusive_comparison_gives_no_verdict(monkeypatch, tmp_path):
     _fake_sweep(monkeypatch, [_finding("cor3", "INCONCLUSIVE", "saturates")], tmp_path)
     with pytest.raises(RuntimeError, match="inconclusive"):
         seed_003.check_saturation_monte_carlo()
+
