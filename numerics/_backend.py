@@ -33,6 +33,7 @@ __all__ = [
     "masked_fill",
     "resolve_dtype",
     "positive_int",
+    "non_negative_int",
 ]
 
 # Names a caller may use in ``xp=``; each is imported only when asked for.
@@ -234,4 +235,11 @@ def positive_int(name: str, value: Any) -> int:
     """``value`` as a Python int when it is a positive integer (NumPy integers too), else ValueError."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def non_negative_int(name: str, value: Any) -> int:
+    """``value`` as a Python int when it is an integer >= 0 (NumPy integers too), else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
     return int(value)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, Callable, Sequence
 
 import array_api_compat
@@ -28,6 +28,19 @@ _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 _blas_limit = threading.Lock()  # threadpool_limits is process-wide: one split call at a time
 _inside = threading.local()  # set in slab threads: a slab never splits again (no nested pools)
+
+
+def _reset_after_fork() -> None:
+    """In a forked child the pool's threads are gone (and a lock may be held by a thread
+    that no longer exists): start afresh, or the first split call would wait forever."""
+    global _pool, _pool_lock, _blas_limit
+    _pool = None
+    _pool_lock = threading.Lock()
+    _blas_limit = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def worker_count() -> int:
@@ -106,7 +119,11 @@ def map_slabs(
             _inside.slab = False
 
     with _blas_limit, threadpool_limits(limits=1, user_api="blas"):
-        return [f.result() for f in [_pool.submit(slab, i) for i in range(len(parts))]]
+        futures = [_pool.submit(slab, i) for i in range(len(parts))]
+        # Every slab finishes before the BLAS limit and the lock are released, even when
+        # one raises: no slab outlives the call (or overlaps the next split call).
+        wait(futures)
+        return [f.result() for f in futures]
 
 
 def join_slabs(per_slab: list[Sequence[Any]], axis: int) -> list[Any]:

@@ -35,8 +35,19 @@ from .softmax import safe_divide, softmax_unnormalised
 __all__ = ["scaled_dot_product_attention", "attention_backward", "causal_mask"]
 
 
-def causal_mask(xp: ModuleType, n: int, m: int, device: Any = None) -> Any:
-    """Boolean (N, M) mask allowing key j for query i iff j <= i (top-left aligned)."""
+def causal_mask(xp: ModuleType | str, n: int, m: int, device: Any = None) -> Any:
+    """Boolean (N, M) mask allowing key j for query i iff j <= i (top-left aligned).
+
+    ``xp`` is an array module (``numpy``, ``cupy``, ``torch``, an array-API namespace) or
+    its name; the mask is made on ``device`` (the library's default when None).
+    """
+    # The bare modules' arange may lack the standard's device= (cupy, numpy < 2): use the
+    # array-API namespace of the library instead.
+    return _causal_mask(bk.get_namespace(xp), bk.non_negative_int("n", n), bk.non_negative_int("m", m), device)
+
+
+def _causal_mask(xp: ModuleType, n: int, m: int, device: Any = None) -> Any:
+    """:func:`causal_mask` for an array-API namespace ``xp`` (as ``namespace_of`` returns)."""
     rows = xp.arange(n, device=device)[:, None]
     cols = xp.arange(m, device=device)[None, :]
     return cols <= rows
@@ -92,7 +103,7 @@ def _prepare(q, k, v, mask, causal, scale, check_finite, d_out=None) -> _Problem
 
     allowed = mask
     if causal:
-        tri = causal_mask(xp, n, m, device=array_api_compat.device(q))
+        tri = _causal_mask(xp, n, m, device=array_api_compat.device(q))
         allowed = tri if allowed is None else (allowed & tri)
     work = bk.compute_dtype(xp, q.dtype)
     q, k, v = (xp.astype(x, work, copy=False) for x in (q, k, v))

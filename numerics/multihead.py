@@ -444,7 +444,9 @@ def _backward_saved(saved: _Saved, d_out: Any) -> tuple[Any, ...]:
     source = c.x if c.memory is None else c.memory
     d_heads = _split_heads(xp, d_out @ xp.matrix_transpose(p.w_o), p.num_heads)
     dq, dk, dv = _attention._run(problem, _attention._gradients, saved.weights, saved.heads, d_heads)
-    # k and v have memory's batch dims, which may be fewer than the broadcast ones.
+    # q has x's batch dims, k and v memory's: either may be fewer than the broadcast ones
+    # (cross-attention), and each gradient is summed back to its own input's shape.
+    dq = bk.sum_to_shape(xp, dq, tuple(problem.q.shape))
     dk, dv = (bk.sum_to_shape(xp, g, tuple(problem.k.shape)) for g in (dk, dv))
     dq, dk, dv, concat = (_merge_heads(xp, g) for g in (dq, dk, dv, saved.heads))
 
@@ -513,13 +515,17 @@ def _join(c: _Call, slabs: _Slabs, joins: tuple[str, ...]) -> list[Any]:
     or "keep" (the list of per-slab values)."""
     if slabs.axis is None:
         return list(slabs.results[0])
-    memory_split = _parallel.was_split(c.memory, slabs.axis, len(c.batch) + 2)
+    ndim = len(c.batch) + 2
+    memory_split = _parallel.was_split(c.memory, slabs.axis, ndim)
     joined = []
     for how, outputs in zip(joins, zip(*slabs.results)):
         if how == "keep":
             joined.append(list(outputs))
-        elif how == "batch" or (how == "memory" and memory_split):
+        elif how == "batch":
             joined.append(c.xp.concat(outputs, axis=slabs.axis))
+        elif how == "memory" and memory_split:
+            # memory may have fewer leading dims than the broadcast batch: its own axis.
+            joined.append(c.xp.concat(outputs, axis=slabs.axis + c.memory.ndim - ndim))
         else:
             total = outputs[0]
             for part in outputs[1:]:

@@ -458,3 +458,19 @@ def test_split_over_cores_matches_mpmath_reference(monkeypatch, workers, name):
     eye = np.broadcast_to(np.eye(c["k"].shape[-2]), c["k"].shape[:-1] + (c["k"].shape[-2],))
     ref_w = reference.to_float64(reference.attention(c["q"], c["k"], np.ascontiguousarray(eye), **c["kwargs"]))
     assert relative_error(w, ref_w) < TOL64
+
+
+def test_causal_mask_accepts_bare_modules_and_names():
+    """CuPy's (and NumPy 1.x's) own arange has no device=: causal_mask goes through the
+    library's array-API namespace. A bare module with CuPy's arange signature stands in."""
+    import types
+
+    bare = types.ModuleType("bare")
+    bare.asarray = np.asarray
+    bare.arange = lambda start, stop=None, step=1, dtype=None: np.arange(start, stop, step, dtype)
+    expected = np.arange(4)[None, :] <= np.arange(2)[:, None]
+    np.testing.assert_array_equal(causal_mask(bare, 2, 4), expected)
+    np.testing.assert_array_equal(causal_mask("numpy", 2, 4), expected)
+    np.testing.assert_array_equal(causal_mask(np, 2, 4, device="cpu"), expected)
+    with pytest.raises(ValueError, match="n must be a non-negative integer"):
+        causal_mask(np, -1, 4)

@@ -68,6 +68,15 @@ def _build_case(name):
         p = _random_params(rng, 4, 2, 2, 2, d_memory=2)
         x = rng.standard_normal((2, 3, 4))
         memory = rng.standard_normal((4, 2))
+    elif name == "cross_shared_x":  # x without batch dims, broadcast over memory's batch
+        p = _random_params(rng, 4, 2, 3, 2, d_memory=3)
+        x = rng.standard_normal((3, 4))
+        memory = rng.standard_normal((2, 5, 3))
+        kw["mask"] = rng.random((5,)) < 0.7  # key padding of shape (M,)
+    elif name == "cross_memory_fewer_dims":  # batch (1, 2): memory has only the second axis
+        p = _random_params(rng, 4, 2, 2, 3, d_memory=3)
+        x = rng.standard_normal((1, 2, 3, 4))
+        memory = rng.standard_normal((2, 4, 3))
     elif name == "one_head":
         p = _random_params(rng, 3, 1, 4, 2)
         x = rng.standard_normal((1, 3, 3))
@@ -82,7 +91,10 @@ def _build_case(name):
     return dict(x=x, memory=memory, params=p, d_out=d_out, kwargs=kw)
 
 
-CASES = ["self_bias", "causal_nobias", "padding", "full_row_causal", "cross", "cross_shared_memory", "one_head", "three_heads"]
+CASES = [
+    "self_bias", "causal_nobias", "padding", "full_row_causal", "cross", "cross_shared_memory", "cross_shared_x",
+    "cross_memory_fewer_dims", "one_head", "three_heads",
+]
 
 
 @functools.lru_cache(maxsize=None)
@@ -253,7 +265,7 @@ def _mha_from_flat(num_heads, kw):
     return f
 
 
-@pytest.mark.parametrize("name", ["self_bias", "full_row_causal", "cross", "cross_shared_memory", "one_head"])
+@pytest.mark.parametrize("name", ["self_bias", "full_row_causal", "cross", "cross_shared_memory", "cross_shared_x", "one_head"])
 def test_backward_matches_central_finite_differences(name):
     c = case(name)
     p, kw = c["params"], c["kwargs"]
@@ -390,7 +402,12 @@ def test_inputs_are_not_modified():
 
 
 @pytest.mark.parametrize(
-    "workers, name", [(2, "self_bias"), (2, "full_row_causal"), (2, "cross"), (2, "three_heads"), (3, "three_heads")]
+    "workers, name",
+    [
+        (2, "self_bias"), (2, "full_row_causal"), (2, "cross"), (2, "three_heads"), (3, "three_heads"),
+        # split along batch axis 1, which memory (2, M, Dm) holds as its axis 0
+        (2, "cross_memory_fewer_dims"),
+    ],
 )
 def test_split_over_cores_matches_mpmath_reference(monkeypatch, workers, name):
     """numerics cuts large NumPy attention into one slab per core (along batch, else heads);

@@ -72,3 +72,52 @@ def test_no_split_for_other_namespaces_or_small_problems():
     assert _parallel.split_axis(numerics._backend.get_namespace("array_api_strict"), (64, 8), 1 << 30) is None
     xp = numerics._backend.get_namespace("numpy")
     assert _parallel.split_axis(xp, (64, 8), 10) is None
+
+
+def _split_attention_in_child():
+    """Child of a fork: one split attention call (the parent's monkeypatches are inherited)."""
+    q = np.random.default_rng(0).standard_normal((4, 5, 3))
+    numerics.scaled_dot_product_attention(q, q, q)
+
+
+def test_split_call_in_a_forked_child_does_not_hang(force_split, monkeypatch):
+    """A fork (multiprocessing's default start on Linux) after a split call: the child's copy
+    of the pool has no threads, and must not be waited on."""
+    import multiprocessing
+    import threading
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    monkeypatch.setattr(_parallel, "_pool", None)  # a pool of our own, of exactly two threads
+    both_running = threading.Barrier(2, timeout=30)
+    _parallel.map_slabs(lambda x: both_running.wait(), [np.zeros((2, 1, 1))], 0, (2,))
+    assert len(_parallel._pool._threads) == 2  # both threads exist, and are now idle
+    child = multiprocessing.get_context("fork").Process(target=_split_attention_in_child)
+    child.start()
+    child.join(60)
+    hung = child.is_alive()
+    if hung:
+        child.kill()
+        child.join()
+    _parallel._pool.shutdown()
+    assert not hung, "the forked child waited forever on the parent's pool"
+    assert child.exitcode == 0
+
+
+def test_failing_slab_waits_for_the_other_slabs(force_split):
+    """A slab that raises does not release the BLAS limit while another is still running."""
+    import threading
+    import time
+
+    finished = threading.Event()
+
+    def fn(x):
+        if x.shape[0] and x[0, 0, 0] == 0:
+            raise RuntimeError("slab 0 fails")
+        time.sleep(0.2)
+        finished.set()
+        return (x,)
+
+    with pytest.raises(RuntimeError, match="slab 0 fails"):
+        _parallel.map_slabs(fn, [np.arange(2.0).reshape(2, 1, 1)], 0, (2,))
+    assert finished.is_set()

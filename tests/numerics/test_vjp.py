@@ -87,3 +87,21 @@ def test_vjp_backward_checks_d_out():
     bad[0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="d_out contains NaN"):
         backward(bad)
+
+
+@pytest.mark.parametrize("x_shape", [(1, 4, 6), (4, 6)])
+def test_vjp_cross_attention_with_x_broadcast_over_memory_batch(x_shape):
+    """x with fewer (or size-1) batch dims than memory: dx and dW_q sum over memory's batch."""
+    rng = np.random.default_rng(6)
+    _, params, _, _, _ = _case(rng)
+    x = rng.standard_normal(x_shape)
+    memory = rng.standard_normal((3, 5, 6))
+    d_out = rng.standard_normal((3, 4, 6))
+    out, backward = numerics.multi_head_attention_vjp(x, params, memory=memory, causal=True)
+    assert out.shape == (3, 4, 6)
+    ref = reference.multi_head_attention_gradients(x, params, d_out, memory=memory, causal=True)
+    scale = max(np.max(np.abs(a)) for a in ref.values())
+    for grads in (backward(d_out), numerics.multi_head_attention_backward(x, params, d_out, memory=memory, causal=True)):
+        for name, value in _grad_arrays(grads).items():
+            assert value.shape == ref[name].shape, name
+            assert np.max(np.abs(value - ref[name])) < 1e-12 * scale, name
