@@ -20,7 +20,8 @@ from ..latex import escape
 from ._doc import DOCUMENTS, text_line
 from ._labels import labels_in_document
 
-__all__ = ["Steps", "claim_at", "supplementary_claim", "note", "counterexample", "derived", "numeric", "informal_outcome"]
+__all__ = ["Steps", "StepFailed", "claim_at", "supplementary_claim", "note", "counterexample", "derived", "numeric",
+           "informal_outcome", "proved"]
 
 
 def _as_math_text(statement: str) -> str:
@@ -162,6 +163,29 @@ def derived(summary: str, **data: Any) -> Evidence:
 
 def numeric(summary: str, **data: Any) -> Evidence:
     return Evidence("numeric", summary, data)
+
+
+class StepFailed(RuntimeError):
+    """A step of one of the toolkit's own proofs failed: a defect of the check, never a verdict."""
+
+
+def proved(steps: Steps, method: Method, evidence: list[Evidence], *, refuted_by_failure: bool = False) -> CheckOutcome:
+    """PROVED when every step of ``steps`` was verified.
+
+    A failed step is *not* evidence against the statement when the steps are the toolkit's own
+    proof (SymPy could not simplify, a cross-check of ``numerics`` disagreed): that is a defect,
+    so :class:`StepFailed` is raised and ``Claim.run`` records the check as crashed, never as
+    REFUTED without a counterexample. Only where a failed step *is* a counterexample (it ran the
+    document's own code or numbers) pass ``refuted_by_failure=True``: the outcome is then REFUTED
+    with the failed steps as the counterexample.
+    """
+    if steps.ok:
+        return CheckOutcome(Verdict.PROVED, method, evidence)
+    failed = "; ".join(f"{s['reason']} ({s['how']})" for s in steps.failed) or "no step recorded"
+    if refuted_by_failure:
+        return CheckOutcome(Verdict.REFUTED, method,
+                            [counterexample("a checked step fails: " + failed, failed=steps.failed), *evidence])
+    raise StepFailed(f"a step of the toolkit's own proof failed (a defect of the check, not a verdict): {failed}")
 
 
 def informal_outcome(reason: str, proxy_holds: bool, proxy: Evidence, *, refutes_if_false: str) -> CheckOutcome:

@@ -13,7 +13,7 @@ from ..claims import CheckOutcome, Claim, Method, Verdict
 from . import _counts as C
 from ._derivations import derivation
 from ._doc import bmatrices
-from ._kit import Steps, claim_at, counterexample, informal_outcome, note, numeric
+from ._kit import Steps, claim_at, counterexample, informal_outcome, note, numeric, proved
 from ._worked import Quantity, WorkedExample, hstack
 
 DOC = "000"
@@ -152,7 +152,7 @@ def check_heads_independent() -> CheckOutcome:
               f"numerics.multi_head_attention: head 1's weights unchanged after changing head 2's W (head 2 moved by {diff2:.3g})",
               same1 and diff2 > 1e-6, "numeric, float64: head 1 moves by <= 1e-15 (in practice 0)")
     ok = steps.ok
-    return CheckOutcome(Verdict.PROVED if ok else Verdict.REFUTED, Method.SYMBOLIC,
+    return proved(steps, Method.SYMBOLIC,
                         [steps.evidence("each head is a function of X and its own projections only" if ok
                                         else "a head depends on another head's parameters", failed=steps.failed)])
 
@@ -211,7 +211,7 @@ def check_single_head_special_case() -> CheckOutcome:
     _, ev = derivation("multihead")
     evidence.append(ev)
     ok = steps.ok
-    return CheckOutcome(Verdict.PROVED if ok else Verdict.REFUTED, Method.SYMBOLIC, evidence)
+    return proved(steps, Method.SYMBOLIC, evidence)
 
 
 # ---- Lema 1.2: projection widths d/h and per-head cost ---------------------------------------
@@ -242,7 +242,7 @@ def check_projection_dims() -> CheckOutcome:
               "but the h heads together cost as much as one wide head, plus the extra softmaxes",
               sp.Poly(total, C.d).degree() == 0, "sympy: the difference does not depend on d")
     ok = steps.ok
-    return CheckOutcome(Verdict.PROVED if ok else Verdict.REFUTED, Method.SYMBOLIC,
+    return proved(steps, Method.SYMBOLIC,
                         [steps.evidence("Q_i, K_i, V_i have width d_model/h and one head costs less; all heads together "
                                         "cost the same matrix products as one head of width d_model", failed=steps.failed)])
 

@@ -12,7 +12,7 @@ import sympy as sp
 from ..claims import CheckOutcome, Claim, Method, Verdict
 from ._derivations import derivation
 from ._doc import code_block_after, run_document_code
-from ._kit import Steps, claim_at, counterexample, derived, informal_outcome, note, numeric
+from ._kit import Steps, claim_at, counterexample, derived, informal_outcome, note, numeric, proved
 
 DOC = "001"
 
@@ -34,9 +34,10 @@ def check_example_projection_shapes() -> CheckOutcome:
                   vec.shape == (width,) and np.allclose(vec, ns["x_i"] @ ns[weight], rtol=1e-15, atol=0),
                   "running the document's code")
     ok = steps.ok
-    return CheckOutcome(Verdict.PROVED if ok else Verdict.REFUTED, Method.NUMERIC,
+    return proved(steps, Method.NUMERIC,
                         [steps.evidence(f"q_i, k_i have d_k = {dk} entries and v_i has d_v = {dv} (d = {d})"
-                                        if ok else "a projection has the wrong width", failed=steps.failed)])
+                                        if ok else "a projection has the wrong width", failed=steps.failed)],
+                  refuted_by_failure=True)  # the steps run the document's own code
 
 
 # ---- worked example (line 54): one query's attention ------------------------------------------
@@ -67,10 +68,11 @@ def check_example_attention_code() -> CheckOutcome:
               f"(numerics: {err_numerics:.1e})", err_code < 1e-14 and err_numerics < 1e-14,
               "mpmath, 40 digits; float64 rounding bound 1e-14")
     ok = steps.ok
-    return CheckOutcome(Verdict.PROVED if ok else Verdict.REFUTED, Method.NUMERIC,
+    return proved(steps, Method.NUMERIC,
                         [steps.evidence("the document's code computes softmax(q K^T / sqrt(d_k)) V correctly" if ok
                                         else "the document's code does not compute attention", failed=steps.failed,
-                                        weights=weights.tolist(), a_i=a.tolist())])
+                                        weights=weights.tolist(), a_i=a.tolist())],
+                  refuted_by_failure=True)  # the steps run the document's own code
 
 
 # ---- Lema 2 (informal): separate projections ------------------------------------------------------
@@ -175,8 +177,9 @@ def check_example_ffn_code() -> CheckOutcome:
             "the example's code does not do what the text says", failed=steps.failed), ev])
     # The shapes are exact; "GELU ~ tanh formula" is established on a grid here and rigorously (a
     # certified sup bound) only by the gelu derivation: without it the claim is SUPPORTED, not PROVED.
-    verdict = Verdict.PROVED if rigorous else Verdict.SUPPORTED
-    return CheckOutcome(verdict, Method.NUMERIC if rigorous is None else Method.SYMBOLIC, [
+    if not rigorous:  # a grid maximum is no statistic: SUPPORTED would lack its interval and error rate
+        raise RuntimeError("the gelu derivation is not available: the grid check alone gives no verdict")
+    return CheckOutcome(Verdict.PROVED, Method.SYMBOLIC, [
         steps.evidence("the example's code expands 4 -> 8 -> 4 with the standard tanh GELU, within "
                        f"{gap_exact:.2e} of x Phi(x)", grid="2001 points on [-6, 6]", max_error=gap_exact,
                        error_rate="not statistical: a deterministic grid, no bound between grid points"), ev])
@@ -209,7 +212,7 @@ def check_ffn_nonlinear() -> CheckOutcome:
               gap > 1e-6, "numeric witness, far above float64 rounding")
     _, ev = derivation("linear_collapse")
     ok = steps.ok
-    return CheckOutcome(Verdict.PROVED if ok else Verdict.REFUTED, Method.SYMBOLIC,
+    return proved(steps, Method.SYMBOLIC,
                         [steps.evidence("the FFN with GELU is non-affine; without it, it would collapse to one affine map",
                                         failed=steps.failed), ev])
 
@@ -245,9 +248,12 @@ def check_example_multihead_code() -> CheckOutcome:
             "nothing of shape (h*d_v,) exists to concatenate and project with W_O (4 x 4)",
             exception=f"{type(exc).__name__}: {exc}", line=start)])
     out = np.asarray(ns.get("output"))
-    ok = out.shape == (ns["d"],)
-    return CheckOutcome(Verdict.PROVED if ok else Verdict.REFUTED, Method.NUMERIC, [numeric(
-        f"the example's code runs and gives output of shape {out.shape}", shape=list(out.shape))])
+    if out.shape != (ns["d"],):
+        return CheckOutcome(Verdict.REFUTED, Method.NUMERIC, [counterexample(
+            f"the example's code runs but gives output of shape {out.shape}, not ({ns['d']},)", shape=list(out.shape))])
+    # Running with the right shape proves nothing about what it computes: no verdict without a check.
+    raise RuntimeError(f"the example's code (fence on line {start}) now runs and gives shape {out.shape}: "
+                       "compare its output with numerics.multi_head_attention before giving a verdict")
 
 
 # ---- Teorema 1 (informal): expressivity --------------------------------------------------------

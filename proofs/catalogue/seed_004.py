@@ -18,7 +18,7 @@ import sympy as sp
 from ..claims import CheckOutcome, Claim, Method, Verdict
 from ._derivations import derivation
 from ._doc import bmatrices, column, printed_numbers
-from ._kit import Steps, claim_at, counterexample, informal_outcome, note, numeric
+from ._kit import Steps, claim_at, counterexample, informal_outcome, note, numeric, proved
 from ._worked import Quantity, WorkedExample, softmax_row
 
 DOC = "004"
@@ -99,7 +99,7 @@ def check_observations() -> CheckOutcome:
     steps.add(r"\alpha_{ij} \ge 0,\ \alpha_{ij} = 0\ (j > i),\ \textstyle\sum_j \alpha_{ij} = 1",
               "numerics, causal, 7 tokens", ok_num, "numeric, float64")
     ok = steps.ok
-    return CheckOutcome(Verdict.PROVED if ok else Verdict.REFUTED, Method.SYMBOLIC, [
+    return proved(steps, Method.SYMBOLIC, [
         steps.evidence("the (causal) softmax weights are a probability distribution over the preceding words",
                        failed=steps.failed),
         note("the other three bullets (weighting of values, parallelisation, masking against 'cheating') are informal"),
@@ -148,7 +148,10 @@ def check_translation_invariance() -> CheckOutcome:
                  "every score of a row, and the weighted sum of values is translation-equivariant (a_i + t W^V), not "
                  "invariant. Only if t W^Q (W^K)^T = 0 do the weights stay put, and then a_i moves by exactly t W^V."),
         ])
-    return CheckOutcome(Verdict.PROVED, Method.NUMERIC, [numeric("translation left the outputs unchanged", results=results)])
+    # One example left unchanged proves no invariance (and the score shift above depends on j):
+    # no verdict without evidence for it.
+    raise RuntimeError("translating the document's example by t = (1, 1, 1, 1) left every output unchanged; "
+                       f"that neither proves nor refutes translation invariance: {results}")
 
 
 # ---- Teorema 1: causal masking ---------------------------------------------------------------
@@ -184,7 +187,7 @@ def check_causal_mask() -> CheckOutcome:
               "numeric, float64: earlier outputs move by <= 1e-15 (in practice 0)")
     _, ev = derivation("causality")
     ok = steps.ok
-    return CheckOutcome(Verdict.PROVED if ok else Verdict.REFUTED, Method.SYMBOLIC,
+    return proved(steps, Method.SYMBOLIC,
                         [steps.evidence("with the causal mask a_i depends only on x_j, j <= i", failed=steps.failed), ev])
 
 
@@ -229,7 +232,7 @@ def check_unmasked_dependence() -> CheckOutcome:
               "numeric")
     _, ev = derivation("causality")
     ok = steps.ok
-    return CheckOutcome(Verdict.PROVED if ok else Verdict.REFUTED, Method.SYMBOLIC,
+    return proved(steps, Method.SYMBOLIC,
                         [steps.evidence("without the mask a_i depends on later tokens", failed=steps.failed), ev])
 
 
