@@ -139,9 +139,7 @@ def init_params(
 
 
 def _check_params(params: MHAParams, xp: ModuleType) -> None:
-    h = params.num_heads
-    if not isinstance(h, int) or h < 1:
-        raise ValueError(f"params.num_heads must be a positive int, got {h!r}")
+    h = bk.positive_int("params.num_heads", params.num_heads)
     for name in _WEIGHTS:
         bk.check_float_array(f"params.{name}", getattr(params, name), xp, ndim=2)
     for name in _BIASES:
@@ -199,6 +197,7 @@ def _prepare(x, params, memory, mask, causal, check_finite, d_out=None) -> _Call
     named_params = {f"params.{n}": a for n, a in params.arrays().items()}
     xp = bk.namespace_of(x=x, memory=memory, mask=mask, d_out=d_out, **named_params)
     _check_params(params, xp)
+    params = replace(params, num_heads=int(params.num_heads))  # NumPy integers too
     bk.check_float_array("x", x, xp, min_ndim=2)
     bk.check_same_dtype(x=x, memory=memory, d_out=d_out, **{"params.w_q": params.w_q})
     if x.shape[-1] != params.d_model:

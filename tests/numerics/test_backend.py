@@ -59,3 +59,15 @@ def test_broadcast_shapes_matches_numpy():
         assert bk.broadcast_shapes(*shapes) == np.broadcast_shapes(*shapes)
     with pytest.raises(ValueError, match="do not broadcast"):
         bk.broadcast_shapes((2, 3), (4, 3))
+
+
+def test_num_heads_may_be_a_numpy_integer_but_must_be_positive(xp):
+    params = numerics.init_params(4, 2, xp=xp)
+    x = xp.ones((1, 3, 4), dtype=xp.float64)
+    expected = numerics.multi_head_attention(x, params)
+    params.num_heads = np.int64(2)
+    assert bk.namespace_of(out=numerics.multi_head_attention(x, params)) is xp
+    np.testing.assert_array_equal(np.asarray(numerics.multi_head_attention(x, params)), np.asarray(expected))
+    params.num_heads = 0
+    with pytest.raises(ValueError, match="params.num_heads must be a positive integer"):
+        numerics.multi_head_attention(x, params)
