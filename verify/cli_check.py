@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from verify._console import stdout_console
+
 _VERDICT_STYLE = {
     "PROVED": "green",
     "SUPPORTED": "cyan",
@@ -107,8 +109,7 @@ def check(json_path: Path | None, pattern: str | None, progress: bool | None) ->
 
     from proofs.catalogue import all_claims, not_run
 
-    # Piped output gets a wide table rather than rich's 80-column default.
-    console = Console() if sys.stdout.isatty() else Console(width=160)
+    console = stdout_console()
     claims = select_claims(all_claims(), pattern)
     if not claims:
         raise click.UsageError(f"--only {pattern!r} matches no claim id or source")

@@ -18,6 +18,8 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
+from verify._console import stdout_console
+
 __all__ = ["mc", "parse_dks"]
 
 _DISTS = ("normal", "uniform", "rademacher", "t5")
@@ -146,9 +148,7 @@ def _verdict_style(v: str) -> str:
 
 
 def _finish(sweep, json_path: Path | None, plot_path: Path | None) -> None:
-    from rich.console import Console
-
-    console = Console()
+    console = stdout_console()
     for f in sweep.findings:
         console.print(f"{_verdict_style(f.verdict)} {escape(f.claim)}", highlight=False)
         console.print(f"    [dim]{escape(f.evidence())}; source: {escape(f.source)}[/]", highlight=False)
@@ -171,7 +171,6 @@ def _finish(sweep, json_path: Path | None, plot_path: Path | None) -> None:
 
 
 def _variance_table(sweep) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     per = sweep.alpha / sweep.tests
@@ -199,10 +198,10 @@ def _variance_table(sweep) -> None:
         row += [_verdict_style(mean_check.verdict) if mean_check else "",
                 f"{p.result.seconds:.2f}" + (" [yellow]INCOMPLETE[/]" if p.result.incomplete else "")]
         table.add_row(*row)
-    Console().print(table)
+    stdout_console().print(table)
     notes = {c.note for c in sweep.checks if c.note}
     for note in notes:
-        Console().print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+        stdout_console().print(f"[yellow]note:[/] {escape(note)}", highlight=False)
 
 
 def _common_kwargs(dk, samples, rel_error, dist, backend, seed, alpha, workers, progress) -> dict:
@@ -283,7 +282,6 @@ def projected_cmd(dk, samples, rel_error, dist, backend, seed, alpha, workers, j
 @click.option("--keys", type=click.IntRange(min=2), default=16, show_default=True, help="Keys per query row.")
 def saturation_cmd(dk, samples, rel_error, dist, backend, seed, alpha, workers, json_path, plot_path, progress, keys):
     """Softmax saturation and gradients against d_k, raw against scaled scores."""
-    from rich.console import Console
     from rich.table import Table
 
     from verify.montecarlo.experiments import saturation_sweep
@@ -291,7 +289,7 @@ def saturation_cmd(dk, samples, rel_error, dist, backend, seed, alpha, workers, 
     kw = _common_kwargs(dk, samples, rel_error, dist, backend, seed, alpha, workers, progress)
     kw.update(n_keys=keys)
     sweep = _run_sweep(saturation_sweep, kw)
-    console = Console()
+    console = stdout_console()
     for tag, title in (("raw", "raw scores q·k"), ("scaled", "scaled scores q·k/sqrt(d_k)")):
         table = Table(title=f"softmax over {keys} keys, {title}: means (intervals in --json)")
         for col in ("d_k", "rows", "max weight", "entropy", "||J||_F", "max ||J||_F", "||ds/dq||_F",
