@@ -1,11 +1,13 @@
 """Split large NumPy attention problems over the CPU cores.
 
 NumPy's elementwise passes (the softmax over (..., N, M) scores) run on one core, and its
-BLAS threads fight over small per-head products. For large NumPy problems, attention is
-therefore cut along one batch axis into one slab per core; each slab runs the ordinary
-code path in its own thread with BLAS limited to one thread (NumPy releases the GIL in
-ufuncs and BLAS calls), and the slabs are joined in order. Every slab sees whole rows, so
-the numbers are those of the unsplit computation up to the BLAS kernel's summation order.
+BLAS threads fight over small per-head products. For large NumPy problems, attention (and
+multi-head attention, projections included) is therefore cut along one batch axis into one
+slab per core; each slab runs the ordinary code path in its own thread with BLAS limited to
+one thread (NumPy releases the GIL in ufuncs and BLAS calls; without the limit, OpenBLAS
+threads left spinning after a GEMM compete with the slab threads), and the slabs are joined
+in order. Every slab sees whole rows, so the numbers are those of the unsplit computation up
+to the BLAS kernel's summation order. The BLAS limit is process-wide while a split call runs.
 
 Other namespaces (CuPy, torch, array_api_strict) run unsplit: they parallelise internally.
 """
