@@ -16,7 +16,8 @@ These are exactly ``torch.nn.TransformerEncoderLayer`` with ``dropout=0``,
 ``activation="gelu"`` (or the tanh GELU), ``norm_first=False`` / ``True``, in eval mode.
 
 The backward pass is composed by hand, by the chain rule through the lines above, from
-:func:`numerics.multi_head_attention_backward`, :func:`numerics.layer_norm_backward` and
+:func:`numerics.multi_head_attention_vjp` (its forward values kept, not recomputed),
+:func:`numerics.layer_norm_backward` and
 :func:`numerics.feed_forward_backward` (no automatic differentiation). float16 / bfloat16
 inputs are cast once to float32, the whole block is computed in float32, and every result
 is rounded once back to the input's dtype.
@@ -36,7 +37,7 @@ from . import _backend as bk
 from . import layers as _layers
 from . import multihead as _multihead
 from .layers import FFNParams, feed_forward, feed_forward_backward, init_ffn_params, layer_norm, layer_norm_backward
-from .multihead import MHAParams, init_params, multi_head_attention, multi_head_attention_backward
+from .multihead import MHAParams, init_params, multi_head_attention, multi_head_attention_vjp
 
 __all__ = ["BlockParams", "BlockGradients", "init_block_params", "transformer_block", "transformer_block_backward"]
 
@@ -299,8 +300,9 @@ def _mha(c: _Call, u: Any) -> Any:
     return multi_head_attention(u, c.params.attn, mask=c.mask, causal=c.causal, check_finite=False)
 
 
-def _mha_backward(c: _Call, u: Any, d: Any):
-    return multi_head_attention_backward(u, c.params.attn, d, mask=c.mask, causal=c.causal, check_finite=False)
+def _mha_vjp(c: _Call, u: Any):
+    """``(MHA(u), backward)``: the attention's forward values are kept for its backward."""
+    return multi_head_attention_vjp(u, c.params.attn, mask=c.mask, causal=c.causal, check_finite=False)
 
 
 def _ln(c: _Call, which: int, u: Any) -> Any:
@@ -338,24 +340,26 @@ def _backward(c: _Call, d_h: Any) -> BlockGradients:
     x = c.x
     if c.norm == "post":
         # Forward again, keeping what the backward needs.
-        t2 = x + _mha(c, x)
+        t1, mha_backward = _mha_vjp(c, x)
+        t2 = x + t1
         t3 = _ln(c, 1, t2)
         t5 = t3 + _ffn(c, t3)
         # H = LN2(T5); T5 = T3 + FFN(T3); T3 = LN1(T2); T2 = X + MHA(X).
         d_t5, dg2, db2 = _ln_backward(c, 2, t5, d_h)
         d_t3_ffn, g_ffn = _ffn_backward(c, t3, d_t5)
         d_t2, dg1, db1 = _ln_backward(c, 1, t2, d_t5 + d_t3_ffn)
-        g_attn = _mha_backward(c, x, d_t2)
+        g_attn = mha_backward(d_t2)
         dx = d_t2 + g_attn.x
     else:
         u = _ln(c, 1, x)
-        t = x + _mha(c, u)
+        t1, mha_backward = _mha_vjp(c, u)
+        t = x + t1
         v = _ln(c, 2, t)
         # H = T + FFN(V); V = LN2(T); T = X + MHA(U); U = LN1(X).
         d_v, g_ffn = _ffn_backward(c, v, d_h)
         d_t_ln, dg2, db2 = _ln_backward(c, 2, t, d_v)
         d_t = d_h + d_t_ln
-        g_attn = _mha_backward(c, u, d_t)
+        g_attn = mha_backward(d_t)
         d_x_ln, dg1, db1 = _ln_backward(c, 1, x, g_attn.x)
         dx = d_t + d_x_ln
     xp, dtype = c.xp, c.dtype
