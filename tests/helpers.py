@@ -75,20 +75,27 @@ def numerical_gradient(f, inputs: dict, d_out, eps: float = 1e-6) -> dict:
         assert out.shape == weights.shape, f"f returned shape {out.shape}, d_out has shape {weights.shape}"
         return float(np.sum(weights * out))
 
+    return central_differences(point, objective, eps)
+
+
+def central_differences(point: dict, objective, step) -> dict:
+    """``(objective(x + step) - objective(x - step)) / (2 step)`` for every entry of every
+    non-None array in ``point``, perturbed in place (NumPy float64 or object arrays of mpmath
+    numbers); ``objective()`` reads ``point``. Returns float64 gradients by name."""
     grads = {}
     for name, a in point.items():
         if a is None:
             continue
-        g = np.zeros_like(a)
-        flat, gflat = a.reshape(-1), g.reshape(-1)  # views into point[name] and g
+        g = np.empty(a.shape, dtype=np.float64)
+        flat, gflat = a.reshape(-1), g.reshape(-1)  # flat is a view into point[name]
         for i in range(flat.size):
             saved = flat[i]
-            flat[i] = saved + eps
+            flat[i] = saved + step
             plus = objective()
-            flat[i] = saved - eps
+            flat[i] = saved - step
             minus = objective()
             flat[i] = saved
-            gflat[i] = (plus - minus) / (2.0 * eps)
+            gflat[i] = float((plus - minus) / (2 * step))
         grads[name] = g
     return grads
 

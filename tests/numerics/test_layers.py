@@ -34,7 +34,14 @@ from numerics.layers import (
     layer_norm,
     layer_norm_backward,
 )
-from tests.helpers import assert_gradcheck, from_numpy, numerical_gradient, relative_error, to_numpy
+from tests.helpers import (
+    assert_gradcheck,
+    central_differences,
+    from_numpy,
+    numerical_gradient,
+    relative_error,
+    to_numpy,
+)
 
 MP_DPS = 40
 TOL64 = 1e-12
@@ -107,22 +114,7 @@ def mp_gradients(f, inputs: dict, d_out) -> dict:
         def objective():
             return (weights * f(**point)).sum()
 
-        grads = {}
-        for name, arr in point.items():
-            if arr is None:
-                continue
-            g = np.empty(arr.shape, dtype=np.float64)
-            flat, gflat = arr.reshape(-1), g.reshape(-1)
-            for i in range(flat.size):
-                saved = flat[i]
-                flat[i] = saved + step
-                plus = objective()
-                flat[i] = saved - step
-                minus = objective()
-                flat[i] = saved
-                gflat[i] = float((plus - minus) / (2 * step))
-            grads[name] = g
-        return grads
+        return central_differences(point, objective, step)
 
 
 def mp_forward(f, inputs: dict) -> np.ndarray:

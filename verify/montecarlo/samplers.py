@@ -193,7 +193,7 @@ class ProjectedSampler:
     def predicted(self) -> tuple[float, float]:
         """Exact ``(mean, variance)``: the ensemble formula (fresh) or the conditional one (fixed)."""
         if self.weights == "fresh":
-            return projected_moments(self.d_k, self.d_model, self.same_token, self.dist.kurtosis)
+            return self.ensemble_predicted()
         return projected_conditional_moments(*self._w_host, self.same_token, self.dist.kurtosis)
 
     def ensemble_predicted(self) -> tuple[float, float]:
