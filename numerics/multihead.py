@@ -352,18 +352,20 @@ def multi_head_attention_vjp(
     """
     c = _prepare(x, params, memory, mask, causal, check_finite)
     per_slab = _in_slabs(c, _forward_saving)
-    out = c.xp.astype(_join(c, per_slab, ("batch", "keep"))[0], c.dtype, copy=False)
-    saved = [result[1] for result in per_slab.results]
+    out = c.xp.astype(_join(c, per_slab, ("batch",))[0], c.dtype, copy=False)  # (out, saved): out only
+    # The backward keeps only what it needs: not the per-slab outputs (already joined).
+    saved, axis = [result[1] for result in per_slab.results], per_slab.axis
+    del per_slab
 
     def backward(d_out: Any) -> MHAGradients:
         """Gradients of ``sum(d_out * out)``; d_out has the output's shape (..., N, D)."""
         _check_d_out(c, d_out, check_finite)
         d_out = c.xp.astype(d_out, c.params.w_q.dtype, copy=False)
-        if per_slab.axis is None:
+        if axis is None:
             results = _backward_saved(saved[0], d_out)
         else:
-            results = _join(c, _Slabs(per_slab.axis, _parallel.map_slabs(
-                _backward_saved_slab, [d_out], per_slab.axis, c.batch, extras=saved)), _backward_joins(c))
+            per_slab_grads = _parallel.map_slabs(_backward_saved_slab, [d_out], axis, c.batch, extras=saved)
+            results = _join(c, _Slabs(axis, per_slab_grads), _backward_joins(c))
         return _gradients_result(c, results)
 
     return out, backward
@@ -510,17 +512,15 @@ def _in_slabs(c: _Call, fn, d_out: Any = None) -> _Slabs:
 def _join(c: _Call, slabs: _Slabs, joins: tuple[str, ...]) -> list[Any]:
     """Put each result together from the slabs, as ``joins`` says: "batch" (it has the batch
     dims: concatenate), "sum" (a partial sum, e.g. a parameter gradient), "memory" (memory's
-    gradient: concatenated when memory was split, summed when shared across the split axis)
-    or "keep" (the list of per-slab values)."""
+    gradient: concatenated when memory was split, summed when shared across the split axis).
+    Results beyond ``joins`` are left out."""
     if slabs.axis is None:
-        return list(slabs.results[0])
+        return list(slabs.results[0])[: len(joins)]
     ndim = len(c.batch) + 2
     memory_split = _parallel.was_split(c.memory, slabs.axis, ndim)
     joined = []
     for how, outputs in zip(joins, zip(*slabs.results)):
-        if how == "keep":
-            joined.append(list(outputs))
-        elif how == "batch":
+        if how == "batch":
             joined.append(c.xp.concat(outputs, axis=slabs.axis))
         elif how == "memory" and memory_split:
             # memory may have fewer leading dims than the broadcast batch: its own axis.
