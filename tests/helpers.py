@@ -2,17 +2,42 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 
 from numerics._backend import get_namespace
 
-#: Every namespace the numerics tests run on. CuPy skips only when no CUDA device is present.
-BACKENDS = ["numpy", "array_api_strict", "torch", "cupy"]
+#: Namespaces that are optional extras, with the install line a skip reason names.
+OPTIONAL_BACKENDS = {
+    "torch": "pip install 'attnverify[torch]'",
+    "cupy": "pip install 'attnverify[gpu]' on a machine with a CUDA device",
+}
+
+
+def backend_params(*names: str) -> list:
+    """pytest parameters for the namespaces ``names``; an optional one that is not installed
+    becomes a skipped parameter whose reason says how to install it."""
+    params = []
+    for name in names:
+        if name in OPTIONAL_BACKENDS and importlib.util.find_spec(name) is None:
+            reason = f"{name} is not installed ({OPTIONAL_BACKENDS[name]})"
+            params.append(pytest.param(name, marks=pytest.mark.skip(reason=reason)))
+        else:
+            params.append(name)
+    return params
+
+
+#: Every namespace the numerics tests run on. torch and CuPy skip when not installed, and
+#: CuPy also when no CUDA device is present.
+BACKENDS = backend_params("numpy", "array_api_strict", "torch", "cupy")
 
 
 def load_backend(name: str):
     """The array-API namespace ``name``, or a pytest skip for CuPy without a CUDA device."""
+    if name in OPTIONAL_BACKENDS:
+        pytest.importorskip(name, reason=f"{name} is not installed ({OPTIONAL_BACKENDS[name]})")
     if name == "cupy":
         cupy = pytest.importorskip("cupy")
         try:

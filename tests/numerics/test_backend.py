@@ -8,6 +8,7 @@ import pytest
 
 import numerics
 from numerics import _backend as bk
+from tests.helpers import backend_params
 
 
 def test_numpy_caller_never_imports_cupy_or_torch():
@@ -23,7 +24,7 @@ def test_numpy_caller_never_imports_cupy_or_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.parametrize("name", ["numpy", "array_api_strict", "torch"])
+@pytest.mark.parametrize("name", backend_params("numpy", "array_api_strict", "torch"))
 def test_get_namespace_by_name_and_module(name):
     xp = bk.get_namespace(name)
     module = __import__(name)

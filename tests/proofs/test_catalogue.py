@@ -383,16 +383,38 @@ def test_whole_catalogue_is_fast(results):
     assert sum(r.seconds for r in results.values()) < 40
 
 
-def test_claims_that_need_torch_are_listed_as_not_run_when_torch_is_missing(monkeypatch):
+@pytest.mark.parametrize("torch_installed", [False, True])
+def test_claims_that_need_torch_are_listed_as_not_run_when_torch_is_missing(monkeypatch, torch_installed):
+    """Both worlds, whichever this machine is: listing the claims never imports torch, so
+    ``find_spec`` decides alone."""
+    import importlib.machinery
     import importlib.util
 
     from proofs import catalogue
     from proofs.catalogue import seed_002
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    fake_spec = importlib.machinery.ModuleSpec("torch", loader=None)
+
+    def find_spec(name, *args):
+        if name == "torch":
+            return fake_spec if torch_installed else None
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     ids = {c.id for c in catalogue.all_claims()}
-    assert not any("multiheadattention" in i for i in ids)
-    assert len(catalogue.not_run()) == 2 and all("needs torch" in r for r in catalogue.not_run())
-    monkeypatch.setattr(importlib.util, "find_spec", real)
-    assert catalogue.not_run() == [] and len(seed_002.claims()) == 4
+    code_claims = {i for i in ids if "multiheadattention" in i}
+    if torch_installed:
+        assert len(code_claims) == 2 and catalogue.not_run() == [] and len(seed_002.claims()) == 4
+    else:
+        assert not code_claims and len(seed_002.claims()) == 2
+        reasons = catalogue.not_run()
+        assert len(reasons) == 2 and all("needs torch" in r and "attnverify[torch]" in r for r in reasons)
+
+
+def test_not_run_matches_this_machine():
+    import importlib.util
+
+    from proofs import catalogue
+
+    assert (catalogue.not_run() == []) == (importlib.util.find_spec("torch") is not None)
