@@ -34,6 +34,11 @@ __all__ = [
     "resolve_dtype",
     "positive_int",
     "non_negative_int",
+    "check_flag",
+    "check_seed",
+    "batch_of",
+    "max_abs",
+    "check_result_finite",
 ]
 
 # Names a caller may use in ``xp=``; each is imported only when asked for.
@@ -243,3 +248,53 @@ def non_negative_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
     return int(value)
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """``value`` as a Python bool when it is a Python or NumPy bool, else TypeError naming ``name``.
+
+    Every boolean option of the public numerics API (``causal``, ``return_weights``,
+    ``check_finite``, ``bias`` ...) goes through here, so they all accept the same things:
+    ``True``/``False`` and ``numpy.True_``/``numpy.False_``; not 0/1, strings or None.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool (True or False), got {type(value).__name__} {value!r}")
+
+
+def check_seed(value: Any) -> int:
+    """A seed for ``numpy.random``: a non-negative Python or NumPy integer, as a Python int."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"seed must be a non-negative integer, got {type(value).__name__} {value!r}")
+    if value < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def batch_of(x: Any) -> tuple[int, ...]:
+    """The batch dims of an (..., rows, cols) array or mask: all but the last two (none when
+    it has fewer than three dims)."""
+    return tuple(int(n) for n in x.shape[:-2])
+
+
+def max_abs(xp: ModuleType, x: Any) -> float:
+    """``max |x|`` as a Python float (0.0 for an empty array; NaN or inf when ``x`` holds them)."""
+    if math.prod(x.shape) == 0:
+        return 0.0
+    return float(xp.max(xp.abs(x)))
+
+
+def check_result_finite(xp: ModuleType, function: str, **results: Any) -> None:
+    """Raise ValueError when a result of ``function`` (computed from finite inputs) is not finite.
+
+    The last line of every public function that runs with ``check_finite=True``: a result
+    beyond the dtype's range (the exact value overflows) becomes a clear error, never a
+    silent inf or NaN.
+    """
+    for name, x in results.items():
+        if x is not None and not bool(xp.all(xp.isfinite(x))):
+            raise ValueError(
+                f"{function}: {name} (shape {shape_str(x)}, {x.dtype}) is not finite although every "
+                f"input is: the exact result is beyond the range of {x.dtype}; rescale the inputs "
+                "or compute in a wider dtype"
+            )

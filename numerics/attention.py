@@ -63,7 +63,13 @@ class _Problem:
     v: Any
     allowed: Any  # boolean (..., N, M) or None when every key is allowed
     scale: float
-    batch: tuple[int, ...]
+    batch: tuple[int, ...]  # broadcast batch dims of q, k, v and mask: those of the output
+    # Set when scale * q k^T could overflow: (q / max|q|, k / max|k|, (|scale|, max|q|, max|k|)),
+    # the unit-scale operands and the factors that take their shifted scores back (see _scores).
+    unit: tuple[Any, Any, tuple[float, ...]] | None = None
+    # Normalise the (N, M) weights before the product with v: the unnormalised product could
+    # overflow when M max|v| is beyond the dtype's range.
+    weights_first: bool = False
 
 
 def _prepare(q, k, v, mask, causal, scale, check_finite, d_out=None) -> _Problem:
@@ -71,6 +77,8 @@ def _prepare(q, k, v, mask, causal, scale, check_finite, d_out=None) -> _Problem
     for name, x in (("q", q), ("k", k), ("v", v)):
         bk.check_float_array(name, x, xp, min_ndim=2)
     bk.check_same_dtype(q=q, k=k, v=v, d_out=d_out)
+    causal = bk.check_flag("causal", causal)
+    check_finite = bk.check_flag("check_finite", check_finite)
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(
             f"q and k must have the same width K: q has shape {bk.shape_str(q)}, k has shape {bk.shape_str(k)}"
@@ -79,14 +87,18 @@ def _prepare(q, k, v, mask, causal, scale, check_finite, d_out=None) -> _Problem
         raise ValueError(
             f"k and v must have the same length M: k has shape {bk.shape_str(k)}, v has shape {bk.shape_str(v)}"
         )
+    if mask is not None and mask.dtype != xp.bool:
+        raise TypeError(f"mask must be a boolean array (True = may attend), got dtype {mask.dtype}")
+    shapes = [bk.batch_of(q), bk.batch_of(k), bk.batch_of(v)] + ([] if mask is None else [bk.batch_of(mask)])
     try:
-        batch = bk.broadcast_shapes(tuple(q.shape[:-2]), tuple(k.shape[:-2]), tuple(v.shape[:-2]))
+        batch = bk.broadcast_shapes(*shapes)
     except ValueError:
-        raise ValueError(
-            "the batch dimensions of q, k and v must broadcast: "
-            f"q has shape {bk.shape_str(q)}, k has shape {bk.shape_str(k)}, v has shape {bk.shape_str(v)}"
-        ) from None
-    n, m = int(q.shape[-2]), int(k.shape[-2])
+        listing = f"q has shape {bk.shape_str(q)}, k has shape {bk.shape_str(k)}, v has shape {bk.shape_str(v)}"
+        if mask is not None:
+            listing += f", mask has shape {bk.shape_str(mask)}"
+        names = "q, k and v" if mask is None else "q, k, v and mask"
+        raise ValueError(f"the batch dimensions of {names} must broadcast: {listing}") from None
+    n, m, width = int(q.shape[-2]), int(k.shape[-2]), int(q.shape[-1])
     if mask is not None:
         bk.check_mask(mask, batch + (n, m), xp, target_desc="(..., N, M) =")
     if d_out is not None:
@@ -95,11 +107,19 @@ def _prepare(q, k, v, mask, causal, scale, check_finite, d_out=None) -> _Problem
             raise ValueError(
                 f"d_out must have the output's shape {expected}, got shape {bk.shape_str(d_out)}"
             )
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else bk.check_scale(scale)
+    # K = 0: every score is an empty dot product, 0, whatever the scale; take 1 for it.
+    scale = (1.0 / math.sqrt(width) if width else 1.0) if scale is None else bk.check_scale(scale)
+    # One reduction per operand gives both the finiteness check and the magnitudes that
+    # decide whether the scores or the product with v could overflow.
+    amax = {name: bk.max_abs(xp, x) for name, x in (("q", q), ("k", k), ("v", v))}
     if check_finite:
-        bk.check_finite(xp, q=q, k=k, v=v, d_out=d_out)
+        for name, x in (("q", q), ("k", k), ("v", v)):
+            if not math.isfinite(amax[name]):
+                raise ValueError(
+                    f"{name} contains NaN or Inf (shape {bk.shape_str(x)}); "
+                    "pass check_finite=False to skip this check"
+                )
+        bk.check_finite(xp, d_out=d_out)
 
     allowed = mask
     if causal:
@@ -107,30 +127,69 @@ def _prepare(q, k, v, mask, causal, scale, check_finite, d_out=None) -> _Problem
         allowed = tri if allowed is None else (allowed & tri)
     work = bk.compute_dtype(xp, q.dtype)
     q, k, v = (xp.astype(x, work, copy=False) for x in (q, k, v))
-    return _Problem(xp, q, k, v, allowed, scale, batch)
+    # |scale q k^T| <= |scale| K max|q| max|k|; shifting by the row max can double it.
+    limit = float(xp.finfo(work).max) / 4
+    aq, ak = amax["q"], amax["k"]
+    unit = None
+    if aq > 0 and ak > 0 and (abs(scale) * width * aq * ak > limit or abs(scale) * aq > limit):
+        sign = 1.0 if scale > 0 else -1.0
+        unit = ((q / aq) * sign, k / ak, (abs(scale), aq, ak))
+    weights_first = amax["v"] * max(m, 1) > limit
+    return _Problem(xp, q, k, v, allowed, scale, batch, unit, weights_first)
+
+
+def _scores(p: _Problem) -> Any:
+    """Scores (..., N, M) with excluded entries at -inf; when ``p.unit`` is set, the scores
+    of the unit-scale operands, which :func:`_unnormalised_weights` takes back after the shift."""
+    xp = p.xp
+    if p.unit is None:
+        # Scaling q (N x K) costs less than scaling the scores (N x M).
+        scores = (p.q * p.scale) @ xp.matrix_transpose(p.k)
+    else:
+        scores = p.unit[0] @ xp.matrix_transpose(p.unit[1])
+    if p.allowed is None:
+        return scores
+    if p.allowed.ndim > 2 and bk.broadcast_shapes(bk.batch_of(scores), bk.batch_of(p.allowed)) != bk.batch_of(scores):
+        # The mask has batch dims that q and k lack: a fresh array of the broadcast shape.
+        return xp.where(p.allowed, scores, -xp.inf)
+    return bk.masked_fill(xp, scores, p.allowed, -xp.inf)
 
 
 def _unnormalised_weights(p: _Problem) -> tuple[Any, Any]:
     """``(e, l)``: unnormalised weights (..., N, M) and their row sums (..., N, 1)."""
     xp = p.xp
-    # Scaling q (N x K) costs less than scaling the scores (N x M).
-    scores = (p.q * p.scale) @ xp.matrix_transpose(p.k)
-    if p.allowed is not None:
-        scores = bk.masked_fill(xp, scores, p.allowed, -xp.inf)
-    return softmax_unnormalised(xp, scores, axis=-1, overwrite=True)
+    scores = _scores(p)
+    if scores.shape[-1] == 0:
+        # M = 0: no key at all, as a fully masked row: weights 0, output 0.
+        total = xp.zeros((*scores.shape[:-1], 1), dtype=scores.dtype, device=array_api_compat.device(scores))
+        return scores, total
+    factors = () if p.unit is None else p.unit[2]
+    return softmax_unnormalised(xp, scores, axis=-1, overwrite=True, factors=factors)
 
 
 def _forward(p: _Problem, return_weights: bool) -> tuple[Any, ...]:
-    """``(out,)`` or ``(out, weights)`` in the compute dtype."""
+    """``(out,)`` or ``(out, weights)`` in the compute dtype; the weights have the output's
+    batch dims (those of q, k, v and mask broadcast together)."""
     xp = p.xp
-    e, total = _unnormalised_weights(p)
-    # Normalise the (N, V) output rather than the larger (N, M) weights.
-    out = safe_divide(xp, e @ p.v, total, overwrite=True)
-    return (out, safe_divide(xp, e, total, overwrite=True)) if return_weights else (out,)
+    if p.weights_first:
+        weights, out = _weights_and_output(p)
+    else:
+        e, total = _unnormalised_weights(p)
+        # Normalise the (N, V) output rather than the larger (N, M) weights.
+        out = safe_divide(xp, e @ p.v, total, overwrite=True)
+        weights = safe_divide(xp, e, total, overwrite=True) if return_weights else None
+    if not return_weights:
+        return (out,)
+    if bk.batch_of(weights) != p.batch:
+        # Batch dims that only v has: the same weights for each, as separate copies.
+        weights = xp.asarray(xp.broadcast_to(weights, (*p.batch, *weights.shape[-2:])), copy=True)
+    return out, weights
 
 
 def _weights_and_output(p: _Problem) -> tuple[Any, Any]:
-    """``(weights, out)``: normalised weights (..., N, M) and output (..., N, V), compute dtype."""
+    """``(weights, out)``: normalised weights (..., N, M) and output (..., N, V), compute dtype.
+
+    The weights have the batch dims of q, k and mask (not those only v has)."""
     xp = p.xp
     e, total = _unnormalised_weights(p)
     weights = safe_divide(xp, e, total, overwrite=True)
@@ -167,10 +226,13 @@ def _run(p: _Problem, fn, *extra: Any) -> tuple[Any, ...]:
     if axis is None:
         return fn(p, *extra)
 
-    def slab(q, k, v, allowed, *rest):
-        return fn(replace(p, q=q, k=k, v=v, allowed=allowed), *rest)
+    def slab(q, k, v, allowed, unit_q, unit_k, *rest):
+        unit = None if p.unit is None else (unit_q, unit_k, p.unit[2])
+        # q, k and v all have the problem's batch dims (same_batch): the slab's are q's.
+        return fn(replace(p, q=q, k=k, v=v, allowed=allowed, unit=unit, batch=bk.batch_of(q)), *rest)
 
-    arrays = [p.q, p.k, p.v, p.allowed, *extra]
+    units = [None, None] if p.unit is None else list(p.unit[:2])
+    arrays = [p.q, p.k, p.v, p.allowed, *units, *extra]
     return tuple(_parallel.join_slabs(_parallel.map_slabs(slab, arrays, axis, p.batch), axis))
 
 
@@ -192,27 +254,50 @@ def scaled_dot_product_attention(
     q : array (..., N, K)
     k : array (..., M, K)
     v : array (..., M, V)
-        One real floating dtype; batch dims broadcast against each other.
+        One real floating dtype.
     mask : boolean array, optional
-        Broadcastable to (..., N, M); True means query i may attend to key j.
+        (..., N, M) up to broadcasting; True means query i may attend to key j.
     causal : bool
         Allow key j for query i only when j <= i (combined with ``mask`` by AND).
     scale : float, optional
-        Multiplies the scores; default ``1 / sqrt(K)``.
+        Multiplies the scores; default ``1 / sqrt(K)`` (1 when K = 0).
     return_weights : bool
         Also return the attention weights (..., N, M).
     check_finite : bool
-        Raise ValueError when q, k or v hold NaN or Inf.
+        Raise ValueError when q, k or v hold NaN or Inf, and when the output overflows
+        (see Notes).
 
     Returns
     -------
     out : array (..., N, V), or ``(out, weights)`` when ``return_weights``.
     Rows with no allowed key give output 0 and weights 0. float16/bfloat16 inputs are
     computed in float32 and the results cast back.
+
+    Notes
+    -----
+    Broadcasting: the batch dims ``...`` of q, k, v and mask broadcast together (NumPy's
+    rule, as matmul and torch's SDPA broadcast), on every backend; the output and the
+    weights both have the broadcast batch dims of all four, so they line up (weights that
+    only v's batch dims distinguish are repeated).
+
+    Empty axes: N = 0 or a batch dim of 0 gives an empty output; M = 0 (no key) is a
+    fully masked row, output 0 and weights of shape (..., N, 0); K = 0 makes every score 0
+    (an empty dot product), so the weights are uniform over the allowed keys; V = 0 gives
+    an empty (..., N, 0) output.
+
+    Magnitudes: finite inputs of any magnitude give the exact result rounded, never NaN.
+    Scores whose magnitude the dtype cannot hold (``|scale q.k|`` beyond its largest value)
+    are computed from q and k divided by their largest entries and taken back after the
+    softmax's shift, where only differences matter; an output beyond the dtype's range
+    is a ValueError when ``check_finite`` (else it is inf).
     """
     dtype = q.dtype if hasattr(q, "dtype") else None
+    return_weights = bk.check_flag("return_weights", return_weights)
     p = _prepare(q, k, v, mask, causal, scale, check_finite)
-    results = tuple(p.xp.astype(r, dtype, copy=False) for r in _run(p, partial(_forward, return_weights=return_weights)))
+    results = _run(p, partial(_forward, return_weights=return_weights))
+    if check_finite:
+        bk.check_result_finite(p.xp, "scaled_dot_product_attention", out=results[0])
+    results = tuple(p.xp.astype(r, dtype, copy=False) for r in results)
     return results if return_weights else results[0]
 
 
@@ -230,14 +315,17 @@ def attention_backward(
     """Gradients ``(dq, dk, dv)`` of ``sum(d_out * attention(q, k, v))``.
 
     Arguments as in :func:`scaled_dot_product_attention`; ``d_out`` has the output's
-    shape (..., N, V). Each gradient has the shape of its input (summed over broadcast
-    batch dims). Rows with no allowed key contribute 0 to every gradient.
+    shape (..., N, V), the batch dims of q, k, v and mask broadcast together. Each gradient
+    has the shape of its input (summed over the batch dims it was broadcast along). Rows
+    with no allowed key contribute 0 to every gradient. Empty axes give empty gradients
+    (M = 0: dq is 0). With ``check_finite``, NaN or Inf in any argument, or a gradient
+    beyond the dtype's range, is a ValueError.
     """
     dtype = q.dtype if hasattr(q, "dtype") else None
     p = _prepare(q, k, v, mask, causal, scale, check_finite, d_out=d_out)
     xp = p.xp
     dq, dk, dv = _run(p, _backward, xp.astype(d_out, p.q.dtype, copy=False))
-    return tuple(
-        xp.astype(bk.sum_to_shape(xp, g, tuple(x.shape)), dtype, copy=False)
-        for g, x in ((dq, q), (dk, k), (dv, v))
-    )
+    grads = tuple(bk.sum_to_shape(xp, g, tuple(x.shape)) for g, x in ((dq, q), (dk, k), (dv, v)))
+    if check_finite:
+        bk.check_result_finite(xp, "attention_backward", dq=grads[0], dk=grads[1], dv=grads[2])
+    return tuple(xp.astype(g, dtype, copy=False) for g in grads)
