@@ -294,7 +294,7 @@ def check_result_finite(xp: ModuleType, function: str, **results: Any) -> None:
     for name, x in results.items():
         if x is not None and not bool(xp.all(xp.isfinite(x))):
             raise ValueError(
-                f"{function}: {name} (shape {shape_str(x)}, {x.dtype}) is not finite although every "
-                f"input is: the exact result is beyond the range of {x.dtype}; rescale the inputs "
-                "or compute in a wider dtype"
+                f"{function} overflowed: {name} (shape {shape_str(x)}) is not finite although every "
+                f"input is; the result or an intermediate value is beyond the range of {x.dtype}: "
+                "rescale the inputs or compute in a wider dtype"
             )

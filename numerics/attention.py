@@ -294,10 +294,9 @@ def scaled_dot_product_attention(
     dtype = q.dtype if hasattr(q, "dtype") else None
     return_weights = bk.check_flag("return_weights", return_weights)
     p = _prepare(q, k, v, mask, causal, scale, check_finite)
-    results = _run(p, partial(_forward, return_weights=return_weights))
+    results = tuple(p.xp.astype(r, dtype, copy=False) for r in _run(p, partial(_forward, return_weights=return_weights)))
     if check_finite:
         bk.check_result_finite(p.xp, "scaled_dot_product_attention", out=results[0])
-    results = tuple(p.xp.astype(r, dtype, copy=False) for r in results)
     return results if return_weights else results[0]
 
 
@@ -325,7 +324,9 @@ def attention_backward(
     p = _prepare(q, k, v, mask, causal, scale, check_finite, d_out=d_out)
     xp = p.xp
     dq, dk, dv = _run(p, _backward, xp.astype(d_out, p.q.dtype, copy=False))
-    grads = tuple(bk.sum_to_shape(xp, g, tuple(x.shape)) for g, x in ((dq, q), (dk, k), (dv, v)))
+    grads = tuple(
+        xp.astype(bk.sum_to_shape(xp, g, tuple(x.shape)), dtype, copy=False) for g, x in ((dq, q), (dk, k), (dv, v))
+    )
     if check_finite:
         bk.check_result_finite(xp, "attention_backward", dq=grads[0], dk=grads[1], dv=grads[2])
-    return tuple(xp.astype(g, dtype, copy=False) for g in grads)
+    return grads

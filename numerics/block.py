@@ -156,6 +156,8 @@ def init_block_params(
         raise TypeError(f"noise must be a real number, got {type(noise).__name__}") from None
     if not math.isfinite(noise) or noise < 0:
         raise ValueError(f"noise must be finite and >= 0, got {noise!r}")
+    bias = bk.check_flag("bias", bias)
+    seed = bk.check_seed(seed)
     xp = bk.get_namespace(xp)
     dtype = bk.resolve_dtype(xp, dtype)
     attn_seq, ffn_seq, extra_seq = np.random.SeedSequence(seed).spawn(3)
@@ -241,8 +243,8 @@ def _prepare(x, params, mask, causal, norm, approximate, eps, check_finite, d_ou
         raise ValueError(f"norm must be 'post' or 'pre', got {norm!r}")
     approximate = _layers._check_approximate(approximate)
     eps = _layers._check_eps(eps)
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    causal = bk.check_flag("causal", causal)
+    check_finite = bk.check_flag("check_finite", check_finite)
     named = {f"params.{n}": a for n, a in params.arrays().items()}
     xp = bk.namespace_of(x=x, mask=mask, d_out=d_out, **named)
     bk.check_float_array("x", x, xp, min_ndim=2)
@@ -432,7 +434,10 @@ def transformer_block(
         argument, e.g. ``params.ffn.w1`` or ``params.ln2_gamma``), bad ``eps``, non-finite input.
     """
     c = _prepare(x, params, mask, causal, norm, approximate, eps, check_finite)
-    return c.xp.astype(_forward(c), c.dtype, copy=False)
+    out = _forward(c)
+    if check_finite:
+        bk.check_result_finite(c.xp, "transformer_block", out=out)
+    return c.xp.astype(out, c.dtype, copy=False)
 
 
 def transformer_block_backward(
@@ -472,4 +477,9 @@ def transformer_block_backward(
         all keys) and comes out as rounding noise.
     """
     c = _prepare(x, params, mask, causal, norm, approximate, eps, check_finite, d_out=d_out)
-    return _backward(c, c.xp.astype(d_out, c.x.dtype, copy=False))
+    grads = _backward(c, c.xp.astype(d_out, c.x.dtype, copy=False))
+    if check_finite:
+        bk.check_result_finite(c.xp, "transformer_block_backward", x=grads.x, **{
+            f"params.{n}": a for n, a in grads.params.arrays().items()
+        })
+    return grads

@@ -50,6 +50,8 @@ _TANH_COEF = 0.044715
 
 
 def _check_eps(eps: Any) -> float:
+    if isinstance(eps, (str, bytes, bool, np.bool_)):
+        raise TypeError(f"eps must be a real number, got {type(eps).__name__} {eps!r}")
     try:
         value = float(eps)
     except (TypeError, ValueError):
@@ -96,17 +98,33 @@ def _layer_norm_prepare(x, gamma, beta, eps, check_finite, d_out=None):
         _check_d_out(d_out, tuple(x.shape), "x's shape")
     bk.check_same_dtype(x=x, gamma=gamma, beta=beta, d_out=d_out)
     eps = _check_eps(eps)
+    check_finite = bk.check_flag("check_finite", check_finite)
     if check_finite:
         bk.check_finite(xp, x=x, gamma=gamma, beta=beta, d_out=d_out)
     return xp, eps, bk.compute_dtype(xp, x.dtype)
 
 
 def _normalise(xp: ModuleType, x: Any, eps: float) -> tuple[Any, Any]:
-    """``(xhat, rstd)``: two-pass normalisation over the last axis, rstd of shape (..., 1)."""
-    centred = x - xp.mean(x, axis=-1, keepdims=True)
-    var = xp.mean(centred * centred, axis=-1, keepdims=True)
-    rstd = 1.0 / xp.sqrt(var + eps)
-    return centred * rstd, rstd
+    """``(xhat, rstd)``: two-pass normalisation over the last axis, rstd of shape (..., 1).
+
+    Each row is first divided by its largest magnitude ``a`` (exact for a constant row, which
+    becomes all 1 or all -1, so its centred values are exactly 0), so that neither the mean
+    nor the squares can overflow or underflow: with ``u = x / a``,
+    ``(x - mean x) / sqrt(var x + eps) = (u - mean u) / hypot(std u, sqrt(eps) / a)``.
+    A constant row with ``eps = 0`` (0 / 0) is a ValueError.
+    """
+    a = xp.max(xp.abs(x), axis=-1, keepdims=True)
+    a = xp.where(a > 0, a, xp.ones_like(a))
+    u = x / a
+    centred = u - xp.mean(u, axis=-1, keepdims=True)
+    denom = xp.hypot(xp.sqrt(xp.mean(centred * centred, axis=-1, keepdims=True)), math.sqrt(eps) / a)
+    if eps == 0.0 and math.prod(denom.shape) and not bool(xp.all(denom > 0)):
+        raise ValueError(
+            "layer norm with eps = 0 is undefined (0 / 0) for a row of x whose entries are all equal; "
+            f"x has shape {bk.shape_str(x)}: pass eps > 0"
+        )
+    # rstd = 1 / sqrt(var x + eps) in x's units; 1 / denom first, then / a.
+    return centred / denom, (1.0 / denom) / a
 
 
 def layer_norm(
@@ -127,13 +145,20 @@ def layer_norm(
         Gain and bias, same dtype and namespace as ``x``; omitted means 1 and 0.
     eps : float
         Added to the biased (1/D) variance; must be >= 0. With ``eps=0`` a constant row
-        divides by zero (inf/NaN), as in PyTorch.
+        is 0 / 0: a ValueError (PyTorch gives NaN).
     check_finite : bool
-        Raise ValueError when an argument holds NaN or Inf.
+        Raise ValueError when an argument holds NaN or Inf (and when the result overflows,
+        which only a huge ``gamma`` or ``beta`` can do).
 
     Returns
     -------
     array (..., D), same dtype and namespace as ``x``.
+
+    Notes
+    -----
+    Rows of any finite magnitude are normalised without overflow or underflow (each row
+    is divided by its largest magnitude first), and a constant row gives exactly ``beta``.
+    Leading dims may be empty (an empty result); D = 0 is a ValueError.
     """
     xp, eps, work = _layer_norm_prepare(x, gamma, beta, eps, check_finite)
     y, _ = _normalise(xp, xp.astype(x, work, copy=False), eps)
@@ -141,7 +166,10 @@ def layer_norm(
         y = y * xp.astype(gamma, work, copy=False)
     if beta is not None:
         y = y + xp.astype(beta, work, copy=False)
-    return xp.astype(y, x.dtype, copy=False)
+    y = xp.astype(y, x.dtype, copy=False)
+    if check_finite:
+        bk.check_result_finite(xp, "layer_norm", y=y)
+    return y
 
 
 def layer_norm_backward(
@@ -181,8 +209,12 @@ def layer_norm_backward(
     dbeta = xp.sum(dy_rows, axis=0)
     dgamma = None
     if gamma is not None:
-        dgamma = xp.astype(xp.sum(dy_rows * xp.reshape(xhat, (-1, d)), axis=0), x.dtype, copy=False)
-    return xp.astype(dx, x.dtype, copy=False), dgamma, xp.astype(dbeta, x.dtype, copy=False)
+        dgamma = xp.sum(dy_rows * xp.reshape(xhat, (-1, d)), axis=0)
+    cast = lambda a: None if a is None else xp.astype(a, x.dtype, copy=False)  # noqa: E731
+    dx, dgamma, dbeta = cast(dx), cast(dgamma), cast(dbeta)
+    if check_finite:
+        bk.check_result_finite(xp, "layer_norm_backward", dx=dx, dgamma=dgamma, dbeta=dbeta)
+    return dx, dgamma, dbeta
 
 
 # --------------------------------------------------------------------------- GELU
@@ -242,6 +274,7 @@ def _gelu_prepare(x, approximate, check_finite, d_out=None):
         _check_d_out(d_out, tuple(x.shape), "x's shape")
         bk.check_same_dtype(x=x, d_out=d_out)
     approximate = _check_approximate(approximate)
+    check_finite = bk.check_flag("check_finite", check_finite)
     if check_finite:
         bk.check_finite(xp, x=x, d_out=d_out)
     return xp, approximate, bk.compute_dtype(xp, x.dtype)
@@ -278,7 +311,10 @@ def gelu_backward(x: Any, d_out: Any, *, approximate: str = "none", check_finite
     """
     xp, approximate, work = _gelu_prepare(x, approximate, check_finite, d_out=d_out)
     grad = xp.astype(d_out, work, copy=False) * _gelu_derivative(xp, xp.astype(x, work, copy=False), approximate)
-    return xp.astype(grad, x.dtype, copy=False)
+    grad = xp.astype(grad, x.dtype, copy=False)
+    if check_finite:
+        bk.check_result_finite(xp, "gelu_backward", grad=grad)
+    return grad
 
 
 # --------------------------------------------------------------------------- feed-forward
@@ -335,6 +371,8 @@ def init_ffn_params(
     same values on every namespace (up to the final cast). ``bias=False`` leaves b1, b2 None.
     """
     d_model, d_ff = bk.positive_int("d_model", d_model), bk.positive_int("d_ff", d_ff)
+    bias = bk.check_flag("bias", bias)
+    seed = bk.check_seed(seed)
     xp = bk.get_namespace(xp)
     dtype = bk.resolve_dtype(xp, dtype)
     rng = np.random.default_rng(seed)
@@ -383,6 +421,7 @@ def _ffn_prepare(x, params, approximate, check_finite, d_out=None):
         _check_d_out(d_out, tuple(x.shape), "the output's shape (..., D) =")
     bk.check_same_dtype(x=x, w1=w1, b1=b1, w2=w2, b2=b2, d_out=d_out)
     approximate = _check_approximate(approximate)
+    check_finite = bk.check_flag("check_finite", check_finite)
     if check_finite:
         bk.check_finite(xp, x=x, w1=w1, b1=b1, w2=w2, b2=b2, d_out=d_out)
     work = bk.compute_dtype(xp, x.dtype)
@@ -423,7 +462,10 @@ def feed_forward(
     y = xp.matmul(_gelu(xp, _hidden(xp, xw, p), approximate), p.w2)
     if p.b2 is not None:
         y = y + p.b2
-    return xp.astype(y, dtype, copy=False)
+    y = xp.astype(y, dtype, copy=False)
+    if check_finite:
+        bk.check_result_finite(xp, "feed_forward", out=y)
+    return y
 
 
 def feed_forward_backward(
@@ -464,4 +506,7 @@ def feed_forward_backward(
     db1 = None if p.b1 is None else xp.sum(dh_rows, axis=0)
     dx = xp.matmul(dh, xp.matrix_transpose(p.w1))
     cast = lambda a: None if a is None else xp.astype(a, dtype, copy=False)  # noqa: E731
-    return cast(dx), FFNParams(cast(dw1), cast(db1), cast(dw2), cast(db2))
+    dx, grads = cast(dx), FFNParams(cast(dw1), cast(db1), cast(dw2), cast(db2))
+    if check_finite:
+        bk.check_result_finite(xp, "feed_forward_backward", dx=dx, **{f"grads.{n}": getattr(grads, n) for n in ("w1", "b1", "w2", "b2")})
+    return dx, grads

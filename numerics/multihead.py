@@ -112,7 +112,9 @@ def init_params(
     d_k and d_v default to d_model // num_heads (d_model must then be divisible by
     num_heads); d_memory defaults to d_model. Drawn on the host with
     ``numpy.random.default_rng(seed)`` (float64) and cast to ``dtype`` (default float64)
-    on namespace ``xp``, so every backend gets the same values for the same seed.
+    on namespace ``xp``, so every backend gets the same values for the same seed. Sizes
+    are positive integers, ``seed`` a non-negative integer and ``bias`` a bool (Python or
+    NumPy); anything else is an error naming the argument.
     """
     d_model, num_heads = bk.positive_int("d_model", d_model), bk.positive_int("num_heads", num_heads)
     if (d_k is None or d_v is None) and d_model % num_heads:
@@ -122,6 +124,8 @@ def init_params(
     d_k = d_model // num_heads if d_k is None else bk.positive_int("d_k", d_k)
     d_v = d_model // num_heads if d_v is None else bk.positive_int("d_v", d_v)
     d_memory = d_model if d_memory is None else bk.positive_int("d_memory", d_memory)
+    bias = bk.check_flag("bias", bias)
+    seed = bk.check_seed(seed)
     xp = bk.get_namespace(xp)
     dtype = bk.resolve_dtype(xp, dtype)
     rng = np.random.default_rng(seed)
@@ -147,6 +151,11 @@ def _check_params(params: MHAParams, xp: ModuleType) -> None:
             bk.check_float_array(f"params.{name}", getattr(params, name), xp, ndim=1)
     bk.check_same_dtype(**{f"params.{n}": a for n, a in params.arrays().items()})
     w_q, w_k, w_v, w_o = (tuple(getattr(params, n).shape) for n in _WEIGHTS)
+    for name, shape, what in (("w_q", w_q, "(D, H*K)"), ("w_k", w_k, "(Dm, H*K)"), ("w_v", w_v, "(Dm, H*V)")):
+        if 0 in shape:
+            raise ValueError(
+                f"params.{name} must have shape {what} with every width >= 1, got {shape}"
+            )
     for name, shape in (("w_q", w_q), ("w_v", w_v)):
         if shape[1] % h:
             raise ValueError(f"params.{name} has {shape[1]} columns, not divisible by num_heads = {h}")
@@ -180,7 +189,7 @@ class _Call:
     params: MHAParams
     mask: Any  # broadcastable to (..., N, M), or None
     causal: bool
-    batch: tuple[int, ...]  # broadcast batch dims of x and memory
+    batch: tuple[int, ...]  # broadcast batch dims of x, memory and mask: the output's
     dtype: Any  # the caller's dtype, results are cast back to it
 
     @property
@@ -194,6 +203,8 @@ class _Call:
 def _prepare(x, params, memory, mask, causal, check_finite, d_out=None) -> _Call:
     if not isinstance(params, MHAParams):
         raise TypeError(f"params must be an MHAParams, got {type(params).__name__}")
+    causal = bk.check_flag("causal", causal)
+    check_finite = bk.check_flag("check_finite", check_finite)
     named_params = {f"params.{n}": a for n, a in params.arrays().items()}
     xp = bk.namespace_of(x=x, memory=memory, mask=mask, d_out=d_out, **named_params)
     _check_params(params, xp)
@@ -218,12 +229,16 @@ def _prepare(x, params, memory, mask, causal, check_finite, d_out=None) -> _Call
             f"self-attention needs params.w_k.shape[0] == d_model = {params.d_model}, got {params.d_memory}; "
             "pass memory= for cross-attention"
         )
+    if mask is not None and mask.dtype != xp.bool:
+        raise TypeError(f"mask must be a boolean array (True = may attend), got dtype {mask.dtype}")
+    shapes = {"x": x, "memory": memory, "mask": mask}
     try:
-        batch = bk.broadcast_shapes(tuple(x.shape[:-2]), tuple(source.shape[:-2]))
+        batch = bk.broadcast_shapes(*(bk.batch_of(a) for a in shapes.values() if a is not None))
     except ValueError:
+        present = [n for n, a in shapes.items() if a is not None]
+        listing = ", ".join(f"{n} has shape {bk.shape_str(shapes[n])}" for n in present)
         raise ValueError(
-            f"the batch dimensions of x and memory must broadcast: x has shape {bk.shape_str(x)}, "
-            f"memory has shape {bk.shape_str(memory)}"
+            f"the batch dimensions of {', '.join(present[:-1])} and {present[-1]} must broadcast: {listing}"
         ) from None
     n, m = int(x.shape[-2]), int(source.shape[-2])
     if mask is not None:
@@ -240,8 +255,6 @@ def _prepare(x, params, memory, mask, causal, check_finite, d_out=None) -> _Call
         params = replace(params, **{k: xp.astype(a, work) for k, a in params.arrays().items()})
         x = xp.astype(x, work)
         memory = None if memory is None else xp.astype(memory, work)
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
     return _Call(xp, x, memory, params, mask, causal, batch, dtype)
 
 
@@ -326,11 +339,25 @@ def multi_head_attention(
     Returns
     -------
     out : array (..., N, D), or ``(out, weights)``.
+
+    Notes
+    -----
+    The batch dims of x, memory and mask broadcast together (as in
+    :func:`numerics.scaled_dot_product_attention`); the output and the weights have the
+    broadcast ones. Lengths may be empty: N = 0 or a batch dim of 0 gives an empty output,
+    M = 0 (an empty memory) leaves every query without a key, so its attention is 0 and the
+    output is ``b_o`` (0 without a bias). Widths may not: D, H*K and H*V of 0 are a
+    ValueError naming the parameter. Finite inputs give finite outputs (scores beyond the
+    dtype's range are handled as in scaled_dot_product_attention); a result beyond the
+    dtype's range is a ValueError when ``check_finite``.
     """
+    return_weights = bk.check_flag("return_weights", return_weights)
     c = _prepare(x, params, memory, mask, causal, check_finite)
     joins = ("batch", "batch") if return_weights else ("batch",)
     results = _join(c, _in_slabs(c, partial(_forward, return_weights=return_weights)), joins)
     results = tuple(c.xp.astype(r, c.dtype, copy=False) for r in results)
+    if check_finite:
+        bk.check_result_finite(c.xp, "multi_head_attention", out=results[0])
     return results if return_weights else results[0]
 
 
@@ -351,8 +378,11 @@ def multi_head_attention_vjp(
     It may be called more than once. Arguments as in :func:`multi_head_attention`.
     """
     c = _prepare(x, params, memory, mask, causal, check_finite)
+    check_finite = bool(check_finite)
     per_slab = _in_slabs(c, _forward_saving)
     out = c.xp.astype(_join(c, per_slab, ("batch",))[0], c.dtype, copy=False)  # (out, saved): out only
+    if check_finite:
+        bk.check_result_finite(c.xp, "multi_head_attention_vjp", out=out)
     # The backward keeps only what it needs: not the per-slab outputs (already joined).
     saved, axis = [result[1] for result in per_slab.results], per_slab.axis
     del per_slab
@@ -366,7 +396,7 @@ def multi_head_attention_vjp(
         else:
             per_slab_grads = _parallel.map_slabs(_backward_saved_slab, [d_out], axis, c.batch, extras=saved)
             results = _join(c, _Slabs(axis, per_slab_grads), _backward_joins(c))
-        return _gradients_result(c, results)
+        return _gradients_result(c, results, check_finite)
 
     return out, backward
 
@@ -391,7 +421,7 @@ def multi_head_attention_backward(
     c = _prepare(x, params, memory, mask, causal, check_finite, d_out=d_out)
     d_out = c.xp.astype(d_out, c.params.w_q.dtype, copy=False)
     results = _join(c, _in_slabs(c, _backward, d_out=d_out), _backward_joins(c))
-    return _gradients_result(c, results)
+    return _gradients_result(c, results, bool(check_finite))
 
 
 # ------------------------------------------------------------------ computation in one slab
@@ -543,20 +573,26 @@ def _backward_joins(c: _Call) -> tuple[str, ...]:
     return ("batch", *memory) + ("sum",) * len(_parameter_names(c.params))
 
 
-def _gradients_result(c: _Call, results: list[Any]) -> MHAGradients:
-    """MHAGradients from ``(dx, [d_memory,] *parameter gradients)``, in the caller's dtype."""
+def _gradients_result(c: _Call, results: list[Any], check_finite: bool) -> MHAGradients:
+    """MHAGradients from ``(dx, [d_memory,] *parameter gradients)``, in the caller's dtype;
+    with ``check_finite``, a gradient beyond the dtype's range is a ValueError."""
     xp = c.xp
     names = _parameter_names(c.params)
     dx, d_memory = results[0], (results[1] if c.memory is not None else None)
+    dx = bk.sum_to_shape(xp, dx, tuple(c.x.shape))
     if c.memory is not None:
-        dx = bk.sum_to_shape(xp, dx, tuple(c.x.shape))
         d_memory = bk.sum_to_shape(xp, d_memory, tuple(c.memory.shape))
     cast = lambda a: None if a is None else xp.astype(a, c.dtype, copy=False)  # noqa: E731
-    return MHAGradients(
+    result = MHAGradients(
         x=cast(dx),
         memory=cast(d_memory),
         params=MHAParams(num_heads=c.params.num_heads, **{n: cast(g) for n, g in zip(names, results[-len(names):])}),
     )
+    if check_finite:
+        grads = {"x": result.x, "memory": result.memory}
+        grads.update({f"params.{n}": g for n, g in result.params.arrays().items()})
+        bk.check_result_finite(xp, "multi_head_attention_backward", **grads)
+    return result
 
 
 def _check_d_out(c: _Call, d_out: Any, check_finite: bool) -> None:
