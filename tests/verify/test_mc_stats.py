@@ -92,15 +92,38 @@ def test_fourth_moment_se_has_the_exact_floor():
 
 def test_batch_means_interval_from_blocks():
     rng = np.random.default_rng(4)
-    blocks = [S.moments_of(xp, rng.standard_normal(100)) for _ in range(64)]
+    blocks = [S.moments_of(xp, rng.standard_normal(100)) for _ in range(128)]
     total = S.merge_all(blocks)
-    lo, hi, method = S.variance_interval(total, 0.05, "batch-means", blocks=blocks, batches=16)
-    batch_vars = [S.merge_all(blocks[i:i + 4]).variance for i in range(0, 64, 4)]
-    half = stats.t.isf(0.025, 15) * np.std(batch_vars, ddof=1) / 4.0
+    lo, hi, method = S.variance_interval(total, 0.05, "batch-means", blocks=blocks, batches=32)
+    batch_vars = [S.merge_all(blocks[i:i + 4]).variance for i in range(0, 128, 4)]
+    half = stats.t.isf(0.025, 31) * np.std(batch_vars, ddof=1) / math.sqrt(32)
     assert (lo, hi) == pytest.approx((total.variance - half, total.variance + half), rel=1e-12)
-    assert "16 batches" in method
+    assert "32 batches" in method and "clipped" not in method
     nan = S.variance_interval(total, 0.05, "batch-means", blocks=blocks[:1])
     assert math.isnan(nan[0])
+
+
+@pytest.mark.parametrize("n_blocks,batches", [(2, 32), (29, 32), (128, 29)])
+def test_batch_means_below_the_minimum_is_undefined_with_the_reason(n_blocks, batches):
+    rng = np.random.default_rng(5)
+    blocks = [S.moments_of(xp, rng.standard_normal(50)) for _ in range(n_blocks)]
+    lo, hi, method = S.variance_interval(S.merge_all(blocks), 1e-6, "batch-means", blocks=blocks, batches=batches)
+    assert math.isnan(lo) and math.isnan(hi)
+    assert f"needs at least {S.MIN_BATCHES} batches" in method and f"got {min(n_blocks, batches)}" in method
+    ok = [S.moments_of(xp, rng.standard_normal(50)) for _ in range(S.MIN_BATCHES)]
+    assert math.isfinite(S.variance_interval(S.merge_all(ok), 1e-6, "batch-means", blocks=ok, batches=S.MIN_BATCHES)[0])
+
+
+def test_batch_means_lower_end_is_clipped_at_zero():
+    # batch variances spread widely around a small total variance: the t interval would go below 0
+    rng = np.random.default_rng(6)
+    blocks = [S.moments_of(xp, rng.standard_normal(3) * (100.0 if i % 2 else 0.01)) for i in range(32)]
+    total = S.merge_all(blocks)
+    batch_vars = [b.variance for b in blocks]
+    raw_low = total.variance - stats.t.isf(5e-7, 31) * np.std(batch_vars, ddof=1) / math.sqrt(32)
+    assert raw_low < 0  # the unclipped interval would hold negative variances
+    lo, hi, method = S.variance_interval(total, 1e-6, "batch-means", blocks=blocks, batches=32)
+    assert lo == 0.0 and hi > total.variance and "lower end clipped at 0" in method
     with pytest.raises(ValueError, match="variance method must be one of"):
         S.variance_interval(total, 0.05, "bootstrap")
 

@@ -7,8 +7,10 @@ The pieces, one job each:
 ``stats``         Welford/Chan/Pébay accumulators and the intervals (t, fourth-moment delta
                   method, batch means, Clopper-Pearson, order statistics).
 ``results``       :class:`Estimate` and :class:`MCResult` (``to_dict``, ``summary``).
-``verdict``       The rule "theta = theta0 is SUPPORTED iff theta0 is in the 1 - alpha interval",
-                  Bonferroni, ordering comparisons.
+``verdict``       The rule: "theta = theta0" is REFUTED when theta0 is outside the 1 - alpha
+                  interval, SUPPORTED when inside and the interval lies within the equivalence
+                  margin theta0 (1 +- 0.05), INCONCLUSIVE otherwise (with the reason and the
+                  samples that would settle it); Bonferroni; ordering comparisons.
 ``distributions`` Standardised component laws (normal, uniform, Rademacher, Student t5).
 ``samplers``      The experiments' samplers, written against the array API.
 ``theory``        Closed forms the experiments are checked against.
@@ -39,6 +41,7 @@ from .samplers import DotSampler, ProjectedSampler, SaturationSampler, softmax_r
 from .stats import Count, Histogram, Moments
 from .verdict import (
     DEFAULT_ALPHA,
+    DEFAULT_MARGIN,
     INCONCLUSIVE,
     REFUTED,
     SUPPORTED,
@@ -70,6 +73,7 @@ __all__ = [
     "REFUTED",
     "INCONCLUSIVE",
     "DEFAULT_ALPHA",
+    "DEFAULT_MARGIN",
     "Distribution",
     "DISTRIBUTIONS",
     "get_distribution",

@@ -9,8 +9,25 @@ seeded by ``SeedSequence(seed, spawn_key=spawn_key + (b,))``, and is summarised 
 Chan's formulas. Threads, chunk sizes and the order in which blocks finish therefore cannot change
 a single bit of the result; the block size can, and is logged with the seed.
 
-Memory is bounded by ``workers`` blocks in flight: the default block holds about 2**19 random
-numbers (4 MiB in float64) whatever the total budget.
+Memory is bounded by ``workers`` blocks in flight whatever the sample budget: the default block
+holds about 2**19 random numbers (4 MiB in float64); the per-block moments kept for batch means
+are at most ``MAX_KEPT_BLOCKS`` entries (adjacent entries merge pairwise, in block order, when
+that many are kept); block starts are never listed. Before any work, a run whose blocks in flight
+would need more than ``memory_limit`` (default ``MEMORY_LIMIT`` = 1 GiB, estimated as
+``workers * block_size * elements_per_sample * 8`` bytes) is refused with a ValueError naming
+``block_size``, ``workers`` or the sampler's size, and what would fit; with the default
+``workers`` the worker count is lowered to fit instead. Budgets above ``MAX_SAMPLES`` (2**53) are
+refused too: float64 counts are exact up to there, and even 10^8 samples/s would need 3 years.
+
+Batch means: with ``variance_method="batch-means"`` and no ``block_size``, the default block is
+shrunk (to a power of two) so that the budget makes at least ``batches`` blocks; a run that would
+make fewer than ``MIN_BATCHES`` (30) blocks is refused up front.
+
+Sampler outputs are checked block by block, by kind: a 1-D array of the block's length, of the
+run's namespace (arrays of another array-API library, e.g. a CPU torch tensor on the NumPy
+backend, are converted through DLPack; anything else is a TypeError); boolean for ``"fraction"``,
+real (floating or integer, not complex, not bool) and finite for ``"moments"`` and
+``"quantile"``. Errors name the sampler and the output.
 
 Workers are threads: NumPy's generators and ufuncs release the GIL, so one Python process uses
 every core. ``chunk_size`` is the number of samples a worker takes at once (a whole number of
@@ -38,6 +55,8 @@ import numpy as np
 from ._checks import check_alpha, check_choice, check_int, check_positive_float
 from .results import MCResult, Output
 from .stats import (
+    MIN_BATCHES,
+    _to_host,
     VARIANCE_METHODS,
     Count,
     Histogram,
@@ -61,6 +80,10 @@ __all__ = [
     "BACKENDS",
     "BIT_GENERATORS",
     "BLOCK_ELEMENTS",
+    "MEMORY_LIMIT",
+    "MAX_SAMPLES",
+    "MAX_KEPT_BLOCKS",
+    "memory_needed",
 ]
 
 #: Backends a run can use; CuPy is imported only when named.
@@ -77,6 +100,12 @@ DEFAULT_MAX_SAMPLES = 10**9
 DEFAULT_SAMPLES = 10**6
 #: Seconds after which a progress bar appears (when stderr is a terminal).
 PROGRESS_AFTER_S = 2.0
+#: Default bound, in bytes, on the memory of the blocks in flight (``memory_limit`` of run_mc).
+MEMORY_LIMIT = 2**30
+#: Largest sample budget: float64 counts are exact up to 2**53 (and 10^8 samples/s would take 3 years).
+MAX_SAMPLES = 2**53
+#: Most per-block moments kept per output for batch means (then adjacent entries merge pairwise).
+MAX_KEPT_BLOCKS = 4096
 
 
 @runtime_checkable
@@ -182,6 +211,55 @@ def default_block_size(elements_per_sample: int, backend: str = "numpy") -> int:
     return max(1, min(size, cap))
 
 
+def format_bytes(n: float) -> str:
+    """``1.49 GiB``, ``4 MiB``, ``512 B``."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{int(n)} B"
+
+
+def memory_needed(elements_per_sample: int, block_size: int, in_flight: int = 1) -> int:
+    """Bytes of ``in_flight`` blocks of ``block_size`` samples of ``elements_per_sample`` float64 numbers."""
+    return 8 * max(1, int(elements_per_sample)) * int(block_size) * int(in_flight)
+
+
+def _describe(sampler: Any) -> str:
+    params = ", ".join(f"{k}={v}" for k, v in (getattr(sampler, "params", {}) or {}).items())
+    return f"sampler {sampler.name!r}" + (f" ({params})" if params else "")
+
+
+def _fit_memory(sampler: Any, block_size: int, block_given: bool, workers: int | None, n_blocks: int,
+                limit: int) -> int | None:
+    """Check the blocks in flight against ``limit``; the worker count that fits when ``workers`` is None."""
+    per = max(1, int(sampler.elements_per_sample))
+    one = memory_needed(per, 1)
+    if one > limit:
+        raise ValueError(
+            f"{_describe(sampler)} holds about {per:,} float64 numbers per sample ({format_bytes(one)}), "
+            f"over memory_limit={format_bytes(limit)}: even one sample cannot fit; make the sampler smaller "
+            "or raise memory_limit"
+        )
+    block = memory_needed(per, block_size)
+    if block > limit:
+        what = f"block_size={block_size:,}" if block_given else f"the default block of {block_size:,} samples"
+        raise ValueError(
+            f"{what} needs about {format_bytes(block)} per block for {_describe(sampler)} "
+            f"({per:,} float64 numbers per sample), over memory_limit={format_bytes(limit)}; "
+            f"at most block_size={limit // one:,} fits"
+        )
+    fit = max(1, limit // block)
+    if workers is None:
+        return fit
+    if min(workers, n_blocks) > fit:
+        raise ValueError(
+            f"workers={workers} blocks in flight need about {format_bytes(block * min(workers, n_blocks))} "
+            f"({format_bytes(block)} per block of {block_size:,} samples for {_describe(sampler)}), over "
+            f"memory_limit={format_bytes(limit)}; at most workers={fit} fits (or lower block_size)"
+        )
+    return workers
+
+
 def _seed_parts(seed: Any) -> tuple[int, tuple[int, ...]]:
     if seed is None:
         ss = np.random.SeedSequence()
@@ -194,6 +272,50 @@ def _seed_parts(seed: Any) -> tuple[int, tuple[int, ...]]:
     return value, ()
 
 
+def _as_namespace_array(xp: Any, v: Any, name: str, key: str) -> Any:
+    """``v`` as an array of ``xp``: other array-API arrays go through DLPack, anything else is refused."""
+    import array_api_compat
+
+    if not array_api_compat.is_array_api_obj(v) or isinstance(v, (np.generic, bool, int, float, complex)):
+        raise TypeError(f"sampler {name!r} output {key!r} must be an array of shape (n,), got {type(v).__name__}")
+    if array_api_compat.array_namespace(v) is xp:
+        return v
+    try:
+        return xp.from_dlpack(v)
+    except Exception as exc:  # noqa: BLE001 - each library raises its own type (BufferError, RuntimeError ...)
+        raise TypeError(
+            f"sampler {name!r} output {key!r} is a {type(v).__module__}.{type(v).__name__} that cannot be "
+            f"converted to the run's namespace {xp.__name__} through DLPack ({exc}); return arrays of the "
+            "namespace the sampler is given"
+        ) from None
+
+
+def _check_output(xp: Any, spec: Output, v: Any, n: int, name: str, key: str) -> Any:
+    """The output checked by kind (see the module docstring); returns it in namespace ``xp``."""
+    v = _as_namespace_array(xp, v, name, key)
+    shape = tuple(v.shape)
+    if shape != (n,):
+        raise ValueError(f"sampler {name!r} output {key!r} must have shape ({n},), got {shape}")
+    dtype = v.dtype
+    if spec.kind == "fraction":
+        if not xp.isdtype(dtype, "bool"):
+            raise TypeError(f"sampler {name!r} output {key!r} (kind 'fraction') must be a boolean array, got dtype {dtype}")
+        return v
+    if not (xp.isdtype(dtype, "real floating") or xp.isdtype(dtype, "integral")):
+        raise TypeError(
+            f"sampler {name!r} output {key!r} (kind {spec.kind!r}) must hold real numbers (a real floating or "
+            f"integer dtype), got dtype {dtype}"
+        )
+    if xp.isdtype(dtype, "real floating"):
+        bad = int(_to_host(xp.sum(xp.astype(xp.logical_not(xp.isfinite(v)), xp.int64))))
+        if bad:
+            raise ValueError(
+                f"sampler {name!r} output {key!r} (kind {spec.kind!r}) must be finite, got {bad} NaN or infinite "
+                f"value{'s' if bad > 1 else ''} in a block of {n}"
+            )
+    return v
+
+
 def _summarise(xp: Any, outputs: Mapping[str, Output], values: Mapping[str, Any], n: int, name: str) -> dict:
     if not isinstance(values, Mapping):
         raise TypeError(f"sampler {name!r} must return a mapping of output name to array, got {type(values).__name__}")
@@ -202,16 +324,13 @@ def _summarise(xp: Any, outputs: Mapping[str, Output], values: Mapping[str, Any]
         raise ValueError(f"sampler {name!r} did not return outputs {missing}; it returned {sorted(values)}")
     stats = {}
     for key, spec in outputs.items():
-        v = values[key]
-        shape = tuple(getattr(v, "shape", ()))
-        if shape != (n,):
-            raise ValueError(f"sampler {name!r} output {key!r} must have shape ({n},), got {shape}")
+        v = _check_output(xp, spec, values[key], n, name, key)
         if spec.kind == "moments":
             m = moments_of(xp, v)
             if not (math.isfinite(m.mean) and math.isfinite(m.m4)):
                 raise ValueError(
-                    f"sampler {name!r} output {key!r} has non-finite values or overflows float64 moments "
-                    f"(mean {m.mean}, fourth central sum {m.m4})"
+                    f"sampler {name!r} output {key!r} overflows float64 moments "
+                    f"(mean {m.mean}, fourth central sum {m.m4}): rescale it"
                 )
             stats[key] = m
         elif spec.kind == "fraction":
@@ -219,6 +338,39 @@ def _summarise(xp: Any, outputs: Mapping[str, Output], values: Mapping[str, Any]
         else:
             stats[key] = histogram_of(xp, v, spec.edges)
     return stats
+
+
+@dataclass(frozen=True)
+class _Kept:
+    """Per-block moments of one output for batch means, in block order, in bounded memory.
+
+    ``entries[:length]`` are complete entries of ``span`` consecutive blocks each (``entries`` is
+    append-only and may be shared with the previous state, so that Ctrl-C between two merges
+    leaves a consistent state); ``partial`` holds the ``filled`` blocks of the open entry. When
+    ``cap`` (even) entries are complete, adjacent pairs merge and ``span`` doubles.
+    """
+
+    entries: list = field(default_factory=list)
+    length: int = 0
+    partial: Moments | None = None
+    filled: int = 0
+    span: int = 1
+
+    def add(self, m: Moments, cap: int) -> "_Kept":
+        partial = m if self.partial is None else self.partial.merge(m)
+        if self.filled + 1 < self.span:
+            return _Kept(self.entries, self.length, partial, self.filled + 1, self.span)
+        entries = self.entries
+        del entries[self.length:]  # only ever a tail left by an interrupted merge
+        entries.append(partial)
+        length, span = self.length + 1, self.span
+        if length >= cap:
+            entries = [entries[i].merge(entries[i + 1]) for i in range(0, length, 2)]
+            length, span = len(entries), 2 * span
+        return _Kept(entries, length, None, 0, span)
+
+    def moments(self) -> tuple:
+        return tuple(self.entries[: self.length]) + ((self.partial,) if self.partial is not None else ())
 
 
 def _empty(spec: Output):
@@ -299,6 +451,7 @@ def run_mc(
     callback: Callable[[BlockInfo], Any] | None = None,
     min_samples: int = 1000,
     description: str | None = None,
+    memory_limit: int | None = None,
 ) -> MCResult:
     """Run a streaming Monte Carlo estimate.
 
@@ -308,7 +461,7 @@ def run_mc(
         ``sampler(xp, rng, n)`` returning ``{name: array (n,)}`` (see :class:`Sampler`); a plain
         function returning one array (n,) is wrapped by :class:`FunctionSampler`.
     samples : int, optional
-        Sample budget (>= 2). Default: ``DEFAULT_SAMPLES`` (10**6), or ``DEFAULT_MAX_SAMPLES``
+        Sample budget, 2 to ``MAX_SAMPLES`` (2**53). Default: ``DEFAULT_SAMPLES`` (10**6), or ``DEFAULT_MAX_SAMPLES``
         (10**9) when ``rel_error`` is given.
     seed : int, SeedSequence or None
         Root of every block's stream; None draws fresh entropy (logged in the result).
@@ -321,9 +474,10 @@ def run_mc(
         output's variance (moments) or fraction.
     variance_method : {"fourth-moment", "batch-means"}
     batches : int
-        Batches for the batch-means interval (>= 2).
+        Batches for the batch-means interval (>= ``MIN_BATCHES`` = 30).
     block_size : int, optional
-        Samples per block (default :func:`default_block_size`); part of the stream's definition.
+        Samples per block (default :func:`default_block_size`, shrunk for batch means so that the
+        budget makes ``batches`` blocks); part of the stream's definition.
     chunk_size : int, optional
         Samples a worker takes at once, rounded up to whole blocks (default one block).
     workers : int, optional
@@ -340,6 +494,9 @@ def run_mc(
         ``rel_error`` is not checked before this many samples.
     description : str, optional
         Label of the progress bar (default: the sampler's name).
+    memory_limit : int, optional
+        Bytes the blocks in flight may hold (default ``MEMORY_LIMIT``, 1 GiB); see the module
+        docstring. Refused up front with a ValueError when they cannot fit.
 
     Returns
     -------
@@ -357,18 +514,38 @@ def run_mc(
     alpha = check_alpha(alpha)
     rel_error = check_positive_float("rel_error", rel_error, allow_none=True)
     variance_method = check_choice("variance_method", variance_method, VARIANCE_METHODS)
-    batches = check_int("batches", batches, minimum=2)
+    batches = check_int("batches", batches, minimum=MIN_BATCHES)
     min_samples = check_int("min_samples", min_samples, minimum=0)
     if samples is None:
         samples = DEFAULT_MAX_SAMPLES if rel_error is not None else DEFAULT_SAMPLES
     samples = check_int("samples", samples, minimum=2)
+    if samples > MAX_SAMPLES:
+        raise ValueError(
+            f"samples must be at most {MAX_SAMPLES:,} (2**53: float64 counts are exact up to there, and at "
+            f"10^8 samples/s that many take 3 years), got {samples:,}"
+        )
+    block_given = block_size is not None
     if block_size is None:
         block_size = default_block_size(sampler.elements_per_sample, backend)
+        if variance_method == "batch-means" and samples // batches < block_size:
+            block_size = 1 << (max(1, samples // batches).bit_length() - 1)
     block_size = check_int("block_size", block_size, minimum=1)
+    n_blocks = -(-samples // block_size)
+    if variance_method == "batch-means" and n_blocks < MIN_BATCHES:
+        raise ValueError(
+            f"variance_method='batch-means' needs at least {MIN_BATCHES} blocks to form its batches, but "
+            f"samples={samples:,} with block_size={block_size:,} makes {n_blocks}; use samples >= "
+            f"{MIN_BATCHES * block_size:,}" + (f", block_size <= {samples // MIN_BATCHES:,}" if samples >= MIN_BATCHES else "")
+            + " or variance_method='fourth-moment'"
+        )
     chunk_size = check_int("chunk_size", chunk_size if chunk_size is not None else block_size, minimum=1)
+    if workers is not None:
+        workers = check_int("workers", workers, minimum=1)
+    memory_limit = MEMORY_LIMIT if memory_limit is None else check_int("memory_limit", memory_limit, minimum=1)
+    fit = _fit_memory(sampler, block_size, block_given, workers, n_blocks, memory_limit)
     if workers is None:
-        workers = 1 if backend == "cupy" else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = check_int("workers", workers, minimum=1)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = min(1 if backend == "cupy" else cores, fit)
     entropy, spawn_key = _seed_parts(seed)
 
     if target is None:
@@ -387,7 +564,6 @@ def run_mc(
         )
 
     xp = array_namespace_for(backend)
-    n_blocks = -(-samples // block_size)
     chunk_blocks = max(1, -(-chunk_size // block_size))
     chunk_size = chunk_blocks * block_size
 
@@ -400,26 +576,28 @@ def run_mc(
         n = block_n(b)
         return _summarise(xp, outputs, sampler(xp, rng, n), n, sampler.name)
 
-    per_block: dict[str, list] = {k: [] for k, spec in outputs.items() if spec.kind == "moments"}
-    # The merged state is replaced by one assignment, so that Ctrl-C arriving mid-merge leaves
-    # either the old or the new prefix, never a mix (per_block lists are cut to "merged").
-    state = {"snap": ({k: _empty(spec) for k, spec in outputs.items()}, 0, 0), "stop": "budget", "incomplete": False}
+    cap = max(MAX_KEPT_BLOCKS, 2 * batches)
+    cap += cap % 2
+    # The merged state (totals, kept block moments, counts) is replaced by one assignment, so that
+    # Ctrl-C arriving mid-merge leaves either the old or the new prefix, never a mix.
+    kept0 = {k: _Kept() for k, spec in outputs.items() if spec.kind == "moments"}
+    state = {"snap": ({k: _empty(spec) for k, spec in outputs.items()}, 0, 0, kept0), "stop": "budget",
+             "incomplete": False}
     t0 = time.perf_counter()
     bar = _Progress(progress, samples, description or sampler.name)
 
     def merge(b: int, stats: dict) -> bool:
         """Merge block ``b``; True when the run should stop after it."""
-        totals, merged, done_samples = state["snap"]
+        totals, merged, done_samples, kept = state["snap"]
         new_totals = {k: totals[k].merge(st) for k, st in stats.items()}
-        for k in per_block:
-            del per_block[k][merged:]
-            per_block[k].append(stats[k])
-        state["snap"] = (new_totals, b + 1, done_samples + block_n(b))
-        totals, merged, done_samples = state["snap"]
+        new_kept = {k: kv.add(stats[k], cap) for k, kv in kept.items()}
+        state["snap"] = (new_totals, b + 1, done_samples + block_n(b), new_kept)
+        totals, merged, done_samples, kept = state["snap"]
         rhw = None
         done = False
         if rel_error is not None and done_samples >= min_samples:
-            rhw = _relative_half_width(outputs[t_name], t_stat, totals[t_name], per_block.get(t_name, []),
+            blocks = kept[t_name].moments() if t_name in kept and variance_method == "batch-means" else []
+            rhw = _relative_half_width(outputs[t_name], t_stat, totals[t_name], blocks,
                                        alpha, variance_method, batches)
             if rhw <= rel_error:
                 state["stop"] = "rel_error"
@@ -443,13 +621,14 @@ def run_mc(
     finally:
         bar.close()
 
-    totals, merged, done_samples = state["snap"]
+    totals, merged, done_samples, kept = state["snap"]
     return MCResult(
         name=sampler.name,
         params=dict(getattr(sampler, "params", {}) or {}),
         outputs=outputs,
         accumulators=totals,
-        block_moments={k: tuple(v[:merged]) for k, v in per_block.items()},
+        block_moments={k: kv.moments() for k, kv in kept.items()},
+        block_span=max([kv.span for kv in kept.values()], default=1),
         samples=done_samples,
         seed=entropy,
         spawn_key=spawn_key,
@@ -486,7 +665,7 @@ def _run_threaded(compute_block, merge, n_blocks: int, chunk_blocks: int, worker
             out.append((b, compute_block(b)))
         return out
 
-    starts = list(range(0, n_blocks, chunk_blocks))
+    starts = range(0, n_blocks, chunk_blocks)  # lazy: never a list as long as the budget
     ex = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="attnverify-mc")
     pending: dict = {}
     finished: dict[int, dict] = {}

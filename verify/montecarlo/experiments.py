@@ -9,24 +9,28 @@
    ordering findings that bear on seed 003's Corolário 3 and Corolário 4.
 
 Every check of a sweep shares one family error rate ``alpha`` (Bonferroni: each interval is at
-``alpha / tests``). Each d_k draws from its own stream ``SeedSequence(seed, spawn_key=(tag, ...))``.
+``alpha / tests``) and one equivalence ``margin`` (:mod:`verdict`): variances are SUPPORTED
+only when their interval lies within ``theta0 (1 +- margin)``, means when theirs lies within
+``theta0 +- margin * sd``, sd the predicted standard deviation of the sampled quantity (a mean of
+0 has no relative scale). Each d_k draws from its own stream ``SeedSequence(seed, spawn_key=(tag, ...))``.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
-from ._checks import check_alpha, check_dks, check_int
+from ._checks import check_alpha, check_dks, check_int, check_positive_float
 from .distributions import get_distribution
 from .engine import run_mc
 from .results import MCResult, _jsonable, format_number
 from .samplers import DotSampler, ProjectedSampler, SaturationSampler
 from .theory import softmax_jacobian_fro_bound
-from .verdict import INCONCLUSIVE, REFUTED, SUPPORTED, check_equal, compare
+from .verdict import DEFAULT_MARGIN, INCONCLUSIVE, REFUTED, SUPPORTED, check_equal, compare
 
 __all__ = [
     "DEFAULT_DKS",
@@ -149,6 +153,11 @@ def _root_seed(seed: Any) -> int:
     return check_int("seed", seed, minimum=0)
 
 
+def _mean_margin(margin: float, variance: float) -> float:
+    """Absolute margin of a mean check: ``margin`` standard deviations of the sampled quantity."""
+    return margin * math.sqrt(variance) if variance > 0 else margin
+
+
 def _run(sampler, key, root, alpha, run_kw, label) -> MCResult:
     return run_mc(sampler, seed=np.random.SeedSequence(root, spawn_key=key), alpha=alpha,
                   description=label, **run_kw)
@@ -172,6 +181,7 @@ def variance_sweep(
     rel_error: float | None = None,
     seed: int | None = None,
     alpha: float = 1e-6,
+    margin: float = DEFAULT_MARGIN,
     variance_method: str = "fourth-moment",
     backend: str = "numpy",
     workers: int | None = None,
@@ -183,7 +193,9 @@ def variance_sweep(
 
     Checks per d_k: the variance against the general formula, the mean against
     ``d_k mu_q mu_k``; and, when the components are not standardised, the variance against the
-    document's value (``d_k``, or 1 when scaled), which then should be REFUTED.
+    document's value (``d_k``, or 1 when scaled), which then should be REFUTED. ``margin`` is the
+    equivalence margin of every check (module docstring); a claim whose interval is wider than it
+    is INCONCLUSIVE, with the samples that would settle it.
 
     Returns
     -------
@@ -191,6 +203,7 @@ def variance_sweep(
     """
     d_ks = check_dks(d_ks)
     alpha = check_alpha(alpha)
+    margin = check_positive_float("margin", margin)
     dist_obj = get_distribution(dist)
     root = _root_seed(seed)
     samplers = [DotSampler(d, dist_obj, mean_q, mean_k, std_q, std_k, scaled) for d in d_ks]
@@ -206,17 +219,18 @@ def variance_sweep(
         res = _run(sampler, (TAGS[name], d), root, alpha / tests, run_kw, f"{name} d_k={d}")
         mean, var = sampler.predicted()
         checks = [
-            check_equal(res, var, statistic="variance", alpha=alpha, tests=tests,
+            check_equal(res, var, statistic="variance", alpha=alpha, tests=tests, margin=margin,
                         claim=f"Var({label}) = {format_number(var)} (general formula at d_k={d})",
                         source=SOURCES["derived"], note=note),
-            check_equal(res, mean, statistic="mean", alpha=alpha, tests=tests,
+            check_equal(res, mean, statistic="mean", alpha=alpha, tests=tests, margin=margin,
+                        abs_margin=_mean_margin(margin, var),
                         claim=f"E[{label}] = {format_number(mean)} (d_k mu_q mu_k{' / sqrt(d_k)' if scaled else ''})",
                         source=SOURCES["derived"]),
         ]
         if not standard:
             doc = 1.0 if scaled else float(d)
             checks.append(check_equal(
-                res, doc, statistic="variance", alpha=alpha, tests=tests,
+                res, doc, statistic="variance", alpha=alpha, tests=tests, margin=margin,
                 claim=f"Var({label}) = {format_number(doc)} (the document's value, which assumes mean 0, variance 1)",
                 source=SOURCES["lema6" if scaled else "vaswani"], note=note))
         points.append(SweepPoint(d, res, {"mean": mean, "variance": var}, tuple(checks)))
@@ -224,7 +238,8 @@ def variance_sweep(
             incomplete = True
             break
     params = {"dist": dist_obj.name, "mean_q": mean_q, "mean_k": mean_k, "std_q": std_q, "std_k": std_k,
-              "samples": samples, "rel_error": rel_error, "variance_method": variance_method, "backend": backend}
+              "samples": samples, "rel_error": rel_error, "variance_method": variance_method, "backend": backend,
+              "margin": margin}
     return Sweep(name, params, root, alpha, tests, tuple(points), (), time.perf_counter() - t0, incomplete)
 
 
@@ -239,6 +254,7 @@ def projected_sweep(
     rel_error: float | None = None,
     seed: int | None = None,
     alpha: float = 1e-6,
+    margin: float = DEFAULT_MARGIN,
     variance_method: str = "fourth-moment",
     backend: str = "numpy",
     workers: int | None = None,
@@ -255,6 +271,7 @@ def projected_sweep(
     """
     d_ks = check_dks(d_ks)
     alpha = check_alpha(alpha)
+    margin = check_positive_float("margin", margin)
     d_model = check_int("d_model", d_model, minimum=1)
     dist_obj = get_distribution(dist)
     root = _root_seed(seed)
@@ -276,14 +293,15 @@ def projected_sweep(
     for d, s, (mean, var, extra) in zip(d_ks, samplers, plans):
         res = _run(s, (TAGS["projected"], int(same_token), d), root, alpha / tests, run_kw, f"projected d_k={d}")
         checks = [
-            check_equal(res, var, statistic="variance", alpha=alpha, tests=tests,
+            check_equal(res, var, statistic="variance", alpha=alpha, tests=tests, margin=margin,
                         claim=f"Var({label}) = {format_number(var)} ({kind}, d_k={d}, D={d_model})",
                         source=SOURCES["derived"], note=note),
-            check_equal(res, mean, statistic="mean", alpha=alpha, tests=tests,
+            check_equal(res, mean, statistic="mean", alpha=alpha, tests=tests, margin=margin,
+                        abs_margin=_mean_margin(margin, var),
                         claim=f"E[{label}] = {format_number(mean)} ({kind})", source=SOURCES["derived"]),
         ]
         if extra:
-            checks.append(check_equal(res, float(d), statistic="variance", alpha=alpha, tests=tests,
+            checks.append(check_equal(res, float(d), statistic="variance", alpha=alpha, tests=tests, margin=margin,
                                       claim=f"Var({label}) = d_k = {d} (the naive value)",
                                       source=SOURCES["vaswani"], note=note))
         predicted = {"mean": mean, "variance": var, "ensemble_variance": s.ensemble_predicted()[1]}
@@ -292,7 +310,8 @@ def projected_sweep(
             incomplete = True
             break
     params = {"d_model": d_model, "same_token": same_token, "weights": weights, "dist": dist_obj.name,
-              "samples": samples, "rel_error": rel_error, "variance_method": variance_method, "backend": backend}
+              "samples": samples, "rel_error": rel_error, "variance_method": variance_method, "backend": backend,
+              "margin": margin}
     return Sweep("projected", params, root, alpha, tests, tuple(points), (), time.perf_counter() - t0, incomplete)
 
 

@@ -185,7 +185,11 @@ class MCResult:
     accumulators : dict of str to Moments, Count or Histogram
         Merged over all blocks, in block order.
     block_moments : dict of str to tuple of Moments
-        Per-block moments of each ``"moments"`` output (for batch means).
+        Per-block moments of each ``"moments"`` output (for batch means), in block order; each
+        entry spans ``block_span`` consecutive blocks (the last possibly fewer).
+    block_span : int
+        Blocks per entry of ``block_moments``: 1 until a run passes ``engine.MAX_KEPT_BLOCKS``
+        blocks, then doubled each time that many entries are kept (memory stays bounded).
     samples : int
     seed, spawn_key :
         The ``SeedSequence`` entropy and spawn key; block ``b`` uses
@@ -234,6 +238,7 @@ class MCResult:
     stop_reason: str = "budget"
     target: tuple[str, str] | None = None
     rel_error: float | None = None
+    block_span: int = 1
 
     # ------------------------------------------------------------------ estimates
     def _acc(self, name: str, kind: str):
@@ -327,7 +332,7 @@ class MCResult:
             "chunk_size": self.chunk_size, "alpha": self.alpha, "variance_method": self.variance_method,
             "batches": self.batches, "seconds": self.seconds, "incomplete": self.incomplete,
             "stop_reason": self.stop_reason, "target": list(self.target) if self.target else None,
-            "rel_error": self.rel_error,
+            "rel_error": self.rel_error, "block_span": self.block_span,
             "outputs": {k: {"label": v.label, "kind": v.kind} for k, v in self.outputs.items()},
             "accumulators": {k: v.to_dict() for k, v in self.accumulators.items()},
             "estimates": [e.to_dict() for e in self.estimates()],

@@ -20,8 +20,12 @@ variance, ``"fourth-moment"``
     ``m4`` itself is then a poor estimate.
 variance, ``"batch-means"``
     The run is cut into ``B`` contiguous batches of whole blocks; the ``B`` batch variances give
-    a Student t interval ``s^2 +- t_{B-1, 1-alpha/2} sd(batch variances) / sqrt(B)``. It needs
-    only a finite fourth moment and never estimates ``m4`` directly.
+    a Student t interval ``s^2 +- t_{B-1, 1-alpha/2} sd(batch variances) / sqrt(B)``, its lower
+    end clipped at 0 (a variance is never negative; the method string says when it was). It needs
+    only a finite fourth moment and never estimates ``m4`` directly. Fewer than ``MIN_BATCHES``
+    (30) batches give an undefined (NaN) interval: at alpha = 1e-6 the t quantile with 29 degrees
+    of freedom is 1.3 times the normal one, with 9 already 2.8 times, with 1 about 10^6 times
+    (two batches once gave [-3.6e4, 3.6e4] for a variance of 5).
 fraction
     Clopper-Pearson (exact binomial) interval.
 quantile
@@ -51,10 +55,13 @@ __all__ = [
     "fraction_interval",
     "quantile_estimate",
     "VARIANCE_METHODS",
+    "MIN_BATCHES",
 ]
 
 #: Variance interval methods by name.
 VARIANCE_METHODS = ("fourth-moment", "batch-means")
+#: Fewest batches the batch-means interval accepts (see the module docstring).
+MIN_BATCHES = 30
 
 
 def _to_host(x: Any) -> np.ndarray:
@@ -302,23 +309,30 @@ def variance_interval(
         if s2 <= 0.0:
             return (0.0, z * se, "fourth-moment (log-scale delta method)")
         r = z * se / s2
-        return (s2 * math.exp(-r), s2 * math.exp(r), "fourth-moment (log-scale delta method)")
+        high = s2 * math.exp(r) if r < 700.0 else math.inf
+        if not math.isfinite(high):
+            return (math.nan, math.nan, "fourth-moment (log-scale delta method): undefined (float64 overflow)")
+        return (s2 * math.exp(-r), high, "fourth-moment (log-scale delta method)")
     if method == "batch-means":
         from scipy import stats
 
-        if not blocks or len(blocks) < 2:
-            return (math.nan, math.nan, "batch-means (needs at least 2 blocks)")
-        groups = np.array_split(np.arange(len(blocks)), min(batches, len(blocks)))
-        values = []
-        for g in groups:
-            mg = merge_all([blocks[i] for i in g])
-            values.append(mg.variance)
-        b = len(values)
-        vals = np.asarray(values, dtype=np.float64)
+        b = min(batches, len(blocks)) if blocks else 0
+        if b < MIN_BATCHES:
+            return (math.nan, math.nan,
+                    f"batch-means (needs at least {MIN_BATCHES} batches of whole blocks, got {b})")
+        groups = np.array_split(np.arange(len(blocks)), b)
+        vals = np.asarray([merge_all([blocks[i] for i in g]).variance for g in groups], dtype=np.float64)
         sd = float(np.std(vals, ddof=1))
         t = float(stats.t.isf(alpha / 2.0, b - 1))
         s2 = m.variance
-        return (s2 - t * sd / math.sqrt(b), s2 + t * sd / math.sqrt(b), f"batch-means ({b} batches, t with {b - 1} df)")
+        half = t * sd / math.sqrt(b)
+        method = f"batch-means ({b} batches, t with {b - 1} df)"
+        low, high = s2 - half, s2 + half
+        if not (math.isfinite(low) and math.isfinite(high)):
+            return (math.nan, math.nan, method + ": undefined (float64 overflow)")
+        if low < 0.0:
+            low, method = 0.0, method[:-1] + "; lower end clipped at 0)"
+        return (low, high, method)
     raise ValueError(f"variance method must be one of {', '.join(map(repr, VARIANCE_METHODS))}, got {method!r}")
 
 

@@ -1,0 +1,150 @@
+"""The verdict rule (issue 7, item 1): SUPPORTED needs theta0 inside an interval narrow enough to
+have refuted a deviation of the stated margin; an interval too wide is INCONCLUSIVE, never support."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from verify.montecarlo import DotSampler, Estimate, check_equal, compare, run_mc
+from verify.montecarlo.stats import MIN_BATCHES
+from verify.montecarlo.verdict import DEFAULT_MARGIN, INCONCLUSIVE, REFUTED, SUPPORTED, decide_equal
+
+
+def est(low, high, estimate=None, samples=10_000, method="t"):
+    estimate = 0.5 * (low + high) if estimate is None else estimate
+    return Estimate("Var(x)", "variance", estimate, low, high, 1e-6, method, samples, 1)
+
+
+def test_the_wide_batch_means_interval_of_the_report_is_inconclusive():
+    # issue 7: [-3.6e4, 3.6e4] around Var = 5 made the false claim Var = 1 SUPPORTED
+    c = check_equal(est(-3.6e4, 3.6e4, 5.0, samples=100_000), 1.0)
+    assert c.verdict == INCONCLUSIVE and not c.passed
+    assert "too wide" in c.reason and "1 ± 0.05" in c.reason
+    # width 7.2e4 must shrink below 0.05: (7.2e4 / 0.05)^2 times the samples
+    assert c.samples_needed == math.ceil(100_000 * (7.2e4 / 0.05) ** 2)
+    assert "INCONCLUSIVE" in c.summary() and "samples would settle it" in c.summary()
+
+
+def test_a_narrow_interval_holding_theta0_is_supported():
+    c = check_equal(est(0.99, 1.02), 1.0)
+    assert c.verdict == SUPPORTED and c.passed and c.tolerance == pytest.approx(0.05)
+    assert c.samples_needed is None and "lies within 1 ± 0.05" in c.reason
+
+
+def test_theta0_outside_the_interval_is_refuted_however_wide_the_margin():
+    c = check_equal(est(1.06, 1.2), 1.0, margin=0.5)
+    assert c.verdict == REFUTED and "1 outside [1.06, 1.2]" in c.reason
+    assert check_equal(est(0.5, 0.98), 1.0).verdict == REFUTED
+
+
+def test_an_interval_touching_the_margin_is_not_support():
+    # [0.95, 1.01] would not refute theta = 0.95 (its end): the rule needs the margin excluded
+    assert check_equal(est(0.95, 1.01), 1.0).verdict == INCONCLUSIVE
+    assert check_equal(est(0.951, 1.01), 1.0).verdict == SUPPORTED
+    assert check_equal(est(0.951, 1.01), 1.0, margin=0.02).verdict == INCONCLUSIVE
+
+
+def test_theta0_zero_needs_an_absolute_margin():
+    with pytest.raises(ValueError, match=r"theta0 = 0.0 has no relative margin: pass abs_margin="):
+        check_equal(est(-0.01, 0.01), 0.0)
+    assert check_equal(est(-0.01, 0.01), 0.0, abs_margin=0.05).verdict == SUPPORTED
+    assert check_equal(est(-0.01, 0.01), 0.0, abs_margin=0.01).verdict == INCONCLUSIVE
+    assert check_equal(est(0.02, 0.03), 0.0, abs_margin=0.05).verdict == REFUTED
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"margin": 0.0}, r"margin must lie in \(0, inf\), got 0.0"),
+    ({"margin": -0.05}, r"margin must lie in \(0, inf\), got -0.05"),
+    ({"margin": math.nan}, "margin must be a finite real number, got nan"),
+    ({"abs_margin": 0.0}, r"abs_margin must lie in \(0, inf\), got 0.0"),
+])
+def test_bad_margins_are_refused(kw, match):
+    with pytest.raises(ValueError, match=match):
+        check_equal(est(0.99, 1.01), 1.0, **kw)
+
+
+def test_undefined_interval_is_inconclusive_with_its_reason():
+    c = check_equal(est(math.nan, math.nan, 1.0, method="batch-means (needs at least 30 batches of whole blocks, got 2)"), 1.0)
+    assert c.verdict == INCONCLUSIVE and "undefined" in c.reason and "got 2" in c.reason
+    assert c.samples_needed is None
+
+
+def test_unbounded_interval_is_inconclusive_and_says_samples_alone_cannot_help():
+    c = check_equal(est(0.5, math.inf, 1.0), 1.0)
+    assert c.verdict == INCONCLUSIVE and "unbounded" in c.reason and c.samples_needed is None
+
+
+def test_to_dict_keeps_its_fields_and_adds_margin_and_reason():
+    d = check_equal(est(0.99, 1.02), 1.0).to_dict()
+    for key in ("claim", "theta0", "verdict", "alpha", "family_alpha", "tests", "source", "note", "estimate"):
+        assert key in d
+    assert d["margin"] == DEFAULT_MARGIN and d["tolerance"] == pytest.approx(0.05) and d["reason"]
+    assert d["samples_needed"] is None
+
+
+def test_batch_means_with_two_blocks_gives_no_verdict_at_library_level():
+    # the issue's run: 1e5 samples, d_k = 1, mean_q = 2 in 65536-sample blocks = 2 blocks
+    r = run_mc(DotSampler(1, mean_q=2.0), 10**5, seed=1, workers=1, block_size=65536)
+    assert r.blocks == 2
+    e = r.variance(method="batch-means")
+    assert math.isnan(e.low) and f"needs at least {MIN_BATCHES} batches" in e.method
+    for theta0 in (1.0, 5.0):  # false and true: neither is supported by no evidence
+        c = check_equal(e, theta0)
+        assert c.verdict == INCONCLUSIVE and "undefined" in c.reason
+
+
+def test_batch_means_minimum_is_enforced_up_front():
+    with pytest.raises(ValueError, match=r"variance_method='batch-means' needs at least 30 blocks .* makes 2"):
+        run_mc(DotSampler(1), 10**5, seed=1, block_size=65536, variance_method="batch-means")
+    with pytest.raises(ValueError, match="batches must be an integer >= 30, got 2"):
+        run_mc(DotSampler(1), 10**5, seed=1, batches=2)
+    with pytest.raises(ValueError, match=r"samples=20 .* makes 20"):
+        run_mc(DotSampler(1), 20, seed=1, variance_method="batch-means")
+    # without a block size the default block shrinks so the budget makes the batches
+    r = run_mc(DotSampler(1), 10**5, seed=1, workers=1, variance_method="batch-means")
+    assert r.blocks >= 32 and r.block_size == 2048
+    e = r.variance()
+    assert "32 batches" in e.method and 0 <= e.low < 1.0 < e.high
+
+
+def test_ordering_overlap_is_inconclusive_with_reason_and_samples():
+    a = run_mc(DotSampler(4), 2000, seed=1, workers=1)
+    b = run_mc(DotSampler(4), 2000, seed=2, workers=1)
+    c = compare(a, b, "<", output="dot", statistic="variance")
+    assert c.verdict == INCONCLUSIVE and "overlap" in c.reason
+    assert c.samples_needed is None or c.samples_needed > 2000
+    big = run_mc(DotSampler(64), 2000, seed=3, workers=1)
+    assert compare(a, big, "<", output="dot", statistic="variance").verdict == SUPPORTED
+    assert compare(a, big, ">", output="dot", statistic="variance").verdict == REFUTED
+    assert "reason" in c.to_dict()
+
+
+finite = st.floats(min_value=-1e12, max_value=1e12, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=50, deadline=None)
+@given(a=finite, b=finite, theta0=finite, margin=st.floats(min_value=1e-6, max_value=10.0),
+       absolute=st.one_of(st.none(), st.floats(min_value=1e-9, max_value=1e9)))
+def test_verdict_obeys_the_rule_for_any_interval(a, b, theta0, margin, absolute):
+    low, high = min(a, b), max(a, b)
+    tol = absolute if absolute is not None else margin * abs(theta0)
+    if not tol > 0:
+        with pytest.raises(ValueError, match="abs_margin"):
+            check_equal(est(low, high), theta0, margin=margin, abs_margin=absolute)
+        return
+    c = check_equal(est(low, high), theta0, margin=margin, abs_margin=absolute)
+    inside = low <= theta0 <= high
+    assert c.verdict == decide_equal(low, high, theta0, tol)
+    if c.verdict == SUPPORTED:
+        assert inside and theta0 - tol < low and high < theta0 + tol
+    elif c.verdict == REFUTED:
+        assert not inside
+    else:
+        assert inside and (low <= theta0 - tol or high >= theta0 + tol)
+        if c.samples_needed is not None:  # the promised samples make the width fall below the margin
+            assert (high - low) * math.sqrt(c.estimate.samples / c.samples_needed) <= tol * (1 + 1e-9)
+    assert c.reason and "\n" not in c.summary()
+    np.testing.assert_equal(c.tolerance, tol)
