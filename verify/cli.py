@@ -2,17 +2,64 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+import signal
+import sys
 
-import click
+# Ctrl-C while the command line loads: exit 130, no traceback (main() restores Python's handler).
+signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(130))
+
+import os  # noqa: E402
+import threading  # noqa: E402
+from importlib.metadata import PackageNotFoundError, version  # noqa: E402
+
+import click  # noqa: E402
+
+from verify._exits import EXIT_CODES, PLANNED_EXIT  # noqa: E402
 
 try:
     __version__ = version("attnverify")
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0+unknown"
 
+class AttnverifyGroup(click.Group):
+    """The top-level group: one policy for interrupts, closed pipes and memory errors."""
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+    def main(self, *args, **kwargs):
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        return super().main(*args, **kwargs)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            try:
+                return super().invoke(ctx)
+            finally:
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+        except BrokenPipeError:
+            # CPython's recipe: stdout's reader has gone; files were written before the tables.
+            _silence_stdout()
+            ctx.exit(ctx.meta.get(PLANNED_EXIT, 1))
+        except MemoryError:
+            raise click.ClickException("out of memory; try fewer --samples or smaller --dk") from None
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (click's test runner)
+        pass
+
+
+@click.group(cls=AttnverifyGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=EXIT_CODES + """
+
+\b
+Shell completion (bash; zsh and fish alike):
+  eval "$(_ATTNVERIFY_COMPLETE=bash_source attnverify)\"""")
 @click.version_option(__version__, prog_name="attnverify")
 def main() -> None:
     """attnverify: check the mathematics of Transformer attention.

@@ -13,19 +13,16 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from verify._console import stdout_console
+from verify._console import VERDICTS, plain, print_table, stdout_console, verdict_text
+from verify._interrupt import InterruptGate
+from verify._paths import OutputPath
+from verify._exits import EXIT_CODES, plan_exit
 
-_VERDICT_STYLE = {
-    "PROVED": "green",
-    "SUPPORTED": "cyan",
-    "CORRECTED": "yellow",
-    "REFUTED": "red",
-    "INFORMAL": "magenta",
-}
-
+#: Verdicts that make ``check --strict`` exit 1.
+FINDINGS = ("REFUTED", "CORRECTED")
 
 def select_claims(claims, pattern: str | None):
     """Claims whose id, or source ``document, label``, matches the glob ``pattern``."""
@@ -35,8 +32,12 @@ def select_claims(claims, pattern: str | None):
     return [c for c in claims if fnmatch.fnmatch(c.id, pattern) or fnmatch.fnmatch(str(c.source), pattern)]
 
 
-def run_claims(claims, *, console: Console, show_progress: bool):
-    """Run every claim in order, with a progress bar on a terminal; return the results."""
+def run_claims(claims, *, console: Console, show_progress: bool, gate: InterruptGate | None = None):
+    """Run every claim in order, with a progress bar on a terminal; return (results, interrupted).
+
+    With a ``gate``, a Ctrl-C stops the run after the claim in progress; the claim in progress
+    when a second Ctrl-C lands is left out (its result is the interrupt's doing).
+    """
     results = []
     with Progress(
         TextColumn("[progress.description]{task.description}"),
@@ -49,14 +50,24 @@ def run_claims(claims, *, console: Console, show_progress: bool):
     ) as progress:
         task = progress.add_task("checking claims", total=len(claims))
         for claim in claims:
-            progress.update(task, description=f"checking {claim.id}")
-            results.append(claim.run())
+            if gate is not None and gate.pending:
+                return results, True
+            progress.update(task, description=f"checking {escape(claim.id)}")
+            try:
+                result = claim.run()
+            except KeyboardInterrupt:
+                return results, True
+            if gate is not None and gate.pending and not result.ok:
+                return results, True
+            results.append(result)
             progress.advance(task)
-    return results
+    return results, bool(gate is not None and gate.pending)
 
 
-def results_document(results, *, seconds: float, not_run: list[str] | None = None) -> dict:
+def results_document(results, *, seconds: float, not_run: list[str] | None = None,
+                     incomplete: bool = False) -> dict:
     """The JSON document ``check --json`` writes (schema: proofs/schema/check.schema.json)."""
+    from proofs.claims import Verdict
     from verify.cli import __version__
 
     counts = Counter(r.verdict.value for r in results if r.verdict is not None)
@@ -67,76 +78,108 @@ def results_document(results, *, seconds: float, not_run: list[str] | None = Non
         "backend": "numpy",
         "python": platform.python_version(),
         "seconds": seconds,
+        "incomplete": incomplete,
         "summary": {
             "claims": len(results),
             "crashed": sum(1 for r in results if not r.ok),
-            "verdicts": {v: counts.get(v, 0) for v in _VERDICT_STYLE},
+            "verdicts": {v.value: counts.get(v.value, 0) for v in Verdict},
         },
         "not_run": list(not_run or []),
         "results": [r.to_dict() for r in results],
     }
 
 
-def _results_table(results) -> Table:
-    table = Table(title="attnverify check", show_lines=False)
-    table.add_column("claim", overflow="fold", min_width=18, max_width=34)
-    table.add_column("source", overflow="fold", min_width=10, max_width=24)
-    table.add_column("verdict", no_wrap=True, min_width=9)
-    table.add_column("method", overflow="fold", min_width=8, max_width=12)
-    table.add_column("evidence", overflow="fold", min_width=30)
-    for r in results:
-        verdict = "CRASHED" if r.verdict is None else r.verdict.value
-        style = _VERDICT_STYLE.get(verdict, "bold red")
-        source = f"{r.claim.source.document[:3]} {r.claim.source.label}"
-        table.add_row(r.claim.id, source, f"[{style}]{verdict}[/]", ", ".join(r.methods), r.summary)
-    return table
+def verdict_of(result) -> str:
+    """The verdict word of a claim result: its verdict, or CRASHED."""
+    return "CRASHED" if result.verdict is None else result.verdict.value
 
 
-@click.command()
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write every result with its evidence to this JSON file.")
+def print_results(results, console: Console) -> None:
+    """The verdict table: claims, sources and methods fold, evidence wraps, verdicts stay whole."""
+    rows = [(r.claim.id, f"{r.claim.source.document[:3]} {r.claim.source.label}", verdict_text(verdict_of(r)),
+             ", ".join(r.methods), r.summary) for r in results]
+    print_table(console, "attnverify check", ("claim", "source", "verdict", "method", "evidence"), rows,
+                verdict_columns=("verdict",), wide=("evidence",))
+
+
+def exit_code(results, *, interrupted: bool, strict: bool) -> int:
+    """130 interrupted; 1 a crash, or a REFUTED/CORRECTED claim under --strict; else 0."""
+    if interrupted:
+        return 130
+    if any(not r.ok for r in results):
+        return 1
+    if strict and any(verdict_of(r) in FINDINGS for r in results):
+        return 1
+    return 0
+
+
+@click.command(epilog=EXIT_CODES)
+@click.option("--json", "json_path", type=OutputPath(dash=True),
+              help="Write every result with its evidence to this JSON file ('-': to stdout, tables to stderr). "
+                   "Missing folders are created.")
 @click.option("--only", "pattern", metavar="PATTERN",
               help="Run only claims whose id or source matches this glob (a plain word matches anywhere).")
+@click.option("--strict", is_flag=True,
+              help="Exit 1 when any claim is REFUTED or CORRECTED (for a document's own CI).")
 @click.option("--progress/--no-progress", default=None,
               help="Show a progress bar (default: when stderr is a terminal).")
-def check(json_path: Path | None, pattern: str | None, progress: bool | None) -> None:
+@click.pass_context
+def check(ctx: click.Context, json_path, pattern: str | None, strict: bool, progress: bool | None) -> None:
     """Run the claims catalogue of the seed documents and print a verdict table.
 
-    Exit code 0 when every check ran (a REFUTED claim is a finding, not a failure),
-    1 when a check crashed, 2 on bad usage.
+    A REFUTED claim is a finding, not a failure: the exit code is 0 unless a check
+    crashed, or --strict is given and a claim is REFUTED or CORRECTED. Ctrl-C stops
+    after the claim in progress (twice: at once) and saves the finished claims.
     """
     import time
 
-    from proofs.catalogue import all_claims, not_run
+    to_stdout = json_path == "-"
+    console = stdout_console(stderr=to_stdout)
+    with InterruptGate() as gate:
+        from proofs.catalogue import all_claims, not_run
 
-    console = stdout_console()
-    claims = select_claims(all_claims(), pattern)
-    if not claims:
-        raise click.UsageError(f"--only {pattern!r} matches no claim id or source")
-    start = time.perf_counter()
-    show = sys.stderr.isatty() if progress is None else progress
-    results = run_claims(claims, console=Console(stderr=True), show_progress=show)
-    seconds = time.perf_counter() - start
-    console.print(_results_table(results))
-    counts = Counter("CRASHED" if r.verdict is None else r.verdict.value for r in results)
-    console.print(
-        f"{len(results)} claims in {seconds:.1f} s: "
-        + ", ".join(f"{v} {counts[v]}" for v in [*_VERDICT_STYLE, "CRASHED"] if counts[v])
-    )
-    left_out = not_run()
-    for reason in left_out:
-        console.print(f"[yellow]not run:[/] {reason}")
-    if json_path is not None:
-        document = results_document(results, seconds=seconds, not_run=left_out)
-        json_path.write_text(json.dumps(document, indent=2))
-        console.print(f"wrote {json_path}")
-    crashed = [r for r in results if not r.ok]
-    for r in crashed:
-        console.print(f"[bold red]{r.claim.id} crashed:[/]\n{r.error}")
-    sys.exit(1 if crashed else 0)
+        claims = select_claims(all_claims(), pattern)
+        if not claims:
+            raise click.BadParameter(f"{pattern!r} matches no claim id or source", param_hint="--only")
+        start = time.perf_counter()
+        show = sys.stderr.isatty() if progress is None else progress
+        results, interrupted = run_claims(claims, console=Console(stderr=True), show_progress=show, gate=gate)
+        seconds = time.perf_counter() - start
+        left_out = not_run()
+        if interrupted:
+            left_out = [*left_out, f"{len(claims) - len(results)} of {len(claims)} claims: interrupted"]
+        code = exit_code(results, interrupted=interrupted, strict=strict)
+        plan_exit(code)
+        document = None
+        if json_path is not None:
+            document = json.dumps(results_document(results, seconds=seconds, not_run=left_out,
+                                                   incomplete=interrupted), indent=2)
+            if not to_stdout:
+                json_path.write_text(document)
+        print_results(results, console)
+        counts = Counter(verdict_of(r) for r in results)
+        console.print(plain(f"{len(results)} claims in {seconds:.1f} s: "
+                            + ", ".join(f"{v} {counts[v]}" for v in VERDICTS if counts[v])))
+        for reason in left_out:
+            console.print(plain("not run: ", "yellow") + plain(reason))
+        for r in results:
+            if not r.ok:
+                console.print(plain(f"{r.claim.id} crashed:", "bold red"))
+                console.print(plain(r.error))
+        if document is not None:
+            if to_stdout:
+                click.echo(document)
+            else:
+                console.print(plain(f"wrote {json_path}"))
+        if interrupted or gate.pending:
+            console.print(plain("interrupted: the results above are INCOMPLETE", "bold yellow"))
+            code = 130
+        if strict and code == 1 and not any(not r.ok for r in results):
+            console.print(plain("--strict: a claim is REFUTED or CORRECTED", "yellow"))
+    ctx.exit(code)
 
 
-@click.command()
+@click.command(epilog=EXIT_CODES)
 @click.argument("name", required=False)
 @click.option("--list", "list_names", is_flag=True, help="List the derivations.")
 def derive(name: str | None, list_names: bool) -> None:
@@ -156,22 +199,35 @@ def derive(name: str | None, list_names: bool) -> None:
         raise click.ClickException(f"{len(derivation.failed)} step(s) of {name} failed their check")
 
 
-@click.command()
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Directory for report.tex (and report.pdf when a TeX engine is present).")
+@click.command(epilog=EXIT_CODES)
+@click.option("--out", "out_dir", required=True, type=OutputPath(directory=True),
+              help="Directory for report.tex (and report.pdf when a TeX engine is present); created if missing.")
 @click.option("--only", "pattern", metavar="PATTERN", help="Only claims matching this glob, as in check.")
 @click.option("--pdf/--no-pdf", default=True, help="Compile the PDF when pdflatex is on PATH.")
-def report(out_dir: Path, pattern: str | None, pdf: bool) -> None:
-    """Write a standalone LaTeX article of every claim, verdict, derivation and evidence."""
-    from proofs.catalogue import all_claims
-    from proofs.report import compile_pdf, write_report
+@click.pass_context
+def report(ctx: click.Context, out_dir: Path, pattern: str | None, pdf: bool) -> None:
+    """Write a standalone LaTeX article of every claim, verdict, derivation and evidence.
 
-    claims = select_claims(all_claims(), pattern)
-    if not claims:
-        raise click.UsageError(f"--only {pattern!r} matches no claim id or source")
-    results = run_claims(claims, console=Console(stderr=True), show_progress=sys.stderr.isatty())
-    tex = write_report(results, out_dir)
-    click.echo(f"wrote {tex}")
-    if pdf:
-        pdf_path = compile_pdf(tex)
-        click.echo(f"wrote {pdf_path}" if pdf_path else "no pdflatex on PATH: PDF not built")
+    Ctrl-C stops after the claim in progress and writes nothing (a report of part of the
+    catalogue would read as the whole).
+    """
+    with InterruptGate() as gate:
+        from proofs.catalogue import all_claims
+        from proofs.report import compile_pdf, write_report
+
+        claims = select_claims(all_claims(), pattern)
+        if not claims:
+            raise click.BadParameter(f"{pattern!r} matches no claim id or source", param_hint="--only")
+        results, interrupted = run_claims(claims, console=Console(stderr=True), show_progress=sys.stderr.isatty(),
+                                          gate=gate)
+        if interrupted:
+            click.echo(f"interrupted after {len(results)} of {len(claims)} claims: report not written", err=True)
+            ctx.exit(130)
+        plan_exit(0)
+        tex = write_report(results, out_dir)
+        click.echo(f"wrote {tex}")
+        if pdf:
+            pdf_path = compile_pdf(tex)
+            click.echo(f"wrote {pdf_path}" if pdf_path else "no pdflatex on PATH: PDF not built")
+        code = 130 if gate.pending else 0
+    ctx.exit(code)

@@ -5,20 +5,26 @@
     attnverify mc projected  --d-model 16 --same-token --weights fresh
     attnverify mc saturation --keys 16 --samples 1e4
 
-Argument errors from the library (ValueError/TypeError naming the argument) become click usage
-errors. Ctrl-C prints and saves what was computed so far, marked INCOMPLETE, and exits with 130.
+Argument errors from the library (ValueError/TypeError naming the argument) become one-line
+usage errors naming the option (exit 2). Output paths are checked before any work. Result files
+are written before the tables are printed. Ctrl-C, wherever it lands, saves the points finished
+so far (the last one cut short), marked incomplete, and exits 130.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import click
-from rich.markup import escape
+from rich.text import Text
 
-from verify._console import stdout_console
+from verify._console import plain, print_table, stdout_console, verdict_text
+from verify._exits import EXIT_CODES, plan_exit
+from verify._interrupt import InterruptGate
+from verify._paths import PLOT_SUFFIXES, OutputPath
 
 __all__ = ["mc", "parse_dks"]
 
@@ -62,23 +68,29 @@ def parse_dks(values: tuple[str, ...] | list[str] | str) -> tuple[int, ...]:
 
 
 class _Count(click.ParamType):
-    """A positive integer written as 100000, 1e5 or 1_000_000."""
+    """A whole number >= ``minimum`` written as 100000, 1e5 or 1_000_000."""
 
     name = "COUNT"
 
+    def __init__(self, minimum: int = 1):
+        self.minimum = minimum
+
     def convert(self, value, param, ctx):
-        if isinstance(value, int):
-            return value
-        try:
-            f = float(str(value).replace("_", ""))
-        except ValueError:
-            self.fail(f"expected an integer such as 100000 or 1e5, got {value!r}", param, ctx)
-        if not math.isfinite(f) or not f.is_integer() or f < 1:
-            self.fail(f"expected a whole number >= 1 such as 100000 or 1e5, got {value!r}", param, ctx)
-        return int(f)
+        expected = f"a whole number >= {self.minimum} such as 100000 or 1e5"
+        if isinstance(value, int) and not isinstance(value, bool):
+            f = float(value)
+        else:
+            try:
+                f = float(str(value).replace("_", ""))
+            except ValueError:
+                self.fail(f"expected {expected}, got {value!r}", param, ctx)
+        if not math.isfinite(f) or not f.is_integer() or f < self.minimum:
+            self.fail(f"expected {expected}, got {value!r}", param, ctx)
+        return int(value) if isinstance(value, int) else int(f)
 
 
-COUNT = _Count()
+#: A sample count: the engine needs two samples for an interval.
+COUNT = _Count(minimum=2)
 
 
 def _common(default_dk: str, default_samples: int, variance: bool = True):
@@ -89,7 +101,7 @@ def _common(default_dk: str, default_samples: int, variance: bool = True):
             click.option("--dk", "dk", multiple=True, default=(default_dk,), show_default=True,
                          help="Key widths: '1,2,4' or a doubling range '1..4096' (repeatable)."),
             click.option("--samples", type=COUNT, default=default_samples, show_default=True,
-                         help="Sample budget per d_k (1e5 is accepted); with --rel-error and no "
+                         help="Sample budget per d_k, >= 2 (1e5 is accepted); with --rel-error and no "
                               "--samples the budget is 10^9."),
             click.option("--rel-error", type=float, default=None,
                          help="Stop a d_k early once the interval's half-width is this fraction of the estimate."),
@@ -102,10 +114,11 @@ def _common(default_dk: str, default_samples: int, variance: bool = True):
                          help="Family error rate (Bonferroni across the sweep)."),
             click.option("--workers", type=click.IntRange(min=1), default=None,
                          help="Threads (default: all usable cores; 1 for cupy)."),
-            click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                         help="Write the full results (runs, estimates, checks) as JSON."),
-            click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                         help="Write a PNG plot."),
+            click.option("--json", "json_path", type=OutputPath(dash=True), default=None,
+                         help="Write the full results (runs, estimates, checks) as JSON ('-': to stdout, "
+                              "tables to stderr). Missing folders are created."),
+            click.option("--plot", "plot_path", type=OutputPath(suffixes=PLOT_SUFFIXES), default=None,
+                         help=f"Write a plot ({', '.join(PLOT_SUFFIXES)}). Missing folders are created."),
             click.option("--progress/--no-progress", default=None,
                          help="Progress bar on stderr (default: when stderr is a terminal)."),
         ]
@@ -120,21 +133,37 @@ def _common(default_dk: str, default_samples: int, variance: bool = True):
     return deco
 
 
-@click.group("mc")
+@click.group("mc", epilog=EXIT_CODES)
 def mc() -> None:
     """Monte Carlo experiments on the 1/sqrt(d_k) scaling argument.
 
     Each command sweeps d_k, estimates with confidence intervals, and gives a verdict per
-    claim: SUPPORTED when the claimed value lies in the (1 - alpha/m) interval, REFUTED
-    otherwise (m = number of checks in the sweep).
+    claim at the family error rate alpha (Bonferroni over the sweep's checks). Result files
+    are written before the tables; Ctrl-C saves the finished points, marked incomplete.
     """
+
+
+#: The library's argument names and the options that set them, for its error messages.
+_OPTIONS = {"d_ks": "--dk", "d_k": "--dk", "samples": "--samples", "rel_error": "--rel-error",
+            "dist": "--dist", "backend": "--backend", "seed": "--seed", "alpha": "--alpha",
+            "margin": "--margin", "workers": "--workers", "variance_method": "--variance-method",
+            "mean_q": "--mean-q", "mean_k": "--mean-k", "std_q": "--std-q", "std_k": "--std-k",
+            "d_model": "--d-model", "n_keys": "--keys", "weights": "--weights"}
+
+
+def _usage_error(exc: Exception) -> click.UsageError:
+    """A library argument error as a usage error naming the option, when the message names one."""
+    message = str(exc)
+    name = re.match(r"[A-Za-z_]+", message)
+    option = _OPTIONS.get(name.group(0)) if name else None
+    return click.BadParameter(message, param_hint=f"'{option}'") if option else click.UsageError(message)
 
 
 def _run_sweep(fn, kwargs: dict):
     try:
         return fn(**kwargs)
     except (ValueError, TypeError) as exc:
-        raise click.UsageError(str(exc)) from None
+        raise _usage_error(exc) from None
 
 
 def _fmt(x: float, digits: int = 5) -> str:
@@ -143,65 +172,91 @@ def _fmt(x: float, digits: int = 5) -> str:
     return format_number(x, digits)
 
 
-def _verdict_style(v: str) -> str:
-    return {"SUPPORTED": "[green]SUPPORTED[/]", "REFUTED": "[bold red]REFUTED[/]"}.get(v, f"[yellow]{v}[/]")
+def run_and_report(sweep_name: str, kwargs: dict, json_path, plot_path, print_tables) -> None:
+    """Run ``verify.montecarlo.experiments.<sweep_name>(**kwargs)``; write the JSON and the plot,
+    then print the tables (``print_tables(sweep, console)``) and the findings; exit 0 or 130.
+
+    Inside an :class:`InterruptGate`: Ctrl-C lands in the engine's block loop, never in an import,
+    a verdict or a file write, so the finished points are always saved.
+    """
+    ctx = click.get_current_context()
+    to_stdout = json_path == "-"
+    console = stdout_console(stderr=to_stdout)
+    with InterruptGate(engine=True) as gate:
+        from verify.montecarlo import experiments
+
+        sweep = _run_sweep(getattr(experiments, sweep_name), kwargs)
+        plan_exit(130 if sweep.incomplete or gate.pending else 0)
+        document = None if json_path is None else json.dumps(sweep.to_dict(), indent=1, ensure_ascii=False)
+        if document is not None and not to_stdout:
+            _write(json_path, "--json", lambda: json_path.write_text(document, encoding="utf-8"))
+        plotted = plot_path is not None and bool(sweep.points)
+        if plotted:
+            from verify.montecarlo.plots import plot_sweep
+
+            _write(plot_path, "--plot", lambda: plot_sweep(sweep, plot_path))
+        print_tables(sweep, console)
+        _print_findings(sweep, console)
+        if document is not None and not to_stdout:
+            console.print(plain(f"results written to {json_path}"))
+        if plotted:
+            console.print(plain(f"plot written to {plot_path}"))
+        if document is not None and to_stdout:
+            click.echo(document)
+        code = 130 if sweep.incomplete or gate.pending else 0
+        if code:
+            what = "the results above are INCOMPLETE" if sweep.incomplete else "every point had finished"
+            console.print(plain(f"interrupted: {what}", "bold yellow"))
+    ctx.exit(code)
 
 
-def _finish(sweep, json_path: Path | None, plot_path: Path | None) -> None:
-    console = stdout_console()
+def _write(path: Path, option: str, write) -> None:
+    """Run ``write``; an OSError (a disk full since the path was checked) is one line, exit 1."""
+    try:
+        write()
+    except OSError as exc:
+        raise click.FileError(str(path), hint=f"{option}: {exc.strerror or exc}") from None
+
+
+def _print_findings(sweep, console) -> None:
     for f in sweep.findings:
-        console.print(f"{_verdict_style(f.verdict)} {escape(f.claim)}", highlight=False)
-        console.print(f"    [dim]{escape(f.evidence())}; source: {escape(f.source)}[/]", highlight=False)
-    console.print(escape(sweep.summary()), highlight=False)
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(sweep.to_dict(), indent=1, ensure_ascii=False))
-        console.print(f"results written to {escape(str(json_path))}", highlight=False)
-    if plot_path is not None and sweep.points:
-        from verify.montecarlo.plots import plot_sweep
-
-        try:
-            plot_sweep(sweep, plot_path)
-        except ValueError as exc:
-            raise click.UsageError(str(exc)) from None
-        console.print(f"plot written to {escape(str(plot_path))}", highlight=False)
-    if sweep.incomplete:
-        console.print("[bold yellow]interrupted: the results above are INCOMPLETE[/]")
-        raise SystemExit(130)
+        console.print(Text.assemble(verdict_text(f.verdict), " ", plain(f.claim)))
+        console.print(plain(f"    {f.evidence()}; source: {f.source}", "dim"))
+        reason = getattr(f, "reason", "")
+        if reason:
+            console.print(plain(f"    why: {reason}", "dim"))
+    console.print(plain(sweep.summary()))
 
 
-def _variance_table(sweep) -> None:
-    from rich.table import Table
-
+def _variance_table(sweep, console) -> None:
     per = sweep.alpha / sweep.tests
-    table = Table(title=f"{sweep.experiment}: each interval at alpha={per:.3g} "
-                        f"(family {sweep.alpha:g}, Bonferroni over {sweep.tests})")
+    title = (f"{sweep.experiment}: each interval at alpha={per:.3g} "
+             f"(family {sweep.alpha:g}, Bonferroni over {sweep.tests})")
     extra = any(len([c for c in p.checks if c.estimate.statistic == "variance"]) > 1 for p in sweep.points)
     cols = ["d_k", "n", "Var", "interval", "predicted", "verdict"]
     if extra:
-        cols += ["naive", "verdict "]
-    cols += ["mean", "s"]
-    for col in cols:
-        table.add_column(col, justify="left" if col in ("interval",) or col.startswith("verdict") else "right",
-                         no_wrap=col == "interval")
+        cols += ["naive", "naive verdict"]
+    cols += ["mean verdict", "s"]
+    rows = []
     for p in sweep.points:
         var_checks = [c for c in p.checks if c.estimate.statistic == "variance"]
         mean_check = next((c for c in p.checks if c.estimate.statistic == "mean"), None)
         e = var_checks[0].estimate
-        row = [str(p.d_k), f"{p.result.samples:,}", _fmt(e.estimate), escape(f"[{_fmt(e.low, 4)}, {_fmt(e.high, 4)}]"),
-               _fmt(p.predicted["variance"]), _verdict_style(var_checks[0].verdict)]
+        row = [str(p.d_k), f"{p.result.samples:,}", _fmt(e.estimate), f"[{_fmt(e.low, 4)}, {_fmt(e.high, 4)}]",
+               _fmt(p.predicted["variance"]), verdict_text(var_checks[0].verdict)]
         if extra:
-            if len(var_checks) > 1:
-                row += [_fmt(var_checks[1].theta0), _verdict_style(var_checks[1].verdict)]
-            else:
-                row += ["", ""]
-        row += [_verdict_style(mean_check.verdict) if mean_check else "",
-                f"{p.result.seconds:.2f}" + (" [yellow]INCOMPLETE[/]" if p.result.incomplete else "")]
-        table.add_row(*row)
-    stdout_console().print(table)
-    notes = {c.note for c in sweep.checks if c.note}
-    for note in notes:
-        stdout_console().print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+            row += ([_fmt(var_checks[1].theta0), verdict_text(var_checks[1].verdict)] if len(var_checks) > 1
+                    else ["", ""])
+        row += [verdict_text(mean_check.verdict) if mean_check else "",
+                f"{p.result.seconds:.2f}" + (" INCOMPLETE" if p.result.incomplete else "")]
+        rows.append(row)
+    print_table(console, title, cols, rows, verdict_columns=[c for c in cols if "verdict" in c])
+    for check in sweep.checks:
+        reason = getattr(check, "reason", "")
+        if check.verdict not in ("SUPPORTED", "REFUTED") and reason:
+            console.print(Text.assemble(verdict_text(check.verdict), plain(f" {check.claim}: {reason}")))
+    for note in dict.fromkeys(c.note for c in sweep.checks if c.note):
+        console.print(plain("note: ", "yellow") + plain(note))
 
 
 def _common_kwargs(dk, samples, rel_error, dist, backend, seed, alpha, workers, progress) -> dict:
@@ -214,15 +269,11 @@ def _common_kwargs(dk, samples, rel_error, dist, backend, seed, alpha, workers, 
 
 def _dot_command(scaled: bool):
     def command(dk, samples, rel_error, dist, backend, seed, alpha, workers, json_path, plot_path, progress,
-                variance_method, mean_q, mean_k, std_q, std_k):
-        from verify.montecarlo.experiments import variance_sweep
-
+                variance_method, mean_q, mean_k, std_q, std_k, **extra):
         kw = _common_kwargs(dk, samples, rel_error, dist, backend, seed, alpha, workers, progress)
         kw.update(mean_q=mean_q, mean_k=mean_k, std_q=std_q, std_k=std_k, scaled=scaled,
-                  variance_method=variance_method)
-        sweep = _run_sweep(variance_sweep, kw)
-        _variance_table(sweep)
-        _finish(sweep, json_path, plot_path)
+                  variance_method=variance_method, **extra)
+        run_and_report("variance_sweep", kw, json_path, plot_path, _variance_table)
 
     return command
 
@@ -262,50 +313,45 @@ def scaled_cmd(**kw):
 @click.option("--weights", type=click.Choice(("fresh", "fixed")), default="fresh", show_default=True,
               help="New N(0, 1/D) projections per sample (ensemble) or one fixed draw (a model at init).")
 def projected_cmd(dk, samples, rel_error, dist, backend, seed, alpha, workers, json_path, plot_path, progress,
-                  variance_method, d_model, same_token, weights):
+                  variance_method, d_model, same_token, weights, **extra):
     """Var(x W^Q · x' W^K) against its exact value and against d_k.
 
     Fresh weights: d_k for independent tokens, d_k (1 + (kappa - 1)/D) for x' = x
     (kappa = E x^4: 3 normal, 1.8 uniform, 1 Rademacher, 9 t5).
     """
-    from verify.montecarlo.experiments import projected_sweep
-
     kw = _common_kwargs(dk, samples, rel_error, dist, backend, seed, alpha, workers, progress)
-    kw.update(d_model=d_model, same_token=same_token, weights=weights, variance_method=variance_method)
-    sweep = _run_sweep(projected_sweep, kw)
-    _variance_table(sweep)
-    _finish(sweep, json_path, plot_path)
+    kw.update(d_model=d_model, same_token=same_token, weights=weights, variance_method=variance_method, **extra)
+    run_and_report("projected_sweep", kw, json_path, plot_path, _variance_table)
 
 
 @mc.command("saturation")
 @_common("1..4096", 10_000, variance=False)
 @click.option("--keys", type=click.IntRange(min=2), default=16, show_default=True, help="Keys per query row.")
-def saturation_cmd(dk, samples, rel_error, dist, backend, seed, alpha, workers, json_path, plot_path, progress, keys):
+def saturation_cmd(dk, samples, rel_error, dist, backend, seed, alpha, workers, json_path, plot_path, progress, keys,
+                   **extra):
     """Softmax saturation and gradients against d_k, raw against scaled scores."""
-    from rich.table import Table
-
-    from verify.montecarlo.experiments import saturation_sweep
-
     kw = _common_kwargs(dk, samples, rel_error, dist, backend, seed, alpha, workers, progress)
-    kw.update(n_keys=keys)
-    sweep = _run_sweep(saturation_sweep, kw)
-    console = stdout_console()
+    kw.update(n_keys=keys, **extra)
+    run_and_report("saturation_sweep", kw, json_path, plot_path, _saturation_tables)
+
+
+def _saturation_tables(sweep, console) -> None:
+    keys = sweep.params.get("n_keys")
+    cols = ("d_k", "rows", "max weight", "entropy", "||J||_F", "max ||J||_F", "||ds/dq||_F",
+            "share > 0.99", "share grad < 1e-3")
     for tag, title in (("raw", "raw scores q·k"), ("scaled", "scaled scores q·k/sqrt(d_k)")):
-        table = Table(title=f"softmax over {keys} keys, {title}: means (intervals in --json)")
-        for col in ("d_k", "rows", "max weight", "entropy", "||J||_F", "max ||J||_F", "||ds/dq||_F",
-                    "share > 0.99", "share grad < 1e-3"):
-            table.add_column(col, justify="right")
+        rows = []
         for p in sweep.points:
             r = p.result
-            table.add_row(
+            rows.append([
                 str(p.d_k), f"{r.samples:,}",
                 *[_fmt(r.mean(f"{key}_{tag}").estimate, 3) for key in ("max_weight", "entropy", "jacobian_fro")],
                 _fmt(r.accumulators[f"jacobian_fro_{tag}"].maximum, 3),
                 _fmt(r.mean(f"grad_q_fro_{tag}").estimate, 3),
                 *[_fmt(r.fraction(f"{key}_{tag}").estimate, 3) for key in ("saturated", "grad_vanished")],
-            )
-        console.print(table)
+            ])
+        print_table(console, f"softmax over {keys} keys, {title}: means (intervals in --json)", cols, rows)
     if sweep.points:
-        console.print(f"proved bound: ||diag(s) - s s^T||_F <= {sweep.points[0].predicted['jacobian_fro_bound']:.4g} "
-                      "for every input (spectral norm <= 1/2)", highlight=False)
-    _finish(sweep, json_path, plot_path)
+        console.print(plain(f"proved bound: ||diag(s) - s s^T||_F <= "
+                            f"{sweep.points[0].predicted['jacobian_fro_bound']:.4g} for every input "
+                            "(spectral norm <= 1/2)"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
@@ -208,9 +209,33 @@ def informal_outcome(reason: str, proxy_holds: bool, proxy: Evidence, *, refutes
     )
 
 
+@lru_cache(maxsize=1)
+def _private_figures() -> Path:
+    return Path(tempfile.mkdtemp(prefix="attnverify-figures-"))  # mode 0700: this user's only
+
+
+def figures_folder() -> Path:
+    """``$ATTNVERIFY_FIGURES`` when set, else a private temporary folder made once per process
+    (``tempfile.mkdtemp``: no other user can read or replace its files)."""
+    folder = os.environ.get("ATTNVERIFY_FIGURES")
+    return Path(folder).expanduser() if folder else _private_figures()
+
+
 def figure_path(name: str) -> Path:
-    """Where a check writes its figure ``name``: ``$ATTNVERIFY_FIGURES``, else a folder in the
-    temporary directory. The report copies the figures its evidence names."""
-    folder = Path(os.environ.get("ATTNVERIFY_FIGURES") or Path(tempfile.gettempdir()) / "attnverify-figures")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / name
+    """Where a check writes its figure ``name`` (in :func:`figures_folder`). The report copies
+    the figures its evidence names."""
+    return figures_folder() / name
+
+
+def write_figure(plot: Callable[[Path], Any], name: str) -> tuple[list[str], list[Evidence]]:
+    """Draw the figure ``name`` with ``plot(path)``: ``([path], [])`` when it is written, ``([],
+    [note])`` when its folder cannot be made or written. A figure never changes a verdict."""
+    path = figure_path(name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        plot(path)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        return [], [note(f"figure {name} not written to {path.parent}: {why} (set ATTNVERIFY_FIGURES "
+                         "to a writable folder)", figure=name, folder=str(path.parent), error=why)]
+    return [str(path)], []

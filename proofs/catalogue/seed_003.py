@@ -21,8 +21,8 @@ import sympy as sp
 from ..claims import CheckOutcome, Claim, Method, Verdict
 from . import _counts as C
 from ._derivations import derivation
-from ._kit import (StepFailed, Steps, claim_at, counterexample, derived, figure_path, informal_outcome, note, numeric,
-                   proved)
+from ._kit import (StepFailed, Steps, claim_at, counterexample, derived, informal_outcome, note, numeric,
+                   proved, write_figure)
 
 DOC = "003"
 
@@ -57,8 +57,9 @@ def check_variance_monte_carlo(scaled: bool) -> CheckOutcome:
     if not verdicts or sweep.incomplete:
         raise RuntimeError(f"Monte Carlo sweep gave no verdict: {sweep.summary()}")
     verdict = Verdict.SUPPORTED if all(v == "SUPPORTED" for v in verdicts) else Verdict.REFUTED
-    figure = plot_sweep(sweep, figure_path(f"seed003-variance-{'scaled' if scaled else 'raw'}.png"))
-    evidence = [Evidence("statistic", sweep.summary(), sweep.to_dict(), figures=[str(figure)])]
+    figures, notes = write_figure(lambda path: plot_sweep(sweep, path),
+                                  f"seed003-variance-{'scaled' if scaled else 'raw'}.png")
+    evidence = [Evidence("statistic", sweep.summary(), sweep.to_dict(), figures=figures), *notes]
     if not scaled:
         evidence.append(_projected_evidence())
     return CheckOutcome(verdict, Method.STATISTICAL, evidence)
@@ -90,7 +91,7 @@ def _saturation() -> tuple:
     sweep = saturation_sweep(SATURATION_DKS, samples=SATURATION_SAMPLES, seed=MC_SEED, alpha=MC_ALPHA, progress=False)
     if sweep.incomplete or not sweep.findings:
         raise RuntimeError(f"the saturation sweep gave no findings: {sweep.summary()}")
-    return sweep, plot_sweep(sweep, figure_path("seed003-saturation.png"))
+    return sweep, write_figure(lambda path: plot_sweep(sweep, path), "seed003-saturation.png")
 
 
 def _decided(findings) -> list:
@@ -106,12 +107,13 @@ def check_saturation_monte_carlo() -> CheckOutcome:
     from ..claims import Evidence
     from verify.montecarlo.experiments import SOURCES
 
-    sweep, figure = _saturation()
+    sweep, (figures, notes) = _saturation()
     findings = _decided([f for f in sweep.findings if f.source == SOURCES["cor3"]])
     verdict = Verdict.SUPPORTED if all(f.verdict == "SUPPORTED" for f in findings) else Verdict.REFUTED
     return CheckOutcome(verdict, Method.STATISTICAL, [
         Evidence("statistic", "; ".join(f.summary() for f in findings),
-                 {"findings": [f.to_dict() for f in findings], "sweep": sweep.to_dict()}, figures=[str(figure)]),
+                 {"findings": [f.to_dict() for f in findings], "sweep": sweep.to_dict()}, figures=figures),
+        *notes,
     ])
 
 
@@ -122,7 +124,7 @@ def check_gradient_growth_monte_carlo() -> CheckOutcome:
     from ..claims import Evidence
     from verify.montecarlo.experiments import SOURCES
 
-    sweep, figure = _saturation()
+    sweep, (figures, notes) = _saturation()
     findings = _decided([f for f in sweep.findings if f.source == SOURCES["cor4"]])
     growth = [f for f in findings if "Jacobian in the scores" in f.claim and "grows with d_k" in f.claim]
     if len(growth) != 1:
@@ -132,7 +134,8 @@ def check_gradient_growth_monte_carlo() -> CheckOutcome:
     return CheckOutcome(verdict, Method.STATISTICAL, [
         Evidence("statistic", growth[0].summary(),
                  {"decisive": growth[0].to_dict(), "also_measured": others, "sweep": sweep.to_dict()},
-                 figures=[str(figure)]),
+                 figures=figures),
+        *notes,
     ])
 
 

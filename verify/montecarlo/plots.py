@@ -1,4 +1,4 @@
-"""PNG plots of the sweeps (matplotlib's object API; no pyplot state, no display needed)."""
+"""Plots of the sweeps as PNG, PDF or SVG (matplotlib's object API; no pyplot state, no display needed)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ from pathlib import Path
 
 from .experiments import Sweep
 
-__all__ = ["plot_variance_sweep", "plot_saturation_sweep", "plot_sweep"]
+__all__ = ["plot_variance_sweep", "plot_saturation_sweep", "plot_sweep", "SUFFIXES"]
+
+#: File types a plot can be written as (matplotlib writes them with no extra dependency).
+SUFFIXES = (".png", ".pdf", ".svg")
 
 
 def _figure(ncols: int, width: float = 6.0, height: float = 4.5):
@@ -20,8 +23,8 @@ def _figure(ncols: int, width: float = 6.0, height: float = 4.5):
 
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise ValueError(f"plot path must end in .png, got {str(path)!r}")
+    if path.suffix.lower() not in SUFFIXES:
+        raise ValueError(f"plot path must end in {', '.join(SUFFIXES)}, got {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     return path

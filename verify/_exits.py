@@ -1,0 +1,22 @@
+"""The exit codes every command uses, and the one a command plans before it prints."""
+
+import click
+
+OK, FINDINGS, USAGE, INTERRUPTED = 0, 1, 2, 130
+
+#: The exit codes, as each command's --help shows them.
+EXIT_CODES = """\b
+Exit codes:
+  0    done (a REFUTED claim is a finding, not a failure)
+  1    findings under --strict, or a check crashed
+  2    bad usage: unknown option, bad value, an output path that cannot be written
+  130  interrupted (Ctrl-C); what finished is saved, marked incomplete"""
+
+#: Key (in click's shared ctx.meta) of the exit code a command plans before it prints.
+PLANNED_EXIT = "attnverify.exit_code"
+
+
+def plan_exit(code: int) -> None:
+    """Record the code the running command will exit with, before it prints its tables: if
+    stdout's reader goes away mid-print, the command still ends with this code."""
+    click.get_current_context().meta[PLANNED_EXIT] = code

@@ -1,0 +1,86 @@
+"""Output paths, checked when the command line is read, before any work.
+
+One rule for every command (``check --json``, ``mc --json/--plot``, ``report --out``): a missing
+parent folder is created; a path that cannot be written is a usage error (exit 2) naming the
+option, what was expected and what came.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import click
+
+__all__ = ["OutputPath", "check_output_path", "PLOT_SUFFIXES"]
+
+#: Plot formats matplotlib writes with no extra dependency (see verify.montecarlo.plots).
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def check_output_path(path: Path, *, directory: bool = False, suffixes: tuple[str, ...] = ()) -> Path:
+    """Make sure ``path`` (a file, or a folder when ``directory``) can be written; create its
+    missing parent folders (or the folder itself). Raise ValueError saying why not."""
+    path = Path(path).expanduser()
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise ValueError(f"expected a file name ending in {', '.join(suffixes)}; got {str(path)!r}")
+    if directory:
+        folder = path
+    else:
+        if path.is_dir():
+            raise ValueError(f"expected a file; {str(path)!r} is a directory")
+        if path.exists() and not path.is_file():
+            raise ValueError(f"expected a regular file; {str(path)!r} is not one")
+        folder = path.parent
+    _make_folder(folder)
+    _probe(folder)
+    if not directory and path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"{str(path)!r} exists and is not writable")
+    return path
+
+
+def _make_folder(folder: Path) -> None:
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                what = "" if parent == folder else f", so the directory {str(folder)!r} cannot be created"
+                raise ValueError(f"{str(parent)!r} is a file, not a directory{what}")
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot create the directory {str(folder)!r}: {exc.strerror or exc}") from None
+
+
+def _probe(folder: Path) -> None:
+    """Create and remove a file in ``folder``: the only test that holds for root and read-only mounts."""
+    try:
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".attnverify-probe-")
+    except OSError as exc:
+        raise ValueError(f"the directory {str(folder)!r} is not writable: {exc.strerror or exc}") from None
+    os.close(fd)
+    os.unlink(name)
+
+
+class OutputPath(click.ParamType):
+    """A file (or folder) the command will write, checked as it is parsed; ``-`` means stdout
+    when ``dash`` is allowed."""
+
+    name = "PATH"
+
+    def __init__(self, *, directory: bool = False, suffixes: tuple[str, ...] = (), dash: bool = False):
+        self.directory, self.suffixes, self.dash = directory, suffixes, dash
+
+    def convert(self, value, param, ctx):
+        if self.dash and str(value) == "-":
+            return "-"
+        try:
+            return check_output_path(Path(value), directory=self.directory, suffixes=self.suffixes)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+    def shell_complete(self, ctx, param, incomplete):
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem(incomplete, type="dir" if self.directory else "file")]
