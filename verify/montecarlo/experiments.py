@@ -26,7 +26,7 @@ import numpy as np
 
 from ._checks import check_alpha, check_dks, check_int, check_positive_float
 from .distributions import get_distribution
-from .engine import run_mc
+from .engine import MEMORY_LIMIT, format_bytes, run_mc
 from .results import MCResult, _jsonable, format_number
 from .samplers import DotSampler, ProjectedSampler, SaturationSampler
 from .theory import softmax_jacobian_fro_bound
@@ -163,9 +163,30 @@ def _run(sampler, key, root, alpha, run_kw, label) -> MCResult:
                   description=label, **run_kw)
 
 
-def _run_kwargs(samples, rel_error, variance_method, backend, workers, block_size, chunk_size, progress) -> dict:
+def _run_kwargs(samples, rel_error, variance_method, backend, workers, block_size, chunk_size, progress,
+                memory_limit) -> dict:
     return dict(samples=samples, rel_error=rel_error, variance_method=variance_method, backend=backend,
-                workers=workers, block_size=block_size, chunk_size=chunk_size, progress=progress)
+                workers=workers, block_size=block_size, chunk_size=chunk_size, progress=progress,
+                memory_limit=memory_limit)
+
+
+def _check_widths(d_ks, elements, formula: str, memory_limit) -> None:
+    """Refuse, before any run, a d_k whose one sample would not fit in ``memory_limit``.
+
+    ``elements(d)`` is the float64 numbers one sample holds at ``d_k = d`` (increasing in d).
+    """
+    limit = MEMORY_LIMIT if memory_limit is None else check_int("memory_limit", memory_limit, minimum=1)
+    for d in d_ks:
+        if 8 * elements(d) > limit:
+            lo, hi = 0, d  # largest d_k that fits: elements is increasing
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if 8 * elements(mid) <= limit else (lo, mid)
+            fits = f"at most d_k={lo:,} fits" if lo else "no d_k fits"
+            raise ValueError(
+                f"d_k={d:,} needs about {format_bytes(8 * elements(d))} per sample ({elements(d):,} float64 "
+                f"numbers, {formula}), over memory_limit={format_bytes(limit)}; {fits} (or raise memory_limit)"
+            )
 
 
 def variance_sweep(
@@ -188,6 +209,7 @@ def variance_sweep(
     block_size: int | None = None,
     chunk_size: int | None = None,
     progress: bool | None = None,
+    memory_limit: int | None = None,
 ) -> Sweep:
     """Experiments 1 and 2: Var(q·k) (or of q·k/sqrt(d_k) when ``scaled``) across ``d_ks``.
 
@@ -205,12 +227,14 @@ def variance_sweep(
     alpha = check_alpha(alpha)
     margin = check_positive_float("margin", margin)
     dist_obj = get_distribution(dist)
+    _check_widths(d_ks, lambda d: 2 * d, "q and k", memory_limit)
     root = _root_seed(seed)
     samplers = [DotSampler(d, dist_obj, mean_q, mean_k, std_q, std_k, scaled) for d in d_ks]
     standard = (mean_q, mean_k, std_q, std_k) == (0.0, 0.0, 1.0, 1.0)
     per_point = 2 if standard else 3
     tests = per_point * len(d_ks)
-    run_kw = _run_kwargs(samples, rel_error, variance_method, backend, workers, block_size, chunk_size, progress)
+    run_kw = _run_kwargs(samples, rel_error, variance_method, backend, workers, block_size, chunk_size, progress,
+                         memory_limit)
     name = "scaled" if scaled else "variance"
     label = "q·k/sqrt(d_k)" if scaled else "q·k"
     note = HEAVY_TAIL_NOTE if dist_obj.finite_moments < 8 else ""
@@ -261,6 +285,7 @@ def projected_sweep(
     block_size: int | None = None,
     chunk_size: int | None = None,
     progress: bool | None = None,
+    memory_limit: int | None = None,
 ) -> Sweep:
     """Experiment 3: self-attention scores ``x W^Q · x' W^K`` across ``d_ks``.
 
@@ -274,6 +299,12 @@ def projected_sweep(
     margin = check_positive_float("margin", margin)
     d_model = check_int("d_model", d_model, minimum=1)
     dist_obj = get_distribution(dist)
+    if weights == "fresh":
+        _check_widths(d_ks, lambda d: 2 * d_model + 2 * d + 2 * d_model * d, "x, x', q, k and fresh W^Q, W^K",
+                      memory_limit)
+    else:  # the fixed W^Q, W^K (D, K) are drawn once, when the samplers are built
+        _check_widths(d_ks, lambda d: 2 * d_model * d, "the fixed W^Q and W^K", memory_limit)
+        _check_widths(d_ks, lambda d: 2 * d_model + 2 * d, "x, x', q and k", memory_limit)
     root = _root_seed(seed)
     samplers = [
         ProjectedSampler(d, d_model, same_token, weights, dist_obj,
@@ -285,7 +316,8 @@ def projected_sweep(
         mean, var = s.predicted()
         plans.append((mean, var, var != float(d)))
     tests = sum(3 if extra else 2 for _, _, extra in plans)
-    run_kw = _run_kwargs(samples, rel_error, variance_method, backend, workers, block_size, chunk_size, progress)
+    run_kw = _run_kwargs(samples, rel_error, variance_method, backend, workers, block_size, chunk_size, progress,
+                         memory_limit)
     label = "x W^Q · x W^K" if same_token else "x W^Q · x' W^K"
     kind = "exact (fresh-weights ensemble)" if weights == "fresh" else "exact given the fixed W^Q, W^K"
     note = HEAVY_TAIL_NOTE if dist_obj.finite_moments < 8 else ""
@@ -351,6 +383,7 @@ def saturation_sweep(
     block_size: int | None = None,
     chunk_size: int | None = None,
     progress: bool | None = None,
+    memory_limit: int | None = None,
 ) -> Sweep:
     """Experiment 4: saturation and gradients of softmax over ``n_keys`` keys, raw and scaled.
 
@@ -364,10 +397,12 @@ def saturation_sweep(
     alpha = check_alpha(alpha)
     n_keys = check_int("n_keys", n_keys, minimum=2)
     dist_obj = get_distribution(dist)
+    _check_widths(d_ks, lambda d: 3 * (n_keys + 1) * d, f"3 (n_keys + 1) d_k with n_keys={n_keys}", memory_limit)
     root = _root_seed(seed)
     findings_spec = [f for f in _SATURATION_FINDINGS if len(d_ks) > 1 or f[2][0] == f[2][1]]
     tests = max(1, len(findings_spec))
-    run_kw = _run_kwargs(samples, rel_error, "fourth-moment", backend, workers, block_size, chunk_size, progress)
+    run_kw = _run_kwargs(samples, rel_error, "fourth-moment", backend, workers, block_size, chunk_size, progress,
+                         memory_limit)
     points, t0, incomplete = [], time.perf_counter(), False
     for d in d_ks:
         s = SaturationSampler(d, n_keys, dist_obj)
