@@ -104,6 +104,7 @@ PROGRESS_AFTER_S = 2.0
 MEMORY_LIMIT = 2**30
 #: Largest sample budget: float64 counts are exact up to 2**53 (and 10^8 samples/s would take 3 years).
 MAX_SAMPLES = 2**53
+_TINY = float(np.finfo(np.float64).tiny)
 #: Most per-block moments kept per output for batch means (then adjacent entries merge pairwise).
 MAX_KEPT_BLOCKS = 4096
 
@@ -332,6 +333,11 @@ def _summarise(xp: Any, outputs: Mapping[str, Output], values: Mapping[str, Any]
                     f"sampler {name!r} output {key!r} overflows float64 moments "
                     f"(mean {m.mean}, fourth central sum {m.m4}): rescale it"
                 )
+            if m.maximum > m.minimum and m.m4 < m.n * _TINY:  # (x - mean)^4 underflowed (exactly, m4 > 0 here)
+                raise ValueError(
+                    f"sampler {name!r} output {key!r} varies too little for float64 fourth moments (fourth central "
+                    f"sum {m.m4:.3g} over {m.n} values underflows; spreads below about 1e-77 do): rescale it"
+                )
             stats[key] = m
         elif spec.kind == "fraction":
             stats[key] = count_of(xp, v)
@@ -371,6 +377,10 @@ class _Kept:
 
     def moments(self) -> tuple:
         return tuple(self.entries[: self.length]) + ((self.partial,) if self.partial is not None else ())
+
+
+def _mean_of(m: Any) -> float:
+    return getattr(m, "mean", math.nan)
 
 
 def _empty(spec: Output):
@@ -590,6 +600,12 @@ def run_mc(
         """Merge block ``b``; True when the run should stop after it."""
         totals, merged, done_samples, kept = state["snap"]
         new_totals = {k: totals[k].merge(st) for k, st in stats.items()}
+        for k, acc in new_totals.items():
+            if isinstance(acc, Moments) and not (math.isfinite(acc.m2) and math.isfinite(acc.m4)):
+                raise ValueError(
+                    f"sampler {sampler.name!r} output {k!r}: merging block {b} overflows float64 moments (block means "
+                    f"{totals[k].mean:.3g} and {_mean_of(stats[k]):.3g} too far apart for their spread): rescale it"
+                )
         new_kept = {k: kv.add(stats[k], cap) for k, kv in kept.items()}
         state["snap"] = (new_totals, b + 1, done_samples + block_n(b), new_kept)
         totals, merged, done_samples, kept = state["snap"]

@@ -257,10 +257,13 @@ def mean_interval(m: Moments, alpha: float) -> tuple[float, float, str]:
     from scipy import stats
 
     if m.n < 2:
-        return (math.nan, math.nan, "t")
+        return (math.nan, math.nan, "t: undefined (needs n >= 2)")
     se = math.sqrt(max(m.variance, 0.0) / m.n)
     t = float(stats.t.isf(alpha / 2.0, m.n - 1))
-    return (m.mean - t * se, m.mean + t * se, "t")
+    low, high = m.mean - t * se, m.mean + t * se
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return (math.nan, math.nan, "t: undefined (float64 overflow)")
+    return (low, high, "t")
 
 
 def fourth_moment_se(m: Moments) -> float:
@@ -304,7 +307,8 @@ def variance_interval(
         s2 = m.variance
         se = fourth_moment_se(m)
         if not (math.isfinite(s2) and math.isfinite(se)):
-            return (math.nan, math.nan, "fourth-moment (log-scale delta method)")
+            return (math.nan, math.nan, "fourth-moment (log-scale delta method): undefined "
+                    "(needs n >= 4 and float64 moments that do not overflow)")
         z = _two_sided_quantile(alpha)
         if s2 <= 0.0:
             return (0.0, z * se, "fourth-moment (log-scale delta method)")
