@@ -1,0 +1,175 @@
+"""Output paths are checked before any work: one line naming the option, exit 2; missing
+folders are created, by every command alike."""
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from proofs.claims import CheckOutcome, Claim, Evidence, Method, Source, Verdict
+from verify._paths import PLOT_SUFFIXES, check_output_path
+from verify.cli import main
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """A one-claim catalogue that counts how often its check ran."""
+    import proofs.catalogue
+
+    ran = []
+
+    def proved():
+        ran.append(1)
+        return CheckOutcome(Verdict.PROVED, Method.SYMBOLIC, [Evidence("derivation", "1 - 1 simplifies to 0")])
+
+    claim = Claim("seed003.demo", "demo", Source("003_ea119736e090508e.txt", "Lema 9"), "$1 = 1$", [proved])
+    monkeypatch.setattr(proofs.catalogue, "all_claims", lambda: [claim])
+    return ran
+
+
+def bad_paths(tmp_path):
+    """Paths no one can write, root included: under a regular file, inside /proc, a directory."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    (tmp_path / "a-dir.png").mkdir()
+    return {
+        "parent is a file": (a_file / "out.json", "is a file, not a directory"),
+        "grandparent is a file": (a_file / "sub" / "out.json", "is a file, not a directory"),
+        "in /proc": (Path("/proc/attnverify-test/out.json"), "cannot create the directory"),
+        "a directory": (tmp_path / "a-dir.png", "is a directory"),
+    }
+
+
+def _one_error_line(output: str, option: str) -> str:
+    assert "Traceback" not in output
+    errors = [line for line in output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and f"'{option}'" in errors[0], output
+    return errors[0]
+
+
+@pytest.mark.parametrize("kind", ["parent is a file", "grandparent is a file", "in /proc", "a directory"])
+def test_check_refuses_an_unwritable_json_path_before_running_anything(tmp_path, calls, kind):
+    path, why = bad_paths(tmp_path)[kind]
+    result = CliRunner().invoke(main, ["check", "--no-progress", "--json", str(path)])
+    assert result.exit_code == 2
+    assert why in _one_error_line(result.output, "--json")
+    assert calls == []
+
+
+@pytest.mark.parametrize("option", ["--json", "--plot"])
+@pytest.mark.parametrize("kind", ["parent is a file", "in /proc", "a directory"])
+def test_mc_refuses_unwritable_paths_before_computing(tmp_path, monkeypatch, option, kind):
+    from verify.montecarlo import experiments
+
+    monkeypatch.setattr(experiments, "variance_sweep", lambda **kw: pytest.fail("the sweep ran"))
+    path, why = bad_paths(tmp_path)[kind]
+    path = path.with_suffix(".png") if option == "--plot" and kind != "a directory" else path
+    result = CliRunner().invoke(main, ["mc", "variance", "--dk", "2", "--samples", "100", option, str(path)])
+    assert result.exit_code == 2
+    assert why in _one_error_line(result.output, option)
+
+
+def test_report_refuses_an_out_folder_under_a_file(tmp_path, calls):
+    path, why = bad_paths(tmp_path)["parent is a file"]
+    result = CliRunner().invoke(main, ["report", "--out", str(path)])
+    assert result.exit_code == 2 and why in _one_error_line(result.output, "--out")
+    assert calls == []
+
+
+def test_plot_formats_are_checked_before_computing(monkeypatch, tmp_path):
+    from verify.montecarlo import experiments, plots
+
+    assert PLOT_SUFFIXES == plots.SUFFIXES  # what the CLI accepts is what the plots can write
+    monkeypatch.setattr(experiments, "variance_sweep", lambda **kw: pytest.fail("the sweep ran"))
+    result = CliRunner().invoke(main, ["mc", "variance", "--plot", str(tmp_path / "x.jpg")])
+    assert result.exit_code == 2
+    assert "expected a file name ending in .png, .pdf, .svg; got" in _one_error_line(result.output, "--plot")
+
+
+@pytest.mark.parametrize("suffix", PLOT_SUFFIXES)
+def test_every_accepted_plot_format_is_written(tmp_path, suffix):
+    path = tmp_path / f"p{suffix}"
+    result = CliRunner().invoke(main, ["mc", "variance", "--dk", "2", "--samples", "1000", "--seed", "1",
+                                       "--plot", str(path)])
+    assert result.exit_code == 0, result.output
+    assert path.stat().st_size > 1000
+
+
+def test_missing_folders_are_created_by_check_mc_and_report(tmp_path, calls, monkeypatch):
+    out = tmp_path / "new" / "deeper" / "results.json"
+    result = CliRunner().invoke(main, ["check", "--no-progress", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["summary"]["claims"] == 1
+    plot = tmp_path / "mc" / "v.png"
+    result = CliRunner().invoke(main, ["mc", "variance", "--dk", "2", "--samples", "1000", "--plot", str(plot)])
+    assert result.exit_code == 0 and plot.exists()
+    import proofs.report
+
+    monkeypatch.setattr(proofs.report, "write_report", lambda results, out_dir: out_dir / "report.tex")
+    folder = tmp_path / "r" / "s"
+    result = CliRunner().invoke(main, ["report", "--out", str(folder), "--no-pdf"])
+    assert result.exit_code == 0, result.output
+    assert folder.is_dir()
+
+
+def test_check_output_path_on_good_and_bad_paths(tmp_path):
+    assert check_output_path(tmp_path / "x" / "y.json") == tmp_path / "x" / "y.json"
+    assert (tmp_path / "x").is_dir()
+    existing = tmp_path / "old.json"
+    existing.write_text("{}")
+    assert check_output_path(existing) == existing and existing.read_text() == "{}"  # not truncated
+    with pytest.raises(ValueError, match="is a file, not a directory"):
+        check_output_path(existing / "z.json")
+    with pytest.raises(ValueError, match="expected a file name ending in .png"):
+        check_output_path(tmp_path / "a.gif", suffixes=(".png",))
+
+
+_KINDS = ["new file", "existing file", "missing parent", "parent is a file", "a directory", "in /proc",
+          "dash", "relative name"]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(_KINDS), name=st.text(alphabet="abcxyz_-.[]", min_size=1, max_size=12),
+       command=st.sampled_from(["check", "mc"]))
+def test_any_output_path_exits_zero_or_two_with_one_line(tmp_path_factory, calls, monkeypatch, kind, name,
+                                                         command):
+    """Whatever the path, the command either works (0) or says why in one line (2); never a traceback."""
+    from verify.montecarlo import experiments
+
+    base = tmp_path_factory.mktemp("paths")
+    monkeypatch.chdir(base)
+    name = name.strip(".") or "x"
+    a_file = base / "a-file"
+    a_file.write_text("x")
+    path = {
+        "new file": base / f"{name}.json",
+        "existing file": a_file,
+        "missing parent": base / name / "sub" / "out.json",
+        "parent is a file": a_file / f"{name}.json",
+        "a directory": base,
+        "in /proc": f"/proc/{name}/out.json",
+        "dash": "-",
+        "relative name": f"{name}.json",
+    }[kind]
+    if command == "mc":
+        monkeypatch.setattr(experiments, "variance_sweep", _tiny(experiments.variance_sweep))
+        args = ["mc", "variance", "--dk", "2", "--samples", "100", "--seed", "1", "--json", str(path)]
+    else:
+        args = ["check", "--no-progress", "--json", str(path)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code in (0, 2), result.output
+    assert "Traceback" not in result.output
+    if result.exit_code == 2:
+        _one_error_line(result.output, "--json")
+    elif path != "-":
+        json.loads((base / path).read_text())
+
+
+def _tiny(sweep):
+    def run(**kw):
+        return sweep(**{**kw, "samples": 100, "workers": 1})
+
+    return run
