@@ -16,7 +16,7 @@ def _finding(source, verdict, claim):
 
 def _fake_sweep(monkeypatch, findings, tmp_path):
     sweep = SimpleNamespace(findings=findings, to_dict=lambda: {"experiment": "saturation"})
-    monkeypatch.setattr(seed_003, "_saturation", lambda: (sweep, tmp_path / "fig.png"))
+    monkeypatch.setattr(seed_003, "_saturation", lambda: (sweep, ([str(tmp_path / "fig.png")], [])))
 
 
 GROWTH = "unscaled, the softmax Jacobian in the scores, mean ||diag(s) - s s^T||_F, grows with d_k"

@@ -1,0 +1,46 @@
+"""Seed 003's variance claims from Monte Carlo: an INCONCLUSIVE check is never support, nor a
+refutation (issue 7, item 1: absence of evidence is not support)."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from proofs.catalogue import seed_003
+from proofs.claims import Method, Verdict
+from verify.montecarlo import experiments as X
+from verify.montecarlo import plots
+
+
+def _fake_variance_sweep(monkeypatch, tmp_path, verdicts):
+    checks = [SimpleNamespace(verdict=v, summary=lambda v=v, i=i: f"{v}: Var = 1 (d_k={i})") for i, v in enumerate(verdicts)]
+    sweep = SimpleNamespace(verdicts=verdicts, checks=checks, incomplete=False, summary=lambda: "fake sweep",
+                            to_dict=lambda: {"experiment": "scaled"})
+    monkeypatch.setattr(X, "variance_sweep", lambda *a, **k: sweep)
+    monkeypatch.setattr(plots, "plot_sweep", lambda sweep, path: path)
+    monkeypatch.setattr(seed_003, "write_figure", lambda draw, name: ([str(tmp_path / name)], []))
+
+
+@pytest.mark.parametrize("verdicts,expected", [
+    (["SUPPORTED"] * 4, Verdict.SUPPORTED),
+    (["SUPPORTED", "REFUTED", "SUPPORTED", "SUPPORTED"], Verdict.REFUTED),
+    (["INCONCLUSIVE", "REFUTED", "SUPPORTED", "SUPPORTED"], Verdict.REFUTED),
+])
+def test_variance_check_combines_the_sweep_verdicts(monkeypatch, tmp_path, verdicts, expected):
+    _fake_variance_sweep(monkeypatch, tmp_path, verdicts)
+    out = seed_003.check_variance_monte_carlo(scaled=True)
+    assert (out.verdict, out.method) == (expected, Method.STATISTICAL)
+
+
+def test_an_inconclusive_variance_check_gives_no_verdict(monkeypatch, tmp_path):
+    # before: every non-SUPPORTED check made the claim REFUTED, INCONCLUSIVE ones included
+    _fake_variance_sweep(monkeypatch, tmp_path, ["SUPPORTED", "INCONCLUSIVE", "SUPPORTED", "SUPPORTED"])
+    with pytest.raises(RuntimeError, match=r"inconclusive Monte Carlo check: INCONCLUSIVE: Var = 1 \(d_k=1\)"):
+        seed_003.check_variance_monte_carlo(scaled=True)
+
+
+def test_the_catalogue_budget_decides_at_the_default_margin():
+    # the real sweep of Lema 6 at the catalogue's budget: every check decided, none merely "inside"
+    sweep = X.variance_sweep(seed_003.MC_DKS, samples=seed_003.MC_SAMPLES, seed=seed_003.MC_SEED,
+                             alpha=seed_003.MC_ALPHA, scaled=True, progress=False)
+    assert sweep.verdicts == ["SUPPORTED"] * 8, [c.summary() for c in sweep.checks]
+    assert all(c.margin == 0.05 for c in sweep.checks)
