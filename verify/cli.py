@@ -54,12 +54,16 @@ def _silence_stdout() -> None:
         pass
 
 
-@click.group(cls=AttnverifyGroup, context_settings={"help_option_names": ["-h", "--help"]},
-             epilog=EXIT_CODES + """
+#: How to turn on shell completion (click's own), as --help shows it.
+COMPLETION = """\b
+Shell completion (add to ~/.bashrc, ~/.zshrc or fish's config):
+  bash: eval "$(_ATTNVERIFY_COMPLETE=bash_source attnverify)"
+  zsh:  eval "$(_ATTNVERIFY_COMPLETE=zsh_source attnverify)"
+  fish: _ATTNVERIFY_COMPLETE=fish_source attnverify | source"""
 
-\b
-Shell completion (bash; zsh and fish alike):
-  eval "$(_ATTNVERIFY_COMPLETE=bash_source attnverify)\"""")
+
+@click.group(cls=AttnverifyGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=EXIT_CODES + "\n\n" + COMPLETION)
 @click.version_option(__version__, prog_name="attnverify")
 def main() -> None:
     """attnverify: check the mathematics of Transformer attention.

@@ -289,7 +289,7 @@ def _moment_options(f):
     return f
 
 
-@mc.command("variance")
+@mc.command("variance", epilog=EXIT_CODES)
 @_common("1..4096", 100_000)
 @_moment_options
 def variance_cmd(**kw):
@@ -297,7 +297,7 @@ def variance_cmd(**kw):
     _dot_command(False)(**kw)
 
 
-@mc.command("scaled")
+@mc.command("scaled", epilog=EXIT_CODES)
 @_common("1..4096", 100_000)
 @_moment_options
 def scaled_cmd(**kw):
@@ -305,7 +305,7 @@ def scaled_cmd(**kw):
     _dot_command(True)(**kw)
 
 
-@mc.command("projected")
+@mc.command("projected", epilog=EXIT_CODES)
 @_common("1..256", 100_000)
 @click.option("--d-model", type=click.IntRange(min=1), default=16, show_default=True, help="Token width D.")
 @click.option("--same-token/--independent", default=False, show_default=True,
@@ -324,7 +324,7 @@ def projected_cmd(dk, samples, rel_error, dist, backend, seed, alpha, workers, j
     run_and_report("projected_sweep", kw, json_path, plot_path, _variance_table)
 
 
-@mc.command("saturation")
+@mc.command("saturation", epilog=EXIT_CODES)
 @_common("1..4096", 10_000, variance=False)
 @click.option("--keys", type=click.IntRange(min=2), default=16, show_default=True, help="Keys per query row.")
 def saturation_cmd(dk, samples, rel_error, dist, backend, seed, alpha, workers, json_path, plot_path, progress, keys,
