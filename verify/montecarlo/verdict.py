@@ -133,9 +133,10 @@ class Check:
     def summary(self) -> str:
         e = self.estimate
         fam = f", Bonferroni over {self.tests} from {self.family_alpha:g}" if self.tests > 1 else ""
+        method = "" if e.method in self.reason else f"; {e.method}"
         return (
             f"{self.verdict}: {self.claim} — {self.reason} "
-            f"(estimate {format_number(e.estimate)}, alpha={e.alpha:.3g}{fam}; {e.method}; n={e.samples:,}, seed={e.seed}"
+            f"(estimate {format_number(e.estimate)}, alpha={e.alpha:.3g}{fam}{method}; n={e.samples:,}, seed={e.seed}"
             f"{' key=' + str(list(e.spawn_key)) if e.spawn_key else ''})"
             f"{' INCOMPLETE' if e.incomplete else ''}"
             f"{' [' + self.note + ']' if self.note else ''}"
