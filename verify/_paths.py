@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import click
 
-__all__ = ["OutputPath", "check_output_path", "PLOT_SUFFIXES"]
+__all__ = ["OutputPath", "check_output_path", "write_output", "PLOT_SUFFIXES"]
 
 #: Plot formats matplotlib writes with no extra dependency (see verify.montecarlo.plots).
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
@@ -61,6 +62,15 @@ def _probe(folder: Path) -> None:
         raise ValueError(f"the directory {str(folder)!r} is not writable: {exc.strerror or exc}") from None
     os.close(fd)
     os.unlink(name)
+
+
+def write_output(path: Path, option: str, write: Callable[[], object]) -> None:
+    """Run ``write()``; an OSError after the up-front check (a disk that filled meanwhile) is one
+    line naming ``option``, exit 1."""
+    try:
+        write()
+    except OSError as exc:
+        raise click.FileError(str(path), hint=f"{option}: {exc.strerror or exc}") from None
 
 
 class OutputPath(click.ParamType):

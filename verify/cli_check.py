@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from verify._console import VERDICTS, plain, print_table, stdout_console, verdict_text
 from verify._interrupt import InterruptGate
-from verify._paths import OutputPath
+from verify._paths import OutputPath, write_output
 from verify._exits import EXIT_CODES, plan_exit
 
 #: Verdicts that make ``check --strict`` exit 1.
@@ -155,28 +155,34 @@ def check(ctx: click.Context, json_path, pattern: str | None, strict: bool, prog
             document = json.dumps(results_document(results, seconds=seconds, not_run=left_out,
                                                    incomplete=interrupted), indent=2)
             if not to_stdout:
-                json_path.write_text(document)
+                write_output(json_path, "--json", lambda: json_path.write_text(document, encoding="utf-8"))
         print_results(results, console)
-        counts = Counter(verdict_of(r) for r in results)
-        console.print(plain(f"{len(results)} claims in {seconds:.1f} s: "
-                            + ", ".join(f"{v} {counts[v]}" for v in VERDICTS if counts[v])))
-        for reason in left_out:
-            console.print(plain("not run: ", "yellow") + plain(reason))
-        for r in results:
-            if not r.ok:
-                console.print(plain(f"{r.claim.id} crashed:", "bold red"))
-                console.print(plain(r.error))
+        _print_footer(results, seconds, left_out, console)
         if document is not None:
             if to_stdout:
                 click.echo(document)
             else:
                 console.print(plain(f"wrote {json_path}"))
-        if interrupted or gate.pending:
-            console.print(plain("interrupted: the results above are INCOMPLETE", "bold yellow"))
-            code = 130
-        if strict and code == 1 and not any(not r.ok for r in results):
+        if strict and code == 1 and all(r.ok for r in results):
             console.print(plain("--strict: a claim is REFUTED or CORRECTED", "yellow"))
+        if interrupted or gate.pending:
+            what = "the results above are INCOMPLETE" if interrupted else "every claim had finished"
+            console.print(plain(f"interrupted: {what}", "bold yellow"))
+            code = 130
     ctx.exit(code)
+
+
+def _print_footer(results, seconds: float, left_out: list[str], console: Console) -> None:
+    """The counts, the claims not run and why, and the crashes with their tracebacks."""
+    counts = Counter(verdict_of(r) for r in results)
+    console.print(plain(f"{len(results)} claims in {seconds:.1f} s: "
+                        + ", ".join(f"{v} {counts[v]}" for v in VERDICTS if counts[v])))
+    for reason in left_out:
+        console.print(plain("not run: ", "yellow") + plain(reason))
+    for r in results:
+        if not r.ok:
+            console.print(plain(f"{r.claim.id} crashed:", "bold red"))
+            console.print(plain(r.error))
 
 
 @click.command(epilog=EXIT_CODES)

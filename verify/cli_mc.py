@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from pathlib import Path
 
 import click
 from rich.text import Text
@@ -24,7 +23,7 @@ from rich.text import Text
 from verify._console import plain, print_table, stdout_console, verdict_text
 from verify._exits import EXIT_CODES, plan_exit
 from verify._interrupt import InterruptGate
-from verify._paths import PLOT_SUFFIXES, OutputPath
+from verify._paths import PLOT_SUFFIXES, OutputPath, write_output
 
 __all__ = ["mc", "parse_dks"]
 
@@ -189,12 +188,12 @@ def run_and_report(sweep_name: str, kwargs: dict, json_path, plot_path, print_ta
         plan_exit(130 if sweep.incomplete or gate.pending else 0)
         document = None if json_path is None else json.dumps(sweep.to_dict(), indent=1, ensure_ascii=False)
         if document is not None and not to_stdout:
-            _write(json_path, "--json", lambda: json_path.write_text(document, encoding="utf-8"))
+            write_output(json_path, "--json", lambda: json_path.write_text(document, encoding="utf-8"))
         plotted = plot_path is not None and bool(sweep.points)
         if plotted:
             from verify.montecarlo.plots import plot_sweep
 
-            _write(plot_path, "--plot", lambda: plot_sweep(sweep, plot_path))
+            write_output(plot_path, "--plot", lambda: plot_sweep(sweep, plot_path))
         print_tables(sweep, console)
         _print_findings(sweep, console)
         if document is not None and not to_stdout:
@@ -208,14 +207,6 @@ def run_and_report(sweep_name: str, kwargs: dict, json_path, plot_path, print_ta
             what = "the results above are INCOMPLETE" if sweep.incomplete else "every point had finished"
             console.print(plain(f"interrupted: {what}", "bold yellow"))
     ctx.exit(code)
-
-
-def _write(path: Path, option: str, write) -> None:
-    """Run ``write``; an OSError (a disk full since the path was checked) is one line, exit 1."""
-    try:
-        write()
-    except OSError as exc:
-        raise click.FileError(str(path), hint=f"{option}: {exc.strerror or exc}") from None
 
 
 def _print_findings(sweep, console) -> None:

@@ -12,7 +12,9 @@ import signal
 import subprocess
 import sys
 import time
+from importlib import resources
 
+import jsonschema
 import pytest
 from click.testing import CliRunner
 
@@ -148,6 +150,8 @@ def test_check_stops_after_the_claim_in_progress_and_saves_the_finished_ones(tmp
     assert [r["id"] for r in doc["results"]] == ["c0", "c1"] and doc["incomplete"] is True
     assert "1 of 3 claims: interrupted" in doc["not_run"]
     assert "INCOMPLETE" in result.output
+    schema = json.loads(resources.files("proofs").joinpath("schema/check.schema.json").read_text())
+    jsonschema.validate(doc, schema)
 
 
 def test_report_interrupted_writes_nothing(tmp_path, monkeypatch):
@@ -195,3 +199,17 @@ def test_a_real_ctrl_c_during_a_run_exits_130_with_the_finished_points(tmp_path,
     assert doc["points"] and doc["incomplete"] is True
     *whole, last = samples(doc)
     assert all(n == 1_000_000 for _, n in whole) and 0 < last[1] < 1_000_000
+
+
+def test_the_gate_defers_outside_the_engine_and_restores_the_handler():
+    from verify._interrupt import InterruptGate, safe_in_engine
+
+    before = signal.getsignal(signal.SIGINT)
+    assert not safe_in_engine(sys._getframe())
+    with InterruptGate(engine=True) as gate:
+        ctrl_c()  # outside the engine: recorded, not raised
+        assert gate.pending
+        with pytest.raises(KeyboardInterrupt):
+            ctrl_c()  # the second: at once
+    assert signal.getsignal(signal.SIGINT) is before
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)

@@ -173,3 +173,17 @@ def _tiny(sweep):
         return sweep(**{**kw, "samples": 100, "workers": 1})
 
     return run
+
+
+def test_a_write_that_fails_after_the_check_is_one_line_exit_one(tmp_path, calls, monkeypatch):
+    """A disk that fills between the check and the write: one line naming the option, no traceback."""
+    import errno
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    result = CliRunner().invoke(main, ["check", "--no-progress", "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    [line] = [x for x in result.output.splitlines() if x.startswith("Error:")]
+    assert "--json: No space left on device" in line
