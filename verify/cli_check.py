@@ -189,10 +189,11 @@ def _print_footer(results, seconds: float, left_out: list[str], console: Console
 @click.argument("name", required=False)
 @click.option("--list", "list_names", is_flag=True, help="List the derivations.")
 def derive(name: str | None, list_names: bool) -> None:
-    """Print one derivation as LaTeX (each step checked first)."""
+    """Print one derivation as LaTeX (each step checked first; exit 1 when a step fails)."""
     from proofs.derivations import DERIVATIONS
 
     if list_names or name is None:
+        plan_exit(0)
         for key, build in DERIVATIONS.items():
             doc = (build.__doc__ or "").strip().splitlines()
             click.echo(f"{key:<22}{doc[0] if doc else ''}")
@@ -200,6 +201,7 @@ def derive(name: str | None, list_names: bool) -> None:
     if name not in DERIVATIONS:
         raise click.BadParameter(f"expected one of {', '.join(DERIVATIONS)}; got {name!r}", param_hint="NAME")
     derivation = DERIVATIONS[name]()
+    plan_exit(0 if derivation.valid else 1)
     click.echo(derivation.latex())
     if not derivation.valid:
         raise click.ClickException(f"{len(derivation.failed)} step(s) of {name} failed their check")

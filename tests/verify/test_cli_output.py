@@ -147,3 +147,10 @@ def test_tables_written_to_a_pipe_follow_columns(monkeypatch):
     fake_catalogue(monkeypatch, [claim("a", summary="evidence " * 30)])
     assert max(map(len, check(env={"COLUMNS": "50"}).output.splitlines())) <= 50
     assert max(map(len, check(env={"COLUMNS": None}).output.splitlines())) > 80  # a pipe: 160 columns
+
+
+def test_derive_exits_zero_when_its_reader_stops_early(tmp_path):
+    from proofs.derivations import DERIVATIONS
+
+    code, err = _closed_pipe(["derive", next(iter(DERIVATIONS))], tmp_path)
+    assert (code, err) == (0, "")
