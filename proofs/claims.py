@@ -15,6 +15,7 @@ PROVED     exact symbolic proof under stated assumptions  the derivation steps, 
 REFUTED    the statement is false                         a counterexample, or estimate with CI
 CORRECTED  false as written, a nearby statement is proved both statements, what differs, proof
 SUPPORTED  statistical evidence at a stated error rate    estimate, CI, samples, seed, alpha
+INCONCLUS. evidence too weak to decide either way         the interval, and what would settle it
 INFORMAL   not a mathematical statement                   why, and what proxy was checked if any
 ========== ============================================== =======================================
 """
@@ -44,6 +45,7 @@ class Verdict(str, Enum):
     REFUTED = "REFUTED"
     CORRECTED = "CORRECTED"
     SUPPORTED = "SUPPORTED"
+    INCONCLUSIVE = "INCONCLUSIVE"
     INFORMAL = "INFORMAL"
 
 
@@ -136,15 +138,17 @@ def combine_verdicts(verdicts: list[Verdict]) -> Verdict:
     """One verdict from several checks of one claim.
 
     A refutation or correction wins (a counterexample outweighs any support); then an exact
-    proof; then statistical support; INFORMAL only when nothing mathematical was checked.
-    A proof together with a refutation means a defect in a check: raise.
+    proof; then statistical support; then INCONCLUSIVE (a check that could not decide adds
+    nothing to a proof or to support, and is never read as support); INFORMAL only when nothing
+    mathematical was checked. A proof together with a refutation means a defect in a check: raise.
     """
     found = set(verdicts)
     if not found:
         raise ValueError("no verdicts to combine")
     if Verdict.PROVED in found and Verdict.REFUTED in found:
         raise RuntimeError("checks disagree: one PROVED the statement and another REFUTED it")
-    for verdict in (Verdict.REFUTED, Verdict.CORRECTED, Verdict.PROVED, Verdict.SUPPORTED, Verdict.INFORMAL):
+    for verdict in (Verdict.REFUTED, Verdict.CORRECTED, Verdict.PROVED, Verdict.SUPPORTED, Verdict.INCONCLUSIVE,
+                    Verdict.INFORMAL):
         if verdict in found:
             return verdict
     raise AssertionError("unreachable")

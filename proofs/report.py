@@ -24,6 +24,7 @@ _VERDICT_COLOUR = {
     Verdict.SUPPORTED: "teal",
     Verdict.CORRECTED: "orange",
     Verdict.REFUTED: "red",
+    Verdict.INCONCLUSIVE: "gray",
     Verdict.INFORMAL: "violet",
 }
 _PREAMBLE = r"""\documentclass[11pt]{article}
