@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
-# Ctrl-C while the command line loads: exit 130, no traceback (main() restores Python's handler).
-signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(130))
+# Ctrl-C while the console script loads: exit 130, no traceback (main() restores Python's
+# handler). Only for the script itself: a program that imports this module keeps its own.
+if os.path.basename(sys.argv[0] if sys.argv else "").startswith("attnverify") \
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    def _exit_130(signum, frame):
+        sys.exit(130)
 
-import os  # noqa: E402
+    signal.signal(signal.SIGINT, _exit_130)
+
 import threading  # noqa: E402
 from importlib.metadata import PackageNotFoundError, version  # noqa: E402
 
@@ -25,8 +31,9 @@ class AttnverifyGroup(click.Group):
     """The top-level group: one policy for interrupts, closed pipes and memory errors."""
 
     def main(self, *args, **kwargs):
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+        if threading.current_thread() is threading.main_thread() \
+                and getattr(signal.getsignal(signal.SIGINT), "__name__", "") == "_exit_130":
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # loaded: Ctrl-C raises again
         return super().main(*args, **kwargs)
 
     def invoke(self, ctx: click.Context):

@@ -213,3 +213,10 @@ def test_the_gate_defers_outside_the_engine_and_restores_the_handler():
             ctrl_c()  # the second: at once
     assert signal.getsignal(signal.SIGINT) is before
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_importing_the_command_line_leaves_the_programs_ctrl_c_alone():
+    script = ("import signal, verify.cli, verify.cli_mc, verify.cli_check; "
+              "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "True", out.stderr
