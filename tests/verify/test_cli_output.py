@@ -131,16 +131,15 @@ def test_mc_table_keeps_every_verdict_whole(monkeypatch, columns, tmp_path):
 @pytest.mark.parametrize("columns", [80, 40])
 def test_check_table_keeps_every_verdict_whole(monkeypatch, columns):
     long = "a long piece of evidence that has to wrap over several lines of the table " * 3
-    claims = [claim(f"seed00{i}.a-rather-long-claim-identifier", v, summary=long)
-              for i, v in enumerate((Verdict.SUPPORTED, Verdict.REFUTED, Verdict.CORRECTED, Verdict.INFORMAL))]
+    claims = [claim(f"seed00{i}.a-rather-long-claim-identifier", v, summary=long) for i, v in enumerate(Verdict)]
     fake_catalogue(monkeypatch, claims)
     terminal_of_width(monkeypatch, columns)
     result = check()
     assert "…" not in result.output
-    for v in ("SUPPORTED", "REFUTED", "CORRECTED", "INFORMAL"):
-        assert v in result.output
+    for v in Verdict:
+        assert v.value in result.output
     assert max(map(len, result.output.splitlines())) <= columns
-    assert result.output.count("several") == 3 * 4  # the evidence wraps, all of it is there
+    assert result.output.count("several") == 3 * len(Verdict)  # the evidence wraps, all of it is there
 
 
 def test_tables_written_to_a_pipe_follow_columns(monkeypatch):
