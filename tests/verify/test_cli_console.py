@@ -1,0 +1,56 @@
+"""Property tests of the CLI's pieces: tables at any width, counts and key widths from any text."""
+
+import click
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rich.console import Console
+
+from verify._console import VERDICTS, print_table, verdict_text
+from verify.cli_mc import COUNT, parse_dks
+
+_words = st.text(alphabet="abcdefghij[]/()=.,;: 0123456789", min_size=0, max_size=60)
+
+
+@settings(max_examples=40, deadline=None)
+@given(width=st.integers(20, 200),
+       rows=st.lists(st.tuples(_words, st.sampled_from(VERDICTS), _words), min_size=1, max_size=4))
+def test_tables_never_cut_a_verdict_nor_overflow_the_console(width, rows):
+    console = Console(width=width, record=True, color_system=None)
+    with console.capture() as captured:
+        print_table(console, "title [x]", ("claim", "verdict", "evidence"),
+                    [(a, verdict_text(v), b) for a, v, b in rows], verdict_columns=("verdict",), wide=("evidence",))
+    text = captured.get()
+    assert "…" not in text
+    assert max(map(len, text.splitlines())) <= width
+    for _, verdict, _ in rows:
+        assert verdict in text
+    flat = "".join(text.split())
+    for a, _, b in rows:  # every character of every cell is printed (in order, when stacked)
+        for cell in (a, b):
+            assert all(ch in flat for ch in cell.replace(" ", ""))
+
+
+@given(st.one_of(st.text(max_size=12), st.integers(-5, 10**6), st.floats(allow_nan=True)))
+def test_counts_parse_or_fail_with_a_usage_error(value):
+    try:
+        n = COUNT.convert(value, None, None)
+    except click.BadParameter as exc:
+        assert "expected a whole number >= 2" in exc.message
+    else:
+        assert isinstance(n, int) and n >= 2
+
+
+@given(st.text(alphabet="0123456789.,- x", max_size=14))
+def test_key_widths_parse_or_fail_naming_dk(text):
+    try:
+        dks = parse_dks(text)
+    except click.BadParameter as exc:
+        assert exc.param_hint == "--dk"
+    else:
+        assert dks and all(isinstance(d, int) and d >= 1 for d in dks) and len(set(dks)) == len(dks)
+
+
+@pytest.mark.parametrize("value,expected", [("1e5", 100_000), ("1_000", 1000), (2, 2), ("2.0", 2)])
+def test_counts_accept_the_documented_spellings(value, expected):
+    assert COUNT.convert(value, None, None) == expected
