@@ -10,6 +10,7 @@ import os
 import sys
 from typing import Iterable, Sequence
 
+from rich import box
 from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
@@ -62,16 +63,18 @@ def verdict_text(verdict: str) -> Text:
 
 
 def print_table(console: Console, title: str, columns: Sequence[str], rows: Iterable[Sequence[object]],
-                *, verdict_columns: Iterable[str] = (), wide: Iterable[str] = ()) -> None:
+                *, verdict_columns: Iterable[str] = (), wide: Iterable[str] = (), compact: bool = False) -> None:
     """Print rows as a table when it fits the console, else as one block of ``column: value``
     lines per row: a verdict is never cut and a cell is never left empty for lack of room.
 
     Cells are str (printed as plain text) or rich Text. Verdict columns keep their width; the
-    other columns give up width, widest first, and fold their text onto more lines.
+    other columns give up width, widest first, and fold their text onto more lines. ``compact``
+    draws no outer frame nor column rules (for tables of numbers).
     """
     rows = [[c if isinstance(c, Text) else plain(c) for c in row] for row in rows]
     keep = set(verdict_columns)
-    widths = column_widths(console.width, columns, rows, keep, set(wide))
+    frame = 3 * (len(columns) - 1) if compact else 3 * len(columns) + 1
+    widths = column_widths(console.width - frame, columns, rows, keep, set(wide))
     if widths is None:
         console.print(plain(title, "bold"))
         for row in rows:
@@ -80,9 +83,11 @@ def print_table(console: Console, title: str, columns: Sequence[str], rows: Iter
                 if cell.plain:
                     console.print(Text.assemble(plain(f"{col}: ", "bold"), cell), overflow="fold")
         return
-    table = Table(title=plain(title))
+    style = dict(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False) if compact else {}
+    table = Table(title=plain(title), **style)
     for col, width in zip(columns, widths):
-        table.add_column(col, width=width, no_wrap=col in keep, overflow="fold")
+        header = "\n".join(col.split()) if col in keep and cell_len(col) > width else col  # no_wrap cuts headers too
+        table.add_column(header, width=width, no_wrap=col in keep, overflow="fold")
     for row in rows:
         table.add_row(*row)
     console.print(table)
@@ -94,8 +99,8 @@ MIN_COLUMN = 6
 WIDE_COLUMN = 30
 
 
-def column_widths(total: int, columns: Sequence[str], rows, keep: set, wide: set = frozenset()) -> list[int] | None:
-    """Widths that fit ``total`` characters (borders and padding included) with every ``keep``
+def column_widths(room: int, columns: Sequence[str], rows, keep: set, wide: set = frozenset()) -> list[int] | None:
+    """Widths that fit ``room`` characters (borders and padding excluded) with every ``keep``
     column at its full width and the others at least MIN_COLUMN wide; None when none exist.
 
     Columns give up width widest first: down to their longest word (``wide`` ones: WIDE_COLUMN)
@@ -104,12 +109,12 @@ def column_widths(total: int, columns: Sequence[str], rows, keep: set, wide: set
     natural, floors = [], []
     for i, col in enumerate(columns):
         texts = [row[i].plain for row in rows]
-        width = max([cell_len(line) for t in texts for line in t.splitlines() or [""]] + [cell_len(col), 1])
         longest_word = max([cell_len(w) for t in [*texts, col] for w in t.split()] + [1])
+        header = longest_word if col in keep else cell_len(col)  # a verdict column's header may wrap
+        width = max([cell_len(line) for t in texts for line in t.splitlines() or [""]] + [header, 1])
         natural.append(width)
         floors.append(min(width, WIDE_COLUMN if col in wide else longest_word))
     widths = list(natural)
-    room = total - (3 * len(columns) + 1)
     for floor in (floors, [MIN_COLUMN] * len(columns)):
         while sum(widths) > room:
             free = [j for j, col in enumerate(columns) if col not in keep and widths[j] > floor[j]]

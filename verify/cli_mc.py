@@ -241,7 +241,7 @@ def _variance_table(sweep, console) -> None:
         row += [verdict_text(mean_check.verdict) if mean_check else "",
                 f"{p.result.seconds:.2f}" + (" INCOMPLETE" if p.result.incomplete else "")]
         rows.append(row)
-    print_table(console, title, cols, rows, verdict_columns=[c for c in cols if "verdict" in c])
+    print_table(console, title, cols, rows, verdict_columns=[c for c in cols if "verdict" in c], compact=True)
     for check in sweep.checks:
         reason = getattr(check, "reason", "")
         if check.verdict not in ("SUPPORTED", "REFUTED") and reason:
@@ -341,7 +341,8 @@ def _saturation_tables(sweep, console) -> None:
                 _fmt(r.mean(f"grad_q_fro_{tag}").estimate, 3),
                 *[_fmt(r.fraction(f"{key}_{tag}").estimate, 3) for key in ("saturated", "grad_vanished")],
             ])
-        print_table(console, f"softmax over {keys} keys, {title}: means (intervals in --json)", cols, rows)
+        print_table(console, f"softmax over {keys} keys, {title}: means (intervals in --json)", cols, rows,
+                    compact=True)
     if sweep.points:
         console.print(plain(f"proved bound: ||diag(s) - s s^T||_F <= "
                             f"{sweep.points[0].predicted['jacobian_fro_bound']:.4g} for every input "

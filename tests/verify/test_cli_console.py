@@ -54,3 +54,13 @@ def test_key_widths_parse_or_fail_naming_dk(text):
 @pytest.mark.parametrize("value,expected", [("1e5", 100_000), ("1_000", 1000), (2, 2), ("2.0", 2)])
 def test_counts_accept_the_documented_spellings(value, expected):
     assert COUNT.convert(value, None, None) == expected
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_a_verdict_column_header_wraps_rather_than_being_cut(compact):
+    console = Console(width=100, color_system=None)
+    with console.capture() as captured:
+        print_table(console, "t", ("d_k", "naive verdict"), [("1", verdict_text("REFUTED"))],
+                    verdict_columns=("naive verdict",), compact=compact)
+    words = captured.get().split()
+    assert "naive" in words and "verdict" in words and "REFUTED" in words
