@@ -122,6 +122,11 @@ def _common(default_dk: str, default_samples: int, variance: bool = True):
                          help="Progress bar on stderr (default: when stderr is a terminal)."),
         ]
         if variance:
+            opts.append(click.option("--margin", type=click.FloatRange(min=0, min_open=True), default=0.05,
+                                     show_default=True,
+                                     help="Equivalence margin: SUPPORTED only when the interval lies within "
+                                          "theta0 (1 +- margin) (means: +- margin sd); a wider interval that "
+                                          "holds theta0 is INCONCLUSIVE."))
             opts.append(click.option("--variance-method", type=click.Choice(("fourth-moment", "batch-means")),
                                      default="fourth-moment", show_default=True,
                                      help="Variance interval: delta method from the 4th moment, or batch means."))

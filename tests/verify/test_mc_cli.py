@@ -71,3 +71,17 @@ def test_parse_dks():
     assert parse_dks("1..8") == (1, 2, 4, 8)
     assert parse_dks(("3,3,5", "2..4")) == (3, 5, 2, 4)
     assert parse_dks("3..20") == (3, 6, 12)
+
+
+def test_margin_option_decides_between_supported_and_inconclusive():
+    """The same 2000 samples: the 5% default margin cannot decide, a 50% margin can."""
+    from verify.cli_mc import variance_cmd
+    from verify.montecarlo.verdict import DEFAULT_MARGIN
+
+    default = next(p.default for p in variance_cmd.params if p.name == "margin")
+    assert default == DEFAULT_MARGIN
+    args = ["variance", "--dk", "2", "--samples", "2000", "--seed", "1"]
+    narrow, wide = run(*args), run(*args, "--margin", "0.5")
+    assert "INCONCLUSIVE" in narrow.output and "SUPPORTED" not in narrow.output.split("variance sweep")[0]
+    assert "SUPPORTED" in wide.output and "INCONCLUSIVE" not in wide.output
+    assert run(*args, "--margin", "0").exit_code == 2
