@@ -71,7 +71,7 @@ def test_ctrl_c_before_the_first_block_saves_a_partial_point(tmp_path, monkeypat
     assert result.exit_code == 130, result.output
     assert doc["incomplete"] is True and "INCOMPLETE" in result.output
     [(d_k, n)] = samples(doc)
-    assert d_k == 64 and 0 < n < 400_000
+    assert d_k == 64 and 0 < n <= 400_000  # cut short (or, rarely, stopped in its last merge)
     assert (tmp_path / "mc.png").exists()
 
 
@@ -85,7 +85,7 @@ def test_ctrl_c_in_a_verdict_after_a_point_keeps_that_point(tmp_path, monkeypatc
     got = samples(doc)
     assert doc["incomplete"] is True
     assert got[0] == (1, 400_000)  # the finished point, whole
-    assert len(got) == 2 and got[1][0] == 64 and 0 < got[1][1] < 400_000  # stopped in the next one
+    assert len(got) == 2 and got[1][0] == 64 and 0 < got[1][1] <= 400_000  # stopped in the next one
 
 
 class _CtrlCOnImport(importlib.abc.MetaPathFinder):
@@ -198,7 +198,7 @@ def test_a_real_ctrl_c_during_a_run_exits_130_with_the_finished_points(tmp_path,
     doc = json.loads(out.read_text())
     assert doc["points"] and doc["incomplete"] is True
     *whole, last = samples(doc)
-    assert all(n == 1_000_000 for _, n in whole) and 0 < last[1] < 1_000_000
+    assert all(n == 1_000_000 for _, n in whole) and 0 < last[1] <= 1_000_000
 
 
 def test_the_gate_defers_outside_the_engine_and_restores_the_handler():
