@@ -26,18 +26,15 @@ def check_output_path(path: Path, *, directory: bool = False, suffixes: tuple[st
     path = Path(path).expanduser()
     if suffixes and path.suffix.lower() not in suffixes:
         raise ValueError(f"expected a file name ending in {', '.join(suffixes)}; got {str(path)!r}")
-    if directory:
-        folder = path
-    else:
+    if not directory and path.exists():
         if path.is_dir():
             raise ValueError(f"expected a file; {str(path)!r} is a directory")
-        if path.exists() and not path.is_file():
-            raise ValueError(f"expected a regular file; {str(path)!r} is not one")
-        folder = path.parent
+        if not os.access(path, os.W_OK):
+            raise ValueError(f"{str(path)!r} exists and is not writable")
+        return path  # an existing file, or a device such as /dev/null: overwritten when the work is done
+    folder = path if directory else path.parent
     _make_folder(folder)
     _probe(folder)
-    if not directory and path.exists() and not os.access(path, os.W_OK):
-        raise ValueError(f"{str(path)!r} exists and is not writable")
     return path
 
 

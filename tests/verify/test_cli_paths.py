@@ -187,3 +187,11 @@ def test_a_write_that_fails_after_the_check_is_one_line_exit_one(tmp_path, calls
     assert result.exit_code == 1 and "Traceback" not in result.output
     [line] = [x for x in result.output.splitlines() if x.startswith("Error:")]
     assert "--json: No space left on device" in line
+
+
+def test_devices_and_existing_files_are_accepted(tmp_path, calls):
+    for target in ("/dev/null", tmp_path / "old.json"):
+        if target != "/dev/null":
+            target.write_text("{}")
+        result = CliRunner().invoke(main, ["check", "--no-progress", "--json", str(target)])
+        assert result.exit_code == 0, result.output
