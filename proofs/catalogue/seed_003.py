@@ -53,8 +53,8 @@ def _monte_carlo_available() -> bool:
 
 def check_variance_monte_carlo(scaled: bool) -> CheckOutcome:
     """REFUTED when some d_k's interval excludes the exact value, SUPPORTED when every check is
-    SUPPORTED (interval within the equivalence margin); an INCONCLUSIVE check gives no verdict
-    (a RuntimeError naming the samples that would settle it), never support."""
+    SUPPORTED (interval within the equivalence margin), INCONCLUSIVE otherwise (never support),
+    with the undecided check's reason and the samples that would settle it."""
     from ..claims import Evidence
     from verify.montecarlo.experiments import variance_sweep
     from verify.montecarlo.plots import plot_sweep
@@ -63,16 +63,13 @@ def check_variance_monte_carlo(scaled: bool) -> CheckOutcome:
     verdicts = sweep.verdicts
     if not verdicts or sweep.incomplete:
         raise RuntimeError(f"Monte Carlo sweep gave no verdict: {sweep.summary()}")
-    if "REFUTED" in verdicts:
-        verdict = Verdict.REFUTED
-    elif all(v == "SUPPORTED" for v in verdicts):
-        verdict = Verdict.SUPPORTED
-    else:  # absence of evidence is not support
-        undecided = next(c for c in sweep.checks if c.verdict != "SUPPORTED")
-        raise RuntimeError("inconclusive Monte Carlo check: " + undecided.summary())
+    verdict = _combine(verdicts)
+    summary = sweep.summary()
+    if verdict is Verdict.INCONCLUSIVE:
+        summary += "; " + next(c for c in sweep.checks if c.verdict == "INCONCLUSIVE").summary()
     figures, notes = write_figure(lambda path: plot_sweep(sweep, path),
                                   f"seed003-variance-{'scaled' if scaled else 'raw'}.png")
-    evidence = [Evidence("statistic", sweep.summary(), sweep.to_dict(), figures=figures), *notes]
+    evidence = [Evidence("statistic", summary, sweep.to_dict(), figures=figures), *notes]
     if not scaled:
         evidence.append(_projected_evidence())
     return CheckOutcome(verdict, Method.STATISTICAL, evidence)
@@ -107,22 +104,29 @@ def _saturation() -> tuple:
     return sweep, write_figure(lambda path: plot_sweep(sweep, path), "seed003-saturation.png")
 
 
-def _decided(findings) -> list:
-    undecided = [f for f in findings if f.verdict not in ("SUPPORTED", "REFUTED")]
-    if undecided:  # more samples would decide it; no verdict without evidence
-        raise RuntimeError("inconclusive Monte Carlo comparison: " + undecided[0].summary())
-    return findings
+def _combine(verdicts) -> Verdict:
+    """Monte Carlo verdicts of one claim: REFUTED if any is, SUPPORTED if all are, else
+    INCONCLUSIVE (an undecided check is never read as support, nor as a refutation)."""
+    verdicts = list(verdicts)
+    if not verdicts:
+        raise RuntimeError("no Monte Carlo verdict to combine")
+    if "REFUTED" in verdicts:
+        return Verdict.REFUTED
+    if all(v == "SUPPORTED" for v in verdicts):
+        return Verdict.SUPPORTED
+    return Verdict.INCONCLUSIVE
 
 
 def check_saturation_monte_carlo() -> CheckOutcome:
     """Corolário 3 predicts, without the scale: saturation and lower entropy as d_k grows, and
-    that scaling removes them. SUPPORTED when every such comparison is, REFUTED when one fails."""
+    that scaling removes them. SUPPORTED when every such comparison is, REFUTED when one fails,
+    INCONCLUSIVE when one overlaps (its reason says how many samples would separate them)."""
     from ..claims import Evidence
     from verify.montecarlo.experiments import SOURCES
 
     sweep, (figures, notes) = _saturation()
-    findings = _decided([f for f in sweep.findings if f.source == SOURCES["cor3"]])
-    verdict = Verdict.SUPPORTED if all(f.verdict == "SUPPORTED" for f in findings) else Verdict.REFUTED
+    findings = [f for f in sweep.findings if f.source == SOURCES["cor3"]]
+    verdict = _combine(f.verdict for f in findings)
     return CheckOutcome(verdict, Method.STATISTICAL, [
         Evidence("statistic", "; ".join(f.summary() for f in findings),
                  {"findings": [f.to_dict() for f in findings], "sweep": sweep.to_dict()}, figures=figures),
@@ -133,12 +137,12 @@ def check_saturation_monte_carlo() -> CheckOutcome:
 def check_gradient_growth_monte_carlo() -> CheckOutcome:
     """Corolário 4 predicts that the unscaled softmax gradient grows (like exp(||s||)) with d_k:
     the comparison of the mean ||diag(p) - p p^T||_F at the largest against the smallest d_k
-    decides (REFUTED when it falls significantly)."""
+    decides (REFUTED when it falls significantly, INCONCLUSIVE when the intervals overlap)."""
     from ..claims import Evidence
     from verify.montecarlo.experiments import SOURCES
 
     sweep, (figures, notes) = _saturation()
-    findings = _decided([f for f in sweep.findings if f.source == SOURCES["cor4"]])
+    findings = [f for f in sweep.findings if f.source == SOURCES["cor4"]]
     growth = [f for f in findings if "Jacobian in the scores" in f.claim and "grows with d_k" in f.claim]
     if len(growth) != 1:
         raise RuntimeError(f"expected one growth comparison of the raw Jacobian, found {len(growth)}")

@@ -2,8 +2,6 @@
 
 from types import SimpleNamespace
 
-import pytest
-
 from proofs.catalogue import seed_003
 from proofs.claims import Method, Verdict
 from verify.montecarlo.experiments import SOURCES
@@ -49,8 +47,14 @@ def test_corollary_4_check_follows_the_growth_comparison(monkeypatch, tmp_path):
     assert seed_003.check_gradient_growth_monte_carlo().verdict is Verdict.REFUTED
 
 
-def test_inconclusive_comparison_gives_no_verdict(monkeypatch, tmp_path):
-    _fake_sweep(monkeypatch, [_finding("cor3", "INCONCLUSIVE", "saturates")], tmp_path)
-    with pytest.raises(RuntimeError, match="inconclusive"):
-        seed_003.check_saturation_monte_carlo()
+def test_inconclusive_comparison_is_inconclusive_never_support(monkeypatch, tmp_path):
+    _fake_sweep(monkeypatch, [_finding("cor3", "SUPPORTED", "saturates"), _finding("cor3", "INCONCLUSIVE", "entropy")],
+                tmp_path)
+    out = seed_003.check_saturation_monte_carlo()
+    assert out.verdict is Verdict.INCONCLUSIVE and "INCONCLUSIVE: entropy" in out.evidence[0].summary
+    _fake_sweep(monkeypatch, [_finding("cor3", "REFUTED", "saturates"), _finding("cor3", "INCONCLUSIVE", "entropy")],
+                tmp_path)
+    assert seed_003.check_saturation_monte_carlo().verdict is Verdict.REFUTED  # a failed prediction still refutes
+    _fake_sweep(monkeypatch, [_finding("cor4", "INCONCLUSIVE", GROWTH)], tmp_path)
+    assert seed_003.check_gradient_growth_monte_carlo().verdict is Verdict.INCONCLUSIVE
 
