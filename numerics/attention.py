@@ -70,6 +70,9 @@ class _Problem:
     # Normalise the (N, M) weights before the product with v: the unnormalised product could
     # overflow when M max|v| is beyond the dtype's range.
     weights_first: bool = False
+    # Set when scores may be large enough to saturate the softmax (|scale q.k| can exceed
+    # 2**20): the backward then takes rowsum(A * dA) over M rather than rowsum(dO * O) over V.
+    saturating: bool = False
 
 
 def _prepare(q, k, v, mask, causal, scale, check_finite, d_out=None) -> _Problem:
@@ -131,11 +134,19 @@ def _prepare(q, k, v, mask, causal, scale, check_finite, d_out=None) -> _Problem
     limit = float(xp.finfo(work).max) / 4
     aq, ak = amax["q"], amax["k"]
     unit = None
-    if aq > 0 and ak > 0 and (abs(scale) * width * aq * ak > limit or abs(scale) * aq > limit):
+    if aq == 0 or ak == 0:
+        # Every score is exactly 0: q k^T unscaled (scale * q alone might overflow).
+        unit = (q, k, ())
+    elif abs(scale) * width * aq * ak > limit or abs(scale) * aq > limit:
         sign = 1.0 if scale > 0 else -1.0
-        unit = ((q / aq) * sign, k / ak, (abs(scale), aq, ak))
+        # The product c = |scale| max|q| max|k| may be beyond the range: applied as n equal
+        # powers of 2 that the dtype holds (see softmax_unnormalised).
+        total = math.log2(abs(scale)) + math.log2(aq) + math.log2(ak)
+        pieces = max(1, math.ceil(total / (math.log2(4 * limit) - 2)))
+        unit = ((q / aq) * sign, k / ak, (2.0 ** (total / pieces),) * pieces)
     weights_first = amax["v"] * max(m, 1) > limit
-    return _Problem(xp, q, k, v, allowed, scale, batch, unit, weights_first)
+    saturating = bool(unit and unit[2]) or abs(scale) * width * aq * ak > 2.0**20
+    return _Problem(xp, q, k, v, allowed, scale, batch, unit, weights_first, saturating)
 
 
 def _scores(p: _Problem) -> Any:
@@ -201,8 +212,16 @@ def _gradients(p: _Problem, weights: Any, out: Any, d_out: Any) -> tuple[Any, An
     summing over broadcast batch dims."""
     xp = p.xp
     dv = xp.matrix_transpose(weights) @ d_out
-    delta = xp.sum(d_out * out, axis=-1, keepdims=True)
-    d_scores = bk.inplace(xp, "subtract", d_out @ xp.matrix_transpose(p.v), delta)
+    d_weights = d_out @ xp.matrix_transpose(p.v)
+    if not p.saturating:
+        delta = xp.sum(d_out * out, axis=-1, keepdims=True)
+    else:
+        # Huge scores saturate the softmax: rows are (nearly) one-hot, and delta =
+        # rowsum(A * dA) from dA itself makes a one-hot row's dS exactly 0 (as the true
+        # gradient nearly is), where the cheaper (N, V) form rowsum(dO * O) leaves rounding
+        # noise of order eps |dO| |v| that the huge q and k then magnify.
+        delta = xp.sum(d_weights * weights, axis=-1, keepdims=True)
+    d_scores = bk.inplace(xp, "subtract", d_weights, delta)
     d_scores = bk.inplace(xp, "multiply", d_scores, weights)
     dq = bk.inplace(xp, "multiply", d_scores @ p.k, p.scale)
     dk = bk.inplace(xp, "multiply", xp.matrix_transpose(d_scores) @ p.q, p.scale)

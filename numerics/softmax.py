@@ -20,7 +20,7 @@ def softmax_unnormalised(
 ) -> tuple[Any, Any]:
     """``(e, l)`` with ``e = exp(c (x - max))`` and ``l = sum(e)``, so softmax of ``c x`` is ``e / l``.
 
-    ``c`` is the product of ``factors`` (positive, finite; 1 when empty), applied one by one
+    ``c`` is the product of ``factors`` (positive, each finite in x's dtype; 1 when empty), applied one by one
     to the shifted logits ``x - max <= 0``: a product beyond the dtype's range gives
     ``-inf`` there (weight 0) and the row's maximum stays at 0, never ``0 * inf``. Rows of all
     ``-inf`` give ``e = 0`` and ``l = 0``. Callers divide by ``where(l > 0, l, 1)``; attention
@@ -36,7 +36,9 @@ def softmax_unnormalised(
         top = float(xp.finfo(shifted.dtype).max)
         for factor in factors:
             # Clipped first, so that a product beyond the range is -top (weight 0), not an overflow.
-            shifted = inplace(xp, "multiply", inplace(xp, "clip", shifted, -top / factor, 0.0), factor)
+            if factor > 1:
+                shifted = inplace(xp, "clip", shifted, -0.5 * top / factor, 0.0)
+            shifted = inplace(xp, "multiply", shifted, factor)
     e = inplace(xp, "exp", shifted)
     return e, xp.sum(e, axis=axis, keepdims=True)
 

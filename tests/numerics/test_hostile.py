@@ -366,3 +366,331 @@ def test_softmax_axis_must_be_an_integer_and_x_at_least_1d():
         softmax(_Q, axis=True)
     with raises(ValueError, "x must have at least 1 dimensions", "()"):
         softmax(np.float64(1.0) * np.ones(()))
+
+
+# --------------------------------------------------------------------------- empty axes
+
+
+@SETTINGS
+@given(problem=broadcast_problem(allow_empty=True), seed=st.integers(0, 2**16))
+def test_attention_with_empty_axes_matches_the_loop(xp, problem, seed):
+    """batch, N, M, K or V = 0: M = 0 is a row with no key (output 0, dq 0), K = 0 makes
+    every score 0 (uniform weights over the allowed keys), the others give empty results."""
+    q, k, v, mask, causal = problem
+    ref_out, ref_w = loop_attention(q, k, v, mask, causal)
+    d_out = np.random.default_rng(seed).standard_normal(ref_out.shape)
+    _, _, *ref_grads = loop_attention(q, k, v, mask, causal, d_out=d_out)
+    xmask = None if mask is None else from_numpy(xp, mask)
+    args = [from_numpy(xp, a) for a in (q, k, v)]
+    out, w = scaled_dot_product_attention(*args, mask=xmask, causal=causal, return_weights=True)
+    assert tuple(out.shape) == ref_out.shape and tuple(w.shape) == ref_w.shape
+    np.testing.assert_allclose(to_numpy(out), ref_out, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(to_numpy(w), ref_w, rtol=0, atol=1e-14)
+    grads = attention_backward(*args, from_numpy(xp, d_out), mask=xmask, causal=causal)
+    for g, r in zip(grads, ref_grads):
+        assert tuple(g.shape) == r.shape
+        np.testing.assert_allclose(to_numpy(g), r, rtol=0, atol=1e-12)
+
+
+def test_attention_m_zero_and_k_zero_by_hand():
+    """The two empty-axis rules stated without the loop: no key gives 0; K = 0 gives the mean."""
+    q, v = np.ones((2, 3, 4)), np.arange(10.0).reshape(2, 5, 1)
+    out, w = scaled_dot_product_attention(q, np.ones((2, 0, 4)), np.ones((2, 0, 1)), return_weights=True)
+    assert out.shape == (2, 3, 1) and w.shape == (2, 3, 0) and np.all(out == 0)
+    out = scaled_dot_product_attention(np.ones((2, 3, 0)), np.ones((2, 5, 0)), v)
+    np.testing.assert_allclose(out, np.broadcast_to(v.mean(axis=-2, keepdims=True), (2, 3, 1)), rtol=1e-15)
+
+
+@SETTINGS
+@given(
+    batch=st.lists(st.integers(0, 2), max_size=2).map(tuple),
+    n=st.integers(0, 3),
+    m=st.integers(0, 3),
+    cross=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_mha_with_empty_lengths_and_batch(xp, batch, n, m, cross, seed):
+    rng = np.random.default_rng(seed)
+    params = init_params(4, 2, bias=True, xp=xp, seed=seed)
+    params = dataclasses.replace(params, b_o=from_numpy(xp, rng.standard_normal(4)))
+    x = rng.standard_normal(batch + (n, 4))
+    memory = rng.standard_normal(batch + (m, 4)) if cross else None
+    m = m if cross else n
+    xmem = None if memory is None else from_numpy(xp, memory)
+    out, w = multi_head_attention(from_numpy(xp, x), params, memory=xmem, return_weights=True)
+    assert tuple(out.shape) == batch + (n, 4) and tuple(w.shape) == batch + (2, n, m)
+    out = to_numpy(out)
+    assert np.all(np.isfinite(out))
+    if m == 0:  # no key: the attention is 0 and only b_o is left
+        np.testing.assert_array_equal(out, np.broadcast_to(to_numpy(params.b_o), out.shape))
+    elif out.size:
+        host = init_params(4, 2, bias=True, seed=seed)
+        host = dataclasses.replace(host, b_o=to_numpy(params.b_o))
+        np.testing.assert_allclose(out, _mha_loop(x, host, None, memory), atol=1e-13, rtol=0)
+    d_out = rng.standard_normal(batch + (n, 4))
+    g = multi_head_attention_backward(from_numpy(xp, x), params, from_numpy(xp, d_out), memory=xmem)
+    assert tuple(g.x.shape) == x.shape
+    for name, a in g.params.arrays().items():
+        assert tuple(a.shape) == tuple(getattr(params, name).shape) and np.all(np.isfinite(to_numpy(a)))
+    np.testing.assert_allclose(to_numpy(g.params.b_o), d_out.reshape(-1, 4).sum(0), atol=1e-13, rtol=0)
+    if m == 0:
+        assert np.all(to_numpy(g.x) == 0) and np.all(to_numpy(g.params.w_q) == 0)
+
+
+def test_mha_zero_widths_are_errors_naming_the_parameter():
+    p = init_params(4, 2, bias=False)
+    empty_q = dataclasses.replace(p, w_q=np.zeros((4, 0)), w_k=np.zeros((4, 0)))
+    with raises(ValueError, "params.w_q", "(4, 0)"):
+        multi_head_attention(np.ones((2, 3, 4)), empty_q)
+    no_width = numerics.MHAParams(np.zeros((0, 4)), np.zeros((0, 4)), np.zeros((0, 4)), np.zeros((4, 0)), 2)
+    with raises(ValueError, "params.w_q", "(0, 4)"):
+        multi_head_attention_backward(np.zeros((2, 3, 0)), no_width, np.zeros((2, 3, 0)))
+
+
+@pytest.mark.parametrize("lead", [(0,), (2, 0), (0, 3)])
+def test_layers_and_block_with_empty_leading_dims(xp, lead):
+    """Empty batch or sequence: empty results of the right shape, zero parameter gradients."""
+    x = from_numpy(xp, np.zeros(lead + (4,)))
+    gamma = from_numpy(xp, np.ones(4))
+    assert tuple(layer_norm(x, gamma).shape) == lead + (4,)
+    dx, dgamma, dbeta = layer_norm_backward(x, x, gamma)
+    assert tuple(dx.shape) == lead + (4,) and np.all(to_numpy(dgamma) == 0) and np.all(to_numpy(dbeta) == 0)
+    assert tuple(gelu(x).shape) == lead + (4,) and tuple(gelu_backward(x, x).shape) == lead + (4,)
+    ffn = init_ffn_params(4, 8, xp=xp)
+    assert tuple(feed_forward(x, ffn).shape) == lead + (4,)
+    dx, g = feed_forward_backward(x, ffn, x)
+    assert tuple(dx.shape) == lead + (4,) and np.all(to_numpy(g.w1) == 0) and np.all(to_numpy(g.b2) == 0)
+    assert tuple(softmax(x, axis=0).shape) == lead + (4,)
+    if len(lead) == 2:
+        block = init_block_params(4, 2, 8, xp=xp, noise=0.1)
+        for norm in ("post", "pre"):
+            assert tuple(transformer_block(x, block, norm=norm).shape) == lead + (4,)
+            g = transformer_block_backward(x, block, x, norm=norm)
+            assert tuple(g.x.shape) == lead + (4,)
+            assert all(np.all(to_numpy(a) == 0) for a in g.params.arrays().values())
+
+
+def test_zero_model_width_is_an_error_naming_x():
+    x = np.zeros((2, 3, 0))
+    with raises(ValueError, "x", "(2, 3, 0)"):
+        layer_norm(x)
+    with raises(ValueError, "x", "(2, 3, 0)"):
+        feed_forward(x, FFNParams(np.zeros((0, 8)), None, np.zeros((8, 0)), None))
+    with raises(ValueError, "x", "(2, 3, 0)"):
+        transformer_block(x, init_block_params(4, 2, 8))
+
+
+def test_softmax_of_an_empty_axis_is_empty(xp):
+    for shape, axis in (((3, 0), -1), ((0, 3), 0), ((2, 0, 4), 1)):
+        y = softmax(from_numpy(xp, np.zeros(shape)), axis=axis)
+        assert tuple(y.shape) == shape
+    y = to_numpy(softmax(from_numpy(xp, np.zeros((0, 3))), axis=-1))
+    assert y.shape == (0, 3)
+
+
+# --------------------------------------------------------------------------- extreme magnitudes
+
+
+@pytest.mark.parametrize("dtype, top, span", [("float64", 1000, 2000), ("float32", 120, 240)])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_attention_scores_beyond_the_range_give_the_exact_answer(xp, dtype, top, span, data):
+    """q = q0 2^a, k = k0 2^b, scale 2^s with integer q0, k0: the exact scores are the integers
+    q0.k0 times 2^t, t = a + b + s, far beyond the dtype's range when t is large. There the
+    exact softmax is one-hot at the largest integer score (the next one is 2^t lower), so the
+    output is that key's value, and dq = dk = 0 (exp(-2^t) is 0 to any precision). For small t
+    the answer is the loop's on (q0, k0, scale 2^t), with dq and dk scaled by 2^-a and 2^-b."""
+    draw = data.draw
+    n, m, kw = draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    ints = st.integers(-9, 9)
+    q0 = np.array(draw(st.lists(ints, min_size=n * kw, max_size=n * kw)), dtype=float).reshape(1, n, kw)
+    k0 = np.array(draw(st.lists(ints, min_size=m * kw, max_size=m * kw)), dtype=float).reshape(1, m, kw)
+    huge = draw(st.booleans())
+    t = draw(st.integers(24, span)) if huge else draw(st.integers(-12, 3))
+    s = draw(st.integers(max(-top, t - 2 * top), min(top, t + 2 * top)))
+    a = draw(st.integers(max(-top, t - s - top), min(top, t - s + top)))
+    b = t - s - a
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    v = rng.standard_normal((1, m, 2))
+    d_out = rng.standard_normal((1, n, 2))
+    dt = getattr(xp, dtype)
+    put = lambda arr: from_numpy(xp, arr, dt)  # noqa: E731  (exact: powers of 2 times small integers)
+    args = (put(q0 * 2.0**a), put(k0 * 2.0**b), put(v))
+    out, w = scaled_dot_product_attention(*args, scale=2.0**s, return_weights=True)
+    out, w = to_numpy(out).astype(np.float64), to_numpy(w).astype(np.float64)
+    assert np.all(np.isfinite(out)) and np.all(np.isfinite(w))
+    scores = np.einsum("bnk,bmk->bnm", q0, k0)  # exact small integers
+    unique = all(np.sum(scores[0, i] == scores[0, i].max()) == 1 for i in range(n))
+    # With tied maxima the exact dk (scale dS^T q, up to 2^(a+s)) may be beyond the range:
+    # then a clear overflow error is the promise; with unique maxima it is exactly 0.
+    grads = _finite_or_overflow_error(lambda: attention_backward(*args, put(d_out), scale=2.0**s))
+    if grads is None:
+        assert huge and not unique
+        return
+    dq, dk, dv = (to_numpy(r).astype(np.float64) for r in grads)
+    v32 = to_numpy(put(v)).astype(np.float64)
+    if huge:
+        for i in range(n):
+            top_keys = np.flatnonzero(scores[0, i] == scores[0, i].max())
+            assert np.all(w[0, i][np.setdiff1d(np.arange(m), top_keys)] == 0)
+            assert abs(w[0, i].sum() - 1) < 1e-6
+            if top_keys.size == 1:  # a unique maximum: exactly that key
+                j = top_keys[0]
+                assert w[0, i, j] == 1 and np.all(out[0, i] == v32[0, j])
+                assert np.all(dq[0, i] == 0)
+        if unique:
+            assert np.all(dk == 0)
+            np.testing.assert_allclose(dv, np.swapaxes(w, -1, -2) @ d_out, rtol=1e-6)
+    else:
+        ref_out, ref_w, rdq, rdk, rdv = loop_attention(q0, k0, v32, scale=2.0**t, d_out=d_out)
+        tol = 1e-12 if dtype == "float64" else 2e-5
+        scale_g = max(1.0, np.abs(rdq).max(), np.abs(rdk).max())
+        np.testing.assert_allclose(out, ref_out, atol=tol, rtol=0)
+        np.testing.assert_allclose(w, ref_w, atol=tol, rtol=0)
+        np.testing.assert_allclose(dq * 2.0**a, rdq, atol=tol * scale_g * 10, rtol=0)
+        np.testing.assert_allclose(dk * 2.0**b, rdk, atol=tol * scale_g * 10, rtol=0)
+        np.testing.assert_allclose(dv, rdv, atol=tol * 10, rtol=0)
+
+
+def test_attention_values_near_the_largest_float_against_mpmath(xp):
+    """|v| near the dtype's largest value: the unnormalised product e @ v would overflow
+    (M terms of up to max |v| each), the weights-first product does not."""
+    rng = np.random.default_rng(3)
+    q, k = rng.standard_normal((2, 3, 4)) * 0.1, rng.standard_normal((2, 6, 4)) * 0.1
+    v = rng.uniform(0.5, 1.0, (2, 6, 2)) * 1.5e308
+    out = to_numpy(scaled_dot_product_attention(*(from_numpy(xp, a) for a in (q, k, v))))
+    ref = reference.to_float64(reference.attention(q, k, v))
+    assert np.all(np.isfinite(out))
+    np.testing.assert_allclose(out, ref, rtol=1e-13)
+
+
+@SETTINGS
+@given(
+    e=st.integers(-300, 300),
+    x0=st.lists(st.floats(-10, 10, allow_nan=False, allow_infinity=False), min_size=4, max_size=4),
+    constant=st.booleans(),
+)
+def test_layer_norm_of_rows_of_any_magnitude_against_mpmath(e, x0, constant):
+    x = np.array([x0, [x0[0]] * 4 if constant else x0[::-1]]) * 10.0**e
+    gamma, beta = np.array([1.5, -0.5, 2.0, 1.0]), np.array([0.1, 0.2, -0.3, 0.4])
+    y = layer_norm(x, gamma, beta)
+    ref = reference.to_float64(reference.layer_norm(x, gamma, beta))
+    np.testing.assert_allclose(y, ref, rtol=0, atol=1e-12)
+    if constant or x0[0] == x0[1] == x0[2] == x0[3]:
+        np.testing.assert_array_equal(y[1] if constant else y[0], beta)  # exactly beta
+    d_out = np.array([[1.0, -2.0, 0.5, 0.25], [0.3, 0.1, -1.0, 2.0]])
+    dx, dgamma, dbeta = layer_norm_backward(x, d_out, gamma)
+    ref_g = reference.gradients(reference.layer_norm, {"x": x, "gamma": gamma}, d_out, beta=beta)
+    assert np.all(np.isfinite(dx))
+    np.testing.assert_allclose(dgamma, ref_g["gamma"], rtol=0, atol=1e-12)
+    # dx scales as 1 / |x| (or 1 / sqrt(eps) for tiny rows): compare relative to its size
+    np.testing.assert_allclose(dx, ref_g["x"], rtol=0, atol=1e-11 * max(np.abs(ref_g["x"]).max(), 1e-300))
+
+
+@SETTINGS
+@given(e=st.integers(-1000, 1000), x0=st.lists(st.floats(1, 8) | st.floats(-8, -1), min_size=4, max_size=4))
+def test_layer_norm_without_eps_is_invariant_to_powers_of_two(e, x0):
+    """With eps = 0, LN(2^e x) = LN(x) exactly in real arithmetic, for every e the dtype holds."""
+    x = np.array([x0])
+    if np.ptp(x) == 0:
+        return
+    ref = reference.to_float64(reference.layer_norm(x, eps=0.0))
+    np.testing.assert_allclose(layer_norm(x * 2.0**e, eps=0.0), ref, rtol=0, atol=1e-14)
+
+
+def test_layer_norm_constant_row_without_eps_is_an_error_not_nan():
+    x = np.array([[1.0, 2.0, 3.0], [0.1, 0.1, 0.1]])
+    with raises(ValueError, "eps = 0", "all equal", "(2, 3)"):
+        layer_norm(x, eps=0.0)
+    with raises(ValueError, "eps = 0", "all equal"):
+        layer_norm_backward(x, np.ones((2, 3)), eps=0.0)
+    np.testing.assert_array_equal(layer_norm(x)[1], 0.0)  # with eps > 0 it is exactly 0
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@SETTINGS
+@given(e=st.integers(-300, 308), mantissa=st.floats(1, 1.7), sign=st.sampled_from([-1.0, 1.0]))
+def test_gelu_of_any_magnitude_against_mpmath(approximate, e, mantissa, sign):
+    x = np.array([sign * mantissa * 10.0**e, -sign * mantissa * 10.0**min(e, 2), 0.5])
+    y = gelu(x, approximate=approximate)
+    ref = reference.to_float64(reference.gelu(x, approximate=approximate))
+    assert np.all(np.isfinite(y))
+    # the reference's 50 digits leave an absolute error of order |x| 1e-50 in the far tail
+    np.testing.assert_array_less(np.abs(y - ref), 1e-14 * np.abs(ref) + 1e-45 * np.abs(x) + 1e-300)
+    d = gelu_backward(x, np.ones(3), approximate=approximate)
+    assert np.all(np.isfinite(d)) and np.all(np.abs(d) <= 1.2)  # gelu' lies in [-0.17, 1.13]
+
+
+@SETTINGS
+@given(
+    e=st.integers(0, 300),
+    x0=st.lists(st.floats(-4, 4, allow_nan=False), min_size=6, max_size=6),
+)
+def test_softmax_of_logits_of_any_magnitude(e, x0):
+    x = np.array([x0]) * 10.0**e
+    for dt in (np.float64, np.float32):
+        xs = x.astype(dt) if e < 38 else x
+        w = softmax(xs)
+        assert np.all(np.isfinite(w)) and np.all(w >= 0)
+        assert abs(float(w.sum()) - 1) < 1e-6
+        assert w[0, np.argmax(xs[0])] == w.max()
+
+
+def _finite_or_overflow_error(fn):
+    """The promise for every function: a finite result, or a ValueError that says it overflowed."""
+    try:
+        result = fn()
+    except ValueError as exc:
+        assert "overflowed" in str(exc) and "not finite although every input is" in str(exc)
+        return None
+    arrays = result if isinstance(result, tuple) else (result,)
+    for a in arrays:
+        for leaf in (a.arrays().values() if hasattr(a, "arrays") else [a]):
+            assert np.all(np.isfinite(to_numpy(leaf)))
+    return result
+
+
+@pytest.mark.parametrize("norm", ["post", "pre"])
+@settings(max_examples=15, deadline=None)
+@given(e=st.integers(0, 250), seed=st.integers(0, 2**16))
+def test_huge_inputs_through_mha_and_the_block_give_finite_outputs(norm, e, seed):
+    """x up to 1e250: the scores (up to 1e500) overflow float64, the outputs do not. The
+    forward passes must be finite; the backward passes finite or a clear overflow error."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 4, 8)) * 10.0**e
+    d_out = rng.standard_normal((2, 4, 8))
+    mha = init_params(8, 2, bias=True, seed=seed)
+    block = init_block_params(8, 2, 16, seed=seed, noise=0.1)
+    out = multi_head_attention(x, mha)
+    assert np.all(np.isfinite(out))
+    assert np.all(np.isfinite(transformer_block(x, block, norm=norm)))
+    _finite_or_overflow_error(lambda: multi_head_attention_backward(x, mha, d_out).x)
+    _finite_or_overflow_error(lambda: transformer_block_backward(x, block, d_out, norm=norm).x)
+    _finite_or_overflow_error(lambda: feed_forward(x, init_ffn_params(8, 16, seed=seed)))
+
+
+def test_mha_backward_of_saturated_scores_is_finite_and_matches_torch():
+    """Scores of ~1e200 make every softmax row one-hot, so the exact dx comes from v alone;
+    the FlashAttention delta (rowsum dO * O) left rounding noise of ~1e184 in dx."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 5, 8)) * 1e100
+    params = init_params(8, 2, bias=True, seed=2)
+    d_out = rng.standard_normal((2, 5, 8))
+    g = multi_head_attention_backward(x, params, d_out)
+    tx = torch.tensor(x, requires_grad=True)
+    w = {n: torch.tensor(a) for n, a in params.arrays().items()}
+    q, k, v = tx @ w["w_q"] + w["b_q"], tx @ w["w_k"] + w["b_k"], tx @ w["w_v"] + w["b_v"]
+    split = lambda t: t.reshape(2, 5, 2, 4).transpose(1, 2)  # noqa: E731
+    heads = torch.softmax(split(q) @ split(k).transpose(-1, -2) / 2.0, dim=-1) @ split(v)
+    out = heads.transpose(1, 2).reshape(2, 5, 8) @ w["w_o"] + w["b_o"]
+    out.backward(torch.tensor(d_out))
+    np.testing.assert_allclose(g.x, tx.grad.numpy(), rtol=1e-10, atol=1e-10 * np.abs(tx.grad.numpy()).max())
+
+
+def test_an_overflowing_result_is_a_clear_error_and_check_finite_false_returns_it():
+    ffn = FFNParams(np.full((2, 2), 1e300), None, np.full((2, 2), 1e300), None)
+    x = np.ones((1, 2))
+    with raises(ValueError, "feed_forward overflowed", "out", "float64"):
+        feed_forward(x, ffn)
+    assert np.all(np.isinf(feed_forward(x, ffn, check_finite=False)))
