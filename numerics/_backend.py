@@ -281,7 +281,9 @@ def max_abs(xp: ModuleType, x: Any) -> float:
     """``max |x|`` as a Python float (0.0 for an empty array; NaN or inf when ``x`` holds them)."""
     if math.prod(x.shape) == 0:
         return 0.0
-    return float(xp.max(xp.abs(x)))
+    # Two reductions rather than abs then max: no temporary array of x's size.
+    hi, lo = float(xp.max(x)), float(xp.min(x))
+    return math.nan if math.isnan(hi) or math.isnan(lo) else max(hi, -lo)
 
 
 def check_result_finite(xp: ModuleType, function: str, **results: Any) -> None:

@@ -71,7 +71,8 @@ class _Problem:
     # overflow when M max|v| is beyond the dtype's range.
     weights_first: bool = False
     # Set when scores may be large enough to saturate the softmax (|scale q.k| can exceed
-    # 2**20): the backward then takes rowsum(A * dA) over M rather than rowsum(dO * O) over V.
+    # 2**20), or are all 0 with a scale * q or scale * k that may be huge: the backward then
+    # takes rowsum(A * dA) over M rather than rowsum(dO * O) over V.
     saturating: bool = False
 
 
@@ -137,7 +138,8 @@ def _prepare(q, k, v, mask, causal, scale, check_finite, d_out=None) -> _Problem
     if aq == 0 or ak == 0:
         # Every score is exactly 0: q k^T unscaled (scale * q alone might overflow).
         unit = (q, k, ())
-    elif abs(scale) * width * aq * ak > limit or abs(scale) * aq > limit:
+    elif math.isfinite(aq + ak) and (abs(scale) * width * aq * ak > limit or abs(scale) * aq > limit):
+        # (NaN or Inf in q or k, with check_finite=False: the plain path, NaN propagates.)
         sign = 1.0 if scale > 0 else -1.0
         # The product c = |scale| max|q| max|k| may be beyond the range: applied as n equal
         # powers of 2 that the dtype holds (see softmax_unnormalised).
@@ -145,7 +147,7 @@ def _prepare(q, k, v, mask, causal, scale, check_finite, d_out=None) -> _Problem
         pieces = max(1, math.ceil(total / (math.log2(4 * limit) - 2)))
         unit = ((q / aq) * sign, k / ak, (2.0 ** (total / pieces),) * pieces)
     weights_first = amax["v"] * max(m, 1) > limit
-    saturating = bool(unit and unit[2]) or abs(scale) * width * aq * ak > 2.0**20
+    saturating = unit is not None or abs(scale) * width * aq * ak > 2.0**20
     return _Problem(xp, q, k, v, allowed, scale, batch, unit, weights_first, saturating)
 
 

@@ -143,7 +143,8 @@ def init_block_params(
     independent child stream for each of attention, feed-forward and the extra values),
     then put on namespace ``xp`` (a module or its name) and cast to ``dtype`` (default
     float64; a dtype of ``xp`` or its name): the same seed gives the same values on every
-    namespace.
+    namespace. ``seed`` is a non-negative integer and ``bias`` a bool (Python or NumPy);
+    anything else is an error naming the argument.
     """
     d_model, num_heads, d_ff = (
         bk.positive_int(n, v) for n, v in (("d_model", d_model), ("num_heads", num_heads), ("d_ff", d_ff))
@@ -408,9 +409,10 @@ def transformer_block(
         ``"post"``: ``T3 = LN1(X + MHA(X))``, ``H = LN2(T3 + FFN(T3))``.
         ``"pre"``: ``T = X + MHA(LN1(X))``, ``H = T + FFN(LN2(T))`` (no final layer norm).
     mask : boolean array, optional
-        Broadcastable to (..., N, N), True = may attend, the same for every head. A query
+        Broadcastable to x's (..., N, N), True = may attend, the same for every head. A query
         with no allowed key gets attention output 0 (its attention sub-layer adds only
-        ``b_o``), never NaN.
+        ``b_o``), never NaN. Unlike in :func:`numerics.multi_head_attention` the mask may not
+        add batch dims of its own: the residual stream keeps x's shape.
     causal : bool
         Token j visible to token i only when j <= i (combined with ``mask`` by AND).
     approximate : {"none", "tanh"}
@@ -422,13 +424,18 @@ def transformer_block(
 
     Returns
     -------
-    array (..., N, D), same dtype and namespace as ``x``.
+    array (..., N, D), same dtype and namespace as ``x``. N = 0 or a batch dim of 0 gives
+    an empty result (and zero parameter gradients); D = 0 is a ValueError. Inputs of any
+    finite magnitude give finite outputs (attention scores beyond the dtype's range are
+    handled as in :func:`numerics.scaled_dot_product_attention`, layer norms rescale each
+    row); a result beyond the dtype's range is a ValueError when ``check_finite``.
 
     Raises
     ------
     TypeError
         params not a BlockParams (or its attn / ffn of the wrong class), non-floating
-        arrays, mixed dtypes or array libraries, causal not a bool.
+        arrays, mixed dtypes or array libraries, causal or check_finite not a bool (Python
+        or NumPy).
     ValueError
         Unknown ``norm`` or ``approximate``, inconsistent shapes (the message names the
         argument, e.g. ``params.ffn.w1`` or ``params.ln2_gamma``), bad ``eps``, non-finite input.

@@ -297,7 +297,8 @@ def gelu(x: Any, *, approximate: str = "none", check_finite: bool = True) -> Any
 
     Returns
     -------
-    array, same shape, dtype and namespace as ``x``.
+    array, same shape, dtype and namespace as ``x`` (empty for an empty ``x``); finite for
+    every finite ``x`` (``|gelu(x)| <= |x|``).
     """
     xp, approximate, work = _gelu_prepare(x, approximate, check_finite)
     y = _gelu(xp, xp.astype(x, work, copy=False), approximate)
@@ -369,6 +370,8 @@ def init_ffn_params(
     ``xp`` (a module or its name: "numpy", "torch", "cupy", "array_api_strict") and cast to
     ``dtype`` (default float64; a dtype object of ``xp`` or its name). The same seed gives the
     same values on every namespace (up to the final cast). ``bias=False`` leaves b1, b2 None.
+    ``seed`` is a non-negative integer and ``bias`` a bool (Python or NumPy); anything else
+    is an error naming the argument.
     """
     d_model, d_ff = bk.positive_int("d_model", d_model), bk.positive_int("d_ff", d_ff)
     bias = bk.check_flag("bias", bias)
@@ -455,7 +458,9 @@ def feed_forward(
 
     Returns
     -------
-    array (..., D), same dtype and namespace as ``x``.
+    array (..., D), same dtype and namespace as ``x``. Leading dims may be empty (an empty
+    result); D = 0 or F = 0 is a ValueError. With ``check_finite``, a result (or hidden
+    value) beyond the dtype's range is a ValueError, never a silent inf or NaN.
     """
     dtype = x.dtype if hasattr(x, "dtype") else None
     xp, approximate, xw, p = _ffn_prepare(x, params, approximate, check_finite)

@@ -227,6 +227,25 @@ def test_slab_splitter_with_broadcast_batch_dims(monkeypatch, shapes):
     assert len(calls) == (2 if same else 0)  # the split path really ran where it can
 
 
+@pytest.mark.parametrize("saturated", [False, True])
+def test_slab_splitter_with_scores_beyond_the_range(monkeypatch, saturated):
+    """The unit-scale operands of huge scores are cut into slabs with q, k and v."""
+    rng = np.random.default_rng(8)
+    q, k, v = rng.standard_normal((4, 3, 2)) * 1e200, rng.standard_normal((4, 5, 2)) * 1e200, rng.standard_normal((4, 5, 3))
+    if not saturated:
+        q, k = q * 1e-200, k * 1e-200
+    d_out = rng.standard_normal((4, 3, 3))
+    whole = scaled_dot_product_attention(q, k, v, return_weights=True), attention_backward(q, k, v, d_out)
+    calls = _force_split(monkeypatch)
+    split = scaled_dot_product_attention(q, k, v, return_weights=True), attention_backward(q, k, v, d_out)
+    assert len(calls) == 2
+    for a, b in zip((*whole[0], *whole[1]), (*split[0], *split[1])):
+        assert np.all(np.isfinite(b))
+        np.testing.assert_allclose(b, a, rtol=1e-13, atol=1e-300)
+    for i in range(4):  # and each slab's answer is the per-batch one
+        np.testing.assert_allclose(split[0][0][i], scaled_dot_product_attention(q[i], k[i], v[i]), rtol=1e-13)
+
+
 def _mha_loop(x, params, mask, memory=None):
     """multi_head_attention on each broadcast batch element alone (2-D inputs, no batch)."""
     sources = [a for a in (x, memory, mask) if a is not None]
@@ -540,7 +559,8 @@ def test_attention_scores_beyond_the_range_give_the_exact_answer(xp, dtype, top,
                 assert np.all(dq[0, i] == 0)
         if unique:
             assert np.all(dk == 0)
-            np.testing.assert_allclose(dv, np.swapaxes(w, -1, -2) @ d_out, rtol=1e-6)
+            tol_dv = (1e-13 if dtype == "float64" else 1e-6) * np.abs(d_out).sum()  # sums of n terms
+            np.testing.assert_allclose(dv, np.swapaxes(w, -1, -2) @ d_out, rtol=0, atol=tol_dv)
     else:
         ref_out, ref_w, rdq, rdk, rdv = loop_attention(q0, k0, v32, scale=2.0**t, d_out=d_out)
         tol = 1e-12 if dtype == "float64" else 2e-5
