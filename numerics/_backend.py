@@ -170,7 +170,7 @@ def check_mask(mask: Any, target: tuple[int, ...], xp: ModuleType, *, target_des
 
 def check_scale(scale: Any) -> float:
     """A finite non-zero real scale as a Python float."""
-    if isinstance(scale, (str, bytes, bool)):
+    if isinstance(scale, (str, bytes, bool, np.bool_)):
         raise TypeError(f"scale must be a real number or None, got {type(scale).__name__} {scale!r}")
     try:
         value = float(scale)

@@ -276,6 +276,9 @@ def _check_bool(name: str, value: Any) -> bool:
 
 def _softmax(z: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
     """Row softmax over the last axis; excluded entries are left out of the sum."""
+    if allowed is not None:
+        # The mask may have batch dims the scores lack (it broadcasts with q, k and v).
+        z = np.broadcast_to(z, np.broadcast_shapes(z.shape, allowed.shape))
     e = _exp(z)
     if allowed is not None:
         allowed = np.broadcast_to(allowed, z.shape)
@@ -350,7 +353,8 @@ def softmax(z: Any, mask: Any = None) -> np.ndarray:
 
 def _prepare_scale(scale: Any, width: int) -> Any:
     if scale is None:
-        return 1 / mpmath.sqrt(width)
+        # K = 0: every score is an empty sum, 0, whatever the scale; take 1 for it.
+        return 1 / mpmath.sqrt(width) if width else mpmath.mpf(1)
     s = _mp_scalar("scale", scale)
     if s == 0:
         raise ValueError("scale must be non-zero, got 0")
@@ -365,7 +369,8 @@ def attention(q: Any, k: Any, v: Any, *, mask: Any = None, causal: bool = False,
     q : array (..., N, K)
     k : array (..., M, K)
     v : array (..., M, V)
-        float64 or object arrays of mpmath numbers; batch dims broadcast.
+        float64 or object arrays of mpmath numbers; the batch dims of q, k, v and mask
+        broadcast together (as in :func:`numerics.scaled_dot_product_attention`).
     mask : boolean array, optional
         Broadcastable to (..., N, M); True = query i may attend to key j.
     causal : bool
@@ -390,7 +395,10 @@ def attention(q: Any, k: Any, v: Any, *, mask: Any = None, causal: bool = False,
             raise ValueError(
                 f"k and v must have the same length M: k has shape {_shape(k)}, v has shape {_shape(v)}"
             )
-        batch = _broadcast("the batch dimensions of q, k and v", q=q.shape[:-2], k=k.shape[:-2], v=v.shape[:-2])
+        shapes = {"q": q.shape[:-2], "k": k.shape[:-2], "v": v.shape[:-2]}
+        if mask is not None:
+            shapes["mask"] = np.shape(mask)[:-2]
+        batch = _broadcast(f"the batch dimensions of {', '.join(shapes)}", **shapes)
         n, m = q.shape[-2], k.shape[-2]
         mask = None if mask is None else _check_mask(mask, batch + (n, m), "(..., N, M) =")
         allowed = _allowed(mask, _check_bool("causal", causal), n, m)
@@ -425,7 +433,10 @@ def _mha(x, params, memory, mask, causal, scale, where="params"):
     b_k = _check_vector(f"{where}.b_k", getattr(params, "b_k", None), hk, "H*K")
     b_v = _check_vector(f"{where}.b_v", getattr(params, "b_v", None), hv, "H*V")
     b_o = _check_vector(f"{where}.b_o", getattr(params, "b_o", None), w_o.shape[1], "w_o's width")
-    batch = _broadcast("the batch dimensions of x and memory", x=x.shape[:-2], memory=mem.shape[:-2])
+    shapes = {"x": x.shape[:-2], "memory": mem.shape[:-2]}
+    if mask is not None:
+        shapes["mask"] = np.shape(mask)[:-2]
+    batch = _broadcast(f"the batch dimensions of {', '.join(shapes)}", **shapes)
     n, m = x.shape[-2], mem.shape[-2]
     mask = None if mask is None else _check_mask(mask, batch + (n, m), "(..., N, M) =")
     allowed = _allowed(mask, _check_bool("causal", causal), n, m)

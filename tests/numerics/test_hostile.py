@@ -160,6 +160,16 @@ def test_attention_backward_sums_broadcast_dims_back_to_each_input(xp, problem, 
         np.testing.assert_allclose(to_numpy(g), r, rtol=0, atol=1e-12, err_msg=f"d{name}")
 
 
+@settings(max_examples=15, deadline=None)
+@given(problem=broadcast_problem(allow_empty=True))
+def test_mpmath_reference_follows_the_same_broadcast_and_empty_rules(problem):
+    q, k, v, mask, causal = problem
+    ref_out, _ = loop_attention(q, k, v, mask, causal)
+    out = reference.to_float64(reference.attention(q, k, v, mask=mask, causal=causal))
+    assert out.shape == ref_out.shape
+    np.testing.assert_allclose(out, ref_out, rtol=0, atol=1e-14)
+
+
 def test_issue_case_mask_batch_beyond_q_and_k(xp):
     """Issue 7 item 4, as reported: q (1, 4, 3), k (1, 5, 3), v (3, 5, 2), mask (3, 4, 5)."""
     rng = np.random.default_rng(4)
@@ -376,6 +386,15 @@ def test_every_init_names_a_bad_seed(init):
     # NumPy integers are integers: the same values as the Python int
     np.testing.assert_array_equal(_call(init, seed=np.int64(7)), _call(init, seed=7))
     assert not np.array_equal(_call(init, seed=7), _call(init, seed=8))
+
+
+@pytest.mark.parametrize("bad", [True, np.True_])
+def test_numbers_are_not_flags(bad):
+    """The converse of the flag rule: a bool is not a number for scale or eps."""
+    with raises(TypeError, "scale must be a real number", type(bad).__name__):
+        scaled_dot_product_attention(_Q, _K, _V, scale=bad)
+    with raises(TypeError, "eps must be a real number", type(bad).__name__):
+        layer_norm(_X, eps=bad)
 
 
 def test_softmax_axis_must_be_an_integer_and_x_at_least_1d():
