@@ -180,16 +180,16 @@ def run_and_report(sweep_name: str, kwargs: dict, json_path, plot_path, print_ta
     """Run ``verify.montecarlo.experiments.<sweep_name>(**kwargs)``; write the JSON and the plot,
     then print the tables (``print_tables(sweep, console)``) and the findings; exit 0 or 130.
 
-    Inside an :class:`InterruptGate`: Ctrl-C lands in the engine's block loop, never in an import,
-    a verdict or a file write, so the finished points are always saved.
+    Inside an :class:`InterruptGate`: Ctrl-C only asks the sweep to stop (its ``stop=`` event), so
+    it never lands in an import, a verdict or a file write, and the finished points are saved.
     """
     ctx = click.get_current_context()
     to_stdout = json_path == "-"
     console = stdout_console(stderr=to_stdout)
-    with InterruptGate(engine=True) as gate:
+    with InterruptGate() as gate:
         from verify.montecarlo import experiments
 
-        sweep = _run_sweep(getattr(experiments, sweep_name), kwargs)
+        sweep = _run_sweep(getattr(experiments, sweep_name), {**kwargs, "stop": gate.stop})
         plan_exit(130 if sweep.incomplete or gate.pending else 0)
         document = None if json_path is None else json.dumps(sweep.to_dict(), indent=1, ensure_ascii=False)
         if document is not None and not to_stdout:

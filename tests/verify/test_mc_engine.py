@@ -107,6 +107,36 @@ def test_keyboard_interrupt_from_callback():
         assert r.incomplete and r.samples == 300 and r.blocks == 3
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_stop_event_ends_the_run_after_the_block_being_merged(workers):
+    import threading
+
+    stop = threading.Event()
+
+    def callback(info):
+        if info.block == 2:
+            stop.set()
+
+    r = run_mc(DotSampler(3), 10_000, seed=1, block_size=100, workers=workers, callback=callback, stop=stop)
+    assert r.incomplete and r.stop_reason == "interrupted" and r.samples == 300 and r.blocks == 3
+    full = run_mc(DotSampler(3), 10_000, seed=1, block_size=100, workers=1, stop=threading.Event())
+    assert not full.incomplete and full.samples == 10_000  # an event never set changes nothing
+    assert r.block_moments == {k: v[:3] for k, v in full.block_moments.items()}  # the exact prefix
+
+
+def test_a_sweep_whose_stop_is_set_starts_no_new_point():
+    import threading
+
+    from verify.montecarlo.experiments import variance_sweep
+
+    stop = threading.Event()
+    stop.set()
+    sweep = variance_sweep((1, 2), samples=2000, seed=1, workers=1, stop=stop, progress=False)
+    assert sweep.incomplete and sweep.points == ()
+    sweep = variance_sweep((1, 2), samples=2000, seed=1, workers=1, stop=threading.Event(), progress=False)
+    assert not sweep.incomplete and [p.result.samples for p in sweep.points] == [2000, 2000]
+
+
 def test_relative_error_stop_is_reproducible():
     s = DotSampler(8)
     runs = [run_mc(s, 10**7, seed=2, rel_error=0.02, alpha=1e-3, block_size=1000, workers=w, chunk_size=c)

@@ -462,6 +462,7 @@ def run_mc(
     min_samples: int = 1000,
     description: str | None = None,
     memory_limit: int | None = None,
+    stop: Any = None,
 ) -> MCResult:
     """Run a streaming Monte Carlo estimate.
 
@@ -507,6 +508,10 @@ def run_mc(
     memory_limit : int, optional
         Bytes the blocks in flight may hold (default ``MEMORY_LIMIT``, 1 GiB); see the module
         docstring. Refused up front with a ValueError when they cannot fit.
+    stop : threading.Event, optional
+        Cancellation: once ``stop.is_set()``, the run ends after the block being merged (at least
+        one block always is), with ``incomplete=True`` and ``stop_reason="interrupted"``, as a
+        KeyboardInterrupt would end it. A command line sets it from its Ctrl-C handler.
 
     Returns
     -------
@@ -622,6 +627,9 @@ def run_mc(
         bar.update(done_samples, note)
         if callback is not None:
             callback(BlockInfo(b, n_blocks, done_samples, samples, time.perf_counter() - t0, rhw))
+        if not done and stop is not None and stop.is_set() and b + 1 < n_blocks:
+            state["stop"], state["incomplete"] = "interrupted", True
+            done = True
         return done
 
     try:

@@ -13,6 +13,9 @@ Every check of a sweep shares one family error rate ``alpha`` (Bonferroni: each 
 only when their interval lies within ``theta0 (1 +- margin)``, means when theirs lies within
 ``theta0 +- margin * sd``, sd the predicted standard deviation of the sampled quantity (a mean of
 0 has no relative scale). Each d_k draws from its own stream ``SeedSequence(seed, spawn_key=(tag, ...))``.
+
+Every sweep takes ``stop=`` (a ``threading.Event``): once set, the point in progress ends after
+its current block and no new point starts; the sweep comes back ``incomplete`` with what finished.
 """
 
 from __future__ import annotations
@@ -164,10 +167,15 @@ def _run(sampler, key, root, alpha, run_kw, label) -> MCResult:
 
 
 def _run_kwargs(samples, rel_error, variance_method, backend, workers, block_size, chunk_size, progress,
-                memory_limit) -> dict:
+                memory_limit, stop) -> dict:
     return dict(samples=samples, rel_error=rel_error, variance_method=variance_method, backend=backend,
                 workers=workers, block_size=block_size, chunk_size=chunk_size, progress=progress,
-                memory_limit=memory_limit)
+                memory_limit=memory_limit, stop=stop)
+
+
+def _stopped(stop) -> bool:
+    """True once a caller's cancellation event (``stop=``) is set: the sweep starts no new point."""
+    return stop is not None and stop.is_set()
 
 
 def _check_widths(d_ks, elements, formula: str, memory_limit) -> None:
@@ -210,6 +218,7 @@ def variance_sweep(
     chunk_size: int | None = None,
     progress: bool | None = None,
     memory_limit: int | None = None,
+    stop: Any = None,
 ) -> Sweep:
     """Experiments 1 and 2: Var(q·k) (or of q·k/sqrt(d_k) when ``scaled``) across ``d_ks``.
 
@@ -234,12 +243,15 @@ def variance_sweep(
     per_point = 2 if standard else 3
     tests = per_point * len(d_ks)
     run_kw = _run_kwargs(samples, rel_error, variance_method, backend, workers, block_size, chunk_size, progress,
-                         memory_limit)
+                         memory_limit, stop)
     name = "scaled" if scaled else "variance"
     label = "q·k/sqrt(d_k)" if scaled else "q·k"
     note = HEAVY_TAIL_NOTE if dist_obj.finite_moments < 8 else ""
     points, t0, incomplete = [], time.perf_counter(), False
     for d, sampler in zip(d_ks, samplers):
+        if _stopped(stop):
+            incomplete = True
+            break
         res = _run(sampler, (TAGS[name], d), root, alpha / tests, run_kw, f"{name} d_k={d}")
         mean, var = sampler.predicted()
         checks = [
@@ -286,6 +298,7 @@ def projected_sweep(
     chunk_size: int | None = None,
     progress: bool | None = None,
     memory_limit: int | None = None,
+    stop: Any = None,
 ) -> Sweep:
     """Experiment 3: self-attention scores ``x W^Q · x' W^K`` across ``d_ks``.
 
@@ -317,12 +330,15 @@ def projected_sweep(
         plans.append((mean, var, var != float(d)))
     tests = sum(3 if extra else 2 for _, _, extra in plans)
     run_kw = _run_kwargs(samples, rel_error, variance_method, backend, workers, block_size, chunk_size, progress,
-                         memory_limit)
+                         memory_limit, stop)
     label = "x W^Q · x W^K" if same_token else "x W^Q · x' W^K"
     kind = "exact (fresh-weights ensemble)" if weights == "fresh" else "exact given the fixed W^Q, W^K"
     note = HEAVY_TAIL_NOTE if dist_obj.finite_moments < 8 else ""
     points, t0, incomplete = [], time.perf_counter(), False
     for d, s, (mean, var, extra) in zip(d_ks, samplers, plans):
+        if _stopped(stop):
+            incomplete = True
+            break
         res = _run(s, (TAGS["projected"], int(same_token), d), root, alpha / tests, run_kw, f"projected d_k={d}")
         checks = [
             check_equal(res, var, statistic="variance", alpha=alpha, tests=tests, margin=margin,
@@ -384,6 +400,7 @@ def saturation_sweep(
     chunk_size: int | None = None,
     progress: bool | None = None,
     memory_limit: int | None = None,
+    stop: Any = None,
 ) -> Sweep:
     """Experiment 4: saturation and gradients of softmax over ``n_keys`` keys, raw and scaled.
 
@@ -402,9 +419,12 @@ def saturation_sweep(
     findings_spec = [f for f in _SATURATION_FINDINGS if len(d_ks) > 1 or f[2][0] == f[2][1]]
     tests = max(1, len(findings_spec))
     run_kw = _run_kwargs(samples, rel_error, "fourth-moment", backend, workers, block_size, chunk_size, progress,
-                         memory_limit)
+                         memory_limit, stop)
     points, t0, incomplete = [], time.perf_counter(), False
     for d in d_ks:
+        if _stopped(stop):
+            incomplete = True
+            break
         s = SaturationSampler(d, n_keys, dist_obj)
         res = _run(s, (TAGS["saturation"], d), root, alpha / tests, run_kw, f"saturation d_k={d}")
         points.append(SweepPoint(d, res, {"jacobian_fro_bound": softmax_jacobian_fro_bound(n_keys)}))

@@ -156,11 +156,12 @@ def moments_of(xp: Any, values: Any) -> Moments:
     n = int(v.shape[0])
     if n == 0:
         return Moments()
-    mean = xp.sum(v) / n
-    d = v - mean
-    d2 = d * d
-    stacked = xp.stack([mean, xp.sum(d2), xp.sum(d2 * d), xp.sum(d2 * d2), xp.min(v), xp.max(v)])
-    mean_, m2, m3, m4, lo, hi = (float(x) for x in _to_host(stacked))
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow shows as inf/NaN moments, which callers report
+        mean = xp.sum(v) / n
+        d = v - mean
+        d2 = d * d
+        stacked = xp.stack([mean, xp.sum(d2), xp.sum(d2 * d), xp.sum(d2 * d2), xp.min(v), xp.max(v)])
+        mean_, m2, m3, m4, lo, hi = (float(x) for x in _to_host(stacked))
     return Moments(n, mean_, m2, m3, m4, lo, hi)
 
 
