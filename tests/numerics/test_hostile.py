@@ -690,22 +690,29 @@ def _finite_or_overflow_error(fn):
 
 
 @pytest.mark.parametrize("norm", ["post", "pre"])
+@pytest.mark.parametrize("dtype, top", [(np.float64, 250), (np.float32, 30)])
 @settings(max_examples=15, deadline=None)
-@given(e=st.integers(0, 250), seed=st.integers(0, 2**16))
-def test_huge_inputs_through_mha_and_the_block_give_finite_outputs(norm, e, seed):
-    """x up to 1e250: the scores (up to 1e500) overflow float64, the outputs do not. The
-    forward passes must be finite; the backward passes finite or a clear overflow error."""
+@given(data=st.data(), seed=st.integers(0, 2**16))
+def test_huge_inputs_through_mha_and_the_block_give_finite_outputs(norm, dtype, top, data, seed):
+    """x up to 1e250 (1e30 in float32): the scores (up to 1e500, 1e60) overflow, the
+    outputs do not. The forward passes must be finite; the backward passes finite or a
+    clear overflow error."""
+    e = data.draw(st.integers(0, top))
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((2, 4, 8)) * 10.0**e
-    d_out = rng.standard_normal((2, 4, 8))
-    mha = init_params(8, 2, bias=True, seed=seed)
-    block = init_block_params(8, 2, 16, seed=seed, noise=0.1)
-    out = multi_head_attention(x, mha)
-    assert np.all(np.isfinite(out))
+    x = (rng.standard_normal((2, 4, 8)) * 10.0**e).astype(dtype)
+    d_out = rng.standard_normal((2, 4, 8)).astype(dtype)
+    mha = init_params(8, 2, bias=True, seed=seed, dtype=np.dtype(dtype).name)
+    block = init_block_params(8, 2, 16, seed=seed, noise=0.1, dtype=np.dtype(dtype).name)
+    ffn = init_ffn_params(8, 16, seed=seed, dtype=np.dtype(dtype).name)
+    out, backward = multi_head_attention_vjp(x, mha)
+    assert np.all(np.isfinite(out)) and np.all(np.isfinite(multi_head_attention(x, mha)))
     assert np.all(np.isfinite(transformer_block(x, block, norm=norm)))
+    _finite_or_overflow_error(lambda: backward(d_out).x)
     _finite_or_overflow_error(lambda: multi_head_attention_backward(x, mha, d_out).x)
     _finite_or_overflow_error(lambda: transformer_block_backward(x, block, d_out, norm=norm).x)
-    _finite_or_overflow_error(lambda: feed_forward(x, init_ffn_params(8, 16, seed=seed)))
+    _finite_or_overflow_error(lambda: feed_forward(x, ffn))
+    _finite_or_overflow_error(lambda: feed_forward_backward(x, ffn, d_out)[0])
+    _finite_or_overflow_error(lambda: layer_norm_backward(x, d_out, block.ln1_gamma))
 
 
 def test_mha_backward_of_saturated_scores_is_finite_and_matches_torch():
