@@ -64,8 +64,10 @@ class _Problem:
     allowed: Any  # boolean (..., N, M) or None when every key is allowed
     scale: float
     batch: tuple[int, ...]  # broadcast batch dims of q, k, v and mask: those of the output
-    # Set when scale * q k^T could overflow: (q / max|q|, k / max|k|, (|scale|, max|q|, max|k|)),
-    # the unit-scale operands and the factors that take their shifted scores back (see _scores).
+    # Set when scale * q k^T could overflow: (sign(scale) q / max|q|, k / max|k|, factors), the
+    # unit-scale operands and powers of 2 whose product is |scale| max|q| max|k|, which take
+    # their shifted scores back (see _scores and softmax_unnormalised). When q or k is all 0:
+    # (q, k, ()), scores exactly 0 without forming scale * q.
     unit: tuple[Any, Any, tuple[float, ...]] | None = None
     # Normalise the (N, M) weights before the product with v: the unnormalised product could
     # overflow when M max|v| is beyond the dtype's range.

@@ -195,7 +195,9 @@ def layer_norm_backward(
     dgamma : array (D,), or None when ``gamma`` is None (no gain to differentiate).
     dbeta : array (D,), always returned: it is the gradient for a bias whether or not the
         forward pass used one; a caller without a bias ignores it.
-    All in ``x``'s dtype and namespace.
+    All in ``x``'s dtype and namespace. Rows of any finite magnitude as in
+    :func:`layer_norm` (eps = 0 with a constant row is a ValueError); with
+    ``check_finite``, a gradient beyond the dtype's range is a ValueError.
     """
     xp, eps, work = _layer_norm_prepare(x, gamma, None, eps, check_finite, d_out=d_out)
     d = int(x.shape[-1])
