@@ -24,12 +24,20 @@ from verify._exits import EXIT_CODES, plan_exit
 #: Verdicts that make ``check --strict`` exit 1.
 FINDINGS = ("REFUTED", "CORRECTED")
 
+def short_source(claim) -> str:
+    """The source as the table shows it: the document's number and its label, "003 Lema 1"."""
+    return f"{claim.source.document[:3]} {claim.source.label}"
+
+
 def select_claims(claims, pattern: str | None):
-    """Claims whose id, or source ``document, label``, matches the glob ``pattern``."""
+    """Claims whose id, source ``document, label`` or table source ``"003 Lema 1"`` matches the
+    glob ``pattern``, ignoring case."""
     if pattern is None:
         return list(claims)
     pattern = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
-    return [c for c in claims if fnmatch.fnmatch(c.id, pattern) or fnmatch.fnmatch(str(c.source), pattern)]
+    pattern = pattern.casefold()
+    return [c for c in claims
+            if any(fnmatch.fnmatchcase(name.casefold(), pattern) for name in (c.id, str(c.source), short_source(c)))]
 
 
 def run_claims(claims, *, console: Console, show_progress: bool, gate: InterruptGate | None = None):
@@ -96,7 +104,7 @@ def verdict_of(result) -> str:
 
 def print_results(results, console: Console) -> None:
     """The verdict table: claims, sources and methods fold, evidence wraps, verdicts stay whole."""
-    rows = [(r.claim.id, f"{r.claim.source.document[:3]} {r.claim.source.label}", verdict_text(verdict_of(r)),
+    rows = [(r.claim.id, short_source(r.claim), verdict_text(verdict_of(r)),
              ", ".join(r.methods), r.summary) for r in results]
     print_table(console, "attnverify check", ("claim", "source", "verdict", "method", "evidence"), rows,
                 verdict_columns=("verdict",), wide=("evidence",))
@@ -118,7 +126,8 @@ def exit_code(results, *, interrupted: bool, strict: bool) -> int:
               help="Write every result with its evidence to this JSON file ('-': to stdout, tables to stderr). "
                    "Missing folders are created.")
 @click.option("--only", "pattern", metavar="PATTERN",
-              help="Run only claims whose id or source matches this glob (a plain word matches anywhere).")
+              help="Run only claims whose id or source (as the table shows it, e.g. '003 Lema 1') matches this glob, "
+                   "ignoring case (a plain word matches anywhere).")
 @click.option("--strict", is_flag=True,
               help="Exit 1 when any claim is REFUTED or CORRECTED (for a document's own CI).")
 @click.option("--progress/--no-progress", default=None,

@@ -96,6 +96,18 @@ def test_only_selects_and_rejects_unknown_patterns(monkeypatch):
     assert result.exit_code == 2 and "matches no claim" in result.output
 
 
+def test_only_matches_the_source_as_the_table_shows_it_ignoring_case():
+    from proofs.catalogue import all_claims
+    from verify.cli_check import select_claims
+
+    claims = all_claims()
+    for pattern in ("003 Lema 1", "003 lema 1", "SEED003.LEMA-1", "003_*Lema 1"):
+        picked = {c.id for c in select_claims(claims, pattern)}
+        assert "seed003.lema-1" in picked, pattern
+        assert "seed004.lema-1" not in picked and "seed003.teorema-1" not in picked, pattern
+    assert select_claims(claims, "003 Lema 99") == []
+
+
 def test_derive_lists_and_prints_latex():
     from proofs.derivations import DERIVATIONS
 
