@@ -30,8 +30,11 @@ def softmax_unnormalised(
     row_max = xp.max(x, axis=axis, keepdims=True)
     # An all -inf row has max -inf; shifting by 0 instead keeps exp(-inf) = 0 and no NaN.
     row_max = xp.where(xp.isfinite(row_max), row_max, xp.zeros_like(row_max))
-    # Without overwrite, x - row_max is a fresh array: the passes below may write into it.
-    shifted = inplace(xp, "subtract", x, row_max) if overwrite else x - row_max
+    # Without overwrite, x - row_max is a fresh array: the passes below may write into it. Logits
+    # more than the dtype's largest below the maximum shift to -inf, which is exactly weight 0:
+    # NumPy's overflow warning there is noise.
+    with np.errstate(over="ignore"):
+        shifted = inplace(xp, "subtract", x, row_max) if overwrite else x - row_max
     if factors:
         top = float(xp.finfo(shifted.dtype).max)
         for factor in factors:

@@ -755,3 +755,13 @@ def test_an_overflowing_result_is_a_clear_error_and_check_finite_false_returns_i
     with raises(ValueError, "feed_forward overflowed", "out", "float64"):
         feed_forward(x, ffn)
     assert np.all(np.isinf(feed_forward(x, ffn, check_finite=False)))
+
+
+def test_extreme_logits_give_no_numpy_warning():
+    """A shift that overflows to -inf is exactly weight 0: NumPy must not warn about it."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        weights = numerics.softmax(np.array([1e308, -1e308, 0.0]))
+    np.testing.assert_array_equal(weights, [1.0, 0.0, 0.0])
