@@ -1,8 +1,10 @@
 """Output paths, checked when the command line is read, before any work.
 
-One rule for every command (``check --json``, ``mc --json/--plot``, ``report --out``): a missing
-parent folder is created; a path that cannot be written is a usage error (exit 2) naming the
-option, what was expected and what came.
+One rule for every command (``check --json``, ``mc --json/--plot``, ``report --out``): ``..`` is
+resolved first (as the system would: through symbolic links, and lexically past a folder that does
+not exist yet), then a missing parent folder is created; a path that cannot be written is a usage
+error (exit 2) naming the option, what was expected and what came. A write that fails after this
+check (a disk that fills during the run) is exit 1.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 def check_output_path(path: Path, *, directory: bool = False, suffixes: tuple[str, ...] = ()) -> Path:
     """Make sure ``path`` (a file, or a folder when ``directory``) can be written; create its
     missing parent folders (or the folder itself). Raise ValueError saying why not."""
-    path = Path(path).expanduser()
+    path = _resolve_dots(Path(path).expanduser(), directory)
     if suffixes and path.suffix.lower() not in suffixes:
         raise ValueError(f"expected a file name ending in {', '.join(suffixes)}; got {str(path)!r}")
     if not directory and path.exists():
@@ -36,6 +38,19 @@ def check_output_path(path: Path, *, directory: bool = False, suffixes: tuple[st
     _make_folder(folder)
     _probe(folder)
     return path
+
+
+def _resolve_dots(path: Path, directory: bool) -> Path:
+    """``path`` with its ``..`` resolved before any folder is created: ``/nope/../x.json`` is
+    ``/x.json`` (and ``/nope`` is not made). The folders are resolved as the system resolves them
+    (os.path.realpath: through symbolic links, lexically past a part that does not exist); a file's
+    own name is kept, so ``/dev/stdout`` stays ``/dev/stdout``. A path with no ``..`` is returned
+    as given, so messages show it as the user wrote it."""
+    if ".." not in path.parts:
+        return path
+    if directory or path.name == "..":
+        return Path(os.path.realpath(path))
+    return Path(os.path.realpath(path.parent)) / path.name
 
 
 def _make_folder(folder: Path) -> None:

@@ -2,6 +2,7 @@
 folders are created, by every command alike."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -195,3 +196,43 @@ def test_devices_and_existing_files_are_accepted(tmp_path, calls):
             target.write_text("{}")
         result = CliRunner().invoke(main, ["check", "--no-progress", "--json", str(target)])
         assert result.exit_code == 0, result.output
+
+
+def _fake_sweep(monkeypatch):
+    """mc variance at 100 samples on one worker (the paths are under test, not the numbers)."""
+    from verify.montecarlo import experiments
+
+    monkeypatch.setattr(experiments, "variance_sweep", _tiny(experiments.variance_sweep))
+
+
+def test_dot_dot_is_resolved_before_missing_folders_are_created(tmp_path, calls, monkeypatch):
+    """``nope/../x.json`` writes x.json and leaves no folder 'nope' behind, for every output option."""
+    _fake_sweep(monkeypatch)
+    import proofs.report
+
+    monkeypatch.setattr(proofs.report, "write_report", lambda results, out_dir: out_dir / "report.tex")
+    runs = {
+        "check --json": (["check", "--no-progress", "--json"], "c.json"),
+        "mc --json": (["mc", "variance", "--dk", "2", "--seed", "1", "--json"], "m.json"),
+        "mc --plot": (["mc", "variance", "--dk", "2", "--seed", "1", "--plot"], "m.png"),
+        "report --out": (["report", "--no-pdf", "--out"], "r"),
+    }
+    for what, (args, name) in runs.items():
+        nope = tmp_path / f"nope-{name}"
+        result = CliRunner().invoke(main, [*args, str(nope / "deeper" / ".." / ".." / name)])
+        assert result.exit_code == 0, (what, result.output)
+        assert (tmp_path / name).exists(), what
+        assert not nope.exists(), f"{what} created the unused folder {nope}"
+
+
+def test_dot_dot_follows_symbolic_links_as_the_system_does(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "a" / "b")
+    # the system reads link/.. as a (the link's target's parent), not as tmp_path
+    assert check_output_path(tmp_path / "link" / ".." / "x.json") == tmp_path / "a" / "x.json"
+    assert check_output_path(tmp_path / "new" / ".." / "y.json") == tmp_path / "y.json"
+    assert not (tmp_path / "new").exists()
+    assert check_output_path(tmp_path / "d" / ".." / "e", directory=True) == tmp_path / "e"
+    assert (tmp_path / "e").is_dir() and not (tmp_path / "d").exists()
+    plain = tmp_path / "p" / "q.json"  # no '..': returned as given
+    assert check_output_path(plain) == plain
