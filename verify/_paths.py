@@ -3,13 +3,16 @@
 One rule for every command (``check --json``, ``mc --json/--plot``, ``report --out``): ``..`` is
 resolved first (as the system would: through symbolic links, and lexically past a folder that does
 not exist yet), then a missing parent folder is created; a path that cannot be written is a usage
-error (exit 2) naming the option, what was expected and what came. A write that fails after this
-check (a disk that fills during the run) is exit 1.
+error (exit 2) naming the option, what was expected and what came. An existing file is opened for
+appending and written zero bytes, which changes nothing in a file and fails where a write would
+(``/proc/self/status``; ``/dev/full`` on Linux).
+A write that still fails after these checks (a disk that fills during the run) is exit 1.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -33,6 +36,7 @@ def check_output_path(path: Path, *, directory: bool = False, suffixes: tuple[st
             raise ValueError(f"expected a file; {str(path)!r} is a directory")
         if not os.access(path, os.W_OK):
             raise ValueError(f"{str(path)!r} exists and is not writable")
+        _probe_existing(path)
         return path  # an existing file, or a device such as /dev/null: overwritten when the work is done
     folder = path if directory else path.parent
     _make_folder(folder)
@@ -51,6 +55,29 @@ def _resolve_dots(path: Path, directory: bool) -> Path:
     if directory or path.name == "..":
         return Path(os.path.realpath(path))
     return Path(os.path.realpath(path.parent)) / path.name
+
+
+def _probe_existing(path: Path) -> None:
+    """Open an existing file for appending and write zero bytes: nothing changes in a file, a
+    device or a pipe, but a pseudo-file that takes no writes (``/proc/self/status``: EINVAL, EIO)
+    or a full device (``/dev/full``: ENOSPC) fails here, before the work. A named pipe is
+    left alone (opening it would wait for a reader); a block device is refused (a result file
+    written over a disk is never meant)."""
+    mode = path.stat().st_mode
+    if stat.S_ISFIFO(mode):
+        return
+    if stat.S_ISBLK(mode):
+        raise ValueError(f"expected a file; {str(path)!r} is a block device")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as exc:
+        raise ValueError(f"{str(path)!r} cannot be opened for writing: {exc.strerror or exc}") from None
+    try:
+        os.write(fd, b"")
+    except OSError as exc:
+        raise ValueError(f"{str(path)!r} cannot be written: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
 
 
 def _make_folder(folder: Path) -> None:

@@ -236,3 +236,27 @@ def test_dot_dot_follows_symbolic_links_as_the_system_does(tmp_path):
     assert (tmp_path / "e").is_dir() and not (tmp_path / "d").exists()
     plain = tmp_path / "p" / "q.json"  # no '..': returned as given
     assert check_output_path(plain) == plain
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("target", ["/proc/self/status", "/proc/version", "/dev/full"])
+def test_an_existing_file_that_takes_no_writes_is_refused_up_front(calls, target):
+    """Written zero bytes when the command line is read: EINVAL, EIO or ENOSPC is exit 2, before any work
+    (as root too, for whom os.access says every file is writable)."""
+    if not Path(target).exists():
+        pytest.skip(f"no {target}")
+    result = CliRunner().invoke(main, ["check", "--no-progress", "--json", target])
+    assert result.exit_code == 2, result.output
+    assert target in _one_error_line(result.output, "--json")
+    assert calls == []
+
+
+def test_the_zero_byte_probe_changes_no_file_and_accepts_devices(tmp_path, calls):
+    old = tmp_path / "old.json"
+    old.write_text("{}")
+    os.utime(old, (1_000_000, 1_000_000))
+    assert check_output_path(old) == old
+    assert old.read_text() == "{}" and old.stat().st_mtime == 1_000_000
+    for device in ("/dev/null", "/dev/stdout"):
+        if Path(device).exists():
+            assert check_output_path(Path(device)) == Path(device)
