@@ -5,8 +5,8 @@ resolved first (as the system would: through symbolic links, and lexically past 
 not exist yet), then a missing parent folder is created; a path that cannot be written is a usage
 error (exit 2) naming the option, what was expected and what came. An existing file is opened for
 appending and written zero bytes, which changes nothing in a file and fails where a write would
-(``/proc/self/status``; ``/dev/full`` on Linux).
-A write that still fails after these checks (a disk that fills during the run) is exit 1.
+(``/proc/self/status``; ``/dev/full`` on Linux). Two outputs of one command may not name the same
+file. A write that still fails after these checks (a disk that fills during the run) is exit 1.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Callable
 
 import click
 
-__all__ = ["OutputPath", "check_output_path", "write_output", "PLOT_SUFFIXES"]
+__all__ = ["OutputPath", "check_output_path", "refuse_shared_outputs", "write_output", "PLOT_SUFFIXES"]
 
 #: Plot formats matplotlib writes with no extra dependency (see verify.montecarlo.plots).
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
@@ -78,6 +78,24 @@ def _probe_existing(path: Path) -> None:
         raise ValueError(f"{str(path)!r} cannot be written: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
+
+
+def refuse_shared_outputs(**outputs) -> None:
+    """Usage error (exit 2) when two output options name the same file: ``outputs`` maps each
+    option's name (``"--json"``) to its checked path, or None / ``"-"`` when not given. Paths are
+    compared resolved (symbolic links, ``..``), and by inode when both exist (hard links)."""
+    given = [(option, Path(path)) for option, path in outputs.items() if path is not None and str(path) != "-"]
+    for i, (first, a) in enumerate(given):
+        for second, b in given[i + 1:]:
+            same = os.path.realpath(a) == os.path.realpath(b)
+            if not same and a.exists() and b.exists():
+                try:
+                    same = os.path.samefile(a, b)
+                except OSError:
+                    pass
+            if same:
+                raise click.UsageError(f"'{first}' and '{second}' name the same file {str(b)!r}: "
+                                       "give each output its own path")
 
 
 def _make_folder(folder: Path) -> None:

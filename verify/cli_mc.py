@@ -23,7 +23,7 @@ from rich.text import Text
 from verify._console import plain, print_table, stdout_console, verdict_text
 from verify._exits import EXIT_CODES, plan_exit
 from verify._interrupt import InterruptGate
-from verify._paths import PLOT_SUFFIXES, OutputPath, write_output
+from verify._paths import PLOT_SUFFIXES, OutputPath, refuse_shared_outputs, write_output
 
 __all__ = ["mc", "parse_dks"]
 
@@ -184,6 +184,7 @@ def run_and_report(sweep_name: str, kwargs: dict, json_path, plot_path, print_ta
     it never lands in an import, a verdict or a file write, and the finished points are saved.
     """
     ctx = click.get_current_context()
+    refuse_shared_outputs(**{"--json": json_path, "--plot": plot_path})
     to_stdout = json_path == "-"
     console = stdout_console(stderr=to_stdout)
     with InterruptGate() as gate:

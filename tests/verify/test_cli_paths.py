@@ -260,3 +260,32 @@ def test_the_zero_byte_probe_changes_no_file_and_accepts_devices(tmp_path, calls
     for device in ("/dev/null", "/dev/stdout"):
         if Path(device).exists():
             assert check_output_path(Path(device)) == Path(device)
+
+
+@pytest.mark.parametrize("spelling", ["same", "dot-dot", "symlink", "hard link"])
+def test_mc_refuses_one_file_for_both_json_and_plot(tmp_path, monkeypatch, spelling):
+    from verify.montecarlo import experiments
+
+    monkeypatch.setattr(experiments, "variance_sweep", lambda **kw: pytest.fail("the sweep ran"))
+    first = tmp_path / "o3.svg"
+    if spelling in ("symlink", "hard link"):
+        first.write_text("old")
+    second = {"same": first, "dot-dot": tmp_path / "sub" / ".." / "o3.svg", "symlink": tmp_path / "link.svg",
+              "hard link": tmp_path / "hard.svg"}[spelling]
+    if spelling == "symlink":
+        second.symlink_to(first)
+    if spelling == "hard link":
+        os.link(first, second)
+    result = CliRunner().invoke(main, ["mc", "variance", "--dk", "2", "--samples", "100",
+                                       "--json", str(first), "--plot", str(second)])
+    assert result.exit_code == 2, result.output
+    line = _one_error_line(result.output, "--json")
+    assert "'--plot'" in line and "same file" in line
+
+
+def test_mc_writes_json_and_plot_to_two_files(tmp_path, monkeypatch):
+    _fake_sweep(monkeypatch)
+    j, p = tmp_path / "o3.json", tmp_path / "o3.svg"
+    result = CliRunner().invoke(main, ["mc", "variance", "--dk", "2", "--seed", "1", "--json", str(j), "--plot", str(p)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(j.read_text())["experiment"] == "variance" and p.read_text().lstrip().startswith("<?xml")
