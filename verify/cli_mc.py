@@ -13,8 +13,8 @@ so far (the last one cut short), marked incomplete, and exits 130.
 
 from __future__ import annotations
 
+import decimal
 import json
-import math
 import re
 
 import click
@@ -66,30 +66,46 @@ def parse_dks(values: tuple[str, ...] | list[str] | str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(out))
 
 
+#: The engine's largest budget (verify.montecarlo.engine.MAX_SAMPLES): float64 counts are exact up to 2**53.
+MAX_SAMPLES = 2**53
+
+
 class _Count(click.ParamType):
-    """A whole number >= ``minimum`` written as 100000, 1e5 or 1_000_000."""
+    """A whole number from ``minimum`` to ``maximum`` written as 100000, 1e5 or 1_000_000.
+
+    Read exactly (as a decimal, never through a float): ``9007199254740993`` is that number, not
+    the float 2**53 it would round to, and ``1.5`` or ``1e-1`` is refused, not rounded.
+    """
 
     name = "COUNT"
 
-    def __init__(self, minimum: int = 1):
-        self.minimum = minimum
+    def __init__(self, minimum: int = 1, maximum: int = MAX_SAMPLES):
+        self.minimum, self.maximum = minimum, maximum
 
     def convert(self, value, param, ctx):
-        expected = f"a whole number >= {self.minimum} such as 100000 or 1e5"
-        if isinstance(value, int) and not isinstance(value, bool):
-            f = float(value)
+        expected = f"a whole number >= {self.minimum} and <= {self.maximum:,} such as 100000 or 1e5"
+        if isinstance(value, bool):
+            self.fail(f"expected {expected}, got {value!r}", param, ctx)
+        if isinstance(value, int):
+            number = decimal.Decimal(value)
         else:
             try:
-                f = float(str(value).replace("_", ""))
-            except ValueError:
+                # Python's own spelling (underscores between digits), read exactly
+                number = decimal.Decimal(str(value).strip())
+            except decimal.InvalidOperation:
                 self.fail(f"expected {expected}, got {value!r}", param, ctx)
-        if not math.isfinite(f) or not f.is_integer() or f < self.minimum:
+        if not number.is_finite() or number != number.to_integral_value():
+            self.fail(f"expected {expected}, got {value!r}: not a whole number", param, ctx)
+        if number > self.maximum:
+            self.fail(f"expected {expected}, got {value!r}: over the largest budget (float64 counts are "
+                      "exact up to 2**53)", param, ctx)
+        if number < self.minimum:
             self.fail(f"expected {expected}, got {value!r}", param, ctx)
-        return int(value) if isinstance(value, int) else int(f)
+        return int(number)  # bounded above first: never a huge power of ten
 
 
-#: A sample count: the engine needs two samples for an interval.
-COUNT = _Count(minimum=2)
+#: A sample count: the engine needs two samples for an interval, and counts exactly up to 2**53.
+COUNT = _Count(minimum=2, maximum=MAX_SAMPLES)
 
 
 def _common(default_dk: str, default_samples: int, variance: bool = True):
@@ -100,8 +116,8 @@ def _common(default_dk: str, default_samples: int, variance: bool = True):
             click.option("--dk", "dk", multiple=True, default=(default_dk,), show_default=True,
                          help="Key widths: '1,2,4' or a doubling range '1..4096' (repeatable)."),
             click.option("--samples", type=COUNT, default=default_samples, show_default=True,
-                         help="Sample budget per d_k, >= 2 (1e5 is accepted); with --rel-error and no "
-                              "--samples the budget is 10^9."),
+                         help="Sample budget per d_k, 2 to 2**53 (1e5 is accepted, read exactly); with --rel-error "
+                              "and no --samples the budget is 10^9."),
             click.option("--rel-error", type=float, default=None,
                          help="Stop a d_k early once the interval's half-width is this fraction of the estimate."),
             click.option("--dist", type=click.Choice(_DISTS), default="normal", show_default=True,

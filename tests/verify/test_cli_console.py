@@ -64,3 +64,44 @@ def test_a_verdict_column_header_wraps_rather_than_being_cut(compact):
                     verdict_columns=("naive verdict",), compact=compact)
     words = captured.get().split()
     assert "naive" in words and "verdict" in words and "REFUTED" in words
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("9007199254740992", 2**53), ("9007199254740991", 2**53 - 1), ("1e15", 10**15), (2**53, 2**53),
+])
+def test_counts_are_read_exactly_up_to_two_to_the_53(value, expected):
+    n = COUNT.convert(value, None, None)
+    assert n == expected and type(n) is int
+
+
+@pytest.mark.parametrize("value,why", [
+    ("9007199254740993", "over the largest budget"),  # a float reads it as 2**53
+    (2**53 + 1, "over the largest budget"),
+    ("1e16", "over the largest budget"),
+    ("1e999999999", "over the largest budget"),  # refused at once, not expanded
+    ("2.0000000000000001", "not a whole number"),  # a float reads it as 2.0
+    ("100000.00000000001", "not a whole number"),
+    ("1e-1", "not a whole number"),
+    ("nan", "not a whole number"),
+])
+def test_counts_over_two_to_the_53_or_not_whole_are_refused(value, why):
+    with pytest.raises(click.BadParameter, match="expected a whole number >= 2") as info:
+        COUNT.convert(value, None, None)
+    assert why in info.value.message
+
+
+@given(st.integers(-3, 2**60))
+def test_any_written_integer_is_read_exactly(n):
+    for text in (str(n), f"{n}e0", f"{n}.000"):
+        if 2 <= n <= 2**53:
+            assert COUNT.convert(text, None, None) == n
+        else:
+            with pytest.raises(click.BadParameter):
+                COUNT.convert(text, None, None)
+
+
+def test_the_cli_limit_is_the_engines():
+    from verify.cli_mc import MAX_SAMPLES
+    from verify.montecarlo.engine import MAX_SAMPLES as ENGINE
+
+    assert MAX_SAMPLES == ENGINE == 2**53

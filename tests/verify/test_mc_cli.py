@@ -85,3 +85,29 @@ def test_margin_option_decides_between_supported_and_inconclusive():
     assert "INCONCLUSIVE" in narrow.output and "SUPPORTED" not in narrow.output.split("variance sweep")[0]
     assert "SUPPORTED" in wide.output and "INCONCLUSIVE" not in wide.output
     assert run(*args, "--margin", "0").exit_code == 2
+
+
+@pytest.mark.parametrize("samples", ["9007199254740993", "18014398509481984", "1e17", "2.5e0", "1000.5"])
+def test_a_budget_over_two_to_the_53_or_not_whole_is_refused_before_running(monkeypatch, samples):
+    from verify.montecarlo import experiments
+
+    monkeypatch.setattr(experiments, "variance_sweep", lambda **kw: pytest.fail(f"ran with {kw['samples']}"))
+    out = run("variance", "--samples", samples)
+    assert out.exit_code == 2
+    assert "Invalid value for '--samples': expected a whole number >= 2" in out.output
+
+
+class _Seen(Exception):
+    pass
+
+
+def test_the_largest_budget_reaches_the_sweep_exactly(monkeypatch):
+    from verify.montecarlo import experiments
+
+    def seen(**kw):
+        raise _Seen(kw["samples"])
+
+    monkeypatch.setattr(experiments, "variance_sweep", seen)
+    with pytest.raises(_Seen) as info:
+        run("variance", "--samples", "9007199254740992")
+    assert info.value.args[0] == 2**53 and type(info.value.args[0]) is int
