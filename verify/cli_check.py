@@ -29,15 +29,46 @@ def short_source(claim) -> str:
     return f"{claim.source.document[:3]} {claim.source.label}"
 
 
+def _matcher(pattern: str):
+    """``--only``'s rule: a glob (a plain word matches anywhere), ignoring case; true when any of
+    the names matches."""
+    pattern = (pattern if any(c in pattern for c in "*?[") else f"*{pattern}*").casefold()
+    return lambda names: any(fnmatch.fnmatchcase(name.casefold(), pattern) for name in names)
+
+
 def select_claims(claims, pattern: str | None):
     """Claims whose id, source ``document, label`` or table source ``"003 Lema 1"`` matches the
     glob ``pattern``, ignoring case."""
     if pattern is None:
         return list(claims)
-    pattern = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
-    pattern = pattern.casefold()
-    return [c for c in claims
-            if any(fnmatch.fnmatchcase(name.casefold(), pattern) for name in (c.id, str(c.source), short_source(c)))]
+    matches = _matcher(pattern)
+    return [c for c in claims if matches((c.id, str(c.source), short_source(c)))]
+
+
+def select_not_run(notes, pattern: str | None) -> list[str]:
+    """The catalogue's not-run notes that ``--only pattern`` keeps, by :func:`select_claims`' rule.
+
+    A note reads ``"002 class MultiHeadAttention (line 77): the document's code needs torch ..."``:
+    the part before the first ':' is the claim's source as the table shows it. It is matched as
+    that, as the source ``document, label`` and as the id the catalogue gives the claim, so a
+    pattern keeps a note exactly when it would select the claim were it run.
+    """
+    if pattern is None:
+        return list(notes)
+    from proofs.catalogue import DOCUMENTS
+    from proofs.catalogue._kit import _slug  # the catalogue's own id rule
+
+    matches = _matcher(pattern)
+    kept = []
+    for note in notes:
+        shown = note.split(":", 1)[0].strip()
+        doc, _, label = shown.partition(" ")
+        names = [shown]
+        if doc in DOCUMENTS and label:
+            names += [f"{DOCUMENTS[doc]}, {label}", f"seed{doc}.{_slug(label)}"]
+        if matches(names):
+            kept.append(note)
+    return kept
 
 
 def run_claims(claims, *, console: Console, show_progress: bool, gate: InterruptGate | None = None):
@@ -127,7 +158,8 @@ def exit_code(results, *, interrupted: bool, strict: bool) -> int:
                    "Missing folders are created.")
 @click.option("--only", "pattern", metavar="PATTERN",
               help="Run only claims whose id or source (as the table shows it, e.g. '003 Lema 1') matches this glob, "
-                   "ignoring case (a plain word matches anywhere).")
+                   "ignoring case (a plain word matches anywhere); the claims not run here (a missing optional "
+                   "dependency) are listed by the same rule.")
 @click.option("--strict", is_flag=True,
               help="Exit 1 when any claim is REFUTED or CORRECTED (for a document's own CI).")
 @click.option("--progress/--no-progress", default=None,
@@ -149,12 +181,12 @@ def check(ctx: click.Context, json_path, pattern: str | None, strict: bool, prog
 
         claims = select_claims(all_claims(), pattern)
         if not claims:
-            raise click.BadParameter(f"{pattern!r} matches no claim id or source", param_hint="--only")
+            _no_claim(pattern)
         start = time.perf_counter()
         show = sys.stderr.isatty() if progress is None else progress
         results, interrupted = run_claims(claims, console=Console(stderr=True), show_progress=show, gate=gate)
         seconds = time.perf_counter() - start
-        left_out = not_run()
+        left_out = select_not_run(not_run(), pattern)
         if interrupted:
             left_out = [*left_out, f"{len(claims) - len(results)} of {len(claims)} claims: interrupted"]
         code = exit_code(results, interrupted=interrupted, strict=strict)
@@ -179,6 +211,18 @@ def check(ctx: click.Context, json_path, pattern: str | None, strict: bool, prog
             console.print(plain(f"interrupted: {what}", "bold yellow"))
             code = 130
     ctx.exit(code)
+
+
+def _no_claim(pattern: str) -> None:
+    """``--only`` selected nothing: a usage error, saying why when the pattern names claims that
+    cannot run here (an optional dependency missing)."""
+    from proofs.catalogue import not_run
+
+    left_out = select_not_run(not_run(), pattern)
+    if left_out:
+        raise click.BadParameter(f"{pattern!r} matches only claims not run here: {'; '.join(left_out)}",
+                                 param_hint="--only")
+    raise click.BadParameter(f"{pattern!r} matches no claim id or source", param_hint="--only")
 
 
 def _print_footer(results, seconds: float, left_out: list[str], console: Console) -> None:
@@ -234,7 +278,7 @@ def report(ctx: click.Context, out_dir: Path, pattern: str | None, pdf: bool) ->
 
         claims = select_claims(all_claims(), pattern)
         if not claims:
-            raise click.BadParameter(f"{pattern!r} matches no claim id or source", param_hint="--only")
+            _no_claim(pattern)
         results, interrupted = run_claims(claims, console=Console(stderr=True), show_progress=sys.stderr.isatty(),
                                           gate=gate)
         if interrupted:

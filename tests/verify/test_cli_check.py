@@ -136,3 +136,77 @@ def test_report_writes_and_compiles_the_catalogue(tmp_path):
     assert figures == ["seed003-saturation.png", "seed003-variance-raw.png", "seed003-variance-scaled.png"]
     for name in figures:
         assert f"figures/{name}" in tex
+
+
+def _torch_notes():
+    """The not-run notes seed 002 gives without torch, built as seed_002.not_run builds them."""
+    from proofs.catalogue import seed_002
+
+    return [f"{seed_002.DOC} {name}: the document's code needs torch (pip install 'attnverify[torch]')"
+            for name in seed_002._TORCH_CLAIMS]
+
+
+def _check_only(monkeypatch, tmp_path, pattern, notes):
+    import proofs.catalogue
+
+    claims = [_claim("seed003.lema-9", _proved),
+              Claim("seed002.nota-importante-l138", "demo", Source("002_b7829993fcbce14a.txt",
+                                                                   "Nota Importante (line 138)"), "$1$", [_proved])]
+    _fake_catalogue(monkeypatch, claims)
+    monkeypatch.setattr(proofs.catalogue, "not_run", lambda: list(notes))
+    out = tmp_path / f"only-{len(list(tmp_path.iterdir()))}.json"
+    args = ["check", "--no-progress", "--json", str(out)] + ([] if pattern is None else ["--only", pattern])
+    result = CliRunner(env={"COLUMNS": "300"}).invoke(main, args)
+    return result, (json.loads(out.read_text())["not_run"] if result.exit_code == 0 else None)
+
+
+@pytest.mark.parametrize("pattern,kept", [
+    (None, [0, 1]),
+    ("003", []),  # the reviewer's case: no seed-002 torch notes under --only 003
+    ("seed003*", []),
+    ("002", [0, 1]),
+    ("SEED002*", [0, 1]),
+    ("002_b7829993fcbce14a.txt, *", [0, 1]),
+    ("*MultiHeadAttention*", [0, 1]),
+    ("002 class multiheadattention*", [0]),
+    ("seed002.class-multiheadattention-l77", [0]),
+    ("Prunable", [1]),
+    ("torch", []),  # the reason is not part of the name
+    ("line 77", [0]),
+])
+def test_not_run_notes_follow_only_by_the_same_rule(pattern, kept):
+    from verify.cli_check import select_not_run
+
+    notes = _torch_notes()
+    assert select_not_run(notes + ["a note with no source"], pattern) == (
+        [notes[i] for i in kept] + (["a note with no source"] if pattern is None else []))
+
+
+@pytest.mark.parametrize("pattern,kept", [(None, 2), ("003", 0), ("002", 2), ("lema 9", 0)])
+def test_check_prints_and_saves_only_the_not_run_notes_only_keeps(monkeypatch, tmp_path, pattern, kept):
+    notes = _torch_notes()
+    result, not_run = _check_only(monkeypatch, tmp_path, pattern, notes)
+    assert result.exit_code == 0, result.output
+    assert not_run == notes[:kept]
+    printed = [line for line in result.output.splitlines() if line.startswith("not run:")]
+    assert len(printed) == kept, result.output
+    assert ("needs torch" in result.output) == bool(kept)
+
+
+def test_only_naming_just_a_claim_not_run_here_says_so(monkeypatch, tmp_path):
+    result, _ = _check_only(monkeypatch, tmp_path, "002 class MultiHeadAttention*", _torch_notes())
+    assert result.exit_code == 2
+    assert "matches only claims not run here: 002 class MultiHeadAttention (line 77): " in result.output
+    result, _ = _check_only(monkeypatch, tmp_path, "torch", _torch_notes())
+    assert result.exit_code == 2 and "matches no claim id or source" in result.output
+
+
+def test_a_not_run_note_is_matched_by_the_id_the_catalogue_gives_its_claim():
+    """The id select_not_run derives is the one the claim has when torch is installed."""
+    from proofs.catalogue._kit import supplementary_claim
+    from verify.cli_check import select_not_run
+
+    for line, name in ((77, "class MultiHeadAttention"), (269, "class PrunableMultiHeadAttention")):
+        claim = supplementary_claim("002", line, name, title="t", statement="x", checks=[])
+        kept = select_not_run(_torch_notes(), claim.id)
+        assert kept == [n for n in _torch_notes() if n.startswith(f"002 {claim.source.label}:")], claim.id
