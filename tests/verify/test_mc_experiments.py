@@ -66,10 +66,22 @@ def test_batch_means_repro_never_supports_a_false_claim():
 
 
 def test_margin_is_checked_before_running():
-    with pytest.raises(ValueError, match=r"margin must lie in \(0, inf\), got 0"):
+    with pytest.raises(ValueError, match=r"margin must lie in \(0, 1\).*got 0"):
         X.variance_sweep([1], samples=1000, margin=0)
-    with pytest.raises(ValueError, match=r"margin must lie in \(0, inf\), got -0.1"):
+    with pytest.raises(ValueError, match=r"margin must lie in \(0, 1\).*got -0.1"):
         X.projected_sweep([1], samples=1000, margin=-0.1)
+    with pytest.raises(ValueError, match=r"margin must lie in \(0, 1\).*got 1"):
+        X.variance_sweep([1], samples=1000, margin=1)
+
+
+def test_a_margin_of_one_or_more_never_supports_a_false_claim():
+    """The reviewer's case: Var(q.k) = 4 is false (the truth is 20 with mean_q = 2); a margin of
+    100 made [3.9, 57] 'support' it. Margins are now below 1, and 0.9 cannot support it."""
+    with pytest.raises(ValueError, match="margin"):
+        X.variance_sweep([4], samples=1000, seed=1, mean_q=2.0, margin=100)
+    sweep = X.variance_sweep([4], samples=1000, seed=1, mean_q=2.0, margin=0.9)
+    naive = [c for c in sweep.checks if c.theta0 == 4.0]
+    assert naive and all(c.verdict != "SUPPORTED" for c in naive)
 
 
 def test_projected_same_token_is_not_dk():

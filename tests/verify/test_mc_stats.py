@@ -117,7 +117,7 @@ def test_batch_means_below_the_minimum_is_undefined_with_the_reason(n_blocks, ba
 def test_batch_means_lower_end_is_clipped_at_zero():
     # batch variances spread widely around a small total variance: the t interval would go below 0
     rng = np.random.default_rng(6)
-    blocks = [S.moments_of(xp, rng.standard_normal(3) * (100.0 if i % 2 else 0.01)) for i in range(32)]
+    blocks = [S.moments_of(xp, rng.standard_normal(S.MIN_BATCH_SAMPLES) * (100.0 if i % 2 else 0.01)) for i in range(32)]
     total = S.merge_all(blocks)
     batch_vars = [b.variance for b in blocks]
     raw_low = total.variance - stats.t.isf(5e-7, 31) * np.std(batch_vars, ddof=1) / math.sqrt(32)

@@ -63,6 +63,18 @@ def check_alpha(value: Any, name: str = "alpha") -> float:
     return check_positive_float(name, value, upper=1.0)
 
 
+def check_margin(value: Any, name: str = "margin") -> float:
+    """A relative equivalence margin, strictly between 0 and 1: at 1 or more the band
+    ``theta0 (1 +- margin)`` reaches 0 and past it, so "equal" would admit any smaller value."""
+    out = check_real(name, value)
+    if not 0 < out < 1:
+        raise ValueError(
+            f"{name} must lie in (0, 1) (a relative margin of 1 or more makes theta0 (1 +- margin) reach 0, "
+            f"so any smaller value would count as equal), got {value!r}"
+        )
+    return out
+
+
 def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
     """``value`` must be one of ``choices``."""
     choices = tuple(choices)

@@ -55,6 +55,7 @@ import numpy as np
 from ._checks import check_alpha, check_choice, check_int, check_positive_float
 from .results import MCResult, Output
 from .stats import (
+    MIN_BATCH_SAMPLES,
     MIN_BATCHES,
     _to_host,
     VARIANCE_METHODS,
@@ -539,11 +540,17 @@ def run_mc(
             f"samples must be at most {MAX_SAMPLES:,} (2**53: float64 counts are exact up to there, and at "
             f"10^8 samples/s that many take 3 years), got {samples:,}"
         )
+    if variance_method == "batch-means" and samples < MIN_BATCHES * MIN_BATCH_SAMPLES:
+        raise ValueError(
+            f"variance_method='batch-means' needs samples >= {MIN_BATCHES * MIN_BATCH_SAMPLES:,} ({MIN_BATCHES} "
+            f"batches of at least {MIN_BATCH_SAMPLES} samples), got samples={samples:,}; use more samples or "
+            "variance_method='fourth-moment'"
+        )
     block_given = block_size is not None
     if block_size is None:
         block_size = default_block_size(sampler.elements_per_sample, backend)
         if variance_method == "batch-means" and samples // batches < block_size:
-            block_size = 1 << (max(1, samples // batches).bit_length() - 1)
+            block_size = max(MIN_BATCH_SAMPLES, 1 << (max(1, samples // batches).bit_length() - 1))
     block_size = check_int("block_size", block_size, minimum=1)
     n_blocks = -(-samples // block_size)
     if variance_method == "batch-means" and n_blocks < MIN_BATCHES:

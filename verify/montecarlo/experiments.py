@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._checks import check_alpha, check_dks, check_int, check_positive_float
+from ._checks import check_alpha, check_dks, check_int, check_margin, check_positive_float
 from .distributions import get_distribution
 from .engine import MEMORY_LIMIT, format_bytes, run_mc
 from .results import MCResult, _jsonable, format_number
@@ -234,7 +234,7 @@ def variance_sweep(
     """
     d_ks = check_dks(d_ks)
     alpha = check_alpha(alpha)
-    margin = check_positive_float("margin", margin)
+    margin = check_margin(margin)
     dist_obj = get_distribution(dist)
     _check_widths(d_ks, lambda d: 2 * d, "q and k", memory_limit)
     root = _root_seed(seed)
@@ -309,7 +309,7 @@ def projected_sweep(
     """
     d_ks = check_dks(d_ks)
     alpha = check_alpha(alpha)
-    margin = check_positive_float("margin", margin)
+    margin = check_margin(margin)
     d_model = check_int("d_model", d_model, minimum=1)
     dist_obj = get_distribution(dist)
     if weights == "fresh":

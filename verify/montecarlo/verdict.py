@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ._checks import check_alpha, check_choice, check_int, check_positive_float, check_real
+from ._checks import check_alpha, check_choice, check_int, check_margin, check_positive_float, check_real
 from .results import Estimate, MCResult, _jsonable, format_number
 
 __all__ = [
@@ -198,7 +198,7 @@ def check_equal(
     tests : int
         Family size for Bonferroni.
     margin : float
-        Relative equivalence margin, > 0 (default 0.05): SUPPORTED needs the interval inside
+        Relative equivalence margin, in (0, 1) (default 0.05): SUPPORTED needs the interval inside
         ``theta0 (1 +- margin)``.
     abs_margin : float, optional
         Absolute margin, > 0, used instead of ``margin * |theta0|``; required when theta0 = 0.
@@ -206,7 +206,7 @@ def check_equal(
     theta0 = check_real("theta0", theta0)
     alpha = check_alpha(alpha)
     tests = check_int("tests", tests, minimum=1)
-    margin = check_positive_float("margin", margin)
+    margin = check_margin(margin)
     abs_margin = check_positive_float("abs_margin", abs_margin, allow_none=True)
     tolerance = abs_margin if abs_margin is not None else margin * abs(theta0)
     if not tolerance > 0:
