@@ -171,9 +171,33 @@ _OPTIONS = {"d_ks": "--dk", "d_k": "--dk", "samples": "--samples", "rel_error": 
             "d_model": "--d-model", "n_keys": "--keys", "weights": "--weights"}
 
 
+#: Library wording that names an argument the command line does not have, and what to say instead.
+_API_WORDING = (
+    (re.compile(r"theta0 = (\S+) has no relative margin: pass abs_margin= \(.*\)"),
+     r"the predicted value is \1, so the relative --margin allows no deviation at all; "
+     r"choose --std-q, --std-k, --mean-q and --mean-k whose predicted variance is not 0"),
+    (re.compile(r" \(or raise memory_limit\)"), ""),
+    (re.compile(r"; make the sampler smaller or raise memory_limit"), "; use a smaller --dk"),
+    (re.compile(r"over memory_limit=([0-9.,]+ [KMGTP]?i?B)"), r"over the memory limit of \1"),
+    (re.compile(r" \(or lower block_size\)"), ""),
+    (re.compile(r"at most block_size=([0-9,]+) fits"), r"at most \1 samples per block fit"),
+    (re.compile(r"\bblock_size=([0-9,]+)"), r"a block of \1 samples"),
+)
+
+#: Library argument names that are not options; a message still naming one is a defect (tested).
+API_ONLY = ("abs_margin", "memory_limit", "block_size", "chunk_size", "min_samples", "executor")
+
+
+def _cli_wording(message: str) -> str:
+    """A library message with its API-only argument names replaced by what a CLI user can do."""
+    for pattern, replacement in _API_WORDING:
+        message = pattern.sub(replacement, message)
+    return message
+
+
 def _usage_error(exc: Exception) -> click.UsageError:
     """A library argument error as a usage error naming the option, when the message names one."""
-    message = str(exc)
+    message = _cli_wording(str(exc))
     name = re.match(r"[A-Za-z_]+", message)
     option = _OPTIONS.get(name.group(0)) if name else None
     return click.BadParameter(message, param_hint=f"'{option}'") if option else click.UsageError(message)
@@ -284,6 +308,10 @@ def _dot_command(scaled: bool):
     def command(dk, samples, rel_error, dist, backend, seed, alpha, workers, json_path, plot_path, progress,
                 variance_method, mean_q, mean_k, std_q, std_k, **extra):
         kw = _common_kwargs(dk, samples, rel_error, dist, backend, seed, alpha, workers, progress)
+        if std_q**2 * std_k**2 + mean_q**2 * std_k**2 + mean_k**2 * std_q**2 == 0:  # each std > 0: underflow
+            raise click.BadParameter(
+                f"the predicted variance s_q^2 s_k^2 + mu_q^2 s_k^2 + mu_k^2 s_q^2 underflows to 0 in float64 "
+                f"with --std-q {std_q:g} --std-k {std_k:g}: rescale the components", param_hint="'--std-q'")
         kw.update(mean_q=mean_q, mean_k=mean_k, std_q=std_q, std_k=std_k, scaled=scaled,
                   variance_method=variance_method, **extra)
         run_and_report("variance_sweep", kw, json_path, plot_path, _variance_table)
@@ -291,12 +319,16 @@ def _dot_command(scaled: bool):
     return command
 
 
+#: A standard deviation: a zero one makes the predicted variance 0, which no relative margin can test.
+_STD = click.FloatRange(min=0, min_open=True)
+
+
 def _moment_options(f):
     for opt in reversed([
         click.option("--mean-q", type=float, default=0.0, show_default=True, help="Mean of the q components."),
         click.option("--mean-k", type=float, default=0.0, show_default=True, help="Mean of the k components."),
-        click.option("--std-q", type=float, default=1.0, show_default=True, help="Std of the q components."),
-        click.option("--std-k", type=float, default=1.0, show_default=True, help="Std of the k components."),
+        click.option("--std-q", type=_STD, default=1.0, show_default=True, help="Std of the q components (> 0)."),
+        click.option("--std-k", type=_STD, default=1.0, show_default=True, help="Std of the k components (> 0)."),
     ]):
         f = opt(f)
     return f

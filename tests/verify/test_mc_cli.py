@@ -111,3 +111,81 @@ def test_the_largest_budget_reaches_the_sweep_exactly(monkeypatch):
     with pytest.raises(_Seen) as info:
         run("variance", "--samples", "9007199254740992")
     assert info.value.args[0] == 2**53 and type(info.value.args[0]) is int
+
+
+@pytest.mark.parametrize("command", ["variance", "scaled"])
+@pytest.mark.parametrize("option", ["--std-q", "--std-k"])
+@pytest.mark.parametrize("value", ["0", "-0.0", "-1"])
+def test_a_std_must_be_positive_with_clicks_own_message(monkeypatch, command, option, value):
+    from verify.montecarlo import experiments
+
+    monkeypatch.setattr(experiments, "variance_sweep", lambda **kw: pytest.fail("the sweep ran"))
+    out = run(command, "--dk", "2", "--samples", "100", option, value)
+    assert out.exit_code == 2
+    assert f"Invalid value for '{option}'" in out.output and "is not in the range x>0" in out.output
+    assert "abs_margin" not in out.output
+
+
+def test_positive_stds_run():
+    out = run("variance", "--dk", "2", "--samples", "2000", "--seed", "1", "--std-q", "1e-3", "--std-k", "0.5")
+    assert out.exit_code == 0, out.output
+    assert "std_q=0.001" in out.output
+
+
+def test_stds_whose_variance_underflows_are_a_usage_error_without_api_names(monkeypatch):
+    from verify.montecarlo import experiments
+
+    monkeypatch.setattr(experiments, "variance_sweep", lambda **kw: pytest.fail("the sweep ran"))
+    out = run("variance", "--dk", "2", "--samples", "100", "--std-q", "1e-200", "--std-k", "1e-200")
+    assert out.exit_code == 2
+    assert "Invalid value for '--std-q'" in out.output and "underflows to 0" in out.output
+    assert "abs_margin" not in out.output
+
+
+def _cli_message(exc):
+    from verify.cli_mc import API_ONLY, _usage_error
+
+    message = _usage_error(exc).format_message()
+    named = [name for name in API_ONLY if name in message]
+    return message, named
+
+
+def test_the_librarys_zero_theta0_message_is_reworded_for_the_command_line():
+    """The library's own message (an API caller's advice: 'pass abs_margin=') never reaches a CLI user."""
+    from verify.montecarlo import experiments
+
+    with pytest.raises(ValueError, match="abs_margin") as info:
+        experiments.variance_sweep((2,), std_q=1e-200, std_k=1e-200, samples=100, seed=1, workers=1)
+    message, named = _cli_message(info.value)
+    assert named == [] and "predicted value is 0" in message and "--std-q" in message
+
+
+def test_the_librarys_memory_messages_name_no_api_argument():
+    from types import SimpleNamespace
+
+    from verify.montecarlo import engine
+
+    sampler = SimpleNamespace(name="big", params={}, elements_per_sample=2**27)  # 1 GiB per sample
+    cases = [
+        dict(block_size=1, block_given=False, workers=None, n_blocks=1, limit=2**20),  # one sample cannot fit
+        dict(block_size=64, block_given=True, workers=None, n_blocks=1, limit=2**31),  # the block cannot
+        dict(block_size=1, block_given=False, workers=8, n_blocks=8, limit=2**31),  # the workers cannot
+    ]
+    for case in cases:
+        with pytest.raises(ValueError, match="memory_limit") as info:
+            engine._fit_memory(sampler, **case)
+        message, named = _cli_message(info.value)
+        assert named == [], message
+        assert "memory limit of" in message
+
+
+@pytest.mark.parametrize("args", [
+    ["variance", "--dk", "100000000"],
+    ["projected", "--dk", "100000", "--d-model", "100000"],
+    ["saturation", "--dk", "10000000", "--keys", "100"],
+])
+def test_a_width_over_the_memory_limit_is_refused_without_api_names(args):
+    out = run(*args, "--samples", "100")
+    assert out.exit_code == 2 and "Invalid value for '--dk'" in out.output
+    assert "memory limit of 1 GiB" in out.output and "fits" in out.output
+    assert not any(name in out.output for name in ("memory_limit", "block_size"))
