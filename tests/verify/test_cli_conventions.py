@@ -30,18 +30,22 @@ def _error_lines(result):
 
 def test_samples_range_in_the_help_is_the_range_checked():
     help_text = " ".join(CliRunner().invoke(main, ["mc", "variance", "--help"]).output.split())
-    assert "Sample budget per d_k, >= 2" in help_text
+    assert "Sample budget per d_k, 2 to 2**53" in help_text
+    expected = "Error: Invalid value for '--samples': expected a whole number >= 2 and <= 9,007,199,254,740,992 such as "
     one = CliRunner().invoke(main, ["mc", "variance", "--dk", "2", "--samples", "1"])
     assert one.exit_code == 2
-    assert _error_lines(one) == ["Error: Invalid value for '--samples': expected a whole number >= 2 such as "
-                                 "100000 or 1e5, got '1'"]
+    assert _error_lines(one) == [expected + "100000 or 1e5, got '1'"]
+    over = CliRunner().invoke(main, ["mc", "variance", "--dk", "2", "--samples", str(2**53 + 1)])
+    assert over.exit_code == 2
+    assert _error_lines(over) == [expected + f"100000 or 1e5, got '{2**53 + 1}': over the largest budget "
+                                  "(float64 counts are exact up to 2**53)"]
     two = CliRunner().invoke(main, ["mc", "variance", "--dk", "2", "--samples", "2", "--seed", "1"])
     assert two.exit_code == 0, two.output
 
 
 @pytest.mark.parametrize("args,option,words", [
-    (["--dk", "100000000", "--samples", "10"], "--dk", "memory_limit"),
-    (["--dk", "4", "--samples", "1e20"], "--samples", "at most"),
+    (["--dk", "100000000", "--samples", "10"], "--dk", "over the memory limit of 1 GiB"),  # not the API's memory_limit=
+    (["--dk", "4", "--samples", "1e20"], "--samples", "2**53"),
     (["--dk", "4", "--alpha", "0"], "--alpha", "alpha"),
 ])
 def test_library_argument_errors_are_one_line_naming_the_option(args, option, words):
