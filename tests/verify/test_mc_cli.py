@@ -189,3 +189,34 @@ def test_a_width_over_the_memory_limit_is_refused_without_api_names(args):
     assert out.exit_code == 2 and "Invalid value for '--dk'" in out.output
     assert "memory limit of 1 GiB" in out.output and "fits" in out.output
     assert not any(name in out.output for name in ("memory_limit", "block_size"))
+
+
+def _rows_of(output: str) -> list[list[str]]:
+    return [line.split() for line in output.splitlines()]
+
+
+@pytest.mark.parametrize("command", ["variance", "scaled", "projected"])
+@pytest.mark.parametrize("columns", ["80", "160"])
+def test_every_verdict_is_printed_next_to_its_estimate_interval_and_predicted_value(tmp_path, command, columns):
+    """The mean's verdict too: its estimate and interval are in the row that shows it, not only in --json."""
+    from verify.montecarlo.results import format_number as fmt
+
+    out = tmp_path / "r.json"
+    result = CliRunner(env={"COLUMNS": columns}).invoke(
+        main, ["mc", command, "--dk", "1,16", "--samples", "20000", "--seed", "1", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = _rows_of(result.output)
+    assert not any(row and row[0] in ("d_k:", "E:", "Var:") for row in rows)  # tables, not 'column: value' lists
+    assert max(map(len, result.output.splitlines()[:12])) <= int(columns)
+    doc = json.loads(out.read_text())
+    statistics = set()
+    for point in doc["points"]:
+        for check in point["checks"]:
+            e = check["estimate"]
+            digits = 5 if e["statistic"] == "variance" else 4
+            low, high = e["interval"]
+            cells = [str(point["d_k"]), fmt(e["estimate"], digits), f"[{fmt(low, 4)},", f"{fmt(high, 4)}]",
+                     fmt(check["theta0"]), check["verdict"]]
+            assert any(all(c in row for c in cells) for row in rows), (cells, result.output)
+            statistics.add(e["statistic"])
+    assert statistics == {"variance", "mean"}
