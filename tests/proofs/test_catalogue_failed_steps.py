@@ -52,10 +52,15 @@ def test_a_failed_variance_step_crashes_instead_of_refuting(monkeypatch):
 
 def test_corolario_4_check_never_supports_the_document_without_statistics(monkeypatch):
     assert seed_003.check_gradient_growth().verdict is Verdict.REFUTED
-    # norms that grow with d_k make the numeric step fail: the old code answered SUPPORTED
-    monkeypatch.setattr(seed_003, "_jacobian_norms",
-                        lambda scale_by_sqrt, dks=(4, 16, 64, 256, 1024), **kw: {d: 0.01 * np.log2(d) for d in dks})
-    with pytest.raises(StepFailed, match="mean spectral norm"):
+    # a Jacobian norm that grows like exp(||s||) makes the exact steps fail: the old code answered
+    # SUPPORTED; now the check refuses to give a verdict
+    real = seed_003._gradient_facts()
+    monkeypatch.setattr(seed_003, "_gradient_facts", lambda: {**real, "jac_norm": sp.exp(real["t"]) / 2})
+    with pytest.raises(StepFailed, match="largest eigenvalue"):
+        seed_003.check_gradient_growth()
+    # the same for the gradient in the query
+    monkeypatch.setattr(seed_003, "_gradient_facts", lambda: {**real, "grad_q_norm": sp.exp(real["t"])})
+    with pytest.raises(StepFailed, match="gradient in the query"):
         seed_003.check_gradient_growth()
 
 

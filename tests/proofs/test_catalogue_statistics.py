@@ -7,13 +7,21 @@ from proofs.claims import Method, Verdict
 from verify.montecarlo.experiments import SOURCES
 
 
-def _finding(source, verdict, claim):
-    return SimpleNamespace(source=SOURCES[source], verdict=verdict, claim=claim,
+def _estimate(estimate, low, high):
+    return SimpleNamespace(quantity="E[fake]", estimate=estimate, low=low, high=high, alpha=1e-7, samples=2000)
+
+
+def _finding(source, verdict, claim, a=(0.03, 0.02, 0.04), b=(0.28, 0.27, 0.29)):
+    """A fake comparison ``a > b``: ``a`` at the largest d_k, ``b`` at the smallest."""
+    return SimpleNamespace(source=SOURCES[source], verdict=verdict, claim=claim, a=_estimate(*a), b=_estimate(*b),
+                           family_alpha=1e-6, reason="no verdict: the intervals overlap",
                            summary=lambda: f"{verdict}: {claim}", to_dict=lambda: {"verdict": verdict})
 
 
 def _fake_sweep(monkeypatch, findings, tmp_path):
-    sweep = SimpleNamespace(findings=findings, to_dict=lambda: {"experiment": "saturation"})
+    sweep = SimpleNamespace(findings=findings, to_dict=lambda: {"experiment": "saturation"},
+                            points=[SimpleNamespace(d_k=1), SimpleNamespace(d_k=4096)],
+                            params={"n_keys": 16, "dist": "normal"})
     monkeypatch.setattr(seed_003, "_saturation", lambda: (sweep, ([str(tmp_path / "fig.png")], [])))
 
 
@@ -41,10 +49,18 @@ def test_corollary_3_check_refutes_when_a_prediction_fails(monkeypatch, tmp_path
 
 
 def test_corollary_4_check_follows_the_growth_comparison(monkeypatch, tmp_path):
-    _fake_sweep(monkeypatch, [_finding("cor4", "SUPPORTED", GROWTH), _finding("cor4", "REFUTED", "other")], tmp_path)
-    assert seed_003.check_gradient_growth_monte_carlo().verdict is Verdict.SUPPORTED
+    # a significant rise of the Jacobian is the document's direction, but two d_k cannot show growth
+    # like exp(||s||): INCONCLUSIVE (the exact bound decides), never SUPPORTED and never REFUTED
+    _fake_sweep(monkeypatch, [_finding("cor4", "SUPPORTED", GROWTH, a=(0.5, 0.45, 0.55), b=(0.28, 0.27, 0.29)),
+                              _finding("cor4", "REFUTED", "other")], tmp_path)
+    out = seed_003.check_gradient_growth_monte_carlo()
+    assert out.verdict is Verdict.INCONCLUSIVE
+    assert "rises from 0.280 [0.270, 0.290] at d_k = 1 to 0.500 [0.450, 0.550] at d_k = 4096" in out.evidence[0].summary
+    assert "falls" not in out.evidence[0].summary
     _fake_sweep(monkeypatch, [_finding("cor4", "REFUTED", GROWTH)], tmp_path)
-    assert seed_003.check_gradient_growth_monte_carlo().verdict is Verdict.REFUTED
+    out = seed_003.check_gradient_growth_monte_carlo()
+    assert out.verdict is Verdict.REFUTED
+    assert "falls from 0.280 [0.270, 0.290] at d_k = 1 to 0.0300 [0.0200, 0.0400] at d_k = 4096" in out.evidence[0].summary
 
 
 def test_inconclusive_comparison_is_inconclusive_never_support(monkeypatch, tmp_path):
@@ -56,5 +72,6 @@ def test_inconclusive_comparison_is_inconclusive_never_support(monkeypatch, tmp_
                 tmp_path)
     assert seed_003.check_saturation_monte_carlo().verdict is Verdict.REFUTED  # a failed prediction still refutes
     _fake_sweep(monkeypatch, [_finding("cor4", "INCONCLUSIVE", GROWTH)], tmp_path)
-    assert seed_003.check_gradient_growth_monte_carlo().verdict is Verdict.INCONCLUSIVE
+    out = seed_003.check_gradient_growth_monte_carlo()
+    assert out.verdict is Verdict.INCONCLUSIVE and "the intervals overlap" in out.evidence[0].summary
 
