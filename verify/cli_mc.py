@@ -6,7 +6,8 @@
     attnverify mc saturation --keys 16 --samples 1e4
 
 Argument errors from the library (ValueError/TypeError naming the argument) become one-line
-usage errors naming the option (exit 2). Output paths are checked before any work. Result files
+usage errors naming the option (exit 2), with advice about API-only arguments (``abs_margin=``,
+``memory_limit=``) reworded for the command line. Output paths are checked before any work. Result files
 are written before the tables are printed. Ctrl-C, wherever it lands, saves the points finished
 so far (the last one cut short), marked incomplete, and exits 130.
 """
@@ -340,8 +341,8 @@ def _moment_options(f):
     for opt in reversed([
         click.option("--mean-q", type=float, default=0.0, show_default=True, help="Mean of the q components."),
         click.option("--mean-k", type=float, default=0.0, show_default=True, help="Mean of the k components."),
-        click.option("--std-q", type=_STD, default=1.0, show_default=True, help="Std of the q components (> 0)."),
-        click.option("--std-k", type=_STD, default=1.0, show_default=True, help="Std of the k components (> 0)."),
+        click.option("--std-q", type=_STD, default=1.0, show_default=True, help="Std of the q components."),
+        click.option("--std-k", type=_STD, default=1.0, show_default=True, help="Std of the k components."),
     ]):
         f = opt(f)
     return f
