@@ -139,8 +139,8 @@ def _common(default_dk: str, default_samples: int, variance: bool = True):
                          help="Progress bar on stderr (default: when stderr is a terminal)."),
         ]
         if variance:
-            opts.append(click.option("--margin", type=click.FloatRange(min=0, min_open=True), default=0.05,
-                                     show_default=True,
+            margin_range = click.FloatRange(min=0, max=1, min_open=True, max_open=True)
+            opts.append(click.option("--margin", type=margin_range, default=0.05, show_default=True,
                                      help="Equivalence margin: SUPPORTED only when the interval lies within "
                                           "theta0 (1 +- margin) (means: +- margin sd); a wider interval that "
                                           "holds theta0 is INCONCLUSIVE."))

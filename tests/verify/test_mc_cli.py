@@ -85,6 +85,7 @@ def test_margin_option_decides_between_supported_and_inconclusive():
     assert "INCONCLUSIVE" in narrow.output and "SUPPORTED" not in narrow.output.split("variance sweep")[0]
     assert "SUPPORTED" in wide.output and "INCONCLUSIVE" not in wide.output
     assert run(*args, "--margin", "0").exit_code == 2
+    assert run(*args, "--margin", "1").exit_code == 2  # a band reaching 0 would make "equal" meaningless
 
 
 @pytest.mark.parametrize("samples", ["9007199254740993", "18014398509481984", "1e17", "2.5e0", "1000.5"])
