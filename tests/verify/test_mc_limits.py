@@ -146,7 +146,7 @@ def cli(*args, timeout=60):
 
 @pytest.mark.parametrize("args,names", [
     (("--dk", "100000000", "--samples", "10"), ("d_k=100,000,000", "1.49 GiB per sample")),
-    (("--dk", "4", "--samples", "1e20"), ("samples must be at most", "2**53")),
+    (("--dk", "4", "--samples", "1e20"), ("--samples", "2**53")),
 ])
 def test_cli_refuses_sizes_in_one_line_without_traceback(args, names):
     out, seconds = cli("mc", "variance", "--seed", "1", *args)
