@@ -131,3 +131,17 @@ def assert_gradcheck(actual, expected, *, atol: float = 1e-5, rtol: float = 1e-3
     expected = np.asarray(expected, dtype=np.float64)
     assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
     np.testing.assert_allclose(actual, expected, atol=atol, rtol=rtol, err_msg=name)
+
+
+def force_split(monkeypatch, workers: int = 2) -> list:
+    """Force numerics' NumPy path that cuts attention into one slab per core (numerics._parallel)
+    on small problems, with ``workers`` slabs, whatever this machine has. Returns a list that
+    gets one entry per split call, to show the path was really taken."""
+    from numerics import _parallel
+
+    monkeypatch.setattr(_parallel, "worker_count", lambda: workers)
+    monkeypatch.setattr(_parallel, "MIN_SCORES", 1)
+    calls = []
+    original = _parallel.map_slabs
+    monkeypatch.setattr(_parallel, "map_slabs", lambda *a, **k: calls.append(1) or original(*a, **k))
+    return calls

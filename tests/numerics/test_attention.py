@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from numerics import attention_backward, causal_mask, reference, scaled_dot_product_attention, softmax
-from tests.helpers import assert_gradcheck, from_numpy, numerical_gradient, relative_error, to_numpy
+from tests.helpers import assert_gradcheck, force_split, from_numpy, numerical_gradient, relative_error, to_numpy
 
 #: float64 results must agree with the mpmath reference to this relative error.
 TOL64 = 1e-12
@@ -426,20 +426,6 @@ def test_check_finite_false_gives_the_same_result():
 
 
 # --------------------------------------------------------------------------- split over cores
-
-
-def force_split(monkeypatch, workers):
-    """Force numerics' NumPy path that cuts attention into one slab per core (numerics._parallel)
-    on small problems, with ``workers`` slabs, whatever this machine has. Returns a list that
-    gets one entry per split call, to show the path was really taken."""
-    from numerics import _parallel
-
-    monkeypatch.setattr(_parallel, "worker_count", lambda: workers)
-    monkeypatch.setattr(_parallel, "MIN_SCORES", 1)
-    calls = []
-    original = _parallel.map_slabs
-    monkeypatch.setattr(_parallel, "map_slabs", lambda *a, **k: calls.append(1) or original(*a, **k))
-    return calls
 
 
 @pytest.mark.parametrize(

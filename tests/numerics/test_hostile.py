@@ -45,7 +45,7 @@ from numerics import (
     transformer_block,
     transformer_block_backward,
 )
-from tests.helpers import from_numpy, to_numpy
+from tests.helpers import force_split, from_numpy, to_numpy
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 U64 = 2.0**-53
@@ -193,18 +193,6 @@ def test_batch_dims_that_do_not_broadcast_name_every_argument():
         scaled_dot_product_attention(q, k, v, mask=np.ones((2, 3, 5), dtype=bool))
 
 
-def _force_split(monkeypatch, workers=2):
-    """Make every NumPy call take the slab path (see numerics._parallel); returns the calls."""
-    from numerics import _parallel
-
-    monkeypatch.setattr(_parallel, "worker_count", lambda: workers)
-    monkeypatch.setattr(_parallel, "MIN_SCORES", 1)
-    calls = []
-    original = _parallel.map_slabs
-    monkeypatch.setattr(_parallel, "map_slabs", lambda *a, **kw: calls.append(1) or original(*a, **kw))
-    return calls
-
-
 @pytest.mark.parametrize(
     "shapes",
     [
@@ -219,7 +207,7 @@ def _force_split(monkeypatch, workers=2):
     ],
 )
 def test_slab_splitter_with_broadcast_batch_dims(monkeypatch, shapes):
-    calls = _force_split(monkeypatch)
+    calls = force_split(monkeypatch)
     bq, bk_, bv, mshape = shapes
     rng = np.random.default_rng(7)
     q, k, v = rng.standard_normal(bq + (3, 2)), rng.standard_normal(bk_ + (5, 2)), rng.standard_normal(bv + (5, 3))
@@ -246,7 +234,7 @@ def test_slab_splitter_with_scores_beyond_the_range(monkeypatch, saturated):
         q, k = q * 1e-200, k * 1e-200
     d_out = rng.standard_normal((4, 3, 3))
     whole = scaled_dot_product_attention(q, k, v, return_weights=True), attention_backward(q, k, v, d_out)
-    calls = _force_split(monkeypatch)
+    calls = force_split(monkeypatch)
     split = scaled_dot_product_attention(q, k, v, return_weights=True), attention_backward(q, k, v, d_out)
     assert len(calls) == 2
     for a, b in zip((*whole[0], *whole[1]), (*split[0], *split[1])):
