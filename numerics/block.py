@@ -137,7 +137,9 @@ def init_block_params(
     ``noise > 0`` is for tests: the values that are otherwise constants are drawn near them,
     gains ``1 + noise * N(0, 1)`` and the layer-norm and attention biases ``noise * N(0, 1)``,
     so that every parameter takes part (a gain of exactly 1 and biases of exactly 0 hide
-    transpositions, swaps and dropped terms).
+    transpositions, swaps and dropped terms). ``noise`` is a real, finite number >= 0 (a
+    bool or a string is a TypeError); one so large that a drawn value is beyond ``dtype``'s
+    range is a ValueError naming noise.
 
     Values are drawn on the host in float64 from ``numpy.random.SeedSequence(seed)`` (one
     independent child stream for each of attention, feed-forward and the extra values),
@@ -151,12 +153,7 @@ def init_block_params(
     )
     if d_model % num_heads:
         raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads})")
-    try:
-        noise = float(noise)
-    except (TypeError, ValueError):
-        raise TypeError(f"noise must be a real number, got {type(noise).__name__}") from None
-    if not math.isfinite(noise) or noise < 0:
-        raise ValueError(f"noise must be finite and >= 0, got {noise!r}")
+    noise = _layers._check_non_negative_real("noise", noise)
     bias = bk.check_flag("bias", bias)
     seed = bk.check_seed(seed)
     xp = bk.get_namespace(xp)
@@ -171,16 +168,25 @@ def init_block_params(
     def put(a: np.ndarray) -> Any:
         return xp.astype(xp.asarray(a), dtype)
 
-    def near(value: float, shape: tuple[int, ...]) -> Any:
-        return put(value + noise * rng.standard_normal(shape) if noise else np.full(shape, value))
+    def near(name: str, value: float, shape: tuple[int, ...]) -> Any:
+        if not noise:
+            return put(np.full(shape, value))
+        with np.errstate(over="ignore"):
+            drawn = put(value + noise * rng.standard_normal(shape))
+        if not bool(xp.all(xp.isfinite(drawn))):
+            raise ValueError(
+                f"noise = {noise!r} is too large: {name} = {value} + noise * N(0, 1) overflows {getattr(dtype, '__name__', dtype)}; "
+                "pass a smaller noise"
+            )
+        return drawn
 
     if bias:
-        attn = replace(attn, **{n: near(0.0, tuple(getattr(attn, n).shape)) for n in ("b_q", "b_k", "b_v", "b_o")})
+        attn = replace(attn, **{n: near(f"attn.{n}", 0.0, tuple(getattr(attn, n).shape)) for n in ("b_q", "b_k", "b_v", "b_o")})
     ln = {
-        "ln1_gamma": near(1.0, (d_model,)),
-        "ln1_beta": near(0.0, (d_model,)) if bias else None,
-        "ln2_gamma": near(1.0, (d_model,)),
-        "ln2_beta": near(0.0, (d_model,)) if bias else None,
+        "ln1_gamma": near("ln1_gamma", 1.0, (d_model,)),
+        "ln1_beta": near("ln1_beta", 0.0, (d_model,)) if bias else None,
+        "ln2_gamma": near("ln2_gamma", 1.0, (d_model,)),
+        "ln2_beta": near("ln2_beta", 0.0, (d_model,)) if bias else None,
     }
     return BlockParams(attn=attn, ffn=ffn, **ln)
 
@@ -203,10 +209,11 @@ class _Call:
     dtype: Any  # the caller's dtype; results are cast back to it
 
 
-def _check_attn(attn: MHAParams, xp: ModuleType) -> None:
-    """multihead's own checks, with the names re-rooted at ``params.attn``."""
+def _check_attn(attn: MHAParams, xp: ModuleType, x: Any) -> None:
+    """multihead's own checks, with the names re-rooted at ``params.attn``; x's width D
+    decides the attention's D and Dm (self-attention), as it does every other width here."""
     try:
-        _multihead._check_params(attn, xp)
+        _multihead._check_params(attn, xp, x=x, inputs_rule=True)
     except (TypeError, ValueError) as exc:
         raise type(exc)(re.sub(r"\bparams\.", "params.attn.", str(exc))) from None
 
@@ -252,17 +259,7 @@ def _prepare(x, params, mask, causal, norm, approximate, eps, check_finite, d_ou
     d, n = int(x.shape[-1]), int(x.shape[-2])
     if d == 0:
         raise ValueError(f"x must have a non-empty width D, got shape {bk.shape_str(x)}")
-    _check_attn(params.attn, xp)
-    if params.attn.d_model != d:
-        raise ValueError(
-            f"params.attn.w_q must have D = x.shape[-1] = {d} rows: x has shape {bk.shape_str(x)}, "
-            f"params.attn.w_q has shape {bk.shape_str(params.attn.w_q)}"
-        )
-    if params.attn.d_memory != d:
-        raise ValueError(
-            f"params.attn.w_k must have D = x.shape[-1] = {d} rows (the block uses self-attention), "
-            f"got shape {bk.shape_str(params.attn.w_k)}"
-        )
+    _check_attn(params.attn, xp, x)
     _check_ffn(params.ffn, xp, d)
     for name in _LN_FIELDS:
         a = getattr(params, name)

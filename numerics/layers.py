@@ -49,16 +49,22 @@ _TANH_COEF = 0.044715
 # --------------------------------------------------------------------------- checks
 
 
-def _check_eps(eps: Any) -> float:
-    if isinstance(eps, (str, bytes, bool, np.bool_)):
-        raise TypeError(f"eps must be a real number, got {type(eps).__name__} {eps!r}")
+def _check_non_negative_real(name: str, value: Any) -> float:
+    """``value`` as a float: a real, finite number >= 0 (int, float, NumPy scalar ...); a
+    bool or a string is a TypeError, not a number, like anything float() cannot take."""
+    if isinstance(value, (str, bytes, bool, np.bool_)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
     try:
-        value = float(eps)
+        number = float(value)
     except (TypeError, ValueError):
-        raise TypeError(f"eps must be a real number, got {type(eps).__name__}") from None
-    if not math.isfinite(value) or value < 0.0:
-        raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
-    return value
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}") from None
+    if not math.isfinite(number) or number < 0.0:
+        raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+    return number
+
+
+def _check_eps(eps: Any) -> float:
+    return _check_non_negative_real("eps", eps)
 
 
 def _check_approximate(approximate: Any) -> str:
@@ -104,27 +110,78 @@ def _layer_norm_prepare(x, gamma, beta, eps, check_finite, d_out=None):
     return xp, eps, bk.compute_dtype(xp, x.dtype)
 
 
-def _normalise(xp: ModuleType, x: Any, eps: float) -> tuple[Any, Any]:
-    """``(xhat, rstd)``: two-pass normalisation over the last axis, rstd of shape (..., 1).
+def _power_of_two_scale(xp: ModuleType, x: Any) -> tuple[Any, Any, Any]:
+    """``(s1, s2, k)`` of shape (..., 1): powers of two whose product ``s = s1 s2 = 2**k``
+    brings each row's largest magnitude into [1, 4) (1 for an all-zero row).
 
-    Each row is first divided by its largest magnitude ``a`` (exact for a constant row, which
-    becomes all 1 or all -1, so its centred values are exactly 0), so that neither the mean
-    nor the squares can overflow or underflow: with ``u = x / a``,
-    ``(x - mean x) / sqrt(var x + eps) = (u - mean u) / hypot(std u, sqrt(eps) / a)``.
-    A constant row with ``eps = 0`` (0 / 0) is a ValueError.
+    Multiplying by a power of two is exact (the scaled values are the row's own, shifted in
+    exponent), unlike dividing by ``max |x|``, which rounds every element before the mean
+    is subtracted. ``s`` is applied as two factors because it may be beyond the dtype's
+    range on its own (2**1074 for a subnormal float64 row; each half stays within it).
     """
     a = xp.max(xp.abs(x), axis=-1, keepdims=True)
     a = xp.where(a > 0, a, xp.ones_like(a))
-    u = x / a
+    # floor(log2 a) may be off by one when log2 rounds; any nearby power of two will do.
+    e = xp.floor(xp.log2(a))
+    h = xp.floor(-e / 2.0)
+    two = xp.full_like(a, 2.0)
+    return xp.pow(two, h), xp.pow(two, -e - h), -e
+
+
+def _normalise(xp: ModuleType, x: Any, eps: float) -> tuple[Any, Any]:
+    """``(xhat, rstd)``: normalisation over the last axis; ``rstd(v)`` is ``v / sqrt(var x + eps)``
+    per row (computed so that it neither overflows nor underflows on the way).
+
+    Each row is first scaled by a power of two ``s`` (exact: see :func:`_power_of_two_scale`)
+    so that neither the mean nor the squares can overflow or underflow: with ``u = s x``,
+    ``(x - mean x) / sqrt(var x + eps) = (u - mean u) / hypot(std u, s sqrt(eps))``. The
+    centred values take two passes, ``c = u - mean(u)``, then ``c - mean(c)``: the first
+    mean is rounded (by up to a few ulps of the row's offset, which for a row with a large
+    common offset is a large part of its spread), the second removes that error, so the
+    centred values are as exact as the format allows however large the offset. A constant
+    row gives exactly 0 (its ``c`` are all equal, and their mean is exact), hence exactly
+    ``beta``. A constant row with ``eps = 0`` (0 / 0) is a ValueError.
+    """
+    s1, s2, k = _power_of_two_scale(xp, x)
+    u = (x * s1) * s2
     centred = u - xp.mean(u, axis=-1, keepdims=True)
-    denom = xp.hypot(xp.sqrt(xp.mean(centred * centred, axis=-1, keepdims=True)), math.sqrt(eps) / a)
+    centred = centred - xp.mean(centred, axis=-1, keepdims=True)
+    std_u = xp.sqrt(xp.mean(centred * centred, axis=-1, keepdims=True))
+    # t = s sqrt(eps), eps in u's units. For a row far below sqrt(eps) it is beyond the
+    # dtype's range ("not fits"): then t is held at big, so that denom = big, xhat ~ 0.
+    big = float(xp.finfo(x.dtype).max) / 4
+    if eps == 0.0:
+        t, fits = xp.zeros_like(std_u), xp.ones_like(std_u) > 0
+    else:
+        root = math.sqrt(eps)
+        fits = k + math.log2(root) < math.log2(big)
+        zero = xp.zeros_like(s1)
+        t = xp.where(fits, (root * xp.where(fits, s1, zero)) * xp.where(fits, s2, zero), xp.full_like(s1, big))
+    denom = xp.hypot(std_u, t)
     if eps == 0.0 and math.prod(denom.shape) and not bool(xp.all(denom > 0)):
         raise ValueError(
             "layer norm with eps = 0 is undefined (0 / 0) for a row of x whose entries are all equal; "
             f"x has shape {bk.shape_str(x)}: pass eps > 0"
         )
-    # rstd = 1 / sqrt(var x + eps) in x's units; 1 / denom first, then / a.
-    return centred / denom, (1.0 / denom) / a
+    # denom = 0 (eps > 0 so tiny against a huge constant row that s sqrt(eps) underflows)
+    # only where centred is exactly 0: xhat 0. denom = big (a row so tiny that s sqrt(eps)
+    # is beyond the range): xhat ~ 0, as it is, to within the dtype's range.
+    positive = denom > 0
+    xhat = centred / xp.where(positive, denom, xp.ones_like(denom))
+    # rstd = s / denom in x's units, applied as ((v / denom) s1) s2; where s sqrt(eps) is
+    # beyond the range or denom underflowed to 0, var x is negligible against eps and
+    # rstd = 1 / sqrt(eps).
+    regular = positive & fits
+    one = xp.ones_like(denom)
+    inv_denom = one / xp.where(regular, denom, one)
+    if eps > 0.0:
+        inv_denom = xp.where(regular, inv_denom, xp.full_like(denom, 1.0 / math.sqrt(eps)))
+    f1, f2 = xp.where(regular, s1, one), xp.where(regular, s2, one)
+
+    def rstd(v: Any) -> Any:
+        return ((v * inv_denom) * f1) * f2
+
+    return xhat, rstd
 
 
 def layer_norm(
@@ -157,7 +214,9 @@ def layer_norm(
     Notes
     -----
     Rows of any finite magnitude are normalised without overflow or underflow (each row
-    is divided by its largest magnitude first), and a constant row gives exactly ``beta``.
+    is first scaled by a power of two, which is exact), and the mean is taken in two
+    passes, so that a row with a large common offset (``1e15 + [0, 0.125, ...]``) keeps
+    every digit of its spread; a constant row gives exactly ``beta``.
     Leading dims may be empty (an empty result); D = 0 is a ValueError.
     """
     xp, eps, work = _layer_norm_prepare(x, gamma, beta, eps, check_finite)
@@ -204,9 +263,7 @@ def layer_norm_backward(
     xhat, rstd = _normalise(xp, xp.astype(x, work, copy=False), eps)
     dy = xp.astype(d_out, work, copy=False)
     g = dy if gamma is None else dy * xp.astype(gamma, work, copy=False)
-    dx = rstd * (
-        g - xp.mean(g, axis=-1, keepdims=True) - xhat * xp.mean(g * xhat, axis=-1, keepdims=True)
-    )
+    dx = rstd(g - xp.mean(g, axis=-1, keepdims=True) - xhat * xp.mean(g * xhat, axis=-1, keepdims=True))
     dy_rows = xp.reshape(dy, (-1, d))
     dbeta = xp.sum(dy_rows, axis=0)
     dgamma = None

@@ -142,7 +142,18 @@ def init_params(
     return MHAParams(num_heads=num_heads, **weights, **biases)
 
 
-def _check_params(params: MHAParams, xp: ModuleType) -> None:
+def _check_params(params: MHAParams, xp: ModuleType, *, x: Any = None, memory: Any = None, inputs_rule: bool = False) -> None:
+    """Check the parameters' dtypes, ranks and shapes, with ``x`` (..., N, D) and ``memory``
+    (..., M, Dm) when given (already checked as float arrays of rank >= 2).
+
+    Every width appears in several places: D in x, the rows of w_q, the columns of w_o and
+    b_o; Dm in memory (x for self-attention), the rows of w_k and w_v; H*K in the columns of
+    w_q and w_k, b_q and b_k; H*V in the columns of w_v, the rows of w_o and b_v. Where they
+    disagree, the message names the odd one out: the one place that differs from the value
+    the others share (``dataclasses.replace(p, w_k=p.w_k[:7])`` names w_k, not w_v). Where
+    no value has a majority (two places, one each) it names both. With ``inputs_rule``
+    (the transformer block, whose widths all follow x) x's width decides D and Dm.
+    """
     h = bk.positive_int("params.num_heads", params.num_heads)
     for name in _WEIGHTS:
         bk.check_float_array(f"params.{name}", getattr(params, name), xp, ndim=2)
@@ -159,24 +170,93 @@ def _check_params(params: MHAParams, xp: ModuleType) -> None:
     for name, shape in (("w_q", w_q), ("w_v", w_v)):
         if shape[1] % h:
             raise ValueError(f"params.{name} has {shape[1]} columns, not divisible by num_heads = {h}")
-    expected = {
-        "w_k": (w_k[0], w_q[1]),
-        "w_v": (w_k[0], w_v[1]),
-        "w_o": (w_v[1], w_q[0]),
+    source, source_name = (memory, "memory") if memory is not None else (x, "x")
+    # Each place a width appears: (name, array, axis holding the width, unit); absent ones dropped.
+    groups = {
+        "D": [
+            ("x", x, -1, "width"),
+            ("params.w_q", params.w_q, 0, "rows"),
+            ("params.w_o", params.w_o, 1, "columns"),
+            ("params.b_o", params.b_o, 0, "entries"),
+        ],
+        "Dm": [
+            (source_name, source, -1, "width"),
+            ("params.w_k", params.w_k, 0, "rows"),
+            ("params.w_v", params.w_v, 0, "rows"),
+        ],
+        "H*K": [
+            ("params.w_q", params.w_q, 1, "columns"),
+            ("params.w_k", params.w_k, 1, "columns"),
+            ("params.b_q", params.b_q, 0, "entries"),
+            ("params.b_k", params.b_k, 0, "entries"),
+        ],
+        "H*V": [
+            ("params.w_v", params.w_v, 1, "columns"),
+            ("params.w_o", params.w_o, 0, "rows"),
+            ("params.b_v", params.b_v, 0, "entries"),
+        ],
     }
-    for name, shape in expected.items():
-        if tuple(getattr(params, name).shape) != shape:
+    for letter, places in groups.items():
+        places = [(n, a, axis, unit) for n, a, axis, unit in places if a is not None]
+        _check_width(letter, places, inputs_rule and places[0][0] in ("x", "memory"))
+
+
+def _axis_desc(name: str, axis: int) -> str:
+    return f"{name}.shape[{axis}]"
+
+
+def _check_width(letter: str, places: list, inputs_rule: bool) -> None:
+    """One width (D, Dm, H*K or H*V) must be the same in every place it appears; see
+    :func:`_check_params` for which place an error names."""
+    sizes = [int(a.shape[axis]) for _, a, axis, _ in places]
+    if len(set(sizes)) <= 1:
+        return
+    if inputs_rule:
+        # The first place is the input (x, or memory), whose width decides.
+        name0, a0, axis0, _ = places[0]
+        for (name, a, axis, unit), size in zip(places[1:], sizes[1:]):
+            if size != sizes[0]:
+                raise ValueError(
+                    f"{name} must have {letter} = {_axis_desc(name0, axis0)} = {sizes[0]} {unit}, "
+                    f"got shape {bk.shape_str(a)}"
+                )
+    counts = {size: sizes.count(size) for size in sizes}
+    top = max(counts.values())
+    majority = [size for size, count in counts.items() if count == top]
+    if top >= 2 and len(majority) == 1:
+        value = majority[0]
+        agreeing = [_axis_desc(n, axis) for (n, _, axis, _), size in zip(places, sizes) if size == value]
+        like = agreeing[0] if len(agreeing) == 1 else ", ".join(agreeing[:-1]) + " and " + agreeing[-1]
+        name, a, axis, unit = next(place for place, size in zip(places, sizes) if size != value)
+        if name in ("x", "memory"):
+            if letter == "Dm" and name == "x":
+                raise ValueError(
+                    f"self-attention needs params.w_k.shape[0] == params.w_v.shape[0] == d_model = "
+                    f"x.shape[-1] = {int(a.shape[-1])}, got {value}; pass memory= for cross-attention"
+                )
             raise ValueError(
-                f"params.{name} must have shape {shape} to match w_q {w_q}, w_k {w_k} and w_v {w_v}, "
-                f"got {tuple(getattr(params, name).shape)}"
+                f"{name} must have width {letter} = {value}, like {like}: {name} has shape {bk.shape_str(a)}"
             )
-    for w, b in zip(_WEIGHTS, _BIASES):
-        bias = getattr(params, b)
-        if bias is not None and tuple(bias.shape) != (getattr(params, w).shape[1],):
-            raise ValueError(
-                f"params.{b} must have shape ({getattr(params, w).shape[1]},) to match params.{w} "
-                f"{tuple(getattr(params, w).shape)}, got {bk.shape_str(bias)}"
-            )
+        expected = list(a.shape)
+        expected[axis] = value
+        raise ValueError(
+            f"{name} must have shape {tuple(expected)}, {letter} = {value} {unit} like {like}; "
+            f"got shape {bk.shape_str(a)}"
+        )
+    # No majority: two places, one value each (or a tie); name them all.
+    if len(places) == 2:
+        (n0, a0, ax0, _), (n1, a1, ax1, _) = places
+        expected = list(a1.shape)
+        expected[ax1] = sizes[0]
+        raise ValueError(
+            f"{n1} must have shape {tuple(expected)} to match {n0} {bk.shape_str(a0)} "
+            f"({letter} = {_axis_desc(n0, ax0)} = {sizes[0]}), got shape {bk.shape_str(a1)} "
+            f"(one of the two is wrong)"
+        )
+    listing = ", ".join(f"{n} has shape {bk.shape_str(a)}" for n, a, _, _ in places)
+    raise ValueError(
+        f"{', '.join(_axis_desc(n, ax) for n, _, ax, _ in places)} must all be the same width {letter}: {listing}"
+    )
 
 
 @dataclass(frozen=True)
@@ -207,28 +287,13 @@ def _prepare(x, params, memory, mask, causal, check_finite, d_out=None) -> _Call
     check_finite = bk.check_flag("check_finite", check_finite)
     named_params = {f"params.{n}": a for n, a in params.arrays().items()}
     xp = bk.namespace_of(x=x, memory=memory, mask=mask, d_out=d_out, **named_params)
-    _check_params(params, xp)
-    params = replace(params, num_heads=int(params.num_heads))  # NumPy integers too
     bk.check_float_array("x", x, xp, min_ndim=2)
-    bk.check_same_dtype(x=x, memory=memory, d_out=d_out, **{"params.w_q": params.w_q})
-    if x.shape[-1] != params.d_model:
-        raise ValueError(
-            f"x must have width D = params.w_q.shape[0] = {params.d_model}: x has shape {bk.shape_str(x)}"
-        )
-    source = x
     if memory is not None:
         bk.check_float_array("memory", memory, xp, min_ndim=2)
-        if memory.shape[-1] != params.d_memory:
-            raise ValueError(
-                f"memory must have width Dm = params.w_k.shape[0] = {params.d_memory}: "
-                f"memory has shape {bk.shape_str(memory)}"
-            )
-        source = memory
-    elif params.d_memory != params.d_model:
-        raise ValueError(
-            f"self-attention needs params.w_k.shape[0] == d_model = {params.d_model}, got {params.d_memory}; "
-            "pass memory= for cross-attention"
-        )
+    _check_params(params, xp, x=x, memory=memory)
+    params = replace(params, num_heads=int(params.num_heads))  # NumPy integers too
+    bk.check_same_dtype(x=x, memory=memory, d_out=d_out, **{"params.w_q": params.w_q})
+    source = x if memory is None else memory
     if mask is not None and mask.dtype != xp.bool:
         raise TypeError(f"mask must be a boolean array (True = may attend), got dtype {mask.dtype}")
     shapes = {"x": x, "memory": memory, "mask": mask}
@@ -376,8 +441,13 @@ def multi_head_attention_vjp(
     recomputing the forward pass (as autograd libraries do), at the cost of holding the
     per-head q, k, v, outputs and weights (..., H, N, M) until ``backward`` is dropped.
     It may be called more than once. Arguments as in :func:`multi_head_attention`.
+
+    The gradients are those at the forward's values: ``backward`` holds its own copies of
+    x, memory, mask and the parameter arrays (O(B N D) and O(D H K), small against the
+    saved weights), so changing any of them in place after the forward pass changes
+    nothing (autograd instead raises an error for a tensor modified in place).
     """
-    c = _prepare(x, params, memory, mask, causal, check_finite)
+    c = _own_copies(_prepare(x, params, memory, mask, causal, check_finite))
     check_finite = bool(check_finite)
     per_slab = _in_slabs(c, _forward_saving)
     out = c.xp.astype(_join(c, per_slab, ("batch",))[0], c.dtype, copy=False)  # (out, saved): out only
@@ -399,6 +469,20 @@ def multi_head_attention_vjp(
         return _gradients_result(c, results, check_finite)
 
     return out, backward
+
+
+def _own_copies(c: _Call) -> _Call:
+    """``c`` with copies of the caller's arrays it holds (x, memory, mask, parameters), for a
+    backward pass that must see the forward's values whatever the caller does meanwhile.
+    Arrays already cast to the compute dtype are copies made by ``_prepare`` and kept."""
+    xp = c.xp
+    if c.x.dtype != c.dtype:  # float16 / bfloat16: x, memory and params are fresh casts
+        own = lambda a: a  # noqa: E731
+    else:
+        own = lambda a: None if a is None else xp.asarray(a, copy=True)  # noqa: E731
+    mask = None if c.mask is None else xp.asarray(c.mask, copy=True)
+    params = replace(c.params, **{k: own(a) for k, a in c.params.arrays().items()})
+    return replace(c, x=own(c.x), memory=own(c.memory), mask=mask, params=params)
 
 
 def multi_head_attention_backward(
