@@ -64,7 +64,10 @@ def namespace_of(**arrays: Any) -> ModuleType:
     """Return the array-API namespace shared by the named arrays (``None`` entries skipped).
 
     Raises TypeError naming the argument when one is not an array, and naming both
-    arguments and their libraries when they come from different libraries.
+    arguments and their libraries when they come from different libraries; ValueError
+    naming both arguments and their devices (``array_api_compat.device``) when arrays of
+    one library are on different devices (not checked for NumPy, whose arrays are all on
+    the CPU).
     """
     first_name, first_xp, first_array = None, None, None
     for name, x in arrays.items():
@@ -87,7 +90,25 @@ def namespace_of(**arrays: Any) -> ModuleType:
             )
     if first_xp is None:
         raise TypeError("no array argument was given")
+    if not array_api_compat.is_numpy_namespace(first_xp):  # NumPy arrays are all on "cpu"
+        _check_same_device(arrays)
     return first_xp
+
+
+def _check_same_device(arrays: dict[str, Any]) -> None:
+    """Raise ValueError naming two of the arrays (``None`` skipped) that are on different devices."""
+    first_name, first_device = None, None
+    for name, x in arrays.items():
+        if x is None:
+            continue
+        dev = array_api_compat.device(x)
+        if first_name is None:
+            first_name, first_device = name, dev
+        elif dev != first_device:
+            raise ValueError(
+                f"arguments are on different devices: {first_name} is on {first_device}, "
+                f"{name} is on {dev}; move them to one device"
+            )
 
 
 def get_namespace(xp: ModuleType | str) -> ModuleType:
@@ -169,16 +190,17 @@ def check_mask(mask: Any, target: tuple[int, ...], xp: ModuleType, *, target_des
 
 
 def check_scale(scale: Any) -> float:
-    """A finite non-zero real scale as a Python float."""
+    """A finite real scale as a Python float (0 included: every score is then 0, as in
+    torch's SDPA, and the attention is uniform over the allowed keys)."""
     if isinstance(scale, (str, bytes, bool, np.bool_)):
         raise TypeError(f"scale must be a real number or None, got {type(scale).__name__} {scale!r}")
     try:
         value = float(scale)
     except (TypeError, ValueError):
         raise TypeError(f"scale must be a real number or None, got {type(scale).__name__}") from None
-    if not math.isfinite(value) or value == 0.0:
-        raise ValueError(f"scale must be finite and non-zero, got {scale!r}")
-    return value
+    if not math.isfinite(value):
+        raise ValueError(f"scale must be finite, got {scale!r}")
+    return value if value else 0.0  # -0.0 as 0.0
 
 
 def sum_to_shape(xp: ModuleType, x: Any, shape: tuple[int, ...]) -> Any:

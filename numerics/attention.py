@@ -64,11 +64,15 @@ class _Problem:
     allowed: Any  # boolean (..., N, M) or None when every key is allowed
     scale: float
     batch: tuple[int, ...]  # broadcast batch dims of q, k, v and mask: those of the output
-    # Set when scale * q k^T could overflow: (sign(scale) q / max|q|, k / max|k|, factors), the
-    # unit-scale operands and powers of 2 whose product is |scale| max|q| max|k|, which take
-    # their shifted scores back (see _scores and softmax_unnormalised). When q or k is all 0:
-    # (q, k, ()), scores exactly 0 without forming scale * q.
+    # Set when scale * q k^T could overflow: (sign(scale) q 2^-sq, k 2^-sk, factors), operands
+    # rescaled by exact powers of 2 (see _shift) and positive factors whose product is
+    # |scale| 2^(sq + sk), which take their shifted scores back (see _scores and
+    # softmax_unnormalised). When q or k is all 0: (q, k, ()), scores exactly 0 without
+    # forming scale * q.
     unit: tuple[Any, Any, tuple[float, ...]] | None = None
+    # (sq, sk): the gradients take dS k and dS^T q from k 2^-sk and q 2^-sq, then multiply by
+    # scale and the power of 2 (see _scaled_product), so that no intermediate overflows.
+    shifts: tuple[int, int] = (0, 0)
     # Normalise the (N, M) weights before the product with v: the unnormalised product could
     # overflow when M max|v| is beyond the dtype's range.
     weights_first: bool = False
@@ -134,23 +138,55 @@ def _prepare(q, k, v, mask, causal, scale, check_finite, d_out=None) -> _Problem
     work = bk.compute_dtype(xp, q.dtype)
     q, k, v = (xp.astype(x, work, copy=False) for x in (q, k, v))
     # |scale q k^T| <= |scale| K max|q| max|k|; shifting by the row max can double it.
-    limit = float(xp.finfo(work).max) / 4
+    # (Python float products overflow to inf, never raise: inf > limit is the answer wanted.)
+    info = xp.finfo(work)
+    top, tiny = float(info.max), float(info.smallest_normal)
+    limit = top / 4
     aq, ak = amax["q"], amax["k"]
+    # NaN or Inf in q or k (check_finite=False): the plain path, NaN propagates.
+    finite = math.isfinite(aq) and math.isfinite(ak)
     unit = None
-    if aq == 0 or ak == 0:
+    # Gradients: operands whose largest entry is beyond sqrt(top) or below 1 / sqrt(top) are
+    # rescaled (see _scaled_product); the common case needs no extra pass.
+    root = math.sqrt(top)
+    shifts = tuple(_shift(a, top) if finite and not 1 / root <= a < root else 0 for a in (aq, ak))
+    if scale == 0:
+        pass  # every score is scale * q.k = 0 exactly (q * 0 is 0 for finite q): the plain path
+    elif aq == 0 or ak == 0:
         # Every score is exactly 0: q k^T unscaled (scale * q alone might overflow).
         unit = (q, k, ())
-    elif math.isfinite(aq + ak) and (abs(scale) * width * aq * ak > limit or abs(scale) * aq > limit):
-        # (NaN or Inf in q or k, with check_finite=False: the plain path, NaN propagates.)
+    elif finite and (
+        abs(scale) * width * aq * ak > limit or abs(scale) * aq > limit or not tiny <= abs(scale) <= top
+    ):
+        # Scores beyond the range, or a scale the dtype does not hold (float32 and a scale
+        # of 1e-60 or 1e39): q and k with largest entries in [2, 4) by exact powers of 2
+        # (tiny ones scaled up, else their products would underflow), and the rest of the
+        # scale in the factors.
+        shifts = (_shift(aq, top), _shift(ak, top))
         sign = 1.0 if scale > 0 else -1.0
-        # The product c = |scale| max|q| max|k| may be beyond the range: applied as n equal
-        # powers of 2 that the dtype holds (see softmax_unnormalised).
-        total = math.log2(abs(scale)) + math.log2(aq) + math.log2(ak)
-        pieces = max(1, math.ceil(total / (math.log2(4 * limit) - 2)))
-        unit = ((q / aq) * sign, k / ak, (2.0 ** (total / pieces),) * pieces)
+        # c = |scale| 2^(sq + sk) may be beyond the range: applied as equal factors that the
+        # dtype holds (see softmax_unnormalised).
+        total = math.log2(abs(scale)) + shifts[0] + shifts[1]
+        pieces = max(1, math.ceil(total / (math.log2(top) - 2)))
+        unit_q = q * (sign * 2.0 ** -shifts[0]) if shifts[0] or sign < 0 else q
+        unit_k = k * 2.0 ** -shifts[1] if shifts[1] else k
+        # A factor below the normal range (float32 and a scale of 1e-60) leaves every score
+        # within 32 K tiny of 0, which exp rounds to 1: take tiny, so that masked entries
+        # stay -inf (-inf * 0 would be NaN).
+        unit = (unit_q, unit_k, (max(2.0 ** (total / pieces), tiny),) * pieces)
     weights_first = amax["v"] * max(m, 1) > limit
     saturating = unit is not None or abs(scale) * width * aq * ak > 2.0**20
-    return _Problem(xp, q, k, v, allowed, scale, batch, unit, weights_first, saturating)
+    return _Problem(xp, q, k, v, allowed, scale, batch, unit, shifts, weights_first, saturating)
+
+
+def _shift(a: float, top: float) -> int:
+    """``s`` with ``2^-s a`` in [2, 4) (0 when ``a`` is 0), bounded so that ``2^-s`` is a
+    normal number of the dtype whose largest value is ``top`` (for a subnormal ``a``,
+    ``2^-s a`` is then below 2).
+
+    ``x 2^-s`` is exact unless it falls below the normal range, where the error is far
+    below the rounding of the scores or gradients built from the largest entries."""
+    return max(math.frexp(a)[1] - 2, 2 - int(math.log2(top))) if a > 0 else 0
 
 
 def _scores(p: _Problem) -> Any:
@@ -227,9 +263,41 @@ def _gradients(p: _Problem, weights: Any, out: Any, d_out: Any) -> tuple[Any, An
         delta = xp.sum(d_weights * weights, axis=-1, keepdims=True)
     d_scores = bk.inplace(xp, "subtract", d_weights, delta)
     d_scores = bk.inplace(xp, "multiply", d_scores, weights)
-    dq = bk.inplace(xp, "multiply", d_scores @ p.k, p.scale)
-    dk = bk.inplace(xp, "multiply", xp.matrix_transpose(d_scores) @ p.q, p.scale)
+    dq = _scaled_product(xp, d_scores, p.k, p.scale, p.shifts[1])
+    dk = _scaled_product(xp, xp.matrix_transpose(d_scores), p.q, p.scale, p.shifts[0])
     return dq, dk, dv
+
+
+def _scaled_product(xp: ModuleType, a: Any, b: Any, scale: float, shift: int) -> Any:
+    """``scale * (a @ b)``, with ``b`` taken as ``b 2^-shift`` and ``scale 2^shift`` applied
+    after the product (see :func:`_times`), so that a huge ``b`` or a scale the dtype does not
+    hold overflows no intermediate; with ``scale = 0``, exact zeros (never ``0 * inf``)."""
+    if scale == 0:
+        shape = bk.broadcast_shapes(bk.batch_of(a), bk.batch_of(b)) + (int(a.shape[-2]), int(b.shape[-1]))
+        return xp.zeros(shape, dtype=a.dtype, device=array_api_compat.device(a))
+    return _times(xp, a @ (b * 2.0**-shift) if shift else a @ b, scale, shift)
+
+
+def _times(xp: ModuleType, x: Any, scale: float, shift: int) -> Any:
+    """``x scale 2^shift`` (written into ``x``), correctly rounded unless the result is below
+    the normal range, even when ``scale`` or the factor is beyond the dtype's range.
+
+    One multiplication when the factor is a normal number of the dtype; else ``x`` times the
+    mantissa of ``scale`` and then powers of 2 that the dtype holds, all on one side of 1, so
+    that every intermediate lies between ``x`` and the result: none overflows unless the
+    result does."""
+    info = xp.finfo(x.dtype)
+    mantissa, exponent = math.frexp(scale)
+    exponent += shift
+    if float(info.smallest_normal) <= abs(scale) * 2.0 ** min(shift, 1023) <= float(info.max) / 2:
+        return bk.inplace(xp, "multiply", x, math.ldexp(mantissa, exponent))
+    x = bk.inplace(xp, "multiply", x, mantissa)
+    step = int(math.log2(float(info.max))) - 2  # 2^step and 2^-step are normal numbers
+    while exponent:
+        piece = max(-step, min(step, exponent))
+        x = bk.inplace(xp, "multiply", x, 2.0**piece)
+        exponent -= piece
+    return x
 
 
 def _backward(p: _Problem, d_out: Any) -> tuple[Any, Any, Any]:
@@ -283,7 +351,9 @@ def scaled_dot_product_attention(
     causal : bool
         Allow key j for query i only when j <= i (combined with ``mask`` by AND).
     scale : float, optional
-        Multiplies the scores; default ``1 / sqrt(K)`` (1 when K = 0).
+        Multiplies the scores; default ``1 / sqrt(K)`` (1 when K = 0). Any finite real,
+        0 included (every score 0: uniform weights over the allowed keys, as torch's SDPA,
+        and dq = dk = 0); NaN, inf and bools are errors.
     return_weights : bool
         Also return the attention weights (..., N, M).
     check_finite : bool
@@ -308,11 +378,16 @@ def scaled_dot_product_attention(
     (an empty dot product), so the weights are uniform over the allowed keys; V = 0 gives
     an empty (..., N, 0) output.
 
-    Magnitudes: finite inputs of any magnitude give the exact result rounded, never NaN.
-    Scores whose magnitude the dtype cannot hold (``|scale q.k|`` beyond its largest value)
-    are computed from q and k divided by their largest entries and taken back after the
-    softmax's shift, where only differences matter; an output beyond the dtype's range
-    is a ValueError when ``check_finite`` (else it is inf).
+    Magnitudes: finite inputs of any magnitude, up to the dtype's largest value, give the
+    exact result rounded, never NaN and never a spurious overflow (the output is a convex
+    combination of rows of v). Scores whose magnitude the dtype cannot hold (``|scale q.k|``
+    beyond its largest value), or a scale it cannot hold (float32 and 1e39), are computed
+    from q and k whose largest entries are brought into [2, 4) by exact powers of 2, and
+    taken back after the softmax's shift, where only differences matter; an output beyond the dtype's range is a
+    ValueError when ``check_finite`` (else it is inf).
+
+    Devices: q, k, v and mask must be on one device (``array_api_compat.device``); else a
+    ValueError naming both arguments and their devices.
     """
     dtype = q.dtype if hasattr(q, "dtype") else None
     return_weights = bk.check_flag("return_weights", return_weights)
@@ -341,7 +416,10 @@ def attention_backward(
     has the shape of its input (summed over the batch dims it was broadcast along). Rows
     with no allowed key contribute 0 to every gradient. Empty axes give empty gradients
     (M = 0: dq is 0). With ``check_finite``, NaN or Inf in any argument, or a gradient
-    beyond the dtype's range, is a ValueError.
+    beyond the dtype's range, is a ValueError. dS k and dS^T q are formed from k and q
+    rescaled by powers of 2 when they are huge, so no intermediate overflows unless the
+    gradient (or the rounding of dS times scale k or scale q) does; ``scale=0`` gives
+    dq = dk = 0 exactly.
     """
     dtype = q.dtype if hasattr(q, "dtype") else None
     p = _prepare(q, k, v, mask, causal, scale, check_finite, d_out=d_out)
