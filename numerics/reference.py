@@ -355,10 +355,7 @@ def _prepare_scale(scale: Any, width: int) -> Any:
     if scale is None:
         # K = 0: every score is an empty sum, 0, whatever the scale; take 1 for it.
         return 1 / mpmath.sqrt(width) if width else mpmath.mpf(1)
-    s = _mp_scalar("scale", scale)
-    if s == 0:
-        raise ValueError("scale must be non-zero, got 0")
-    return s
+    return _mp_scalar("scale", scale)  # 0 is allowed: uniform weights, as in numerics.attention
 
 
 def attention(q: Any, k: Any, v: Any, *, mask: Any = None, causal: bool = False, scale: Any = None) -> np.ndarray:

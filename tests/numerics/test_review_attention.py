@@ -373,3 +373,15 @@ def test_numpy_arrays_skip_the_device_lookup(monkeypatch):
     assert numerics._backend.namespace_of(q=q, k=q, v=q) is not None
     out = scaled_dot_product_attention(q, q, np.ones((3, 2)))
     np.testing.assert_allclose(out, 1.0)
+
+
+def test_reference_accepts_scale_zero_like_the_array_code():
+    """scale = 0 makes every score 0: uniform weights, so the output is the mean of v's rows."""
+    from numerics import reference
+
+    rng = np.random.default_rng(0)
+    q, k, v = rng.standard_normal((3, 2)), rng.standard_normal((4, 2)), rng.standard_normal((4, 3))
+    out = np.asarray(reference.attention(q, k, v, scale=0), dtype=np.float64)
+    np.testing.assert_allclose(out, np.broadcast_to(v.mean(axis=0), (3, 3)), rtol=0, atol=1e-15)
+    with pytest.raises(ValueError, match="scale"):
+        reference.attention(q, k, v, scale=float("nan"))
