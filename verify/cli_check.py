@@ -55,8 +55,7 @@ def select_not_run(notes, pattern: str | None) -> list[str]:
     """
     if pattern is None:
         return list(notes)
-    from proofs.catalogue import DOCUMENTS
-    from proofs.catalogue._kit import _slug  # the catalogue's own id rule
+    from proofs.catalogue import DOCUMENTS, claim_id
 
     matches = _matcher(pattern)
     kept = []
@@ -65,7 +64,7 @@ def select_not_run(notes, pattern: str | None) -> list[str]:
         doc, _, label = shown.partition(" ")
         names = [shown]
         if doc in DOCUMENTS and label:
-            names += [f"{DOCUMENTS[doc]}, {label}", f"seed{doc}.{_slug(label)}"]
+            names += [f"{DOCUMENTS[doc]}, {label}", claim_id(doc, label)]
         if matches(names):
             kept.append(note)
     return kept

@@ -31,10 +31,12 @@ from importlib import import_module
 
 from ..claims import Claim, ClaimResult
 from ._doc import DOCUMENTS, SEEDS_DIR, document_path
+from ._kit import claim_id
 from ._labels import is_statement_label, labels_in_document
 
 __all__ = [
     "all_claims",
+    "claim_id",
     "claims_for",
     "labels_in_document",
     "is_statement_label",

@@ -37,13 +37,15 @@ def _label_at(doc: str, line: int) -> str:
     raise LookupError(f"no statement header on line {line} of {DOCUMENTS[doc]}")
 
 
-def _slug(label: str) -> str:
+def claim_id(doc: str, label: str) -> str:
+    """The catalogue's id of the claim labelled ``label`` in seed ``doc``: ``claim_id("003",
+    "Corolário 4")`` is ``"seed003.corolario-4"``; ``"... (line 77)"`` becomes ``"...-l77"``."""
     import re
     import unicodedata
 
     ascii_label = unicodedata.normalize("NFKD", label).encode("ascii", "ignore").decode()
     ascii_label = re.sub(r"\(line (\d+)\)", r"l\1", ascii_label)
-    return re.sub(r"[^a-z0-9.]+", "-", ascii_label.lower()).strip("-")
+    return f"seed{doc}." + re.sub(r"[^a-z0-9.]+", "-", ascii_label.lower()).strip("-")
 
 
 def claim_at(
@@ -62,7 +64,7 @@ def claim_at(
     """
     label = _label_at(doc, line)
     return Claim(
-        id=f"seed{doc}.{_slug(label)}",
+        id=claim_id(doc, label),
         title=title,
         source=Source(DOCUMENTS[doc], label, line),
         statement=_as_math_text(statement),
@@ -92,7 +94,7 @@ def supplementary_claim(
         raise LookupError(f"{label!r} does not occur on line {line} of {DOCUMENTS[doc]}: {text[:80]!r}")
     full = f"{label} (line {line})"
     return Claim(
-        id=f"seed{doc}.{_slug(full)}",
+        id=claim_id(doc, full),
         title=title,
         source=Source(DOCUMENTS[doc], full, line),
         statement=_as_math_text(statement),

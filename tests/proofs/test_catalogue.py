@@ -418,3 +418,13 @@ def test_not_run_matches_this_machine():
     from proofs import catalogue
 
     assert (catalogue.not_run() == []) == (importlib.util.find_spec("torch") is not None)
+
+
+def test_claim_id_is_the_rule_every_catalogue_id_follows():
+    from proofs.catalogue import all_claims, claim_id
+
+    for c in all_claims():
+        doc = c.source.document[:3]
+        assert claim_id(doc, c.source.label) == c.id
+    assert claim_id("003", "Corolário 4") == "seed003.corolario-4"
+    assert claim_id("002", "class MultiHeadAttention (line 77)") == "seed002.class-multiheadattention-l77"
