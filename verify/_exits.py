@@ -2,8 +2,6 @@
 
 import click
 
-OK, FINDINGS, USAGE, INTERRUPTED = 0, 1, 2, 130
-
 #: The exit codes, as each command's --help shows them.
 EXIT_CODES = """\b
 Exit codes:
