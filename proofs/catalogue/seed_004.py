@@ -18,7 +18,7 @@ import sympy as sp
 from ..claims import CheckOutcome, Claim, Method, Verdict
 from ._derivations import derivation
 from ._doc import bmatrices, column, printed_numbers
-from ._kit import Steps, claim_at, counterexample, informal_outcome, note, numeric, proved
+from ._kit import Steps, claim_at, counterexample, note, numeric, proved
 from ._worked import Quantity, WorkedExample, softmax_row
 
 DOC = "004"
@@ -191,24 +191,40 @@ def check_causal_mask() -> CheckOutcome:
                         [steps.evidence("with the causal mask a_i depends only on x_j, j <= i", failed=steps.failed), ev])
 
 
-# ---- Proposição 1 (informal): special case of general attention -------------------------------
+# ---- Proposição 1: special case of general attention --------------------------------------------
 
-def check_special_case_informal() -> CheckOutcome:
+def check_special_case() -> CheckOutcome:
+    """Exact, as 000's Proposição 1.1 ("a special case of multi-head attention") is checked: general
+    attention over an allowed set S_i of keys, sum_{j in S_i} softmax_{S_i}(s_ij) v_j, written with a
+    0/1 indicator m_ij, is the document's self-attention (line 84-86) when m_ij = [j <= i]."""
+    n = 3
+    s_ = sp.Matrix(n, n, lambda i, j: sp.Symbol(f"s_{i + 1}{j + 1}", real=True))
+    v = sp.symbols(f"v_1:{n + 1}", real=True)
+    steps = Steps()
+    for i in range(n):
+        m = [1 if j <= i else 0 for j in range(n)]
+        general = sum(m[j] * sp.exp(s_[i, j]) * v[j] for j in range(n)) / sum(m[j] * sp.exp(s_[i, j]) for j in range(n))
+        document = sum(sp.exp(s_[i, j]) * v[j] for j in range(i + 1)) / sum(sp.exp(s_[i, k]) for k in range(i + 1))
+        steps.add_zero(general, document,
+                       f"row {i + 1}: general attention with the allowed set S_{i + 1} = {{1..{i + 1}}} is the document's a_{i + 1}",
+                       display=rf"\frac{{\sum_j m_{{{i + 1}j}} e^{{s_{{{i + 1}j}}}} v_j}}{{\sum_j m_{{{i + 1}j}} "
+                               rf"e^{{s_{{{i + 1}j}}}}}} = \sum_{{j \le {i + 1}}} \alpha_{{{i + 1}j}} v_j,\ m_{{ij}} = [j \le i]",
+                       how="sympy, symbolic scores and values, n = 3")
     from numerics import scaled_dot_product_attention
 
     rng = np.random.default_rng(14)
-    q, k, v = rng.standard_normal((3, 5, 4))
-    causal = scaled_dot_product_attention(q, k, v, causal=True)
-    general = scaled_dot_product_attention(q, k, v, mask=np.tril(np.ones((5, 5), dtype=bool)))
+    q, k, v_ = rng.standard_normal((3, 5, 4))
+    causal = scaled_dot_product_attention(q, k, v_, causal=True)
+    general = scaled_dot_product_attention(q, k, v_, mask=np.tril(np.ones((5, 5), dtype=bool)))
     gap = float(np.abs(causal - general).max())
-    return informal_outcome(
-        "'pode ser visto como um caso específico' names no property; note also that self-attention is causal only in "
-        "decoders (encoder self-attention, e.g. BERT, attends in both directions)",
-        gap < 1e-15,
-        numeric(f"proxy: causal attention equals general masked attention with the allowed set {{j <= i}} (numerics, "
-                f"max difference {gap:.1e})", max_difference=gap),
-        refutes_if_false="causal attention would not be an instance of masked attention",
-    )
+    steps.add(r"\mathrm{attention}_{\mathrm{causal}} = \mathrm{attention}_{\mathrm{mask}\,\{j \le i\}}",
+              f"numerics, 5 tokens: max difference {gap:.1e}", gap < 1e-15, "numeric, float64")
+    return proved(steps, Method.SYMBOLIC, [
+        steps.evidence("self-attention as the document defines it (softmax over j <= i) is general attention with the "
+                       "allowed set {j <= i}", max_difference=gap),
+        note("the document's self-attention is the causal (decoder) kind; encoder self-attention (e.g. BERT) attends "
+             "in both directions, the allowed set of all tokens: a special case of the same general attention"),
+    ])
 
 
 # ---- Corolário 1.1: without the mask, later tokens matter -------------------------------------
@@ -254,8 +270,11 @@ def claims() -> list[Claim]:
                  statement=r"\text{with the causal mask, } a_i \text{ depends only on } x_j,\ j \le i",
                  checks=[check_causal_mask]),
         claim_at(DOC, 157, title="Causal self-attention is a special case of general attention",
-                 statement=r"\text{self-attention is general attention restricted to } \{j \le i\} \text{ (informal)}",
-                 checks=[check_special_case_informal]),
+                 statement=r"\text{self-attention is general attention restricted to the preceding words } \{j \le i\}",
+                 checks=[check_special_case],
+                 assumptions=["self-attention as the document defines it: causal, softmax over j <= i (line 84)",
+                              "added: 'general attention' read as attention over an allowed set S_i of keys "
+                              "(a 0/1 mask); the document does not define it"]),
         claim_at(DOC, 164, title="Without the mask, outputs depend on later words",
                  statement=r"\text{without the mask, } a_i \text{ depends on } x_j \text{ for } j > i \text{ too}",
                  checks=[check_unmasked_dependence]),
