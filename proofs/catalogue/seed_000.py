@@ -587,7 +587,9 @@ def claims() -> list[Claim]:
         claim_at(DOC, 121, title="Heads specialise (random init, independent learning)",
                  statement=r"\text{each head specialises in different relations (informal), because its } W_i^Q, W_i^K, W_i^V "
                            r"\text{ are initialised at random and learned independently}",
-                 checks=[check_specialisation_informal, check_independent_heads_learning]),
+                 checks=[check_specialisation_informal, check_independent_heads_learning],
+                 assumptions=["added: 'learned independently' read as: the gradient of one matrix does not depend on the values of the others",
+                              "added: a loss that is not linear in the output (the witness uses the squared loss)"]),
         claim_at(DOC, 160, title="Worked example: complexity of 8-head attention vs single-head",
                  statement=r"n=10, d=512, h=8:\ d_k = 64,\ n^2d + nd^2 = 2672640;\ \text{single head } n^2 d = 51200;\ "
                            r"\text{MHA costs more due to projections and concatenation}",

@@ -304,7 +304,8 @@ def claims() -> list[Claim]:
                  checks=[check_projections_informal]),
         claim_at(DOC, 108, title="W^Q, W^K, W^V are parametrised and learned independently",
                  statement=r"W^Q, W^K, W^V \text{ are independently parametrised and learned}",
-                 checks=[check_independent_learning]),
+                 checks=[check_independent_learning],
+                 assumptions=["added: 'learned independently' read as: the gradient of one matrix does not depend on the values of the others"]),
         claim_at(DOC, 134, title="Worked example (code): feed-forward layer with tanh-GELU",
                  statement=r"\mathrm{FFN}(x) = \mathrm{GELU}(xW_1+b_1)W_2+b_2:\ \mathbb{R}^4 \to \mathbb{R}^8 \to \mathbb{R}^4,\ "
                            r"\mathrm{GELU}(x) \approx 0.5x(1+\tanh[\sqrt{2/\pi}(x+0.044715x^3)])",

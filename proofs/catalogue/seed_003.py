@@ -581,16 +581,20 @@ def check_scaling_variance() -> CheckOutcome:
                                         failed=steps.failed), ev])
 
 
-def check_scale_necessary() -> CheckOutcome:
+def check_scale_necessary(interval: tuple | None = None) -> CheckOutcome:
     """'Necessária' read literally (a family of alternatives that also works refutes 'necessary'):
     under Teorema 6's assumptions Var(s q . k) = s^2 d_k, so every c / sqrt(d_k) keeps the variance at
     c^2 whatever d_k. What is necessary is a scale of order d_k^(-1/2); 1/sqrt(d_k) is the one that
-    makes the variance exactly 1."""
+    makes the variance exactly 1.
+
+    ``interval`` is the 'adequate range' of variances, (a, b); by default symbolic 0 < a < b (a range,
+    not a point). Only the degenerate range (1, 1) would make 1/sqrt(d_k) necessary (then PROVED)."""
     from sympy.stats import Normal, variance
 
     steps = _variance_steps()
     dk = _variance_facts()["d_k"]
-    s, c, a, b = sp.symbols("s c a b", positive=True)
+    s, c = sp.symbols("s c", positive=True)
+    a, b = interval if interval is not None else sp.symbols("a b", positive=True)
     var_s = s ** 2 * dk
     steps.add(sp.Eq(sp.Symbol(r"\mathrm{Var}(s\,q\cdot k)"), var_s), "scaling the scores by s multiplies the variance by s^2",
               sp.simplify(variance(s * Normal("u", 0, 1)) - s ** 2) == 0, "sympy.stats: Var(s U) = s^2 Var(U)")
@@ -611,6 +615,9 @@ def check_scale_necessary() -> CheckOutcome:
     if not steps.ok:
         raise StepFailed("a step of the scale analysis failed: " + "; ".join(st["reason"] for st in steps.failed))
     _, ev = derivation("variance")
+    if sp.simplify(window[1] - window[0]) == 0:  # a single admissible scale: 1/sqrt(d_k) is necessary
+        return proved(steps, Method.SYMBOLIC, [steps.evidence(
+            f"with the adequate variance exactly {a}, s = {window[0]} is the only admissible scale", interval=[str(a), str(b)]), ev])
     return CheckOutcome(Verdict.CORRECTED, Method.SYMBOLIC, [
         counterexample("'necessária' read literally is false: under Teorema 6's assumptions Var(s q . k) = s^2 d_k, so "
                        "every scale c / sqrt(d_k) keeps the variance at c^2 for every d_k (c = 9/10 gives 81/100) and "
@@ -758,7 +765,7 @@ def claims() -> list[Claim]:
         claim_at(DOC, 200, title="Attention is a soft lookup table",
                  statement=r"\mathrm{attention}(q) = \sum_i \alpha_i v_i,\ \alpha = \mathrm{softmax}(q\cdot k_i/\sqrt{d_k}) "
                            r"\text{ generalises } \mathrm{lookup}(q) = v_{\arg\max_i q\cdot k_i}",
-                 checks=[check_soft_lookup], assumptions=["a unique maximum of q . k_i for the limit"]),
+                 checks=[check_soft_lookup], assumptions=["added: a unique maximum of q . k_i, for the limit to the hard lookup"]),
         claim_at(DOC, 244, title="Output norm bounded by the largest value norm",
                  statement=r"\|O_i\| \le \sum_j \alpha_{ij}\|v_j\| \le \max_j \|v_j\|",
                  checks=[check_output_norm_bound]),
@@ -781,7 +788,8 @@ def claims() -> list[Claim]:
         claim_at(DOC, 451, title="The 1/sqrt(d_k) scale is necessary",
                  statement=r"\text{the scale } 1/\sqrt{d_k} \text{ is necessary to keep the variance of the scores in a range adequate for softmax}",
                  checks=[check_scale_necessary, *([check_saturation_monte_carlo] if available else [])],
-                 assumptions=var_assumptions),
+                 assumptions=[*var_assumptions, "added: 'an adequate range' read as a fixed interval [a, b] of "
+                              "variances, 0 < a < b, the same for every d_k"]),
         claim_at(DOC, 481, title="Complete formulation of self-attention (four steps)",
                  statement=r"q_i = x_iW^Q, \ldots;\ \mathrm{score}(x_i,x_j) = q_i^\top k_j/\sqrt{d_k};\ "
                            r"\alpha_{ij} = \mathrm{softmax}_j;\ a_i = \sum_j \alpha_{ij}v_j",
@@ -795,8 +803,8 @@ def claims() -> list[Claim]:
         claim_at(DOC, 549, title="Unscaled scores make softmax gradients grow like exp(||s||)",
                  statement=r"\|\nabla\| \propto \exp(\|s\|) \text{ unscaled},\ \propto \exp(\|s\|/\sqrt{d_k}) \text{ scaled}",
                  checks=[*([check_gradient_growth_monte_carlo] if available else []), check_gradient_growth],
-                 assumptions=["'the gradient' read as the softmax Jacobian in the scores (the proof: 'gradientes em "
+                 assumptions=["added: 'the gradient' read as the softmax Jacobian in the scores (the proof: 'gradientes em "
                               "relação a s_i') and, as well, as the gradient in the query ds/dq = J K",
-                              f"Monte Carlo: q and 16 keys with iid N(0, 1) components, d_k = "
+                              f"added, Monte Carlo only: q and 16 keys with iid N(0, 1) components, d_k = "
                               f"{SATURATION_DKS[0]} .. {SATURATION_DKS[-1]}"]),
     ]

@@ -193,16 +193,17 @@ def check_causal_mask() -> CheckOutcome:
 
 # ---- Proposição 1: special case of general attention --------------------------------------------
 
-def check_special_case() -> CheckOutcome:
+def check_special_case(allowed=lambda i, j: j <= i) -> CheckOutcome:
     """Exact, as 000's Proposição 1.1 ("a special case of multi-head attention") is checked: general
     attention over an allowed set S_i of keys, sum_{j in S_i} softmax_{S_i}(s_ij) v_j, written with a
-    0/1 indicator m_ij, is the document's self-attention (line 84-86) when m_ij = [j <= i]."""
+    0/1 indicator m_ij, is the document's self-attention (line 84-86) when m_ij = [j <= i].
+    ``allowed(i, j)`` (0-based) is the set tried; any other set fails a step (StepFailed)."""
     n = 3
     s_ = sp.Matrix(n, n, lambda i, j: sp.Symbol(f"s_{i + 1}{j + 1}", real=True))
     v = sp.symbols(f"v_1:{n + 1}", real=True)
     steps = Steps()
     for i in range(n):
-        m = [1 if j <= i else 0 for j in range(n)]
+        m = [1 if allowed(i, j) else 0 for j in range(n)]
         general = sum(m[j] * sp.exp(s_[i, j]) * v[j] for j in range(n)) / sum(m[j] * sp.exp(s_[i, j]) for j in range(n))
         document = sum(sp.exp(s_[i, j]) * v[j] for j in range(i + 1)) / sum(sp.exp(s_[i, k]) for k in range(i + 1))
         steps.add_zero(general, document,
@@ -265,7 +266,9 @@ def claims() -> list[Claim]:
                  checks=[check_observations]),
         claim_at(DOC, 131, title="Self-attention is invariant to translating the embeddings",
                  statement=r"x_i \mapsto x_i + t \ \Rightarrow\ a_i \mapsto a_i \quad (\text{projections applied after the translation})",
-                 checks=[check_translation_invariance]),
+                 checks=[check_translation_invariance],
+                 assumptions=["the document's conventions: unscaled scores (line 12), causal softmax (line 84)",
+                              "added: the witness is the document's own example (lines 23-27) with t = (1, 1, 1, 1)"]),
         claim_at(DOC, 148, title="Masked self-attention is causal",
                  statement=r"\text{with the causal mask, } a_i \text{ depends only on } x_j,\ j \le i",
                  checks=[check_causal_mask]),
