@@ -273,7 +273,8 @@ def check_specialisation_informal() -> CheckOutcome:
         "'especializar-se em diferentes tipos de relações' is an empirical property of trained models",
         holds,
         numeric(f"proxy: randomly initialised heads get different gradients (max difference {random_gap:.3g}); identical "
-                f"heads get identical ones ({tied_gap:.1e}), so gradient descent alone never separates them and the "
+                f"heads get identical ones ({tied_gap:.1e}; for any loss, since swapping two identical heads leaves the "
+                f"output unchanged), so gradient descent alone never separates them and the "
                 f"random initialisation is what breaks the symmetry (that the heads are not learned independently is "
                 f"checked separately).", random_init_gradient_gap=random_gap, tied_init_gradient_gap=tied_gap),
         refutes_if_false="heads whose gradients always coincide could not specialise",

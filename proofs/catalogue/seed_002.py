@@ -78,7 +78,8 @@ def check_complexity() -> CheckOutcome:
         rf"With $d_k = d/h$ and $n = N$ tokens, multi-head attention costs exactly ${sp.latex(total)}$ flops: "
         r"$O(N^2 d + N d^2)$, which is $O(N^2 d)$ when $d = O(N)$ ($\mathrm{flops}/N^2d \to "
         rf"{sp.latex(over_n2d_n)} \le 7$ as $N$ grows), but not in $N$ and $d$ jointly: for fixed $N$, "
-        r"$\mathrm{flops}/N^2d \to \infty$ as $d$ grows (the $N d^2$ of the projections). The number of heads changes only the term ${sp.latex(h_part)}$ (softmax and scaling): "
+        r"$\mathrm{flops}/N^2d \to \infty$ as $d$ grows (the $N d^2$ of the projections). "
+        rf"The number of heads changes only the term ${sp.latex(h_part)}$ (softmax and scaling): "
         r"$1 \le h \le d$ changes the count by a factor below $7/4$."
         if h_only_softmax else r"Multi-head attention costs $O(N^2 d + N d^2)$."))
 

@@ -271,6 +271,8 @@ def check_linear_combination() -> CheckOutcome:
                    how="sympy, symbolic scores", display=r"\sum_m a_{nm} = 1")
     steps.add(r"a_{nm} = e^{s_{nm}}/\textstyle\sum_l e^{s_{nl}} > 0", "exponentials of real scores are positive",
               bool(sp.exp(sp.Symbol("s", real=True)).is_positive), "sympy assumption system")
+    steps.add_zero(A * (X * sp.eye(d)), A * X, "with W^v = I the stated form holds",
+                   how="sympy, explicit 2 x 2", display=r"W^{(v)} = I:\ y_n = \sum_m a_{nm} x_m")
     _, ev = derivation("convex")
     if gap < 1e-12:
         return CheckOutcome(Verdict.PROVED, Method.SYMBOLIC, [steps.evidence("y_n = sum_m a_nm x_m"), ev])
@@ -282,8 +284,8 @@ def check_linear_combination() -> CheckOutcome:
     ], corrected_statement=(
         r"$y_n = \sum_{m} a_{nm} v_m = \big(\sum_m a_{nm} x_m\big) W^{(v)}$ with $a_{nm} > 0$ and "
         r"$\sum_m a_{nm} = 1$: a convex combination of the values $v_m = x_m W^{(v)}$, i.e. the image under "
-        r"$W^{(v)}$ of a convex combination of the inputs. It is a combination of the $x_m$ themselves only when "
-        r"$W^{(v)} = I$ (and $y_n \in \mathbb{R}^{d_v}$ need not even live in the inputs' space)."))
+        r"$W^{(v)}$ of a convex combination of the inputs. It equals $\sum_m a_{nm} x_m$, as stated, when "
+        r"$W^{(v)} = I$, not in general."))
 
 
 # ---- Teorema 1 (definition): post-norm block -------------------------------------------------
@@ -733,7 +735,7 @@ def check_gradient_growth() -> CheckOutcome:
                 "exact, for both readings of 'the gradient': the softmax Jacobian in the scores has "
                 "||J||_2 <= 1/2 for every s; at s = (t, 0), ||J||_2 = 2 sigma(t)(1 - sigma(t)) -> 0 while "
                 "exp(||s||) = e^t -> oo, and scaled ||J||_2 / exp(||s||/sqrt(d_k)) -> 0 as well. The gradient in "
-                "the query, ds/dq = J K, is bounded by ||K||_2 / 2 for every q (and ds/dW^Q by ||x|| ||K||_2 / 2); "
+                "the query, ds/dq = J K, is bounded by ||K||_2 / 2 for every q; "
                 "with keys (1), (0) and q = t it is sqrt(2) sigma(t)(1 - sigma(t)) -> 0. It can grow with d_k "
                 "through ||K||, never like exp(||s||)",
                 scores="(t, 0)", keys="(1), (0) at d_k = 1, q = t",

@@ -18,7 +18,7 @@ import sympy as sp
 from ..claims import CheckOutcome, Claim, Method, Verdict
 from ._derivations import derivation
 from ._doc import bmatrices, column, printed_numbers
-from ._kit import Steps, claim_at, counterexample, note, numeric, proved
+from ._kit import StepFailed, Steps, claim_at, counterexample, note, numeric, proved
 from ._worked import Quantity, WorkedExample, softmax_row
 
 DOC = "004"
@@ -136,7 +136,19 @@ def check_translation_invariance() -> CheckOutcome:
                    "translating by t adds x_i M t^T + t M x_j^T + t M t^T to score(x_i, x_j) (M = W^Q W^K^T); the middle "
                    "term depends on j, so the softmax weights change, and every value moves by t W^V",
                    display=r"s'_{ij} - s_{ij} = x_iMt^\top + tMx_j^\top + tMt^\top")
+    # the exception: t W^Q (W^K)^T = 0 (rank-2 W^Q, W^K, t in the left null space of W^Q W^K^T)
+    rng = np.random.default_rng(16)
+    wq2, wk2 = rng.standard_normal((2, 4, 2))
+    t0 = np.linalg.svd((wq2 @ wk2.T).T)[2][-1]  # (W^Q W^K^T)^T t0 = 0, i.e. t0 W^Q W^K^T = 0
+    shifted = scaled_dot_product_attention((X + t0) @ wq2, (X + t0) @ wk2, (X + t0) @ Wv, causal=True, scale=1.0)
+    base = scaled_dot_product_attention(X @ wq2, X @ wk2, X @ Wv, causal=True, scale=1.0)
+    exception_gap = float(np.abs(shifted - base - t0 @ Wv).max())
+    steps.add(r"tW^Q(W^K)^\top = 0 \Rightarrow a_i' = a_i + tW^V",
+              f"random rank-2 W^Q, W^K (seed 16), t in the left null space of W^Q W^K^T: max deviation {exception_gap:.1e}",
+              exception_gap < 1e-12 and float(np.abs(t0 @ wq2 @ wk2.T).max()) < 1e-12, "numeric, float64")
     if changed:
+        if not steps.ok:
+            raise StepFailed("a step of the translation analysis failed: " + "; ".join(s["reason"] for s in steps.failed))
         return CheckOutcome(Verdict.REFUTED, Method.NUMERIC, [
             counterexample("self-attention is not translation invariant: the document's own example (x_1, x_2, x_3, "
                            "W^Q, W^K, W^V of lines 23-27) translated by t = (1, 1, 1, 1) changes the outputs a_i by up "
@@ -146,7 +158,8 @@ def check_translation_invariance() -> CheckOutcome:
             steps.evidence("why: the score shift depends on j and the values shift by t W^V", failed=steps.failed),
             note("the proof's step VII is where it fails: the softmax is invariant only to adding the same constant to "
                  "every score of a row, and the weighted sum of values is translation-equivariant (a_i + t W^V), not "
-                 "invariant. Only if t W^Q (W^K)^T = 0 do the weights stay put, and then a_i moves by exactly t W^V."),
+                 "invariant. If t W^Q (W^K)^T = 0 the weights stay put and a_i moves by exactly t W^V (checked above); "
+                 "otherwise the j-dependent term moves the weights, as in the document's example."),
         ])
     # One example left unchanged proves no invariance (and the score shift above depends on j):
     # no verdict without evidence for it.
@@ -224,7 +237,7 @@ def check_special_case(allowed=lambda i, j: j <= i) -> CheckOutcome:
         steps.evidence("self-attention as the document defines it (softmax over j <= i) is general attention with the "
                        "allowed set {j <= i}", max_difference=gap),
         note("the document's self-attention is the causal (decoder) kind; encoder self-attention (e.g. BERT) attends "
-             "in both directions, the allowed set of all tokens: a special case of the same general attention"),
+             "in both directions"),
     ])
 
 
@@ -237,6 +250,10 @@ def check_unmasked_dependence() -> CheckOutcome:
     value = sp.N(sp.diff(outs[0], xs[2]).subs(point), 20)
     steps.add(rf"\partial a_1/\partial x_3\big|_{{x=(1,-1,2)}} = {sp.latex(sp.Float(value, 8))} \ne 0",
               "without the mask the first output depends on the last token", abs(value) > 1e-12, "sympy diff, exact point")
+    partials = [[sp.N(sp.diff(outs[i], xs[j]).subs(point), 20) for j in range(3)] for i in range(3)]
+    steps.add(r"\partial a_i/\partial x_j\big|_{x=(1,-1,2)} \ne 0 \ \text{for all } i, j",
+              "'todas as palavras' read literally: every output depends on every word",
+              all(abs(p) > 1e-12 for row in partials for p in row), "sympy diff, exact point, all 9 pairs")
     from numerics import scaled_dot_product_attention
 
     rng = np.random.default_rng(15)
