@@ -81,9 +81,17 @@ def check_example_projections() -> CheckOutcome:
         a = np.exp(s - s.max(1, keepdims=True))
         true_heads[f"Head_{i}"] = ((a / a.sum(1, keepdims=True)) @ v).round(4).tolist()
     if unattainable:
+        witnesses = [(key, r["row"], w) for key, rows in unattainable.items() for r in rows for w in r["witness_columns"]]
+        example = ""
+        if witnesses:
+            key, row, w = witnesses[0]
+            lo, hi = w["range_of_V_column"]
+            example = (f"; e.g. {key.split(' vs ')[0]} row {row + 1} has {w['printed']:g} in column {w['column'] + 1}, "
+                       f"where the {key.split(' vs ')[1]} ranges over [{lo:g}, {hi:g}]")
         outcome.evidence.append(counterexample(
-            "the assumed head outputs (lines 56, 58) cannot be attention outputs: some rows lie outside the convex "
-            "hull of the rows of V_i (even allowing the printed 1-decimal rounding)",
+            "the assumed head outputs (lines 56, 58) cannot be attention outputs: some rows lie outside the convex hull "
+            f"of the rows of V_i ({', '.join(unattainable)}), even "
+            f"allowing the printed 1-decimal rounding (a linear feasibility test){example}",
             unattainable=unattainable, true_heads_from_correct_QKV=true_heads))
         if outcome.verdict is Verdict.PROVED:
             return CheckOutcome(Verdict.REFUTED, Method.SYMBOLIC, outcome.evidence[::-1])

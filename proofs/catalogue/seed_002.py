@@ -95,7 +95,7 @@ def check_split_informal() -> CheckOutcome:
     outcome = informal_outcome(
         "'trade-off between the capacity of each head and the number of perspectives' names no measurable quantity",
         holds,
-        derived(f"proxy: with d = h d_k the weights hold {params} parameters whatever h (sympy), so h only redistributes "
+        derived(f"proxy: with d = h d_k the weights hold {C.text(params)} parameters whatever h (sympy), so h only redistributes "
                 f"a fixed budget, as in the constant-parameter rows (A) of Table 3 of Vaswani et al. 2017",
                 parameter_count=str(params)),
         refutes_if_false="if the budget grew with h there would be no trade-off at fixed d",
