@@ -93,7 +93,7 @@ def _tied_scores_symmetric() -> tuple[bool, bool, dict]:
 
 def check_projections_informal() -> CheckOutcome:
     tied, separate, data = _tied_scores_symmetric()
-    return informal_outcome(
+    outcome = informal_outcome(
         "'capturar diferentes aspectos da informação' and 'flexibilidade' are not defined",
         tied and separate,
         derived(
@@ -101,6 +101,12 @@ def check_projections_informal() -> CheckOutcome:
             "3 x 2 symbolic X, W); with separate W^Q, W^K they need not be (explicit example)", **data),
         refutes_if_false="separate projections would add nothing if they could not produce different scores",
     )
+    coupling = check_independent_learning().evidence[0].data  # the proof's step IV, as Lema 2.1 states it
+    outcome.evidence.append(note(
+        "the proof's step IV says W^Q, W^K, W^V are learned independently: they are not (d^2 L / dW^Q dW^K = "
+        f"{coupling['d2L_dWQ_dWK']:.6f} != 0, see Lema 2.1); the statement itself does not rest on it",
+        d2L_dWQ_dWK=coupling["d2L_dWQ_dWK"]))
+    return outcome
 
 
 # ---- Lema 2.1: "independently parametrised and learned" ----------------------------------------
