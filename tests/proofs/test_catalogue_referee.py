@@ -184,10 +184,9 @@ def test_limits_decide_the_big_o_not_one_instance():
     for d in (64, 512):  # fixed d: flops / N^2 d settles at 4 + 3h/d <= 7
         ratios = [Fraction(_mha(N, d, h), N * N * d) for N in (10 ** 3, 10 ** 5, 10 ** 7)]
         assert abs(ratios[-1] - (4 + Fraction(3 * h, d))) < Fraction(1, 1000) and ratios[-1] <= 7
-    N = 10  # fixed N: it grows without bound in d
-    assert [_mha(N, d, h) // (N * N * d) for d in (512, 5120, 51200)] == sorted(
-        {_mha(N, d, h) // (N * N * d) for d in (512, 5120, 51200)})
-    assert _mha(N, 51200, h) > 100 * N * N * 51200 // 3
+    N = 10  # fixed N: it grows without bound in d (about 8d / N)
+    growth = [Fraction(_mha(N, d, h), N * N * d) for d in (512, 5120, 51200)]
+    assert growth[0] < growth[1] < growth[2] and growth[2] > 9 * growth[1] and growth[2] > 40000
     out = seed_002.check_complexity()
     assert out.verdict is Verdict.CORRECTED
     assert "d = O(N)" in out.evidence[0].summary and "51200" not in out.evidence[0].summary
