@@ -18,6 +18,24 @@ SUPPORTED  statistical evidence at a stated error rate    estimate, CI, samples,
 INCONCLUS. evidence too weak to decide either way         the interval, and what would settle it
 INFORMAL   not a mathematical statement                   why, and what proxy was checked if any
 ========== ============================================== =======================================
+
+How verdicts are assigned (a referee's rules; every check in the catalogue follows them):
+
+(a) A valid but loose bound is not false: O(h n d^2) for a cost of 8nd^2 - 4nd is an upper bound,
+    only a poor one. A big-O is judged by limits, never by one instance.
+(b) Modal and quantifier words (necessary, only, always, every, in some) are read literally and
+    checked: a family of alternatives that also works refutes "necessary"; one counterexample
+    refutes "every"; one instance proves "in some" or "may".
+(c) Every correction we propose (a ``corrected_statement``, a "what is true instead" in the
+    evidence) is itself checked by code before it is printed; what no code checked is not said.
+(d) Every number in evidence comes from an exact computation (rational, symbolic, or a
+    deterministic float64 / mpmath computation printed to fewer digits than its rounding error
+    could change) or carries its interval, rounded outwards; a random estimate never appears bare.
+(e) The same kind of statement gets the same verdict in every document: a precise false
+    sub-claim inside an otherwise informal statement makes it CORRECTED wherever it occurs; a
+    "special case of" identity that is checked exactly is PROVED wherever it occurs.
+(f) PROVED means under the document's own assumptions (its statement and its proof). Any
+    assumption or reading we add is printed in the claim's assumptions, marked "added:".
 """
 
 from __future__ import annotations

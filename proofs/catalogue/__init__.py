@@ -15,6 +15,14 @@ is_statement_label(label) whether a Source label names a statement kind
 run_all()                 run every claim, return the ClaimResults
 DOCUMENTS, SEEDS_DIR      the seed file names and the folder of the bundled copies
 
+Verdicts
+--------
+Each check computes its verdict by the referee's rules (a)-(f) written in :mod:`proofs.claims`:
+loose bounds are not false; modal and quantifier words are read literally; every correction is
+checked before it is printed; numbers are exact or carry intervals; the same kind of statement
+gets the same verdict everywhere; PROVED is under the document's assumptions, ours are printed
+(marked "added:" in ``Claim.assumptions``).
+
 Which labels count
 ------------------
 :func:`labels_in_document` finds statement *headers* (Lema, Teorema, Proposição,

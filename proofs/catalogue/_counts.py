@@ -54,10 +54,37 @@ def mha_flops(n_=n, d_=d, h_=h, dk_=None, dv_=None, *, projections: bool = True)
     return sp.expand(sum(terms.values()))
 
 
+def single_head_flops(n_=n, d_=d, *, output_projection: bool, projections: bool = True) -> sp.Expr:
+    """Single-head self-attention of width d (d_k = d_v = d): its three d x d input projections
+    (when ``projections``), scores, scaling, softmax, A V, and a d x d output projection only when
+    ``output_projection`` (Vaswani et al.'s h = 1; the textbook single head has none)."""
+    terms = mha_terms(n_, d_, 1)
+    if not output_projection:
+        terms.pop("output projection")
+    if not projections:
+        terms = {k: v for k, v in terms.items() if "projection" not in k}
+    return sp.expand(sum(terms.values()))
+
+
 def h_dependent_part(expr: sp.Expr) -> sp.Expr:
     """The terms of a polynomial in n, d, h that contain h."""
     poly = sp.Poly(sp.expand(expr), h)
     return sp.expand(expr - poly.coeff_monomial(1))
+
+
+def text(expr: sp.Expr) -> str:
+    """A count as plain text for one-line summaries: ``8d^2n - 4dn`` (not Python's ``8*d**2*n``)."""
+    return str(sp.expand(expr)).replace("**", "^").replace("*", "")
+
+
+def nonnegative_for(expr: sp.Expr, lower: dict) -> bool:
+    """A sufficient test that ``expr >= 0`` whenever every symbol ``v`` of ``lower`` is ``>= lower[v]``:
+    substitute ``v = lower[v] + r_v`` with ``r_v >= 0`` and require every coefficient of the expanded
+    polynomial in the ``r_v`` to be nonnegative. True proves the inequality; False proves nothing."""
+    shifts = {v: sp.Symbol(f"r_{v}", nonnegative=True) for v in lower}
+    poly = sp.Poly(sp.expand(expr.subs({v: lower[v] + shifts[v] for v in lower}, simultaneous=True)),
+                   *shifts.values())
+    return all(c >= 0 for c in poly.coeffs())
 
 
 def terms_table(n_: int, d_: int, h_: int) -> dict[str, int]:

@@ -151,6 +151,19 @@ class Steps:
         return Evidence("derivation", summary, {"steps": self.steps, **data}, latex=self.latex())
 
 
+def interval_text(low: float, high: float, digits: int = 7) -> str:
+    """``[low, high]`` in scientific notation with ``digits`` significant digits, rounded outwards
+    (the printed interval still contains the computed one)."""
+    from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+
+    def rounded(x: float, mode: str) -> str:
+        value = Decimal(repr(x))
+        exponent = value.adjusted() - digits + 1
+        return f"{value.quantize(Decimal(1).scaleb(exponent), rounding=mode):.{digits - 1}e}"
+
+    return f"[{rounded(low, ROUND_FLOOR)}, {rounded(high, ROUND_CEILING)}]"
+
+
 def note(summary: str, **data: Any) -> Evidence:
     return Evidence("note", summary, data)
 

@@ -164,8 +164,7 @@ class WorkedExample:
         first = next(iter(by_quantity))
         corrected = self.correct_values()[first]
         slips = sorted({r["quantity"] for r in wrong if r["slip"]})
-        summary = (f"{self.title}: {len(wrong)} of {n} printed numbers are wrong "
-                   f"(in {', '.join(by_quantity)}); e.g. {first} should be {_short(corrected)}")
+        summary = f"{self.title}: {wrong_in_words(rows)}; e.g. {first} should be {_short(corrected)}"
         return CheckOutcome(Verdict.REFUTED, Method.SYMBOLIC, [
             Evidence("counterexample", summary, {
                 "wrong": wrong,
@@ -177,6 +176,28 @@ class WorkedExample:
                 "notes": self.notes,
             }),
         ])
+
+
+def wrong_in_words(rows: list[dict[str, Any]]) -> str:
+    """What is wrong and what is right, quantity by quantity: "all 12 entries of M are wrong; C (24
+    entries) is right", so a count never mixes correct and wrong quantities into one fraction."""
+    per: dict[str, list[bool]] = {}
+    for r in rows:
+        per.setdefault(r["quantity"], []).append(bool(r["ok"]))
+    wrong = []
+    for name, oks in per.items():
+        bad = oks.count(False)
+        if bad:
+            wrong.append(f"all {len(oks)} entries of {name}" if bad == len(oks) and len(oks) > 1 else
+                         name if len(oks) == 1 else f"{bad} of {len(oks)} entries of {name}")
+    right = [f"{name} ({len(oks)} entries)" if len(oks) > 1 else name for name, oks in per.items() if all(oks)]
+    total_bad = sum(oks.count(False) for oks in per.values())
+    total = sum(len(oks) for oks in per.values())
+    text = f"{total_bad} of {total} printed numbers are wrong: " + ", ".join(wrong) if len(wrong) > 1 else \
+        ", ".join(wrong) + (" is wrong" if len(wrong) == 1 and wrong[0] in per else " are wrong")
+    if right:
+        text += "; right: " + ", ".join(right)
+    return text
 
 
 def _short(value: Any) -> str:

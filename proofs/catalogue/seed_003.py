@@ -215,14 +215,29 @@ def check_gradient_growth_monte_carlo() -> CheckOutcome:
                     f"{_with_interval(g.b)} at d_k = {lo_d} to {_with_interval(g.a)} at d_k = {hi_d}; "
                     f"||ds/dq||_F <= ||K||_F / 2 for every q (exact), so its mean is at most sqrt({n_keys} d_k) / 2 "
                     f"and it cannot grow like exp(||s||)")
-    others = [f.summary() for f in findings if f is not jac]
+    others = [_our_notation(f.summary()) for f in findings if f is not jac]
     return CheckOutcome(verdict, Method.STATISTICAL, [
         Evidence("statistic", summary,
-                 {"decisive": jac.to_dict(), "query_gradient": in_query[0].to_dict() if in_query else None,
-                  "also_measured": others, "sweep": sweep.to_dict()},
+                 {"decisive": _our_notation(jac.to_dict()),
+                  "query_gradient": _our_notation(in_query[0].to_dict()) if in_query else None,
+                  "also_measured": others, "sweep": _our_notation(sweep.to_dict()),
+                  "notation": "s = K q the scores (as in the claim), p = softmax(s) the weights, "
+                              "J = diag(p) - p p^T the Jacobian of p in s"},
                  figures=figures),
         *notes,
     ])
+
+
+def _our_notation(value):
+    """The Monte Carlo findings write the softmax Jacobian as ``diag(s) - s s^T`` with s the weights;
+    in this claim s names the scores (the document's ``exp(||s||)``), so the weights are p."""
+    if isinstance(value, str):
+        return value.replace("diag(s) - s s^T", "diag(p) - p p^T, p = softmax(s)")
+    if isinstance(value, dict):
+        return {k: _our_notation(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_our_notation(v) for v in value]
+    return value
 
 
 def _sym_matrix(name: str, rows: int, cols: int) -> sp.Matrix:
@@ -256,6 +271,8 @@ def check_linear_combination() -> CheckOutcome:
                    how="sympy, symbolic scores", display=r"\sum_m a_{nm} = 1")
     steps.add(r"a_{nm} = e^{s_{nm}}/\textstyle\sum_l e^{s_{nl}} > 0", "exponentials of real scores are positive",
               bool(sp.exp(sp.Symbol("s", real=True)).is_positive), "sympy assumption system")
+    steps.add_zero(A * (X * sp.eye(d)), A * X, "with W^v = I the stated form holds",
+                   how="sympy, explicit 2 x 2", display=r"W^{(v)} = I:\ y_n = \sum_m a_{nm} x_m")
     _, ev = derivation("convex")
     if gap < 1e-12:
         return CheckOutcome(Verdict.PROVED, Method.SYMBOLIC, [steps.evidence("y_n = sum_m a_nm x_m"), ev])
@@ -267,8 +284,8 @@ def check_linear_combination() -> CheckOutcome:
     ], corrected_statement=(
         r"$y_n = \sum_{m} a_{nm} v_m = \big(\sum_m a_{nm} x_m\big) W^{(v)}$ with $a_{nm} > 0$ and "
         r"$\sum_m a_{nm} = 1$: a convex combination of the values $v_m = x_m W^{(v)}$, i.e. the image under "
-        r"$W^{(v)}$ of a convex combination of the inputs. It is a combination of the $x_m$ themselves only when "
-        r"$W^{(v)} = I$ (and $y_n \in \mathbb{R}^{d_v}$ need not even live in the inputs' space)."))
+        r"$W^{(v)}$ of a convex combination of the inputs. It equals $\sum_m a_{nm} x_m$, as stated, when "
+        r"$W^{(v)} = I$, not in general."))
 
 
 # ---- Teorema 1 (definition): post-norm block -------------------------------------------------
@@ -566,31 +583,59 @@ def check_scaling_variance() -> CheckOutcome:
                                         failed=steps.failed), ev])
 
 
-def check_scale_necessary() -> CheckOutcome:
-    steps = _variance_steps()
-    dk = _variance_facts()["d_k"]
-    s = sp.Symbol("s", positive=True)
-    var_s = s ** 2 * dk
-    solutions = sp.solve(sp.Eq(var_s, 1), s)
+def check_scale_necessary(interval: tuple | None = None) -> CheckOutcome:
+    """'Necessária' read literally (a family of alternatives that also works refutes 'necessary'):
+    under Teorema 6's assumptions Var(s q . k) = s^2 d_k, so every c / sqrt(d_k) keeps the variance at
+    c^2 whatever d_k. What is necessary is a scale of order d_k^(-1/2); 1/sqrt(d_k) is the one that
+    makes the variance exactly 1.
+
+    ``interval`` is the 'adequate range' of variances, (a, b); by default symbolic 0 < a < b (a range,
+    not a point). Only the degenerate range (1, 1) would make 1/sqrt(d_k) necessary (then PROVED)."""
     from sympy.stats import Normal, variance
 
+    steps = _variance_steps()
+    dk = _variance_facts()["d_k"]
+    s, c = sp.symbols("s c", positive=True)
+    a, b = interval if interval is not None else sp.symbols("a b", positive=True)
+    var_s = s ** 2 * dk
     steps.add(sp.Eq(sp.Symbol(r"\mathrm{Var}(s\,q\cdot k)"), var_s), "scaling the scores by s multiplies the variance by s^2",
               sp.simplify(variance(s * Normal("u", 0, 1)) - s ** 2) == 0, "sympy.stats: Var(s U) = s^2 Var(U)")
-    steps.add(f"s = {sp.latex(solutions[0]) if solutions else '?'}",
-              "the only positive scale giving variance 1 for every d_k", solutions == [1 / sp.sqrt(dk)], "sympy solve")
+    unit = sp.solve(sp.Eq(var_s, 1), s)
+    steps.add(rf"s = {sp.latex(unit[0]) if unit else '?'}", "the only positive scale giving variance exactly 1 for every d_k",
+              unit == [1 / sp.sqrt(dk)], "sympy solve")
+    family = sp.simplify(var_s.subs(s, c / sp.sqrt(dk)))
+    steps.add(rf"\mathrm{{Var}}\big(\tfrac{{c}}{{\sqrt{{d_k}}}}\,q\cdot k\big) = {sp.latex(family)}",
+              "every c / sqrt(d_k) keeps the variance constant in d_k as well (e.g. c = 9/10: 81/100)",
+              family == c ** 2 and not family.has(dk), "sympy")
+    window = sp.solve(sp.Eq(var_s, a), s) + sp.solve(sp.Eq(var_s, b), s)
+    steps.add(r"a \le s^2 d_k \le b \iff \sqrt{a/d_k} \le s \le \sqrt{b/d_k}",
+              "keeping the variance in a fixed interval [a, b] for every d_k needs a scale of order d_k^(-1/2)",
+              window == [sp.sqrt(a / dk), sp.sqrt(b / dk)], "sympy solve at both ends (s^2 d_k is increasing in s > 0)")
     steps.add(rf"\lim_{{d_k\to\infty}} \mathrm{{Var}}(q\cdot k) = {sp.latex(sp.limit(var_s.subs(s, 1), dk, sp.oo))}",
-              "without the scale (s = 1) the variance grows without bound", sp.limit(var_s.subs(s, 1), dk, sp.oo) == sp.oo,
+              "without any scale (s = 1) the variance grows without bound", sp.limit(var_s.subs(s, 1), dk, sp.oo) == sp.oo,
               "sympy limit")
-    ok = steps.ok
+    if not steps.ok:
+        raise StepFailed("a step of the scale analysis failed: " + "; ".join(st["reason"] for st in steps.failed))
     _, ev = derivation("variance")
-    return proved(steps, Method.SYMBOLIC, [
-        steps.evidence("under the assumptions of Teorema 6, Var(s q . k) = s^2 d_k: s = 1/sqrt(d_k) is the unique positive "
-                       "scale with variance 1 for every d_k; any scale keeping it in a fixed interval is Theta(d_k^-1/2)",
-                       failed=steps.failed),
+    if sp.simplify(window[1] - window[0]) == 0:  # a single admissible scale: 1/sqrt(d_k) is necessary
+        return proved(steps, Method.SYMBOLIC, [steps.evidence(
+            f"with the adequate variance exactly {a}, s = {window[0]} is the only admissible scale", interval=[str(a), str(b)]), ev])
+    return CheckOutcome(Verdict.CORRECTED, Method.SYMBOLIC, [
+        counterexample("'necessária' read literally is false: under Teorema 6's assumptions Var(s q . k) = s^2 d_k, so "
+                       "every scale c / sqrt(d_k) keeps the variance at c^2 for every d_k (c = 9/10 gives 81/100) and "
+                       "does the same job. What is necessary is a scale of order d_k^(-1/2) (to keep the variance in a "
+                       "fixed interval [a, b], s must lie in [sqrt(a/d_k), sqrt(b/d_k)]); 1/sqrt(d_k) is the unique one "
+                       "giving variance exactly 1", family=str(family), unit_variance_scale=str(unit[0])),
+        steps.evidence("Var(s q . k) = s^2 d_k: the scales that keep the variance bounded, and the one that makes it 1"),
         ev,
-        note("'adequate range for the softmax' is informal; the check proves the variance statement of the proof "
-             "(step 2). Other remedies change the assumptions (QK-layernorm, a smaller initialisation of W^Q, W^K)"),
-    ])
+        note("'adequate range for the softmax' is informal; the check reads it as a fixed interval of variances. Other "
+             "remedies change the assumptions (QK-layernorm; no explicit scale with it folded into W^Q, as T5 does)"),
+    ], corrected_statement=(
+        r"Under the assumptions of Teorema 6 (independent components, mean 0, variance 1), "
+        r"$\mathrm{Var}(s\,q^\top k) = s^2 d_k$. Keeping the variance of the scores in a fixed interval $[a, b]$ "
+        r"for every $d_k$ requires a scale $s \in [\sqrt{a/d_k}, \sqrt{b/d_k}]$, of order $d_k^{-1/2}$; "
+        r"$1/\sqrt{d_k}$ is the one that makes it exactly 1, but it is not the only one: $c/\sqrt{d_k}$ keeps it at "
+        r"$c^2$ for every $d_k$."))
 
 
 # ---- Teorema 8: softmax Jacobian ----------------------------------------------------------
@@ -690,7 +735,7 @@ def check_gradient_growth() -> CheckOutcome:
                 "exact, for both readings of 'the gradient': the softmax Jacobian in the scores has "
                 "||J||_2 <= 1/2 for every s; at s = (t, 0), ||J||_2 = 2 sigma(t)(1 - sigma(t)) -> 0 while "
                 "exp(||s||) = e^t -> oo, and scaled ||J||_2 / exp(||s||/sqrt(d_k)) -> 0 as well. The gradient in "
-                "the query, ds/dq = J K, is bounded by ||K||_2 / 2 for every q (and ds/dW^Q by ||x|| ||K||_2 / 2); "
+                "the query, ds/dq = J K, is bounded by ||K||_2 / 2 for every q; "
                 "with keys (1), (0) and q = t it is sqrt(2) sigma(t)(1 - sigma(t)) -> 0. It can grow with d_k "
                 "through ||K||, never like exp(||s||)",
                 scores="(t, 0)", keys="(1), (0) at d_k = 1, q = t",
@@ -722,13 +767,14 @@ def claims() -> list[Claim]:
         claim_at(DOC, 200, title="Attention is a soft lookup table",
                  statement=r"\mathrm{attention}(q) = \sum_i \alpha_i v_i,\ \alpha = \mathrm{softmax}(q\cdot k_i/\sqrt{d_k}) "
                            r"\text{ generalises } \mathrm{lookup}(q) = v_{\arg\max_i q\cdot k_i}",
-                 checks=[check_soft_lookup], assumptions=["a unique maximum of q . k_i for the limit"]),
+                 checks=[check_soft_lookup], assumptions=["added: a unique maximum of q . k_i, for the limit to the hard lookup"]),
         claim_at(DOC, 244, title="Output norm bounded by the largest value norm",
                  statement=r"\|O_i\| \le \sum_j \alpha_{ij}\|v_j\| \le \max_j \|v_j\|",
                  checks=[check_output_norm_bound]),
         claim_at(DOC, 279, title="Attention costs O(N^2) memory and O(N^2 d) time",
                  statement=r"\text{memory } O(N^2),\ \text{time } O(N^2 d)",
-                 checks=[check_lookup_complexity], assumptions=["Q, K, V given (projections not counted)", "d_k, d_v = Theta(d)"]),
+                 checks=[check_lookup_complexity], assumptions=["Q, K, V given, projections not counted (the document's proof starts from Q K^T, steps 1-4)",
+                              "d_k, d_v = Theta(d) (the proof's 'proporcionais a d')"]),
         claim_at(DOC, 330, title="Three linear maps give query, key and value",
                  statement=r"q = xW^Q,\ k = xW^K,\ v = xW^V,\ W^Q, W^K \in \mathbb{R}^{d\times d_k},\ W^V \in \mathbb{R}^{d\times d_v}",
                  checks=[check_tripartite_definition]),
@@ -743,9 +789,10 @@ def claims() -> list[Claim]:
                  statement=r"\mathrm{Var}(q_i^\top k_j) = d_k",
                  checks=[check_dot_product_variance, *mc(scaled=False)], assumptions=var_assumptions),
         claim_at(DOC, 451, title="The 1/sqrt(d_k) scale is necessary",
-                 statement=r"\text{the scale } 1/\sqrt{d_k} \text{ is necessary to keep the variance of the scores adequate for softmax}",
+                 statement=r"\text{the scale } 1/\sqrt{d_k} \text{ is necessary to keep the variance of the scores in a range adequate for softmax}",
                  checks=[check_scale_necessary, *([check_saturation_monte_carlo] if available else [])],
-                 assumptions=var_assumptions),
+                 assumptions=[*var_assumptions, "added: 'an adequate range' read as a fixed interval [a, b] of "
+                              "variances, 0 < a < b, the same for every d_k"]),
         claim_at(DOC, 481, title="Complete formulation of self-attention (four steps)",
                  statement=r"q_i = x_iW^Q, \ldots;\ \mathrm{score}(x_i,x_j) = q_i^\top k_j/\sqrt{d_k};\ "
                            r"\alpha_{ij} = \mathrm{softmax}_j;\ a_i = \sum_j \alpha_{ij}v_j",
@@ -759,8 +806,8 @@ def claims() -> list[Claim]:
         claim_at(DOC, 549, title="Unscaled scores make softmax gradients grow like exp(||s||)",
                  statement=r"\|\nabla\| \propto \exp(\|s\|) \text{ unscaled},\ \propto \exp(\|s\|/\sqrt{d_k}) \text{ scaled}",
                  checks=[*([check_gradient_growth_monte_carlo] if available else []), check_gradient_growth],
-                 assumptions=["'the gradient' read as the softmax Jacobian in the scores (the proof: 'gradientes em "
+                 assumptions=["added: 'the gradient' read as the softmax Jacobian in the scores (the proof: 'gradientes em "
                               "relação a s_i') and, as well, as the gradient in the query ds/dq = J K",
-                              f"Monte Carlo: q and 16 keys with iid N(0, 1) components, d_k = "
+                              f"added, Monte Carlo only: q and 16 keys with iid N(0, 1) components, d_k = "
                               f"{SATURATION_DKS[0]} .. {SATURATION_DKS[-1]}"]),
     ]

@@ -18,7 +18,7 @@ import sympy as sp
 from ..claims import CheckOutcome, Claim, Method, Verdict
 from ._derivations import derivation
 from ._doc import bmatrices, column, printed_numbers
-from ._kit import Steps, claim_at, counterexample, informal_outcome, note, numeric, proved
+from ._kit import StepFailed, Steps, claim_at, counterexample, note, numeric, proved
 from ._worked import Quantity, WorkedExample, softmax_row
 
 DOC = "004"
@@ -136,7 +136,19 @@ def check_translation_invariance() -> CheckOutcome:
                    "translating by t adds x_i M t^T + t M x_j^T + t M t^T to score(x_i, x_j) (M = W^Q W^K^T); the middle "
                    "term depends on j, so the softmax weights change, and every value moves by t W^V",
                    display=r"s'_{ij} - s_{ij} = x_iMt^\top + tMx_j^\top + tMt^\top")
+    # the exception: t W^Q (W^K)^T = 0 (rank-2 W^Q, W^K, t in the left null space of W^Q W^K^T)
+    rng = np.random.default_rng(16)
+    wq2, wk2 = rng.standard_normal((2, 4, 2))
+    t0 = np.linalg.svd((wq2 @ wk2.T).T)[2][-1]  # (W^Q W^K^T)^T t0 = 0, i.e. t0 W^Q W^K^T = 0
+    shifted = scaled_dot_product_attention((X + t0) @ wq2, (X + t0) @ wk2, (X + t0) @ Wv, causal=True, scale=1.0)
+    base = scaled_dot_product_attention(X @ wq2, X @ wk2, X @ Wv, causal=True, scale=1.0)
+    exception_gap = float(np.abs(shifted - base - t0 @ Wv).max())
+    steps.add(r"tW^Q(W^K)^\top = 0 \Rightarrow a_i' = a_i + tW^V",
+              f"random rank-2 W^Q, W^K (seed 16), t in the left null space of W^Q W^K^T: max deviation {exception_gap:.1e}",
+              exception_gap < 1e-12 and float(np.abs(t0 @ wq2 @ wk2.T).max()) < 1e-12, "numeric, float64")
     if changed:
+        if not steps.ok:
+            raise StepFailed("a step of the translation analysis failed: " + "; ".join(s["reason"] for s in steps.failed))
         return CheckOutcome(Verdict.REFUTED, Method.NUMERIC, [
             counterexample("self-attention is not translation invariant: the document's own example (x_1, x_2, x_3, "
                            "W^Q, W^K, W^V of lines 23-27) translated by t = (1, 1, 1, 1) changes the outputs a_i by up "
@@ -146,7 +158,8 @@ def check_translation_invariance() -> CheckOutcome:
             steps.evidence("why: the score shift depends on j and the values shift by t W^V", failed=steps.failed),
             note("the proof's step VII is where it fails: the softmax is invariant only to adding the same constant to "
                  "every score of a row, and the weighted sum of values is translation-equivariant (a_i + t W^V), not "
-                 "invariant. Only if t W^Q (W^K)^T = 0 do the weights stay put, and then a_i moves by exactly t W^V."),
+                 "invariant. If t W^Q (W^K)^T = 0 the weights stay put and a_i moves by exactly t W^V (checked above); "
+                 "otherwise the j-dependent term moves the weights, as in the document's example."),
         ])
     # One example left unchanged proves no invariance (and the score shift above depends on j):
     # no verdict without evidence for it.
@@ -191,24 +204,41 @@ def check_causal_mask() -> CheckOutcome:
                         [steps.evidence("with the causal mask a_i depends only on x_j, j <= i", failed=steps.failed), ev])
 
 
-# ---- Proposição 1 (informal): special case of general attention -------------------------------
+# ---- Proposição 1: special case of general attention --------------------------------------------
 
-def check_special_case_informal() -> CheckOutcome:
+def check_special_case(allowed=lambda i, j: j <= i) -> CheckOutcome:
+    """Exact, as 000's Proposição 1.1 ("a special case of multi-head attention") is checked: general
+    attention over an allowed set S_i of keys, sum_{j in S_i} softmax_{S_i}(s_ij) v_j, written with a
+    0/1 indicator m_ij, is the document's self-attention (line 84-86) when m_ij = [j <= i].
+    ``allowed(i, j)`` (0-based) is the set tried; any other set fails a step (StepFailed)."""
+    n = 3
+    s_ = sp.Matrix(n, n, lambda i, j: sp.Symbol(f"s_{i + 1}{j + 1}", real=True))
+    v = sp.symbols(f"v_1:{n + 1}", real=True)
+    steps = Steps()
+    for i in range(n):
+        m = [1 if allowed(i, j) else 0 for j in range(n)]
+        general = sum(m[j] * sp.exp(s_[i, j]) * v[j] for j in range(n)) / sum(m[j] * sp.exp(s_[i, j]) for j in range(n))
+        document = sum(sp.exp(s_[i, j]) * v[j] for j in range(i + 1)) / sum(sp.exp(s_[i, k]) for k in range(i + 1))
+        steps.add_zero(general, document,
+                       f"row {i + 1}: general attention with the allowed set S_{i + 1} = {{1..{i + 1}}} is the document's a_{i + 1}",
+                       display=rf"\frac{{\sum_j m_{{{i + 1}j}} e^{{s_{{{i + 1}j}}}} v_j}}{{\sum_j m_{{{i + 1}j}} "
+                               rf"e^{{s_{{{i + 1}j}}}}}} = \sum_{{j \le {i + 1}}} \alpha_{{{i + 1}j}} v_j,\ m_{{ij}} = [j \le i]",
+                       how="sympy, symbolic scores and values, n = 3")
     from numerics import scaled_dot_product_attention
 
     rng = np.random.default_rng(14)
-    q, k, v = rng.standard_normal((3, 5, 4))
-    causal = scaled_dot_product_attention(q, k, v, causal=True)
-    general = scaled_dot_product_attention(q, k, v, mask=np.tril(np.ones((5, 5), dtype=bool)))
+    q, k, v_ = rng.standard_normal((3, 5, 4))
+    causal = scaled_dot_product_attention(q, k, v_, causal=True)
+    general = scaled_dot_product_attention(q, k, v_, mask=np.tril(np.ones((5, 5), dtype=bool)))
     gap = float(np.abs(causal - general).max())
-    return informal_outcome(
-        "'pode ser visto como um caso específico' names no property; note also that self-attention is causal only in "
-        "decoders (encoder self-attention, e.g. BERT, attends in both directions)",
-        gap < 1e-15,
-        numeric(f"proxy: causal attention equals general masked attention with the allowed set {{j <= i}} (numerics, "
-                f"max difference {gap:.1e})", max_difference=gap),
-        refutes_if_false="causal attention would not be an instance of masked attention",
-    )
+    steps.add(r"\mathrm{attention}_{\mathrm{causal}} = \mathrm{attention}_{\mathrm{mask}\,\{j \le i\}}",
+              f"numerics, 5 tokens: max difference {gap:.1e}", gap < 1e-15, "numeric, float64")
+    return proved(steps, Method.SYMBOLIC, [
+        steps.evidence("self-attention as the document defines it (softmax over j <= i) is general attention with the "
+                       "allowed set {j <= i}", max_difference=gap),
+        note("the document's self-attention is the causal (decoder) kind; encoder self-attention (e.g. BERT) attends "
+             "in both directions"),
+    ])
 
 
 # ---- Corolário 1.1: without the mask, later tokens matter -------------------------------------
@@ -220,6 +250,10 @@ def check_unmasked_dependence() -> CheckOutcome:
     value = sp.N(sp.diff(outs[0], xs[2]).subs(point), 20)
     steps.add(rf"\partial a_1/\partial x_3\big|_{{x=(1,-1,2)}} = {sp.latex(sp.Float(value, 8))} \ne 0",
               "without the mask the first output depends on the last token", abs(value) > 1e-12, "sympy diff, exact point")
+    partials = [[sp.N(sp.diff(outs[i], xs[j]).subs(point), 20) for j in range(3)] for i in range(3)]
+    steps.add(r"\partial a_i/\partial x_j\big|_{x=(1,-1,2)} \ne 0 \ \text{for all } i, j",
+              "'todas as palavras' read literally: every output depends on every word",
+              all(abs(p) > 1e-12 for row in partials for p in row), "sympy diff, exact point, all 9 pairs")
     from numerics import scaled_dot_product_attention
 
     rng = np.random.default_rng(15)
@@ -249,13 +283,18 @@ def claims() -> list[Claim]:
                  checks=[check_observations]),
         claim_at(DOC, 131, title="Self-attention is invariant to translating the embeddings",
                  statement=r"x_i \mapsto x_i + t \ \Rightarrow\ a_i \mapsto a_i \quad (\text{projections applied after the translation})",
-                 checks=[check_translation_invariance]),
+                 checks=[check_translation_invariance],
+                 assumptions=["the document's conventions: unscaled scores (line 12), causal softmax (line 84)",
+                              "added: the witness is the document's own example (lines 23-27) with t = (1, 1, 1, 1)"]),
         claim_at(DOC, 148, title="Masked self-attention is causal",
                  statement=r"\text{with the causal mask, } a_i \text{ depends only on } x_j,\ j \le i",
                  checks=[check_causal_mask]),
         claim_at(DOC, 157, title="Causal self-attention is a special case of general attention",
-                 statement=r"\text{self-attention is general attention restricted to } \{j \le i\} \text{ (informal)}",
-                 checks=[check_special_case_informal]),
+                 statement=r"\text{self-attention is general attention restricted to the preceding words } \{j \le i\}",
+                 checks=[check_special_case],
+                 assumptions=["self-attention as the document defines it: causal, softmax over j <= i (line 84)",
+                              "added: 'general attention' read as attention over an allowed set S_i of keys "
+                              "(a 0/1 mask); the document does not define it"]),
         claim_at(DOC, 164, title="Without the mask, outputs depend on later words",
                  statement=r"\text{without the mask, } a_i \text{ depends on } x_j \text{ for } j > i \text{ too}",
                  checks=[check_unmasked_dependence]),

