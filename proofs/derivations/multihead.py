@@ -261,7 +261,6 @@ def _instrumented_counts() -> tuple[bool, str]:
 @register("multihead", "Multi-head attention: identities, parameter and operation counts")
 def multihead_identities() -> Derivation:
     """MHA = sum_i head_i W^O_i; h = 1 case; head permutation invariance; 4d^2 (+4d) parameters; op counts."""
-    i = sp.Symbol("i", integer=True, positive=True)
     per_head = {"d_k": d_ / h_, "d_v": d_ / h_}
     counts = operation_counts(d_k=d_ / h_, d_v=d_ / h_)
     poly = {k: sp.expand(counts[k]) for k in ("multiplications", "additions", "exponentials", "divisions")}
