@@ -135,7 +135,7 @@ def render_report(results: list[ClaimResult], out_dir: Path) -> str:
         r"\maketitle",
         "Every statement below comes from one of the source documents. Its verdict was computed"
         " when this report was built, by the checks listed under it: exact SymPy derivations"
-        " (each step checked), Monte Carlo estimates with confidence intervals, or numerical"
+        " (each step checked, or marked as a definition, an assumption or a cited theorem), Monte Carlo estimates with confidence intervals, or numerical"
         " counterexamples. " + latex_escape(f"{len(results)} claims: {summary}."),
     ]
     by_document: dict[str, list[ClaimResult]] = {}

@@ -241,7 +241,8 @@ def _print_footer(results, seconds: float, left_out: list[str], console: Console
 @click.argument("name", required=False)
 @click.option("--list", "list_names", is_flag=True, help="List the derivations.")
 def derive(name: str | None, list_names: bool) -> None:
-    """Print one derivation as LaTeX (each step checked first; exit 1 when a step fails)."""
+    """Print one derivation as LaTeX (each step checked first, or marked as a definition, an
+    assumption or a cited theorem; exit 1 when a step fails)."""
     from proofs.derivations import DERIVATIONS
 
     if list_names or name is None:
