@@ -209,6 +209,8 @@ class StepResult:
     note: str
     seconds: float
     checked: bool = True  # False for definitions and stated assumptions
+    #: The exception a checker raised (the step counts as failed); None when it returned.
+    error: BaseException | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -493,12 +495,13 @@ class Derivation:
         for index, step in enumerate(self.steps, 1):
             t = time.perf_counter()
             checker = step.check
+            error = None
             try:
                 ok, note = checker.run(_Context(step, previous, self.unfold))
             except Exception as exc:  # a crashing checker is a failed step, with the reason
-                ok, note = False, f"checker raised {type(exc).__name__}: {_short(exc)}"
+                ok, note, error = False, f"checker raised {type(exc).__name__}: {_short(exc)}", exc
             results.append(StepResult(index, step.reason, bool(ok), checker.method, note,
-                                      time.perf_counter() - t, checker.checked))
+                                      time.perf_counter() - t, checker.checked, error))
             if step.rhs is not None:
                 previous = step
         self._results = results
