@@ -42,6 +42,8 @@ __all__ = [
     "ExplicitAttention",
     "attention_at",
     "ForAllN",
+    "normal_moments",
+    "gaussian_pair_moments",
 ]
 
 
@@ -258,6 +260,53 @@ def attention_at(n: int, m: int, d_k: int, d_v: int, *, scale: sp.Expr | None = 
     scores = (q * k.T) * scale
     weights = row_softmax(scores)
     return ExplicitAttention(q, k, v, scores, weights, weights * v, scale)
+
+
+# --------------------------------------------------------------------------- moments
+
+
+def normal_moments(order: int = 4) -> dict[int, sp.Expr]:
+    """``{p: E[Z^p]}`` for ``p = 1..order`` and ``Z ~ N(0, 1)``, computed by sympy.stats."""
+    from sympy import stats
+
+    if not isinstance(order, int) or order < 1:
+        raise ValueError(f"normal_moments: order must be a positive int, got {order!r}")
+    z = stats.Normal("Z", 0, 1)
+    return {p: sp.simplify(stats.E(z**p)) for p in range(1, order + 1)}
+
+
+def gaussian_pair_moments(q: sp.Expr, k: sp.Expr, rho: sp.Expr, order: int = 4) -> dict[sp.Expr, sp.Expr]:
+    """Joint moments ``E[q^a k^b]`` (``1 <= a + b <= order``) of a standard bivariate Normal pair
+    with correlation ``rho``: the moments to state for correlated (q, k) components.
+
+    They are computed, not looked up: ``(q, k)`` has the law of ``(z1, rho z1 + sqrt(1 - rho^2) z2)``
+    for independent standard Normals ``z1, z2`` (a Gaussian vector is determined by its mean
+    and covariance), whose moments come from sympy.stats; the expectation operator of
+    :mod:`proofs.expectation` then needs only linearity and the independence of ``z1, z2``.
+
+    Parameters
+    ----------
+    q, k : Expr
+        The pair's variables as they appear in the moments' keys (``q[l], k[l]`` for a family).
+    rho : Expr
+        The correlation (a Symbol with ``-1 <= rho <= 1``, or a number).
+    order : int
+        Highest total degree.
+
+    Returns
+    -------
+    dict
+        ``{q: 0, k: 0, q**2: 1, q*k: rho, ..., q**2 * k**2: 1 + 2 rho**2, ...}``.
+    """
+    from .expectation import ExpectationOperator
+
+    z1, z2 = sp.symbols("z_1 z_2", real=True)
+    moments = normal_moments(order)
+    expect = ExpectationOperator(groups=[[z1], [z2]],
+                                 moments={z**p: m for z in (z1, z2) for p, m in moments.items()})
+    k_as = rho * z1 + sp.sqrt(1 - rho**2) * z2
+    return {q**a * k**b: sp.expand(expect(z1**a * k_as**b))
+            for a in range(order + 1) for b in range(order + 1 - a) if a + b}
 
 
 # --------------------------------------------------------------------------- for all n
