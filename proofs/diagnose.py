@@ -291,6 +291,9 @@ def find_counterexample(
         if isinstance(expr, MatrixExpr):
             why_not = "it is a matrix expression of symbolic shape"
             continue
+        if expr.atoms(AppliedUndef):
+            why_not = _unevaluable(expr)
+            continue
         done = 0
         for draw in range(_MAX_DRAWS):
             if done >= points:
@@ -299,7 +302,7 @@ def find_counterexample(
             try:
                 found = _point(expr, rng, scale, conditions)
             except (TypeError, ValueError, ZeroDivisionError, NotImplementedError) as exc:
-                why_not = f"substituting values failed ({type(exc).__name__}: {exc})"
+                why_not = f"substituting values failed ({type(exc).__name__}: {' '.join(str(exc).split())})"
                 break
             if found is None:
                 continue

@@ -45,10 +45,12 @@ from .derivations._registry import collect_registrations
 from .diagnose import Counterexample, diagnose
 
 __all__ = ["ScriptError", "StepReport", "DerivationReport", "ProofRun", "load_script", "check_derivation",
-           "prove_file", "STATUSES", "NOT_CHECKED"]
+           "prove_file", "STATUSES", "DERIVATION_STATUSES", "NOT_CHECKED"]
 
 #: Every step status, in the order the summary counts them.
 STATUSES = ("PASS", "FAIL", "UNPROVED", "ERROR", "DEFINITION", "ASSUMPTION", "CITED")
+#: Every derivation status.
+DERIVATION_STATUSES = ("PROVED", "FAILED", "UNPROVED", "ERROR", "UNCHECKED")
 #: The statuses of steps that are not checked.
 NOT_CHECKED = ("DEFINITION", "ASSUMPTION", "CITED")
 

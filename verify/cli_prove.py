@@ -31,6 +31,7 @@ def status_text(status: str) -> Text:
 
 def prove_document(run) -> dict:
     """The JSON document ``prove --json`` writes (schema: proofs/schema/prove.schema.json)."""
+    from proofs.runner import DERIVATION_STATUSES
     from verify.cli import __version__
 
     return {
@@ -41,8 +42,9 @@ def prove_document(run) -> dict:
         "file": str(run.path),
         "seconds": round(run.seconds, 6),
         "proved": run.proved,
-        "summary": {"derivations": len(run.reports), "steps": run.counts(),
-                    "derivation_status": {r.name: r.status for r in run.reports}},
+        "summary": {"derivations": {status: sum(r.status == status for r in run.reports)
+                                    for status in DERIVATION_STATUSES},
+                    "steps": run.counts()},
         "derivations": [r.to_dict() for r in run.reports],
     }
 
