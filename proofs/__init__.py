@@ -12,7 +12,9 @@ callable), or :class:`Definition` (not checked: a definition, an assumption, a c
 :func:`register` names a function that builds one. ``attnverify prove FILE.py`` checks
 every derivation a script defines and says, step by step, PASS, FAIL (with a counterexample)
 or UNPROVED (with the residual SymPy could not reduce). :mod:`proofs.attention` holds building
-blocks for attention (softmax at index level and at explicit sizes, gradients, "for all n").
+blocks for attention (softmax at index level and at explicit sizes, gradients, "for all n");
+:class:`ExpectationOperator` takes expectations and variances of sums of products from
+linearity, stated independence and stated moments only.
 
 A :class:`Claim` is a statement with its source, its assumptions and checks that compute a
 :class:`Verdict` when they run. Names are imported on first use, so ``import proofs`` is cheap.
@@ -40,6 +42,9 @@ _EXPORTS = {
     "unfold_indexed": "proofs.derivation",
     "register": "proofs.derivations._registry",
     "ForAllN": "proofs.attention",
+    "ExpectationOperator": "proofs.expectation",
+    "Family": "proofs.expectation",
+    "Expect": "proofs.expectation",
     "Claim": "proofs.claims",
     "CheckOutcome": "proofs.claims",
     "Evidence": "proofs.claims",
@@ -54,6 +59,7 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:  # pragma: no cover
     from .attention import ForAllN
     from .claims import CheckOutcome, Claim, Evidence, Method, Source, Verdict
+    from .expectation import Expect, ExpectationOperator, Family
     from .derivation import (AtSizes, Chain, Checker, Custom, Definition, Derivation, DerivationError,
                              NonNegative, Step, StepResult, Symbolic, is_zero, unfold_indexed)
     from .derivations._registry import register

@@ -13,16 +13,10 @@ import pytest
 import sympy as sp
 
 from proofs import AtSizes, Custom, Derivation, NonNegative, Step, Symbolic
-from proofs.derivation import unfold_indexed
 from proofs.derivations import DERIVATIONS
 from proofs.runner import ScriptError, check_derivation, load_script, prove_file
 
-z = sp.IndexedBase("z", real=True)
-sigma = sp.IndexedBase("sigma")
-i, j, k, n = sp.symbols("i j k n", integer=True, positive=True)
-TOTAL = sp.Sum(sp.exp(z[k]), (k, 1, n))
-UNFOLD = unfold_indexed({sigma: lambda a: sp.exp(z[a]) / TOTAL})
-IN_RANGE = sp.Q.ge(i, 1) & sp.Q.le(i, n) & sp.Q.ge(j, 1) & sp.Q.le(j, n)
+from tests.proofs.test_derivation import IN_RANGE, UNFOLD, i, j, sigma, z  # the index-level softmax
 
 
 def one_step(step: Step, unfold=None) -> Derivation:
