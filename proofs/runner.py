@@ -302,11 +302,24 @@ def load_script(path: str | Path) -> tuple[types.ModuleType, list[tuple[str, Any
 # --------------------------------------------------------------------------- checking
 
 
+def _kind(result: Any) -> str:
+    """``"checked"``, or why the step is not checked: definition, assumption, cited."""
+    kind = getattr(result, "kind", None)
+    if kind:
+        return kind
+    return "checked" if result.checked else result.method.split(":")[0]
+
+
 def _step_report(derivation: Derivation, step: Step, previous: Step | None, result: Any, path: Path | None) -> StepReport:
     base = dict(index=result.index, reason=result.reason, method=result.method, seconds=result.seconds)
-    if not result.checked:
-        return StepReport(status=result.method.upper(), note=result.note, **base)
-    if result.passed:
+    kind = _kind(result)
+    checker = step.check
+    if kind != "checked":
+        if result.passed:
+            return StepReport(status=kind.upper(), note=result.note, **base)
+        # not checked in general, but a spot check of it (a cited theorem's instances) failed
+        checker = getattr(checker, "spot_check", None) or checker
+    elif result.passed:
         return StepReport(status="PASS", note=result.note, **base)
     error = getattr(result, "error", None)
     if error is not None:
@@ -317,7 +330,7 @@ def _step_report(derivation: Derivation, step: Step, previous: Step | None, resu
                           location=location, **base)
     start = time.perf_counter()
     try:
-        found = diagnose(step.check, _Context(step, previous, derivation.unfold), result.note,
+        found = diagnose(checker, _Context(step, previous, derivation.unfold), result.note,
                          seed=f"{derivation.name}:{result.index}")
     except Exception as exc:  # the search is a diagnosis; the step failed its check either way
         return StepReport(status="UNPROVED", note=f"{result.note}; the search for a counterexample raised "
