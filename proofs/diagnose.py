@@ -10,8 +10,9 @@ undefined function, a sum over a symbolic range of a non-integer symbol).
 
 Random values respect what the expression states about its symbols: integer symbols (sizes,
 indices) get small integers (1..5 when positive), positive and nonnegative symbols get
-values of that sign, and the step's SymPy assumptions (``Q.le(i, n)``...) reject a point
-that violates them. Sums with concrete limits are expanded and ``Indexed`` entries
+values of that sign, and the step's SymPy assumptions (``Q.le(i, n)``, ``Q.le(abs(rho), 1)``:
+state a domain there, or a point outside it may be reported) reject a point that violates
+them. Sums with concrete limits are expanded and ``Indexed`` entries
 (``z[2]``) and matrix elements get values of their own. The draws are seeded by the step's
 position, so a report is the same every run.
 """
@@ -246,7 +247,10 @@ def _magnitude(at: sp.Basic) -> sp.Float:
 
 
 def _format_value(v: sp.Basic) -> str:
-    return sp.sstr(v) if v.is_Integer or (v.is_Rational and v.q < 1000) else sp.sstr(v.evalf(12))
+    """Exact for small rationals, else 12 significant digits without trailing zeros."""
+    if v.is_Integer or (v.is_Rational and v.q < 1000):
+        return sp.sstr(v)
+    return sp.sstr(v.evalf(12), full_prec=False)
 
 
 def find_counterexample(
