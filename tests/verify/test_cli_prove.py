@@ -63,6 +63,8 @@ def test_the_wrong_step_example_exits_1_and_names_the_step(tmp_path, schema):
     result = prove(EXAMPLES / "wrong_step.py", "--json", out)
     assert result.exit_code == 1, result.output
     assert "FAIL score-scaling, step 3 (dividing by d_k keeps the variance at 1 too)" in result.output
+    quoted = re.search(r"`(FAIL score-scaling[^`]*)`", readme_section()).group(1)
+    assert quoted in " ".join(result.output.split()), "the README quotes a line prove does not print"
     doc = json.loads(out.read_text())
     jsonschema.validate(doc, schema)
     steps = doc["derivations"][0]["steps"]
