@@ -19,7 +19,16 @@ checker             what it verifies (method string recorded)
                     reduces to 0 and SymPy's assumptions prove ``witness >= 0``
 :class:`Custom`     any callable returning ``(passed, note)`` (interval arithmetic,
                     numeric cross-checks); the caller names the method
+:class:`Cited`      nothing in general: the step rests on a named theorem ("cited:
+                    Gershgorin circle theorem"); recorded and rendered as *not checked*.
+                    An optional spot check (any checker, e.g. explicit sizes) must pass
 =================== ===================================================================
+
+Every displayed line carries a tag (:meth:`Checker.tag`): the check method, or
+``definition``, ``assumption``, or ``cited: THEOREM -- NOT CHECKED``.
+:meth:`Derivation.unjustified` lists the lines that are neither checked, nor a definition or
+stated assumption, nor cited with the theorem named (a definition that continues a chain,
+``&= ...``, is a derivation step taken on trust and is listed too).
 
 The zero test (:func:`is_zero`) follows PITFALLS.md: ``doit()`` first, then ``refine``
 with the step's assumptions (drops the ``Piecewise`` that sums of ``KroneckerDelta``
@@ -58,8 +67,10 @@ __all__ = [
     "AtSizes",
     "NonNegative",
     "Custom",
+    "Cited",
     "is_zero",
     "canonical_sums",
+    "split_sums",
     "exp_to_symbols",
     "unfold_indexed",
     "format_sizes",
@@ -97,6 +108,34 @@ def canonical_sums(expr: Any) -> Any:
         return sp.Sum(s.function.xreplace(mapping), *limits)
 
     return expr.replace(lambda e: isinstance(e, sp.Sum), rename)
+
+
+def split_sums(expr: Any) -> Any:
+    """Apply linearity and Fubini to every ``Sum``: split over ``+``, pull out factors free of
+    the summation index, and separate ``Sum(g(a) h(b), (b, ..), (a, ..))`` into
+    ``Sum(h) * Sum(g)`` (finite sums over constant limits). Repeated until nothing changes.
+
+    ``expand`` leaves ``Sum(f + g)`` and double sums of products alone; this rewrites them into
+    products of single sums, which :func:`canonical_sums` can then match term by term.
+    """
+
+    def one(s: sp.Sum) -> sp.Basic:
+        (var, *bounds), rest = s.limits[0], s.limits[1:]
+        if len(bounds) != 2:
+            return s
+        out = sp.Integer(0)
+        for term in sp.Add.make_args(sp.expand(s.function)):
+            const, dep = term.as_independent(var, as_Add=False)
+            out += const * sp.Sum(dep, (var, *bounds))
+        return sp.Sum(out, *rest) if rest else out
+
+    if not isinstance(expr, sp.Basic):
+        return expr
+    previous = None
+    while previous != expr:
+        previous = expr
+        expr = sp.expand(expr.replace(lambda e: isinstance(e, sp.Sum), one))
+    return expr
 
 
 def exp_to_symbols(expr: Any, table: dict[Any, sp.Symbol]) -> Any:
@@ -208,7 +247,8 @@ class StepResult:
     method: str
     note: str
     seconds: float
-    checked: bool = True  # False for definitions and stated assumptions
+    checked: bool = True  # False for definitions, stated assumptions and cited results
+    kind: str = "checked"  # "checked", "definition", "assumption" or "cited"
     #: The exception a checker raised (the step counts as failed); None when it returned.
     error: BaseException | None = field(default=None, compare=False, repr=False)
 
@@ -218,6 +258,7 @@ class StepResult:
             "reason": self.reason,
             "passed": self.passed,
             "checked": self.checked,
+            "kind": self.kind,
             "method": self.method,
             "note": self.note,
             "seconds": round(self.seconds, 6),
@@ -234,13 +275,22 @@ class _Context:
 
 
 class Checker:
-    """Base class: ``run(ctx) -> (passed, note)`` and a ``method`` string."""
+    """Base class: ``run(ctx) -> (passed, note)``, a ``method`` string and a ``kind``.
+
+    ``kind`` is ``"checked"`` for a checker that verifies the step, and ``"definition"``,
+    ``"assumption"`` or ``"cited"`` for one that records why the step is not checked.
+    """
 
     method: str = "?"
     checked: bool = True
+    kind: str = "checked"
 
     def run(self, ctx: _Context) -> tuple[bool, str]:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def tag(self, passed: bool = True) -> str:
+        """The tag shown on the step's displayed line: the method, ``FAILED`` appended if it failed."""
+        return self.method if passed else f"{self.method}, FAILED"
 
 
 class Definition(Checker):
@@ -251,7 +301,10 @@ class Definition(Checker):
     def __init__(self, kind: str = "definition"):
         if kind not in ("definition", "assumption", "cited"):
             raise ValueError(f"kind must be 'definition', 'assumption' or 'cited', got {kind!r}")
-        self.method = kind
+        self.method = self.kind = kind
+
+    def tag(self, passed: bool = True) -> str:
+        return "cited -- NOT CHECKED" if self.kind == "cited" else self.kind
 
     def run(self, ctx: _Context) -> tuple[bool, str]:
         return True, {"definition": "introduces notation", "assumption": "stated assumption",
@@ -484,6 +537,44 @@ class Custom(Checker):
         return bool(ok), str(note)
 
 
+class Cited(Checker):
+    """The step rests on a named theorem that is not re-proved here: recorded as *not checked*.
+
+    Parameters
+    ----------
+    theorem : str
+        The theorem the step uses, named so a reader can look it up ("Gershgorin circle
+        theorem", "spectral theorem for real symmetric matrices").
+    spot_check : Checker, optional
+        A check of instances of the step (explicit sizes, examples). It must pass (a failure
+        fails the derivation), but the step stays *not checked* in general: the tag says
+        ``cited: THEOREM -- not checked in general; spot-checked: METHOD``.
+    """
+
+    checked = False
+    kind = "cited"
+
+    def __init__(self, theorem: str, *, spot_check: Checker | None = None):
+        if not isinstance(theorem, str) or not theorem.strip():
+            raise ValueError(f"Cited needs the name of the theorem, got {theorem!r}")
+        if spot_check is not None and not isinstance(spot_check, Checker):
+            raise TypeError(f"spot_check must be a Checker, got {type(spot_check).__name__}")
+        self.theorem, self.spot_check = theorem.strip(), spot_check
+        self.method = f"cited: {self.theorem}"
+
+    def run(self, ctx: _Context) -> tuple[bool, str]:
+        if self.spot_check is None:
+            return True, f"cited result ({self.theorem}), not re-proved here"
+        ok, note = self.spot_check.run(ctx)
+        return ok, f"cited result ({self.theorem}), not re-proved here; spot check ({self.spot_check.method}): {note}"
+
+    def tag(self, passed: bool = True) -> str:
+        if self.spot_check is None:
+            return f"cited: {self.theorem} -- NOT CHECKED"
+        failed = ", FAILED" if not passed else ""
+        return f"cited: {self.theorem} -- not checked in general; spot-checked: {self.spot_check.method}{failed}"
+
+
 # --------------------------------------------------------------------------- steps
 
 
@@ -580,6 +671,13 @@ def _identity(x: Any) -> Any:
     return x
 
 
+def _continues(step: Step) -> bool:
+    """Whether the displayed line has an empty left-hand side (``&= ...``, a chain step)."""
+    if step.latex is not None:
+        return "&" in step.latex and not step.latex.split("&", 1)[0].strip()
+    return step.lhs is None or (isinstance(step.lhs, str) and not step.lhs.strip())
+
+
 def unfold_indexed(table: dict[sp.IndexedBase, Callable[..., Any]]) -> Callable[[Any], Any]:
     """An ``unfold`` map replacing ``base[idx]`` by ``table[base](*idx)`` everywhere."""
 
@@ -673,7 +771,8 @@ class Derivation:
             except Exception as exc:  # a crashing checker is a failed step, with the reason
                 ok, note, error = False, f"checker raised {type(exc).__name__}: {_short(exc)}", exc
             results.append(StepResult(index, step.reason, bool(ok), checker.method, note,
-                                      time.perf_counter() - t, checker.checked, error))
+                                      time.perf_counter() - t, checker.checked, getattr(checker, "kind", "checked"),
+                                      error))
             if step.rhs is not None:
                 previous = step
         self._results = results
@@ -699,11 +798,39 @@ class Derivation:
                 seen.append(r.method)
         return seen
 
+    def unjustified(self) -> list[str]:
+        """The lines that are neither checked, nor a definition or assumption, nor a named citation.
+
+        A definition or assumption that continues a chain (an empty left-hand side, ``&=
+        ...``) is a derivation step taken on trust and is listed; so is ``Definition("cited")``
+        (the theorem is not named; use :class:`Cited`) and any other unchecked checker. An
+        empty list means every displayed line is accounted for.
+        """
+        problems = []
+        for index, step in enumerate(self.steps, 1):
+            checker = step.check
+            if checker.checked:
+                continue
+            kind = getattr(checker, "kind", None)
+            where = f"step {index} ({step.reason})"
+            if kind in ("definition", "assumption"):
+                if _continues(step):
+                    problems.append(f"{where}: marked {kind} but continues the previous line (a derivation step)")
+            elif isinstance(checker, Cited):
+                continue
+            elif kind == "cited":
+                problems.append(f"{where}: cited without naming the theorem (use Cited(theorem))")
+            else:
+                problems.append(f"{where}: not checked and not marked as a definition, assumption or citation")
+        return problems
+
     def summary(self) -> str:
         results = self.check()
         checked = sum(r.checked for r in results)
+        cited = sum(r.kind == "cited" for r in results)
         status = "all checked steps pass" if self.valid else f"{len(self.failed)} step(s) FAIL"
-        return f"{self.title}: {checked} of {len(results)} steps checked, {status} ({'; '.join(self.methods)})"
+        also = f", {cited} cited (not checked)" if cited else ""
+        return f"{self.title}: {checked} of {len(results)} steps checked{also}, {status} ({'; '.join(self.methods)})"
 
     def latex(self, **options: Any) -> str:
         from .latex import render

@@ -14,7 +14,7 @@ Polynomials are expanded, each monomial is split over the independent groups, an
 group's part is looked up among the stated moments. Whatever cannot be reduced this way (a
 moment nobody stated, a function of variables from two groups, indices that may or may not
 coincide) stays as an explicit unevaluated :class:`Expect` node, printed ``E[...]``
-(``\mathbb{E}\left[...\right]`` in LaTeX), so nothing is silently assumed. Every symbol
+(``\mathbb{E}[...]`` in LaTeX), so nothing is silently assumed. Every symbol
 that is not a declared random variable is a non-random constant.
 
 Two ways to declare random variables:
@@ -68,13 +68,15 @@ from typing import Any, Mapping, Sequence
 import sympy as sp
 from sympy.utilities.iterables import multiset_partitions
 
-__all__ = ["Expect", "Family", "ExpectationOperator"]
+from .derivation import Checker, is_zero
+
+__all__ = ["Expect", "Family", "ExpectationOperator", "ByExpectation", "describe"]
 
 
 class Expect(sp.Expr):
     r"""An unevaluated expectation ``E[arg]``: what the operator could not reduce.
 
-    Printed ``E[arg]`` (str) and ``\mathbb{E}\left[arg\right]`` (LaTeX). Applying an
+    Printed ``E[arg]`` (str) and ``\mathbb{E}[arg]`` (LaTeX). Applying an
     :class:`ExpectationOperator` to an expression containing ``Expect`` nodes reduces them
     with that operator's knowledge; a node that survives is a quantity nothing stated
     determines. Also useful to write the right-hand side of a displayed step
@@ -95,7 +97,7 @@ class Expect(sp.Expr):
         return f"E[{printer._print(self.arg)}]"
 
     def _latex(self, printer: Any) -> str:
-        return r"\mathbb{E}\left[" + printer._print(self.arg) + r"\right]"
+        return r"\mathbb{E}[" + printer._print(self.arg) + "]"
 
 
 @dataclass(frozen=True)
@@ -256,9 +258,26 @@ class ExpectationOperator:
 
     def __call__(self, expr: Any) -> sp.Expr:
         """E[expr], reduced as far as the stated knowledge allows (see the class docstring)."""
-        expr = sp.sympify(expr)
+        expr = self._free_template_indices(sp.sympify(expr))
         expr = expr.replace(lambda e: isinstance(e, Expect), lambda e: self._reduce(e.arg))
-        return self._reduce(expr)
+        return _restore_names(self._reduce(expr))
+
+    def _free_template_indices(self, expr: sp.Basic) -> sp.Basic:
+        """Rename summation indices that coincide with a family's template index.
+
+        Unevaluated family moments are written at the template index (``E[q[l]**2]``, the
+        same at every index); a ``Sum(..., (l, 1, d))`` must not capture that ``l``.
+        """
+        templates = {fam.index for fam in self.families}
+
+        def rename(s: sp.Sum) -> sp.Sum:
+            mapping = {v: _renamed(v) for v, *_ in s.limits if v in templates}
+            if not mapping:
+                return s
+            limits = [(mapping.get(v, v), *(b.xreplace(mapping) for b in bounds)) for v, *bounds in s.limits]
+            return sp.Sum(s.function.xreplace(mapping), *limits)
+
+        return expr.replace(lambda e: isinstance(e, sp.Sum), rename) if templates and expr.has(sp.Sum) else expr
 
     def variance(self, x: Any) -> sp.Expr:
         """Var(x) = E[x^2] - E[x]^2."""
@@ -324,7 +343,7 @@ class ExpectationOperator:
             if len(limit) != 3:
                 raise _Irreducible
             v, lo, hi = limit
-            new = sp.Dummy(str(v), integer=True)
+            new = _renamed(v)
             mapping[v] = new
             limits.append((new, lo.xreplace(mapping), hi.xreplace(mapping)))
         return s.function.xreplace(mapping), limits
@@ -361,9 +380,7 @@ class ExpectationOperator:
             if not value.has(*reps):
                 total += value * sp.ff(count, len(partition))  # index tuples with exactly this pattern
             elif len(partition) == 1:
-                name = sp.Symbol(reps[0].name, integer=True)  # the user's index name back, if free
-                index = reps[0] if value.has(name) else name
-                total += sp.Sum(value.xreplace({reps[0]: index}), (index, lo, hi))
+                total += sp.Sum(value, (reps[0], lo, hi))
             else:
                 raise _Irreducible  # index-dependent terms over distinct indices
         return total
@@ -420,3 +437,66 @@ class ExpectationOperator:
             # identically distributed: the unknown moment is the same at every index
             return Expect(template)
         return stated.get(_powers(part), Expect(part))
+
+
+def _renamed(v: sp.Symbol) -> sp.Dummy:
+    """A fresh summation index standing for ``v``, with its name and assumptions (to give them back)."""
+    return sp.Dummy(v.name, **v.assumptions0)
+
+
+def _restore_names(expr: sp.Basic) -> sp.Basic:
+    """Give fresh summation indices their original names back where that captures nothing."""
+    if not isinstance(expr, sp.Basic) or not expr.has(sp.Sum):
+        return expr
+
+    def restore(s: sp.Sum) -> sp.Sum:
+        mapping = {}
+        for v, *_ in s.limits:
+            original = sp.Symbol(v.name, **v.assumptions0) if isinstance(v, sp.Dummy) else None
+            if original is not None and original not in s.function.free_symbols and original not in mapping.values():
+                mapping[v] = original
+        if not mapping:
+            return s
+        limits = [(mapping.get(v, v), *(b.xreplace(mapping) for b in bounds)) for v, *bounds in s.limits]
+        return sp.Sum(s.function.xreplace(mapping), *limits)
+
+    return expr.replace(lambda e: isinstance(e, sp.Sum), restore)
+
+
+def describe(operator: ExpectationOperator) -> str:
+    """One line saying what ``operator`` knows: its independent groups and stated moments."""
+    parts = [", ".join("{" + ", ".join(map(str, g)) + "}" for g in operator.groups)] if operator.groups else []
+    for fam in operator.families:
+        parts.append("{" + ", ".join(str(b[fam.index]) for b in fam.bases) + "}" + f" for each {fam.index} (iid)")
+    stated = [f"E[{sp.Mul(*[b**e for b, e in key])}] = {value}"
+              for moments in operator._moments.values() for key, value in moments.items()]
+    return ("independent groups " + "; ".join(parts) + "; stated moments: " + (", ".join(stated) or "none"))
+
+
+class ByExpectation(Checker):
+    """A step checked with an :class:`ExpectationOperator`: ``E[lhs] - E[rhs]`` reduces to 0.
+
+    Parameters
+    ----------
+    operator : ExpectationOperator
+        What the step may use: linearity, the stated independence and the stated moments.
+    lhs, rhs : sympy expressions
+        The two sides as expressions in the random variables (``Expect`` nodes allowed);
+        each is reduced by ``operator`` before the zero test.
+    uses : str
+        What the step relies on, for the method string (``"stated independence"``,
+        ``"stated moments, symbolic d_k"``...).
+    """
+
+    def __init__(self, operator: ExpectationOperator, lhs: Any, rhs: Any, *, uses: str):
+        if not isinstance(operator, ExpectationOperator):
+            raise TypeError(f"operator must be an ExpectationOperator, got {type(operator).__name__}")
+        self.operator, self.lhs, self.rhs = operator, sp.sympify(lhs), sp.sympify(rhs)
+        self.method = f"expectation operator: linearity + {uses}"
+
+    def run(self, ctx: Any) -> tuple[bool, str]:
+        left, right = self.operator(self.lhs), self.operator(self.rhs)
+        ok, note = is_zero(left - right)
+        pending = sorted(map(str, left.atoms(Expect) | right.atoms(Expect)))
+        rest = f"; unevaluated (nothing stated fixes them): {', '.join(pending)}" if pending else ""
+        return ok, f"E[lhs] = {left}; E[rhs] = {right}: {note}{rest} ({describe(self.operator)})"

@@ -102,9 +102,8 @@ def _row(step: Any, options: dict[str, Any], with_methods: bool, result: Any, re
         rel = step.rel
         math = f"{lhs} &{rel} {rhs}" if rhs else f"{lhs} &"
     reason = text(step.reason)
-    if with_methods and result is not None and result.checked:
-        status = "" if result.passed else ", FAILED"
-        reason += r" \quad [" + text(result.method) + status + "]"
+    if with_methods and result is not None:
+        reason += r" \quad [" + text(step.check.tag(result.passed)) + "]"
     if reason_width:
         reason = f"\\parbox[t]{{{reason_width}}}{{\\raggedright\\footnotesize {reason}}}"
     return f"{math} && \\text{{{reason}}}"
@@ -114,8 +113,9 @@ def render(derivation: "Derivation", *, with_methods: bool = True, reason_width:
            **options: Any) -> str:
     r"""The derivation as one ``align*`` block, a row per step, reasons as ``\text{}``.
 
-    ``with_methods`` appends each checked step's method (``[symbolic]``, ``[explicit sizes
-    n=2..6]``...) to its reason, and ``FAILED`` to a failed one. ``reason_width`` sets the
+    ``with_methods`` appends every step's tag to its reason: the check method
+    (``[symbolic]``, ``[explicit sizes n=2..6]``..., with ``FAILED`` for a failed check), or
+    ``[definition]``, ``[assumption]``, ``[cited: THEOREM -- NOT CHECKED]``. ``reason_width`` sets the
     reasons in a ``\\parbox`` of that width (footnotesize, ragged right) so long reasons wrap
     instead of running off the page; ``None`` gives a plain ``\\text{...}``. Extra keyword
     arguments go to ``sympy.latex`` (over the derivation's own ``latex_options``).

@@ -56,6 +56,25 @@ def _unmasked_witness() -> tuple[bool, str]:
     return ok, (f"n=3, d=1, x=(1,2,-1), W_q=W_k=W_v=1: da_1/dx_2 = {sp.sstr(sp.simplify(exact))} = {sp.N(value, 12)}")
 
 
+def _masked_sums_truncate() -> tuple[bool, str]:
+    """For symbolic n and 1 <= i <= n: the masked sums over j = 1..n, split at i, keep j <= i only.
+
+    The masked score is Piecewise((s_ij, j <= i), (-oo, True)); refined with j <= i it is s_ij,
+    refined with j > i it is -oo and exp(-oo) = 0, in the numerator and in the normaliser.
+    """
+    s_, v_ = sp.IndexedBase("s", real=True), sp.IndexedBase("v", real=True)
+    i, j = sp.symbols("i j", integer=True, positive=True)
+    masked = sp.exp(sp.Piecewise((s_[i, j], j <= i), (-sp.oo, True)))
+    notes = []
+    for name, term in (("numerator", masked * v_[j]), ("normaliser", masked)):
+        low, high = sp.refine(term, sp.Q.le(j, i)), sp.refine(term, sp.Q.gt(j, i))
+        unmasked = term.subs(masked, sp.exp(s_[i, j]))
+        if high != 0 or sp.simplify(low - unmasked) != 0:
+            return False, f"{name}: j <= i gives {low}, j > i gives {high}"
+        notes.append(f"{name}: j <= i -> {low}, j > i -> {high}")
+    return True, "; ".join(notes)
+
+
 def _numeric_gradients() -> tuple[bool, str]:
     """numerics.attention_backward(causal=True) with upstream gradient on row i only: rows j > i of dK, dV are 0."""
     from numerics import attention_backward
@@ -82,15 +101,19 @@ def causality() -> Derivation:
     steps = [
         Step.define(r"S_{ij}", r"\begin{cases} q_i \cdot k_j / \sqrt{d} & j \le i \\ -\infty & j > i \end{cases}",
                     r"causal mask; $q_i = x_i W^Q$, $k_j = x_j W^K$, $v_j = x_j W^V$"),
-        Step.define(r"a_i", r"\sum_{j=1}^{n} \frac{e^{S_{ij}}}{\sum_{t} e^{S_{it}}}\, v_j = "
-                            r"\sum_{j \le i} \frac{e^{S_{ij}}}{\sum_{t \le i} e^{S_{it}}}\, v_j",
-                    r"$e^{-\infty} = 0$: $a_i$ is a function of $x_1, \dots, x_i$ only"),
+        Step.define(r"a_i", r"\sum_{j=1}^{n} \frac{e^{S_{ij}}}{\sum_{t=1}^{n} e^{S_{it}}}\, v_j",
+                    r"masked self-attention output, row $i$"),
+        Step(None, r"\sum_{j \le i} \frac{e^{S_{ij}}}{\sum_{t \le i} e^{S_{it}}}\, v_j",
+             r"split the sums at $i$; $e^{-\infty} = 0$ removes $j > i$ (symbolic $n$, $i$): $a_i$ is a function "
+             r"of $x_1, \dots, x_i$ only",
+             Custom(_masked_sums_truncate, "symbolic (symbolic n and i, the sums split at i)")),
         Step(r"\frac{\partial a_i}{\partial x_j}", sp.Integer(0),
-             r"every entry, every $j > i$, differentiating the masked expression",
+             r"every entry, every $j > i$, differentiating the masked expression (for other sizes it follows from "
+             r"the line above: no $x_j$ with $j > i$ appears)",
              AtSizes(_future_derivatives, SIZES, "(n,d)")),
-        Step(r"\frac{\partial a_1}{\partial x_2}\Big|_{\text{no mask}}", r"\ne 0",
-             r"without the mask, an exact evaluation at a point",
-             Custom(_unmasked_witness, "symbolic (exact value at a point, 30 digits)")),
+        Step(r"\frac{\partial a_1}{\partial x_2}\Big|_{\text{no mask}}", sp.Integer(0), rel=r"\ne",
+             reason=r"without the mask, an exact evaluation at a point",
+             check=Custom(_unmasked_witness, "symbolic (exact value at a point, 30 digits)")),
         Step(r"\mathrm{d}K_{j>i},\ \mathrm{d}V_{j>i}", r"0",
              "cross-check: numerics.attention_backward with causal=True, upstream gradient on row $i$ only",
              Custom(_numeric_gradients, "numeric cross-check (numerics.attention_backward)")),

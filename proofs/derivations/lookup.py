@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from ..derivation import AtSizes, Derivation, NonNegative, Step
+from ..derivation import AtSizes, Custom, Derivation, NonNegative, Step, canonical_sums, is_zero, split_sums
 from ._registry import register
 
 __all__ = ["soft_lookup"]
@@ -74,6 +74,52 @@ def _tied_limit(n: int, tied: int) -> sp.Expr:
     return sp.limit(out, BETA, sp.oo) - sum(v[:tied]) / tied
 
 
+def _gap_form_symbolic() -> tuple[bool, str]:
+    """w_1 and w_j (j >= 2) in gap form for symbolic n: the normaliser is e^{beta z_1} + sum_{k=2}^n e^{beta z_k}."""
+    z = sp.IndexedBase("z", real=True)
+    j, k, n = sp.symbols("j k n", integer=True, positive=True)
+    total = sp.exp(BETA * z[1]) + sp.Sum(sp.exp(BETA * z[k]), (k, 2, n))
+    gaps = 1 + sp.Sum(sp.exp(-BETA * (z[1] - z[k])), (k, 2, n))
+    notes = []
+    for name, weight, gap in (("w_1", sp.exp(BETA * z[1]) / total, 1 / gaps),
+                              ("w_j", sp.exp(BETA * z[j]) / total, sp.exp(-BETA * (z[1] - z[j])) / gaps)):
+        ok, note = is_zero(sp.together(split_sums(sp.expand(weight - gap, power_exp=True))))
+        if not ok:
+            return False, f"{name}: {note}"
+        notes.append(f"{name}: {note}")
+    return True, "; ".join(notes) + " (symbolic n)"
+
+
+def _tail_sum_bound() -> tuple[bool, str]:
+    """sum_{j=2}^n e^{-beta g_j} <= (n-1) e^{-beta m}, m = min_j g_j, for symbolic n.
+
+    With g_j = m + h_j (h_j >= 0) the difference is sum_j e^{-beta m}(1 - e^{-beta h_j}) (checked
+    by splitting the sums), and each summand is >= 0: e^{-beta m} > 0, and 1 - e^{-t} is 0 at
+    t = 0 with derivative e^{-t} > 0, so it is >= 0 for t = beta h_j >= 0.
+    """
+    m, t = sp.Symbol("m", positive=True), sp.Symbol("t", nonnegative=True)
+    h = sp.IndexedBase("h", nonnegative=True)
+    j, n = sp.symbols("j n", integer=True, positive=True)
+    bound_minus_sum = (n - 1) * sp.exp(-BETA * m) - sp.Sum(sp.exp(-BETA * (m + h[j])), (j, 2, n))
+    witness = sp.Sum(sp.exp(-BETA * m) * (1 - sp.exp(-BETA * h[j])), (j, 2, n))
+    difference = canonical_sums(sp.expand(split_sums(bound_minus_sum - witness).doit()))
+    one_minus = 1 - sp.exp(-t)
+    facts = {"identity": difference == 0, "e^{-beta m} > 0": sp.exp(-BETA * m).is_positive is True,
+             "1 - e^{-t} = 0 at t = 0": one_minus.subs(t, 0) == 0,
+             "d/dt (1 - e^{-t}) > 0": sp.diff(one_minus, t).is_positive is True}
+    failed = [k for k, ok in facts.items() if not ok]
+    return not failed, ("bound - sum = sum_j e^{-beta m}(1 - e^{-beta h_j}) for symbolic n; "
+                        + ("; ".join(f"{k}: ok" for k in facts) if not failed else f"failed: {failed}"))
+
+
+def _rate_limit() -> tuple[bool, str]:
+    """(n - 1) e^{-beta m} -> 0 as beta -> oo, for symbolic n >= 1 and m > 0."""
+    m = sp.Symbol("m", positive=True)
+    n = sp.Symbol("n", integer=True, positive=True)
+    value = sp.limit((n - 1) * sp.exp(-BETA * m), BETA, sp.oo)
+    return value == 0, f"SymPy: lim (n - 1) e^(-beta m) = {value} (symbolic n, m > 0)"
+
+
 @register("soft-lookup", "Softmax attention tends to the hard argmax lookup")
 def soft_lookup() -> Derivation:
     """beta -> oo: weights -> e_1 and output -> v_1 for a unique maximum; ties average."""
@@ -85,14 +131,24 @@ def soft_lookup() -> Derivation:
         Step.assume(r"z_1", r"z_j \quad (j \ge 2)", r"a unique maximum; write $g_j = z_1 - z_j > 0$", rel=">"),
         Step(r"w_1(\beta)", r"\frac{1}{1 + \sum_{j \ge 2} e^{-\beta g_j}},\quad "
                             r"w_j(\beta) = \frac{e^{-\beta g_j}}{1 + \sum_{k \ge 2} e^{-\beta g_k}}",
-             r"divide by $e^{\beta z_1}$", AtSizes(_gap_form, SIZES)),
-        Step(r"\lim_{\beta \to \infty} \left(w_1, w_2, \dots, w_n\right)", r"(1, 0, \dots, 0)",
-             r"limits computed by SymPy ($g_j > 0$)", AtSizes(_weight_limits, SIZES)),
-        Step(r"\lim_{\beta \to \infty} a(\beta)", r"v_1",
-             r"the hard lookup of the value at the argmax", AtSizes(_output_limit, SIZES)),
-        Step(r"1 - w_1(\beta)", r"\frac{S}{1 + S} \le S = \sum_{j \ge 2} e^{-\beta g_j} \le (n-1)\, e^{-\beta \min_j g_j}",
-             r"exponentially fast: $S - S/(1+S) = S^2/(1+S) \ge 0$",
+             r"divide by $e^{\beta z_1}$ (symbolic $n$)", Custom(_gap_form_symbolic, "symbolic (symbolic n)")),
+        Step(r"\operatorname{softmax}(\beta z)", r"\text{the gap form above}",
+             r"cross-check: the explicit softmax with $z_j = z_1 - g_j$", AtSizes(_gap_form, SIZES)),
+        Step(r"1 - w_1(\beta)", r"\frac{S}{1 + S} \le S = \sum_{j \ge 2} e^{-\beta g_j}",
+             r"$S - S/(1+S) = S^2/(1+S) \ge 0$",
              NonNegative(s - (1 - w1), s**2 / (1 + s))),
+        Step(None, r"(n-1)\, e^{-\beta \min_j g_j}", rel=r"\le",
+             reason=r"each $g_j \ge \min_j g_j$ and $e^{-t}$ decreases (symbolic $n$): exponentially fast",
+             check=Custom(_tail_sum_bound, "symbolic (symbolic n, witness and monotonicity of e^{-t})")),
+        Step(r"(n-1)\, e^{-\beta \min_j g_j}", sp.Integer(0), rel=r"\to",
+             reason=r"$\beta \to \infty$, every $n$: so $1 - w_1 \to 0$ and each $w_j \le 1 - w_1 \to 0$ ($j \ge 2$) "
+                    r"by the bounds above",
+             check=Custom(_rate_limit, "symbolic (SymPy limit, symbolic n)")),
+        Step(r"\lim_{\beta \to \infty} \left(w_1, w_2, \dots, w_n\right)", r"(1, 0, \dots, 0)",
+             r"cross-check: the limits computed by SymPy ($g_j > 0$)", AtSizes(_weight_limits, SIZES)),
+        Step(r"\lim_{\beta \to \infty} a(\beta)", r"v_1",
+             r"the hard lookup of the value at the argmax; for every $n$ a finite sum of the limits above",
+             AtSizes(_output_limit, SIZES)),
         Step.assume(r"z_1 = \dots = z_m", r"z_j \quad (j > m)", r"a maximum attained $m$ times", rel=">"),
         Step(r"w_i(\beta)", r"\frac{1}{m + \sum_{j > m} e^{-\beta g_j}} \ (i \le m)",
              r"divide by $e^{\beta z_1}$", AtSizes(_tied_gap_form, TIES, "(n,m)")),

@@ -10,6 +10,7 @@ from proofs.derivations import collapse, convex, layernorm, lookup, multihead, s
 from proofs.derivations.backward import attention_problem
 from proofs.derivations.causal import self_attention_outputs
 from proofs.derivations.gelu import DERIV_FORM, ERR_FORM, x_
+from proofs.expectation import ByExpectation, Expect
 
 
 def rejected(build, sizes, label="n") -> bool:
@@ -93,8 +94,29 @@ def test_attention_backward_shape_mismatch_is_a_failed_step():
 ])
 def test_qk_variance_wrong_formulas_rejected(wrong):
     def build(d):
-        return variance._moment_expansion_difference(d) + variance.variance_formula(d) - wrong(d)
+        return variance._explicit_size_difference(d) + variance.variance_formula(d) - wrong(d)
     assert rejected(build, range(1, 4), "d_k")
+    # and for symbolic d_k, through the expectation operator
+    op = variance.component_operator()
+    dot = sp.Sum(variance.Q[variance.L_IDX] * variance.K[variance.L_IDX], (variance.L_IDX, 1, variance.D))
+    step = Step("a", "b", "wrong", ByExpectation(op, Expect(dot**2) - Expect(dot) ** 2, wrong(variance.D),
+                                                  uses="stated moments, symbolic d_k"))
+    assert Derivation("wrong", "wrong", "-", [step]).check()[0].passed is False
+
+
+def test_qk_variance_independence_step_fails_under_a_wrong_independence_statement():
+    """With q_l, k_l stated as one (possibly dependent) group, E[q^2 k^2] does not factor: the step fails."""
+    q, k = variance.Q[variance.L_IDX], variance.K[variance.L_IDX]
+    var_term = Expect(q**2 * k**2) - Expect(q * k) ** 2
+    factored = Expect(q**2) * Expect(k**2) - Expect(q) ** 2 * Expect(k) ** 2
+
+    def step(op):
+        return Step("a", "b", "independence", ByExpectation(op, var_term, factored, uses="stated independence"))
+
+    right = Derivation("t", "t", "-", [step(variance.component_operator(moments=False))]).check()[0]
+    wrong = Derivation("t", "t", "-", [step(variance.component_operator(moments=False, independent=False))]).check()[0]
+    assert right.passed and not wrong.passed
+    assert "E[k[l]**2*q[l]**2]" in wrong.note  # the joint moment nobody stated stays unevaluated
 
 
 # --------------------------------------------------------------------------- 4 multi-head

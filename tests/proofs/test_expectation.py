@@ -158,5 +158,14 @@ def test_bad_declarations_are_named():
 
 
 def test_latex_of_an_unevaluated_expectation():
-    assert sp.latex(Expect(q[l] ** 2)) == r"\mathbb{E}\left[{q}_{l}^{2}\right]"
+    assert sp.latex(Expect(q[l] ** 2)) == r"\mathbb{E}[{q}_{l}^{2}]"
     assert str(Expect(q[l])) == "E[q[l]]"
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import proofs.expectation as module
+
+    failures, tried = doctest.testmod(module)
+    assert tried >= 3 and failures == 0
