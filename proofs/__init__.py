@@ -8,7 +8,9 @@ A :class:`Derivation` is an ordered list of :class:`Step` objects, each displaye
 ``lhs = rhs`` with its reason and checked by its checker: :class:`Symbolic` (``lhs - rhs``
 reduces to 0), :class:`Chain` (equal to the previous line), :class:`AtSizes` (the same at
 explicit sizes), :class:`NonNegative` (``expr >= 0`` through a witness), :class:`Custom` (any
-callable), or :class:`Definition` (not checked: a definition, an assumption, a cited result).
+callable); :class:`Cited` marks a step resting on a named theorem (not checked, shown as such,
+optionally spot-checked) and :class:`Definition` (``Step.define``, ``Step.assume``) a definition
+or an assumption.
 :func:`register` names a function that builds one. ``attnverify prove FILE.py`` checks
 every derivation a script defines and says, step by step, PASS, FAIL (with a counterexample)
 or UNPROVED (with the residual SymPy could not reduce). :mod:`proofs.attention` holds building
@@ -38,6 +40,7 @@ _EXPORTS = {
     "NonNegative": "proofs.derivation",
     "Custom": "proofs.derivation",
     "Definition": "proofs.derivation",
+    "Cited": "proofs.derivation",
     "is_zero": "proofs.derivation",
     "unfold_indexed": "proofs.derivation",
     "register": "proofs.derivations._registry",
@@ -60,7 +63,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .attention import ForAllN
     from .claims import CheckOutcome, Claim, Evidence, Method, Source, Verdict
     from .expectation import Expect, ExpectationOperator, Family
-    from .derivation import (AtSizes, Chain, Checker, Custom, Definition, Derivation, DerivationError,
+    from .derivation import (AtSizes, Chain, Checker, Cited, Custom, Definition, Derivation, DerivationError,
                              NonNegative, Step, StepResult, Symbolic, is_zero, unfold_indexed)
     from .derivations._registry import register
     from .runner import prove_file

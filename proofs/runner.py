@@ -30,6 +30,7 @@ functions decorated with :func:`~proofs.register` (recorded in a registry of the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import itertools
 import sys
@@ -88,6 +89,9 @@ class StepReport:
         Values where the step is false (FAIL).
     location : str or None
         ``FILE:LINE`` in the script where a raising checker failed (ERROR).
+    tag : str
+        The tag shown beside the step (console, LaTeX): its method, or its kind when not
+        checked (``"cited: THEOREM -- NOT CHECKED"``), with FAILED, UNPROVED or ERROR appended.
     """
 
     index: int
@@ -99,6 +103,7 @@ class StepReport:
     residual: str | None = None
     counterexample: Counterexample | None = None
     location: str | None = None
+    tag: str = ""
 
     @property
     def checked(self) -> bool:
@@ -109,7 +114,7 @@ class StepReport:
                 "method": self.method, "note": self.note, "seconds": round(self.seconds, 6),
                 "residual": self.residual,
                 "counterexample": self.counterexample.to_dict() if self.counterexample else None,
-                "location": self.location}
+                "location": self.location, "tag": self.tag}
 
 
 @dataclass
@@ -310,7 +315,18 @@ def _kind(result: Any) -> str:
     return "checked" if result.checked else result.method.split(":")[0]
 
 
+def _tag(step: Step, result: Any, status: str) -> str:
+    tag = getattr(step.check, "tag", None)
+    shown = tag(status not in ("FAIL",)) if callable(tag) else result.method
+    return f"{shown}, {status}" if status in ("UNPROVED", "ERROR") else shown
+
+
 def _step_report(derivation: Derivation, step: Step, previous: Step | None, result: Any, path: Path | None) -> StepReport:
+    report = _classify(derivation, step, previous, result, path)
+    return dataclasses.replace(report, tag=_tag(step, result, report.status))
+
+
+def _classify(derivation: Derivation, step: Step, previous: Step | None, result: Any, path: Path | None) -> StepReport:
     base = dict(index=result.index, reason=result.reason, method=result.method, seconds=result.seconds)
     kind = _kind(result)
     checker = step.check

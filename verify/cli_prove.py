@@ -53,8 +53,9 @@ def latex_document(run) -> str:
     """A standalone article: each derivation's statement, assumptions and checked ``align*`` block."""
     from proofs.latex import render_document
 
-    built = [r.derivation for r in run.reports if r.derivation is not None]
-    return render_document(built, title=f"Derivations of {run.path.name}")
+    built = [r for r in run.reports if r.derivation is not None]
+    return render_document([r.derivation for r in built], title=f"Derivations of {run.path.name}",
+                           tags=[[s.tag for s in r.steps] for r in built])
 
 
 def _details(step) -> str:
@@ -71,7 +72,8 @@ def print_run(run, console: Console) -> None:
             console.print(Text.assemble(plain(title, "bold"), "  ", status_text("ERROR")))
             console.print(plain(report.error))
             continue
-        rows = [(str(s.index), s.reason, status_text(s.status), s.method, _details(s)) for s in report.steps]
+        rows = [(str(s.index), s.reason, status_text(s.status), s.tag if not s.checked else s.method, _details(s))
+                for s in report.steps]
         print_table(console, title, ("#", "step", "status", "checked by", "details"), rows,
                     verdict_columns=("#", "status"), wide=("details",))
         console.print(Text.assemble(plain(f"{report.name}: "), status_text(report.status),

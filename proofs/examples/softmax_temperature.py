@@ -4,7 +4,9 @@ r"""The Jacobian of a temperature-scaled softmax, sigma = softmax(s / T).
 
 for every length n and every temperature T > 0: proved at index level for a symbolic n, the
 matrix form (diag(sigma) - sigma sigma^T) / T at explicit sizes, its rows summing to 0, the
-entry bound 1/(4T), and a numeric cross-check against numerics.softmax by finite differences.
+entry bound 1/(4T), the norm bound 1/(2T) (cited from the softmax-jacobian derivation, shown
+as not checked, spot-checked numerically), and a numeric cross-check against numerics.softmax
+by finite differences.
 
 Run it with ``attnverify prove proofs/examples/softmax_temperature.py``.
 """
@@ -12,7 +14,7 @@ Run it with ``attnverify prove proofs/examples/softmax_temperature.py``.
 import numpy as np
 import sympy as sp
 
-from proofs import AtSizes, Custom, Derivation, NonNegative, Step, Symbolic
+from proofs import AtSizes, Cited, Custom, Derivation, NonNegative, Step, Symbolic
 from proofs.attention import exp_prepare, index_range, jacobian, softmax_indexed, softmax_vector
 from proofs.derivation import unfold_indexed
 
@@ -52,6 +54,20 @@ def finite_differences():
     return err < 1e-8, f"max |finite difference - closed form| = {err:.1e} (central differences, h = 1e-6)"
 
 
+def spectral_norms():
+    """||J||_2 <= 1/(2T) at 500 random (n, s, T), n = 2..8, with numpy's eigenvalues."""
+    from numerics.softmax import softmax
+
+    rng = np.random.default_rng(1)
+    worst = 0.0
+    for _ in range(500):
+        size, temp = int(rng.integers(2, 9)), float(rng.uniform(0.05, 5.0))
+        weights = softmax(rng.normal(scale=3.0, size=size) / temp)
+        jac = (np.diag(weights) - np.outer(weights, weights)) / temp
+        worst = max(worst, float(np.linalg.norm(jac, 2)) * 2 * temp)
+    return worst <= 1 + 1e-12, f"max of 2T ||J||_2 over 500 draws: {worst:.4f} (<= 1)"
+
+
 sigma_i, sigma_j = sp.symbols("sigma_i sigma_j", nonnegative=True)
 
 temperature_jacobian = Derivation(
@@ -76,6 +92,9 @@ temperature_jacobian = Derivation(
         Step(r"J_{ii} = \sigma_i (1 - \sigma_i) / T", r"\frac{1}{4T} - \frac{(\sigma_i - 1/2)^2}{T} \le \frac{1}{4T}",
              "a higher temperature flattens the weights and shrinks the Jacobian",
              NonNegative(1 / (4 * T) - sigma_i * (1 - sigma_i) / T, (sigma_i - sp.Rational(1, 2)) ** 2 / T)),
+        Step(r"\|J\|_2", r"\frac{1}{2T}", "the Jacobian of softmax(s) has spectral norm at most 1/2; divide by T",
+             Cited("softmax Jacobian norm bound (attnverify derive softmax-jacobian)",
+                   spot_check=Custom(spectral_norms, "numeric (random n, s, T)")), rel=r"\le"),
         Step(r"J", r"\left(\operatorname{diag}(\sigma) - \sigma\sigma^{\top}\right) / T",
              "numeric cross-check against numerics.softmax",
              Custom(finite_differences, "numeric (finite differences)")),

@@ -266,3 +266,41 @@ def test_a_derivation_kept_in_a_variable_and_registered_counts_once(tmp_path):
     kept = build()
     """)
     assert len(prove_file(path).reports) == 1
+
+
+def test_a_cited_step_is_reported_as_cited_and_a_failed_spot_check_as_a_failure():
+    from proofs import Cited
+
+    x = sp.Symbol("x", real=True)
+    spot_ok = Custom(lambda: (True, "3 instances"), "numeric")
+    spot_bad = Symbolic(sp.sin(x) ** 2 - sp.sin(x))  # an instance that is false
+    report = check_derivation(Derivation("c", "c", "-", [
+        Step(x + x, 2 * x, "double"),
+        Step("A", "B", "by a theorem", Cited("Some theorem")),
+        Step("A", "B", "by a theorem, spot-checked", Cited("Some theorem", spot_check=spot_ok)),
+    ]))
+    assert [s.status for s in report.steps] == ["PASS", "CITED", "CITED"] and report.status == "PROVED"
+    assert report.steps[1].tag == "cited: Some theorem -- NOT CHECKED"
+    assert "spot-checked: numeric" in report.steps[2].tag
+    failed = check_derivation(Derivation("c", "c", "-", [
+        Step(x + x, 2 * x, "double"),
+        Step("A", "B", "by a theorem, wrong instance", Cited("Some theorem", spot_check=spot_bad)),
+    ]))
+    assert failed.steps[1].status == "FAIL" and failed.status == "FAILED"
+    assert failed.steps[1].counterexample is not None and failed.steps[1].tag.endswith("FAILED")
+
+
+def test_unproved_and_error_steps_are_tagged_so_in_the_latex():
+    from verify.cli_prove import latex_document
+    from proofs.runner import ProofRun
+    from pathlib import Path
+
+    x = sp.Symbol("x", positive=True)
+    d = Derivation("t", "t", "-", [
+        Step(sp.atan(x) + sp.atan(1 / x), sp.pi / 2, "atan identity"),
+        Step("a", "b", "raises", Custom(lambda: 1 / 0, "numeric")),
+        Step(x * 2, x + x, "double"),
+    ])
+    tex = latex_document(ProofRun(Path("t.py"), [check_derivation(d)]))
+    assert "[symbolic, UNPROVED]" in tex and "[numeric, ERROR]" in tex and "[symbolic]" in tex
+    assert "FAILED" not in tex
