@@ -88,11 +88,12 @@ def register(name: str, title: str) -> Callable[[Callable[[], Derivation]], Call
         checked.derivation_name = name  # type: ignore[attr-defined]
         checked.title = title  # type: ignore[attr-defined]
         checked.build = build  # type: ignore[attr-defined]  # uncached, unchecked builder (tests)
-        registry = _COLLECTORS[-1] if _COLLECTORS else DERIVATIONS
+        ours = getattr(build, "__module__", "").startswith(f"{__package__}.")  # the toolkit's own, always global
+        registry = _COLLECTORS[-1] if _COLLECTORS and not ours else DERIVATIONS
         if name in registry:
             raise ValueError(f"derivation {name!r} registered twice")
         registry[name] = checked
-        if not _COLLECTORS:
+        if registry is DERIVATIONS:
             TITLES[name] = title
         return checked
 

@@ -304,3 +304,19 @@ def test_unproved_and_error_steps_are_tagged_so_in_the_latex():
     tex = latex_document(ProofRun(Path("t.py"), [check_derivation(d)]))
     assert "[symbolic, UNPROVED]" in tex and "[numeric, ERROR]" in tex and "[symbolic]" in tex
     assert "FAILED" not in tex
+
+
+def test_the_toolkits_own_derivations_register_globally_even_while_a_script_loads():
+    from proofs.derivations import _registry
+    from proofs.derivations._registry import collect_registrations, register
+
+    def build():  # pretend it is defined in one of our derivation modules
+        raise AssertionError("never built")
+
+    build.__module__ = "proofs.derivations.pretend"
+    with collect_registrations() as collected:
+        register("pretend-ours", "t")(build)
+    try:
+        assert "pretend-ours" in DERIVATIONS and "pretend-ours" not in collected
+    finally:
+        del _registry.DERIVATIONS["pretend-ours"], _registry.TITLES["pretend-ours"]
