@@ -132,6 +132,9 @@ class DerivationReport:
     seconds : float
     derivation : Derivation or None
         The checked object (for LaTeX); None when it could not be built.
+    unjustified : list of str
+        Lines taken on trust without a proper mark (:meth:`Derivation.unjustified`): a
+        definition that continues a chain, a citation that names no theorem.
     """
 
     name: str
@@ -142,6 +145,7 @@ class DerivationReport:
     error: str | None = None
     seconds: float = 0.0
     derivation: Derivation | None = None
+    unjustified: list[str] = field(default_factory=list)
 
     @property
     def status(self) -> str:
@@ -160,6 +164,7 @@ class DerivationReport:
         return {"name": self.name, "title": self.title, "statement": self.statement, "origin": self.origin,
                 "status": self.status, "error": self.error, "seconds": round(self.seconds, 6),
                 "assumptions": list(self.derivation.assumptions) if self.derivation else [],
+                "unjustified": list(self.unjustified),
                 "steps": [s.to_dict() for s in self.steps]}
 
 
@@ -309,10 +314,10 @@ def load_script(path: str | Path) -> tuple[types.ModuleType, list[tuple[str, Any
 
 def _kind(result: Any) -> str:
     """``"checked"``, or why the step is not checked: definition, assumption, cited."""
-    kind = getattr(result, "kind", None)
-    if kind:
-        return kind
-    return "checked" if result.checked else result.method.split(":")[0]
+    kind = getattr(result, "kind", None) or ("checked" if result.checked else result.method.split(":")[0])
+    if kind == "checked" and not result.checked:
+        return "assumption"  # an unchecked checker that says nothing: taken on trust (listed as unjustified)
+    return kind
 
 
 def _tag(step: Step, result: Any, status: str) -> str:
@@ -379,8 +384,9 @@ def check_derivation(derivation: Derivation, origin: str = "", path: Path | None
         if step.rhs is not None:
             previous = step
     seconds = (derivation.check_seconds or 0.0) + time.perf_counter() - start
+    unjustified = derivation.unjustified() if hasattr(derivation, "unjustified") else []
     return DerivationReport(derivation.name, derivation.title, derivation.statement, origin, steps,
-                            seconds=seconds, derivation=derivation)
+                            seconds=seconds, derivation=derivation, unjustified=unjustified)
 
 
 def _run_registered(origin: str, fn: Any, path: Path) -> DerivationReport:

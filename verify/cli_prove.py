@@ -78,6 +78,8 @@ def print_run(run, console: Console) -> None:
                     verdict_columns=("#", "status"), wide=("details",))
         console.print(Text.assemble(plain(f"{report.name}: "), status_text(report.status),
                                     plain(f" ({report.seconds:.1f} s)")))
+        for line in report.unjustified:
+            console.print(plain(f"taken on trust, not marked: {line}", "yellow"))
     counts = run.counts()
     checked = ", ".join(f"{k} {v}" for k, v in counts.items() if k in ("PASS", "FAIL", "UNPROVED", "ERROR"))
     unchecked = sum(v for k, v in counts.items() if k in ("DEFINITION", "ASSUMPTION", "CITED"))

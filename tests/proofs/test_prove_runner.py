@@ -320,3 +320,13 @@ def test_the_toolkits_own_derivations_register_globally_even_while_a_script_load
         assert "pretend-ours" in DERIVATIONS and "pretend-ours" not in collected
     finally:
         del _registry.DERIVATIONS["pretend-ours"], _registry.TITLES["pretend-ours"]
+
+
+def test_a_derivation_step_marked_as_a_definition_is_listed_as_taken_on_trust():
+    x = sp.Symbol("x", real=True)
+    report = check_derivation(Derivation("t", "t", "-", [
+        Step(x * (x + 1), x**2 + x, "expand"),
+        Step.define(None, x**2 + x + 0, "and so on"),  # continues the chain: a step, not a definition
+    ]))
+    assert report.status == "PROVED"
+    assert len(report.unjustified) == 1 and "step 2 (and so on)" in report.unjustified[0]

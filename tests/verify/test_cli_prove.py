@@ -229,3 +229,13 @@ def test_a_raising_checker_is_reported_against_its_step_and_the_other_steps_run(
 def test_help_says_the_script_is_executed():
     result = CliRunner().invoke(main, ["prove", "--help"])
     assert result.exit_code == 0 and "run any code" in result.output and "UNPROVED" in result.output
+
+
+@pytest.mark.parametrize("example", ["softmax_temperature.py", "correlated_qk.py", "wrong_step.py"])
+def test_every_line_of_the_examples_is_checked_or_marked(example):
+    from proofs.runner import load_script
+
+    _, found = load_script(EXAMPLES / example)
+    assert found
+    for _, derivation in found:
+        assert derivation.unjustified() == []
