@@ -80,12 +80,17 @@ def print_run(run, console: Console) -> None:
                                     plain(f" ({report.seconds:.1f} s)")))
         for line in report.unjustified:
             console.print(plain(f"taken on trust, not marked: {line}", "yellow"))
+    from proofs.runner import NOT_CHECKED
+
     counts = run.counts()
-    checked = ", ".join(f"{k} {v}" for k, v in counts.items() if k in ("PASS", "FAIL", "UNPROVED", "ERROR"))
-    unchecked = sum(v for k, v in counts.items() if k in ("DEFINITION", "ASSUMPTION", "CITED"))
+    checked = ", ".join(f"{k} {v}" for k, v in counts.items() if k not in NOT_CHECKED)
+    unchecked = sum(v for k, v in counts.items() if k in NOT_CHECKED)
     console.print(plain(f"{len(run.reports)} derivation(s), {sum(counts.values())} steps in {run.seconds:.1f} s: "
                         f"{checked}; {unchecked} not checked (definitions, assumptions, cited results)"))
     for report in run.reports:
+        if report.error is not None:
+            console.print(Text.assemble(status_text("ERROR"), plain(f" {report.name} ({report.origin}) could not be "
+                                                                    f"built: {report.error.splitlines()[0]}")))
         for step in report.steps:
             if step.status in ("FAIL", "ERROR", "UNPROVED"):
                 console.print(Text.assemble(status_text(step.status),
