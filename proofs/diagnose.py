@@ -20,7 +20,7 @@ position, so a report is the same every run.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import sympy as sp
