@@ -55,12 +55,15 @@ class Counterexample:
         Which part failed, when the step has several: ``"entry (0, 1)"``, ``"at n=3"``.
     sides : tuple of str, optional
         The two sides' values (``lhs``, ``rhs``), when the step compares two expressions.
+    note : str
+        A caveat: the residual is not real there (the step may be meant for a smaller domain).
     """
 
     values: dict[str, str]
     residual: str
     where: str = ""
     sides: tuple[str, str] | None = None
+    note: str = ""
 
     def describe(self) -> str:
         """One line: where, the values, the residual (and the two sides when known)."""
@@ -71,11 +74,13 @@ class Counterexample:
         text = f"{where}at {at}: residual = {self.residual}"
         if self.sides:
             text += f" (lhs = {self.sides[0]}, rhs = {self.sides[1]})"
+        if self.note:
+            text += f"; {self.note}"
         return text
 
     def to_dict(self) -> dict[str, Any]:
         return {"values": dict(self.values), "residual": self.residual, "where": self.where,
-                "sides": list(self.sides) if self.sides else None}
+                "sides": list(self.sides) if self.sides else None, "note": self.note}
 
 
 @dataclass(frozen=True)
@@ -224,7 +229,7 @@ def _point(expr: Any, rng: random.Random, scale: sp.Rational, conditions: list) 
     at = at.xreplace({a: v for a, v in values.items() if not isinstance(a, sp.Symbol)})
     for s in sorted((s for s in at.free_symbols if isinstance(s, sp.Symbol)), key=str):
         values[s] = _draw(s, rng, scale)
-    if _admissible(conditions, values) is False:
+    if _admissible(conditions, values) is not True:  # undecidable at numbers: do not risk a false report
         return None
     return at.xreplace(values), values
 
@@ -289,7 +294,7 @@ def find_counterexample(
     """
     rng = random.Random(seed)
     conditions = [c for c in conditions if c is not None]
-    evaluated, extreme, why_not = 0, None, ""
+    evaluated, extreme, why_not, complex_only = 0, None, "", None
     for label, expr in parts:
         expr = sp.sympify(expr)
         if isinstance(expr, MatrixExpr):
@@ -320,11 +325,10 @@ def find_counterexample(
                 continue
             done += 1
             evaluated += 1
-            size = abs(value)
-            bad = (sp.re(value) < -THRESHOLD * _magnitude(at)) if negative else (size > THRESHOLD * _magnitude(at))
+            seen = sp.re(value) if negative else abs(value)
+            extreme = seen if extreme is None else (min(extreme, seen) if negative else max(extreme, seen))
+            bad = (seen < -THRESHOLD * _magnitude(at)) if negative else (seen > THRESHOLD * _magnitude(at))
             if not bad:
-                seen = sp.re(value) if negative else size
-                extreme = seen if extreme is None else (min(extreme, seen) if negative else max(extreme, seen))
                 continue
             confirm = at.evalf(CONFIRM_DIGITS)
             if abs(confirm - value) > abs(value) / 1000:
@@ -337,10 +341,19 @@ def find_counterexample(
                     shown_sides = None
             shown = {str(k): _format_value(v) for k, v in values.items() if not str(k).startswith("_")}
             exact = at if at.is_Rational else value
+            if not negative and abs(sp.im(value)) > THRESHOLD * _magnitude(at):
+                # false there, but the expression leaves the reals: keep looking for a real counterexample
+                complex_only = complex_only or Counterexample(
+                    shown, _format_value(exact), label, shown_sides,
+                    "the residual is not real there: if the step is meant for a smaller domain, "
+                    "state it with assumptions= (e.g. Q.le(abs(rho), 1))")
+                continue
             return Counterexample(shown, _format_value(exact), label, shown_sides), evaluated, ""
         else:
             if done == 0 and not why_not:
                 why_not = f"no random point satisfied the assumptions in {_MAX_DRAWS} draws"
+    if complex_only is not None:
+        return complex_only, evaluated, ""
     if evaluated:
         if negative:
             return None, evaluated, f"smallest value {_format_value(extreme)}"

@@ -330,3 +330,13 @@ def test_a_derivation_step_marked_as_a_definition_is_listed_as_taken_on_trust():
     ]))
     assert report.status == "PROVED"
     assert len(report.unjustified) == 1 and "step 2 (and so on)" in report.unjustified[0]
+
+
+def test_a_stated_domain_keeps_the_search_inside_it():
+    rho = sp.Symbol("rho", real=True)
+    # true for -1 <= rho <= 1; for rho < -1 both square roots of negative numbers are imaginary
+    lhs, rhs = sp.sqrt(1 - rho**2) * sp.sqrt(1 + rho), sp.sqrt((1 - rho) * (1 + rho) ** 2)
+    inside = status_of(Step(lhs, rhs, "inside the domain", Symbolic(assumptions=sp.Q.le(abs(rho), 1))))
+    assert inside.status == "UNPROVED" and "no counterexample" in inside.note
+    anywhere = status_of(Step(lhs, rhs, "for every real rho"))
+    assert anywhere.status == "FAIL" and sp.Rational(anywhere.counterexample.values["rho"]) < -1
