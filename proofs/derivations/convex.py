@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 import sympy as sp
 
-from ..derivation import AtSizes, Custom, Derivation, NonNegative, Step, Symbolic, unfold_indexed
+from ..derivation import (AtSizes, Custom, Derivation, NonNegative, Step, Symbolic, canonical_sums, is_zero,
+                          split_sums, unfold_indexed)
 from ._registry import register
 
 __all__ = ["convex_combination"]
@@ -46,6 +47,24 @@ def _max_bound_cases(n: int) -> tuple:
     return expr, witness, subs
 
 
+def _max_bound_symbolic() -> tuple[bool, str]:
+    """M^2 - sum_j w_j nu_j = sum_j w_j (M^2 - nu_j) for symbolic n (sum_j w_j = 1), each summand >= 0.
+
+    nu_j = |v_j|^2 and t_j = M^2 - nu_j >= 0 (M is the maximum of the norms); w_j >= 0.
+    """
+    w = sp.IndexedBase("w", nonnegative=True)
+    nu, t = sp.IndexedBase("nu", nonnegative=True), sp.IndexedBase("t", nonnegative=True)
+    j, n = sp.symbols("j n", integer=True, positive=True)
+    m2 = sp.Symbol("M2", nonnegative=True)
+    gap = m2 - sp.Sum(w[j] * nu[j], (j, 1, n))
+    witness = sp.Sum(w[j] * (m2 - nu[j]), (j, 1, n))
+    difference = canonical_sums(sp.expand(split_sums(gap - witness).xreplace({sp.Sum(w[j], (j, 1, n)): 1})))
+    summand = (w[j] * t[j]).is_nonnegative
+    ok = difference == 0 and summand is True
+    return ok, (f"M^2 - sum_j w_j |v_j|^2 - sum_j w_j (M^2 - |v_j|^2) = {difference} for symbolic n using sum_j w_j = 1; "
+                f"summand w_j (M^2 - |v_j|^2) >= 0: {summand}")
+
+
 def _numeric() -> tuple[bool, str]:
     from numerics import scaled_dot_product_attention
 
@@ -65,13 +84,27 @@ def convex_combination() -> Derivation:
     z = sp.IndexedBase("z", real=True)
     w = sp.IndexedBase("w")
     v = sp.IndexedBase("v", real=True)
-    j, k, n = sp.symbols("j k n", integer=True, positive=True)
+    j, k, n, c = sp.symbols("j k n c", integer=True, positive=True)
     total = sp.Sum(sp.exp(z[k]), (k, 1, n))
     unfold = unfold_indexed({w: lambda a: sp.exp(z[a]) / total})
     in_range = sp.Q.ge(j, 1) & sp.Q.le(j, n)
     a_c = sp.Sum(w[k] * v[k], (k, 1, n))
     big_m, p_norm, u_gap = sp.Symbol("M", positive=True), sp.Symbol("p", nonnegative=True), sp.Symbol("u", nonnegative=True)
     expr_m, witness_m, subs_m = zip(*[_max_bound_cases(m) for m in (2, 3, 4, 5)])
+
+    a_jc = sp.Sum(w[k] * v[k, c], (k, 1, n))
+    per_coordinate = (sp.Sum(w[j] * v[j, c] ** 2, (j, 1, n)) - a_jc**2
+                      - sp.Sum(w[j] * (v[j, c] - a_jc) ** 2, (j, 1, n)))
+
+    def summed_over_coordinates() -> tuple[bool, str]:
+        """The summand over c vanishes for every c (symbolic n, c), so the sum over c = 1..d does."""
+        ok, note = is_zero(unfold(per_coordinate))
+        return ok, f"summand for a symbolic coordinate c: {note}; a sum of zeros over c = 1..d is 0"
+
+    def witness_nonnegative() -> tuple[bool, str]:
+        summand = unfold(w[j] * (v[j, c] - a_jc) ** 2)
+        ok = summand.is_nonnegative is True
+        return ok, f"each summand w_j (v_jc - a_c)^2 >= 0 (w_j > 0, real square): {summand.is_nonnegative}"
 
     def positive() -> tuple[bool, str]:
         weight = sp.exp(z[j]) / total
@@ -89,14 +122,20 @@ def convex_combination() -> Derivation:
              r"using $\sum_j w_j = 1$; symbolic $n$",
              Symbolic(sp.Sum(w[j] * v[j] ** 2, (j, 1, n)) - a_c**2 - sp.Sum(w[j] * (v[j] - a_c) ** 2, (j, 1, n)))),
         Step(r"\sum_j w_j \|v_j\|^2 - \|a\|^2", r"\sum_j w_j \|v_j - a\|^2",
-             r"summed over the coordinates; also checked with explicit vectors",
-             AtSizes(_variance_identity, SIZES, "(n,d)")),
+             r"the line above summed over the coordinates $c = 1..d$ (symbolic $n$, $d$)",
+             Custom(summed_over_coordinates, "symbolic (symbolic n, d)")),
+        Step(r"\sum_j w_j \|v_j\|^2 - \|a\|^2", r"\sum_j w_j \|v_j - a\|^2",
+             r"cross-check with explicit vectors", AtSizes(_variance_identity, SIZES, "(n,d)")),
         Step(r"\|a\|^2", r"\sum_j w_j \|v_j\|^2 - \sum_j w_j \|v_j - a\|^2 \le \sum_j w_j \|v_j\|^2",
-             r"$w_j \ge 0$: the subtracted sum is a witness of nonnegativity",
-             NonNegative.many([(_variance_witness(m, dd), _variance_witness(m, dd), None)
+             r"$w_j \ge 0$: the subtracted sum is a witness of nonnegativity (symbolic $n$, $d$)",
+             Custom(witness_nonnegative, "symbolic (symbolic n, d, nonnegative summands)")),
+        Step(r"\sum_j w_j \|v_j - a\|^2", r"0", rel=r"\ge", reason=r"cross-check at explicit sizes",
+             check=NonNegative.many([(_variance_witness(m, dd), _variance_witness(m, dd), None)
                                for m, dd in SIZES], "(n,d)=" + ", ".join(f"({a},{b})" for a, b in SIZES))),
         Step(r"\sum_j w_j \|v_j\|^2", r"\max_j \|v_j\|^2 = M^2", rel=r"\le", reason=
              r"$M^2 - \sum_j w_j \|v_j\|^2 = \sum_j w_j (M^2 - \|v_j\|^2) \ge 0$ as $\sum_j w_j = 1$",
+             check=Custom(_max_bound_symbolic, "symbolic (symbolic n, nonnegative summands)")),
+        Step(r"\sum_j w_j \|v_j\|^2", r"M^2", rel=r"\le", reason=r"cross-check at explicit sizes",
              check=NonNegative.many(list(zip(expr_m, witness_m, subs_m)), "n=2..5")),
         Step(r"\|a\|", r"\max_j \|v_j\| = M", rel=r"\le",
              reason=r"$M - \|a\| = (M^2 - \|a\|^2)/(M + \|a\|) \ge 0$ (for $M > 0$; $M = 0$ forces $a = 0$)",

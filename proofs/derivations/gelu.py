@@ -186,14 +186,52 @@ def _tail_bound(x0, k) -> mpf:
 
 
 def _tail_decreasing(x0: int = 1) -> tuple[bool, str]:
-    """g'(x) < 0 for x >= 1: -x e^{-x^2/2}/sqrt(2pi) < 0, and 1 - 2 x u'(x) < 0 since it decreases from x = 1."""
+    """g'(x) < 0 for x >= 1: -x e^{-x^2/2}/sqrt(2pi) < 0, and 1 - 2 x u'(x) < 0 since it is < 0 at
+    x = 1 (interval arithmetic) and decreases for x > 0 (its derivative is negative, SymPy)."""
     with _precision():
         k = _consts()
         xi = iv.mpf(x0)
         at_one = 1 - 2 * xi * k["c"] * (1 + 3 * k["a"] * xi**2)
         lo, hi = mpf(at_one.a), mpf(at_one.b)
-    ok = hi < 0
-    return ok, f"1 - 2 x u'(x) at x = 1 lies in [{float(lo):.6f}, {float(hi):.6f}] < 0 and decreases for x > 0"
+    x = sp.Symbol("x", positive=True)
+    factor = 1 - 2 * x * _C * (1 + 3 * _A * x**2)
+    slope = sp.diff(factor, x)
+    signs = {"d/dx (1 - 2x u'(x)) < 0": slope.is_negative is True,
+             "-x e^{-x^2/2}/sqrt(2 pi) < 0": (-x * sp.exp(-x**2 / 2) / sp.sqrt(2 * sp.pi)).is_negative is True,
+             "e^{-2u} > 0": sp.exp(-2 * _C * (x + _A * x**3)).is_positive is True}
+    ok = hi < 0 and all(signs.values())
+    return ok, (f"1 - 2 x u'(x) at x = 1 lies in [{float(lo):.6f}, {float(hi):.6f}] < 0; derivative {slope}; "
+                + "; ".join(f"{k_}: {v}" for k_, v in signs.items()))
+
+
+def _tail_inequality() -> tuple[bool, str]:
+    """The pieces of |err(x)| <= g(x) for x > 0, each checked by SymPy.
+
+    With a = erf(x/sqrt 2), b = tanh u in (0, 1): |a - b| <= (1 - a) + (1 - b) (witnesses
+    2(1 - a), 2(1 - b) for the two signs); a < 1 as erfc = (2/sqrt pi) int_y^oo e^{-t^2} dt of a
+    positive integrand; b < 1 as 1 - tanh u = 2/(e^{2u} + 1) > 0; u > 0 for x > 0; and the
+    algebra (x/2) e^{-x^2/2} / ((x/sqrt 2) sqrt pi) = e^{-x^2/2}/sqrt(2 pi) turning the erfc bound
+    (two lines above) into the first term of g.
+    """
+    x, y, t = sp.Symbol("x", positive=True), sp.Symbol("y", positive=True), sp.Symbol("t", real=True)
+    p, r = sp.symbols("p r", nonnegative=True)  # p = 1 - a, r = 1 - b
+    a, b = 1 - p, 1 - r
+    u = _C * (x + _A * x**3)
+    erfc_integral = (2 / sp.sqrt(sp.pi)) * sp.Integral(sp.exp(-t**2), (t, y, sp.oo))
+    facts = {
+        "(1-a)+(1-b) - (a-b) = 2(1-a) >= 0": sp.expand((p + r) - (a - b) - 2 * p) == 0 and (2 * p).is_nonnegative,
+        "(1-a)+(1-b) - (b-a) = 2(1-b) >= 0": sp.expand((p + r) - (b - a) - 2 * r) == 0 and (2 * r).is_nonnegative,
+        "erfc(y) = (2/sqrt pi) int_y^oo e^{-t^2} dt": sp.simplify((erfc_integral.doit() - sp.erfc(y)).rewrite(sp.erf)) == 0,
+        "e^{-t^2} > 0": sp.exp(-t**2).is_positive is True,
+        "erf(x/sqrt 2) > 0": sp.erf(x / sp.sqrt(2)).is_positive is True,
+        "u(x) > 0, tanh u > 0": u.is_positive is True and sp.tanh(u).is_positive is True,
+        "1 - tanh u = 2/(e^{2u} + 1) > 0": (sp.simplify((1 - sp.tanh(u)).rewrite(sp.exp) - 2 / (sp.exp(2 * u) + 1)) == 0
+                                            and (2 / (sp.exp(2 * u) + 1)).is_positive is True),
+        "(x/2) e^{-x^2/2}/((x/sqrt 2) sqrt pi) = e^{-x^2/2}/sqrt(2 pi)": sp.simplify(
+            x / 2 * sp.exp(-x**2 / 2) / (x / sp.sqrt(2) * sp.sqrt(sp.pi)) - sp.exp(-x**2 / 2) / sp.sqrt(2 * sp.pi)) == 0,
+    }
+    failed = [k for k, ok in facts.items() if not ok]
+    return not failed, ("; ".join(facts) + ": all hold") if not failed else f"failed: {failed}"
 
 
 def _outward(value: float, rounding: str) -> Decimal:
@@ -278,11 +316,11 @@ def gelu_tanh_error() -> Derivation:
         Step(1 - sp.tanh(u), 2 / (sp.exp(2 * u) + 1), r"so $0 < 1 - \tanh u < 2 e^{-2u}$",
              Symbolic(sp.expand((1 - sp.tanh(u)).rewrite(sp.exp) - 2 / (sp.exp(2 * u) + 1)))),
         Step(r"|\operatorname{err}(x)|", r"g(x) = \frac{e^{-x^2/2}}{\sqrt{2\pi}} + x e^{-2u(x)} \quad (x > 0)", rel=r"\le",
-             reason=r"$0 < \operatorname{erf}, \tanh u < 1$: $|\operatorname{erf} - \tanh u| \le \operatorname{erfc}(x/\sqrt2) + (1 - \tanh u)$",
-             check=Symbolic(sp.Rational(1, 2) * x_ * sp.exp(-x_**2 / 2) / (x_ / sp.sqrt(2) * sp.sqrt(sp.pi))
-                            - sp.exp(-x_**2 / 2) / sp.sqrt(2 * sp.pi))),
+             reason=r"$0 < \operatorname{erf}, \tanh u < 1$: $|\operatorname{erf} - \tanh u| \le \operatorname{erfc}(x/\sqrt2) "
+                    r"+ (1 - \tanh u)$, then the two bounds above",
+             check=Custom(_tail_inequality, "symbolic (witnesses, signs and the algebra)")),
         Step(r"g'(x)", r"-\frac{x e^{-x^2/2}}{\sqrt{2\pi}} + e^{-2u}(1 - 2x u'(x)) < 0 \quad (x \ge 1)",
-             r"$g$ is decreasing beyond 1", Custom(_tail_decreasing, "interval arithmetic (mpmath.iv)")),
+             r"$g$ is decreasing beyond 1", Custom(_tail_decreasing, "interval arithmetic (mpmath.iv) and symbolic signs")),
         Step(r"\sup_{|x| \ge 6} |\operatorname{err}(x)|", r"g(6) < 10^{-8}", rel=r"\le", reason=r"tail",
              check=Custom(_tail_value, "interval arithmetic (mpmath.iv)")),
         Step(r"\max_{0 \le x \le 6} |\operatorname{err}(x)|", _tex(up_disp), rel=r"\le",

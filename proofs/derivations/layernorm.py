@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import sympy as sp
 
-from ..derivation import AtSizes, Custom, Derivation, Step, Symbolic
+from ..derivation import AtSizes, Custom, Derivation, Step, Symbolic, is_zero
 from ._registry import register
 
 __all__ = ["layer_norm_moments"]
@@ -68,6 +68,13 @@ def layer_norm_moments() -> Derivation:
     y = (x[i] - mu_s) / sp.sqrt(v_s + EPS)
     mean_y = sp.Sum(y, (i, 1, d)) / d
     var_y = sp.Sum(y**2, (i, 1, d)) / d
+    s2 = d * v_s / (d - 1)  # the unbiased variance, D >= 2
+    var_unbiased = sp.Sum(((x[i] - mu_s) / sp.sqrt(s2 + EPS)) ** 2, (i, 1, d)) / d
+
+    def one_only_at_zero() -> tuple[bool, str]:
+        ok, note = is_zero(v_s / (v_s + EPS) - (1 - EPS / (v_s + EPS)))
+        roots = sp.solve(sp.Eq(1 - EPS / (v_s + EPS), 1), EPS)
+        return ok and roots == [0], f"identity: {note}; 1 - eps/(v + eps) = 1 solved for eps: {roots}"
 
     steps = [
         Step.define(mu_s, mu, r"token mean over the $D$ features"),
@@ -78,12 +85,16 @@ def layer_norm_moments() -> Derivation:
         Step(sp.Sum(sp.Indexed("y", i) ** 2, (i, 1, d)) / d, v_s / (v_s + EPS),
              r"the mean of $y$ is 0, so this is its variance; $\sqrt{v+\varepsilon}$ factors out (symbolic $D$)",
              Symbolic(var_y.subs(mu_s, mu) - v / (v_s + EPS))),
-        Step(None, 1 - EPS / (v_s + EPS), r"exactly 1 only if $\varepsilon = 0$ (and $v > 0$)"),
+        Step(None, 1 - EPS / (v_s + EPS), r"exactly 1 only if $\varepsilon = 0$ (and $v > 0$)",
+             Custom(one_only_at_zero, "symbolic (identity and solve)")),
         Step(r"\bigl(\operatorname{mean}(y),\ \operatorname{var}(y) - \tfrac{v}{v+\varepsilon}\bigr)", r"(0, 0)",
              r"explicit features $x_1, \dots, x_D$", AtSizes(_explicit, SIZES, "D")),
         Step(r"\operatorname{var}(y)\big|_{s^2 = Dv/(D-1)}", r"\frac{D-1}{D}\,\frac{s^2}{s^2 + \varepsilon}",
-             r"if the normaliser used the unbiased variance $s^2$ instead, the variance would not be 1 even at $\varepsilon = 0$",
-             AtSizes(_unbiased_explicit, SIZES, "D")),
+             r"if the normaliser used the unbiased variance $s^2$ instead ($D \ge 2$), the variance would not be 1 "
+             r"even at $\varepsilon = 0$ (symbolic $D$)",
+             Symbolic(var_unbiased.subs(mu_s, mu) - v / (s2 + EPS) + (v_s - (d - 1) / d * s2) / (s2 + EPS))),
+        Step(r"\operatorname{var}(y)\big|_{s^2 = Dv/(D-1)}", r"\frac{D-1}{D}\,\frac{s^2}{s^2 + \varepsilon}",
+             r"cross-check with explicit features", AtSizes(_unbiased_explicit, SIZES, "D")),
         Step(r"\operatorname{mean}(y),\ \operatorname{var}(y)", r"0,\ \tfrac{v}{v + \varepsilon}",
              "cross-check on numerics.layer_norm", Custom(_numeric, "numeric cross-check (numerics.layer_norm)")),
     ]
