@@ -175,11 +175,17 @@ class ProofRun:
     path: Path
     reports: list[DerivationReport]
     seconds: float = 0.0
+    #: Derivations found but not checked because the run was stopped (Ctrl-C).
+    not_run: list[str] = field(default_factory=list)
+
+    @property
+    def incomplete(self) -> bool:
+        return bool(self.not_run)
 
     @property
     def proved(self) -> bool:
-        """Every derivation PROVED."""
-        return all(r.status == "PROVED" for r in self.reports)
+        """Every derivation found was checked and PROVED."""
+        return not self.not_run and all(r.status == "PROVED" for r in self.reports)
 
     def counts(self) -> dict[str, int]:
         """How many steps have each status (every status present, zeros included)."""
@@ -403,7 +409,8 @@ def _run_registered(origin: str, fn: Any, path: Path) -> DerivationReport:
     return report
 
 
-def prove_file(path: str | Path, *, on_derivation: Callable[[DerivationReport], Any] | None = None) -> ProofRun:
+def prove_file(path: str | Path, *, on_derivation: Callable[[DerivationReport], Any] | None = None,
+               stop: Any = None) -> ProofRun:
     """Load the script at ``path`` and check everything it defines.
 
     Parameters
@@ -411,6 +418,8 @@ def prove_file(path: str | Path, *, on_derivation: Callable[[DerivationReport], 
     path : str or Path
     on_derivation : callable, optional
         Called with each report as soon as it is ready (progress).
+    stop : threading.Event, optional
+        Once set, the derivations not yet started are left out (``ProofRun.not_run``).
 
     Returns
     -------
@@ -425,8 +434,12 @@ def prove_file(path: str | Path, *, on_derivation: Callable[[DerivationReport], 
     start = time.perf_counter()
     _, found = load_script(path)
     reports: list[DerivationReport] = []
+    not_run: list[str] = []
     with _script_folder_on_path(path.resolve().parent):
         for origin, item in found:
+            if stop is not None and stop.is_set():
+                not_run.append(origin)
+                continue
             if isinstance(item, Derivation):
                 report = check_derivation(item, origin, path)
             else:
@@ -436,4 +449,4 @@ def prove_file(path: str | Path, *, on_derivation: Callable[[DerivationReport], 
             reports.append(report)
             if on_derivation is not None:
                 on_derivation(report)
-    return ProofRun(path, reports, time.perf_counter() - start)
+    return ProofRun(path, reports, time.perf_counter() - start, not_run)

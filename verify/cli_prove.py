@@ -13,6 +13,7 @@ from rich.text import Text
 
 from verify._console import plain, print_table, stdout_console
 from verify._exits import EXIT_CODES, plan_exit
+from verify._interrupt import InterruptGate
 from verify._paths import OutputPath, refuse_shared_outputs, write_output
 
 #: How each step status and derivation status is coloured.
@@ -42,6 +43,8 @@ def prove_document(run) -> dict:
         "file": str(run.path),
         "seconds": round(run.seconds, 6),
         "proved": run.proved,
+        "incomplete": run.incomplete,
+        "not_run": list(run.not_run),
         "summary": {"derivations": {status: sum(r.status == status for r in run.reports)
                                     for status in DERIVATION_STATUSES},
                     "steps": run.counts()},
@@ -121,18 +124,21 @@ def prove(ctx: click.Context, file: Path, latex_path: Path | None, pdf: bool, js
     ERROR (its checker raised; the other steps still run), or, for steps that are not
     checked, DEFINITION, ASSUMPTION or CITED. The exit code is 0 when every derivation
     is PROVED, 1 otherwise (and when the script cannot be loaded or defines nothing).
+    Ctrl-C stops after the derivation in progress (twice: at once) and reports and
+    saves the finished ones, marked incomplete.
     """
     from proofs.runner import ScriptError, prove_file
 
     refuse_shared_outputs(**{"--latex": latex_path, "--json": json_path})
     to_stdout = json_path == "-"
     console = stdout_console(stderr=to_stdout)
-    try:
-        run = prove_file(file)
-    except ScriptError as exc:
-        plan_exit(1)
-        raise click.ClickException(str(exc)) from None
-    code = 0 if run.proved else 1
+    with InterruptGate() as gate:
+        try:
+            run = prove_file(file, stop=gate.stop)
+        except ScriptError as exc:
+            plan_exit(1)
+            raise click.ClickException(str(exc)) from None
+    code = 130 if gate.pending else 0 if run.proved else 1
     plan_exit(code)
     document = json.dumps(prove_document(run), indent=2) if json_path is not None else None
     if document is not None and not to_stdout:
@@ -155,6 +161,10 @@ def prove(ctx: click.Context, file: Path, latex_path: Path | None, pdf: bool, js
         console.print(plain(f"wrote {tex_written}"))
         if pdf:
             _compile_pdf(tex_written, console)
+    if gate.pending:
+        what = (f"the results above are INCOMPLETE: not run: {', '.join(run.not_run)}" if run.not_run
+                else "every derivation had finished")
+        console.print(plain(f"interrupted: {what}", "bold yellow"))
     ctx.exit(code)
 
 

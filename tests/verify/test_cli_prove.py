@@ -239,3 +239,32 @@ def test_every_line_of_the_examples_is_checked_or_marked(example):
     assert found
     for _, derivation in found:
         assert derivation.unjustified() == []
+
+
+def test_ctrl_c_stops_after_the_derivation_in_progress_and_saves_it(tmp_path, monkeypatch, schema):
+    import signal
+
+    import proofs.runner
+
+    if not hasattr(signal, "SIGINT"):
+        pytest.skip("needs POSIX signals")
+    path = tmp_path / "two.py"
+    path.write_text("import sympy as sp\nfrom proofs import Derivation, Step\nx = sp.Symbol('x')\n"
+                    "first = Derivation('first', 'f', '-', [Step(x + x, 2 * x, 'double')])\n"
+                    "second = Derivation('second', 's', '-', [Step(x * x, x**2, 'square')])\n", encoding="utf-8")
+    real = proofs.runner.check_derivation
+
+    def ctrl_c_during_the_first(derivation, *args, **kwargs):
+        if derivation.name == "first":
+            signal.raise_signal(signal.SIGINT)
+        return real(derivation, *args, **kwargs)
+
+    monkeypatch.setattr(proofs.runner, "check_derivation", ctrl_c_during_the_first)
+    out = tmp_path / "r.json"
+    result = prove(path, "--json", out)
+    assert result.exit_code == 130, result.output
+    assert "Traceback" not in result.output and "INCOMPLETE" in result.output
+    doc = json.loads(out.read_text())
+    jsonschema.validate(doc, schema)
+    assert doc["incomplete"] and doc["not_run"] == ["variable second"] and not doc["proved"]
+    assert [d["name"] for d in doc["derivations"]] == ["first"]
