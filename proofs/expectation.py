@@ -55,6 +55,11 @@ without them the answer says so:
 >>> E.variance(q[l] * k[l])
 -E[k[l]*q[l]]**2 + E[k[l]**2*q[l]**2]
 
+:class:`ByExpectation` is a derivation checker built on the operator: a step holds when
+``E[lhs] - E[rhs]`` reduces to 0; its method string says what the step used ("stated
+independence", "stated moments, symbolic d_k") and its note lists the operator's knowledge
+(:func:`describe`) and any E[...] left unevaluated.
+
 sympy.stats treats distinct random symbols as independent without saying so (sympy
 #20111); here independence is an argument, and a wrong statement of it gives a different,
 detectable answer (see the tests).

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import sympy as sp
 
-from ..derivation import AtSizes, Custom, Derivation, Step, exp_to_symbols
+from ..derivation import AtSizes, Custom, Derivation, Step, canonical_sums, exp_to_symbols, is_zero
 from ._registry import register
 
 __all__ = ["attention_backward", "AttentionProblem", "attention_problem"]
@@ -166,6 +166,67 @@ def numeric_comparison(sizes=SIZES, trials: int = 3, seed: int = 20240603) -> di
     return worst
 
 
+# ------------------------------------------------------------------ symbolic sizes
+
+_N, _M, _DK, _DV = sp.symbols("N M d_k d_v", integer=True, positive=True)
+_Q, _K = sp.MatrixSymbol("Q", _N, _DK), sp.MatrixSymbol("K", _M, _DK)
+_V, _A = sp.MatrixSymbol("V", _M, _DV), sp.MatrixSymbol("A", _N, _M)
+_DO, _DS = sp.MatrixSymbol("dO", _N, _DV), sp.MatrixSymbol("dS", _N, _M)
+_SCALE = 1 / sp.sqrt(_DK)
+
+
+def _matrix_gradient(loss, wrt, expected) -> tuple[bool, str]:
+    """SymPy's matrix calculus at symbolic sizes: d loss / d wrt - expected is the zero matrix."""
+    grad = sp.diff(loss, wrt)
+    ok, note = is_zero(grad - expected)
+    return ok, f"d/d{wrt} {loss} = {grad} (symbolic N, M, d_k, d_v): {note}"
+
+
+def _dv_symbolic() -> tuple[bool, str]:
+    return _matrix_gradient(sp.Trace(_DO.T * _A * _V), _V, _A.T * _DO)
+
+
+def _da_symbolic() -> tuple[bool, str]:
+    return _matrix_gradient(sp.Trace(_DO.T * _A * _V), _A, _DO * _V.T)
+
+
+def _dq_symbolic() -> tuple[bool, str]:
+    """L depends on Q through S = Q K^T / sqrt(d_k): first order, L ~ <dS, S>."""
+    return _matrix_gradient(sp.Trace(_DS.T * _Q * _K.T) * _SCALE, _Q, _DS * _K * _SCALE)
+
+
+def _dk_symbolic() -> tuple[bool, str]:
+    return _matrix_gradient(sp.Trace(_DS.T * _Q * _K.T) * _SCALE, _K, _DS.T * _Q * _SCALE)
+
+
+def _ds_symbolic() -> tuple[bool, str]:
+    """dS_ij = sum_k dA_ik d A_ik / d S_ij for a row softmax of symbolic width M (row i only)."""
+    s_, g_ = sp.IndexedBase("S", real=True), sp.IndexedBase("dA", real=True)
+    i, j, k, t = sp.symbols("i j k t", integer=True, positive=True)
+
+    def soft(a, b):
+        return sp.exp(s_[a, b]) / sp.Sum(sp.exp(s_[a, t]), (t, 1, _M))
+
+    lhs = sp.Sum(g_[i, k] * sp.diff(soft(i, k), s_[i, j]), (k, 1, _M))
+    rhs = soft(i, j) * (g_[i, j] - sp.Sum(g_[i, k] * soft(i, k), (k, 1, _M)))
+    ok, note = is_zero(lhs - rhs, sp.Q.ge(j, 1) & sp.Q.le(j, _M))
+    return ok, f"index level, symbolic M: {note}"
+
+
+def _rowsum_symbolic() -> tuple[bool, str]:
+    """rowsum(X o Y)_i = (X Y^T)_ii, and dO V^T A^T = dO (A V)^T at symbolic sizes."""
+    i, j = sp.symbols("i j", integer=True)
+    x, y = sp.MatrixSymbol("X", _N, _M), sp.MatrixSymbol("Y", _N, _M)
+    same = canonical_sums((x * y.T)[i, i]) == canonical_sums(sp.Sum(x[i, j] * y[i, j], (j, 0, _M - 1)))
+    ok, note = is_zero(_DO * _V.T * _A.T - _DO * (_A * _V).T)
+    return same and ok, f"rowsum(X o Y)_i = (X Y^T)_ii: {same}; dO V^T A^T - dO (A V)^T: {note}"
+
+
+def _all_explicit(n, m, d_k, d_v) -> list:
+    return [f(n, m, d_k, d_v) for f in (_dv_difference, _da_difference, _ds_difference, _delta_difference,
+                                        _dq_difference, _dk_difference)]
+
+
 @register("attention-backward", "Backward pass of scaled dot-product attention")
 def attention_backward() -> Derivation:
     """dV = A^T dO, dS = A * (dO V^T - rowsum(dO V^T * A)), dQ = dS K / sqrt(d_k), dK = dS^T Q / sqrt(d_k)."""
@@ -185,19 +246,28 @@ def attention_backward() -> Derivation:
         Step.define(r"L", r"\langle \mathrm{d}O, O \rangle = \textstyle\sum_{r,c} \mathrm{d}O_{rc} O_{rc}",
                     r"the gradients of $L$ are the vector-Jacobian products for an upstream gradient $\mathrm{d}O$"),
         Step(r"\mathrm{d}V = \partial L / \partial V", r"A^{\top} \mathrm{d}O",
-             r"differentiate $L$ entrywise ($A$ does not depend on $V$)", AtSizes(_dv_difference, SIZES, label)),
+             r"$L = \operatorname{tr}(\mathrm{d}O^{\top} A V)$ and $A$ does not depend on $V$ (symbolic sizes)",
+             Custom(_dv_symbolic, "symbolic sizes (SymPy matrix calculus)")),
         Step(r"\mathrm{d}A = \partial L / \partial A", r"\mathrm{d}O\, V^{\top}",
-             r"$L$ is linear in $A$", AtSizes(_da_difference, SIZES, label)),
+             r"$L$ is linear in $A$ (symbolic sizes)", Custom(_da_symbolic, "symbolic sizes (SymPy matrix calculus)")),
         Step(r"\mathrm{d}S = \partial L / \partial S",
              r"A \circ \left(\mathrm{d}O\, V^{\top} - \operatorname{rowsum}(\mathrm{d}O\, V^{\top} \circ A)\right)",
-             r"softmax Jacobian $\sigma_i(\delta_{ij} - \sigma_j)$ applied row by row",
-             AtSizes(_ds_difference, SIZES, label)),
+             r"softmax Jacobian $\sigma_i(\delta_{ij} - \sigma_j)$ applied row by row: "
+             r"$\mathrm{d}S_{ij} = \sum_k \mathrm{d}A_{ik}\, \partial A_{ik} / \partial S_{ij}$ (symbolic $M$)",
+             Custom(_ds_symbolic, "symbolic (index level, symbolic M)")),
         Step(r"\operatorname{rowsum}(\mathrm{d}O\, V^{\top} \circ A)", r"\operatorname{rowsum}(\mathrm{d}O \circ O)",
-             r"the cheaper form numerics computes ($O = AV$)", AtSizes(_delta_difference, SIZES, label)),
+             r"the cheaper form numerics computes ($O = AV$): $\operatorname{rowsum}(X \circ Y) = "
+             r"\operatorname{diag}(X Y^{\top})$ (symbolic sizes)",
+             Custom(_rowsum_symbolic, "symbolic sizes (SymPy matrix expressions)")),
         Step(r"\mathrm{d}Q = \partial L / \partial Q", r"\frac{\mathrm{d}S\, K}{\sqrt{d_k}}",
-             r"differentiate $L(Q, K, V)$ directly; chain rule through $S$", AtSizes(_dq_difference, SIZES, label)),
+             r"chain rule through $S = Q K^{\top} / \sqrt{d_k}$, linear in $Q$ (symbolic sizes)",
+             Custom(_dq_symbolic, "symbolic sizes (SymPy matrix calculus)")),
         Step(r"\mathrm{d}K = \partial L / \partial K", r"\frac{\mathrm{d}S^{\top} Q}{\sqrt{d_k}}",
-             r"differentiate $L(Q, K, V)$ directly", AtSizes(_dk_difference, SIZES, label)),
+             r"chain rule through $S$, linear in $K$ (symbolic sizes)",
+             Custom(_dk_symbolic, "symbolic sizes (SymPy matrix calculus)")),
+        Step(r"\mathrm{d}V, \mathrm{d}A, \mathrm{d}S, \operatorname{rowsum}, \mathrm{d}Q, \mathrm{d}K", r"\text{as above}",
+             r"cross-check: $L(Q, K, V)$ differentiated directly, entry by entry, through the explicit softmax",
+             AtSizes(_all_explicit, SIZES, label)),
         Step(r"\text{SymPy gradients, closed forms}", r"\text{\ttfamily numerics.attention\_backward}",
              r"lambdified and evaluated on the same random inputs, 3 per size",
              Custom(numeric, f"numeric cross-check (float64, max abs difference <= {NUMERIC_TOL:g})")),
@@ -210,8 +280,8 @@ def attention_backward() -> Derivation:
                    r"$\mathrm{d}S = A \circ (\mathrm{d}O V^{\top} - \operatorname{rowsum}(\mathrm{d}O V^{\top} \circ A))$, "
                    r"$\mathrm{d}Q = \mathrm{d}S K/\sqrt{d_k}$, $\mathrm{d}K = \mathrm{d}S^{\top} Q/\sqrt{d_k}$."),
         steps=steps,
-        assumptions=["derived by differentiating explicit symbolic matrices at (N, M, d_k, d_v) = "
-                     + ", ".join(str(s) for s in SIZES) + "; the closed forms are size-independent matrix "
-                     "expressions, checked entry by entry at these sizes"],
+        assumptions=["symbolic sizes N, M, d_k, d_v (SymPy matrix calculus, and index level for the row softmax); "
+                     "cross-checked by differentiating explicit symbolic matrices at (N, M, d_k, d_v) = "
+                     + ", ".join(str(s) for s in SIZES)],
         results=results,
     )

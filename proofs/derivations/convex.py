@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import sympy as sp
 
-from ..derivation import (AtSizes, Custom, Derivation, NonNegative, Step, Symbolic, canonical_sums, is_zero,
+from ..derivation import (AtSizes, Custom, Derivation, NonNegative, Step, Symbolic, canonical_sums,
                           split_sums, unfold_indexed)
 from ._registry import register
 
@@ -97,9 +97,13 @@ def convex_combination() -> Derivation:
                       - sp.Sum(w[j] * (v[j, c] - a_jc) ** 2, (j, 1, n)))
 
     def summed_over_coordinates() -> tuple[bool, str]:
-        """The summand over c vanishes for every c (symbolic n, c), so the sum over c = 1..d does."""
-        ok, note = is_zero(unfold(per_coordinate))
-        return ok, f"summand for a symbolic coordinate c: {note}; a sum of zeros over c = 1..d is 0"
+        """The summand for coordinate c is the line above with v_j -> v_jc (for every c), so it
+        vanishes and so does the sum over c = 1..d; the identity itself is checked once, above."""
+        one = sp.Sum(w[j] * v[j] ** 2, (j, 1, n)) - a_c**2 - sp.Sum(w[j] * (v[j] - a_c) ** 2, (j, 1, n))
+        instance = one.replace(lambda e: isinstance(e, sp.Indexed) and e.base == v,
+                               lambda e: sp.Indexed(v, *e.indices, c))
+        ok = instance == per_coordinate
+        return ok, f"the summand for coordinate c is the line above with v_j -> v_jc: {ok}; a sum of zeros is 0"
 
     def witness_nonnegative() -> tuple[bool, str]:
         summand = unfold(w[j] * (v[j, c] - a_jc) ** 2)
@@ -119,7 +123,7 @@ def convex_combination() -> Derivation:
              Symbolic(assumptions=in_range)),
         Step(r"\sum_j w_j v_{jc}^2 - a_c^2", r"\sum_j w_j (v_{jc} - a_c)^2",
              r"weighted-variance identity for one coordinate $c$, $a_c = \sum_k w_k v_{kc}$, "
-             r"using $\sum_j w_j = 1$; symbolic $n$",
+             r"using $\sum_j w_j = 1$; symbolic $n$, any real $v_{1c}, \dots, v_{nc}$",
              Symbolic(sp.Sum(w[j] * v[j] ** 2, (j, 1, n)) - a_c**2 - sp.Sum(w[j] * (v[j] - a_c) ** 2, (j, 1, n)))),
         Step(r"\sum_j w_j \|v_j\|^2 - \|a\|^2", r"\sum_j w_j \|v_j - a\|^2",
              r"the line above summed over the coordinates $c = 1..d$ (symbolic $n$, $d$)",

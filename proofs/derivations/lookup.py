@@ -74,50 +74,60 @@ def _tied_limit(n: int, tied: int) -> sp.Expr:
     return sp.limit(out, BETA, sp.oo) - sum(v[:tied]) / tied
 
 
-def _gap_form_symbolic() -> tuple[bool, str]:
-    """w_1 and w_j (j >= 2) in gap form for symbolic n: the normaliser is e^{beta z_1} + sum_{k=2}^n e^{beta z_k}."""
+TIED = sp.Symbol("m", integer=True, positive=True)  # how many scores share the maximum
+
+
+def _gap_form_symbolic(tied: sp.Expr = sp.Integer(1)) -> tuple[bool, str]:
+    """w_i (i <= m) and w_j (j > m) in gap form for symbolic n (and m): z_1 = ... = z_m is the maximum,
+    so the normaliser is m e^{beta z_1} + sum_{k=m+1}^n e^{beta z_k}."""
     z = sp.IndexedBase("z", real=True)
     j, k, n = sp.symbols("j k n", integer=True, positive=True)
-    total = sp.exp(BETA * z[1]) + sp.Sum(sp.exp(BETA * z[k]), (k, 2, n))
-    gaps = 1 + sp.Sum(sp.exp(-BETA * (z[1] - z[k])), (k, 2, n))
+    total = tied * sp.exp(BETA * z[1]) + sp.Sum(sp.exp(BETA * z[k]), (k, tied + 1, n))
+    gaps = tied + sp.Sum(sp.exp(-BETA * (z[1] - z[k])), (k, tied + 1, n))
     notes = []
-    for name, weight, gap in (("w_1", sp.exp(BETA * z[1]) / total, 1 / gaps),
-                              ("w_j", sp.exp(BETA * z[j]) / total, sp.exp(-BETA * (z[1] - z[j])) / gaps)):
+    for name, weight, gap in (("w_i, i <= m", sp.exp(BETA * z[1]) / total, 1 / gaps),
+                              ("w_j, j > m", sp.exp(BETA * z[j]) / total, sp.exp(-BETA * (z[1] - z[j])) / gaps)):
         ok, note = is_zero(sp.together(split_sums(sp.expand(weight - gap, power_exp=True))))
         if not ok:
             return False, f"{name}: {note}"
         notes.append(f"{name}: {note}")
-    return True, "; ".join(notes) + " (symbolic n)"
+    return True, "; ".join(notes) + f" (symbolic n, m = {tied})"
 
 
-def _tail_sum_bound() -> tuple[bool, str]:
-    """sum_{j=2}^n e^{-beta g_j} <= (n-1) e^{-beta m}, m = min_j g_j, for symbolic n.
+def _tail_sum_bound(tied: sp.Expr = sp.Integer(1)) -> tuple[bool, str]:
+    """sum_{j=m+1}^n e^{-beta g_j} <= (n-m) e^{-beta g}, g = min_j g_j, for symbolic n (and m).
 
-    With g_j = m + h_j (h_j >= 0) the difference is sum_j e^{-beta m}(1 - e^{-beta h_j}) (checked
-    by splitting the sums), and each summand is >= 0: e^{-beta m} > 0, and 1 - e^{-t} is 0 at
+    With g_j = g + h_j (h_j >= 0) the difference is sum_j e^{-beta g}(1 - e^{-beta h_j}) (checked
+    by splitting the sums), and each summand is >= 0: e^{-beta g} > 0, and 1 - e^{-t} is 0 at
     t = 0 with derivative e^{-t} > 0, so it is >= 0 for t = beta h_j >= 0.
     """
-    m, t = sp.Symbol("m", positive=True), sp.Symbol("t", nonnegative=True)
+    g, t = sp.Symbol("g", positive=True), sp.Symbol("t", nonnegative=True)
     h = sp.IndexedBase("h", nonnegative=True)
     j, n = sp.symbols("j n", integer=True, positive=True)
-    bound_minus_sum = (n - 1) * sp.exp(-BETA * m) - sp.Sum(sp.exp(-BETA * (m + h[j])), (j, 2, n))
-    witness = sp.Sum(sp.exp(-BETA * m) * (1 - sp.exp(-BETA * h[j])), (j, 2, n))
+    bound_minus_sum = (n - tied) * sp.exp(-BETA * g) - sp.Sum(sp.exp(-BETA * (g + h[j])), (j, tied + 1, n))
+    witness = sp.Sum(sp.exp(-BETA * g) * (1 - sp.exp(-BETA * h[j])), (j, tied + 1, n))
     difference = canonical_sums(sp.expand(split_sums(bound_minus_sum - witness).doit()))
     one_minus = 1 - sp.exp(-t)
-    facts = {"identity": difference == 0, "e^{-beta m} > 0": sp.exp(-BETA * m).is_positive is True,
+    facts = {"identity": difference == 0, "e^{-beta g} > 0": sp.exp(-BETA * g).is_positive is True,
              "1 - e^{-t} = 0 at t = 0": one_minus.subs(t, 0) == 0,
              "d/dt (1 - e^{-t}) > 0": sp.diff(one_minus, t).is_positive is True}
     failed = [k for k, ok in facts.items() if not ok]
-    return not failed, ("bound - sum = sum_j e^{-beta m}(1 - e^{-beta h_j}) for symbolic n; "
+    return not failed, (f"bound - sum = sum_j e^{{-beta g}}(1 - e^{{-beta h_j}}) for symbolic n, m = {tied}; "
                         + ("; ".join(f"{k}: ok" for k in facts) if not failed else f"failed: {failed}"))
 
 
-def _rate_limit() -> tuple[bool, str]:
-    """(n - 1) e^{-beta m} -> 0 as beta -> oo, for symbolic n >= 1 and m > 0."""
-    m = sp.Symbol("m", positive=True)
+def _rate_limit(tied: sp.Expr = sp.Integer(1)) -> tuple[bool, str]:
+    """(n - m) e^{-beta g} -> 0 as beta -> oo, for symbolic n (and m) and g > 0."""
+    g = sp.Symbol("g", positive=True)
     n = sp.Symbol("n", integer=True, positive=True)
-    value = sp.limit((n - 1) * sp.exp(-BETA * m), BETA, sp.oo)
-    return value == 0, f"SymPy: lim (n - 1) e^(-beta m) = {value} (symbolic n, m > 0)"
+    value = sp.limit((n - tied) * sp.exp(-BETA * g), BETA, sp.oo)
+    return value == 0, f"SymPy: lim (n - {tied}) e^(-beta g) = {value} (symbolic n, g > 0)"
+
+
+def _tied_general() -> tuple[bool, str]:
+    """The three facts above for m tied maxima, m symbolic."""
+    parts = [f(TIED) for f in (_gap_form_symbolic, _tail_sum_bound, _rate_limit)]
+    return all(ok for ok, _ in parts), " | ".join(note for _, note in parts)
 
 
 @register("soft-lookup", "Softmax attention tends to the hard argmax lookup")
@@ -139,7 +149,7 @@ def soft_lookup() -> Derivation:
              NonNegative(s - (1 - w1), s**2 / (1 + s))),
         Step(None, r"(n-1)\, e^{-\beta \min_j g_j}", rel=r"\le",
              reason=r"each $g_j \ge \min_j g_j$ and $e^{-t}$ decreases (symbolic $n$): exponentially fast",
-             check=Custom(_tail_sum_bound, "symbolic (symbolic n, witness and monotonicity of e^{-t})")),
+             check=Custom(_tail_sum_bound, "symbolic (symbolic n, witness and monotonicity of exp(-t))")),
         Step(r"(n-1)\, e^{-\beta \min_j g_j}", sp.Integer(0), rel=r"\to",
              reason=r"$\beta \to \infty$, every $n$: so $1 - w_1 \to 0$ and each $w_j \le 1 - w_1 \to 0$ ($j \ge 2$) "
                     r"by the bounds above",
@@ -151,9 +161,15 @@ def soft_lookup() -> Derivation:
              AtSizes(_output_limit, SIZES)),
         Step.assume(r"z_1 = \dots = z_m", r"z_j \quad (j > m)", r"a maximum attained $m$ times", rel=">"),
         Step(r"w_i(\beta)", r"\frac{1}{m + \sum_{j > m} e^{-\beta g_j}} \ (i \le m)",
-             r"divide by $e^{\beta z_1}$", AtSizes(_tied_gap_form, TIES, "(n,m)")),
+             r"divide by $e^{\beta z_1}$ (symbolic $n$, $m$); "
+             r"$0 \le \sum_{j > m} e^{-\beta g_j} \le (n - m) e^{-\beta \min_j g_j} \to 0$ as above, "
+             r"so $w_i \to 1/m$ ($i \le m$) and $w_j \to 0$ ($j > m$)",
+             Custom(_tied_general, "symbolic (symbolic n and m: gap form, witness, SymPy limit)")),
+        Step(r"w_i(\beta)", r"\text{the tied gap form above}", r"cross-check: the explicit softmax",
+             AtSizes(_tied_gap_form, TIES, "(n,m)")),
         Step(r"\lim_{\beta \to \infty} a(\beta)", r"\frac{1}{m} \sum_{i=1}^{m} v_i",
-             r"ties: the average of the tied values, not a lookup", AtSizes(_tied_limit, TIES, "(n,m)")),
+             r"ties: the average of the tied values, not a lookup; for every $n$, $m$ a finite sum of the limits "
+             r"above; SymPy's limits at", AtSizes(_tied_limit, TIES, "(n,m)")),
     ]
     return Derivation(
         name="soft-lookup",
@@ -163,8 +179,9 @@ def soft_lookup() -> Derivation:
                    r"$1 - w_1 \le (n-1)e^{-\beta \min_j (z_1 - z_j)}$; if the maximum is attained $m$ times the "
                    r"output tends to the average of the $m$ tied values."),
         steps=steps,
-        assumptions=["finite real scores z and values v; limits checked at n = 2..4 (ties at (n, m) = "
-                     + ", ".join(map(str, TIES)) + "); vector values follow coordinatewise"],
+        assumptions=["finite real scores z and values v; weights and rates for symbolic n (and m); the limits "
+                     "themselves computed by SymPy at n = 2..4 (ties at (n, m) = " + ", ".join(map(str, TIES))
+                     + "); vector values follow coordinatewise"],
         results={"unique_max_limit": "v_argmax", "tie_limit": "mean of tied values",
                  "rate": "1 - w_1 <= (n-1) exp(-beta * min gap)"},
     )

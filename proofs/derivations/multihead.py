@@ -71,6 +71,23 @@ def _mha(x: sp.Matrix, w_q, w_k, w_v, w_o, h: int, d_k: int, d_v: int) -> sp.Mat
     return sp.Matrix.hstack(*heads) * w_o
 
 
+BLOCK_HEADS = range(1, 7)
+
+
+def _block_product_symbolic() -> tuple[bool, str]:
+    """[H_1 ... H_h] W^O = sum_i H_i W^O_i with W^O split into h row blocks: BlockMatrix at symbolic n, d_v, d."""
+    n, d_v, d = sp.symbols("n d_v d", integer=True, positive=True)
+    for h in BLOCK_HEADS:
+        heads = [sp.MatrixSymbol(f"H_{i + 1}", n, d_v) for i in range(h)]
+        blocks = [sp.MatrixSymbol(f"W_{i + 1}", d_v, d) for i in range(h)]
+        product = sp.block_collapse(sp.BlockMatrix([heads]) * sp.BlockMatrix([[b] for b in blocks]))
+        difference = (product - sp.MatAdd(*[a * b for a, b in zip(heads, blocks)])).doit()
+        if not (difference == sp.ZeroMatrix(n, d) or difference == 0):
+            return False, f"h={h}: block product minus the sum of head products = {difference}"
+    return True, (f"block_collapse([H_1 .. H_h] [W_1; ..; W_h]) = sum_i H_i W_i at symbolic n, d_v, d for "
+                  f"h = {BLOCK_HEADS[0]}..{BLOCK_HEADS[-1]}")
+
+
 def _permutation_differences(n: int, d: int, h: int) -> list:
     """MHA with the heads' parameter blocks permuted, minus MHA, for every permutation."""
     d_k = d_v = d // h
@@ -244,7 +261,6 @@ def _instrumented_counts() -> tuple[bool, str]:
 @register("multihead", "Multi-head attention: identities, parameter and operation counts")
 def multihead_identities() -> Derivation:
     """MHA = sum_i head_i W^O_i; h = 1 case; head permutation invariance; 4d^2 (+4d) parameters; op counts."""
-    i = sp.Symbol("i", integer=True, positive=True)
     per_head = {"d_k": d_ / h_, "d_v": d_ / h_}
     counts = operation_counts(d_k=d_ / h_, d_v=d_ / h_)
     poly = {k: sp.expand(counts[k]) for k in ("multiplications", "additions", "exponentials", "divisions")}
@@ -261,7 +277,11 @@ def multihead_identities() -> Derivation:
         Step.define(r"\operatorname{MHA}(X)", r"\operatorname{Concat}(\mathrm{head}_1, \dots, \mathrm{head}_h)\, W^O",
                     r"$\mathrm{head}_i = \operatorname{Attention}(X W^Q_i, X W^K_i, X W^V_i)$, row convention"),
         Step(None, r"\sum_{i=1}^{h} \mathrm{head}_i\, W^O_i",
-             r"block product; $W^O_i$ = rows $(i-1)d_v + 1 .. i d_v$ of $W^O$",
+             r"block product; $W^O_i$ = rows $(i-1)d_v + 1 .. i d_v$ of $W^O$ (symbolic block sizes; "
+             r"$h$ = 1..6 heads, not a symbolic $h$)",
+             Custom(_block_product_symbolic, "symbolic sizes n, d_v, d (BlockMatrix), h=1..6")),
+        Step(r"\operatorname{MHA}(X)", r"\sum_{i=1}^{h} \mathrm{head}_i\, W^O_i",
+             r"cross-check with the attention heads computed entry by entry",
              AtSizes(_concat_difference, [(2, 1, 2, 3), (2, 2, 2, 4), (3, 3, 1, 2), (2, 4, 1, 4)], "(n,h,d_v,d)")),
         Step(r"\operatorname{MHA}(X)\big|_{h=1}", r"\operatorname{softmax}\!\left(\tfrac{X W^Q W^{K\top} X^{\top}}{\sqrt{d_k}}\right) X\,(W^V W^O)",
              r"one head: single-head attention with value matrix $W^V W^O$ (associativity, any weights $A$)",

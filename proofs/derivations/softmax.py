@@ -205,11 +205,11 @@ def softmax_jacobian() -> Derivation:
              check=Chain(assumptions=in_range)),
         Step(None, jac, r"substitute $\sigma_i$, $\sigma_j$ back"),
         Step(r"J(z)", r"\operatorname{diag}(\sigma) - \sigma\sigma^{\top}",
-             r"the same Jacobian as a matrix, differentiating the explicit softmax",
+             r"the line above as a matrix; cross-check differentiating the explicit softmax",
              AtSizes(_jacobian_difference, SIZES)),
         Step(sp.exp(z[i] + c) / sp.Sum(sp.exp(z[k] + c), (k, 1, n)), sigma[i],
              r"shift invariance: $e^{c}$ cancels, for every $c \in \mathbb{R}$"),
-        Step(r"\sigma(z + c\mathbf{1})", r"\sigma(z)", r"shift invariance, explicit vectors",
+        Step(r"\sigma(z + c\mathbf{1})", r"\sigma(z)", r"cross-check: shift invariance with explicit vectors",
              AtSizes(_shift_difference, SIZES)),
         Step(sp.Sum(jac, (j, 1, n)), sp.Integer(0),
              r"rows of $J$ sum to 0 ($J\mathbf{1} = 0$, the derivative along a shift)",
@@ -223,7 +223,7 @@ def softmax_jacobian() -> Derivation:
         Step(r"J_{ij} - J_{ji}", r"(\sigma_i - \sigma_j)\,\delta_{ij} = 0",
              r"$J$ is symmetric, for every $n$ (the two sides differ only where $i = j$)",
              Custom(_symmetric_symbolic, "symbolic (cases i = j, i != j)")),
-        Step(r"J - J^{\top}", r"0", r"$J$ is symmetric, explicit softmax", AtSizes(_symmetric_difference, SIZES)),
+        Step(r"J - J^{\top}", r"0", r"cross-check: $J$ of the explicit softmax is symmetric", AtSizes(_symmetric_difference, SIZES)),
         Step(r"x^{\top} J x", r"\sum_a \sigma_a x_a^2 - \Bigl(\sum_b \sigma_b x_b\Bigr)^2 = "
              r"\sum_a \sigma_a (x_a - \bar{x})^2 \ge 0",
              r"$J$ is positive semidefinite for every $n$: the weighted variance of $x$, "

@@ -200,3 +200,35 @@ def test_format_sizes():
     assert format_sizes([2, 3, 4, 5, 6], "n") == "n=2..6"
     assert format_sizes([1, 2], "d") == "d=1, 2"
     assert format_sizes([(2, 3), (3, 2)], "(N,M)") == "(N,M)=(2,3), (3,2)"
+
+
+def test_split_sums_applies_linearity_and_fubini():
+    from proofs.derivation import split_sums
+
+    a, b, n = sp.symbols("a b n", integer=True, positive=True)
+    w, v = sp.IndexedBase("w"), sp.IndexedBase("v")
+    c = sp.Symbol("c")
+    double = sp.Sum(w[a] * w[b] * v[a] * v[b], (b, 1, n), (a, 1, n))
+    single = sp.Sum(w[a] * v[a], (a, 1, n))
+    assert canonical_sums(split_sums(double - single**2)) == 0
+    assert split_sums(sp.Sum(c * w[a] + v[a], (a, 1, n))) == c * sp.Sum(w[a], (a, 1, n)) + sp.Sum(v[a], (a, 1, n))
+    # a wrong factorisation stays visibly nonzero
+    assert canonical_sums(split_sums(double - 2 * single**2)) != 0
+
+
+def test_gap_form_with_symbolic_n_rejects_a_wrong_normaliser():
+    from proofs.derivation import split_sums
+
+    beta = sp.Symbol("beta", positive=True)
+    z = sp.IndexedBase("z", real=True)
+    k, n = sp.symbols("k n", integer=True, positive=True)
+    total = sp.exp(beta * z[1]) + sp.Sum(sp.exp(beta * z[k]), (k, 2, n))
+
+    def gap(offset, lower):
+        return 1 / (offset + sp.Sum(sp.exp(-beta * (z[1] - z[k])), (k, lower, n)))
+
+    def zero(g):
+        return is_zero(sp.together(split_sums(sp.expand(sp.exp(beta * z[1]) / total - g, power_exp=True))))[0]
+
+    assert zero(gap(1, 2))
+    assert not zero(gap(2, 2)) and not zero(gap(1, 1))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import sympy as sp
 
-from proofs.derivation import Chain, Checker, Cited, Custom, Definition, Derivation, Step
+from proofs.derivation import Checker, Cited, Custom, Definition, Derivation, Step
 from proofs.derivations import DERIVATIONS
 from proofs.derivations import softmax
 from proofs.latex import render
