@@ -48,6 +48,7 @@ _EXPORTS = {
     "ExpectationOperator": "proofs.expectation",
     "Family": "proofs.expectation",
     "Expect": "proofs.expectation",
+    "ByExpectation": "proofs.expectation",
     "Claim": "proofs.claims",
     "CheckOutcome": "proofs.claims",
     "Evidence": "proofs.claims",
@@ -62,7 +63,7 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:  # pragma: no cover
     from .attention import ForAllN
     from .claims import CheckOutcome, Claim, Evidence, Method, Source, Verdict
-    from .expectation import Expect, ExpectationOperator, Family
+    from .expectation import ByExpectation, Expect, ExpectationOperator, Family
     from .derivation import (AtSizes, Chain, Checker, Cited, Custom, Definition, Derivation, DerivationError,
                              NonNegative, Step, StepResult, Symbolic, is_zero, unfold_indexed)
     from .derivations._registry import register

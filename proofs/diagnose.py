@@ -451,6 +451,11 @@ def diagnose(checker: Checker, ctx: Any, note: str, seed: str) -> Diagnosis:
     if isinstance(checker, Symbolic):
         return _zero_test_diagnosis(_symbolic_target(checker, ctx), checker.assumptions, seed,
                                     sides=_symbolic_sides(checker, ctx))
+    from .expectation import ByExpectation
+
+    if isinstance(checker, ByExpectation):
+        left, right = checker.operator(checker.lhs), checker.operator(checker.rhs)
+        return _zero_test_diagnosis(left - right, None, seed, sides=lambda: (left, right))
     if isinstance(checker, AtSizes):
         for size in checker.sizes:
             target = checker.build(*size) if isinstance(size, tuple) else checker.build(size)

@@ -22,7 +22,7 @@ from sympy import stats
 
 from proofs import AtSizes, Custom, Derivation, Step, Symbolic
 from proofs.attention import gaussian_pair_moments, normal_moments
-from proofs.expectation import ExpectationOperator, Family
+from proofs.expectation import ByExpectation, Expect, ExpectationOperator, Family
 
 q, k = sp.IndexedBase("q", real=True), sp.IndexedBase("k", real=True)
 l = sp.Symbol("l", integer=True, positive=True)
@@ -38,6 +38,11 @@ E = ExpectationOperator(families=[Family((q, k), l)], moments=pair_moments)
 E_z = ExpectationOperator(groups=[[z1], [z2]],
                           moments={z**p: m for z in (z1, z2) for p, m in normal_moments(4).items()})
 k_from_z = rho * z1 + sp.sqrt(1 - rho**2) * z2
+
+
+def variance_form(x):
+    """An expression whose expectation is Var(x): E[x^2 - x E[x]] = E[x^2] - E[x]^2."""
+    return x**2 - x * Expect(x)
 
 
 def explicit_variance_minus_formula(size):
@@ -80,17 +85,20 @@ correlated_qk_variance = Derivation(
         Step(r"(q_l, k_l)", r"\left(z_1,\ \rho z_1 + \sqrt{1 - \rho^2}\, z_2\right)",
              r"same law: both are Normal vectors with means 0, variances 1 and covariance $\rho$ "
              r"($z_1, z_2$ independent standard Normals)",
-             Symbolic(sp.Matrix([E_z(k_from_z), E_z(k_from_z**2) - 1, E_z(z1 * k_from_z) - rho]))),
+             Symbolic(sp.Matrix([E_z(z1), E_z(z1**2) - 1, E_z(k_from_z), E_z(k_from_z**2) - 1,
+                                 E_z(z1 * k_from_z) - rho]))),
         Step(sp.Symbol(r"\mathbb{E}[q_l^2 k_l^2]"), 1 + 2 * rho**2,
              r"expand $z_1^2 (\rho z_1 + \sqrt{1-\rho^2} z_2)^2$; $\mathbb{E} z^4 = 3$, independence of $z_1, z_2$",
-             Symbolic(E_z(z1**2 * k_from_z**2) - (1 + 2 * rho**2))),
+             ByExpectation(E_z, z1**2 * k_from_z**2, 1 + 2 * rho**2,
+                           uses="independence of z_1, z_2, their stated moments")),
         Step(sp.Symbol(r"\operatorname{Var}(q_l k_l)"), 1 + rho**2,
              r"$\mathbb{E}[q_l^2 k_l^2] - \mathbb{E}[q_l k_l]^2 = 1 + 2\rho^2 - \rho^2$",
-             Symbolic(E.variance(q[l] * k[l]) - (1 + rho**2))),
+             ByExpectation(E, variance_form(q[l] * k[l]), 1 + rho**2, uses="the pair's moments")),
         Step(sp.Symbol(r"\operatorname{Var}(q \cdot k)"), d * (1 + rho**2),
              r"the $d_k$ pairs are independent: the cross terms $l \ne m$ give $\rho^2$ and cancel "
              r"against $\mathbb{E}[q \cdot k]^2$, for a symbolic $d_k$",
-             Symbolic(E.variance(dot) - d * (1 + rho**2))),
+             ByExpectation(E, variance_form(dot), d * (1 + rho**2),
+                           uses="independence across l, the pair's moments, symbolic d_k")),
         Step(sp.Symbol(r"\operatorname{Var}(q \cdot k)"), d * (1 + rho**2),
              "cross-check: the sum written out at explicit sizes",
              AtSizes(explicit_variance_minus_formula, range(1, 5), "d_k")),

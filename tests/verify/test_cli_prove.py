@@ -14,6 +14,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+import sympy as sp
 from click.testing import CliRunner
 
 from proofs.latex import check_latex
@@ -94,13 +95,13 @@ def test_softmax_temperature_matrix_form_fails_with_the_wrong_temperature(tmp_pa
 
 
 def test_correlated_qk_fails_with_the_uncorrelated_formula_and_the_wrong_fourth_moment(tmp_path):
-    path = mutated(tmp_path, "correlated_qk.py", "Symbolic(E.variance(dot) - d * (1 + rho**2))",
-                   "Symbolic(E.variance(dot) - d * (1 + 2 * rho**2))")
+    path = mutated(tmp_path, "correlated_qk.py", "ByExpectation(E, variance_form(dot), d * (1 + rho**2),",
+                   "ByExpectation(E, variance_form(dot), d * (1 + 2 * rho**2),")
     result = prove(path)
     assert result.exit_code == 1
     assert "FAIL correlated-qk-variance, step 6" in result.output
-    path = mutated(tmp_path, "correlated_qk.py", "Symbolic(E_z(z1**2 * k_from_z**2) - (1 + 2 * rho**2))",
-                   "Symbolic(E_z(z1**2 * k_from_z**2) - (1 + rho**2))")
+    path = mutated(tmp_path, "correlated_qk.py", "ByExpectation(E_z, z1**2 * k_from_z**2, 1 + 2 * rho**2,",
+                   "ByExpectation(E_z, z1**2 * k_from_z**2, 1 + rho**2,")
     assert "FAIL correlated-qk-variance, step 4" in prove(path).output
 
 
@@ -268,3 +269,15 @@ def test_ctrl_c_stops_after_the_derivation_in_progress_and_saves_it(tmp_path, mo
     jsonschema.validate(doc, schema)
     assert doc["incomplete"] and doc["not_run"] == ["variable second"] and not doc["proved"]
     assert [d["name"] for d in doc["derivations"]] == ["first"]
+
+
+def test_correlated_qk_fails_when_the_pairs_are_stated_uncorrelated(tmp_path):
+    """Moments of uncorrelated pairs (rho = 0) under the same claim: steps 5 and 6 are false,
+    with a counterexample at some rho != 0."""
+    path = mutated(tmp_path, "correlated_qk.py", "pair_moments = gaussian_pair_moments(q[l], k[l], rho)",
+                   "pair_moments = gaussian_pair_moments(q[l], k[l], 0)")
+    result = prove(path, "--json", tmp_path / "r.json")
+    assert result.exit_code == 1
+    steps = json.loads((tmp_path / "r.json").read_text())["derivations"][0]["steps"]
+    assert [s["status"] for s in steps[4:6]] == ["FAIL", "FAIL"]
+    assert sp.Rational(steps[5]["counterexample"]["values"]["rho"]) != 0
