@@ -249,6 +249,8 @@ class StepResult:
     seconds: float
     checked: bool = True  # False for definitions, stated assumptions and cited results
     kind: str = "checked"  # "checked", "definition", "assumption" or "cited"
+    #: The exception a checker raised (the step counts as failed); None when it returned.
+    error: BaseException | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -310,7 +312,34 @@ class Definition(Checker):
 
 
 class Symbolic(Checker):
-    """``expr`` (default: the step's ``lhs - rhs``, after unfolding) reduces to 0."""
+    """Check that ``expr`` (default: the step's ``lhs - rhs``) reduces to 0 in SymPy.
+
+    The zero test (:func:`is_zero`) runs ``doit``, ``refine`` with ``assumptions``, renames
+    summation indices canonically, then ``expand``, ``cancel`` and ``simplify``. Method
+    string: ``"symbolic"``. A test that does not reach 0 fails the step; ``attnverify prove``
+    then tells a false step (a numeric counterexample) from an unproved one.
+
+    Parameters
+    ----------
+    expr : Expr, Eq, Matrix, list or None
+        What must vanish. None (default): the step's ``lhs - rhs``, both SymPy objects.
+        An ``Eq`` tests ``lhs - rhs``; a matrix or list tests every entry.
+    assumptions : Q predicate, optional
+        Used with ``refine``, e.g. ``Q.ge(j, 1) & Q.le(j, n)`` so that
+        ``Sum(KroneckerDelta(j, k) f(k), (k, 1, n))`` collapses to ``f(j)``.
+    prepare : callable, optional
+        Applied to the expression before the test (e.g. :func:`exp_to_symbols`).
+    unfold : bool
+        Apply the derivation's ``unfold`` map first (default True).
+
+    Examples
+    --------
+    >>> import sympy as sp
+    >>> x = sp.Symbol("x", real=True)
+    >>> step = Step((x + 1) ** 2, x**2 + 2 * x + 1, "expand the square", Symbolic())
+    >>> Derivation("square", "A square", "$(x+1)^2$", [step]).valid
+    True
+    """
 
     method = "symbolic"
 
@@ -336,7 +365,11 @@ class Symbolic(Checker):
 
 
 class Chain(Symbolic):
-    """The step's rhs equals the previous step's rhs (a line ``&= ...`` of a chain)."""
+    """Check that the step's rhs equals the previous step's rhs (a line ``&= ...`` of a chain).
+
+    The default checker of a step written with ``lhs=None``. Takes the parameters of
+    :class:`Symbolic` (``assumptions``, ``prepare``, ``unfold``).
+    """
 
     def _target(self, ctx: _Context) -> Any:
         if ctx.previous is None or not isinstance(ctx.previous.rhs, (sp.Basic, sp.MatrixBase)):
@@ -357,11 +390,40 @@ def format_sizes(sizes: Sequence[Any], label: str) -> str:
 
 
 class AtSizes(Checker):
-    """The zero test at each explicit size: ``build(size)`` returns what must be zero.
+    """Check the zero test at each of several explicit sizes.
 
-    ``build`` receives one size (an int, or a tuple unpacked as arguments) and returns an
-    expression, an ``Eq``, a matrix, or a list of these. Used where SymPy cannot do the
-    general case; the method string lists the sizes, e.g. ``"explicit sizes n=2..6"``.
+    For statements about vectors or matrices of any size that SymPy cannot handle with a
+    symbolic size, build the explicit objects at each size and test there. The method string
+    lists the sizes (``"explicit sizes n=2..6"``), so nobody reads it as a proof for every n.
+
+    Parameters
+    ----------
+    build : callable
+        ``build(size)`` (a tuple size is unpacked: ``build(*size)``) returns what must be 0
+        at that size: an expression, an ``Eq``, a matrix, or a list of these.
+    sizes : iterable
+        The sizes, ints or tuples (at least one).
+    label : str
+        The size's name in the method string (``"n"``, ``"d_k"``, ``"(N,M)"``).
+    assumptions : Q predicate, optional
+        As in :class:`Symbolic`.
+    prepare : callable, optional
+        Applied to each built expression before its test.
+
+    Raises
+    ------
+    ValueError
+        When ``sizes`` is empty.
+
+    Examples
+    --------
+    >>> import sympy as sp
+    >>> def row_sums(n):  # the rows of diag(s) - s s^T sum to 0 when the s_i sum to 1
+    ...     s = sp.Matrix(sp.symbols(f"s_1:{n + 1}"))
+    ...     jac = (sp.diag(*s) - s * s.T).subs(s[-1], 1 - sum(s[:-1]))
+    ...     return jac * sp.ones(n, 1)
+    >>> AtSizes(row_sums, range(2, 5)).method
+    'explicit sizes n=2..4'
     """
 
     def __init__(self, build: Callable[..., Any], sizes: Iterable[Any], label: str = "n", *,
@@ -386,14 +448,37 @@ class AtSizes(Checker):
 
 
 class NonNegative(Checker):
-    """``expr >= 0`` through a witness: ``expr - witness.subs(subs)`` reduces to 0 and
-    ``witness.is_nonnegative`` is True from the assumptions of its symbols.
+    """Check an inequality ``expr >= 0`` through a witness.
 
-    ``subs`` expresses auxiliary nonnegative symbols of the witness (e.g. the remaining
-    mass ``r = 1 - s_i - s_j``) in the variables of ``expr``; :meth:`many` checks a list of
-    ``(expr, witness, subs)`` triples (e.g. one per explicit size). The witness's symbols
-    must carry the assumptions the statement grants (``nonnegative=True`` for weights...):
-    they are what SymPy's ``is_nonnegative`` reasons from.
+    Passes when ``expr - witness.subs(subs)`` reduces to 0 and SymPy shows
+    ``witness.is_nonnegative`` from the assumptions of its symbols (a sum of squares, a
+    product of nonnegative symbols...). Write ``a <= b`` as ``NonNegative(b - a, witness)``.
+    The witness's symbols must carry the assumptions the statement grants
+    (``nonnegative=True`` for weights...): they are what SymPy reasons from.
+
+    Parameters
+    ----------
+    expr : Expr
+        What must be ``>= 0`` (the derivation's ``unfold`` is applied).
+    witness : Expr
+        An expression equal to ``expr`` whose sign SymPy can see.
+    subs : dict, optional
+        Expresses auxiliary nonnegative symbols of the witness in the variables of ``expr``
+        (e.g. the remaining mass ``{r: 1 - s_i - s_j}``).
+    assumptions : Q predicate, optional
+        For the equality test, as in :class:`Symbolic`.
+
+    See Also
+    --------
+    NonNegative.many : several ``(expr, witness, subs)`` cases in one step (one per size).
+
+    Examples
+    --------
+    >>> import sympy as sp
+    >>> s = sp.Symbol("s", nonnegative=True)
+    >>> check = NonNegative(sp.Rational(1, 4) - s * (1 - s), (s - sp.Rational(1, 2)) ** 2)
+    >>> Derivation("quarter", "s(1-s) <= 1/4", "-", [Step("s(1-s)", "1/4", "AM-GM", check, rel=r"\\le")]).valid
+    True
     """
 
     method = "symbolic (nonnegativity witness)"
@@ -422,7 +507,27 @@ class NonNegative(Checker):
 
 
 class Custom(Checker):
-    """Any check: ``fn()`` returns ``(passed, note)``; ``method`` says what kind it is."""
+    """Any check you can compute: a callable returning ``(passed, note)``.
+
+    For what SymPy does not decide: a numeric cross-check, a Monte Carlo run, interval
+    arithmetic. ``attnverify prove`` reports a False as FAIL with your note, and an exception
+    as ERROR against the step (the other steps still run).
+
+    Parameters
+    ----------
+    fn : callable
+        Called with no argument; returns ``(passed, note)``: a truth value and a one-line
+        account of the evidence (values, tolerances, seeds).
+    method : str
+        How it checks, shown beside the step (``"numeric (finite differences)"``).
+
+    Examples
+    --------
+    >>> import math
+    >>> check = Custom(lambda: (abs(math.tanh(1.0) - 0.7615941559557649) < 1e-15, "tanh(1) to 1e-15"), "numeric")
+    >>> Derivation("tanh", "tanh(1)", "-", [Step("tanh(1)", "0.76159...", "numeric value", check)]).valid
+    True
+    """
 
     def __init__(self, fn: Callable[[], tuple[bool, str]], method: str):
         self.fn, self.method = fn, method
@@ -475,12 +580,44 @@ class Cited(Checker):
 
 @dataclass
 class Step:
-    """One displayed line: ``lhs rel rhs`` (SymPy objects or LaTeX strings), a reason, a check.
+    """One displayed line of a derivation, ``lhs rel rhs``, with its reason and its check.
 
-    ``lhs=None`` continues the previous line (``&= rhs``); when no ``check`` is given such a
-    step is checked with :class:`Chain`, and a step with SymPy ``lhs`` and ``rhs`` with
-    :class:`Symbolic`. ``latex`` replaces the displayed math entirely (it may contain one
-    ``&`` alignment point). ``rel`` is LaTeX: ``"="``, ``r"\\le"``, ``r"\\to"``...
+    Parameters
+    ----------
+    lhs : Expr, str or None
+        Left side: a SymPy object, or LaTeX. None continues the previous line (``&= rhs``).
+    rhs : Expr or str
+        Right side, a SymPy object or LaTeX.
+    reason : str
+        The justification, shown beside the line; it names the step in reports (required).
+        ``$...$`` segments are LaTeX math.
+    check : Checker, optional
+        How the step is checked. Default: :class:`Chain` when ``lhs`` is None and ``rhs`` is
+        SymPy, :class:`Symbolic` when both sides are SymPy; otherwise a check is required.
+    rel : str
+        The relation, as LaTeX: ``"="`` (default), ``r"\\le"``, ``r"\\to"``... A relation other
+        than ``=`` needs an explicit check (an equality test would not fit it).
+    latex : str, optional
+        Replaces the displayed math entirely (it may contain one ``&`` alignment point).
+    latex_options : dict, optional
+        Options for ``sympy.latex`` on this line (``order="none"``...).
+
+    Raises
+    ------
+    ValueError
+        No reason; no check where one is needed; a relation other than ``=`` with the
+        default equality check.
+
+    See Also
+    --------
+    Step.define, Step.assume : steps that are not checked (notation, stated assumptions).
+
+    Examples
+    --------
+    >>> import sympy as sp
+    >>> a, b = sp.symbols("a b", real=True)
+    >>> Step(sp.exp(a) / (sp.exp(a) + sp.exp(b)), 1 / (1 + sp.exp(b - a)), "divide by $e^a$").check.method
+    'symbolic'
     """
 
     lhs: Any = None
@@ -559,10 +696,47 @@ def unfold_indexed(table: dict[sp.IndexedBase, Callable[..., Any]]) -> Callable[
 class Derivation:
     """An ordered list of checked steps proving ``statement`` under ``assumptions``.
 
-    ``unfold`` maps displayed notation to checkable expressions (e.g. ``sigma[i]`` to
-    ``exp(z[i]) / Sum(exp(z[k]), (k, 1, n))``) before symbolic checks. ``results`` holds
-    the quantities a claim check may want to quote (a certified bound, a polynomial...).
-    ``method`` is the :class:`~proofs.claims.Method` an outcome reports by default.
+    Checking (:meth:`check`) runs every step's checker once, in order; a checker that raises
+    fails its step (the exception is kept) and the other steps still run. The derivation is
+    :attr:`valid` when every checked step passed and at least one step was checked.
+
+    Parameters
+    ----------
+    name : str
+        Short unique name (``"softmax-temperature-jacobian"``).
+    title : str
+        One-line title.
+    statement : str
+        What is proved, as LaTeX (text with ``$...$`` math).
+    steps : list of Step
+        The lines, in order.
+    assumptions : list of str, optional
+        Every assumption the statement is proved under, in words (printed with it).
+    unfold : callable, optional
+        Maps displayed notation to checkable expressions before symbolic checks (e.g.
+        ``sigma[i]`` to ``exp(z[i]) / Sum(exp(z[k]), (k, 1, n))``; see :func:`unfold_indexed`).
+    results : dict, optional
+        Quantities a claim may quote (a certified bound, a polynomial...).
+    method : Method
+        What a :meth:`outcome` reports by default (symbolic).
+    latex_options : dict, optional
+        Options for ``sympy.latex`` on every line.
+
+    See Also
+    --------
+    register : name a function that builds a derivation.
+
+    Examples
+    --------
+    >>> import sympy as sp
+    >>> a, b = sp.symbols("a b", real=True)
+    >>> sigma = sp.exp(a) / (sp.exp(a) + sp.exp(b))
+    >>> d = Derivation("two-logits", "Two-logit softmax", r"$\\sigma = 1/(1 + e^{b-a})$", [
+    ...     Step(sigma, 1 / (1 + sp.exp(b - a)), "divide by $e^a$"),
+    ...     Step(sp.diff(sigma, a), sigma * (1 - sigma), "its derivative"),
+    ... ])
+    >>> d.valid, [r.method for r in d.check()]
+    (True, ['symbolic', 'symbolic'])
     """
 
     name: str
@@ -591,12 +765,14 @@ class Derivation:
         for index, step in enumerate(self.steps, 1):
             t = time.perf_counter()
             checker = step.check
+            error = None
             try:
                 ok, note = checker.run(_Context(step, previous, self.unfold))
             except Exception as exc:  # a crashing checker is a failed step, with the reason
-                ok, note = False, f"checker raised {type(exc).__name__}: {_short(exc)}"
+                ok, note, error = False, f"checker raised {type(exc).__name__}: {_short(exc)}", exc
             results.append(StepResult(index, step.reason, bool(ok), checker.method, note,
-                                      time.perf_counter() - t, checker.checked, getattr(checker, "kind", "checked")))
+                                      time.perf_counter() - t, checker.checked, getattr(checker, "kind", "checked"),
+                                      error))
             if step.rhs is not None:
                 previous = step
         self._results = results

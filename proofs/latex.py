@@ -19,7 +19,7 @@ symbols we use to LaTeX, so the output is pure ASCII and compiles with plain
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import sympy as sp
 
@@ -92,7 +92,8 @@ def text(s: str, *, unknown: str = "raise") -> str:
     return "".join(escape(p, unknown=unknown) if k % 2 == 0 else f"${p}$" for k, p in enumerate(parts))
 
 
-def _row(step: Any, options: dict[str, Any], with_methods: bool, result: Any, reason_width: str | None) -> str:
+def _row(step: Any, options: dict[str, Any], with_methods: bool, result: Any, reason_width: str | None,
+         tag: str | None = None) -> str:
     opts = {**options, **step.latex_options}
     if step.latex is not None:
         math = step.latex if "&" in step.latex else "& " + step.latex
@@ -103,26 +104,31 @@ def _row(step: Any, options: dict[str, Any], with_methods: bool, result: Any, re
         math = f"{lhs} &{rel} {rhs}" if rhs else f"{lhs} &"
     reason = text(step.reason)
     if with_methods and result is not None:
-        reason += r" \quad [" + text(step.check.tag(result.passed)) + "]"
+        reason += r" \quad [" + text(tag if tag is not None else step.check.tag(result.passed)) + "]"
     if reason_width:
         reason = f"\\parbox[t]{{{reason_width}}}{{\\raggedright\\footnotesize {reason}}}"
     return f"{math} && \\text{{{reason}}}"
 
 
 def render(derivation: "Derivation", *, with_methods: bool = True, reason_width: str | None = r"0.3\linewidth",
-           **options: Any) -> str:
+           tags: Sequence[str] | None = None, **options: Any) -> str:
     r"""The derivation as one ``align*`` block, a row per step, reasons as ``\text{}``.
 
     ``with_methods`` appends every step's tag to its reason: the check method
     (``[symbolic]``, ``[explicit sizes n=2..6]``..., with ``FAILED`` for a failed check), or
     ``[definition]``, ``[assumption]``, ``[cited: THEOREM -- NOT CHECKED]``. ``reason_width`` sets the
     reasons in a ``\\parbox`` of that width (footnotesize, ragged right) so long reasons wrap
-    instead of running off the page; ``None`` gives a plain ``\\text{...}``. Extra keyword
-    arguments go to ``sympy.latex`` (over the derivation's own ``latex_options``).
+    instead of running off the page; ``None`` gives a plain ``\\text{...}``. ``tags``, one per
+    step, replace the computed tags (``attnverify prove`` marks UNPROVED and ERROR steps so).
+    Extra keyword arguments go to ``sympy.latex`` (over the derivation's own ``latex_options``).
     """
     results = derivation.check() if with_methods else [None] * len(derivation.steps)
+    if tags is not None and len(tags) != len(derivation.steps):
+        raise ValueError(f"tags: expected one per step ({len(derivation.steps)}), got {len(tags)}")
+    tags = list(tags) if tags is not None else [None] * len(derivation.steps)
     opts = {**derivation.latex_options, **options}
-    rows = [_row(step, opts, with_methods, res, reason_width) for step, res in zip(derivation.steps, results)]
+    rows = [_row(step, opts, with_methods, res, reason_width, tag)
+            for step, res, tag in zip(derivation.steps, results, tags)]
     body = " \\\\\n".join(rows)
     return "\\begin{align*}\n" + body + "\n\\end{align*}"
 
@@ -139,9 +145,12 @@ def render_section(derivation: "Derivation", *, level: str = "subsection", **opt
     return "\n".join(lines)
 
 
-def render_document(derivations: list["Derivation"], title: str = "attnverify derivations") -> str:
-    """A standalone article with one section per derivation (used to test compilation)."""
-    body = "\n\n".join(render_section(d) for d in derivations)
+def render_document(derivations: list["Derivation"], title: str = "attnverify derivations", *,
+                    tags: Sequence[Sequence[str] | None] | None = None) -> str:
+    """A standalone article with one section per derivation; ``tags``: per derivation, the
+    per-step tags :func:`render` takes (None keeps the computed ones)."""
+    tags = list(tags) if tags is not None else [None] * len(derivations)
+    body = "\n\n".join(render_section(d, tags=t) for d, t in zip(derivations, tags))
     return PREAMBLE + f"\\title{{{text(title)}}}\n\\author{{attnverify}}\n\\date{{}}\n\\begin{{document}}\n\\maketitle\n\n{body}\n\n\\end{{document}}\n"
 
 

@@ -91,5 +91,9 @@ from .cli_mc import mc  # noqa: E402
 
 main.add_command(mc)
 
+from .cli_prove import prove  # noqa: E402
+
+main.add_command(prove)
+
 if __name__ == "__main__":
     main()

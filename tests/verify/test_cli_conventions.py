@@ -12,13 +12,13 @@ from click.testing import CliRunner
 from verify.cli import main
 
 COMMANDS = [["check"], ["derive"], ["report"], ["mc"], ["mc", "variance"], ["mc", "scaled"],
-            ["mc", "projected"], ["mc", "saturation"]]
+            ["mc", "projected"], ["mc", "saturation"], ["prove"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
 def test_every_help_lists_the_exit_codes(command):
     out = CliRunner().invoke(main, [*command, "--help"]).output
-    for line in ("0    done", "1    findings under --strict, or a check crashed", "2    bad usage",
+    for line in ("0    done", "1    findings under --strict, or a check crashed;", "2    bad usage",
                  "130  interrupted"):
         assert line in out, (command, out)
 

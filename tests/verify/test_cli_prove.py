@@ -1,0 +1,283 @@
+"""`attnverify prove FILE`: the shipped examples, the README's example, outputs and bad scripts."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+import jsonschema
+import pytest
+import sympy as sp
+from click.testing import CliRunner
+
+from proofs.latex import check_latex
+from verify.cli import main
+
+EXAMPLES = resources.files("proofs") / "examples"
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+@pytest.fixture(scope="module")
+def schema():
+    return json.loads(resources.files("proofs").joinpath("schema/prove.schema.json").read_text())
+
+
+def prove(*args: str):
+    return CliRunner().invoke(main, ["prove", *map(str, args)], env={"COLUMNS": "200"})
+
+
+def mutated(tmp_path: Path, example: str, old: str, new: str) -> Path:
+    """A copy of an example with one piece of text replaced (which must occur exactly once)."""
+    text = (EXAMPLES / example).read_text(encoding="utf-8")
+    assert text.count(old) == 1, f"{old!r} occurs {text.count(old)} times in {example}"
+    path = tmp_path / example
+    path.write_text(text.replace(old, new), encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------- the examples
+
+
+@pytest.mark.parametrize("example", ["softmax_temperature.py", "correlated_qk.py"])
+def test_each_correct_example_is_proved(example, tmp_path, schema):
+    out = tmp_path / "r.json"
+    result = prove(EXAMPLES / example, "--json", out)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    jsonschema.validate(doc, schema)
+    assert doc["proved"] and doc["summary"]["derivations"]["PROVED"] == 1
+    steps = doc["derivations"][0]["steps"]
+    assert all(s["status"] in ("PASS", "DEFINITION", "CITED") for s in steps)
+    assert all(s["tag"].endswith("NOT CHECKED") or "not checked in general" in s["tag"]
+               for s in steps if s["status"] == "CITED")
+    assert sum(s["status"] == "PASS" for s in steps) >= 5
+    assert "PROVED" in result.output
+
+
+def test_the_wrong_step_example_exits_1_and_names_the_step(tmp_path, schema):
+    out = tmp_path / "r.json"
+    result = prove(EXAMPLES / "wrong_step.py", "--json", out)
+    assert result.exit_code == 1, result.output
+    assert "FAIL score-scaling, step 3 (dividing by d_k keeps the variance at 1 too)" in result.output
+    quoted = re.search(r"`(FAIL score-scaling[^`]*)`", readme_section()).group(1)
+    assert quoted in " ".join(result.output.split()), "the README quotes a line prove does not print"
+    doc = json.loads(out.read_text())
+    jsonschema.validate(doc, schema)
+    steps = doc["derivations"][0]["steps"]
+    assert [s["status"] for s in steps] == ["PASS", "PASS", "FAIL"]
+    wrong = steps[2]
+    assert wrong["residual"] == "(1 - d_k)/d_k"
+    d_k = int(wrong["counterexample"]["values"]["d_k"])
+    assert d_k > 1 and wrong["counterexample"]["residual"] == f"{1 - d_k}/{d_k}"  # Var(q.k/d_k) - 1 = 1/d_k - 1
+
+
+def test_softmax_temperature_fails_when_the_factor_1_over_t_is_dropped(tmp_path):
+    path = mutated(tmp_path, "softmax_temperature.py", "sigma[i] * (delta - sigma[j]) / T,\n",
+                   "sigma[i] * (delta - sigma[j]),\n")
+    result = prove(path)
+    assert result.exit_code == 1
+    assert "FAIL softmax-temperature-jacobian, step 2 (quotient rule and chain rule" in result.output
+
+
+def test_softmax_temperature_matrix_form_fails_with_the_wrong_temperature(tmp_path):
+    path = mutated(tmp_path, "softmax_temperature.py", "(sp.diag(*weights) - weights * weights.T) / T",
+                   "(sp.diag(*weights) - weights * weights.T) * T")
+    result = prove(path)
+    assert result.exit_code == 1
+    assert re.search(r"FAIL softmax-temperature-jacobian, step 3 .*at n=2", result.output)
+
+
+def test_correlated_qk_fails_with_the_uncorrelated_formula_and_the_wrong_fourth_moment(tmp_path):
+    path = mutated(tmp_path, "correlated_qk.py", "ByExpectation(E, variance_form(dot), d * (1 + rho**2),",
+                   "ByExpectation(E, variance_form(dot), d * (1 + 2 * rho**2),")
+    result = prove(path)
+    assert result.exit_code == 1
+    assert "FAIL correlated-qk-variance, step 6" in result.output
+    path = mutated(tmp_path, "correlated_qk.py", "ByExpectation(E_z, z1**2 * k_from_z**2, 1 + 2 * rho**2,",
+                   "ByExpectation(E_z, z1**2 * k_from_z**2, 1 + rho**2,")
+    assert "FAIL correlated-qk-variance, step 4" in prove(path).output
+
+
+def test_correlated_qk_monte_carlo_step_refutes_a_wrong_value(tmp_path):
+    path = mutated(tmp_path, "correlated_qk.py", "check_equal(result, width * (1 + r * r)",
+                   "check_equal(result, width * (1 + 2 * r * r)")
+    result = prove(path, "--json", tmp_path / "r.json")
+    assert result.exit_code == 1
+    step = json.loads((tmp_path / "r.json").read_text())["derivations"][0]["steps"][-1]
+    assert step["status"] == "FAIL" and "REFUTED" in step["note"]
+
+
+# --------------------------------------------------------------------------- the README
+
+
+def readme_section() -> str:
+    text = README.read_text(encoding="utf-8")
+    start = text.index("## Write your own proof\n")
+    end = text.index("\n## ", start + 1)
+    return text[start:end]
+
+
+def test_the_readme_example_runs_exactly_as_printed(tmp_path):
+    section = readme_section()
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    name = re.match(r"# (\S+\.py)\n", code).group(1)
+    (tmp_path / name).write_text(code, encoding="utf-8")
+    commands = [line.split("#")[0].strip() for line in re.search(r"```bash\n(.*?)```", section, re.S).group(1).splitlines()]
+    commands = [c for c in commands if c]
+    assert commands and all(c.startswith(f"attnverify prove {name}") for c in commands)
+    bin_dir = os.path.dirname(sys.executable)
+    exe = shutil.which("attnverify", path=bin_dir + os.pathsep + os.environ.get("PATH", ""))
+    if exe is None:
+        pytest.skip("the attnverify console script is not installed (pip install -e .)")
+    env = {**os.environ, "PATH": os.path.dirname(exe) + os.pathsep + os.environ.get("PATH", ""), "COLUMNS": "200"}
+    for command in commands:
+        run = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "two-logit-softmax: PROVED" in run.stdout
+        assert run.stdout.count("PASS") >= 2
+    words = shlex.split(commands[-1])
+    tex, doc = (tmp_path / words[words.index(option) + 1] for option in ("--latex", "--json"))
+    check_latex(tex.read_text())
+    assert json.loads(doc.read_text())["proved"] is True
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def test_json_to_stdout_and_tables_to_stderr(tmp_path):
+    result = CliRunner().invoke(main, ["prove", str(EXAMPLES / "wrong_step.py"), "--json", "-"])
+    assert result.exit_code == 1
+    doc = json.loads(result.stdout)  # click >= 8.2 keeps stderr out of stdout
+    assert "FAIL score-scaling" in result.stderr
+    assert doc["summary"]["steps"]["FAIL"] == 1
+
+
+def test_latex_output_is_sound_and_marks_the_failed_step(tmp_path):
+    tex = tmp_path / "out" / "proof.tex"
+    result = prove(EXAMPLES / "wrong_step.py", "--latex", tex, "--no-pdf")
+    assert result.exit_code == 1
+    body = tex.read_text()
+    check_latex(body)
+    assert body.count(r"\begin{align*}") == 1 and "FAILED" in body
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed (apt-get install texlive-latex-base)")
+def test_latex_output_compiles_to_a_pdf(tmp_path):
+    tex = tmp_path / "proof.tex"
+    result = prove(EXAMPLES / "softmax_temperature.py", "--latex", tex)
+    assert result.exit_code == 0, result.output
+    assert tex.with_suffix(".pdf").stat().st_size > 0
+
+
+def test_latex_and_json_may_not_name_the_same_file(tmp_path):
+    same = tmp_path / "x.tex"
+    result = prove(EXAMPLES / "wrong_step.py", "--latex", same, "--json", same)
+    assert result.exit_code == 2 and "name the same file" in result.output
+
+
+def test_latex_wants_a_tex_file(tmp_path):
+    result = prove(EXAMPLES / "wrong_step.py", "--latex", tmp_path / "x.pdf")
+    assert result.exit_code == 2 and ".tex" in result.output
+
+
+# --------------------------------------------------------------------------- bad scripts
+
+
+def test_a_missing_file_is_a_usage_error(tmp_path):
+    result = prove(tmp_path / "nope.py")
+    assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_a_syntax_error_exits_1_with_file_and_line(tmp_path):
+    path = tmp_path / "bad.py"
+    path.write_text("from proofs import Step\n\nsteps = [Step(1, 2, 'x'),\n", encoding="utf-8")
+    result = prove(path)
+    assert result.exit_code == 1
+    assert re.search(rf"{re.escape(str(path))}:3(:\d+)?: syntax error", result.output)
+
+
+def test_a_script_that_defines_nothing_exits_1_and_says_what_to_define(tmp_path):
+    path = tmp_path / "empty.py"
+    path.write_text("import sympy\n", encoding="utf-8")
+    result = prove(path)
+    assert result.exit_code == 1
+    assert "defines nothing to prove" in result.output and "Derivation" in result.output
+
+
+def test_a_raising_checker_is_reported_against_its_step_and_the_other_steps_run(tmp_path):
+    path = tmp_path / "raises.py"
+    path.write_text(
+        "import sympy as sp\n"
+        "from proofs import Custom, Derivation, Step\n"
+        "x = sp.Symbol('x')\n"
+        "d = Derivation('d', 'd', '-', [Step(x + x, 2 * x, 'double'),\n"
+        "    Step('a', 'b', 'divides by zero', Custom(lambda: (1 / 0, ''), 'numeric')),\n"
+        "    Step(x * x, x**2, 'square')])\n", encoding="utf-8")
+    result = prove(path)
+    assert result.exit_code == 1
+    assert f"ERROR d, step 2 (divides by zero): the checker raised ZeroDivisionError: division by zero (at {path}:5)" \
+        in result.output
+    assert "PASS 2" in result.output
+
+
+def test_help_says_the_script_is_executed():
+    result = CliRunner().invoke(main, ["prove", "--help"])
+    assert result.exit_code == 0 and "run any code" in result.output and "UNPROVED" in result.output
+
+
+@pytest.mark.parametrize("example", ["softmax_temperature.py", "correlated_qk.py", "wrong_step.py"])
+def test_every_line_of_the_examples_is_checked_or_marked(example):
+    from proofs.runner import load_script
+
+    _, found = load_script(EXAMPLES / example)
+    assert found
+    for _, derivation in found:
+        assert derivation.unjustified() == []
+
+
+def test_ctrl_c_stops_after_the_derivation_in_progress_and_saves_it(tmp_path, monkeypatch, schema):
+    import signal
+
+    import proofs.runner
+
+    if not hasattr(signal, "SIGINT"):
+        pytest.skip("needs POSIX signals")
+    path = tmp_path / "two.py"
+    path.write_text("import sympy as sp\nfrom proofs import Derivation, Step\nx = sp.Symbol('x')\n"
+                    "first = Derivation('first', 'f', '-', [Step(x + x, 2 * x, 'double')])\n"
+                    "second = Derivation('second', 's', '-', [Step(x * x, x**2, 'square')])\n", encoding="utf-8")
+    real = proofs.runner.check_derivation
+
+    def ctrl_c_during_the_first(derivation, *args, **kwargs):
+        if derivation.name == "first":
+            signal.raise_signal(signal.SIGINT)
+        return real(derivation, *args, **kwargs)
+
+    monkeypatch.setattr(proofs.runner, "check_derivation", ctrl_c_during_the_first)
+    out = tmp_path / "r.json"
+    result = prove(path, "--json", out)
+    assert result.exit_code == 130, result.output
+    assert "Traceback" not in result.output and "INCOMPLETE" in result.output
+    doc = json.loads(out.read_text())
+    jsonschema.validate(doc, schema)
+    assert doc["incomplete"] and doc["not_run"] == ["variable second"] and not doc["proved"]
+    assert [d["name"] for d in doc["derivations"]] == ["first"]
+
+
+def test_correlated_qk_fails_when_the_pairs_are_stated_uncorrelated(tmp_path):
+    """Moments of uncorrelated pairs (rho = 0) under the same claim: steps 5 and 6 are false,
+    with a counterexample at some rho != 0."""
+    path = mutated(tmp_path, "correlated_qk.py", "pair_moments = gaussian_pair_moments(q[l], k[l], rho)",
+                   "pair_moments = gaussian_pair_moments(q[l], k[l], 0)")
+    result = prove(path, "--json", tmp_path / "r.json")
+    assert result.exit_code == 1
+    steps = json.loads((tmp_path / "r.json").read_text())["derivations"][0]["steps"]
+    assert [s["status"] for s in steps[4:6]] == ["FAIL", "FAIL"]
+    assert sp.Rational(steps[5]["counterexample"]["values"]["rho"]) != 0

@@ -1,0 +1,178 @@
+"""``attnverify prove FILE``: check the derivations of a user's own proof script, step by step."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.text import Text
+
+from verify._console import plain, print_table, stdout_console
+from verify._exits import EXIT_CODES, plan_exit
+from verify._interrupt import InterruptGate
+from verify._paths import OutputPath, refuse_shared_outputs, write_output
+
+#: How each step status and derivation status is coloured.
+STATUS_STYLE = {
+    "PASS": "green", "PROVED": "green",
+    "FAIL": "bold red", "FAILED": "bold red", "ERROR": "bold red",
+    "UNPROVED": "yellow", "UNCHECKED": "yellow",
+    "DEFINITION": "dim", "ASSUMPTION": "dim", "CITED": "magenta",
+}
+
+
+def status_text(status: str) -> Text:
+    """A status word in its colour."""
+    return Text(status, style=STATUS_STYLE.get(status, "yellow"))
+
+
+def prove_document(run) -> dict:
+    """The JSON document ``prove --json`` writes (schema: proofs/schema/prove.schema.json)."""
+    from proofs.runner import DERIVATION_STATUSES
+    from verify.cli import __version__
+
+    return {
+        "tool": "attnverify",
+        "version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "file": str(run.path),
+        "seconds": round(run.seconds, 6),
+        "proved": run.proved,
+        "incomplete": run.incomplete,
+        "not_run": list(run.not_run),
+        "summary": {"derivations": {status: sum(r.status == status for r in run.reports)
+                                    for status in DERIVATION_STATUSES},
+                    "steps": run.counts()},
+        "derivations": [r.to_dict() for r in run.reports],
+    }
+
+
+def latex_document(run) -> str:
+    """A standalone article: each derivation's statement, assumptions and checked ``align*`` block."""
+    from proofs.latex import render_document
+
+    built = [r for r in run.reports if r.derivation is not None]
+    return render_document([r.derivation for r in built], title=f"Derivations of {run.path.name}",
+                           tags=[[s.tag for s in r.steps] for r in built])
+
+
+def _details(step) -> str:
+    if step.status in ("FAIL", "UNPROVED") and step.residual:
+        return f"{step.note}. Residual: {step.residual}"
+    return step.note
+
+
+def print_run(run, console: Console) -> None:
+    """One table per derivation (step, status, how it was checked, details), then the counts."""
+    for report in run.reports:
+        title = f"{report.name}: {report.title} ({report.origin})"
+        if report.error is not None:
+            console.print(Text.assemble(plain(title, "bold"), "  ", status_text("ERROR")))
+            console.print(plain(report.error))
+            continue
+        rows = [(str(s.index), s.reason, status_text(s.status), s.tag if not s.checked else s.method, _details(s))
+                for s in report.steps]
+        print_table(console, title, ("#", "step", "status", "checked by", "details"), rows,
+                    verdict_columns=("#", "status"), wide=("details",))
+        console.print(Text.assemble(plain(f"{report.name}: "), status_text(report.status),
+                                    plain(f" ({report.seconds:.1f} s)")))
+        for line in report.unjustified:
+            console.print(plain(f"taken on trust, not marked: {line}", "yellow"))
+    from proofs.runner import NOT_CHECKED
+
+    counts = run.counts()
+    checked = ", ".join(f"{k} {v}" for k, v in counts.items() if k not in NOT_CHECKED)
+    unchecked = sum(v for k, v in counts.items() if k in NOT_CHECKED)
+    console.print(plain(f"{len(run.reports)} derivation(s), {sum(counts.values())} steps in {run.seconds:.1f} s: "
+                        f"{checked}; {unchecked} not checked (definitions, assumptions, cited results)"))
+    for report in run.reports:
+        if report.error is not None:
+            console.print(Text.assemble(status_text("ERROR"), plain(f" {report.name} ({report.origin}) could not be "
+                                                                    f"built: {report.error.splitlines()[0]}")))
+        for step in report.steps:
+            if step.status in ("FAIL", "ERROR", "UNPROVED"):
+                console.print(Text.assemble(status_text(step.status),
+                                            plain(f" {report.name}, step {step.index} ({step.reason}): {step.note}")))
+
+
+@click.command(epilog=EXIT_CODES)
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path))
+@click.option("--latex", "latex_path", type=OutputPath(suffixes=(".tex",)),
+              help="Write the derivations as a LaTeX article (align* blocks, each step's check beside it) "
+                   "to this .tex file, and the PDF beside it when pdflatex is on PATH.")
+@click.option("--pdf/--no-pdf", default=True, help="With --latex: compile the PDF when pdflatex is on PATH.")
+@click.option("--json", "json_path", type=OutputPath(dash=True),
+              help="Write every step with its status, method, residual and counterexample to this JSON file "
+                   "('-': to stdout, tables to stderr). Missing folders are created.")
+@click.pass_context
+def prove(ctx: click.Context, file: Path, latex_path: Path | None, pdf: bool, json_path) -> None:
+    """Check the derivations of your own proof script FILE, step by step.
+
+    FILE is a Python script that builds derivations with the public API
+    (from proofs import Derivation, Step, Symbolic, AtSizes, NonNegative, Custom, register).
+    Every Derivation it defines at module level and every function it registers with
+    @register is checked. It is executed as `python FILE` would execute it: it can run
+    any code, so prove only scripts you trust.
+
+    Each step prints PASS, FAIL (false: a counterexample at random values is shown),
+    UNPROVED (SymPy could not reduce the residual to 0 and no counterexample was found),
+    ERROR (its checker raised; the other steps still run), or, for steps that are not
+    checked, DEFINITION, ASSUMPTION or CITED. The exit code is 0 when every derivation
+    is PROVED, 1 otherwise (and when the script cannot be loaded or defines nothing).
+    Ctrl-C stops after the derivation in progress (twice: at once) and reports and
+    saves the finished ones, marked incomplete.
+    """
+    from proofs.runner import ScriptError, prove_file
+
+    refuse_shared_outputs(**{"--latex": latex_path, "--json": json_path})
+    to_stdout = json_path == "-"
+    console = stdout_console(stderr=to_stdout)
+    with InterruptGate() as gate:
+        try:
+            run = prove_file(file, stop=gate.stop)
+        except ScriptError as exc:
+            plan_exit(1)
+            raise click.ClickException(str(exc)) from None
+    code = 130 if gate.pending else 0 if run.proved else 1
+    plan_exit(code)
+    document = json.dumps(prove_document(run), indent=2) if json_path is not None else None
+    if document is not None and not to_stdout:
+        write_output(json_path, "--json", lambda: json_path.write_text(document, encoding="utf-8"))
+    tex_written = None
+    if latex_path is not None:
+        try:
+            tex = latex_document(run)
+        except ValueError as exc:  # a reason LaTeX cannot take (an unknown non-ASCII character...)
+            raise click.ClickException(f"--latex: the derivations cannot be rendered: {exc}") from None
+        write_output(latex_path, "--latex", lambda: latex_path.write_text(tex, encoding="utf-8"))
+        tex_written = latex_path
+    print_run(run, console)
+    if document is not None:
+        if to_stdout:
+            click.echo(document)
+        else:
+            console.print(plain(f"wrote {json_path}"))
+    if tex_written is not None:
+        console.print(plain(f"wrote {tex_written}"))
+        if pdf:
+            _compile_pdf(tex_written, console)
+    if gate.pending:
+        what = (f"the results above are INCOMPLETE: not run: {', '.join(run.not_run)}" if run.not_run
+                else "every derivation had finished")
+        console.print(plain(f"interrupted: {what}", "bold yellow"))
+    ctx.exit(code)
+
+
+def _compile_pdf(tex: Path, console: Console) -> None:
+    from proofs.report import ReportError, compile_pdf
+
+    try:
+        pdf_path = compile_pdf(tex)
+    except ReportError as exc:
+        raise click.ClickException(f"--latex: {exc}") from None
+    console.print(plain(f"wrote {pdf_path}" if pdf_path else "no pdflatex on PATH: PDF not built"))
