@@ -696,15 +696,17 @@ def _run(p: _Problem, fn, *extra: Any) -> tuple[Any, ...]:
     ``extra`` holds arrays with the problem's batch dims (d_out); bind other arguments
     with functools.partial.
     """
-    same_batch = all(tuple(x.shape[:-2]) == p.batch for x in (p.q, p.k, p.v))
+    # q with every batch dim (k and v may broadcast along some, as grouped-query heads do):
+    # the scores, and so every result, have the problem's batch dims.
+    full = tuple(p.q.shape[:-2]) == p.batch
     n, m = p.q.shape[-2], p.k.shape[-2]
-    axis = _parallel.split_axis(p.xp, p.batch, math.prod(p.batch) * n * m) if same_batch else None
+    axis = _parallel.split_axis(p.xp, p.batch, math.prod(p.batch) * n * m) if full else None
     if axis is None:
         return fn(p, *extra)
 
     def slab(q, k, v, mask, bias, keep, unit_q, unit_k, *rest):
         unit = None if p.unit is None else (unit_q, unit_k, p.unit[2])
-        # q, k and v all have the problem's batch dims (same_batch): the slab's are q's.
+        # q has the problem's batch dims (full): the slab's are q's.
         sliced = replace(p, q=q, k=k, v=v, mask=mask, bias=bias, keep=keep, unit=unit, batch=bk.batch_of(q))
         return fn(sliced, *rest)
 
