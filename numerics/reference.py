@@ -476,7 +476,13 @@ def _checked_attention_args(q, k, v, mask, bias, causal, window, softcap, scale,
         if dropout_mask.dtype != np.bool_:
             raise TypeError(f"dropout_mask must be a boolean keep mask, got dtype {dropout_mask.dtype}")
     for name, a in (("bias", bias_values), ("dropout_mask", dropout_mask)):
-        if a is not None and tuple(np.broadcast_shapes(a.shape, batch + (n, m))) != batch + (n, m):
+        if a is None:
+            continue
+        try:
+            ok = tuple(np.broadcast_shapes(a.shape, batch + (n, m))) == batch + (n, m)
+        except ValueError:
+            ok = False
+        if not ok:
             raise ValueError(f"{name} must broadcast to (..., N, M) = {batch + (n, m)}, got shape {_shape(a)}")
     allowed = mask
     for extra_mask in (excluded if excluded is None else ~excluded, _positional(n, m, causal, window)):

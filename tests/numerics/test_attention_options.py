@@ -828,3 +828,31 @@ def test_dropout_keep_mask_errors():
         dropout_keep_mask((2, 2), 1.0, seed=0)
     with pytest.raises(ValueError, match="seed"):
         dropout_keep_mask((2, 2), 0.1, seed=-1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, pattern",
+    [
+        (dict(window=(-1, 0)), ValueError, "window's left side must be >= 0"),
+        (dict(softcap=0.0), ValueError, "softcap must be > 0"),
+        (dict(dropout_p=0.5), ValueError, "dropout_p > 0 needs a dropout_mask"),
+        (dict(dropout_p=1.0, dropout_mask=np.ones((3, 5), dtype=bool)), ValueError, r"dropout_p must be in \[0, 1\)"),
+        (dict(causal="bottom"), ValueError, "causal must be"),
+        (dict(bias=np.zeros((3, 4))), ValueError, r"bias must broadcast to \(\.\.\., N, M\)"),
+        (dict(bias=np.full((3, 5), np.inf)), ValueError, "bias contains NaN or \\+Inf"),
+    ],
+)
+def test_reference_rejects_the_same_bad_options(kwargs, exc, pattern):
+    q, k, v = _qkv(2, 2)
+    with pytest.raises(exc, match=pattern):
+        reference.attention(q[0, 0], k[0, 0], v[0, 0], **kwargs)
+
+
+def test_reference_gqa_errors_and_determinism():
+    q, k, v = _qkv(3, 2)
+    with pytest.raises(ValueError, match="enable_gqa needs Hq a multiple of Hkv"):
+        reference.attention(q, k, v, enable_gqa=True)
+    c = _build("dropout")
+    a = reference.attention(c["q"], c["k"], c["v"], **c["kwargs"])
+    b = reference.attention(c["q"], c["k"], c["v"], **c["kwargs"])
+    np.testing.assert_array_equal(reference.to_float64(a), reference.to_float64(b))
