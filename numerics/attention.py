@@ -69,10 +69,10 @@ def causal_mask(xp: ModuleType | str, n: int, m: int, device: Any = None, *, ali
         raise ValueError(f"alignment must be 'top_left' or 'bottom_right', got {alignment!r}")
     band = key_band(n, m, alignment, None)
     mask = band.mask(namespace, device=device)
-    return xp_ones_bool(namespace, (n, m), device) if mask is None else mask
+    return _all_true(namespace, (n, m), device) if mask is None else mask
 
 
-def xp_ones_bool(xp: ModuleType, shape: tuple[int, ...], device: Any) -> Any:
+def _all_true(xp: ModuleType, shape: tuple[int, ...], device: Any) -> Any:
     """A boolean array of True (an empty causal mask is all-allowed)."""
     return xp.ones(shape, dtype=xp.bool, device=device)
 
@@ -107,24 +107,14 @@ def dropout_keep_mask(
 def _check_softcap(softcap: Any) -> float | None:
     if softcap is None:
         return None
-    if isinstance(softcap, (str, bytes, bool, np.bool_)):
-        raise TypeError(f"softcap must be a positive real number or None, got {type(softcap).__name__} {softcap!r}")
-    try:
-        value = float(softcap)
-    except (TypeError, ValueError):
-        raise TypeError(f"softcap must be a positive real number or None, got {type(softcap).__name__}") from None
+    value = bk.real_number("softcap", softcap, "a positive real number or None")
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"softcap must be a finite number > 0 (scores become c tanh(s / c)), got {softcap!r}")
     return value
 
 
 def _check_dropout_p(dropout_p: Any) -> float:
-    if isinstance(dropout_p, (str, bytes, bool, np.bool_)):
-        raise TypeError(f"dropout_p must be a real number in [0, 1), got {type(dropout_p).__name__} {dropout_p!r}")
-    try:
-        value = float(dropout_p)
-    except (TypeError, ValueError):
-        raise TypeError(f"dropout_p must be a real number in [0, 1), got {type(dropout_p).__name__}") from None
+    value = bk.real_number("dropout_p", dropout_p, "a real number in [0, 1)")
     if not 0.0 <= value < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}")
     return value

@@ -37,12 +37,7 @@ def _check_rope(x: Any, positions: Any, theta: Any, style: Any, name: str = "x")
     if style not in _STYLES:
         raise ValueError(f"style must be 'half' (rotate-half, GPT-NeoX/HF Llama) or 'interleaved' "
                          f"(RoFormer/GPT-J), got {style!r}")
-    if isinstance(theta, (str, bytes, bool, np.bool_)):
-        raise TypeError(f"theta must be a real number > 0, got {type(theta).__name__} {theta!r}")
-    try:
-        theta = float(theta)
-    except (TypeError, ValueError):
-        raise TypeError(f"theta must be a real number > 0, got {type(theta).__name__}") from None
+    theta = bk.real_number("theta", theta, "a real number > 0")
     if not (math.isfinite(theta) and theta > 0):
         raise ValueError(f"theta must be a finite number > 0, got {theta!r}")
     width = int(x.shape[-1])
@@ -51,7 +46,6 @@ def _check_rope(x: Any, positions: Any, theta: Any, style: Any, name: str = "x")
             f"rotary embedding rotates pairs of coordinates: the last dimension K of {name} must be even, "
             f"got shape {bk.shape_str(x)}"
         )
-    n = int(x.shape[-2])
     if positions is not None:
         if xp.isdtype(positions.dtype, "bool") or not xp.isdtype(positions.dtype, ("integral", "real floating")):
             raise TypeError(f"positions must be an integer or real floating array, got dtype {positions.dtype}")
