@@ -167,6 +167,11 @@ def _fold_groups(xp, q, k, v, enable_gqa, **per_score: Any):
     for name, a in per_score.items():
         if a is None:
             folded[name] = None
+        elif name == "d_out" and (a.ndim < 3 or int(a.shape[-3]) != hq):
+            raise ValueError(
+                f"d_out must have the output's shape (..., Hq, N, V) with Hq = {hq} query heads, "
+                f"got shape {bk.shape_str(a)}"
+            )
         elif a.ndim >= 3 and int(a.shape[-3]) == hq and hq != 1:
             folded[name] = xp.reshape(a, (*a.shape[:-3], hkv, g, *a.shape[-2:]))
         elif a.ndim < 3 or int(a.shape[-3]) == 1:

@@ -818,6 +818,8 @@ def test_gqa_errors_name_the_heads():
         scaled_dot_product_attention(q, k[0, 0], v[0, 0], enable_gqa=True)
     with pytest.raises(ValueError, match=r"bias must broadcast to \(\.\.\., Hq, N, M\) with Hq = 4.*\(3, 3, 5\)"):
         scaled_dot_product_attention(q, k, v, bias=np.zeros((3, 3, 5)), enable_gqa=True)
+    with pytest.raises(ValueError, match=r"d_out must have the output's shape \(\.\.\., Hq, N, V\) with Hq = 4.*\(1, 2, 3, 2\)"):
+        attention_backward(q, k, v, np.ones((1, 2, 3, 2)), enable_gqa=True)
     # Without enable_gqa, 4 query heads and 2 kv heads do not broadcast.
     with pytest.raises(ValueError, match="must broadcast"):
         scaled_dot_product_attention(q, k, v)
@@ -856,3 +858,38 @@ def test_reference_gqa_errors_and_determinism():
     a = reference.attention(c["q"], c["k"], c["v"], **c["kwargs"])
     b = reference.attention(c["q"], c["k"], c["v"], **c["kwargs"])
     np.testing.assert_array_equal(reference.to_float64(a), reference.to_float64(b))
+
+
+def test_causal_mask_alignments():
+    from numerics import causal_mask
+
+    np.testing.assert_array_equal(causal_mask(np, 3, 5), np.tril(np.ones((3, 5), dtype=bool)))
+    np.testing.assert_array_equal(causal_mask(np, 3, 5, alignment="bottom_right"), np.tril(np.ones((3, 5), dtype=bool), 2))
+    np.testing.assert_array_equal(causal_mask(np, 5, 3, alignment="bottom_right"), np.tril(np.ones((5, 3), dtype=bool), -2))
+    assert causal_mask(np, 1, 1).tolist() == [[True]] and causal_mask(np, 0, 2).shape == (0, 2)
+    with pytest.raises(ValueError, match="alignment must be 'top_left' or 'bottom_right'"):
+        causal_mask(np, 2, 2, alignment="bottom")
+
+
+@pytest.mark.parametrize("dtype_name, u", [("float16", 2.0**-11), ("bfloat16", 2.0**-8)])
+def test_half_precision_options_keep_the_dtype_within_two_roundings(dtype_name, u):
+    """Half inputs (bias included) are computed in float32 and rounded once: each result is
+    within 2u (normwise) of the exact result on the half-rounded inputs."""
+    torch = _torch()
+    c = _build("everything")
+    dtype = getattr(torch, dtype_name)
+    half = {a: torch.from_numpy(c[a]).to(dtype) for a in ("q", "k", "v", "d_out")}
+    kw = dict(c["kwargs"])
+    bias = np.where(np.isneginf(kw["bias"]), -np.inf, kw["bias"])
+    half_bias = torch.from_numpy(bias).to(dtype)
+    exact = {a: t.double().numpy() for a, t in half.items()}
+    kw64 = dict(kw, bias=half_bias.double().numpy())
+    ref_out = reference.to_float64(reference.attention(exact["q"], exact["k"], exact["v"], **kw64))
+    ref_grads = reference.attention_gradients(exact["q"], exact["k"], exact["v"], exact["d_out"], **kw64)
+    kwt = dict(kw, bias=half_bias, dropout_mask=torch.from_numpy(kw["dropout_mask"]))
+    out = scaled_dot_product_attention(half["q"], half["k"], half["v"], **kwt)
+    grads = attention_backward(half["q"], half["k"], half["v"], half["d_out"], **kwt)
+    assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
+    assert relative_error(out.double().numpy(), ref_out) <= 2 * u
+    for g, r in zip(grads, ref_grads):
+        assert relative_error(g.double().numpy(), r) <= 2 * u
