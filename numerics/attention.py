@@ -949,4 +949,7 @@ def attention_backward(
     return result
 
 
-scaled_dot_product_attention.__doc__ = scaled_dot_product_attention.__doc__.replace("    {options}", _OPTIONS_DOC.strip("\n"))
+if scaled_dot_product_attention.__doc__:  # None under python -OO
+    scaled_dot_product_attention.__doc__ = scaled_dot_product_attention.__doc__.replace(
+        "    {options}", _OPTIONS_DOC.strip("\n")
+    )
