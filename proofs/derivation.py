@@ -450,11 +450,15 @@ class AtSizes(Checker):
 class NonNegative(Checker):
     """Check an inequality ``expr >= 0`` through a witness.
 
-    Passes when ``expr - witness.subs(subs)`` reduces to 0 and SymPy shows
+    Passes when ``expr - witness.subs(subs)`` reduces to 0, SymPy shows
     ``witness.is_nonnegative`` from the assumptions of its symbols (a sum of squares, a
-    product of nonnegative symbols...). Write ``a <= b`` as ``NonNegative(b - a, witness)``.
-    The witness's symbols must carry the assumptions the statement grants
-    (``nonnegative=True`` for weights...): they are what SymPy reasons from.
+    product of nonnegative symbols...), and every value substituted through ``subs`` is shown
+    to meet the sign assumptions of the symbol it replaces (SymPy sees it from its own
+    symbols' assumptions, after ``cancel``; or it comes with a witness of its own). Without that
+    last check ``{r: x}`` with ``r`` nonnegative would "prove" ``x >= 0`` for any ``x``.
+    Write ``a <= b`` as ``NonNegative(b - a, witness)``. The witness's symbols must carry the
+    assumptions the statement grants (``nonnegative=True`` for weights...): they are what
+    SymPy reasons from.
 
     Parameters
     ----------
@@ -463,8 +467,14 @@ class NonNegative(Checker):
     witness : Expr
         An expression equal to ``expr`` whose sign SymPy can see.
     subs : dict, optional
-        Expresses auxiliary nonnegative symbols of the witness in the variables of ``expr``
-        (e.g. the remaining mass ``{r: 1 - s_i - s_j}``).
+        Expresses auxiliary symbols of the witness in the variables of ``expr``
+        (e.g. the remaining mass ``{r: 1 - s_i - s_j}``). A value is either an expression whose
+        sign SymPy sees, or a tuple ``(value, witness)`` / ``(value, witness, subs)``: the value
+        is shown nonnegative the same way, recursively.
+    premises : dict, optional
+        ``{symbol: where}`` for an auxiliary symbol whose value's sign is established elsewhere
+        (``"the two lines above"``). It is not checked here: the step's tag and note say
+        ``given ... >= 0 (where)`` so a reader sees what the step rests on.
     assumptions : Q predicate, optional
         For the equality test, as in :class:`Symbolic`.
 
@@ -483,9 +493,19 @@ class NonNegative(Checker):
 
     method = "symbolic (nonnegativity witness)"
 
-    def __init__(self, expr: Any, witness: Any, subs: dict | None = None, *, assumptions: Any = None):
+    def __init__(self, expr: Any, witness: Any, subs: dict | None = None, *, premises: dict | None = None,
+                 assumptions: Any = None):
         self.cases = [(expr, witness, subs or {})]
         self.assumptions = assumptions
+        self.premises = {}
+        for aux, where in (premises or {}).items():
+            if not isinstance(where, str) or not where.strip():
+                raise ValueError(f"NonNegative premises: say where {aux} >= 0 is established (a non-empty string), "
+                                 f"got {where!r}")
+            self.premises[aux] = where.strip()
+        if self.premises:
+            given = "; ".join(f"given {aux} >= 0 ({where})" for aux, where in self.premises.items())
+            self.method = f"{NonNegative.method}, {given}"
 
     @classmethod
     def many(cls, cases: Iterable[tuple[Any, Any, dict | None]], label: str | None = None) -> "NonNegative":
@@ -495,15 +515,63 @@ class NonNegative(Checker):
             obj.method = f"symbolic (nonnegativity witness), {label}"
         return obj
 
+    def _value_sign(self, aux: Any, spec: Any, depth: int = 0) -> tuple[Any, str | None]:
+        """``(value, None)`` when the substituted value meets ``aux``'s sign assumptions, else
+        ``(value, why not)``. ``spec`` is a value or ``(value, witness[, subs])``."""
+        if isinstance(spec, tuple):
+            if len(spec) not in (2, 3):
+                raise ValueError(f"NonNegative subs[{aux}]: expected a value or (value, witness[, subs]), "
+                                 f"got a tuple of {len(spec)}")
+            value, witness = sp.sympify(spec[0]), sp.sympify(spec[1])
+            inner = spec[2] if len(spec) == 3 else {}
+            ok, note = is_zero(value - witness.subs({k: (v[0] if isinstance(v, tuple) else v) for k, v in inner.items()}),
+                               self.assumptions)
+            if not ok:
+                return value, f"the substituted value {aux} = {_short(value)} differs from its witness: {note}"
+            for k, v in inner.items():
+                _, why = self._value_sign(k, v, depth + 1)
+                if why:
+                    return value, why
+            shown = witness
+        else:
+            value = shown = sp.sympify(spec)
+        needs_positive = getattr(aux, "is_positive", None) is True
+        needs_nonnegative = needs_positive or getattr(aux, "is_nonnegative", None) is True
+        needs_real = getattr(aux, "is_extended_real", None) is True
+        if aux in self.premises:
+            return value, None
+        for candidate in (shown, sp.cancel(sp.together(shown)), sp.factor(shown)):
+            if needs_positive and candidate.is_positive is not True:
+                continue
+            if needs_nonnegative and candidate.is_nonnegative is not True:
+                continue
+            if needs_real and candidate.is_extended_real is not True:
+                continue
+            return value, None
+        sign = "positive" if needs_positive else "nonnegative" if needs_nonnegative else "real"
+        return value, (f"SymPy cannot show the substituted value {aux} = {_short(value)} is {sign} "
+                       f"(as {aux} is assumed); give it a witness, subs={{{aux}: (value, witness)}}")
+
+    def substituted(self, subs: dict) -> dict:
+        """The plain substitution ``{symbol: value}`` (the witnesses of values dropped)."""
+        return {k: (v[0] if isinstance(v, tuple) else v) for k, v in subs.items()}
+
     def run(self, ctx: _Context) -> tuple[bool, str]:
         for idx, (expr, witness, subs) in enumerate(self.cases):
             expr = ctx.unfold(expr)
-            ok, note = is_zero(expr - sp.sympify(witness).subs(subs), self.assumptions)
+            ok, note = is_zero(expr - sp.sympify(witness).subs(self.substituted(subs)), self.assumptions)
             if not ok:
                 return False, f"case {idx}: expression differs from its witness: {note}"
             if sp.sympify(witness).is_nonnegative is not True:
                 return False, f"case {idx}: SymPy cannot show the witness {witness} is nonnegative"
-        return True, f"{len(self.cases)} case(s): expression = witness, witness >= 0 by the symbols' assumptions"
+            for aux, spec in subs.items():
+                _, why = self._value_sign(aux, spec)
+                if why:
+                    return False, f"case {idx}: {why}"
+        given = "".join(f"; given {aux} >= 0 ({where}), not checked here" for aux, where in self.premises.items())
+        subs_note = ", substituted values shown >= 0" if any(c[2] for c in self.cases) else ""
+        return True, (f"{len(self.cases)} case(s): expression = witness, witness >= 0 by the symbols' "
+                      f"assumptions{subs_note}{given}")
 
 
 class Custom(Checker):

@@ -406,10 +406,14 @@ def _nonnegative_diagnosis(checker: NonNegative, ctx: Any, seed: str) -> Diagnos
     for idx, (expr, witness, subs) in enumerate(checker.cases):
         expr = ctx.unfold(expr)
         witness = sp.sympify(witness)
-        conditions = [checker.assumptions, *[(value, aux) for aux, value in subs.items()]]
+        plain = checker.substituted(subs)
+        unsigned = [why for why in (checker._value_sign(aux, spec)[1] for aux, spec in subs.items()) if why]
+        # the substituted values keep the search inside the domain the witness describes, so a
+        # counterexample found is one there; a value whose sign is not shown leaves it UNPROVED
+        conditions = [checker.assumptions, *[(value, aux) for aux, value in plain.items()]]
         where = f"case {idx}" if len(checker.cases) > 1 else ""
-        ok, _ = is_zero(expr - witness.subs(subs), checker.assumptions)
-        if ok and witness.is_nonnegative is True:
+        ok, _ = is_zero(expr - witness.subs(plain), checker.assumptions)
+        if ok and witness.is_nonnegative is True and not unsigned:
             continue
         cex, n, note = find_counterexample([(where, expr)], conditions=conditions, seed=f"{seed}:{idx}", negative=True)
         prefix = f"{where}: " if where else ""
@@ -417,15 +421,18 @@ def _nonnegative_diagnosis(checker: NonNegative, ctx: Any, seed: str) -> Diagnos
             return Diagnosis("FAIL", f"{prefix}false: the expression is negative, {cex.describe()}",
                              _shown(expr), cex, n)
         if not ok:
-            d = _zero_test_diagnosis(expr - witness.subs(subs), checker.assumptions, f"{seed}:{idx}:w",
+            d = _zero_test_diagnosis(expr - witness.subs(plain), checker.assumptions, f"{seed}:{idx}:w",
                                      where=where, conditions=conditions[1:])
             if d.status == "FAIL":
                 return Diagnosis("FAIL", f"{prefix}the witness does not equal the expression: "
                                  f"{d.counterexample.describe()}", d.residual, d.counterexample, d.points)
             return d
-        found = f"no negative value at {n} random points ({note})" if n else f"it could not be evaluated ({note})"
+        found = (f"no negative value at {n} random points ({note})" if n
+                 else f"it could not be evaluated ({note})")
+        if unsigned and witness.is_nonnegative is True:
+            return Diagnosis("UNPROVED", f"{prefix}{unsigned[0]}; {found}: not proved", _shown(witness), None, n)
         return Diagnosis("UNPROVED", f"{prefix}SymPy cannot show the witness {_shown(witness)} is nonnegative from "
-                         f"its symbols' assumptions; {found}: probably true, not proved", _shown(witness), None, n)
+                         f"its symbols' assumptions; {found}: not proved", _shown(witness), None, n)
     return Diagnosis("UNPROVED", "the check failed but every case passes when re-checked")
 
 

@@ -340,3 +340,46 @@ def test_a_stated_domain_keeps_the_search_inside_it():
     assert inside.status == "UNPROVED" and "no counterexample" in inside.note
     anywhere = status_of(Step(lhs, rhs, "for every real rho"))
     assert anywhere.status == "FAIL" and sp.Rational(anywhere.counterexample.values["rho"]) < -1
+
+
+# --------------------------------------------------------------------------- review: substituted values
+
+
+def test_nonnegative_a_substituted_value_must_be_shown_nonnegative():
+    """{r: x} with r nonnegative must not prove x >= 0 for a real x."""
+    x, r = sp.Symbol("x", real=True), sp.Symbol("r", nonnegative=True)
+    d = one_step(Step(x, 0, "x >= 0 by renaming it", NonNegative(x, r, {r: x}), rel=r"\ge"))
+    assert not d.valid
+    report = check_derivation(d)
+    assert report.steps[0].status == "UNPROVED" and report.status != "PROVED"
+    assert "substituted value r = x" in report.steps[0].note
+
+
+def test_nonnegative_a_substituted_value_with_its_own_witness_passes():
+    si, sj, r = sp.symbols("sigma_i sigma_j r", nonnegative=True)
+    e_i, e_j = sp.symbols("e_i e_j", positive=True)
+    rest = sp.Symbol("R", nonnegative=True)
+    pair = {si: e_i / (e_i + e_j + rest), sj: e_j / (e_i + e_j + rest)}
+    witness = (((si - sj) ** 2 + r**2 + 2 * r * (si + sj)) / 4).subs(pair)
+    right = {r: ((1 - si - sj).subs(pair), rest / (e_i + e_j + rest))}
+    wrong = {r: ((1 - si - sj).subs(pair), (rest + 1) / (e_i + e_j + rest))}  # not equal to the value
+    step = lambda subs: Step("s_i s_j", "1/4", "AM-GM", NonNegative((sp.Rational(1, 4) - si * sj).subs(pair),
+                                                                    witness, subs), rel=r"\le")
+    assert one_step(step(right)).valid
+    bad = one_step(step(wrong))
+    assert not bad.valid and "differs from its witness" in bad.failed[0].note
+    # the bare value 1 - s_i - s_j of two free nonnegative symbols cannot be signed
+    free = NonNegative(sp.Rational(1, 4) - si * sj, ((si - sj) ** 2 + r**2 + 2 * r * (si + sj)) / 4, {r: 1 - si - sj})
+    assert not one_step(Step("a", "b", "free", free, rel=r"\le")).valid
+
+
+def test_nonnegative_a_premise_is_named_in_the_tag_and_the_note():
+    m, p, u = sp.Symbol("M", positive=True), sp.Symbol("p", nonnegative=True), sp.Symbol("u", nonnegative=True)
+    check = NonNegative(m - p, u / (m + p), {u: m**2 - p**2}, premises={u: "the line above"})
+    d = one_step(Step("p", "M", "monotone root", check, rel=r"\le"))
+    assert d.valid and "given u >= 0 (the line above)" in check.tag()
+    assert "not checked here" in d.check()[0].note
+    without = NonNegative(m - p, u / (m + p), {u: m**2 - p**2})
+    assert not one_step(Step("p", "M", "monotone root", without, rel=r"\le")).valid
+    with pytest.raises(ValueError, match="premises"):
+        NonNegative(m - p, u / (m + p), {u: m**2 - p**2}, premises={u: ""})
