@@ -731,8 +731,11 @@ class DerivationError(RuntimeError):
 
     def __init__(self, derivation: "Derivation", failed: list[StepResult]):
         self.derivation, self.failed = derivation, failed
-        lines = "; ".join(f"step {r.index} ({r.reason}): {r.note}" for r in failed)
-        super().__init__(f"derivation {derivation.name!r} is not valid: {lines}")
+        lines = [f"step {r.index} ({r.reason}): {r.note}" for r in failed]
+        lines += [f"taken on trust: {line}" for line in derivation.unjustified()]
+        if not lines:
+            lines = ["no step is checked"]
+        super().__init__(f"derivation {derivation.name!r} is not valid: {'; '.join(lines)}")
 
 
 def _identity(x: Any) -> Any:
@@ -849,9 +852,10 @@ class Derivation:
 
     @property
     def valid(self) -> bool:
-        """Every checked step passed, and at least one step was checked."""
+        """Every checked step passed, at least one step was checked, and no line is taken on
+        trust without a mark (:meth:`unjustified` is empty)."""
         results = self.check()
-        return all(r.passed for r in results) and any(r.checked for r in results)
+        return all(r.passed for r in results) and any(r.checked for r in results) and not self.unjustified()
 
     @property
     def failed(self) -> list[StepResult]:
@@ -896,7 +900,15 @@ class Derivation:
         results = self.check()
         checked = sum(r.checked for r in results)
         cited = sum(r.kind == "cited" for r in results)
-        status = "all checked steps pass" if self.valid else f"{len(self.failed)} step(s) FAIL"
+        failed, trusted = len(self.failed), len(self.unjustified())
+        if self.valid:
+            status = "all checked steps pass"
+        elif failed:
+            status = f"{failed} step(s) do not pass"
+        elif trusted:
+            status = f"NOT PROVED: {trusted} line(s) taken on trust without a mark"
+        else:
+            status = "NOT PROVED: no step is checked"
         also = f", {cited} cited (not checked)" if cited else ""
         return f"{self.title}: {checked} of {len(results)} steps checked{also}, {status} ({'; '.join(self.methods)})"
 

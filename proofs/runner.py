@@ -51,7 +51,7 @@ __all__ = ["ScriptError", "StepReport", "DerivationReport", "ProofRun", "load_sc
 #: Every step status, in the order the summary counts them.
 STATUSES = ("PASS", "FAIL", "UNPROVED", "ERROR", "DEFINITION", "ASSUMPTION", "CITED")
 #: Every derivation status.
-DERIVATION_STATUSES = ("PROVED", "FAILED", "UNPROVED", "ERROR", "UNCHECKED")
+DERIVATION_STATUSES = ("PROVED", "FAILED", "UNPROVED", "ERROR", "UNJUSTIFIED", "UNCHECKED")
 #: The statuses of steps that are not checked.
 NOT_CHECKED = ("DEFINITION", "ASSUMPTION", "CITED")
 
@@ -149,8 +149,9 @@ class DerivationReport:
 
     @property
     def status(self) -> str:
-        """FAILED (a step is false), ERROR (a checker or the build raised), UNPROVED, PROVED, or
-        UNCHECKED (no step is checked), the first that applies."""
+        """FAILED (a step is false), ERROR (a checker or the build raised), UNPROVED,
+        UNJUSTIFIED (a line taken on trust without a mark), UNCHECKED (no step is checked), or
+        PROVED, the first that applies. :attr:`status_reason` says why."""
         found = {s.status for s in self.steps}
         if "FAIL" in found:
             return "FAILED"
@@ -158,11 +159,32 @@ class DerivationReport:
             return "ERROR"
         if "UNPROVED" in found:
             return "UNPROVED"
+        if self.unjustified:
+            return "UNJUSTIFIED"
         return "PROVED" if any(s.checked for s in self.steps) else "UNCHECKED"
+
+    @property
+    def status_reason(self) -> str:
+        """One sentence: why the derivation has its status."""
+        status = self.status
+        counts = {k: sum(s.status == k for s in self.steps) for k in ("FAIL", "ERROR", "UNPROVED")}
+        if status == "FAILED":
+            return f"{counts['FAIL']} step(s) are false"
+        if status == "ERROR":
+            return "it could not be built" if self.error is not None else f"{counts['ERROR']} checker(s) raised"
+        if status == "UNPROVED":
+            return f"{counts['UNPROVED']} step(s) could not be shown (neither proved nor refuted)"
+        if status == "UNJUSTIFIED":
+            return (f"not proved: {len(self.unjustified)} line(s) taken on trust without a mark: "
+                    + "; ".join(self.unjustified))
+        if status == "UNCHECKED":
+            return ("not proved: no step is checked (only definitions, assumptions or cited results); "
+                    "give a step a check (Symbolic, AtSizes, NonNegative, Custom)")
+        return "every checked step passes and every other line is a definition, assumption or named citation"
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "title": self.title, "statement": self.statement, "origin": self.origin,
-                "status": self.status, "error": self.error, "seconds": round(self.seconds, 6),
+                "status": self.status, "status_reason": self.status_reason, "error": self.error, "seconds": round(self.seconds, 6),
                 "assumptions": list(self.derivation.assumptions) if self.derivation else [],
                 "unjustified": list(self.unjustified),
                 "steps": [s.to_dict() for s in self.steps]}
@@ -186,6 +208,14 @@ class ProofRun:
     def proved(self) -> bool:
         """Every derivation found was checked and PROVED."""
         return not self.not_run and all(r.status == "PROVED" for r in self.reports)
+
+    def derivation_counts(self) -> dict[str, int]:
+        """How many derivations have each status (every status present, zeros included); one
+        that could not be built counts as ERROR."""
+        counts = dict.fromkeys(DERIVATION_STATUSES, 0)
+        for report in self.reports:
+            counts[report.status] += 1
+        return counts
 
     def counts(self) -> dict[str, int]:
         """How many steps have each status (every status present, zeros included)."""

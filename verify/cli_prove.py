@@ -20,7 +20,7 @@ from verify._paths import OutputPath, refuse_shared_outputs, write_output
 STATUS_STYLE = {
     "PASS": "green", "PROVED": "green",
     "FAIL": "bold red", "FAILED": "bold red", "ERROR": "bold red",
-    "UNPROVED": "yellow", "UNCHECKED": "yellow",
+    "UNPROVED": "yellow", "UNCHECKED": "yellow", "UNJUSTIFIED": "yellow",
     "DEFINITION": "dim", "ASSUMPTION": "dim", "CITED": "magenta",
 }
 
@@ -32,7 +32,6 @@ def status_text(status: str) -> Text:
 
 def prove_document(run) -> dict:
     """The JSON document ``prove --json`` writes (schema: proofs/schema/prove.schema.json)."""
-    from proofs.runner import DERIVATION_STATUSES
     from verify.cli import __version__
 
     return {
@@ -45,9 +44,7 @@ def prove_document(run) -> dict:
         "proved": run.proved,
         "incomplete": run.incomplete,
         "not_run": list(run.not_run),
-        "summary": {"derivations": {status: sum(r.status == status for r in run.reports)
-                                    for status in DERIVATION_STATUSES},
-                    "steps": run.counts()},
+        "summary": {"derivations": run.derivation_counts(), "steps": run.counts()},
         "derivations": [r.to_dict() for r in run.reports],
     }
 
@@ -56,9 +53,36 @@ def latex_document(run) -> str:
     """A standalone article: each derivation's statement, assumptions and checked ``align*`` block."""
     from proofs.latex import render_document
 
+    from proofs.latex import escape as text
+
     built = [r for r in run.reports if r.derivation is not None]
-    return render_document([r.derivation for r in built], title=f"Derivations of {run.path.name}",
-                           tags=[[s.tag for s in r.steps] for r in built])
+    title = f"Derivations of {run.path.name}"
+    preface = []
+    if run.incomplete:
+        title += " (INCOMPLETE: interrupted)"
+        preface.append(r"\textbf{INCOMPLETE: the run was interrupted (Ctrl-C); not run: "
+                       + text(", ".join(run.not_run)) + ".}")
+    overall = ", ".join(f"{status} {n}" for status, n in run.derivation_counts().items() if n)
+    preface.append(r"\textbf{Summary.} " + text(f"{len(run.reports)} derivation(s): {overall or 'none'}; "
+                                                 f"steps: {_step_counts(run.counts())}."))
+    failed_to_build = [r for r in run.reports if r.derivation is None]
+    if failed_to_build:
+        preface.append(r"\textbf{Not built (ERROR):} " + text("; ".join(
+            f"{r.name} ({r.origin}): {(r.error or '').splitlines()[0]}" for r in failed_to_build)) + ".")
+    return render_document([r.derivation for r in built], title=title,
+                           tags=[[s.tag for s in r.steps] for r in built],
+                           summaries=[f"{r.name}: {r.status} ({r.status_reason}); steps: "
+                                      f"{_step_counts({k: sum(s.status == k for s in r.steps) for k in run.counts()})}"
+                                      for r in built],
+                           preface="\n\n".join(preface))
+
+
+def _step_counts(counts: dict) -> str:
+    """``"PASS 3, FAIL 1, UNPROVED 0, ERROR 0; 2 not checked"``: FAIL and UNPROVED apart."""
+    from proofs.runner import NOT_CHECKED
+
+    checked = ", ".join(f"{k} {v}" for k, v in counts.items() if k not in NOT_CHECKED)
+    return f"{checked}; {sum(v for k, v in counts.items() if k in NOT_CHECKED)} not checked"
 
 
 def _details(step) -> str:
@@ -79,17 +103,21 @@ def print_run(run, console: Console) -> None:
                 for s in report.steps]
         print_table(console, title, ("#", "step", "status", "checked by", "details"), rows,
                     verdict_columns=("#", "status"), wide=("details",))
+        why = "" if report.status == "PROVED" else f": {report.status_reason}"
         console.print(Text.assemble(plain(f"{report.name}: "), status_text(report.status),
-                                    plain(f" ({report.seconds:.1f} s)")))
-        for line in report.unjustified:
-            console.print(plain(f"taken on trust, not marked: {line}", "yellow"))
+                                    plain(f" ({report.seconds:.1f} s){why}")))
+        if report.status != "UNJUSTIFIED":  # its reason lists them already
+            for line in report.unjustified:
+                console.print(plain(f"taken on trust, not marked: {line}", "yellow"))
     from proofs.runner import NOT_CHECKED
 
     counts = run.counts()
     checked = ", ".join(f"{k} {v}" for k, v in counts.items() if k not in NOT_CHECKED)
     unchecked = sum(v for k, v in counts.items() if k in NOT_CHECKED)
-    console.print(plain(f"{len(run.reports)} derivation(s), {sum(counts.values())} steps in {run.seconds:.1f} s: "
-                        f"{checked}; {unchecked} not checked (definitions, assumptions, cited results)"))
+    by_status = ", ".join(f"{status} {n}" for status, n in run.derivation_counts().items() if n)
+    console.print(plain(f"{len(run.reports)} derivation(s) ({by_status or 'none'}), {sum(counts.values())} steps "
+                        f"in {run.seconds:.1f} s: {checked}; {unchecked} not checked (definitions, assumptions, "
+                        "cited results)"))
     for report in run.reports:
         if report.error is not None:
             console.print(Text.assemble(status_text("ERROR"), plain(f" {report.name} ({report.origin}) could not be "

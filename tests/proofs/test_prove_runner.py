@@ -328,8 +328,9 @@ def test_a_derivation_step_marked_as_a_definition_is_listed_as_taken_on_trust():
         Step(x * (x + 1), x**2 + x, "expand"),
         Step.define(None, x**2 + x + 0, "and so on"),  # continues the chain: a step, not a definition
     ]))
-    assert report.status == "PROVED"
+    assert report.status == "UNJUSTIFIED" and not report.derivation.valid  # never PROVED
     assert len(report.unjustified) == 1 and "step 2 (and so on)" in report.unjustified[0]
+    assert "taken on trust" in report.status_reason
 
 
 def test_a_stated_domain_keeps_the_search_inside_it():

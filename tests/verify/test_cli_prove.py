@@ -281,3 +281,41 @@ def test_correlated_qk_fails_when_the_pairs_are_stated_uncorrelated(tmp_path):
     steps = json.loads((tmp_path / "r.json").read_text())["derivations"][0]["steps"]
     assert [s["status"] for s in steps[4:6]] == ["FAIL", "FAIL"]
     assert sp.Rational(steps[5]["counterexample"]["values"]["rho"]) != 0
+
+
+# --------------------------------------------------------------------------- review fixes
+
+
+def script(tmp_path: Path, body: str, name: str = "s.py") -> Path:
+    path = tmp_path / name
+    path.write_text("import sympy as sp\nfrom proofs import *\n" + body, encoding="utf-8")
+    return path
+
+
+def test_a_line_taken_on_trust_is_not_proved_anywhere(tmp_path, schema):
+    path = script(tmp_path, "x = sp.Symbol('x', real=True)\n"
+                            "d = Derivation('d', 'd', '-', [Step(x**2, x*x, 'square'),\n"
+                            "    Step.define(None, 5, 'and then this is 5')])\n")
+    tex, out = tmp_path / "d.tex", tmp_path / "d.json"
+    result = prove(path, "--json", out, "--latex", tex, "--no-pdf")
+    assert result.exit_code == 1, result.output
+    assert "d: UNJUSTIFIED" in result.output and "taken on trust" in result.output
+    doc = json.loads(out.read_text())
+    jsonschema.validate(doc, schema)
+    assert not doc["proved"] and doc["derivations"][0]["status"] == "UNJUSTIFIED"
+    assert "and then this is 5" in doc["derivations"][0]["status_reason"]
+    assert doc["summary"]["derivations"]["PROVED"] == 0 and doc["summary"]["derivations"]["UNJUSTIFIED"] == 1
+    body = tex.read_text()
+    check_latex(body)
+    assert "UNJUSTIFIED" in body and "all checked steps pass" not in body
+
+
+def test_the_latex_summary_counts_fail_and_unproved_apart(tmp_path):
+    path = script(tmp_path, "x = sp.Symbol('x', real=True)\ny = sp.Symbol('y', positive=True)\n"
+                            "d = Derivation('d', 'd', '-', [Step(x + x, 3 * x, 'false'),\n"
+                            "    Step(sp.atan(y) + sp.atan(1 / y), sp.pi / 2, 'true, not reduced')])\n")
+    tex = tmp_path / "d.tex"
+    result = prove(path, "--latex", tex, "--no-pdf")
+    assert result.exit_code == 1
+    body = tex.read_text()
+    assert "FAIL 1, UNPROVED 1" in body and "d: FAILED" in body
