@@ -355,13 +355,44 @@ class Symbolic(Checker):
             raise TypeError(f"step {step.reason!r}: a symbolic check needs SymPy lhs and rhs, or an explicit expr")
         return step.lhs - step.rhs
 
-    def run(self, ctx: _Context) -> tuple[bool, str]:
-        e = self._target(ctx)
+    def _prepared(self, e: Any, ctx: _Context) -> Any:
+        if isinstance(e, sp.Equality):
+            e = e.lhs - e.rhs
         if self.do_unfold:
             e = ctx.unfold(e)
         if self.prepare is not None:
             e = self.prepare(e)
-        return is_zero(e, self.assumptions)
+        return e
+
+    def unlinked(self, ctx: _Context) -> str | None:
+        """Why the explicit ``expr`` is not shown to test the displayed line, or None.
+
+        When both displayed sides are SymPy, ``expr`` must be ``lhs - rhs`` (or its negative)
+        up to simplification, or the displayed ``lhs - rhs`` must itself reduce to 0: otherwise
+        a check of something else would pass under the displayed line.
+        """
+        shown = _displayed_difference(ctx)
+        if self.expr is None or shown is None or ctx.step.rel != "=":
+            return None
+        # compared through the derivation's unfold even when the check itself skips it
+        # (unfold=False): an expr that is 0 with notation left symbolic is 0 once it is unfolded
+        e = self.expr.lhs - self.expr.rhs if isinstance(self.expr, sp.Equality) else self.expr
+        shown, e = ctx.unfold(shown), ctx.unfold(e)
+        if self.prepare is not None:
+            shown, e = self.prepare(shown), self.prepare(e)
+        for candidate in (shown - e, shown + e, shown):
+            if is_zero(candidate, self.assumptions)[0]:
+                return None
+        return (f"the check tests {_short(self.expr)}, which is not shown to be the displayed lhs - rhs "
+                f"({_short(shown)}): the displayed line is not what was checked")
+
+    def run(self, ctx: _Context) -> tuple[bool, str]:
+        ok, note = is_zero(self._prepared(self._target(ctx), ctx), self.assumptions)
+        if ok:
+            why = self.unlinked(ctx)
+            if why:
+                return False, why
+        return ok, note
 
 
 class Chain(Symbolic):
@@ -387,6 +418,17 @@ def format_sizes(sizes: Sequence[Any], label: str) -> str:
             return f"{label}={vals[0]}..{vals[-1]}"
         return f"{label}=" + ", ".join(map(str, vals))
     return f"{label}=" + ", ".join("(" + ",".join(map(str, v)) + ")" for v in vals)
+
+
+def _is_empty(e: Any) -> bool:
+    """Whether a built target compares nothing: None, an empty list or tuple, an empty matrix."""
+    if e is None:
+        return True
+    if isinstance(e, (list, tuple)):
+        return len(e) == 0 or all(_is_empty(x) for x in e)
+    if isinstance(e, sp.MatrixBase):
+        return 0 in e.shape
+    return False
 
 
 class AtSizes(Checker):
@@ -438,6 +480,9 @@ class AtSizes(Checker):
         notes = []
         for size in self.sizes:
             e = self.build(*size) if isinstance(size, tuple) else self.build(size)
+            if _is_empty(e):
+                raise ValueError(f"AtSizes: build({size!r}) returned {e!r}, which compares nothing; "
+                                 "return what must be 0 at that size (an expression, an Eq, a matrix, a list)")
             if self.prepare is not None:
                 e = self.prepare(e)
             ok, note = is_zero(e, self.assumptions)
@@ -445,6 +490,10 @@ class AtSizes(Checker):
                 return False, f"fails at {self.label}={size}: {note}"
             notes.append(size)
         return True, f"zero at every size ({format_sizes(notes, self.label)})"
+
+
+_LESS = (r"\le", r"\leq", "<=", "<", r"\leqslant", r"\lt")
+_GREATER = (r"\ge", r"\geq", ">=", ">", r"\geqslant", r"\gt")
 
 
 class NonNegative(Checker):
@@ -556,7 +605,29 @@ class NonNegative(Checker):
         """The plain substitution ``{symbol: value}`` (the witnesses of values dropped)."""
         return {k: (v[0] if isinstance(v, tuple) else v) for k, v in subs.items()}
 
+    def unlinked(self, ctx: _Context) -> str | None:
+        """Why ``expr`` is not the displayed inequality's ``rhs - lhs`` (``<=``) or ``lhs - rhs``
+        (``>=``) up to simplification, or None (also when a side is not SymPy)."""
+        shown = _displayed_difference(ctx)
+        if shown is None or len(self.cases) != 1 or isinstance(shown, sp.MatrixBase):
+            return None
+        rel = ctx.step.rel.strip()
+        if rel in _LESS:
+            shown = -shown
+        elif rel not in _GREATER:
+            return (f"the displayed relation {rel!r} is not an inequality <=, <, >= or >: "
+                    "a nonnegativity check does not test it")
+        expr = ctx.unfold(self.cases[0][0])
+        if is_zero(ctx.unfold(shown) - expr, self.assumptions)[0]:
+            return None
+        side = "rhs - lhs" if rel in _LESS else "lhs - rhs"
+        return (f"the check shows {_short(expr)} >= 0, which is not the displayed {side} = {_short(shown)}: "
+                "the displayed line is not what was checked")
+
     def run(self, ctx: _Context) -> tuple[bool, str]:
+        why = self.unlinked(ctx)
+        if why:
+            return False, why
         for idx, (expr, witness, subs) in enumerate(self.cases):
             expr = ctx.unfold(expr)
             ok, note = is_zero(expr - sp.sympify(witness).subs(self.substituted(subs)), self.assumptions)
@@ -699,6 +770,7 @@ class Step:
     def __post_init__(self) -> None:
         if not self.reason:
             raise ValueError("every step needs a reason")
+        self.lhs, self.rhs = _as_sympy_number(self.lhs), _as_sympy_number(self.rhs)
         if self.check is None:
             sym = (sp.Basic, sp.MatrixBase)
             if self.lhs is None and isinstance(self.rhs, sym):
@@ -736,6 +808,31 @@ class DerivationError(RuntimeError):
         if not lines:
             lines = ["no step is checked"]
         super().__init__(f"derivation {derivation.name!r} is not valid: {'; '.join(lines)}")
+
+
+def _as_sympy_number(side: Any) -> Any:
+    """A plain Python number (int, float, Fraction, numpy scalar) as a SymPy number; anything
+    else unchanged (a bool is not a number here)."""
+    import numbers
+
+    if isinstance(side, numbers.Number) and not isinstance(side, (bool, sp.Basic)):
+        return sp.nsimplify(side) if isinstance(side, float) and float(side).is_integer() else sp.sympify(side)
+    return side
+
+
+def _displayed_difference(ctx: _Context) -> Any:
+    """The displayed line's ``lhs - rhs`` (``previous rhs - rhs`` for a line ``&= ...``) when both
+    sides are SymPy objects and no raw LaTeX replaces them; None otherwise."""
+    step = ctx.step
+    if step.latex is not None:
+        return None
+    lhs = step.lhs if step.lhs is not None else (ctx.previous.rhs if ctx.previous is not None else None)
+    sym = (sp.Basic, sp.MatrixBase)
+    if not isinstance(lhs, sym) or not isinstance(step.rhs, sym):
+        return None
+    if isinstance(lhs, sp.MatrixBase) != isinstance(step.rhs, sp.MatrixBase):
+        return None
+    return lhs - step.rhs
 
 
 def _identity(x: Any) -> Any:

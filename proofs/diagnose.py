@@ -27,7 +27,8 @@ import sympy as sp
 from sympy.core.function import AppliedUndef
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
-from .derivation import AtSizes, Chain, Checker, Custom, NonNegative, Symbolic, _zero_scalar, is_zero
+from .derivation import (_GREATER, _LESS, AtSizes, Chain, Checker, Custom, NonNegative, Symbolic, _displayed_difference,
+                         _zero_scalar, is_zero)
 
 __all__ = ["Counterexample", "Diagnosis", "diagnose", "find_counterexample", "simplified_residual", "POINTS"]
 
@@ -436,6 +437,32 @@ def _nonnegative_diagnosis(checker: NonNegative, ctx: Any, seed: str) -> Diagnos
     return Diagnosis("UNPROVED", "the check failed but every case passes when re-checked")
 
 
+def _unlinked_diagnosis(checker: Symbolic | NonNegative, ctx: Any, seed: str) -> Diagnosis | None:
+    """When the check does not test the displayed line: FAIL if the displayed line itself is false
+    at a point, else UNPROVED saying so. None when the check is linked to the line."""
+    why = checker.unlinked(ctx)
+    if why is None:
+        return None
+    shown = _displayed_difference(ctx)
+    if isinstance(checker, NonNegative):
+        rel = ctx.step.rel.strip()
+        if rel not in _LESS and rel not in _GREATER:
+            return Diagnosis("UNPROVED", why)
+        target = ctx.unfold(-shown if rel in _LESS else shown)
+        cex, n, note = find_counterexample([("", target)], conditions=[checker.assumptions], seed=seed, negative=True)
+        if cex is not None:
+            return Diagnosis("FAIL", f"{why}; and the displayed line is false: {cex.describe()}", _shown(target), cex, n)
+        return Diagnosis("UNPROVED", f"{why}; no point found where the displayed line is false ({n} points"
+                         f"{', ' + note if note else ''}): not proved", _shown(target), None, n)
+    target = checker._prepared(shown, ctx)
+    d = _zero_test_diagnosis(target, checker.assumptions, seed, sides=lambda: (ctx.step.lhs, ctx.step.rhs)
+                             if ctx.step.lhs is not None else None)
+    if d.status == "FAIL":
+        return Diagnosis("FAIL", f"{why}; and the displayed line is false: {d.explanation}", d.residual,
+                         d.counterexample, d.points)
+    return Diagnosis("UNPROVED", f"{why}; {d.explanation}", d.residual, None, d.points)
+
+
 def diagnose(checker: Checker, ctx: Any, note: str, seed: str) -> Diagnosis:
     """FAIL or UNPROVED for a step whose ``checker`` did not pass (it returned, it did not raise).
 
@@ -455,6 +482,10 @@ def diagnose(checker: Checker, ctx: Any, note: str, seed: str) -> Diagnosis:
             if not is_zero(target, assumptions)[0]:
                 return _zero_test_diagnosis(target, assumptions, f"{seed}:{where}", where=where)
         return Diagnosis("UNPROVED", "the check failed but each case passes when re-checked")
+    if isinstance(checker, (Symbolic, NonNegative)):
+        unlinked = _unlinked_diagnosis(checker, ctx, seed)
+        if unlinked is not None:
+            return unlinked
     if isinstance(checker, Symbolic):
         return _zero_test_diagnosis(_symbolic_target(checker, ctx), checker.assumptions, seed,
                                     sides=_symbolic_sides(checker, ctx))

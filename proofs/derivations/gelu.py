@@ -314,7 +314,7 @@ def gelu_tanh_error() -> Derivation:
         Step(sp.Limit(sp.exp(-t**2) / (t * sp.sqrt(sp.pi)) - sp.erfc(t), t, sp.oo), sp.Integer(0),
              r"limit of the difference"),
         Step(1 - sp.tanh(u), 2 / (sp.exp(2 * u) + 1), r"so $0 < 1 - \tanh u < 2 e^{-2u}$",
-             Symbolic(sp.expand((1 - sp.tanh(u)).rewrite(sp.exp) - 2 / (sp.exp(2 * u) + 1)))),
+             Symbolic(prepare=lambda e: sp.expand(e.rewrite(sp.exp)))),
         Step(r"|\operatorname{err}(x)|", r"g(x) = \frac{e^{-x^2/2}}{\sqrt{2\pi}} + x e^{-2u(x)} \quad (x > 0)", rel=r"\le",
              reason=r"$0 < \operatorname{erf}, \tanh u < 1$: $|\operatorname{erf} - \tanh u| \le \operatorname{erfc}(x/\sqrt2) "
                     r"+ (1 - \tanh u)$, then the two bounds above",

@@ -384,3 +384,43 @@ def test_nonnegative_a_premise_is_named_in_the_tag_and_the_note():
     assert not one_step(Step("p", "M", "monotone root", without, rel=r"\le")).valid
     with pytest.raises(ValueError, match="premises"):
         NonNegative(m - p, u / (m + p), {u: m**2 - p**2}, premises={u: ""})
+
+
+# --------------------------------------------------------------------------- review: the check tests the line
+
+
+def test_an_explicit_symbolic_expr_must_be_the_displayed_line():
+    x = sp.Symbol("x", real=True)
+    unrelated = status_of(Step(x, x + 1, "x is x + 1", Symbolic(x**2 - x * x)))
+    assert unrelated.status == "FAIL" and "not what was checked" in unrelated.note
+    linked = status_of(Step(x * (x + 1), x**2 + x, "expand", Symbolic(x**2 + x - x * (x + 1))))  # rhs - lhs
+    assert linked.status == "PASS"
+    eq = status_of(Step(x * (x + 1), x**2 + x, "expand", Symbolic(sp.Eq(x * (x + 1), x**2 + x))))
+    assert eq.status == "PASS"
+
+
+def test_an_atsizes_that_compares_nothing_is_an_error():
+    x = sp.Symbol("x", real=True)
+    report = status_of(Step(x, x + 2, "nothing compared", AtSizes(lambda n: [], [2, 3])))
+    assert report.status == "ERROR" and "compares nothing" in report.note
+    assert status_of(Step("a", "b", "one entry", AtSizes(lambda n: [sp.Integer(n - n)], [2, 3]))).status == "PASS"
+
+
+def test_a_nonnegative_check_must_be_the_displayed_inequality():
+    x, s = sp.Symbol("x", real=True), sp.Symbol("s", real=True)
+    wrong = status_of(Step(x**2, -1, "x^2 <= -1", NonNegative(s**2, s**2), rel=r"\le"))
+    assert wrong.status == "FAIL" and "not what was checked" in wrong.note
+    assert wrong.counterexample is not None
+    right_le = status_of(Step(-1 - x**2, 0, "-1 - x^2 <= 0", NonNegative(1 + x**2, 1 + x**2), rel=r"\le"))
+    right_ge = status_of(Step(x**2 + 1, 0, "x^2 + 1 >= 0", NonNegative(x**2 + 1, x**2 + 1), rel=r"\ge"))
+    assert right_le.status == right_ge.status == "PASS"
+    flipped = status_of(Step(x**2 + 1, 0, "x^2 + 1 <= 0 (wrong way)", NonNegative(x**2 + 1, x**2 + 1), rel=r"\le"))
+    assert flipped.status == "FAIL"
+
+
+def test_plain_python_numbers_are_sides():
+    x = sp.Symbol("x", real=True)
+    step = Step(sp.sin(x) ** 2 + sp.cos(x) ** 2, 1, "pythagoras")
+    assert step.rhs == sp.Integer(1) and status_of(step).status == "PASS"
+    assert status_of(Step(sp.sin(x) ** 2 + sp.cos(x) ** 2, 2.0, "wrong")).status == "FAIL"
+    assert Step(x, 0.5, "half", Symbolic(x - x)).rhs == sp.Float(0.5)
