@@ -46,7 +46,7 @@ from .derivations._registry import collect_registrations
 from .diagnose import Counterexample, diagnose
 
 __all__ = ["ScriptError", "StepReport", "DerivationReport", "ProofRun", "load_script", "check_derivation",
-           "prove_file", "STATUSES", "DERIVATION_STATUSES", "NOT_CHECKED"]
+           "prove_file", "prove_found", "STATUSES", "DERIVATION_STATUSES", "NOT_CHECKED"]
 
 #: Every step status, in the order the summary counts them.
 STATUSES = ("PASS", "FAIL", "UNPROVED", "ERROR", "DEFINITION", "ASSUMPTION", "CITED")
@@ -171,7 +171,10 @@ class DerivationReport:
         if status == "FAILED":
             return f"{counts['FAIL']} step(s) are false"
         if status == "ERROR":
-            return "it could not be built" if self.error is not None else f"{counts['ERROR']} checker(s) raised"
+            if self.error is not None:
+                first = self.error.splitlines()[0] if self.error else ""
+                return f"it could not be built: {first}" if self.derivation is None else first
+            return f"{counts['ERROR']} checker(s) raised"
         if status == "UNPROVED":
             return f"{counts['UNPROVED']} step(s) could not be shown (neither proved nor refuted)"
         if status == "UNJUSTIFIED":
@@ -182,10 +185,23 @@ class DerivationReport:
                     "give a step a check (Symbolic, AtSizes, NonNegative, Custom)")
         return "every checked step passes and every other line is a definition, assumption or named citation"
 
+    def assumptions(self) -> list[str]:
+        """The derivation's assumptions in words, then each ``Step.assume`` line (``"REASON
+        (step N: LINE)"``)."""
+        if self.derivation is None:
+            return []
+        out = list(self.derivation.assumptions)
+        for index, step in enumerate(self.derivation.steps, 1):
+            if getattr(step.check, "kind", None) == "assumption":
+                line = step.latex or " ".join(str(p) for p in (step.lhs, step.rel if step.rhs is not None else None,
+                                                                 step.rhs) if p is not None)
+                out.append(f"{step.reason} (step {index}: {line})")
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "title": self.title, "statement": self.statement, "origin": self.origin,
                 "status": self.status, "status_reason": self.status_reason, "error": self.error, "seconds": round(self.seconds, 6),
-                "assumptions": list(self.derivation.assumptions) if self.derivation else [],
+                "assumptions": self.assumptions(),
                 "unjustified": list(self.unjustified),
                 "steps": [s.to_dict() for s in self.steps]}
 
@@ -463,6 +479,35 @@ def prove_file(path: str | Path, *, on_derivation: Callable[[DerivationReport], 
     path = Path(path)
     start = time.perf_counter()
     _, found = load_script(path)
+    return prove_found(path, found, on_derivation=on_derivation, stop=stop, start=start)
+
+
+def prove_found(path: str | Path, found: list[tuple[str, Any]], *,
+                on_derivation: Callable[[DerivationReport], Any] | None = None, stop: Any = None,
+                start: float | None = None) -> ProofRun:
+    """Check what :func:`load_script` found in the script at ``path`` (parameters as
+    :func:`prove_file`; ``start``: a ``time.perf_counter()`` reading the run's time counts from).
+
+    Raises
+    ------
+    ScriptError
+        Two derivations with the same name, known before anything runs (both origins are
+        named). A registered function that builds a derivation named as one already checked
+        gets an ERROR report saying so.
+    """
+    path = Path(path)
+    start = time.perf_counter() if start is None else start
+    for kind in (True, False):  # the names known before anything runs: variables, then registrations
+        named: dict[str, str] = {}
+        for origin, item in found:
+            if isinstance(item, Derivation) is not kind:
+                continue
+            name = item.name if kind else getattr(item, "derivation_name", None)
+            if name in named:
+                raise ScriptError(f"{path}: two derivations are named {name!r}: {named[name]} and {origin}; "
+                                  "give each its own name")
+            if name is not None:
+                named[name] = origin
     reports: list[DerivationReport] = []
     not_run: list[str] = []
     with _script_folder_on_path(path.resolve().parent):
@@ -476,6 +521,10 @@ def prove_file(path: str | Path, *, on_derivation: Callable[[DerivationReport], 
                 report = _run_registered(origin, item, path)
                 if any(r.derivation is report.derivation for r in reports if r.derivation is not None):
                     continue  # the script also kept what its registered function built in a variable
+            same = [r for r in reports if r.name == report.name]
+            if same and report.error is None:
+                report.error = (f"two derivations are named {report.name!r}: {same[0].origin} and {report.origin}; "
+                                "give each its own name")
             reports.append(report)
             if on_derivation is not None:
                 on_derivation(report)
