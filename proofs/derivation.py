@@ -655,8 +655,9 @@ class Custom(Checker):
     Parameters
     ----------
     fn : callable
-        Called with no argument; returns ``(passed, note)``: a truth value and a one-line
-        account of the evidence (values, tolerances, seeds).
+        Called with no argument; returns ``(passed, note)``: a bool (``numpy.bool_`` too; a
+        string, a number or NaN is an error, not a truth value) and a one-line account of the
+        evidence (values, tolerances, seeds).
     method : str
         How it checks, shown beside the step (``"numeric (finite differences)"``).
 
@@ -672,7 +673,16 @@ class Custom(Checker):
         self.fn, self.method = fn, method
 
     def run(self, ctx: _Context) -> tuple[bool, str]:
-        ok, note = self.fn()
+        out = self.fn()
+        where = f"step {ctx.step.reason!r}: the custom check ({self.method})"
+        if not isinstance(out, tuple) or len(out) != 2:
+            raise TypeError(f"{where} must return (passed, note), a bool and a string; it returned {_short(repr(out))}")
+        ok, note = out
+        import numpy as np
+
+        if not isinstance(ok, (bool, np.bool_)):
+            raise TypeError(f"{where} must return a bool (True or False) as passed; it returned "
+                            f"{_short(repr(ok))} of type {type(ok).__name__} (compare explicitly, e.g. err < tol)")
         return bool(ok), str(note)
 
 

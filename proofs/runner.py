@@ -21,8 +21,10 @@ CITED
 
 A derivation is PROVED when every checked step passes and at least one step is checked.
 
-Loading a script executes it (as ``python FILE`` would: it can run any code). Its folder is
-put first on ``sys.path`` while it loads and runs, so it can import modules beside it.
+Loading a script executes it in this process (it can run any code) as a fresh module whose
+``__name__`` is not ``"__main__"`` (an ``if __name__ == "__main__":`` block does not run) and
+with ``sys.argv`` left as it is. Its folder is put first on ``sys.path`` while it loads and
+runs, so it can import modules beside it.
 Derivations are found as module-level variables holding a :class:`~proofs.Derivation` and as
 functions decorated with :func:`~proofs.register` (recorded in a registry of the script's own).
 """

@@ -174,7 +174,9 @@ def prove(ctx: click.Context, file: Path, latex_path: Path | None, pdf: bool, js
     FILE is a Python script that builds derivations with the public API
     (from proofs import Derivation, Step, Symbolic, AtSizes, NonNegative, Custom, register).
     Every Derivation it defines at module level and every function it registers with
-    @register is checked. It is executed as `python FILE` would execute it: it can run
+    @register is checked. FILE is executed in this process as a fresh module (its
+    __name__ is not "__main__", so an `if __name__ == "__main__":` block does not
+    run; sys.argv is attnverify's; FILE's folder is first on sys.path). It can run
     any code, so prove only scripts you trust.
 
     Each step prints PASS, FAIL (false: a counterexample at random values is shown),

@@ -424,3 +424,15 @@ def test_plain_python_numbers_are_sides():
     assert step.rhs == sp.Integer(1) and status_of(step).status == "PASS"
     assert status_of(Step(sp.sin(x) ** 2 + sp.cos(x) ** 2, 2.0, "wrong")).status == "FAIL"
     assert Step(x, 0.5, "half", Symbolic(x - x)).rhs == sp.Float(0.5)
+
+
+def test_a_custom_check_must_return_a_real_bool():
+    import numpy as np
+
+    for bad in ["False", float("nan"), 1, None]:
+        report = status_of(Step("a", "b", "truthy", Custom(lambda bad=bad: (bad, "note"), "numeric")))
+        assert report.status == "ERROR" and "must return a bool" in report.note and "'truthy'" in report.note
+    bare = status_of(Step("a", "b", "bare yes", Custom(lambda: "yes", "numeric")))
+    assert bare.status == "ERROR" and "must return (passed, note)" in bare.note and "'bare yes'" in bare.note
+    assert status_of(Step("a", "b", "numpy", Custom(lambda: (np.float64(1) < 2, "ok"), "numeric"))).status == "PASS"
+    assert status_of(Step("a", "b", "numpy no", Custom(lambda: (np.float64(3) < 2, "no"), "numeric"))).status == "FAIL"

@@ -438,3 +438,18 @@ def test_json_assumptions_lists_the_assume_lines(tmp_path):
     assert prove(path, "--json", out).exit_code == 0
     assumptions = json.loads(out.read_text())["derivations"][0]["assumptions"]
     assert "stated in words" in assumptions and any("x is positive" in a for a in assumptions)
+
+
+def test_help_says_exactly_how_the_script_is_run():
+    result = CliRunner().invoke(main, ["prove", "--help"], env={"COLUMNS": "200"})
+    text = " ".join(result.output.split())
+    assert "as `python FILE` would" not in text
+    assert '__name__ is not "__main__"' in text and "sys.argv is attnverify's" in text
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs a /proc file system (Linux)")
+def test_an_output_in_proc_says_the_real_cause():
+    result = prove(EXAMPLES / "wrong_step.py", "--latex", "/proc/x.tex")
+    assert result.exit_code == 2
+    assert "is not writable" not in result.output
+    assert "cannot create a file in the directory '/proc'" in result.output
