@@ -5,7 +5,7 @@ the step; it does not say the step is false. :func:`diagnose` tells the two apar
 simplifies the residual (what SymPy was left with), then evaluates it at random admissible
 values of its symbols, with 50 significant digits. A value clearly away from 0, confirmed at
 100 digits, is a counterexample and the step FAILs; a residual that vanishes at every point
-tried is UNPROVED (probably true, not proved), as is one that cannot be evaluated (an
+tried is UNPROVED (not proved; the message says which points were tried), as is one that cannot be evaluated (an
 undefined function, a sum over a symbolic range of a non-integer symbol).
 
 Random values respect what the expression states about its symbols: integer symbols (sizes,
@@ -30,7 +30,7 @@ from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 from .derivation import (_GREATER, _LESS, AtSizes, Chain, Checker, Custom, NonNegative, Symbolic, _displayed_difference,
                          _zero_scalar, is_zero)
 
-__all__ = ["Counterexample", "Diagnosis", "diagnose", "find_counterexample", "simplified_residual", "POINTS"]
+__all__ = ["Counterexample", "Diagnosis", "diagnose", "find_counterexample", "simplified_residual", "POINTS", "DOMAIN"]
 
 #: Random points tried before a residual that would not simplify is called UNPROVED.
 POINTS = 24
@@ -164,8 +164,23 @@ def simplified_residual(expr: Any, assumptions: Any = None) -> list[tuple[str, A
 # --------------------------------------------------------------------------- random points
 
 
-def _draw(symbol: sp.Basic, rng: random.Random, scale: sp.Rational) -> sp.Rational:
-    """An exact value of the sign ``symbol``'s assumptions require."""
+#: Powers of ten the values of a point are scaled by (one is picked per point) in the second
+#: half of the points; the first half is of order 1. A step that fails only for large inputs
+#: (``Max(x, -1000) = x``) is found too, and the usual counterexample stays readable.
+MAGNITUDES = (1, 2, 3, 4, 6)
+#: What the random points range over, as the messages state it.
+DOMAIN = ("random points: magnitudes 0.05 to 3e6 with the sign each symbol's assumptions allow; "
+          "complex values (real and imaginary parts drawn alike) for symbols not assumed real; "
+          "integers -4..5 for integer symbols")
+
+
+def _real_value(rng: random.Random, scale: sp.Rational) -> sp.Rational:
+    return sp.Rational(rng.randint(1, 60), 20) * scale  # (0, 3 scale]
+
+
+def _draw(symbol: sp.Basic, rng: random.Random, scale: sp.Rational) -> sp.Basic:
+    """An exact value of the sign ``symbol``'s assumptions require; a complex one half the time
+    for a symbol not assumed real (a plain ``Symbol("z")`` is complex)."""
     if symbol.is_integer:
         if symbol.is_positive:
             return sp.Integer(rng.randint(1, 5))
@@ -174,12 +189,18 @@ def _draw(symbol: sp.Basic, rng: random.Random, scale: sp.Rational) -> sp.Ration
         if symbol.is_negative:
             return sp.Integer(-rng.randint(1, 5))
         return sp.Integer(rng.randint(-4, 4))
-    value = sp.Rational(rng.randint(1, 60), 20) * scale  # (0, 3 scale]
+    value = _real_value(rng, scale)
     if symbol.is_positive or symbol.is_nonnegative:
         return value
     if symbol.is_negative or symbol.is_nonpositive:
         return -value
-    return value if rng.random() < 0.5 else -value
+    value = value if rng.random() < 0.5 else -value
+    if symbol.is_extended_real is None and symbol.is_imaginary is None and rng.random() < 0.5:
+        imag = _real_value(rng, scale) * rng.choice((1, -1))
+        return (0 if rng.random() < 0.25 else value) + sp.I * imag
+    if symbol.is_imaginary:
+        return sp.I * value
+    return value
 
 
 def _admissible(conditions: Iterable[Any], values: dict) -> bool | None:
@@ -195,6 +216,8 @@ def _admissible(conditions: Iterable[Any], values: dict) -> bool | None:
                 undecided = True
                 continue
             v = v.evalf(DIGITS)
+            if v.is_extended_real is not True:
+                return False  # a complex value cannot meet a sign assumption
             if (symbol.is_nonnegative and v < 0) or (symbol.is_positive and v <= 0) \
                     or (symbol.is_nonpositive and v > 0) or (symbol.is_negative and v >= 0):
                 return False
@@ -309,6 +332,8 @@ def find_counterexample(
             if done >= points:
                 break
             scale = sp.Rational(1, 2 ** (draw // 40))  # shrink when constraints reject large values
+            if done >= points // 2:
+                scale *= 10 ** rng.choice(MAGNITUDES)
             try:
                 found = _point(expr, rng, scale, conditions)
             except (TypeError, ValueError, ZeroDivisionError, NotImplementedError) as exc:
@@ -342,7 +367,8 @@ def find_counterexample(
                     shown_sides = None
             shown = {str(k): _format_value(v) for k, v in values.items() if not str(k).startswith("_")}
             exact = at if at.is_Rational else value
-            if not negative and abs(sp.im(value)) > THRESHOLD * _magnitude(at):
+            real_inputs = all(v.is_real for v in values.values())
+            if not negative and real_inputs and abs(sp.im(value)) > THRESHOLD * _magnitude(at):
                 # false there, but the expression leaves the reals: keep looking for a real counterexample
                 complex_only = complex_only or Counterexample(
                     shown, _format_value(exact), label, shown_sides,
@@ -398,7 +424,7 @@ def _zero_test_diagnosis(target: Any, assumptions: Any, seed: str, *, where: str
         return Diagnosis("FAIL", f"{prefix}false: {cex.describe()}", residual, cex, n)
     if n:
         return Diagnosis("UNPROVED", f"{prefix}SymPy could not reduce the residual to 0, and no counterexample was "
-                         f"found at {n} random points ({note}): probably true, not proved", residual, None, n)
+                         f"found at {n} {DOMAIN} ({note}): not proved", residual, None, n)
     return Diagnosis("UNPROVED", f"{prefix}SymPy could not reduce the residual to 0, and it could not be evaluated "
                      f"numerically ({note}): neither proved nor refuted", residual, None, 0)
 
@@ -428,7 +454,7 @@ def _nonnegative_diagnosis(checker: NonNegative, ctx: Any, seed: str) -> Diagnos
                 return Diagnosis("FAIL", f"{prefix}the witness does not equal the expression: "
                                  f"{d.counterexample.describe()}", d.residual, d.counterexample, d.points)
             return d
-        found = (f"no negative value at {n} random points ({note})" if n
+        found = (f"no negative value at {n} {DOMAIN} ({note})" if n
                  else f"it could not be evaluated ({note})")
         if unsigned and witness.is_nonnegative is True:
             return Diagnosis("UNPROVED", f"{prefix}{unsigned[0]}; {found}: not proved", _shown(witness), None, n)

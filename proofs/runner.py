@@ -10,8 +10,9 @@ status       meaning
 PASS         the step's check passed (its method says how: symbolic, explicit sizes...)
 FAIL         the step is false: a counterexample at random values (or the step's own
              custom check said no); the residual and the counterexample are given
-UNPROVED     SymPy could not reduce the residual to 0, and no counterexample was found:
-             probably true, not proved (the residual is given)
+UNPROVED     SymPy could not reduce the residual to 0, and no counterexample was found
+             at the random points tried (the message says which): not proved (the residual
+             is given)
 ERROR        the checker raised; the exception and the script's line are given, and the
              other steps still run
 DEFINITION,  not checked: notation, a stated assumption, a result cited from elsewhere

@@ -436,3 +436,28 @@ def test_a_custom_check_must_return_a_real_bool():
     assert bare.status == "ERROR" and "must return (passed, note)" in bare.note and "'bare yes'" in bare.note
     assert status_of(Step("a", "b", "numpy", Custom(lambda: (np.float64(1) < 2, "ok"), "numeric"))).status == "PASS"
     assert status_of(Step("a", "b", "numpy no", Custom(lambda: (np.float64(3) < 2, "no"), "numeric"))).status == "FAIL"
+
+
+# --------------------------------------------------------------------------- review: where the search looks
+
+
+def test_a_symbol_not_assumed_real_gets_complex_values():
+    z = sp.Symbol("z")
+    for step in (Step(sp.Abs(z) ** 2, z**2, "|z|^2 = z^2"), Step(sp.log(sp.exp(z)), z, "log exp z = z")):
+        report = status_of(step)
+        assert report.status == "FAIL", report.note
+        value = sp.sympify(report.counterexample.values["z"])
+        assert sp.im(value) != 0
+        assert abs(complex((step.lhs - step.rhs).subs(z, value).evalf(30))) > 1e-6  # really false there
+    x = sp.Symbol("x", real=True)
+    assert status_of(Step(sp.Abs(x) ** 2, x**2, "real: true")).status == "PASS"
+
+
+def test_large_magnitudes_are_tried_and_the_domain_is_stated():
+    x = sp.Symbol("x", real=True)
+    report = status_of(Step(sp.Max(x, -1000), x, "max(x, -1000) = x"))
+    assert report.status == "FAIL" and sp.Rational(report.counterexample.values["x"]) < -1000
+    y = sp.Symbol("y", positive=True)
+    unproved = status_of(Step(sp.atan(y) + sp.atan(1 / y), sp.pi / 2, "true, not reduced"))
+    assert unproved.status == "UNPROVED"
+    assert "probably" not in unproved.note and "magnitudes 0.05 to 3e6" in unproved.note
