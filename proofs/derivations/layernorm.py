@@ -88,6 +88,8 @@ def layer_norm_moments() -> Derivation:
     steps = [
         Step.define(mu_s, mu, r"token mean over the $D$ features"),
         Step.define(v_s, v, r"biased variance, the $1/D$ convention of PyTorch's layer norm"),
+        Step.assume(r"v + \varepsilon", sp.Integer(0), r"the normaliser is defined: $\varepsilon \ge 0$ and "
+                    r"$v + \varepsilon > 0$ (not every feature equal when $\varepsilon = 0$)", rel=">"),
         Step.define(sp.Indexed("y", i), y, r"normalised features before gain $\gamma$ and bias $\beta$, $\varepsilon \ge 0$"),
         Step(sp.Sum(y_shown[i], (i, 1, d)) / d, sp.Integer(0), r"the centred features sum to 0 (symbolic $D$)",
              Symbolic(mean_y.subs(mu_s, mu), unfold=False)),
