@@ -241,10 +241,23 @@ def prove(ctx: click.Context, file: Path, latex_path: Path | None, pdf: bool, js
 
 
 def _compile_pdf(tex: Path, console: Console) -> None:
+    """Compile ``tex`` in a temporary folder (its .aux and .log stay out of the user's folder)
+    and put the PDF beside it; a failure shows the end of pdflatex's transcript."""
+    import shutil
+    import tempfile
+
     from proofs.report import ReportError, compile_pdf
 
-    try:
-        pdf_path = compile_pdf(tex)
-    except ReportError as exc:
-        raise click.ClickException(f"--latex: {exc}") from None
-    console.print(plain(f"wrote {pdf_path}" if pdf_path else "no pdflatex on PATH: PDF not built"))
+    with tempfile.TemporaryDirectory(prefix="attnverify-prove-") as tmp:
+        copy = Path(tmp) / tex.name
+        shutil.copyfile(tex, copy)
+        try:
+            built = compile_pdf(copy)
+        except ReportError as exc:
+            raise click.ClickException(f"--latex: {str(exc).replace(str(copy), str(tex))}") from None
+        if built is None:
+            console.print(plain("no pdflatex on PATH: PDF not built"))
+            return
+        pdf_path = tex.with_suffix(".pdf")
+        write_output(pdf_path, "--latex", lambda: shutil.copyfile(built, pdf_path))
+    console.print(plain(f"wrote {pdf_path}"))

@@ -174,6 +174,7 @@ def test_latex_output_compiles_to_a_pdf(tmp_path):
     result = prove(EXAMPLES / "softmax_temperature.py", "--latex", tex)
     assert result.exit_code == 0, result.output
     assert tex.with_suffix(".pdf").stat().st_size > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["proof.pdf", "proof.tex"]  # no .aux, .log beside
 
 
 def test_latex_and_json_may_not_name_the_same_file(tmp_path):
