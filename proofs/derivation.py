@@ -16,7 +16,8 @@ checker             what it verifies (method string recorded)
 :class:`AtSizes`    the same zero test, instantiated at explicit sizes where SymPy
                     cannot do the general case ("explicit sizes n=2..6")
 :class:`NonNegative` an inequality ``expr >= 0`` through a witness: ``expr - witness``
-                    reduces to 0 and SymPy's assumptions prove ``witness >= 0``
+                    reduces to 0, SymPy's assumptions prove ``witness >= 0`` and every
+                    value substituted for a signed symbol is shown to have that sign
 :class:`Custom`     any callable returning ``(passed, note)`` (interval arithmetic,
                     numeric cross-checks); the caller names the method
 :class:`Cited`      nothing in general: the step rests on a named theorem ("cited:
@@ -36,8 +37,12 @@ produce), then bound summation variables are renamed canonically (so
 ``Sum(e**z[j], (j, 1, n))`` and ``Sum(e**z[k], (k, 1, n))`` cancel), then ``expand``,
 ``cancel`` and only last ``simplify``.
 
-A derivation is *valid* when every checked step passed and at least one step was
-checked. :meth:`Derivation.outcome` turns a valid derivation into a
+A check must test the displayed line: where both sides are SymPy, ``Symbolic(expr)`` needs
+``expr`` to be ``lhs - rhs`` up to simplification and ``NonNegative``'s expression must be the
+displayed ``rhs - lhs`` (``<=``) or ``lhs - rhs`` (``>=``); otherwise the step does not pass.
+
+A derivation is *valid* when every checked step passed, at least one step was checked and no
+line is taken on trust without a mark (:meth:`Derivation.unjustified` is empty). :meth:`Derivation.outcome` turns a valid derivation into a
 :class:`~proofs.claims.CheckOutcome`; for an invalid one it **raises**
 :class:`DerivationError`: a failing step in one of our own derivations is a defect of the
 toolkit, not a finding about a document, and must never be reported as PROVED (nor
@@ -323,7 +328,10 @@ class Symbolic(Checker):
     ----------
     expr : Expr, Eq, Matrix, list or None
         What must vanish. None (default): the step's ``lhs - rhs``, both SymPy objects.
-        An ``Eq`` tests ``lhs - rhs``; a matrix or list tests every entry.
+        An ``Eq`` tests ``lhs - rhs``; a matrix or list tests every entry. When the displayed
+        sides are SymPy, ``expr`` must be their ``lhs - rhs`` (or its negative) up to
+        simplification through the derivation's ``unfold`` (or the displayed difference must
+        itself reduce to 0): a check of something else does not pass.
     assumptions : Q predicate, optional
         Used with ``refine``, e.g. ``Q.ge(j, 1) & Q.le(j, n)`` so that
         ``Sum(KroneckerDelta(j, k) f(k), (k, 1, n))`` collapses to ``f(j)``.
@@ -733,10 +741,11 @@ class Step:
 
     Parameters
     ----------
-    lhs : Expr, str or None
-        Left side: a SymPy object, or LaTeX. None continues the previous line (``&= rhs``).
-    rhs : Expr or str
-        Right side, a SymPy object or LaTeX.
+    lhs : Expr, number, str or None
+        Left side: a SymPy object (a plain Python number is made one), or LaTeX. None continues
+        the previous line (``&= rhs``).
+    rhs : Expr, number or str
+        Right side, a SymPy object (a plain Python number is made one) or LaTeX.
     reason : str
         The justification, shown beside the line; it names the step in reports (required).
         ``$...$`` segments are LaTeX math.
@@ -876,7 +885,8 @@ class Derivation:
 
     Checking (:meth:`check`) runs every step's checker once, in order; a checker that raises
     fails its step (the exception is kept) and the other steps still run. The derivation is
-    :attr:`valid` when every checked step passed and at least one step was checked.
+    :attr:`valid` when every checked step passed, at least one step was checked and no line is
+    taken on trust without a mark.
 
     Parameters
     ----------

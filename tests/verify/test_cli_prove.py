@@ -243,10 +243,24 @@ def test_every_line_of_the_examples_is_checked_or_marked(example):
         assert derivation.unjustified() == []
 
 
-def test_ctrl_c_stops_after_the_derivation_in_progress_and_saves_it(tmp_path, monkeypatch, schema):
+def ctrl_c_during_the_first(monkeypatch) -> None:
+    """Press Ctrl-C (SIGINT) while the derivation named "first" is checked."""
     import signal
 
     import proofs.runner
+
+    real = proofs.runner.check_derivation
+
+    def check(derivation, *args, **kwargs):
+        if derivation.name == "first":
+            signal.raise_signal(signal.SIGINT)
+        return real(derivation, *args, **kwargs)
+
+    monkeypatch.setattr(proofs.runner, "check_derivation", check)
+
+
+def test_ctrl_c_stops_after_the_derivation_in_progress_and_saves_it(tmp_path, monkeypatch, schema):
+    import signal
 
     if not hasattr(signal, "SIGINT"):
         pytest.skip("needs POSIX signals")
@@ -254,14 +268,7 @@ def test_ctrl_c_stops_after_the_derivation_in_progress_and_saves_it(tmp_path, mo
     path.write_text("import sympy as sp\nfrom proofs import Derivation, Step\nx = sp.Symbol('x')\n"
                     "first = Derivation('first', 'f', '-', [Step(x + x, 2 * x, 'double')])\n"
                     "second = Derivation('second', 's', '-', [Step(x * x, x**2, 'square')])\n", encoding="utf-8")
-    real = proofs.runner.check_derivation
-
-    def ctrl_c_during_the_first(derivation, *args, **kwargs):
-        if derivation.name == "first":
-            signal.raise_signal(signal.SIGINT)
-        return real(derivation, *args, **kwargs)
-
-    monkeypatch.setattr(proofs.runner, "check_derivation", ctrl_c_during_the_first)
+    ctrl_c_during_the_first(monkeypatch)
     out = tmp_path / "r.json"
     result = prove(path, "--json", out)
     assert result.exit_code == 130, result.output
@@ -373,21 +380,12 @@ def test_each_table_is_printed_as_its_derivation_finishes(tmp_path, monkeypatch)
 def test_an_interrupted_latex_is_marked_incomplete(tmp_path, monkeypatch):
     import signal
 
-    import proofs.runner
-
     if not hasattr(signal, "SIGINT"):
         pytest.skip("needs POSIX signals")
     path = script(tmp_path, "x = sp.Symbol('x')\n"
                             "first = Derivation('first', 'f', '-', [Step(x + x, 2 * x, 'double')])\n"
                             "second = Derivation('second', 's', '-', [Step(x * x, x**2, 'square')])\n")
-    real = proofs.runner.check_derivation
-
-    def ctrl_c_during_the_first(derivation, *args, **kwargs):
-        if derivation.name == "first":
-            signal.raise_signal(signal.SIGINT)
-        return real(derivation, *args, **kwargs)
-
-    monkeypatch.setattr(proofs.runner, "check_derivation", ctrl_c_during_the_first)
+    ctrl_c_during_the_first(monkeypatch)
     tex = tmp_path / "p.tex"
     result = prove(path, "--latex", tex, "--no-pdf")
     assert result.exit_code == 130, result.output
