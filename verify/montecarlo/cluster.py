@@ -35,10 +35,14 @@ Dask is imported only when a Dask object is handed in or :func:`open_client` is 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import queue
+import signal
 import sys
+import threading
+import uuid
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -294,7 +298,8 @@ def run_on_executor(
                 end = min(next_block + size, n_blocks if fixed or rel_error is None else horizon)
                 if client is not None:
                     # earlier blocks first: the merge waits for them
-                    fut = client.submit(task, next_block, end, pure=False, priority=-next_block)
+                    fut = client.submit(task, next_block, end, priority=-next_block,
+                                        key=f"mc-{task.sampler.name}-{next_block}-{uuid.uuid4().hex}")
                 else:
                     fut = executor.submit(task, next_block, end)
                 pending[fut] = (next_block, end)
@@ -328,8 +333,19 @@ def run_on_executor(
     return largest
 
 
+def dask_setup(worker: Any) -> None:
+    """Dask preload hook of the local cluster's worker processes: they ignore Ctrl-C.
+
+    A terminal sends Ctrl-C to every process of its foreground group; the command that owns the
+    cluster handles it (cancels the tasks, keeps what finished, shuts the cluster down), so the
+    workers must not die first, mid-task, or print tracebacks of their own.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @contextmanager
-def open_client(address: str, *, n_workers: int | None = None, timeout: float = CONNECT_TIMEOUT,
+def open_client(address: str, *, n_workers: int | None = None, timeout: float | None = None,
                 announce: Callable[[str], Any] = print) -> Iterator[Any]:
     """A ``distributed.Client`` for ``address``, closed (and a local cluster shut down) on exit.
 
@@ -338,11 +354,11 @@ def open_client(address: str, *, n_workers: int | None = None, timeout: float = 
     address : str
         A scheduler address such as ``"tcp://host:8786"``, or ``"local"``: a
         ``distributed.LocalCluster`` on this machine with ``n_workers`` worker processes of one
-        thread each (default: the usable cores).
+        thread each (default: the usable cores), which ignore Ctrl-C (:func:`dask_setup`).
     n_workers : int, optional
         Worker processes of a local cluster (ignored for an address).
-    timeout : float
-        Seconds to reach the scheduler and to see its first worker.
+    timeout : float, optional
+        Seconds to reach the scheduler and to see its first worker (default ``CONNECT_TIMEOUT``).
     announce : callable
         Called with one line naming the cluster and its dashboard link.
 
@@ -354,10 +370,12 @@ def open_client(address: str, *, n_workers: int | None = None, timeout: float = 
         No scheduler answered at ``address`` within ``timeout`` seconds, or it has no worker.
     """
     distributed = import_distributed()
+    timeout = CONNECT_TIMEOUT if timeout is None else timeout
     if address == "local":
         if n_workers is None:
             n_workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        with distributed.LocalCluster(n_workers=n_workers, processes=True, threads_per_worker=1) as cluster, \
+        with distributed.LocalCluster(n_workers=n_workers, processes=True, threads_per_worker=1,
+                                      preload=[__name__], silence_logs=logging.ERROR) as cluster, \
                 distributed.Client(cluster, timeout=timeout) as client:
             announce(f"Dask LocalCluster: {n_workers} worker processes of 1 thread; dashboard {client.dashboard_link}")
             yield client
