@@ -254,3 +254,41 @@ def test_horizon_of_the_relative_error_rounds():
     # never past the budget, never backwards
     assert C.plan_horizon(9_990, merged=9_990, submitted=9_990, pending=0, rhw=0.5, **kw) == 10_000
     assert C.plan_horizon(840, merged=300, submitted=840, pending=5, rhw=0.005, **kw) == 840
+
+
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="needs POSIX process groups")
+def test_a_terminal_ctrl_c_with_dask_local_saves_what_finished_and_leaves_no_process(tmp_path):
+    """SIGINT to the whole process group, as a terminal sends it: the workers ignore it, the
+    command cancels the cluster's tasks, writes the finished points, exits 130, and shuts the
+    cluster down (no process of the group is left)."""
+    _distributed()
+    exe = os.path.join(os.path.dirname(sys.executable), "attnverify")
+    out = tmp_path / "r.json"
+    proc = subprocess.Popen([exe, "mc", "variance", "--dk", "1..64", "--samples", "1e7", "--seed", "1",
+                             "--dask", "local", "--json", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        first = proc.stdout.readline()  # the cluster line, printed once the cluster is up
+        assert b"Dask LocalCluster" in first, (first, proc.stderr.read() if proc.poll() is not None else b"")
+        time.sleep(1.0)
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, stderr.decode()
+    assert b"Traceback" not in stderr and b"Aborted!" not in stderr, stderr.decode()
+    doc = json.loads(out.read_text())
+    assert doc["incomplete"] is True and doc["points"]
+    *whole, last = [p["result"]["samples"] for p in doc["points"]]
+    assert all(n == 10**7 for n in whole) and 0 < last <= 10**7
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)  # anyone left in the group?
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("worker processes outlived the command")
