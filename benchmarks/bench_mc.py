@@ -14,8 +14,9 @@ and the tracemalloc peak of the arrays).
 
 Dask row (when ``distributed`` is installed: ``pip install "attnverify[dask]"``): the same run on a
 ``distributed.LocalCluster`` of 2 single-thread worker processes (``run_mc(executor=client)``)
-against the threaded engine on 2 threads, interleaved, same seeds (the results must be the same
-bits); the per-task overhead (no-op tasks through the same client: the round trip of one, and
+against the threaded engine on 2 threads and against a ``ProcessPoolExecutor`` of 2 processes
+given the same tasks (which tells Dask's own cost from that of worker processes), interleaved,
+same seeds (the results must be the same bits); the per-task overhead (no-op tasks through the same client: the round trip of one, and
 the scheduler's time per task when 400 are in flight); and, from the measured per-block cost (the
 engine on one thread), the overhead and the client's merge per block, what 10^10 samples would
 take on 8, 64 and 512 workers:
@@ -36,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -152,14 +154,17 @@ def project(samples: float, block_size: int, elements: int, t_block: float, trip
 
 
 def dask_comparison(d_k: int, n: int, repeats: int) -> dict:
-    """The Dask row: LocalCluster (2 workers) against the threaded engine on 2 threads."""
+    """The Dask row: LocalCluster (2 workers) against the threaded engine on 2 threads and a
+    process pool of 2 given the same tasks."""
     import distributed
 
     s = DotSampler(d_k)
     with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0",
-                                  silence_logs=logging.ERROR) as lc, distributed.Client(lc) as client:
-        run_mc(s, 20_000, seed=0, executor=client, progress=False)  # warm-up: imports on the workers
-        rates_t, rates_d, same = [], [], True
+                                  silence_logs=logging.CRITICAL) as lc, distributed.Client(lc) as client, \
+            ProcessPoolExecutor(2) as pool:
+        for executor in (client, pool):  # warm-up: imports on the workers
+            run_mc(s, 20_000, seed=0, executor=executor, progress=False)
+        rates_t, rates_d, rates_p, same = [], [], [], True
         for i in range(repeats):
             t = time.perf_counter()
             r_t = run_mc(s, n, seed=i, workers=2, progress=False)
@@ -167,16 +172,22 @@ def dask_comparison(d_k: int, n: int, repeats: int) -> dict:
             t = time.perf_counter()
             r_d = run_mc(s, n, seed=i, executor=client, progress=False)
             rates_d.append(n / (time.perf_counter() - t))
-            same = same and r_d.accumulators == r_t.accumulators and r_d.block_moments == r_t.block_moments
+            t = time.perf_counter()
+            r_p = run_mc(s, n, seed=i, executor=pool, progress=False)
+            rates_p.append(n / (time.perf_counter() - t))
+            same = same and all(r.accumulators == r_t.accumulators and r.block_moments == r_t.block_moments
+                                for r in (r_d, r_p))
             print(f"  repeat {i}: threads (2) {rates_t[-1]:,.0f}/s, Dask LocalCluster (2 workers) "
-                  f"{rates_d[-1]:,.0f}/s, tasks of {r_d.chunk_size:,} samples", flush=True)
+                  f"{rates_d[-1]:,.0f}/s, process pool (2) {rates_p[-1]:,.0f}/s; tasks of {r_d.chunk_size:,} "
+                  "samples", flush=True)
         trip, sched = task_overhead(client, cluster.BlockTask(s, dict(s.outputs), "numpy", "PCG64", 0, (), 1, 1))
     one = run_mc(s, max(n // 4, 1), seed=99, workers=1, progress=False)
     t_block = one.seconds / one.blocks
     t_merge = merge_cost(d_k)
-    med_t, med_d = statistics.median(rates_t), statistics.median(rates_d)
+    med_t, med_d, med_p = (statistics.median(r) for r in (rates_t, rates_d, rates_p))
     print(f"median dot products per second: threaded engine (2 threads) {med_t:,.0f}, Dask LocalCluster "
-          f"(2 workers) {med_d:,.0f}: ratio {med_d / med_t:.2f}x (goal >= 0.9x); same bits: {same}")
+          f"(2 workers) {med_d:,.0f}: ratio {med_d / med_t:.2f}x (goal >= 0.9x); process pool (2) {med_p:,.0f} "
+          f"({med_p / med_t:.2f}x; Dask / pool {med_d / med_p:.2f}x); same bits: {same}")
     print(f"per-task overhead: {trip * 1e3:.1f} ms round trip of a no-op task, {sched * 1e3:.2f} ms of scheduler "
           f"time per task with 400 in flight; per block ({one.block_size:,} samples): {t_block * 1e3:.2f} ms "
           f"on one core, {t_merge * 1e6:.1f} us to merge on the client")
@@ -186,6 +197,7 @@ def dask_comparison(d_k: int, n: int, repeats: int) -> dict:
         projections[w] = {"seconds": sec, "tasks": tasks, "blocks_per_task": chunk}
         print(f"  10^10 samples on {w:>3} workers: {sec / 3600:8.2f} h ({tasks:,} tasks of {chunk:,} blocks)")
     return {"threads_rate": med_t, "dask_rate": med_d, "ratio": med_d / med_t, "same_bits": same,
+            "pool_rate": med_p, "pool_ratio": med_p / med_t, "pool_rates": rates_p,
             "threads_rates": rates_t, "dask_rates": rates_d, "task_roundtrip_s": trip, "scheduler_s_per_task": sched,
             "block_seconds": t_block, "block_size": one.block_size, "merge_seconds_per_block": t_merge,
             "projection_1e10": projections}

@@ -299,9 +299,12 @@ def _dask_client(dask: str | None, console):
         return
     from verify.montecarlo.cluster import open_client
 
+    def announce(line: str) -> None:
+        console.print(plain(line), soft_wrap=True)  # the dashboard link on one line, whole
+
     with ExitStack() as stack:
         try:
-            client = stack.enter_context(open_client(dask, announce=lambda line: console.print(plain(line))))
+            client = stack.enter_context(open_client(dask, announce=announce))
         except ConnectionError as exc:
             raise click.BadParameter(str(exc), param_hint="'--dask'") from None
         yield client

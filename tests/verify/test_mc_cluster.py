@@ -155,6 +155,17 @@ def test_a_worker_killed_mid_run_costs_only_its_blocks(client):
     assert before[killed["worker"]] not in after.values()  # it really died (and was replaced)
 
 
+def test_dask_address_of_a_running_scheduler_on_the_command_line(client, tmp_path):
+    address = client.scheduler.address
+    args = ["mc", "saturation", "--dk", "2,16", "--samples", "4000", "--seed", "2", "--keys", "4"]
+    remote = CliRunner().invoke(main, [*args, "--dask", address, "--json", str(tmp_path / "d.json")])
+    assert remote.exit_code == 0, remote.output
+    assert f"Dask scheduler {address}: 2 workers, 2 threads; dashboard http" in remote.output
+    CliRunner().invoke(main, [*args, "--json", str(tmp_path / "l.json")])
+    d, l = (json.loads((tmp_path / f).read_text()) for f in ("d.json", "l.json"))
+    assert [p["result"]["accumulators"] for p in d["points"]] == [p["result"]["accumulators"] for p in l["points"]]
+
+
 def test_an_unreachable_address_is_a_clear_error_within_the_timeout():
     _distributed()
     address = f"tcp://127.0.0.1:{free_port()}"

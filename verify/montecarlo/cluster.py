@@ -374,8 +374,10 @@ def open_client(address: str, *, n_workers: int | None = None, timeout: float | 
     if address == "local":
         if n_workers is None:
             n_workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        # Quiet logs: a worker's heartbeat racing the shutdown logs an ERROR with a traceback;
+        # a failing task still reaches the caller, as the exception its future raises.
         with distributed.LocalCluster(n_workers=n_workers, processes=True, threads_per_worker=1,
-                                      preload=[__name__], silence_logs=logging.ERROR) as cluster, \
+                                      preload=[__name__], silence_logs=logging.CRITICAL) as cluster, \
                 distributed.Client(cluster, timeout=timeout) as client:
             announce(f"Dask LocalCluster: {n_workers} worker processes of 1 thread; dashboard {client.dashboard_link}")
             yield client
