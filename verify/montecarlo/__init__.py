@@ -4,6 +4,8 @@ The pieces, one job each:
 
 ``engine``        :func:`run_mc`: blocks seeded from ``numpy.random.SeedSequence``, threads,
                   stopping rules, Ctrl-C; bit-identical whatever the chunk size and workers.
+``cluster``       Blocks as tasks on a ``concurrent.futures`` executor or a Dask cluster
+                  (``run_mc(..., executor=)``), merged in block order: the same bits.
 ``stats``         Welford/Chan/Pébay accumulators and the intervals (t, fourth-moment delta
                   method, batch means, Clopper-Pearson, order statistics).
 ``results``       :class:`Estimate` and :class:`MCResult` (``to_dict``, ``summary``).

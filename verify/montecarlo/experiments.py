@@ -16,6 +16,8 @@ only when their interval lies within ``theta0 (1 +- margin)``, means when theirs
 
 Every sweep takes ``stop=`` (a ``threading.Event``): once set, the point in progress ends after
 its current block and no new point starts; the sweep comes back ``incomplete`` with what finished.
+Every sweep takes ``executor=`` too (a ``concurrent.futures.Executor`` or a ``distributed.Client``,
+passed to :func:`run_mc`): its points' blocks then run there, with the same results.
 """
 
 from __future__ import annotations
@@ -167,10 +169,10 @@ def _run(sampler, key, root, alpha, run_kw, label) -> MCResult:
 
 
 def _run_kwargs(samples, rel_error, variance_method, backend, workers, block_size, chunk_size, progress,
-                memory_limit, stop) -> dict:
+                memory_limit, stop, executor) -> dict:
     return dict(samples=samples, rel_error=rel_error, variance_method=variance_method, backend=backend,
                 workers=workers, block_size=block_size, chunk_size=chunk_size, progress=progress,
-                memory_limit=memory_limit, stop=stop)
+                memory_limit=memory_limit, stop=stop, executor=executor)
 
 
 def _stopped(stop) -> bool:
@@ -219,6 +221,7 @@ def variance_sweep(
     progress: bool | None = None,
     memory_limit: int | None = None,
     stop: Any = None,
+    executor: Any = None,
 ) -> Sweep:
     """Experiments 1 and 2: Var(q·k) (or of q·k/sqrt(d_k) when ``scaled``) across ``d_ks``.
 
@@ -243,7 +246,7 @@ def variance_sweep(
     per_point = 2 if standard else 3
     tests = per_point * len(d_ks)
     run_kw = _run_kwargs(samples, rel_error, variance_method, backend, workers, block_size, chunk_size, progress,
-                         memory_limit, stop)
+                         memory_limit, stop, executor)
     name = "scaled" if scaled else "variance"
     label = "q·k/sqrt(d_k)" if scaled else "q·k"
     note = HEAVY_TAIL_NOTE if dist_obj.finite_moments < 8 else ""
@@ -299,6 +302,7 @@ def projected_sweep(
     progress: bool | None = None,
     memory_limit: int | None = None,
     stop: Any = None,
+    executor: Any = None,
 ) -> Sweep:
     """Experiment 3: self-attention scores ``x W^Q · x' W^K`` across ``d_ks``.
 
@@ -330,7 +334,7 @@ def projected_sweep(
         plans.append((mean, var, var != float(d)))
     tests = sum(3 if extra else 2 for _, _, extra in plans)
     run_kw = _run_kwargs(samples, rel_error, variance_method, backend, workers, block_size, chunk_size, progress,
-                         memory_limit, stop)
+                         memory_limit, stop, executor)
     label = "x W^Q · x W^K" if same_token else "x W^Q · x' W^K"
     kind = "exact (fresh-weights ensemble)" if weights == "fresh" else "exact given the fixed W^Q, W^K"
     note = HEAVY_TAIL_NOTE if dist_obj.finite_moments < 8 else ""
@@ -401,6 +405,7 @@ def saturation_sweep(
     progress: bool | None = None,
     memory_limit: int | None = None,
     stop: Any = None,
+    executor: Any = None,
 ) -> Sweep:
     """Experiment 4: saturation and gradients of softmax over ``n_keys`` keys, raw and scaled.
 
@@ -419,7 +424,7 @@ def saturation_sweep(
     findings_spec = [f for f in _SATURATION_FINDINGS if len(d_ks) > 1 or f[2][0] == f[2][1]]
     tests = max(1, len(findings_spec))
     run_kw = _run_kwargs(samples, rel_error, "fourth-moment", backend, workers, block_size, chunk_size, progress,
-                         memory_limit, stop)
+                         memory_limit, stop, executor)
     points, t0, incomplete = [], time.perf_counter(), False
     for d in d_ks:
         if _stopped(stop):

@@ -200,7 +200,8 @@ class MCResult:
     bit_generator : str
     backend : str
     workers, chunk_size : int
-        Scheduling only: they do not change any number in the result.
+        Scheduling only: they do not change any number in the result (with an executor:
+        its threads, and the largest task in samples).
     alpha : float
         Default error rate of the intervals.
     variance_method : str
@@ -214,6 +215,9 @@ class MCResult:
         ``"budget"``, ``"rel_error"``, ``"time_limit"`` or ``"interrupted"``.
     target : tuple (output name, statistic) or None
         What the relative-error stopping rule watched.
+    executor : str or None
+        Where the blocks ran when not on this process's threads, e.g.
+        ``"dask tcp://127.0.0.1:8786 (2 workers, 2 threads)"``; scheduling only.
     """
 
     name: str
@@ -239,6 +243,7 @@ class MCResult:
     target: tuple[str, str] | None = None
     rel_error: float | None = None
     block_span: int = 1
+    executor: str | None = None
 
     # ------------------------------------------------------------------ estimates
     def _acc(self, name: str, kind: str):
@@ -333,6 +338,7 @@ class MCResult:
             "batches": self.batches, "seconds": self.seconds, "incomplete": self.incomplete,
             "stop_reason": self.stop_reason, "target": list(self.target) if self.target else None,
             "rel_error": self.rel_error, "block_span": self.block_span,
+            "executor": self.executor,
             "outputs": {k: {"label": v.label, "kind": v.kind} for k, v in self.outputs.items()},
             "accumulators": {k: v.to_dict() for k, v in self.accumulators.items()},
             "estimates": [e.to_dict() for e in self.estimates()],
