@@ -284,6 +284,25 @@ class Engine:
         self.bind(key, claimed, None, "GIVEN", seg.line)
         self.audit.inputs.append(entry)
 
+    def span_of(self, seg: Segment, claimed) -> tuple[int, int] | None:
+        """Where the printed literal sits in the document's raw line (for --annotate)."""
+        if seg.start is None or not hasattr(claimed, "__len__"):
+            return None
+        raw = self.doc.lines[seg.line - 1][seg.start:seg.end]
+        if claimed[0] == "mat":
+            hits = list(re.finditer(r"\\begin\{([bp]?matrix|Bmatrix|vmatrix)\}.*?\\end\{\1\}", raw, re.S))
+            want = tuple(e[2] for row in claimed[1] for e in row)
+            for m in reversed(hits):
+                body = re.sub(r"\\begin\{[a-zA-Z]*\}|\\end\{[a-zA-Z]*\}", "", m.group(0))
+                got = tuple(x.strip().replace(" ", "") for x in re.split(r"\\\\|&", body) if x.strip())
+                if got == want:
+                    return seg.start + m.start(), seg.start + m.end()
+            return None
+        text = literal_text(claimed)
+        for m in reversed(list(re.finditer(r"(?<![\d.])" + re.escape(text) + r"(?![\d.])", raw))):
+            return seg.start + m.start(), seg.start + m.end()
+        return None
+
     def unchecked(self, seg: Segment, label: str, short: str, reason: str, key: str | None = None) -> None:
         self.audit.findings.append(J.Finding(seg.line, label, short, J.UNCHECKED, reason=reason, name=key))
 
@@ -356,7 +375,7 @@ class Engine:
                                None if from_printed is None else entries(from_printed), wrong_inputs)
         outcome, origin = J.verdict(rows)
         correct_texts = [r["correct"] for r in rows]
-        f = J.Finding(seg.line, label, short, outcome, printed=literal_text(claimed),
+        f = J.Finding(seg.line, label, short, outcome, printed=literal_text(claimed), span=self.span_of(seg, claimed),
                       correct=J.matrix_text(correct_texts, pshape),
                       max_deviation=max(r["deviation"] for r in rows), origin=origin,
                       carried_from=wrong_inputs if outcome == J.WRONG else [], notes=notes, entries=rows,
