@@ -57,6 +57,8 @@ FUNCTIONS = {"exp": "exp", "sqrt": "sqrt", "softmax": "softmax", "concat": "conc
 GREEK = {"alpha", "beta", "gamma", "delta", "epsilon", "theta", "lambda", "mu", "sigma", "tau", "phi", "psi",
          "omega", "eta", "rho", "pi", "xi", "zeta", "kappa", "nu", "chi", "Sigma", "Phi", "Omega", "Delta"}
 INDEX_LETTERS = set("ijklmnt")
+# an identifier written as a word (score, Head, ConcatHeads); other letter runs are products
+_WORDLIKE = re.compile(r"^[A-Z]?[a-z]{2,}([A-Z][a-z]+)*$")
 
 
 def normalise(latex: str) -> str:
@@ -374,7 +376,7 @@ class Parser:
             return ("call", FUNCTIONS[word], self.call_args())
         if word in self.known or len(word) == 1:
             return self.named(word)
-        if word.isupper() or (len(word) == 2 and word.islower()):
+        if not _WORDLIKE.match(word):
             # juxtaposed one-letter names: XW_1^Q is X times W_1^Q; nd^2 is n times d^2
             self.i -= 1
             self.tokens[self.i:self.i + 1] = [Token("word", c) for c in word]
