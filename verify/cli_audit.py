@@ -22,13 +22,14 @@ def exit_code(audits, *, strict: bool) -> int:
 
 def _annotate_targets(out: Path, files: list[Path]) -> list[Path]:
     """One file: ``out`` itself. Several: ``out`` is a folder holding ``<name>.annotated.md``."""
-    if len(files) == 1 and not out.is_dir():
-        return [out]
     try:
+        if len(files) == 1 and not out.is_dir():
+            return [check_output_path(out)]
         folder = check_output_path(out, directory=True)
+        return [check_output_path(folder / f"{f.stem}.annotated.md") for f in files]
     except ValueError as exc:
-        raise click.BadParameter(f"with {len(files)} files, expected a folder: {exc}", param_hint="--annotate")
-    return [folder / f"{f.stem}.annotated.md" for f in files]
+        what = "a file" if len(files) == 1 else f"a folder (for {len(files)} files)"
+        raise click.BadParameter(f"expected {what} that can be written: {exc}", param_hint="--annotate") from None
 
 
 @click.command(epilog=EXIT_CODES)
@@ -67,10 +68,6 @@ def audit(ctx: click.Context, files: tuple[Path, ...], json_path, annotate_path:
     if document is not None and not to_stdout:
         write_output(json_path, "--json", lambda: json_path.write_text(document, encoding="utf-8"))
     for doc, result, target in zip(docs, audits, targets):
-        try:
-            target = check_output_path(target)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--annotate")
         write_output(target, "--annotate", lambda t=target, d=doc, r=result: t.write_text(annotated_text(d, r),
                                                                                         encoding="utf-8"))
     rows = [(d, line, label, plain(outcome, OUTCOME_STYLE[outcome]), text)
