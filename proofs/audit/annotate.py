@@ -28,14 +28,15 @@ def _replace_literal(raw: str, finding: Finding) -> str:
     """The printed literal ``raw`` (a matrix or a number) with its wrong entries marked."""
     if len(finding.entries) == 1 and "begin" not in raw:
         return _marked_entry(finding.entries[0])
-    env = re.match(r"\\begin\{([a-zA-Z]*)\}", raw)
+    env = re.match(r"\\begin\{([a-zA-Z]*)\}(\{[lcr|]*\})?", raw)
     name = env.group(1) if env else "bmatrix"
+    header = env.group(0) if env else "\\begin{bmatrix}"
     body = raw[env.end():raw.rfind("\\end")] if env else raw
     rows = [r for r in re.split(r"\\\\", body) if r.strip()]
     cols = len(rows[0].split("&")) if rows else 1
     marked = [_marked_entry(e) for e in finding.entries]
     lines = [" & ".join(marked[r * cols:(r + 1) * cols]) for r in range(len(marked) // cols)]
-    return f"\\begin{{{name}}} " + r" \\ ".join(lines) + f" \\end{{{name}}}"
+    return f"{header} " + r" \\ ".join(lines) + f" \\end{{{name}}}"
 
 
 def annotated_text(doc: Document, audit: Audit) -> str:

@@ -32,7 +32,7 @@ _NUMERIC_LOOKING = re.compile(r"^[\s\d.,\-+&\\\[\]{}()]*$")
 
 
 def _looks_numeric(side: str) -> bool:
-    stripped = re.sub(r"\\(begin|end)\{[a-zA-Z]*\}|\\\\|O\(|\\left|\\right", " ", side)
+    stripped = re.sub(r"\\begin\{array\}\{[lcr|]*\}|\\(begin|end)\{[a-zA-Z]*\}|\\\\|O\(|\\left|\\right", " ", side)
     return bool(re.search(r"\d", stripped)) and bool(_NUMERIC_LOOKING.match(stripped))
 
 
@@ -220,7 +220,7 @@ class Engine:
         if len(sides) < 2:
             return
         last = sides[-1].split(r"\forall")[0].strip().rstrip(",").strip()
-        if not _looks_numeric(last) and not re.search(r"\\begin\{[bp]?matrix\}", last):
+        if not _looks_numeric(last) and not re.search(r"\\begin\{([bpB]?matrix|array)\}", last):
             return  # a formula, not a worked number
         short = stmt if len(stmt) <= 90 else stmt[:87] + "..."
         try:
@@ -290,10 +290,10 @@ class Engine:
             return None
         raw = self.doc.lines[seg.line - 1][seg.start:seg.end]
         if claimed[0] == "mat":
-            hits = list(re.finditer(r"\\begin\{([bp]?matrix|Bmatrix|vmatrix)\}.*?\\end\{\1\}", raw, re.S))
+            hits = list(re.finditer(r"\\begin\{([bpB]?matrix|array)\}.*?\\end\{\1\}", raw, re.S))
             want = tuple(e[2] for row in claimed[1] for e in row)
             for m in reversed(hits):
-                body = re.sub(r"\\begin\{[a-zA-Z]*\}|\\end\{[a-zA-Z]*\}", "", m.group(0))
+                body = re.sub(r"\\begin\{[a-zA-Z]*\}(\{[lcr|]*\})?|\\end\{[a-zA-Z]*\}", "", m.group(0))
                 got = tuple(x.strip().replace(" ", "") for x in re.split(r"\\\\|&", body) if x.strip())
                 if got == want:
                     return seg.start + m.start(), seg.start + m.end()

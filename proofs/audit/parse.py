@@ -47,9 +47,10 @@ def decimals(text: str) -> int:
 
 # --- normalising the LaTeX ------------------------------------------------------------------
 
+_DELIMITER = re.compile(r"\\(left|right)\s*(\\[{}|]|[\[\]().|])")
 _DROP = re.compile(r"\\(left|right|displaystyle|Big|big|Bigg|bigg)(?![A-Za-z])|(?<!\\)\\[,;:! ]|\\q?quad(?![A-Za-z])|&=")
 _WRAPPERS = re.compile(r"\\(mathrm|mathbf|mathit|boldsymbol|operatorname|text|textbf|textit|mathbb)\s*\{([^{}]*)\}")
-_MATRIX = re.compile(r"\\begin\{(bmatrix|pmatrix|matrix|Bmatrix|vmatrix)\}(.*?)\\end\{\1\}", re.S)
+_MATRIX = re.compile(r"\\begin\{(bmatrix|pmatrix|matrix|Bmatrix|array)\}(?:\{[lcr|]*\})?(.*?)\\end\{\1\}", re.S)
 _INLINE_VECTOR = re.compile(r"\[\s*-?\d[\d.]*(\s*,\s*-?\d[\d.]*)+\s*\]")
 
 FUNCTIONS = {"exp": "exp", "sqrt": "sqrt", "softmax": "softmax", "concat": "concat", "Concat": "concat",
@@ -61,8 +62,14 @@ INDEX_LETTERS = set("ijklmnt")
 _WORDLIKE = re.compile(r"^[A-Z]?[a-z]{2,}([A-Z][a-z]+)*$")
 
 
+def _delimiter(m: re.Match) -> str:
+    """``\\left[`` and ``\\left(`` group as parentheses do; ``\\left.`` is nothing."""
+    d = m.group(2)
+    return "(" if d in ("(", "[", "\\{") else ")" if d in (")", "]", "\\}") else " "
+
+
 def normalise(latex: str) -> str:
-    text = _DROP.sub(" ", latex)
+    text = _DROP.sub(" ", _DELIMITER.sub(_delimiter, latex))
     for _ in range(3):
         text = _WRAPPERS.sub(lambda m: m.group(2), text)
     text = text.replace("\\times", "*").replace("\\ast", "*").replace("\\cdot", " \\cdot ")
@@ -73,7 +80,8 @@ def normalise(latex: str) -> str:
 
 def split_statements(latex: str) -> list[str]:
     """One segment may hold several statements: ``a = 1; b = 2`` or ``a = 1, \\quad b = 2``."""
-    text = _DROP.sub(lambda m: " ;; " if "quad" in m.group(0) else " ", latex)
+    text = latex.replace("\\approx", "=").replace("\\equiv", "=")
+    text = _DROP.sub(lambda m: " ;; " if "quad" in m.group(0) else " ", _DELIMITER.sub(_delimiter, text))
     parts, depth, cur = [], 0, ""
     for ch in text:
         depth += ch in "{(" or 0

@@ -185,3 +185,25 @@ def test_the_annotated_copy_marks_and_corrects_each_wrong_value_only():
     assert r"{\color{red}{1.6}\to 1.5}" in out[2] and r"0.5 & 1 \\" in out[2]
     assert out[4].startswith("> **attnverify audit:** Y (line 3) is WRONG") and "correct [0.5, 1; 1.5, 2]" in out[4]
     assert out[-1] == "after"
+
+
+def test_matrix_forms_multiline_blocks_delimiters_and_approx():
+    text = "\n".join([
+        "$$",
+        r"A = \begin{pmatrix}",
+        r"1 & 2 \\",
+        r"3 & 4",
+        r"\end{pmatrix}",
+        "$$",
+        r"$B = A^\top = \left[\begin{array}{cc} 1 & 3 \\ 2 & 4 \end{array}\right]$",
+        r"$c = \sqrt{2} \approx 1.414$, $p = \left( 1 + 2 \right)^2 = 9$",
+        r"$E = A^\top = \left[\begin{array}{cc} 1 & 3 \\ 2 & 5 \end{array}\right]$",
+    ])
+    doc = Document.from_text(text)
+    from proofs.audit import audit_document
+
+    audit = audit_document(doc)
+    assert [(f.label, f.outcome) for f in audit.findings] == [("B", HOLDS), ("c", HOLDS), ("p", HOLDS), ("E", WRONG)]
+    assert audit.inputs[0]["name"] == "A" and audit.inputs[0]["line"] == 1
+    marked = annotated_text(doc, audit).splitlines()
+    assert r"\begin{array}{cc} 1 & 3 \\ 2 & {\color{red}{5}\to 4} \end{array}" in marked[8]
