@@ -56,7 +56,12 @@ class Evaluator:
             value = self(node[1])
             return value.T if isinstance(value, sp.MatrixBase) else value
         if kind == "pow":
-            base, power = self(node[1]), self(node[2])
+            base = self(node[1])
+            saved, self.literal = self.literal, (lambda n: None)  # an exponent is never a carried value
+            try:
+                power = self(node[2])
+            finally:
+                self.literal = saved
             if isinstance(base, sp.MatrixBase) or isinstance(power, sp.MatrixBase):
                 raise ParseError("a matrix power is not a worked number the audit reads")
             return base ** power

@@ -19,7 +19,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 import sympy as sp
 
-from .evaluate import DIGITS, entries, numeric
+from .evaluate import DIGITS, numeric
 from .parse import decimals
 
 HOLDS, WRONG, UNCHECKED = "HOLDS", "WRONG", "UNCHECKED"
@@ -138,4 +138,4 @@ def verdict(entry_rows: list[dict]) -> tuple[str, str | None]:
 
 
 __all__ = ["HOLDS", "WRONG", "UNCHECKED", "OUTCOMES", "Finding", "holds", "rounded", "judge_entries",
-           "matrix_text", "verdict", "entries"]
+           "matrix_text", "verdict"]

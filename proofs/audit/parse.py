@@ -251,9 +251,6 @@ class Parser:
             node = self.sum()
             self.expect("}")
             return node
-        return self.postfix_free_atom()
-
-    def postfix_free_atom(self):
         return self.atom()
 
     def postfix(self, node):
