@@ -211,8 +211,13 @@ class Engine:
         self.collect_templates(segments)
         for seg in segments:
             for stmt in split_statements(seg.text):
-                if "=" in stmt:
+                if "=" not in stmt:
+                    continue
+                try:
                     self.statement(seg, stmt)
+                except (RecursionError, ArithmeticError, ParseError) as exc:
+                    self.unchecked(seg, " ".join(split_sides(stmt)[0].split())[:60], stmt[:90],
+                                   f"could not be evaluated: {type(exc).__name__} {exc}".strip())
         return self.audit
 
     def statement(self, seg: Segment, stmt: str) -> None:
@@ -328,6 +333,9 @@ class Engine:
                 continue
             except (ParseError, TypeError, ValueError) as exc:
                 notes.append(f"cannot evaluate: {exc}")
+                continue
+            if any(v.has(sp.zoo, sp.nan, sp.oo, -sp.oo) for v in entries(value)):
+                notes.append("not finite (a division by zero)")
                 continue
             if primary is None:
                 primary, correct = node, value

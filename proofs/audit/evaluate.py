@@ -17,6 +17,10 @@ from .parse import ParseError
 
 #: Significant digits at which exact values are compared with printed ones.
 DIGITS = 50
+#: Largest exponent evaluated exactly (10^(10^10) in a document must not exhaust memory).
+MAX_EXPONENT = 4096
+#: Largest exact result of a power, in digits.
+MAX_DIGITS = 100_000
 
 
 class Unresolved(LookupError):
@@ -64,6 +68,10 @@ class Evaluator:
                 self.literal = saved
             if isinstance(base, sp.MatrixBase) or isinstance(power, sp.MatrixBase):
                 raise ParseError("a matrix power is not a worked number the audit reads")
+            too_long = base.is_Rational and power.is_Integer and \
+                max(len(str(base.p)), len(str(base.q))) * abs(int(power)) > MAX_DIGITS
+            if too_long or abs(power) > MAX_EXPONENT:
+                raise ParseError(f"the exponent {power} is too large to evaluate exactly (at most {MAX_EXPONENT})")
             return base ** power
         if kind == "call":
             return self.call(node[1], [self(a) for a in node[2]])

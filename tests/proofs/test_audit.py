@@ -207,3 +207,14 @@ def test_matrix_forms_multiline_blocks_delimiters_and_approx():
     assert audit.inputs[0]["name"] == "A" and audit.inputs[0]["line"] == 1
     marked = annotated_text(doc, audit).splitlines()
     assert r"\begin{array}{cc} 1 & 3 \\ 2 & {\color{red}{5}\to 4} \end{array}" in marked[8]
+
+
+@pytest.mark.parametrize("side, words", [
+    (r"10^{10^{10}}", "too large"),
+    (r"(10^{4000})^{4000}", "too large"),
+    (r"\frac{1}{0}", "not finite"),
+    ("(" * 3000 + "1" + ")" * 3000, "RecursionError"),
+])
+def test_hostile_arithmetic_is_unchecked_with_a_reason_not_a_hang(side, words):
+    [f] = audit_text(f"$a = {side} = 1$").findings
+    assert f.outcome == UNCHECKED and words in f.reason
