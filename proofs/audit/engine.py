@@ -272,8 +272,39 @@ class Engine:
                 self.judge(seg, key, f"{key} (printed inside: {short})", ("name", key), lit, {}, implicit=True)
             elif key not in self.printed:
                 self.bind(key, lit, None, "GIVEN", seg.line)
+        self.intermediate_terms(seg, derivations, short)
         self.judge(seg, label if label_node else None, short, derivations, claimed, aligned, errors=errors,
                    label_text=label, display=" ".join(sides[0].split()))
+
+    @staticmethod
+    def _terms(node) -> list:
+        """The terms of a sum, in order: ``a + b - c`` -> [a, b, -c]."""
+        if node[0] == "call" and node[1] == "O":
+            return Engine._terms(node[2][0])
+        if node[0] == "op" and node[1] in "+-":
+            right = node[3] if node[1] == "+" else ("neg", node[3])
+            return Engine._terms(node[2]) + [right]
+        return [node]
+
+    def intermediate_terms(self, seg: Segment, derivations: list, short: str) -> None:
+        """``O(10^2 * 512 + 10 * 512^2) = O(51200 + 2621440)``: each printed term is a statement of
+        its own (a sum can be right with two wrong terms), judged against the term it stands for."""
+        for k, printed in enumerate(derivations):
+            terms = self._terms(printed)
+            if len(terms) < 2 or not all(is_literal(t) for t in terms):
+                continue
+            for source in derivations[:k]:
+                formula = self._terms(source)
+                if len(formula) != len(terms) or all(is_literal(t) for t in formula):
+                    continue
+                try:
+                    [Evaluator(self.correct)(t) for t in formula]
+                except (Unresolved, ParseError, TypeError, ValueError):
+                    continue
+                for i, (f, t) in enumerate(zip(formula, terms)):
+                    self.judge(seg, None, short, [f], t, {}, display=f"{literal_text(t)}, term {i + 1} of the sum",
+                               implicit=True)
+                return
 
     def named_literal(self, seg: Segment, key: str, claimed, short: str) -> None:
         """``name = literal``: an input, a restatement, or a value a general form defines."""

@@ -218,3 +218,14 @@ def test_matrix_forms_multiline_blocks_delimiters_and_approx():
 def test_hostile_arithmetic_is_unchecked_with_a_reason_not_a_hang(side, words):
     [f] = audit_text(f"$a = {side} = 1$").findings
     assert f.outcome == UNCHECKED and words in f.reason
+
+
+def test_each_printed_term_of_a_sum_is_checked_not_only_the_total():
+    """600 + 150 = 750 is right as a total, but the terms stand for 10^2 * 5 = 500 and 10 * 5^2 = 250."""
+    text = r"$O(n^2 d) = O(10^2 * 5 + 10 * 5^2) = O(600 + 150) = O(750)$"
+    audit = audit_text(text)
+    assert [(f.label, f.outcome) for f in audit.findings] == [
+        ("600, term 1 of the sum", WRONG), ("150, term 2 of the sum", WRONG), ("O(n^2 d)", HOLDS)]
+    assert audit.findings[0].correct == "500"
+    right = audit_text(text.replace("600 + 150", "500 + 250"))
+    assert [f.outcome for f in right.findings] == [HOLDS, HOLDS, HOLDS]
