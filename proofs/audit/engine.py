@@ -418,7 +418,7 @@ class Engine:
                       correct=J.matrix_text(correct_texts, pshape),
                       max_deviation=max(r["deviation"] for r in rows), origin=origin,
                       carried_from=wrong_inputs if outcome == J.WRONG else [], notes=notes, entries=rows,
-                      implicit=implicit, name=key)
+                      implicit=implicit, name=key, restated=restated)
         self.audit.findings.append(f)
         if key:
             if key in self.printed and restated:

@@ -72,6 +72,7 @@ class Finding:
     notes: list[str] = field(default_factory=list)
     entries: list[dict] = field(default_factory=list)
     implicit: bool = False
+    restated: bool = False  # the statement repeats a value printed earlier under the same name
     name: str | None = None  # the canonical name the statement defines (W_1^Q, alpha_21), if any
     span: tuple[int, int] | None = None  # where the printed value sits in the raw line
 

@@ -49,8 +49,14 @@ def example_outcome(path: str | Path, first_line: int, last_line: int, title: st
         slips = list(dict.fromkeys(f.name or f.label for f in wrong
                                    if any(e.get("origin") == "new" for e in f.entries) or not f.entries))
         first = wrong[0]
-        rows = [{"quantity": f.name or f.label, "ok": e["ok"]} for f in findings for e in f.entries]
+        # each quantity counted once, where it is first printed; restatements are listed apart
+        rows = [{"quantity": f.name or f.label, "ok": e["ok"]} for f in findings if not f.restated for e in f.entries]
         summary = f"{title}: {wrong_in_words(rows)}; e.g. {first.name or first.label} should be {first.correct}"
+        restated = [f for f in wrong if f.restated]
+        if restated:
+            summary += ("; restated later with the same wrong values" if all(f.origin == "carried" for f in restated)
+                        else "; restated later, some with new errors") + ": " + \
+                ", ".join(f"{f.name} (line {f.line})" for f in restated)
         data = {"wrong": [f.to_dict() for f in wrong], "quantities_wrong": names, "arithmetic_slips": slips,
                 "carried_over": [n for n in names if n not in slips], "rule": RULE,
                 "unchecked": [f.to_dict() for f in unchecked]}
