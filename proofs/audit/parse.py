@@ -305,19 +305,22 @@ class Parser:
         return sub, sup
 
     def raw_group(self) -> str:
+        """A script's text: one token, or everything inside ``{...}``."""
         tok = self.take()
         if tok.text != "{":
             return tok.text.lstrip("\\")
+        return self.raw_until("{", "}")
+
+    def raw_until(self, opening: str, closing: str, skip: tuple[str, ...] = ()) -> str:
+        """The tokens' text up to the ``closing`` that balances an ``opening`` already taken."""
         depth, parts = 1, []
         while True:
             tok = self.take()
-            if tok.text == "{":
-                depth += 1
-            elif tok.text == "}":
-                depth -= 1
-                if depth == 0:
-                    return "".join(parts)
-            parts.append(tok.text.lstrip("\\") if tok.kind == "cmd" else tok.text)
+            depth += (tok.text == opening) - (tok.text == closing)
+            if depth == 0:
+                return "".join(parts)
+            if tok.text not in skip:
+                parts.append(tok.text.lstrip("\\"))
 
     def call_args(self) -> list:
         self.expect("(")
@@ -331,18 +334,7 @@ class Parser:
     def raw_parens(self) -> str:
         """``(x_1, x_2)`` after a label such as ``score``, as canonical text."""
         self.expect("(")
-        depth, parts = 1, []
-        while True:
-            tok = self.take()
-            if tok.text == "(":
-                depth += 1
-            elif tok.text == ")":
-                depth -= 1
-                if depth == 0:
-                    return "(" + "".join(parts) + ")"
-            if tok.text in ("{", "}"):
-                continue
-            parts.append(tok.text.lstrip("\\"))
+        return "(" + self.raw_until("(", ")", skip=("{", "}")) + ")"
 
     def atom(self):
         tok = self.take()
