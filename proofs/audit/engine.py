@@ -186,8 +186,12 @@ class Engine:
                 if value.shape != (rows, cols) and is_vector(value) and len(value) == rows * cols:
                     value = value.reshape(rows, cols)
             link.used.append(name)
+            shown = literal_text(node) if node[0] == "num" else "a printed matrix"
+            reading = f"read {shown} as {name} (line {self.where.get(name)})"
+            if reading not in link.readings:
+                link.readings.append(reading)
             return value
-        link.used = []
+        link.used, link.readings = [], []
         return link
 
     def align(self, named, lit, out: dict[int, str], implicit: list) -> None:
@@ -383,7 +387,7 @@ class Engine:
             if key:
                 self.bind(key, claimed, None, J.UNCHECKED, seg.line)
             return
-        notes += evaluator_notes
+        notes += evaluator_notes + [r for r in link.readings if "printed matrix" not in r]
         if restated:
             notes.append(f"restates {key} (line {self.where.get(key)})")
         if from_template:
@@ -417,7 +421,7 @@ class Engine:
         f = J.Finding(seg.line, label, short, outcome, printed=literal_text(claimed), span=self.span_of(seg, claimed),
                       correct=J.matrix_text(correct_texts, pshape),
                       max_deviation=max(r["deviation"] for r in rows), origin=origin,
-                      carried_from=wrong_inputs if outcome == J.WRONG else [], notes=notes, entries=rows,
+                      wrong_inputs=wrong_inputs if outcome == J.WRONG else [], notes=notes, entries=rows,
                       implicit=implicit, name=key, restated=restated)
         self.audit.findings.append(f)
         if key:

@@ -55,7 +55,7 @@ class Finding:
 
     ``printed``/``correct`` are texts at the document's precision; ``entries`` one dict per
     printed number (``index``, ``printed``, ``correct``, ``from_printed_inputs``, ``ok``,
-    ``origin``); ``origin`` is ``"new"`` or ``"carried"`` for a WRONG finding; ``carried_from``
+    ``origin``); ``origin`` is ``"new"`` or ``"carried"`` for a WRONG finding; ``wrong_inputs``
     the WRONG inputs the step used; ``reason`` says why an UNCHECKED one was not checked.
     """
 
@@ -67,7 +67,7 @@ class Finding:
     correct: str = ""
     max_deviation: float | None = None
     origin: str | None = None
-    carried_from: list[str] = field(default_factory=list)
+    wrong_inputs: list[str] = field(default_factory=list)
     reason: str = ""
     notes: list[str] = field(default_factory=list)
     entries: list[dict] = field(default_factory=list)
@@ -93,9 +93,9 @@ class Finding:
             bad = [e for e in self.entries if not e["ok"]]
             what = f"{len(bad)} of {len(self.entries)} entries wrong" if len(self.entries) > 1 else "wrong"
             text = f"{what}; correct {self.correct}; largest deviation {self.max_deviation:.3g}; "
-            text += ("carried from " + ", ".join(self.carried_from) if self.origin == "carried"
-                     else "new error" + (f" (inputs also wrong: {', '.join(self.carried_from)})"
-                                         if self.carried_from else ""))
+            text += ("carried from " + ", ".join(self.wrong_inputs) if self.origin == "carried"
+                     else "new error" + (f" (inputs also wrong: {', '.join(self.wrong_inputs)})"
+                                         if self.wrong_inputs else ""))
         if self.notes:
             text += "; " + "; ".join(self.notes)
         return text

@@ -31,7 +31,7 @@ def test_a_right_product_holds_and_a_wrong_one_is_wrong_with_the_right_value():
     assert [e["index"] for e in f.entries if not e["ok"]] == [2]
 
 
-def test_a_wrong_value_carried_from_an_earlier_wrong_value():
+def test_a_wrong_value_wrong_inputs_an_earlier_wrong_value():
     text = "\n".join([
         X, W,
         r"$Y = XW = \begin{bmatrix} 0.5 & 1 \\ 1.6 & 2 \end{bmatrix}$",          # new error at Y[1,0]
@@ -41,10 +41,10 @@ def test_a_wrong_value_carried_from_an_earlier_wrong_value():
     audit = audit_text(text)
     assert only(audit, "Y").origin == "new"
     z = only(audit, "Z")
-    assert z.outcome == WRONG and z.origin == "carried" and z.carried_from == ["Y"]
+    assert z.outcome == WRONG and z.origin == "carried" and z.wrong_inputs == ["Y"]
     assert z.correct == "[0.25, 0.5; 0.75, 1]"
     u = only(audit, "U")
-    assert u.outcome == WRONG and u.origin == "new" and u.carried_from == ["Y"]
+    assert u.outcome == WRONG and u.origin == "new" and u.wrong_inputs == ["Y"]
     # the same step from a right Y holds: the carried verdict comes from Y, not from Z's arithmetic
     fixed = audit_text(text.replace("1.6", "1.5").replace("0.80 & 1", "0.75 & 1"))
     assert only(fixed, "Z").outcome == HOLDS
@@ -60,7 +60,7 @@ def test_a_carried_value_restated_as_a_number_is_traced():
     audit = audit_text(text)
     assert only(audit, "s").outcome == WRONG
     w = only(audit, "w")
-    assert w.outcome == WRONG and w.origin == "carried" and w.carried_from == ["s"]
+    assert w.outcome == WRONG and w.origin == "carried" and w.wrong_inputs == ["s"]
     assert w.correct == "0.73"  # e / (e + 1) = 0.7311
     right = audit_text(text.replace("1.22", "1").replace("0.77", "0.73"))
     assert only(right, "w").outcome == HOLDS
