@@ -24,7 +24,7 @@ import sympy as sp
 
 from . import judge as J
 from .evaluate import Evaluator, Unresolved, entries, is_vector, shape
-from .parse import INDEX_LETTERS, ParseError, is_literal, literal_text, names_in, parse_side, split_sides, \
+from .parse import _SCIENTIFIC, INDEX_LETTERS, ParseError, is_literal, literal_text, names_in, parse_side, split_sides, \
     split_statements
 from .source import Document, Segment
 
@@ -32,6 +32,7 @@ _NUMERIC_LOOKING = re.compile(r"^[\s\d.,\-+&\\\[\]{}()]*$")
 
 
 def _looks_numeric(side: str) -> bool:
+    side = _SCIENTIFIC.sub("1", side)
     stripped = re.sub(r"\\begin\{array\}\{[lcr|]*\}|\\(begin|end)\{[a-zA-Z]*\}|\\\\|O\(|\\left|\\right", " ", side)
     return bool(re.search(r"\d", stripped)) and bool(_NUMERIC_LOOKING.match(stripped))
 

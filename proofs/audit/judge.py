@@ -42,6 +42,10 @@ def rounded(value, printed: str) -> str:
     """``value`` written with as many decimals as ``printed`` shows."""
     k = decimals(printed)
     text = str(Decimal(str(numeric(value))).quantize(Decimal(1).scaleb(-k), ROUND_HALF_EVEN))
+    if "e" in printed:  # printed as mantissa x 10^e: say it the same way
+        mantissa, _, exponent = printed.partition("e")
+        shown = len(mantissa.split(".", 1)[1]) if "." in mantissa else 0
+        return f"{Decimal(text).scaleb(-int(exponent)):.{shown}f}e{int(exponent)}"
     return text[1:] if text.startswith("-") and Decimal(text) == 0 else text
 
 

@@ -27,7 +27,9 @@ class ParseError(ValueError):
     """A side that the audit cannot read; the message is the reason shown to the user."""
 
 
-_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
+_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)(e[+-]?\d+)?$")
+# 1.2 \times 10^{-3} as printed: one number, 1.2e-3, whose precision is the mantissa's
+_SCIENTIFIC = re.compile(r"(\d+(?:\.\d+)?)\s*(?:\*|\\times|\\cdot)\s*10\s*\^\s*\{?\s*([+-]?\d+)\s*\}?")
 
 
 def number(text: str) -> sp.Rational:
@@ -40,9 +42,11 @@ def number(text: str) -> sp.Rational:
 
 
 def decimals(text: str) -> int:
-    """How many decimals a printed number shows (``"1.40"`` -> 2, ``"3"`` -> 0)."""
+    """How many decimals a printed number shows (``"1.40"`` -> 2, ``"3"`` -> 0, ``"1.2e-3"`` -> 4)."""
     t = text.strip()
-    return len(t.split(".", 1)[1]) if "." in t else 0
+    mantissa, _, exponent = t.partition("e")
+    shown = len(mantissa.split(".", 1)[1]) if "." in mantissa else 0
+    return shown - int(exponent or 0)
 
 
 # --- normalising the LaTeX ------------------------------------------------------------------
@@ -70,6 +74,7 @@ def _delimiter(m: re.Match) -> str:
 
 def normalise(latex: str) -> str:
     text = _DROP.sub(" ", _DELIMITER.sub(_delimiter, latex))
+    text = _SCIENTIFIC.sub(lambda m: f"{m.group(1)}e{int(m.group(2))}", text)
     for _ in range(3):
         text = _WRAPPERS.sub(lambda m: m.group(2), text)
     text = text.replace("\\times", "*").replace("\\ast", "*").replace("\\cdot", " \\cdot ")
@@ -146,7 +151,7 @@ def matrix_rows(body: str) -> tuple[tuple[tuple, ...], ...]:
     return tuple(rows)
 
 
-_TOKEN = re.compile(r"\s*(?:(?P<num>\d+\.\d+|\d+|\.\d+)|(?P<cmd>\\[A-Za-z]+)|(?P<word>[A-Za-z]+)|(?P<sym>[_^{}()+\-*/,'|\[\]=<>!]))")
+_TOKEN = re.compile(r"\s*(?:(?P<num>(?:\d+\.\d+|\d+|\.\d+)(?:e[+-]?\d+(?![\d.]))?)|(?P<cmd>\\[A-Za-z]+)|(?P<word>[A-Za-z]+)|(?P<sym>[_^{}()+\-*/,'|\[\]=<>!]))")
 
 
 def tokenize(text: str) -> list[Token]:

@@ -229,3 +229,12 @@ def test_each_printed_term_of_a_sum_is_checked_not_only_the_total():
     assert audit.findings[0].correct == "500"
     right = audit_text(text.replace("600 + 150", "500 + 250"))
     assert [f.outcome for f in right.findings] == [HOLDS, HOLDS, HOLDS]
+
+
+def test_scientific_notation_is_judged_at_the_mantissas_precision():
+    holds = only(audit_text(r"$a = \frac{1}{3000} = 3.3 \times 10^{-4}$"), "a")   # 0.000333...
+    assert holds.outcome == HOLDS and holds.printed == "3.3e-4"
+    wrong = only(audit_text(r"$a = \frac{1}{3000} = 3.4 \cdot 10^{-4}$"), "a")
+    assert wrong.outcome == WRONG and wrong.correct == "3.3e-4"
+    assert only(audit_text(r"$a = \frac{1}{3000} = 3.33 \times 10^{-4}$"), "a").outcome == HOLDS
+    assert only(audit_text(r"$a = \frac{1}{3000} = 3.34 \times 10^{-4}$"), "a").outcome == WRONG
