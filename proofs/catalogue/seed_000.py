@@ -60,9 +60,19 @@ def _attainable(head: list[list[str]], values: np.ndarray, tol: float) -> list[d
     return bad
 
 
+def _engine_outcome(first: int, last: int, title: str) -> CheckOutcome:
+    """The worked example's numbers judged by ``attnverify audit``'s engine (proofs.audit), which
+    reads them from the document; ``tests/proofs/test_audit_outcome.py`` checks that it agrees
+    with the hand-written WorkedExample of the same lines."""
+    from ..audit.outcome import example_outcome
+    from ._doc import document_path
+
+    return example_outcome(document_path(DOC), first, last, title)
+
+
 def check_example_projections() -> CheckOutcome:
     example = example_projections()
-    outcome = example.check()
+    outcome = _engine_outcome(16, 50, example.title)
     # The document then *assumes* head outputs (line 54: "assumir que temos como resultado").
     # Any attention output row is a convex combination of the rows of V_i: check they could be.
     correct = example.correct_values()
@@ -114,7 +124,7 @@ def example_output() -> WorkedExample:
 
 
 def check_example_output() -> CheckOutcome:
-    return example_output().check()
+    return _engine_outcome(70, 84, example_output().title)
 
 
 # ---- Lema 1.1: heads are independent ---------------------------------------------------------
@@ -358,7 +368,7 @@ def example_complexity() -> WorkedExample:
 
 
 def check_example_complexity_arithmetic() -> CheckOutcome:
-    return example_complexity().check()
+    return _engine_outcome(160, 170, example_complexity().title)
 
 
 def complexity_readings(n_: int = 10, d_: int = 512, h_: int = 8) -> dict:

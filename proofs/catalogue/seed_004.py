@@ -78,7 +78,12 @@ def example() -> WorkedExample:
 
 
 def check_example() -> CheckOutcome:
-    return example().check()
+    """Judged by ``attnverify audit``'s engine (proofs.audit), which reads the numbers from the
+    document; ``tests/proofs/test_audit_outcome.py`` checks it agrees with :func:`example`."""
+    from ..audit.outcome import example_outcome
+    from ._doc import document_path
+
+    return example_outcome(document_path(DOC), 19, 77, example().title)
 
 
 # ---- Observações Importantes ----------------------------------------------------------------
