@@ -26,7 +26,8 @@ alpha in {1e-2, 1e-3, 1e-4}. ``--seeds`` (default 100,000: about 10 exclusions e
 (uniform and t5 at large n d_k) run fewer seeds and say so through their wider rate intervals.
 ``--quick`` runs d_k in {1, 4}, n = 10^4, 2000 seeds. ``--estimate`` times a few seeds of each
 cell and prints what the chosen grid would take. ``--from-json a.json b.json --plot p.png``
-prints the table and draws the plot of earlier ``--out`` files (a grid run in parts).
+prints the tables and draws the plot of earlier ``--out`` files (a grid run in parts; a later
+run of a cell replaces an earlier one, ``--min-seeds`` leaves out thin cells).
 """
 
 from __future__ import annotations
@@ -225,6 +226,43 @@ def table(records: list[dict], methods=("fourth-moment", "batch-means", "auto"))
     return "\n".join(lines)
 
 
+def latest(records: list[dict]) -> list[dict]:
+    """The last record of each (dist, d_k, n, method, alpha): a later run of a cell replaces an earlier one."""
+    out = {}
+    for r in records:
+        out[(r["dist"], r["d_k"], r["n"], r["method"], r["alpha"])] = r
+    return list(out.values())
+
+
+def compact_table(records: list[dict]) -> str:
+    """The README's table: one row per cell, rate / alpha [95% CP] of the plain fourth-moment
+    interval at each alpha, and what the verdicts' ``auto`` interval did with the same draws."""
+    alphas = sorted({r["alpha"] for r in records}, reverse=True)
+    by = {(r["dist"], r["d_k"], r["n"], r["method"], r["alpha"]): r for r in records}
+    keys = sorted({(r["dist"], r["d_k"], r["n"]) for r in records if r["seeds"]},
+                  key=lambda k: (DISTS.index(k[0]), k[1], k[2]))
+    head = ("| components | d_k | n | seeds | " + " | ".join(f"fourth-moment, alpha = {a:g}" for a in alphas)
+            + " | verdicts' interval (auto) |")
+    lines = [head, "|" + "---|" * (5 + len(alphas))]
+    for key in keys:
+        fm = [by[key + ("fourth-moment", a)] for a in alphas]
+        au = [by[key + ("auto", a)] for a in alphas]
+        cells = []
+        for r in fm:
+            a = r["alpha"]
+            cells.append(f"{r['exclusions']}: {r['rate'] / a:.2g}x [{r['rate_low'] / a:.2g}, {r['rate_high'] / a:.2g}]")
+        if all(u["exclusions"] == f["exclusions"] and not u["undefined"] for u, f in zip(au, fm)):
+            auto = "the same"
+        elif all(u["undefined"] == u["seeds"] for u in au):
+            auto = "no interval (no verdict)"
+        else:
+            auto = ", ".join(f"{u['alpha']:g}: " + (f"none ({u['undefined'] / u['seeds']:.0%} no interval)"
+                                                   if u["undefined"] else f"{u['exclusions']}") for u in au)
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]:.0e} | {fm[0]['seeds']:,} | " + " | ".join(cells)
+                     + f" | {auto} |")
+    return "\n".join(lines)
+
+
 def plot(records: list[dict], path: str) -> None:
     """rate / alpha against alpha, one panel per distribution, the fourth-moment interval."""
     import matplotlib
@@ -233,8 +271,12 @@ def plot(records: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     dists = [d for d in DISTS if any(r["dist"] == d for r in records)]
-    fig, axes = plt.subplots(1, len(dists), figsize=(4.2 * len(dists), 3.8), sharey=True, squeeze=False)
-    for ax, dist in zip(axes[0], dists):
+    cols = min(2, len(dists))
+    rows = -(-len(dists) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.2 * rows), sharey=True, squeeze=False)
+    for ax in axes.flat[len(dists):]:
+        ax.set_visible(False)
+    for ax, dist in zip(axes.flat, dists):
         cells = sorted({(r["d_k"], r["n"]) for r in records if r["dist"] == dist and r["seeds"]})
         for i, (d, n) in enumerate(cells):
             rs = sorted((r for r in records if (r["dist"], r["d_k"], r["n"], r["method"]) == (dist, d, n, "fourth-moment")),
@@ -254,7 +296,8 @@ def plot(records: list[dict], path: str) -> None:
         ax.set_xlabel("alpha")
         ax.set_title(f"{dist}: fourth-moment interval")
         ax.legend(fontsize=6)
-    axes[0][0].set_ylabel("false exclusions / alpha (95% CP; v: upper end, none seen)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("false exclusions / alpha\n(95% CP; v: none seen, upper end)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -273,11 +316,19 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--estimate", action="store_true", help="time a few seeds per cell and stop")
     p.add_argument("--out", help="write the records as JSON here")
     p.add_argument("--plot", help="write the plot (PNG) here")
-    p.add_argument("--from-json", nargs="+", metavar="JSON", help="only print the table (and plot) of earlier --out files")
+    p.add_argument("--from-json", nargs="+", metavar="JSON",
+                   help="only print the tables (and plot) of earlier --out files (a later run of a cell wins; "
+                        "--out writes them merged)")
+    p.add_argument("--min-seeds", type=int, default=0, help="with --from-json: leave out cells with fewer seeds")
     a = p.parse_args(argv)
     if a.from_json:
-        records = [r for f in a.from_json for r in json.loads(Path(f).read_text())]
+        records = latest([r for f in a.from_json for r in json.loads(Path(f).read_text())])
+        if a.out:
+            Path(a.out).write_text(json.dumps(records, indent=1))
+        records = [r for r in records if r["seeds"] >= a.min_seeds]
         print(table(records))
+        print()
+        print(compact_table(records))
         if a.plot:
             plot(records, a.plot)
         return records
