@@ -36,7 +36,7 @@ _PREAMBLE = r"""\documentclass[11pt]{article}
 \usepackage{graphicx}
 \usepackage{longtable,array}
 \usepackage{caption}
-\usepackage{hyperref}
+\usepackage[hidelinks]{hyperref}
 \allowdisplaybreaks
 \sloppy
 \emergencystretch=3em
@@ -102,7 +102,7 @@ def _claim_section(result: ClaimResult, figure_dir: Path, out_dir: Path) -> str:
         r"\textbf{Statement.} " + prose(claim.statement),
     ]
     if claim.assumptions:
-        lines += [r"\textbf{Assumptions.}", r"\begin{itemize}\setlength{\itemsep}{0pt}"]
+        lines += ["", r"\textbf{Assumptions.}", r"\begin{itemize}\setlength{\itemsep}{0pt}"]
         lines += [r"\item " + prose(a) for a in claim.assumptions]
         lines += [r"\end{itemize}"]
     if result.error:
@@ -121,7 +121,7 @@ def _claim_section(result: ClaimResult, figure_dir: Path, out_dir: Path) -> str:
             if block:
                 lines.append(block)
             for figure in evidence.figures:
-                lines += _figure(figure, one_line(evidence.summary), figure_dir, out_dir)
+                lines += _figure(figure, one_line(evidence.summary, limit=120), figure_dir, out_dir)
     return "\n".join(lines) + "\n"
 
 

@@ -61,6 +61,39 @@ def plain(text: Any) -> str:
     return "".join(_char(c) for c in str(text))
 
 
+# a symbol written in plain text: Q_1, W_i^Q, d_model, n^2, Head_1 (a letter or a capitalised word,
+# with a subscript and/or a superscript), at the start of a word
+_SYMBOL = re.compile(r"(?<![\w\\.])([A-Za-z]|[A-Z][a-z]{1,9})"
+                     r"(?:_(\{[^{}\s]{1,12}\}|[A-Za-z0-9]{1,6}))?(?:\^(\{[^{}\s]{1,12}\}|[A-Za-z0-9]{1,3}))?(?![\w(^])")
+
+
+def _symbol(m: re.Match) -> str:
+    base, sub, sup = m.group(1), m.group(2), m.group(3)
+    if sub is None and sup is None:
+        return plain(m.group(0))
+    out = base if len(base) == 1 else rf"\mathrm{{{base}}}"
+    for mark, part in (("_", sub), ("^", sup)):
+        if part is not None:
+            part = part.strip("{}")
+            if len(part) > 1 and part.isalpha():
+                part = r"\mathrm{" + part + "}"
+            out += mark + "{" + part + "}"
+    return f"${out}$"
+
+
+def symbols(text: Any) -> str:
+    """Plain text in which symbols written as ``Q_1``, ``W_i^Q``, ``d_model``, ``n^2`` are set
+    as mathematics; the rest as :func:`plain`."""
+    text, out, i = str(text), [], 0
+    for m in _SYMBOL.finditer(text):
+        if m.group(2) is None and m.group(3) is None:
+            continue
+        out += [plain(text[i:m.start()]), _symbol(m)]
+        i = m.end()
+    out.append(plain(text[i:]))
+    return "".join(out)
+
+
 def _math_pieces(body: str) -> list[tuple[str, str]]:
     r"""Split inline math at its top level so a long formula can break across lines.
 
@@ -151,9 +184,9 @@ def _text_with_literals(text: str) -> str:
             literal = ast.literal_eval(span)
         except (ValueError, SyntaxError, MemoryError, RecursionError):
             continue
-        out += [plain(text[i:m.start()]), inline(literal)]
+        out += [symbols(text[i:m.start()]), inline(literal)]
         i = end
-    out.append(plain(text[i:]))
+    out.append(symbols(text[i:]))
     return "".join(out)
 
 
@@ -262,7 +295,7 @@ def _key(key: Any) -> str:
     key = str(key)
     if re.fullmatch(r"[a-z][a-z0-9]*(_[a-z0-9]+)+", key):
         key = key.replace("_", " ")
-    return prose(key) if "$" in key else plain(key)
+    return prose(key) if "$" in key else symbols(key)
 
 
 def _interval_key(key: Any) -> bool:
@@ -342,15 +375,22 @@ def inline(x: Any, key: Any = None) -> str:
 
 def value(x: Any, *, key: Any = None) -> str:
     """One value for a table cell: scalars and arrays as mathematics, a flat dict as a small
-    key/value table, a few flat records as a small table, anything deeper as running text."""
+    key/value table, a few flat records as a small table, anything deeper as running text
+    (described, not printed, when too long for a cell)."""
     out = _scalar(x, key)
     if out is not None:
         return out
+    if _size(x) > _MAX_CELL:
+        return _described(x)
     if isinstance(x, Mapping) and x and _flat(x):
         return _table(x.items(), top=False)
     if _records_like(x) and all(_flat(r) for r in x) and len({k for r in x for k in r}) <= 4:
         return _records(list(x), top=False)
     return inline(x, key)
+
+
+def _cell_inline(x: Any, key: Any) -> str:
+    return _described(x) if _size(x) > _MAX_CELL else inline(x, key)
 
 
 def block(x: Any, *, key: Any = None) -> str:
@@ -401,7 +441,7 @@ def _tabular(spec: str, rows: list[str], *, long: bool) -> str:
 def _table(items: Iterable[tuple[Any, Any]], *, top: bool) -> str:
     """Key/value pairs as a two-column table with wrapping columns (a longtable at full
     width, a tabular inside a cell)."""
-    rows = [rf"{_key(k)} & {value(v, key=k) if top else (_scalar(v, k) or inline(v, k))} \\" for k, v in items]
+    rows = [rf"{_key(k)} & {value(v, key=k) if top else (_scalar(v, k) or _cell_inline(v, k))} \\" for k, v in items]
     if not rows:
         return "--"
     return _tabular(_columns([0.28, 0.72] if top else [0.4, 0.6]), rows, long=top)
@@ -512,7 +552,10 @@ def _empty(v: Any) -> bool:
     return v is None or (isinstance(v, (str, list, tuple, dict)) and len(v) == 0)
 
 
-_MAX_SHOWN = 3000  # characters of JSON: a structured entry larger than this is described, not printed
+# characters of JSON: a structured entry larger than this is described, not printed (a table
+# cell cannot break across pages, so its limit is lower)
+_MAX_BLOCK = 12_000
+_MAX_CELL = 2_500
 
 
 def _size(x: Any) -> int:
@@ -528,7 +571,7 @@ def _described(x: Any) -> str:
         keys = list(dict.fromkeys(k for r in x for k in r)) if _records_like(x) else []
         what = f"{len(x)} records" + (f" with fields {', '.join(map(str, keys[:8]))}{', ...' if len(keys) > 8 else ''}"
                                       if keys else "")
-    return plain(what) + r" -- too long to print here; 	exttt{attnverify check -{}-json} gives it whole."
+    return plain(what) + r" -- too long to print here; \texttt{attnverify check -{}-json FILE} writes it whole."
 
 
 def data_block(data: Mapping, *, shown_elsewhere: Iterable[str] = ()) -> str:
@@ -545,6 +588,6 @@ def data_block(data: Mapping, *, shown_elsewhere: Iterable[str] = ()) -> str:
     if small:
         parts.append(_table(small, top=True))
     for k, v in large:
-        parts += [r"\textit{" + _key(k) + ":} " + (_described(v) if _size(v) > _MAX_SHOWN else ""),
-                  "" if _size(v) > _MAX_SHOWN else block(v, key=k)]
+        big = _size(v) > _MAX_BLOCK
+        parts += [r"\textit{" + _key(k) + ":} " + (_described(v) if big else ""), "" if big else block(v, key=k)]
     return "\n".join(parts)
