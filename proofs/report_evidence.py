@@ -56,9 +56,19 @@ def _char(ch: str) -> str:
     return out + r"\allowbreak{}" if ch in "_/" else out
 
 
+_LONG_WORD = re.compile(r"[A-Za-z][A-Za-z0-9]{13,}")
+
+
+def _breakable(word: str) -> str:
+    """A long word with a break allowed at its camel-case joints (MultiHead|Attention)."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "\x00", word)
+
+
 def plain(text: Any) -> str:
-    """Plain text (no math) for text mode; underscores and slashes may break a line."""
-    return "".join(_char(c) for c in str(text))
+    """Plain text (no math) for text mode; a line may break after an underscore or a slash
+    and inside a long camel-case word."""
+    text = _LONG_WORD.sub(lambda m: _breakable(m.group(0)), str(text))
+    return "".join(r"\allowbreak{}" if c == "\x00" else _char(c) for c in text)
 
 
 # a symbol written in plain text: Q_1, W_i^Q, d_model, n^2, Head_1 (a letter or a capitalised word,
@@ -413,7 +423,9 @@ def _records(rows: list[Mapping], *, top: bool) -> str:
     (full width only) one key/value table per record."""
     keys = list(dict.fromkeys(k for r in rows for k in r))
     if len(keys) <= _MAX_COLUMNS and all(_flat(r) for r in rows):
-        spec = _columns([1 / len(keys)] * len(keys))
+        widths = [max(len(str(k)), *(min(len(json.dumps(r.get(k), default=str)), 40) for r in rows)) + 4
+                  for k in keys]
+        spec = _columns([w / sum(widths) for w in widths])
         head = " & ".join(r"\textbf{" + _key(k) + "}" for k in keys) + r" \\ \hline"
         if top:
             head += r" \endhead"
@@ -460,23 +472,33 @@ def _records_with_printed(data: Mapping) -> tuple[str, list[Mapping]] | None:
 
 
 def _matrices(data: Mapping) -> tuple[str, Mapping] | None:
-    """The key of a dict of named numeric matrices or vectors (the recomputed values)."""
+    """The key of a dict of named numbers, vectors or matrices (the recomputed values)."""
     for k, v in data.items():
-        if isinstance(v, Mapping) and v and all(_is_matrix(m) or (isinstance(m, list) and m and all(map(_is_number, m)))
-                                                for m in v.values()):
+        if (isinstance(v, Mapping) and v and all(_is_number(m) or _is_matrix(m) or (
+                isinstance(m, list) and m and all(map(_is_number, m))) for m in v.values())
+                and any(not _is_number(m) for m in v.values())):
             return k, v
     return None
 
 
+_GREEK = {"alpha", "beta", "gamma", "delta", "epsilon", "theta", "lambda", "mu", "sigma", "tau", "phi", "omega"}
+_NAME = re.compile(r"([A-Za-z]+)(?:_\{?([A-Za-z0-9]+)\}?)?('*)(?:\(([\w\s,^{}]*)\))?")
+
+
 def _name(q: str) -> str:
-    """A quantity's name in math: ``Q_1`` as is, a longer word upright."""
-    m = re.fullmatch(r"([A-Za-z])(?:_\{?([A-Za-z0-9]+)\}?)?('*)", q)
-    if m:
-        return m.group(1) + (f"_{{{m.group(2)}}}" if m.group(2) else "") + m.group(3)
-    m = re.fullmatch(r"([A-Za-z]+)(\(.*\))?", q)
-    if m:
-        return rf"\mathrm{{{m.group(1)}}}" + (plain(m.group(2)) if m.group(2) else "")
-    return r"\text{" + plain(q) + "}"
+    """A quantity's name in math: ``Q_1``, ``alpha_21`` (as alpha), ``score(x_1, x_2)``,
+    ``MultiHeadAttention(X)`` (a word upright); anything else as text."""
+    m = _NAME.fullmatch(q.strip())
+    if not m:
+        return r"\text{" + plain(q) + "}"
+    base, sub, primes, args = m.groups()
+    out = base if len(base) == 1 else (rf"\{base}" if base in _GREEK else rf"\mathrm{{{base}}}")
+    if sub:
+        out += f"_{{{sub}}}"
+    out += primes
+    if args is not None:
+        out += f"({args})"
+    return out
 
 
 def _decimals(s: str) -> int:
@@ -496,19 +518,34 @@ def _entry_index(entry: Any, shape: tuple[int, int]) -> tuple[int, int] | None:
     return (i, j) if 0 <= i < shape[0] and 0 <= j < shape[1] else None
 
 
-def _marked_matrix(name: str, rows: list[list[Any]], wrong: list[Mapping]) -> str:
+def _marked(printed: Any, correct: Any) -> str:
+    return (rf"\textcolor{{red}}{{{plain(printed)}}}"
+            rf"\,\textcolor{{ForestGreen}}{{\scriptstyle {plain(correct)}}}")
+
+
+def _marked_matrix(name: str, rows: list[list[Any]] | Any, wrong: list[Mapping]) -> str:
     """``name = [...]``: right entries at the document's precision, wrong ones as a red
-    printed value with the right value beside it."""
-    shape = (len(rows), len(rows[0]))
+    printed value with the right value beside it; a number when ``rows`` is one."""
     decimals = max((_decimals(r["printed"]) for r in wrong), default=2)
+    if _is_number(rows):
+        shown = _marked(wrong[0]["printed"], wrong[0]["correct"]) if wrong else f"{float(rows):.{decimals}f}"
+        return "$" + _name(name) + " = " + shown + "$"
+    shape = (len(rows), len(rows[0]))
     cells = [[f"{float(v):.{decimals}f}" for v in r] for r in rows]
     for r in wrong:
         at = _entry_index(r.get("entry"), shape)
         if at is not None:
-            i, j = at
-            cells[i][j] = (rf"\textcolor{{red}}{{{plain(r['printed'])}}}"
-                           rf"\,\textcolor{{ForestGreen}}{{\scriptstyle {plain(r['correct'])}}}")
+            cells[at[0]][at[1]] = _marked(r["printed"], r["correct"])
     return r"\fitwidth{$" + _name(name) + " = " + _bmatrix(cells) + "$}"
+
+
+def _where(entry: Any) -> str:
+    """An entry index (0-based, as stored) as a reader counts it."""
+    if isinstance(entry, (list, tuple)) and len(entry) == 2 and all(isinstance(e, numbers.Integral) for e in entry):
+        return f"row {entry[0] + 1}, column {entry[1] + 1}"
+    if isinstance(entry, numbers.Integral):
+        return f"entry {entry + 1}"
+    return "" if entry is None else str(entry)
 
 
 def worked_example(data: Mapping) -> tuple[str, set[str]]:
@@ -526,7 +563,7 @@ def worked_example(data: Mapping) -> tuple[str, set[str]]:
     key, records = found
     matrices = {}
     if mats is not None:
-        matrices = {q: (m if _is_matrix(m) else [m]) for q, m in mats[1].items()}
+        matrices = {q: (m if _is_matrix(m) or _is_number(m) else [m]) for q, m in mats[1].items()}
     by_quantity: dict[str, list[Mapping]] = {}
     for r in records:
         by_quantity.setdefault(str(r["quantity"]), []).append(r)
@@ -539,11 +576,12 @@ def worked_example(data: Mapping) -> tuple[str, set[str]]:
     lines = []
     if shown:
         lines += [r"The document's values, wrong entries in \textcolor{red}{red} with the recomputed value beside"
-                  r" them in \textcolor{ForestGreen}{green}:", r"\begin{center}", "\\\\[4pt]\n".join(shown),
+                  r" them in \textcolor{ForestGreen}{green}:", r"\begin{center}", "\n\\quad\n".join(shown),
                   r"\end{center}"]
     if rest:
         cols = [c for c in ("quantity", "where", "entry", "printed", "correct") if any(c in r for r in rest)]
-        lines.append(_records([{c: r.get(c) for c in cols} for r in rest], top=True))
+        lines.append(_records([{c: (_where(r.get(c)) if c == "entry" else r.get(c)) for c in cols} for r in rest],
+                              top=True))
     used = {key} | ({mats[0]} if mats is not None and shown else set())
     return "\n".join(lines), used
 
