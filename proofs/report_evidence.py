@@ -259,6 +259,8 @@ def number(x: Any) -> str:
     if math.isinf(x):
         return r"\infty" if x > 0 else r"-\infty"
     s = f"{x:.6g}"
+    if float(s) != x and float(s) == round(float(s)):  # 0.999999875 is not 1: show the digits that differ
+        s = f"{x:.12g}"
     if "e" in s:
         mant, exp = s.split("e")
         return rf"{mant} \times 10^{{{int(exp)}}}"
