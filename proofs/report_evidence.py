@@ -290,6 +290,8 @@ def _formula(s: str) -> str | None:
     Only strings with ``*`` or ``**`` and no word longer than three letters (other than a
     function name or a name with an underscore) are read, so prose is never parsed.
     """
+    if s.strip() in ("oo", "-oo"):  # SymPy's infinity, as str() prints it
+        return r"\infty" if s.strip() == "oo" else r"-\infty"
     if "*" not in s or not _FORMULA.match(s):
         return None
     for name in re.findall(r"[A-Za-z_][A-Za-z_0-9]*", s):

@@ -149,6 +149,7 @@ def test_value_forms():
     assert value([0.25, 0.5], key="certified_sup_interval") == r"$[0.25,\ 0.5]$"
     assert value(1.5e-17) == r"$1.5 \times 10^{-17}$" and value(1050624) == r"$1\,050\,624$"
     assert value(0.999999875) == "$0.999999875$" and value(0.25) == "$0.25$"  # never rounded to a whole number
+    assert value("oo") == r"$\displaystyle \infty$"
     assert value("h*n**2").startswith("$") and "n^{2}" in value("h*n**2")
     assert value("4 d^2 + 4 d (4 d^2 without biases)").count("without") == 1  # prose is not parsed
     assert value({"a": 1, "b": "x"}).startswith(r"\begin{tabular}")
