@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping
 
 import sympy as sp
 
-from .latex import escape
+from .latex import escape, group_end
 
 __all__ = ["PREAMBLE_MACROS", "plain", "prose", "one_line", "number", "inline", "value", "block", "worked_example",
            "data_block"]
@@ -126,13 +126,7 @@ def _math_pieces(body: str) -> list[tuple[str, str]]:
         if depth == 0:
             m = re.match(r"\\text(?:rm|bf|it)?\{", body[i:])
             if m:
-                j, d = i + m.end(), 1
-                while j < len(body) and d:
-                    if body[j] == "\\":
-                        j += 2
-                        continue
-                    d += {"{": 1, "}": -1}.get(body[j], 0)
-                    j += 1
+                j = group_end(body, i + m.end())
                 flush(body[i + m.end():j - 1])
                 i = j
                 continue
