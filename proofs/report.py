@@ -1,5 +1,12 @@
 """The LaTeX report: one standalone article with every claim, its verdict and its evidence.
 
+It reads as a referee's report: a summary table first (claim, verdict, one line, each row a
+link to the claim); then one section per document, titled by the document's own title
+(:func:`document_title`); under each claim its statement, assumptions, and each check's
+evidence as prose and mathematics (:mod:`proofs.report_evidence`: numbers as vectors and
+matrices, records as tables, worked examples as the document's matrices with the wrong entries
+in red), figures with captions.
+
 ``write_report(results, out_dir)`` writes ``report.tex`` (figures copied beside it);
 ``compile_pdf(tex)`` runs pdflatex when it is on PATH and raises :class:`ReportError`
 with the end of the log when LaTeX reports an error.
