@@ -23,7 +23,7 @@ from typing import Iterable
 
 from .claims import ClaimResult, Verdict
 from .latex import escape
-from .report_evidence import PREAMBLE_MACROS, data_block, one_line, plain, prose
+from .report_evidence import PREAMBLE_MACROS, data_block, one_line, plain, prose, symbols
 
 __all__ = ["ReportError", "latex_escape", "document_title", "render_report", "write_report", "compile_pdf"]
 
@@ -102,7 +102,9 @@ def _source_line(claim) -> str:
 def _claim_section(result: ClaimResult, figure_dir: Path, out_dir: Path) -> str:
     claim = result.claim
     lines = [
-        rf"\subsection{{{plain(claim.source.label)}: {plain(claim.title)}}}\label{{{_anchor(result)}}}",
+        # the bracketed form (plain text) goes to the PDF bookmarks, the shown one sets Q_i as math
+        rf"\subsection[{{{plain(claim.source.label)}: {plain(claim.title)}}}]"
+        rf"{{{plain(claim.source.label)}: {symbols(claim.title)}}}\label{{{_anchor(result)}}}",
         rf"\textbf{{Verdict:}} {_verdict_tag(result)}. \textbf{{Source:}} {_source_line(claim)}."
         rf" \textbf{{Checked by:}} {plain(', '.join(result.methods) or '-')}, in {result.seconds:.2f} s.",
         "",
