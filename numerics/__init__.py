@@ -1,9 +1,11 @@
 """numerics: reference attention and transformer-block array code for any array-API library."""
 
-from .attention import attention_backward, causal_mask, scaled_dot_product_attention
+from .attention import AttentionGradients, attention_backward, causal_mask, dropout_keep_mask, scaled_dot_product_attention
+from .positional import alibi_bias, alibi_slopes, rotary_embedding, rotary_embedding_backward
 from .softmax import softmax
 
-__all__ = ["softmax", "scaled_dot_product_attention", "attention_backward", "causal_mask"]
+__all__ = ["softmax", "scaled_dot_product_attention", "attention_backward", "AttentionGradients", "causal_mask"]
+__all__ += ["dropout_keep_mask", "rotary_embedding", "rotary_embedding_backward", "alibi_slopes", "alibi_bias"]
 from .multihead import (
     MHAGradients,
     MHAParams,

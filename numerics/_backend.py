@@ -26,6 +26,7 @@ __all__ = [
     "check_finite",
     "check_mask",
     "check_scale",
+    "real_number",
     "broadcast_shapes",
     "shape_str",
     "sum_to_shape",
@@ -189,15 +190,21 @@ def check_mask(mask: Any, target: tuple[int, ...], xp: ModuleType, *, target_des
         )
 
 
+def real_number(name: str, value: Any, what: str = "a real number") -> float:
+    """``value`` as a Python float (int, float, NumPy scalar ...); a bool, a string or anything
+    float() cannot take is a TypeError saying ``name`` must be ``what``. Ranges are the caller's."""
+    if isinstance(value, (str, bytes, bool, np.bool_)):
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__} {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__}") from None
+
+
 def check_scale(scale: Any) -> float:
     """A finite real scale as a Python float (0 included: every score is then 0, as in
     torch's SDPA, and the attention is uniform over the allowed keys)."""
-    if isinstance(scale, (str, bytes, bool, np.bool_)):
-        raise TypeError(f"scale must be a real number or None, got {type(scale).__name__} {scale!r}")
-    try:
-        value = float(scale)
-    except (TypeError, ValueError):
-        raise TypeError(f"scale must be a real number or None, got {type(scale).__name__}") from None
+    value = real_number("scale", scale, "a real number or None")
     if not math.isfinite(value):
         raise ValueError(f"scale must be finite, got {scale!r}")
     return value if value else 0.0  # -0.0 as 0.0

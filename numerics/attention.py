@@ -1,18 +1,28 @@
 """Scaled dot-product attention, forward and hand-written backward.
 
 Shapes (one glossary for the whole package): B... batch dims, N query length,
-M key length, K key/query width, V value width.
+M key length, K key/query width, V value width; with grouped-query heads, Hq query
+heads and Hkv key/value heads, G = Hq / Hkv.
 
-    S = scale * Q K^T            (..., N, M)
-    A = softmax(S) over M, with excluded entries at weight 0
-    O = A V                      (..., N, V)
+The scores go through one pipeline, in this order (see :func:`_scores`)::
+
+    R = scale * Q K^T                          (..., N, M)
+    T = c tanh(R / c)                          softcap c (else T = R)
+    Z = T + bias                               additive bias; -inf excludes the key
+    Z = -inf where a mask excludes the key     boolean mask, causal, window
+    A = softmax(Z) over M, excluded entries at weight 0
+    A_d = A * keep / (1 - p)                   dropout with an explicit keep mask
+    O = A_d V                                  (..., N, V)
+    lse = log sum_j exp(Z_j)                   (..., N), -inf for a row with no allowed key
 
 Backward, for an upstream gradient dO (FlashAttention's formulation)::
 
-    dV = A^T dO
-    dS = A * (dO V^T - rowsum(dO * O))
-    dQ = scale * dS K
-    dK = scale * dS^T Q
+    dV = A_d^T dO
+    dA = (dO V^T) * keep / (1 - p)
+    dZ = A * (dA - rowsum(dO * O))             = d bias (summed to bias's shape)
+    dR = dZ * (1 - (T / c)^2)                  softcap (else dR = dZ)
+    dQ = scale * dR K
+    dK = scale * dR^T Q
 
 A query row with no allowed key has A = 0, so its output, weights and every gradient
 through it are 0 (PyTorch's ``_safe_softmax`` behaviour), never NaN.
@@ -27,30 +37,160 @@ from types import ModuleType
 from typing import Any
 
 import array_api_compat
+import numpy as np
 
 from . import _backend as bk
 from . import _parallel
+from ._band import KeyBand, check_causal, check_window, key_band
 from .softmax import safe_divide, softmax_unnormalised
 
-__all__ = ["scaled_dot_product_attention", "attention_backward", "causal_mask"]
+__all__ = [
+    "scaled_dot_product_attention",
+    "attention_backward",
+    "AttentionGradients",
+    "causal_mask",
+    "dropout_keep_mask",
+]
 
 
-def causal_mask(xp: ModuleType | str, n: int, m: int, device: Any = None) -> Any:
-    """Boolean (N, M) mask allowing key j for query i iff j <= i (top-left aligned).
+def causal_mask(xp: ModuleType | str, n: int, m: int, device: Any = None, *, alignment: str = "top_left") -> Any:
+    """Boolean (N, M) causal mask, True = may attend.
 
+    ``alignment="top_left"`` (default, torch's ``is_causal``) allows key j for query i iff
+    j <= i; ``"bottom_right"`` iff j <= i + M - N (FlashAttention's, KV-cache decoding).
     ``xp`` is an array module (``numpy``, ``cupy``, ``torch``, an array-API namespace) or
     its name; the mask is made on ``device`` (the library's default when None).
     """
     # The bare modules' arange may lack the standard's device= (cupy, numpy < 2): use the
     # array-API namespace of the library instead.
-    return _causal_mask(bk.get_namespace(xp), bk.non_negative_int("n", n), bk.non_negative_int("m", m), device)
+    namespace = bk.get_namespace(xp)
+    n, m = bk.non_negative_int("n", n), bk.non_negative_int("m", m)
+    if alignment not in ("top_left", "bottom_right"):
+        raise ValueError(f"alignment must be 'top_left' or 'bottom_right', got {alignment!r}")
+    band = key_band(n, m, alignment, None)
+    mask = band.mask(namespace, device=device)
+    return _all_true(namespace, (n, m), device) if mask is None else mask
 
 
-def _causal_mask(xp: ModuleType, n: int, m: int, device: Any = None) -> Any:
-    """:func:`causal_mask` for an array-API namespace ``xp`` (as ``namespace_of`` returns)."""
-    rows = xp.arange(n, device=device)[:, None]
-    cols = xp.arange(m, device=device)[None, :]
-    return cols <= rows
+def _all_true(xp: ModuleType, shape: tuple[int, ...], device: Any) -> Any:
+    """A boolean array of True (an empty causal mask is all-allowed)."""
+    return xp.ones(shape, dtype=xp.bool, device=device)
+
+
+def dropout_keep_mask(
+    shape: tuple[int, ...], dropout_p: float, *, seed: int, xp: ModuleType | str = "numpy", device: Any = None
+) -> Any:
+    """A boolean keep mask for ``dropout_mask=``: each entry True with probability ``1 - dropout_p``.
+
+    Drawn on the host with ``numpy.random.default_rng(seed)`` (the same mask for the same
+    seed and shape on every backend), then put on ``xp`` and ``device``. Pass it together
+    with the same ``dropout_p`` to :func:`scaled_dot_product_attention` and
+    :func:`attention_backward`, which stay deterministic.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Usually (..., N, M), or anything broadcastable to the scores' shape.
+    dropout_p : float in [0, 1)
+    seed : non-negative int
+    xp : array module or its name
+    device : optional
+    """
+    p = _check_dropout_p(dropout_p)
+    seed = bk.check_seed(seed)
+    shape = tuple(bk.non_negative_int("shape entries", s) for s in shape)
+    keep = np.random.default_rng(seed).random(shape) >= p
+    namespace = bk.get_namespace(xp)
+    return namespace.asarray(keep, device=device) if device is not None else namespace.asarray(keep)
+
+
+def _check_softcap(softcap: Any) -> float | None:
+    if softcap is None:
+        return None
+    value = bk.real_number("softcap", softcap, "a positive real number or None")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"softcap must be a finite number > 0 (scores become c tanh(s / c)), got {softcap!r}")
+    return value
+
+
+def _check_dropout_p(dropout_p: Any) -> float:
+    value = bk.real_number("dropout_p", dropout_p, "a real number in [0, 1)")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}")
+    return value
+
+
+# ------------------------------------------------------------------ grouped-query heads
+
+
+@dataclass(frozen=True)
+class _Groups:
+    """How grouped-query heads were folded: query heads (..., Hq, N, K) as (..., Hkv, G, N, K),
+    key/value heads (..., Hkv, M, .) as (..., Hkv, 1, M, .). Query head h = kv * G + g uses
+    key/value head kv = h // G (torch's enable_gqa order); K and V are never repeated."""
+
+    hq: int
+    hkv: int
+
+    @property
+    def size(self) -> int:
+        return self.hq // self.hkv
+
+
+def _fold_groups(xp, q, k, v, enable_gqa, **per_score: Any):
+    """``(groups, q, k, v, per_score)`` with the head axes folded (groups None: unchanged).
+
+    ``per_score`` holds arrays broadcastable to (..., Hq, N, M) (mask, bias, dropout mask):
+    a head axis of Hq is split into (Hkv, G), one of 1 (or none) gets a second axis of 1."""
+    if not enable_gqa:
+        return None, q, k, v, per_score
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.ndim < 3:
+            raise ValueError(
+                f"enable_gqa=True needs a head axis: {name} must have shape (..., H, L, C), got shape {bk.shape_str(x)}"
+            )
+    hq, hkv = int(q.shape[-3]), int(k.shape[-3])
+    if int(v.shape[-3]) != hkv:
+        raise ValueError(
+            f"k and v must have the same number of heads Hkv: k has shape {bk.shape_str(k)}, v has shape {bk.shape_str(v)}"
+        )
+    if hkv == 0 or hq % hkv:
+        raise ValueError(
+            f"enable_gqa=True needs the query heads Hq to be a multiple of the key/value heads Hkv: "
+            f"q has shape {bk.shape_str(q)} (Hq = {hq}), k has shape {bk.shape_str(k)} (Hkv = {hkv})"
+        )
+    groups = _Groups(hq, hkv)
+    g = groups.size
+    q = xp.reshape(q, (*q.shape[:-3], hkv, g, *q.shape[-2:]))
+    k, v = xp.expand_dims(k, axis=-3), xp.expand_dims(v, axis=-3)
+    folded = {}
+    for name, a in per_score.items():
+        if a is None:
+            folded[name] = None
+        elif name == "d_out" and (a.ndim < 3 or int(a.shape[-3]) != hq):
+            raise ValueError(
+                f"d_out must have the output's shape (..., Hq, N, V) with Hq = {hq} query heads, "
+                f"got shape {bk.shape_str(a)}"
+            )
+        elif a.ndim >= 3 and int(a.shape[-3]) == hq and hq != 1:
+            folded[name] = xp.reshape(a, (*a.shape[:-3], hkv, g, *a.shape[-2:]))
+        elif a.ndim < 3 or int(a.shape[-3]) == 1:
+            folded[name] = xp.expand_dims(a, axis=-3) if a.ndim >= 2 else a
+        else:
+            raise ValueError(
+                f"{name} must broadcast to (..., Hq, N, M) with Hq = {hq} query heads, got shape {bk.shape_str(a)}"
+            )
+    return groups, q, k, v, folded
+
+
+def _unfold(xp, x: Any, groups: _Groups | None) -> Any:
+    """(..., Hkv, G, L, C) -> (..., Hq, L, C); (..., Hkv, G, N) -> (..., Hq, N) for ndim_tail=1."""
+    if groups is None:
+        return x
+    return xp.reshape(x, (*x.shape[:-4], groups.hq, *x.shape[-2:]))
+
+
+# ------------------------------------------------------------------ checked problem
 
 
 @dataclass(frozen=True)
@@ -61,33 +201,81 @@ class _Problem:
     q: Any
     k: Any
     v: Any
-    allowed: Any  # boolean (..., N, M) or None when every key is allowed
+    mask: Any  # the caller's boolean mask (..., N, M) up to broadcasting, or None
+    band: KeyBand  # causal alignment and window (see numerics._band)
     scale: float
-    batch: tuple[int, ...]  # broadcast batch dims of q, k, v and mask: those of the output
-    # Set when scale * q k^T could overflow: (sign(scale) q 2^-sq, k 2^-sk, factors), operands
+    batch: tuple[int, ...]  # broadcast batch dims of q, k, v, mask, bias, keep: those of the output
+    # Set when the scores' product could overflow: (sign(s) q 2^-sq, k 2^-sk, factors), operands
     # rescaled by exact powers of 2 (see _shift) and positive factors whose product is
-    # |scale| 2^(sq + sk), which take their shifted scores back (see _scores and
-    # softmax_unnormalised). When q or k is all 0: (q, k, ()), scores exactly 0 without
-    # forming scale * q.
+    # |s| 2^(sq + sk), which take their shifted scores back (see _scores and
+    # softmax_unnormalised); s is the scale, divided by the softcap when there is one. When
+    # q or k is all 0: (q, k, ()), scores exactly 0 without forming scale * q.
     unit: tuple[Any, Any, tuple[float, ...]] | None = None
     # (sq, sk): the gradients take dS k and dS^T q from k 2^-sk and q 2^-sq, then multiply by
     # scale and the power of 2 (see _scaled_product), so that no intermediate overflows.
     shifts: tuple[int, int] = (0, 0)
     # Normalise the (N, M) weights before the product with v: the unnormalised product could
-    # overflow when M max|v| is beyond the dtype's range.
+    # overflow when M max|v| / (1 - p) is beyond the dtype's range.
     weights_first: bool = False
-    # Set when scores may be large enough to saturate the softmax (|scale q.k| can exceed
-    # 2**20), or are all 0 with a scale * q or scale * k that may be huge: the backward then
-    # takes rowsum(A * dA) over M rather than rowsum(dO * O) over V.
+    # Set when scores may be large enough to saturate the softmax (|scores| beyond 2**20), or
+    # are all 0 with a scale * q or scale * k that may be huge: the backward then takes
+    # rowsum(A * dA) over M rather than rowsum(dO * O) over V.
     saturating: bool = False
+    bias: Any = None  # additive, (..., N, M) up to broadcasting, compute dtype
+    softcap: float | None = None
+    keep: Any = None  # boolean dropout keep mask (..., N, M) up to broadcasting
+    dropout_p: float = 0.0
+    # Softcapped or biased scores whose sum could overflow: the logits are taken / 8 and the
+    # softmax multiplies the shifted ones back by 8.
+    downscale: bool = False
 
 
-def _prepare(q, k, v, mask, causal, scale, check_finite, d_out=None) -> _Problem:
-    xp = bk.namespace_of(q=q, k=k, v=v, mask=mask, d_out=d_out)
+def _check_score_array(name: str, a: Any, target: tuple[int, ...], xp: ModuleType) -> None:
+    """``a`` must broadcast to ``target`` = (..., N, M)."""
+    try:
+        out = bk.broadcast_shapes(tuple(a.shape), target)
+    except ValueError:
+        out = None
+    if out != tuple(target):
+        raise ValueError(f"{name} must broadcast to (..., N, M) = {tuple(target)}, got shape {bk.shape_str(a)}")
+
+
+def _log2_abs(x: float) -> float:
+    return math.log2(abs(x)) if x else -math.inf
+
+
+def _pow2(e: float) -> float:
+    """2^e as a Python float, inf beyond its range."""
+    try:
+        return 2.0**e
+    except OverflowError:
+        return math.inf
+
+
+def _prepare(
+    q,
+    k,
+    v,
+    mask,
+    causal,
+    scale,
+    check_finite,
+    d_out=None,
+    *,
+    bias=None,
+    window=None,
+    softcap=None,
+    dropout_p=0.0,
+    dropout_mask=None,
+) -> _Problem:
+    xp = bk.namespace_of(q=q, k=k, v=v, mask=mask, bias=bias, dropout_mask=dropout_mask, d_out=d_out)
     for name, x in (("q", q), ("k", k), ("v", v)):
         bk.check_float_array(name, x, xp, min_ndim=2)
     bk.check_same_dtype(q=q, k=k, v=v, d_out=d_out)
-    causal = bk.check_flag("causal", causal)
+    causal = check_causal(causal)
+    window = check_window(window)
+    softcap = _check_softcap(softcap)
+    dropout_p = _check_dropout_p(dropout_p)
     check_finite = bk.check_flag("check_finite", check_finite)
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(
@@ -99,18 +287,37 @@ def _prepare(q, k, v, mask, causal, scale, check_finite, d_out=None) -> _Problem
         )
     if mask is not None and mask.dtype != xp.bool:
         raise TypeError(f"mask must be a boolean array (True = may attend), got dtype {mask.dtype}")
-    shapes = [bk.batch_of(q), bk.batch_of(k), bk.batch_of(v)] + ([] if mask is None else [bk.batch_of(mask)])
+    if bias is not None:
+        if bias.dtype == xp.bool:
+            raise TypeError("bias must be a real floating array added to the scores (-inf excludes a key), "
+                            "got a boolean array; pass a boolean mask as mask=")
+        bk.check_float_array("bias", bias, xp)
+        if bias.dtype != q.dtype:
+            raise TypeError(f"bias must have q's dtype {q.dtype}, got dtype {bias.dtype} (shape {bk.shape_str(bias)})")
+    if dropout_mask is not None and dropout_mask.dtype != xp.bool:
+        raise TypeError(f"dropout_mask must be a boolean keep mask (True = keep), got dtype {dropout_mask.dtype}")
+    if dropout_p > 0 and dropout_mask is None:
+        raise ValueError(
+            f"dropout_p = {dropout_p} needs an explicit dropout_mask (a boolean keep mask, e.g. from "
+            "numerics.dropout_keep_mask); the computation itself draws nothing"
+        )
+    extras = {"mask": mask, "bias": bias, "dropout_mask": dropout_mask}
+    shapes = [bk.batch_of(q), bk.batch_of(k), bk.batch_of(v)] + [bk.batch_of(a) for a in extras.values() if a is not None]
     try:
         batch = bk.broadcast_shapes(*shapes)
     except ValueError:
         listing = f"q has shape {bk.shape_str(q)}, k has shape {bk.shape_str(k)}, v has shape {bk.shape_str(v)}"
-        if mask is not None:
-            listing += f", mask has shape {bk.shape_str(mask)}"
-        names = "q, k and v" if mask is None else "q, k, v and mask"
+        present = [n for n, a in extras.items() if a is not None]
+        for name in present:
+            listing += f", {name} has shape {bk.shape_str(extras[name])}"
+        names = ", ".join(["q", "k", "v", *present][:-1]) + " and " + ["q", "k", "v", *present][-1]
         raise ValueError(f"the batch dimensions of {names} must broadcast: {listing}") from None
     n, m, width = int(q.shape[-2]), int(k.shape[-2]), int(q.shape[-1])
     if mask is not None:
         bk.check_mask(mask, batch + (n, m), xp, target_desc="(..., N, M) =")
+    for name in ("bias", "dropout_mask"):
+        if extras[name] is not None:
+            _check_score_array(name, extras[name], batch + (n, m), xp)
     if d_out is not None:
         expected = batch + (n, int(v.shape[-1]))
         if tuple(d_out.shape) != expected:
@@ -122,6 +329,19 @@ def _prepare(q, k, v, mask, causal, scale, check_finite, d_out=None) -> _Problem
     # One reduction per operand gives both the finiteness check and the magnitudes that
     # decide whether the scores or the product with v could overflow.
     amax = {name: bk.max_abs(xp, x) for name, x in (("q", q), ("k", k), ("v", v))}
+    bias_amax = 0.0
+    if bias is not None and math.prod(bias.shape):
+        top_bias = float(xp.max(bias))
+        if math.isnan(top_bias) or top_bias == math.inf:
+            if check_finite:
+                raise ValueError(
+                    f"bias contains NaN or +Inf (shape {bk.shape_str(bias)}); only -inf (an excluded key) is "
+                    "allowed; pass check_finite=False to skip this check"
+                )
+            bias_amax = math.inf
+        else:
+            finite_part = xp.where(bias == -xp.inf, xp.zeros_like(bias), bias)
+            bias_amax = bk.max_abs(xp, finite_part)
     if check_finite:
         for name, x in (("q", q), ("k", k), ("v", v)):
             if not math.isfinite(amax[name]):
@@ -131,18 +351,19 @@ def _prepare(q, k, v, mask, causal, scale, check_finite, d_out=None) -> _Problem
                 )
         bk.check_finite(xp, d_out=d_out)
 
-    allowed = mask
-    if causal:
-        tri = _causal_mask(xp, n, m, device=array_api_compat.device(q))
-        allowed = tri if allowed is None else (allowed & tri)
+    band = key_band(n, m, causal, window)
     work = bk.compute_dtype(xp, q.dtype)
     q, k, v = (xp.astype(x, work, copy=False) for x in (q, k, v))
-    # |scale q k^T| <= |scale| K max|q| max|k|; shifting by the row max can double it.
+    bias = None if bias is None else xp.astype(bias, work, copy=False)
+    # |s q k^T| <= |s| K max|q| max|k|; shifting by the row max can double it. s is the
+    # factor of q k^T inside the softcap's tanh (scale / c), else the scale.
     # (Python float products overflow to inf, never raise: inf > limit is the answer wanted.)
     info = xp.finfo(work)
     top, tiny = float(info.max), float(info.smallest_normal)
     limit = top / 4
     aq, ak = amax["q"], amax["k"]
+    log2s = _log2_abs(scale) - (math.log2(softcap) if softcap is not None else 0.0)
+    abs_s = _pow2(log2s)
     # NaN or Inf in q or k (check_finite=False): the plain path, NaN propagates.
     finite = math.isfinite(aq) and math.isfinite(ak)
     unit = None
@@ -155,18 +376,16 @@ def _prepare(q, k, v, mask, causal, scale, check_finite, d_out=None) -> _Problem
     elif aq == 0 or ak == 0:
         # Every score is exactly 0: q k^T unscaled (scale * q alone might overflow).
         unit = (q, k, ())
-    elif finite and (
-        abs(scale) * width * aq * ak > limit or abs(scale) * aq > limit or not tiny <= abs(scale) <= top
-    ):
+    elif finite and (abs_s * width * aq * ak > limit or abs_s * aq > limit or not tiny <= abs_s <= top):
         # Scores beyond the range, or a scale the dtype does not hold (float32 and a scale
         # of 1e-60 or 1e39): q and k with largest entries in [2, 4) by exact powers of 2
         # (tiny ones scaled up, else their products would underflow), and the rest of the
         # scale in the factors.
         shifts = (_shift(aq, top), _shift(ak, top))
         sign = 1.0 if scale > 0 else -1.0
-        # c = |scale| 2^(sq + sk) may be beyond the range: applied as equal factors that the
+        # c = |s| 2^(sq + sk) may be beyond the range: applied as equal factors that the
         # dtype holds (see softmax_unnormalised).
-        total = math.log2(abs(scale)) + shifts[0] + shifts[1]
+        total = log2s + shifts[0] + shifts[1]
         pieces = max(1, math.ceil(total / (math.log2(top) - 2)))
         unit_q = q * (sign * 2.0 ** -shifts[0]) if shifts[0] or sign < 0 else q
         unit_k = k * 2.0 ** -shifts[1] if shifts[1] else k
@@ -174,9 +393,30 @@ def _prepare(q, k, v, mask, causal, scale, check_finite, d_out=None) -> _Problem
         # within 32 K tiny of 0, which exp rounds to 1: take tiny, so that masked entries
         # stay -inf (-inf * 0 would be NaN).
         unit = (unit_q, unit_k, (max(2.0 ** (total / pieces), tiny),) * pieces)
-    weights_first = amax["v"] * max(m, 1) > limit
-    saturating = unit is not None or abs(scale) * width * aq * ak > 2.0**20
-    return _Problem(xp, q, k, v, allowed, scale, batch, unit, shifts, weights_first, saturating)
+    keep_factor = 1.0 / (1.0 - dropout_p)
+    weights_first = amax["v"] * max(m, 1) * keep_factor > limit
+    score_bound = abs(scale) * width * aq * ak
+    if softcap is not None:
+        score_bound = min(score_bound, softcap)
+    saturating = unit is not None or score_bound + bias_amax > 2.0**20
+    # Logits that could overflow once the bias is added: softcapped scores (<= c), plain
+    # scores (<= limit) or scores times a factor below 1; not unit scores with factors >= 1,
+    # to which the bias is added divided by the factors (see _scores).
+    downscale = False
+    if bias is not None or softcap is not None:
+        if softcap is not None:
+            part = softcap
+        elif unit is None:
+            part = min(score_bound, limit)
+        elif all(f >= 1 for f in unit[2]):
+            part = None
+        else:
+            part = 0.0
+        downscale = part is not None and part + bias_amax > limit
+    return _Problem(
+        xp, q, k, v, mask, band, scale, batch, unit, shifts, weights_first, saturating,
+        bias=bias, softcap=softcap, keep=dropout_mask, dropout_p=dropout_p, downscale=downscale,
+    )
 
 
 def _shift(a: float, top: float) -> int:
@@ -189,70 +429,198 @@ def _shift(a: float, top: float) -> int:
     return max(math.frexp(a)[1] - 2, 2 - int(math.log2(top))) if a > 0 else 0
 
 
-def _scores(p: _Problem) -> Any:
-    """Scores (..., N, M) with excluded entries at -inf; when ``p.unit`` is set, the scores
-    of the unit-scale operands, which :func:`_unnormalised_weights` takes back after the shift."""
+# ------------------------------------------------------------------ the score pipeline
+
+_Range = "tuple[int, int] | None"
+
+
+def _rows_of(x: Any, span: tuple[int, int] | None, axis: int) -> Any:
+    """``x`` restricted to ``span`` along ``axis`` (-2 rows, -1 columns), unless None or
+    broadcast there (size 1)."""
+    if x is None or span is None or x.ndim < -axis or int(x.shape[axis]) == 1:
+        return x
+    index = [slice(None)] * x.ndim
+    index[x.ndim + axis] = slice(*span)
+    return x[tuple(index)]
+
+
+def _tile(x: Any, rows: tuple[int, int] | None, cols: tuple[int, int] | None) -> Any:
+    """The (rows, cols) tile of an array broadcastable to (..., N, M)."""
+    return _rows_of(_rows_of(x, rows, -2), cols, -1)
+
+
+def _fits(xp, scores: Any, other: Any) -> bool:
+    """Whether ``other`` broadcasts to ``scores``'s own shape (so it can be applied in place)."""
+    return other.ndim <= 2 or bk.broadcast_shapes(bk.batch_of(scores), bk.batch_of(other)) == bk.batch_of(scores)
+
+
+def _scaled_up(xp, x: Any, factors: tuple[float, ...], bound: float | None = None) -> Any:
+    """``x`` times each factor in turn (into ``x``); with ``bound``, clipped first to
+    ``+-bound / factor``, so that a product beyond ``bound`` is ``+-bound`` (saturated), never inf."""
+    for factor in factors:
+        if bound is not None and factor > 1:
+            x = bk.inplace(xp, "clip", x, -bound / factor, bound / factor)
+        x = bk.inplace(xp, "multiply", x, factor)
+    return x
+
+
+def _capped_argument(p: _Problem, rows=None, cols=None) -> Any:
+    """``y = scale q k^T / c`` for the softcap's ``tanh(y)`` (tile rows x cols); beyond +-64
+    (where tanh is +-1 in every dtype) it may be clipped to +-64."""
     xp = p.xp
     if p.unit is None:
-        # Scaling q (N x K) costs less than scaling the scores (N x M).
-        scores = (p.q * p.scale) @ xp.matrix_transpose(p.k)
-    else:
-        scores = p.unit[0] @ xp.matrix_transpose(p.unit[1])
-    if p.allowed is None:
-        return scores
-    if p.allowed.ndim > 2 and bk.broadcast_shapes(bk.batch_of(scores), bk.batch_of(p.allowed)) != bk.batch_of(scores):
-        # The mask has batch dims that q and k lack: a fresh array of the broadcast shape.
-        return xp.where(p.allowed, scores, -xp.inf)
-    return bk.masked_fill(xp, scores, p.allowed, -xp.inf)
+        q, k = _rows_of(p.q, rows, -2), _rows_of(p.k, cols, -2)
+        return (q * (p.scale / p.softcap)) @ xp.matrix_transpose(k)
+    q, k = _rows_of(p.unit[0], rows, -2), _rows_of(p.unit[1], cols, -2)
+    return _scaled_up(xp, q @ xp.matrix_transpose(k), p.unit[2], bound=64.0)
 
 
-def _unnormalised_weights(p: _Problem) -> tuple[Any, Any]:
-    """``(e, l)``: unnormalised weights (..., N, M) and their row sums (..., N, 1)."""
+def _scores(p: _Problem, rows=None, cols=None) -> tuple[Any, tuple[float, ...]]:
+    """``(x, factors)``: the logits of the tile rows ``[i0, i1)`` x columns ``[j0, j1)``
+    (default: all), with the final scores ``Z = prod(factors) * x``; excluded entries -inf.
+
+    The one place of the pipeline scale -> softcap -> bias -> masks (dropout follows the
+    softmax, see :func:`_dropped`). The tile's mask comes from the caller's mask and the
+    band (causal, window) of the same tile, so a tiled computation gets exactly the untiled
+    one's scores. ``factors`` is non-empty when the scores' magnitudes are beyond the
+    dtype's range (see ``_Problem.unit``) or their sum with the bias could overflow
+    (``_Problem.downscale``): softmax_unnormalised multiplies the shifted logits by them.
+    """
     xp = p.xp
-    scores = _scores(p)
+    factors: tuple[float, ...] = ()
+    if p.softcap is not None:
+        x = bk.inplace(xp, "tanh", _capped_argument(p, rows, cols))
+        x = bk.inplace(xp, "multiply", x, p.softcap / 8 if p.downscale else p.softcap)
+    elif p.unit is None:
+        q, k = _rows_of(p.q, rows, -2), _rows_of(p.k, cols, -2)
+        # Scaling q (N x K) costs less than scaling the scores (N x M).
+        x = (q * (p.scale / 8 if p.downscale else p.scale)) @ xp.matrix_transpose(k)
+    else:
+        q, k = _rows_of(p.unit[0], rows, -2), _rows_of(p.unit[1], cols, -2)
+        x = q @ xp.matrix_transpose(k)
+        factors = p.unit[2]
+        if p.bias is not None and not all(f >= 1 for f in factors):
+            # Factors below 1 (a scale below the normal range): the scores are small, take
+            # them to their value before adding the bias.
+            x, factors = _scaled_up(xp, x, factors), ()
+            if p.downscale:
+                x = bk.inplace(xp, "multiply", x, 0.125)
+    if p.bias is not None:
+        b = _tile(p.bias, rows, cols)
+        if factors:
+            # Z = F u + b = F (u + b / F), F >= 1: the bias divided by the factors one by one.
+            for factor in factors:
+                b = b / factor
+        elif p.downscale:
+            b = b * 0.125
+        x = bk.inplace(xp, "add", x, b) if _fits(xp, x, b) else x + b
+    if p.downscale:
+        factors = (8.0,)
+    allowed = _allowed(p, rows, cols, x)
+    if allowed is None:
+        return x, factors
+    if not _fits(xp, x, allowed):
+        # The mask has batch dims that the scores lack: a fresh array of the broadcast shape.
+        return xp.where(allowed, x, -xp.inf), factors
+    return bk.masked_fill(xp, x, allowed, -xp.inf), factors
+
+
+def _allowed(p: _Problem, rows, cols, like: Any) -> Any:
+    """Boolean mask of the tile (caller's mask AND band), or None when every key is allowed."""
+    band = None if p.band.unbounded else p.band.mask(p.xp, rows, cols, device=array_api_compat.device(like))
+    mask = _tile(p.mask, rows, cols)
+    if band is None:
+        return mask
+    return band if mask is None else (mask & band)
+
+
+def _dropped(p: _Problem, weights: Any, rows=None, cols=None, *, overwrite: bool) -> Any:
+    """``weights * keep / (1 - p)`` for the tile (the weights themselves without dropout)."""
+    if p.keep is None:
+        return weights
+    xp = p.xp
+    keep = _tile(p.keep, rows, cols)
+    if overwrite and _fits(xp, weights, keep):
+        weights = bk.masked_fill(xp, weights, keep, 0.0)
+    else:
+        weights = xp.where(keep, weights, xp.zeros_like(weights))
+    return bk.inplace(xp, "multiply", weights, 1.0 / (1.0 - p.dropout_p)) if p.dropout_p else weights
+
+
+def _unnormalised_weights(p: _Problem, return_lse: bool = False) -> tuple[Any, ...]:
+    """``(e, l)``: unnormalised weights (..., N, M) and their row sums (..., N, 1); with
+    ``return_lse``, also the logsumexp of the scores (..., N, 1), -inf where ``l`` is 0."""
+    xp = p.xp
+    scores, factors = _scores(p)
     if scores.shape[-1] == 0:
         # M = 0: no key at all, as a fully masked row: weights 0, output 0.
         total = xp.zeros((*scores.shape[:-1], 1), dtype=scores.dtype, device=array_api_compat.device(scores))
-        return scores, total
-    factors = () if p.unit is None else p.unit[2]
-    return softmax_unnormalised(xp, scores, axis=-1, overwrite=True, factors=factors)
+        return (scores, total, total - xp.inf) if return_lse else (scores, total)
+    e, total, row_max = softmax_unnormalised(
+        xp, scores, axis=-1, overwrite=True, factors=factors, return_max=True
+    )
+    if not return_lse:
+        return e, total
+    with np.errstate(over="ignore", divide="ignore"):
+        # c max beyond the range is an lse beyond it: inf, reported by the caller's check.
+        lse = _scaled_up(xp, xp.asarray(row_max, copy=True), factors) + xp.log(total)
+    return e, total, lse
 
 
-def _forward(p: _Problem, return_weights: bool) -> tuple[Any, ...]:
-    """``(out,)`` or ``(out, weights)`` in the compute dtype; the weights have the output's
-    batch dims (those of q, k, v and mask broadcast together)."""
+def _forward(p: _Problem, return_weights: bool, return_lse: bool = False) -> tuple[Any, ...]:
+    """``(out[, weights][, lse])`` in the compute dtype; the weights (after dropout) and the
+    lse (..., N, 1) have the output's batch dims."""
     xp = p.xp
     if p.weights_first:
-        weights, out = _weights_and_output(p)
+        weights, out, *lse = _weights_and_output(p, return_lse=return_lse)
+        weights = _dropped(p, weights, overwrite=True)
     else:
-        e, total = _unnormalised_weights(p)
+        e, total, *lse = _unnormalised_weights(p, return_lse=return_lse)
+        e = _dropped(p, e, overwrite=True)
         # Normalise the (N, V) output rather than the larger (N, M) weights.
         out = safe_divide(xp, e @ p.v, total, overwrite=True)
         weights = safe_divide(xp, e, total, overwrite=True) if return_weights else None
-    if not return_weights:
-        return (out,)
-    if bk.batch_of(weights) != p.batch:
-        # Batch dims that only v has: the same weights for each, as separate copies.
-        weights = xp.asarray(xp.broadcast_to(weights, (*p.batch, *weights.shape[-2:])), copy=True)
-    return out, weights
+    results = [out]
+    if return_weights:
+        results.append(_to_batch(p, weights))
+    if return_lse:
+        results.append(_to_batch(p, lse[0]))
+    return tuple(results)
 
 
-def _weights_and_output(p: _Problem) -> tuple[Any, Any]:
-    """``(weights, out)``: normalised weights (..., N, M) and output (..., N, V), compute dtype.
+def _to_batch(p: _Problem, x: Any) -> Any:
+    """``x`` with the problem's batch dims (those only v has: copies of the same values)."""
+    if bk.batch_of(x) == p.batch:
+        return x
+    return p.xp.asarray(p.xp.broadcast_to(x, (*p.batch, *x.shape[-2:])), copy=True)
 
-    The weights have the batch dims of q, k and mask (not those only v has)."""
+
+def _weights_and_output(p: _Problem, return_lse: bool = False) -> tuple[Any, ...]:
+    """``(weights, out[, lse])``: normalised weights (..., N, M) before dropout, the output
+    (..., N, V) after it, compute dtype.
+
+    The weights have the batch dims of q, k, mask and bias (not those only v has)."""
     xp = p.xp
-    e, total = _unnormalised_weights(p)
+    e, total, *lse = _unnormalised_weights(p, return_lse)
     weights = safe_divide(xp, e, total, overwrite=True)
-    return weights, weights @ p.v
+    out = _dropped(p, weights, overwrite=False) @ p.v
+    return (weights, out, *lse)
 
 
-def _gradients(p: _Problem, weights: Any, out: Any, d_out: Any) -> tuple[Any, Any, Any]:
-    """``(dq, dk, dv)`` from the forward's weights and output (neither is modified), before
-    summing over broadcast batch dims."""
+def _softcap_slope(p: _Problem) -> Any:
+    """``dT/dR = 1 - tanh(R / c)^2`` for the softcap (recomputed from q and k)."""
     xp = p.xp
-    dv = xp.matrix_transpose(weights) @ d_out
-    d_weights = d_out @ xp.matrix_transpose(p.v)
+    t = bk.inplace(xp, "tanh", _capped_argument(p))
+    return 1.0 - t * t
+
+
+def _gradients(p: _Problem, weights: Any, out: Any, d_out: Any) -> tuple[Any, ...]:
+    """``(dq, dk, dv[, d_bias])`` from the forward's weights (before dropout) and output
+    (neither is modified), before summing over broadcast batch dims; ``d_bias`` (with a
+    bias) is dZ summed over the rows or columns along which the bias is broadcast."""
+    xp = p.xp
+    dv = xp.matrix_transpose(_dropped(p, weights, overwrite=False)) @ d_out
+    d_weights = _dropped(p, d_out @ xp.matrix_transpose(p.v), overwrite=True)
     if not p.saturating:
         delta = xp.sum(d_out * out, axis=-1, keepdims=True)
     else:
@@ -263,9 +631,21 @@ def _gradients(p: _Problem, weights: Any, out: Any, d_out: Any) -> tuple[Any, An
         delta = xp.sum(d_weights * weights, axis=-1, keepdims=True)
     d_scores = bk.inplace(xp, "subtract", d_weights, delta)
     d_scores = bk.inplace(xp, "multiply", d_scores, weights)
+    extra = ()
+    if p.bias is not None:
+        extra = (_reduce_broadcast_tail(xp, d_scores, p.bias),)
+    if p.softcap is not None:
+        d_scores = d_scores * _softcap_slope(p)  # not in place: d_bias may be d_scores itself
     dq = _scaled_product(xp, d_scores, p.k, p.scale, p.shifts[1])
     dk = _scaled_product(xp, xp.matrix_transpose(d_scores), p.q, p.scale, p.shifts[0])
-    return dq, dk, dv
+    return (dq, dk, dv, *extra)
+
+
+def _reduce_broadcast_tail(xp, d: Any, bias: Any) -> Any:
+    """``d`` (..., N, M) summed over the last two axes where ``bias`` has size 1 (or lacks
+    them); the batch dims are kept, so that slabs of it concatenate (see _run)."""
+    axes = tuple(a for a in (-2, -1) if bias.ndim < -a or int(bias.shape[a]) == 1)
+    return xp.sum(d, axis=axes, keepdims=True) if axes else d
 
 
 def _scaled_product(xp: ModuleType, a: Any, b: Any, scale: float, shift: int) -> Any:
@@ -300,8 +680,8 @@ def _times(xp: ModuleType, x: Any, scale: float, shift: int) -> Any:
     return x
 
 
-def _backward(p: _Problem, d_out: Any) -> tuple[Any, Any, Any]:
-    """``(dq, dk, dv)``: the forward recomputed, then :func:`_gradients`."""
+def _backward(p: _Problem, d_out: Any) -> tuple[Any, ...]:
+    """``(dq, dk, dv[, d_bias])``: the forward recomputed, then :func:`_gradients`."""
     return _gradients(p, *_weights_and_output(p), d_out)
 
 
@@ -311,20 +691,111 @@ def _run(p: _Problem, fn, *extra: Any) -> tuple[Any, ...]:
     ``extra`` holds arrays with the problem's batch dims (d_out); bind other arguments
     with functools.partial.
     """
-    same_batch = all(tuple(x.shape[:-2]) == p.batch for x in (p.q, p.k, p.v))
+    # q with every batch dim (k and v may broadcast along some, as grouped-query heads do):
+    # the scores, and so every result, have the problem's batch dims.
+    full = tuple(p.q.shape[:-2]) == p.batch
     n, m = p.q.shape[-2], p.k.shape[-2]
-    axis = _parallel.split_axis(p.xp, p.batch, math.prod(p.batch) * n * m) if same_batch else None
+    axis = _parallel.split_axis(p.xp, p.batch, math.prod(p.batch) * n * m) if full else None
     if axis is None:
         return fn(p, *extra)
 
-    def slab(q, k, v, allowed, unit_q, unit_k, *rest):
+    def slab(q, k, v, mask, bias, keep, unit_q, unit_k, *rest):
         unit = None if p.unit is None else (unit_q, unit_k, p.unit[2])
-        # q, k and v all have the problem's batch dims (same_batch): the slab's are q's.
-        return fn(replace(p, q=q, k=k, v=v, allowed=allowed, unit=unit, batch=bk.batch_of(q)), *rest)
+        # q has the problem's batch dims (full): the slab's are q's.
+        sliced = replace(p, q=q, k=k, v=v, mask=mask, bias=bias, keep=keep, unit=unit, batch=bk.batch_of(q))
+        return fn(sliced, *rest)
 
     units = [None, None] if p.unit is None else list(p.unit[:2])
-    arrays = [p.q, p.k, p.v, p.allowed, *units, *extra]
+    arrays = [p.q, p.k, p.v, p.mask, p.bias, p.keep, *units, *extra]
     return tuple(_parallel.join_slabs(_parallel.map_slabs(slab, arrays, axis, p.batch), axis))
+
+
+class AttentionGradients(tuple):
+    """Gradients of attention: ``q``, ``k``, ``v`` (each of its input's shape) and ``bias``
+    (of the bias's own shape; None when no bias was given).
+
+    A tuple ``(dq, dk, dv)`` without a bias and ``(dq, dk, dv, d_bias)`` with one, so code
+    written for the former ``(dq, dk, dv)`` return still unpacks and indexes it.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, q: Any, k: Any, v: Any, bias: Any = None) -> "AttentionGradients":
+        return super().__new__(cls, (q, k, v) if bias is None else (q, k, v, bias))
+
+    @property
+    def q(self) -> Any:
+        return self[0]
+
+    @property
+    def k(self) -> Any:
+        return self[1]
+
+    @property
+    def v(self) -> Any:
+        return self[2]
+
+    @property
+    def bias(self) -> Any:
+        return self[3] if len(self) > 3 else None
+
+    def __repr__(self) -> str:
+        return f"AttentionGradients(q={self.q!r}, k={self.k!r}, v={self.v!r}, bias={self.bias!r})"
+
+
+_OPTIONS_DOC = """
+    q : array (..., N, K)
+    k : array (..., M, K)
+    v : array (..., M, V)
+        One real floating dtype. With ``enable_gqa``, q is (..., Hq, N, K) and k, v are
+        (..., Hkv, M, .).
+    mask : boolean array, optional
+        (..., N, M) up to broadcasting; True means query i may attend to key j.
+    bias : float array, optional
+        (..., N, M) up to broadcasting, q's dtype, added to the scores (ALiBi, relative
+        position biases, a float attention mask); ``-inf`` entries exclude the key, as a
+        False mask entry does. NaN and +inf are errors.
+    causal : bool or {"top_left", "bottom_right"}
+        True is "top_left" (torch's ``is_causal``): key j allowed for query i only when
+        j <= i. "bottom_right" (FlashAttention >= 2.1, KV-cache decoding): j <= i + M - N.
+    window : (left, right), optional
+        Sliding window: key j allowed for query i only when ``-left <= j - i - delta <= right``
+        with ``delta = M - N`` under bottom-right alignment and 0 otherwise; None on a side
+        means unbounded. Ints >= 0.
+    softcap : float > 0, optional
+        Scores ``s -> c tanh(s / c)`` after the scale, before bias and masks (Gemma 2).
+    scale : float, optional
+        Multiplies the scores; default ``1 / sqrt(K)`` (1 when K = 0). Any finite real,
+        0 included (every score 0: uniform weights over the allowed keys, as torch's SDPA,
+        and dq = dk = 0); NaN, inf and bools are errors.
+    enable_gqa : bool
+        Grouped-query heads: Hq a multiple of Hkv, query head h uses key/value head
+        ``h // (Hq / Hkv)`` (torch's order). K and V are not repeated in memory. mask,
+        bias and dropout_mask broadcast to (..., Hq, N, M).
+    dropout_p : float in [0, 1)
+    dropout_mask : boolean array, optional
+        Keep mask (True = keep), (..., N, M) up to broadcasting: the weights become
+        ``weights * keep / (1 - dropout_p)``. Required when ``dropout_p > 0`` (see
+        :func:`dropout_keep_mask`); nothing is drawn here.
+    check_finite : bool
+        Raise ValueError when q, k, v hold NaN or Inf, or the bias NaN or +Inf, and when
+        a result overflows."""
+
+
+def _public_prepare(q, k, v, *, mask, bias, causal, window, softcap, scale, enable_gqa, dropout_p, dropout_mask,
+                    check_finite, d_out=None):
+    """``(groups, problem)`` for the public functions: grouped heads folded, then checked."""
+    enable_gqa = bk.check_flag("enable_gqa", enable_gqa)
+    groups = None
+    if enable_gqa:
+        xp = bk.namespace_of(q=q, k=k, v=v, mask=mask, bias=bias, dropout_mask=dropout_mask, d_out=d_out)
+        groups, q, k, v, folded = _fold_groups(xp, q, k, v, True, mask=mask, bias=bias, dropout_mask=dropout_mask,
+                                               d_out=d_out)
+        mask, bias, dropout_mask = folded["mask"], folded["bias"], folded["dropout_mask"]
+        d_out = folded["d_out"]
+    p = _prepare(q, k, v, mask, causal, scale, check_finite, d_out, bias=bias, window=window, softcap=softcap,
+                 dropout_p=dropout_p, dropout_mask=dropout_mask)
+    return groups, p, q, k, v, bias, d_out
 
 
 def scaled_dot_product_attention(
@@ -333,45 +804,45 @@ def scaled_dot_product_attention(
     v: Any,
     *,
     mask: Any = None,
-    causal: bool = False,
+    bias: Any = None,
+    causal: bool | str = False,
+    window: tuple[int | None, int | None] | None = None,
+    softcap: float | None = None,
     scale: float | None = None,
+    enable_gqa: bool = False,
+    dropout_p: float = 0.0,
+    dropout_mask: Any = None,
     return_weights: bool = False,
+    return_lse: bool = False,
     check_finite: bool = True,
 ) -> Any:
-    """Attention ``softmax(scale * q k^T) v`` with optional boolean and causal masks.
+    """Attention ``softmax(scores) v`` with the options of today's attention code.
+
+    The scores go through scale -> softcap -> bias -> masks (boolean mask, causal,
+    window) -> softmax -> dropout, in that order.
 
     Parameters
     ----------
-    q : array (..., N, K)
-    k : array (..., M, K)
-    v : array (..., M, V)
-        One real floating dtype.
-    mask : boolean array, optional
-        (..., N, M) up to broadcasting; True means query i may attend to key j.
-    causal : bool
-        Allow key j for query i only when j <= i (combined with ``mask`` by AND).
-    scale : float, optional
-        Multiplies the scores; default ``1 / sqrt(K)`` (1 when K = 0). Any finite real,
-        0 included (every score 0: uniform weights over the allowed keys, as torch's SDPA,
-        and dq = dk = 0); NaN, inf and bools are errors.
+    {options}
     return_weights : bool
-        Also return the attention weights (..., N, M).
-    check_finite : bool
-        Raise ValueError when q, k or v hold NaN or Inf, and when the output overflows
-        (see Notes).
+        Also return the attention weights (..., N, M), after dropout (so that
+        ``out = weights @ v``).
+    return_lse : bool
+        Also return the logsumexp of each row's final scores (..., N), -inf for a row with
+        no allowed key (FlashAttention's ``softmax_lse``; dropout does not enter it).
 
     Returns
     -------
-    out : array (..., N, V), or ``(out, weights)`` when ``return_weights``.
-    Rows with no allowed key give output 0 and weights 0. float16/bfloat16 inputs are
-    computed in float32 and the results cast back.
+    out : array (..., N, V); ``(out, weights)``, ``(out, lse)`` or ``(out, weights, lse)``
+    as asked. Rows with no allowed key give output 0 and weights 0. float16/bfloat16
+    inputs are computed in float32 and the results cast back.
 
     Notes
     -----
-    Broadcasting: the batch dims ``...`` of q, k, v and mask broadcast together (NumPy's
-    rule, as matmul and torch's SDPA broadcast), on every backend; the output and the
-    weights both have the broadcast batch dims of all four, so they line up (weights that
-    only v's batch dims distinguish are repeated).
+    Broadcasting: the batch dims ``...`` of q, k, v, mask, bias and dropout_mask broadcast
+    together (NumPy's rule, as matmul and torch's SDPA broadcast), on every backend; the
+    output, the weights and the lse have the broadcast batch dims (weights that only v's
+    batch dims distinguish are repeated).
 
     Empty axes: N = 0 or a batch dim of 0 gives an empty output; M = 0 (no key) is a
     fully masked row, output 0 and weights of shape (..., N, 0); K = 0 makes every score 0
@@ -380,22 +851,39 @@ def scaled_dot_product_attention(
 
     Magnitudes: finite inputs of any magnitude, up to the dtype's largest value, give the
     exact result rounded, never NaN and never a spurious overflow (the output is a convex
-    combination of rows of v). Scores whose magnitude the dtype cannot hold (``|scale q.k|``
-    beyond its largest value), or a scale it cannot hold (float32 and 1e39), are computed
-    from q and k whose largest entries are brought into [2, 4) by exact powers of 2, and
-    taken back after the softmax's shift, where only differences matter; an output beyond the dtype's range is a
-    ValueError when ``check_finite`` (else it is inf).
+    combination of rows of v, times 1 / (1 - dropout_p)). Scores whose magnitude the dtype
+    cannot hold (``|scale q.k|`` beyond its largest value), or a scale it cannot hold
+    (float32 and 1e39), are computed from q and k whose largest entries are brought into
+    [2, 4) by exact powers of 2, and taken back after the softmax's shift, where only
+    differences matter; an output (or lse) beyond the dtype's range is a ValueError when
+    ``check_finite`` (else it is inf).
 
-    Devices: q, k, v and mask must be on one device (``array_api_compat.device``); else a
-    ValueError naming both arguments and their devices.
+    Devices: every array argument must be on one device (``array_api_compat.device``);
+    else a ValueError naming both arguments and their devices.
     """
     dtype = q.dtype if hasattr(q, "dtype") else None
     return_weights = bk.check_flag("return_weights", return_weights)
-    p = _prepare(q, k, v, mask, causal, scale, check_finite)
-    results = tuple(p.xp.astype(r, dtype, copy=False) for r in _run(p, partial(_forward, return_weights=return_weights)))
+    return_lse = bk.check_flag("return_lse", return_lse)
+    groups, p, *_ = _public_prepare(
+        q, k, v, mask=mask, bias=bias, causal=causal, window=window, softcap=softcap, scale=scale,
+        enable_gqa=enable_gqa, dropout_p=dropout_p, dropout_mask=dropout_mask, check_finite=check_finite,
+    )
+    xp = p.xp
+    results = list(_run(p, partial(_forward, return_weights=return_weights, return_lse=return_lse)))
+    if return_lse:
+        results[-1] = results[-1][..., 0]
+        if groups is not None:
+            results[-1] = xp.reshape(results[-1], (*results[-1].shape[:-3], groups.hq, results[-1].shape[-1]))
+    for i in range(len(results) - (1 if return_lse else 0)):
+        results[i] = _unfold(xp, results[i], groups)
+    results = [xp.astype(r, dtype, copy=False) for r in results]
     if check_finite:
-        bk.check_result_finite(p.xp, "scaled_dot_product_attention", out=results[0])
-    return results if return_weights else results[0]
+        bk.check_result_finite(xp, "scaled_dot_product_attention", out=results[0])
+        if return_lse:
+            lse = results[-1]
+            if bool(xp.any(xp.isnan(lse) | (lse == xp.inf))):
+                bk.check_result_finite(xp, "scaled_dot_product_attention", lse=lse)
+    return results[0] if len(results) == 1 else tuple(results)
 
 
 def attention_backward(
@@ -405,29 +893,63 @@ def attention_backward(
     d_out: Any,
     *,
     mask: Any = None,
-    causal: bool = False,
+    bias: Any = None,
+    causal: bool | str = False,
+    window: tuple[int | None, int | None] | None = None,
+    softcap: float | None = None,
     scale: float | None = None,
+    enable_gqa: bool = False,
+    dropout_p: float = 0.0,
+    dropout_mask: Any = None,
     check_finite: bool = True,
-) -> tuple[Any, Any, Any]:
-    """Gradients ``(dq, dk, dv)`` of ``sum(d_out * attention(q, k, v))``.
+) -> AttentionGradients:
+    """Gradients of ``sum(d_out * attention(q, k, v, ...))``.
 
-    Arguments as in :func:`scaled_dot_product_attention`; ``d_out`` has the output's
-    shape (..., N, V), the batch dims of q, k, v and mask broadcast together. Each gradient
-    has the shape of its input (summed over the batch dims it was broadcast along). Rows
-    with no allowed key contribute 0 to every gradient. Empty axes give empty gradients
-    (M = 0: dq is 0). With ``check_finite``, NaN or Inf in any argument, or a gradient
-    beyond the dtype's range, is a ValueError. dS k and dS^T q are formed from k and q
-    rescaled by powers of 2 when they are huge, so no intermediate overflows unless the
-    gradient (or the rounding of dS times scale k or scale q) does; ``scale=0`` gives
+    Parameters
+    ----------
+    q, k, v, and the keywords
+        As in :func:`scaled_dot_product_attention` (the same values as the forward pass).
+    d_out : array (..., N, V)
+        The output's shape: the batch dims of q, k, v, mask, bias and dropout_mask
+        broadcast together (with ``enable_gqa``, (..., Hq, N, V)).
+
+    Returns
+    -------
+    AttentionGradients
+        Fields ``q``, ``k``, ``v`` (each of its input's shape, summed over the batch dims
+        it was broadcast along; with ``enable_gqa``, dk and dv summed over each group's
+        query heads) and ``bias`` (of bias's own shape, summed over its broadcast axes;
+        0 at entries that are -inf or masked; None without a bias). Unpacks as
+        ``dq, dk, dv`` (``dq, dk, dv, d_bias`` with a bias).
+
+    Notes
+    -----
+    Rows with no allowed key contribute 0 to every gradient. Empty axes give empty
+    gradients (M = 0: dq is 0). With ``check_finite``, NaN or Inf in any argument, or a
+    gradient beyond the dtype's range, is a ValueError. dS k and dS^T q are formed from k
+    and q rescaled by powers of 2 when they are huge, so no intermediate overflows unless
+    the gradient (or the rounding of dS times scale k or scale q) does; ``scale=0`` gives
     dq = dk = 0 exactly.
     """
     dtype = q.dtype if hasattr(q, "dtype") else None
-    p = _prepare(q, k, v, mask, causal, scale, check_finite, d_out=d_out)
-    xp = p.xp
-    dq, dk, dv = _run(p, _backward, xp.astype(d_out, p.q.dtype, copy=False))
-    grads = tuple(
-        xp.astype(bk.sum_to_shape(xp, g, tuple(x.shape)), dtype, copy=False) for g, x in ((dq, q), (dk, k), (dv, v))
+    groups, p, fq, fk, fv, fbias, fd_out = _public_prepare(
+        q, k, v, mask=mask, bias=bias, causal=causal, window=window, softcap=softcap, scale=scale,
+        enable_gqa=enable_gqa, dropout_p=dropout_p, dropout_mask=dropout_mask, check_finite=check_finite,
+        d_out=d_out,
     )
+    xp = p.xp
+    raw = _run(p, _backward, xp.astype(fd_out, p.q.dtype, copy=False))
+    grads = []
+    for g, folded, original in zip(raw, (fq, fk, fv, fbias), (q, k, v, bias)):
+        g = bk.sum_to_shape(xp, g, tuple(folded.shape))
+        grads.append(xp.astype(xp.reshape(g, tuple(original.shape)), dtype, copy=False))
+    result = AttentionGradients(*grads)
     if check_finite:
-        bk.check_result_finite(xp, "attention_backward", dq=grads[0], dk=grads[1], dv=grads[2])
-    return grads
+        bk.check_result_finite(xp, "attention_backward", dq=result.q, dk=result.k, dv=result.v, d_bias=result.bias)
+    return result
+
+
+if scaled_dot_product_attention.__doc__:  # None under python -OO
+    scaled_dot_product_attention.__doc__ = scaled_dot_product_attention.__doc__.replace(
+        "    {options}", _OPTIONS_DOC.strip("\n")
+    )

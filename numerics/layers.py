@@ -52,12 +52,7 @@ _TANH_COEF = 0.044715
 def _check_non_negative_real(name: str, value: Any) -> float:
     """``value`` as a float: a real, finite number >= 0 (int, float, NumPy scalar ...); a
     bool or a string is a TypeError, not a number, like anything float() cannot take."""
-    if isinstance(value, (str, bytes, bool, np.bool_)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}") from None
+    number = bk.real_number(name, value)
     if not math.isfinite(number) or number < 0.0:
         raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
     return number

@@ -69,6 +69,7 @@ __all__ = [
     "to_float64",
     "softmax",
     "attention",
+    "logsumexp",
     "multi_head_attention",
     "layer_norm",
     "gelu",
@@ -358,49 +359,240 @@ def _prepare_scale(scale: Any, width: int) -> Any:
     return _mp_scalar("scale", scale)  # 0 is allowed: uniform weights, as in numerics.attention
 
 
-def attention(q: Any, k: Any, v: Any, *, mask: Any = None, causal: bool = False, scale: Any = None) -> np.ndarray:
-    """Scaled dot-product attention ``softmax(scale * q k^T) v``.
+def _check_alignment(causal: Any) -> str | None:
+    """None, "top_left" or "bottom_right" from ``causal`` (True is "top_left")."""
+    if isinstance(causal, (bool, np.bool_)):
+        return "top_left" if causal else None
+    if isinstance(causal, str) and causal in ("top_left", "bottom_right"):
+        return causal
+    if isinstance(causal, str):
+        raise ValueError(f"causal must be False, True, 'top_left' or 'bottom_right', got {causal!r}")
+    raise TypeError(f"causal must be a bool or 'top_left' or 'bottom_right', got {type(causal).__name__}")
+
+
+def _positional(n: int, m: int, causal: Any, window: Any) -> np.ndarray | None:
+    """Boolean (N, M): key j allowed for query i by causality and the window, from positions.
+
+    With bottom-right alignment query i sits at position ``i + M - N`` of the keys' axis,
+    else at position i; causal allows the keys at or before it, the window (left, right)
+    the keys from ``left`` before it to ``right`` after it (None: unbounded)."""
+    alignment = _check_alignment(causal)
+    if window is not None:
+        if not isinstance(window, (tuple, list)) or len(window) != 2:
+            raise TypeError(f"window must be None or a pair (left, right), got {window!r}")
+        for side, w in zip(("left", "right"), window):
+            if w is not None and (isinstance(w, bool) or not isinstance(w, numbers.Integral)):
+                raise TypeError(f"window's {side} side must be an int or None, got {w!r}")
+            if w is not None and w < 0:
+                raise ValueError(f"window's {side} side must be >= 0, got {w}")
+    if alignment is None and window is None:
+        return None
+    position = np.arange(n)[:, None] + (m - n if alignment == "bottom_right" else 0)
+    key = np.arange(m)[None, :]
+    ok = np.ones((n, m), dtype=bool)
+    if alignment is not None:
+        ok &= key <= position
+    if window is not None:
+        left, right = window
+        if left is not None:
+            ok &= key >= position - left
+        if right is not None:
+            ok &= key <= position + right
+    return ok
+
+
+def _split_bias(bias: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(values, excluded)``: the bias as mp numbers (0 where it is -inf) and where it is -inf
+    (None when nowhere). Object arrays (as :func:`gradients` passes) are taken as they are."""
+    b = np.asarray(bias) if not isinstance(bias, np.ndarray) else bias
+    if b.dtype == object:
+        return to_mp(b, "bias"), None
+    if b.dtype == np.bool_ or not np.issubdtype(b.dtype, np.floating):
+        raise TypeError(f"bias must be a real floating array, got dtype {b.dtype}")
+    if np.any(np.isnan(b) | (b == np.inf)):
+        raise ValueError(f"bias contains NaN or +Inf (shape {_shape(b)}); only -inf (an excluded key) is allowed")
+    excluded = b == -np.inf
+    values = to_mp(np.where(excluded, 0.0, b), "bias")
+    return values, (excluded if excluded.any() else None)
+
+
+def _fold_gqa(q, k, v, enable_gqa):
+    """k and v with each key/value head repeated for its query heads: query head h uses
+    key/value head h // (Hq / Hkv) (a copy: this is the reference, not the fast path)."""
+    if not _check_bool("enable_gqa", enable_gqa):
+        return k, v
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        _check_ndim(name, x, 3, "(..., H, L, C)")
+    hq, hkv = q.shape[-3], k.shape[-3]
+    if v.shape[-3] != hkv or hkv == 0 or hq % hkv:
+        raise ValueError(
+            f"enable_gqa needs Hq a multiple of Hkv and k, v with Hkv heads: q has shape {_shape(q)}, "
+            f"k has shape {_shape(k)}, v has shape {_shape(v)}"
+        )
+    heads = np.arange(hq) // (hq // hkv)
+    return np.take(k, heads, axis=-3), np.take(v, heads, axis=-3)
+
+
+def _final_scores(q, k, scale, bias, softcap):
+    """scale -> softcap -> bias, written from the definitions."""
+    scores = (q @ np.swapaxes(k, -1, -2)) * scale
+    if softcap is not None:
+        scores = softcap * _tanh(scores / softcap)
+    if bias is not None:
+        scores = scores + bias
+    return scores
+
+
+def _checked_attention_args(q, k, v, mask, bias, causal, window, softcap, scale, enable_gqa, dropout_p, dropout_mask):
+    """Everything :func:`attention` and :func:`logsumexp` need, checked, in the current mp context."""
+    q, k = to_mp(q, "q"), to_mp(k, "k")
+    v = None if v is None else to_mp(v, "v")
+    _check_ndim("q", q, 2, "(..., N, K)")
+    _check_ndim("k", k, 2, "(..., M, K)")
+    if v is not None:
+        _check_ndim("v", v, 2, "(..., M, V)")
+        k, v = _fold_gqa(q, k, v, enable_gqa)
+        if k.shape[-2] != v.shape[-2]:
+            raise ValueError(
+                f"k and v must have the same length M: k has shape {_shape(k)}, v has shape {_shape(v)}"
+            )
+    else:
+        k = _fold_gqa(q, k, k, enable_gqa)[0]
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q and k must have the same width K: q has shape {_shape(q)}, k has shape {_shape(k)}")
+    n, m = q.shape[-2], k.shape[-2]
+    shapes = {"q": q.shape[:-2], "k": k.shape[:-2]}
+    if v is not None:
+        shapes["v"] = v.shape[:-2]
+    bias_values, excluded = (None, None) if bias is None else _split_bias(bias)
+    extra = {"mask": mask, "bias": bias_values, "dropout_mask": dropout_mask}
+    for name, a in extra.items():
+        if a is not None:
+            shapes[name] = np.shape(a)[:-2]
+    batch = _broadcast(f"the batch dimensions of {', '.join(shapes)}", **shapes)
+    mask = None if mask is None else _check_mask(mask, batch + (n, m), "(..., N, M) =")
+    if dropout_mask is not None:
+        dropout_mask = np.asarray(dropout_mask)
+        if dropout_mask.dtype != np.bool_:
+            raise TypeError(f"dropout_mask must be a boolean keep mask, got dtype {dropout_mask.dtype}")
+    for name, a in (("bias", bias_values), ("dropout_mask", dropout_mask)):
+        if a is None:
+            continue
+        try:
+            ok = tuple(np.broadcast_shapes(a.shape, batch + (n, m))) == batch + (n, m)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{name} must broadcast to (..., N, M) = {batch + (n, m)}, got shape {_shape(a)}")
+    allowed = mask
+    for extra_mask in (excluded if excluded is None else ~excluded, _positional(n, m, causal, window)):
+        if extra_mask is not None:
+            allowed = extra_mask if allowed is None else (allowed & extra_mask)
+    if softcap is not None:
+        softcap = _mp_scalar("softcap", softcap)
+        if softcap <= 0:
+            raise ValueError(f"softcap must be > 0, got {softcap}")
+    p = _mp_scalar("dropout_p", dropout_p)
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}")
+    if p > 0 and dropout_mask is None:
+        raise ValueError("dropout_p > 0 needs a dropout_mask (the reference is deterministic)")
+    return q, k, v, allowed, bias_values, softcap, _prepare_scale(scale, q.shape[-1]), p, dropout_mask, batch
+
+
+def attention(
+    q: Any,
+    k: Any,
+    v: Any,
+    *,
+    mask: Any = None,
+    bias: Any = None,
+    causal: Any = False,
+    window: Any = None,
+    softcap: Any = None,
+    scale: Any = None,
+    enable_gqa: bool = False,
+    dropout_p: Any = 0.0,
+    dropout_mask: Any = None,
+) -> np.ndarray:
+    """Scaled dot-product attention with the options of :func:`numerics.scaled_dot_product_attention`.
+
+    Written from the definitions: scores ``scale q.k``; ``c tanh(s / c)`` with a softcap;
+    plus ``bias``; keys excluded by ``mask`` (False), a ``-inf`` bias, causality or the
+    window are left out of the softmax's sum (a row with none left is 0); the weights times
+    ``keep / (1 - dropout_p)``; times v.
 
     Parameters
     ----------
     q : array (..., N, K)
     k : array (..., M, K)
     v : array (..., M, V)
-        float64 or object arrays of mpmath numbers; the batch dims of q, k, v and mask
-        broadcast together (as in :func:`numerics.scaled_dot_product_attention`).
+        float64 or object arrays of mpmath numbers; the batch dims of q, k, v, mask, bias
+        and dropout_mask broadcast together. With ``enable_gqa``, (..., Hq, N, K) and
+        (..., Hkv, M, .), query head h using key/value head ``h // (Hq / Hkv)``.
     mask : boolean array, optional
         Broadcastable to (..., N, M); True = query i may attend to key j.
-    causal : bool
-        Allow key j for query i only when ``j <= i`` (AND with ``mask``).
+    bias : float array, optional
+        Added to the scores; -inf entries exclude the key.
+    causal : bool or {"top_left", "bottom_right"}
+        True = "top_left": key j allowed for query i only when ``j <= i``;
+        "bottom_right": only when ``j <= i + M - N``.
+    window : (left, right), optional
+        Keys from ``left`` before to ``right`` after the query's position (``i``, or
+        ``i + M - N`` under bottom-right alignment); None = unbounded side.
+    softcap : real > 0, optional
     scale : real, optional
         Multiplies the scores; default ``1 / sqrt(K)`` computed in mp precision.
+    enable_gqa : bool
+    dropout_p : real in [0, 1)
+    dropout_mask : boolean array, optional
+        Keep mask broadcastable to (..., N, M), required when ``dropout_p > 0``.
 
     Returns
     -------
     object array (..., N, V); rows with no allowed key are 0.
     """
     with _precision():
-        q, k, v = to_mp(q, "q"), to_mp(k, "k"), to_mp(v, "v")
-        _check_ndim("q", q, 2, "(..., N, K)")
-        _check_ndim("k", k, 2, "(..., M, K)")
-        _check_ndim("v", v, 2, "(..., M, V)")
-        if q.shape[-1] != k.shape[-1]:
-            raise ValueError(
-                f"q and k must have the same width K: q has shape {_shape(q)}, k has shape {_shape(k)}"
-            )
-        if k.shape[-2] != v.shape[-2]:
-            raise ValueError(
-                f"k and v must have the same length M: k has shape {_shape(k)}, v has shape {_shape(v)}"
-            )
-        shapes = {"q": q.shape[:-2], "k": k.shape[:-2], "v": v.shape[:-2]}
-        if mask is not None:
-            shapes["mask"] = np.shape(mask)[:-2]
-        batch = _broadcast(f"the batch dimensions of {', '.join(shapes)}", **shapes)
-        n, m = q.shape[-2], k.shape[-2]
-        mask = None if mask is None else _check_mask(mask, batch + (n, m), "(..., N, M) =")
-        allowed = _allowed(mask, _check_bool("causal", causal), n, m)
-        out = _attention(q, k, v, allowed, _prepare_scale(scale, q.shape[-1]))
+        q, k, v, allowed, bias, softcap, scale, p, keep, batch = _checked_attention_args(
+            q, k, v, mask, bias, causal, window, softcap, scale, enable_gqa, dropout_p, dropout_mask
+        )
+        weights = _softmax(_final_scores(q, k, scale, bias, softcap), allowed)
+        if keep is not None:
+            weights = np.where(keep, weights, mpmath.mpf(0)) / (1 - p)
+        out = weights @ v
+        n = q.shape[-2]
         return np.broadcast_to(out, batch + (n, v.shape[-1])).copy()
+
+
+def logsumexp(
+    q: Any,
+    k: Any,
+    *,
+    mask: Any = None,
+    bias: Any = None,
+    causal: Any = False,
+    window: Any = None,
+    softcap: Any = None,
+    scale: Any = None,
+    enable_gqa: bool = False,
+) -> np.ndarray:
+    """``log sum_j exp(Z_ij)`` over the allowed keys of each row of the final scores
+    (..., N) (what ``return_lse=True`` returns); ``-inf`` for a row with no allowed key.
+
+    Arguments as in :func:`attention` (dropout does not enter the scores)."""
+    with _precision():
+        q, k, _, allowed, bias, softcap, scale, _, _, batch = _checked_attention_args(
+            q, k, None, mask, bias, causal, window, softcap, scale, enable_gqa, 0.0, None
+        )
+        z = _final_scores(q, k, scale, bias, softcap)
+        shape = np.broadcast_shapes(z.shape, batch + z.shape[-2:], () if allowed is None else allowed.shape)
+        z = np.broadcast_to(z, shape)
+        ok = np.ones(shape, dtype=bool) if allowed is None else np.broadcast_to(allowed, shape)
+        out = np.empty(shape[:-1], dtype=object)
+        for idx in np.ndindex(*shape[:-1]):
+            terms = [mpmath.exp(z[idx][j]) for j in range(shape[-1]) if ok[idx][j]]
+            out[idx] = mpmath.log(mpmath.fsum(terms)) if terms else mpmath.mpf("-inf")
+        return out
 
 
 def _mha(x, params, memory, mask, causal, scale, where="params"):
@@ -814,15 +1006,30 @@ def gradients(
 
 
 def attention_gradients(
-    q: Any, k: Any, v: Any, d_out: Any, *, mask: Any = None, causal: bool = False, scale: Any = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(dq, dk, dv)``, float64 gradients of ``sum(d_out * attention(q, k, v))``.
+    q: Any, k: Any, v: Any, d_out: Any, *, mask: Any = None, bias: Any = None, **options: Any
+) -> tuple[np.ndarray, ...]:
+    """``(dq, dk, dv)``, float64 gradients of ``sum(d_out * attention(q, k, v, ...))``, and
+    ``d_bias`` as a fourth entry when a bias is given (0 where the bias is -inf).
 
-    Arguments as in :func:`attention`; ``d_out`` has the output's shape (..., N, V).
+    Arguments as in :func:`attention` (``options``: causal, window, softcap, scale,
+    enable_gqa, dropout_p, dropout_mask); ``d_out`` has the output's shape (..., N, V).
     Each gradient has the shape of its input (broadcast batch dims summed over).
     """
-    g = gradients(attention, {"q": q, "k": k, "v": v}, d_out, mask=mask, causal=causal, scale=scale)
-    return g["q"], g["k"], g["v"]
+    inputs = {"q": q, "k": k, "v": v}
+    if bias is not None:
+        values, excluded = _split_bias(np.asarray(bias, dtype=np.float64))
+        inputs["bias"] = to_float64(values)
+        if excluded is not None:
+            # -inf entries: excluded keys with a fixed value (their gradient is 0).
+            mask = ~excluded if mask is None else (np.asarray(mask) & ~excluded)
+    g = gradients(attention, inputs, d_out, mask=mask, **options)
+    grads = (g["q"], g["k"], g["v"])
+    if bias is None:
+        return grads
+    d_bias = g["bias"]
+    if excluded is not None:
+        d_bias = np.where(excluded, 0.0, d_bias)
+    return (*grads, d_bias)
 
 
 def _strip(grads: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:

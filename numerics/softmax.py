@@ -16,8 +16,8 @@ __all__ = ["softmax", "softmax_unnormalised"]
 
 
 def softmax_unnormalised(
-    xp, x: Any, axis: int = -1, *, overwrite: bool = False, factors: tuple[float, ...] = ()
-) -> tuple[Any, Any]:
+    xp, x: Any, axis: int = -1, *, overwrite: bool = False, factors: tuple[float, ...] = (), return_max: bool = False
+) -> tuple[Any, ...]:
     """``(e, l)`` with ``e = exp(c (x - max))`` and ``l = sum(e)``, so softmax of ``c x`` is ``e / l``.
 
     ``c`` is the product of ``factors`` (positive, each finite in x's dtype; 1 when empty), applied one by one
@@ -25,7 +25,9 @@ def softmax_unnormalised(
     ``-inf`` there (weight 0) and the row's maximum stays at 0, never ``0 * inf``. Rows of all
     ``-inf`` give ``e = 0`` and ``l = 0``. Callers divide by ``where(l > 0, l, 1)``; attention
     divides its (N, V) output rather than the (N, M) weights. ``overwrite=True`` lets NumPy and
-    CuPy write ``e`` into ``x``'s memory. The axis must not be empty.
+    CuPy write ``e`` into ``x``'s memory. The axis must not be empty. ``return_max=True`` also
+    returns the shift (the row maximum of ``x``, 0 for an all ``-inf`` row), from which the
+    logsumexp of ``c x`` is ``c max + log(l)``.
     """
     row_max = xp.max(x, axis=axis, keepdims=True)
     # An all -inf row has max -inf; shifting by 0 instead keeps exp(-inf) = 0 and no NaN.
@@ -43,7 +45,8 @@ def softmax_unnormalised(
                 shifted = inplace(xp, "clip", shifted, -0.5 * top / factor, 0.0)
             shifted = inplace(xp, "multiply", shifted, factor)
     e = inplace(xp, "exp", shifted)
-    return e, xp.sum(e, axis=axis, keepdims=True)
+    total = xp.sum(e, axis=axis, keepdims=True)
+    return (e, total, row_max) if return_max else (e, total)
 
 
 def safe_divide(xp, e: Any, total: Any, *, overwrite: bool = False) -> Any:

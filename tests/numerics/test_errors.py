@@ -210,10 +210,19 @@ def test_scale_not_a_number(call, scale):
 
 
 @BOTH
-@pytest.mark.parametrize("causal", [1, "yes", None, np.ones(1, dtype=bool)])
+@pytest.mark.parametrize("causal", [1, None, np.ones(1, dtype=bool)])
 def test_causal_not_bool(call, causal):
     q, k, v = qkv()
     with raises(TypeError, "causal"):
+        call(q, k, v, causal=causal)
+
+
+@BOTH
+@pytest.mark.parametrize("causal", ["yes", "top-left", "bottom_left", ""])
+def test_causal_unknown_alignment(call, causal):
+    # Strings name an alignment ("top_left", "bottom_right"); any other string is a ValueError.
+    q, k, v = qkv()
+    with raises(ValueError, "causal", "bottom_right"):
         call(q, k, v, causal=causal)
 
 
