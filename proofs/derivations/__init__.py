@@ -19,9 +19,12 @@ from .layernorm import layer_norm_moments
 from .online_softmax import online_softmax_merge
 from .logsumexp import lse_backward
 from .softcap import softcap_chain_rule
+from .rope import rotary_embedding_derivation
+from .alibi import alibi_bias_derivation
 
 __all__ = [
     "DERIVATIONS", "TITLES", "get", "list_derivations", "register",
     "softmax_jacobian", "attention_backward", "qk_variance", "multihead_identities", "causality", "convex_combination", "soft_lookup", "linear_collapse", "gelu_tanh_error", "layer_norm_moments",
-    "online_softmax_merge", "lse_backward", "softcap_chain_rule",
+    "online_softmax_merge", "lse_backward", "softcap_chain_rule", "rotary_embedding_derivation",
+    "alibi_bias_derivation",
 ]

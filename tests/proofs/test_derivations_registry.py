@@ -16,7 +16,7 @@ from proofs.latex import check_latex, render, render_document, render_section, t
 EXPECTED = [
     "softmax-jacobian", "attention-backward", "qk-variance", "multihead", "causality",
     "convex-combination", "soft-lookup", "linear-collapse", "gelu-tanh-error", "layer-norm-moments",
-    "online-softmax-merge", "lse-backward", "softcap-chain-rule",
+    "online-softmax-merge", "lse-backward", "softcap-chain-rule", "rotary-embedding", "alibi-bias",
 ]
 
 
