@@ -257,13 +257,14 @@ def build_merge_derivation(merge: Callable[[State, State], State] = merge_symbol
 
     blocks = r"A = \{1, \dots, p\},\ B = \{p + 1, \dots, p + q\}"
     steps = [
-        Step.define(r"l_X = \sum_{j \in X} e^{s_j - m_X},\quad o_X",
-                    r"\sum_{j \in X} e^{s_j - m_X} v_j",
-                    rf"state $(m_X, l_X, o_X)$ of a block $X$ of keys of one query row, ${blocks}$; "
-                    r"$s_j$ the final scores, $v_j$ one coordinate of the values; $m_X$ any real number "
-                    r"(in practice $\max_{j \in X} s_j$)"),
-        Step.define(r"m = \max(m_A, m_B),\quad l = e^{m_A - m} l_A + e^{m_B - m} l_B,\quad o",
-                    r"e^{m_A - m} o_A + e^{m_B - m} o_B", r"the merge rule of the tiled path"),
+        Step.define(r"l_X", r"\sum_{j \in X} e^{s_j - m_X}",
+                    rf"sum of a block $X$ of keys of one query row, ${blocks}$; $s_j$ the final scores; "
+                    r"$m_X$ any real number (in practice $\max_{j \in X} s_j$)"),
+        Step.define(r"o_X", r"\sum_{j \in X} e^{s_j - m_X} v_j",
+                    r"its accumulator, $v_j$ one coordinate of the values; $(m_X, l_X, o_X)$ is the block's state"),
+        Step.define(r"m", r"\max(m_A, m_B)", r"the merge rule of the tiled path: reference value"),
+        Step.define(r"l", r"e^{m_A - m} l_A + e^{m_B - m} l_B", r"merge rule: rescaled sums"),
+        Step.define(r"o", r"e^{m_A - m} o_A + e^{m_B - m} o_B", r"merge rule: rescaled accumulators"),
         Step(r"e^{m_A - m}\, l_A", l_a_m,
              r"rescaling: $e^{m_A - m} e^{s_j - m_A} = e^{s_j - m}$, for any real $m_A$, $m$ and symbolic $p$",
              Symbolic(unfold=False, expr=sp.exp(_mA - _m) * _block_sums(_mA, 1, _p)[0] - l_a_m)),

@@ -234,9 +234,9 @@ def build_rope_derivation(pairing: Pairing = pairs) -> Derivation:
         Step(r"R(p)^{\top}", r"R(-p) = R(p)^{-1}",
              r"the backward of $x \mapsto R x$ is $\mathrm{d}x = R^{\top} \mathrm{d}y$: the opposite rotation",
              AtSizes(_inverse(pairing), LAYOUT_SIZES, "K")),
-        Step(r"R_{\mathrm{half}}", r"R_{\mathrm{interleaved}} \text{ only at } K = 2",
+        Step(r"R_{\mathrm{half}} = R_{\mathrm{interleaved}}", r"K = 2",
              r"the layouts are different maps from $K = 4$ on: weights trained with one need their q and k "
-             r"columns permuted by $\Pi$ to be used with the other", rel=r"=",
+             r"columns permuted by $\Pi$ to be used with the other", rel=r"\iff",
              check=Custom(_layouts_differ(pairing), "exact (explicit matrices, K=2..16)")),
         Step(r"R_{\mathrm{half}}(m) q \cdot R_{\mathrm{interleaved}}(n) k", r"\text{not a function of } n - m",
              r"mixing the layouts between q and k loses the relative-position property (counterexample)",
@@ -255,7 +255,7 @@ def build_rope_derivation(pairing: Pairing = pairs) -> Derivation:
                    r"through $n - m$. Pair by pair for any number of pairs; the layouts checked exactly at "
                    r"$K$ = 2..16 and with trigonometry at $K$ = 2, 4, 6."),
         steps=steps,
-        assumptions=["real positions and theta > 0; the identities hold for any frequencies omega_i",
+        assumptions=["real positions and theta > 0; the identities hold for any frequencies",
                      "the pairwise steps are symbolic (any number of pairs); the coordinate layouts are checked at "
                      "K = 2..16 (exact) and K = 2, 4, 6 (explicit matrices), not for every K"],
         results=results,

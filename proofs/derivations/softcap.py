@@ -196,8 +196,8 @@ def build_softcap_derivation(slope: Callable[[Any, Any], Any] = softcap_slope) -
         Step(capped, _s - _s**3 / (3 * _c**2) + sp.O(_c**-4, (_c, sp.oo)),
              r"how fast, for fixed $s$: the error is $s^3 / (3c^2)$ to leading order (not a bound uniform in $s$)",
              Custom(_series, "symbolic (SymPy series in 1/c)")),
-        Step(r"\text{\ttfamily attention\_backward(softcap=c)}", r"\text{SymPy gradients, capped scores as a bias}",
-             r"float64: against the lambdified gradients at the explicit sizes ($c$ = 0.5, 3), and against numerics "
+        Step(r"\text{numerics' gradients}", r"\text{SymPy's, and those with bias } T",
+             r"numerics.attention_backward(softcap=c) in float64: against the lambdified gradients at the explicit sizes ($c$ = 0.5, 3), and against numerics "
              r"run with $q = 0$ and bias $T$ (forward, and $\mathrm{d}Q$, $\mathrm{d}K$ from its bias gradient), "
              r"$c$ = 0.7, 2, 30",
              Custom(numeric, f"numeric cross-check (float64, max abs difference <= {NUMERIC_TOL:g})")),
