@@ -32,7 +32,7 @@ from typing import Callable
 import numpy as np
 import sympy as sp
 
-from ..derivation import AtSizes, Custom, Derivation, Step, Symbolic, is_zero
+from ..derivation import AtSizes, Custom, Derivation, Step, Symbolic
 from ._registry import register
 
 __all__ = ["alibi_bias_derivation", "build_alibi_derivation", "paper_get_slopes", "slopes_closed_form",

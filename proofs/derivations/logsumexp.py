@@ -24,6 +24,7 @@ import numpy as np
 import sympy as sp
 
 from ..derivation import AtSizes, Custom, Derivation, Step, Symbolic, exp_to_symbols, unfold_indexed
+from ._crosscheck import max_difference_check
 from ._registry import register
 from .backward import _rowsum_symbolic
 
@@ -172,12 +173,6 @@ def build_lse_backward_derivation(weights_from_lse=_weights_from_lse) -> Derivat
     split = sp.Sum(f[_j], (_j, 1, p_)) + sp.Sum(f[_j], (_j, p_ + 1, p_ + q_))
     lse_val = sp.Symbol("L", real=True)
 
-    def numeric() -> tuple[bool, str]:
-        worst = numeric_comparison()
-        results["max_abs_difference"] = worst
-        ok = all(v <= NUMERIC_TOL for v in worst.values())
-        return ok, ", ".join(f"{k} {v:.1e}" for k, v in worst.items()) + f" (tolerance {NUMERIC_TOL:g})"
-
     def excluded() -> tuple[bool, str]:
         value = sp.exp(-sp.oo - lse_val)
         return value == 0, f"exp(-oo - L) = {value} for real L"
@@ -225,7 +220,7 @@ def build_lse_backward_derivation(weights_from_lse=_weights_from_lse) -> Derivat
              r"float64: dQ, dK, dV accumulated tile by tile from $\mathrm{lse}$ (return_lse) and $D$, and dS "
              r"against the bias gradient; random inputs, a full bias, a mask with an empty row, causal top-left "
              r"and bottom-right, windows (1, 2) and (1, None)",
-             Custom(numeric, f"numeric cross-check (float64, max abs difference <= {NUMERIC_TOL:g})")),
+             max_difference_check(lambda: numeric_comparison(), results, NUMERIC_TOL)),
     ]
     return Derivation(
         name="lse-backward",

@@ -30,6 +30,7 @@ import numpy as np
 import sympy as sp
 
 from ..derivation import AtSizes, Chain, Cited, Custom, Derivation, Step, Symbolic, split_sums
+from ._crosscheck import max_difference_check
 from ._registry import register
 
 __all__ = [
@@ -249,12 +250,6 @@ def build_merge_derivation(merge: Callable[[State, State], State] = merge_symbol
     def tuple_difference(x: State, y: State) -> list:
         return [a - b for a, b in zip(x, y)]
 
-    def numeric() -> tuple[bool, str]:
-        worst = numeric_comparison(merge_numeric)
-        results["max_abs_difference"] = worst
-        ok = all(v <= NUMERIC_TOL for v in worst.values())
-        return ok, ", ".join(f"{k} {v:.1e}" for k, v in worst.items()) + f" (tolerance {NUMERIC_TOL:g})"
-
     blocks = r"A = \{1, \dots, p\},\ B = \{p + 1, \dots, p + q\}"
     steps = [
         Step.define(r"l_X", r"\sum_{j \in X} e^{s_j - m_X}",
@@ -310,8 +305,8 @@ def build_merge_derivation(merge: Callable[[State, State], State] = merge_symbol
         Step(r"\text{blockwise merge}", r"\text{\ttfamily numerics.scaled\_dot\_product\_attention}",
              r"merged block by block in NumPy (float64) against numerics' output and return_lse, random "
              r"$q, k, v$, bias and mask (an excluded block, an empty row), blocks of " +
-             "; ".join("+".join(map(str, b)) + f" keys" for _, b in NUMERIC_CASES),
-             Custom(numeric, f"numeric cross-check (float64, max abs difference <= {NUMERIC_TOL:g})")),
+             "; ".join("+".join(map(str, b)) + " keys" for _, b in NUMERIC_CASES),
+             max_difference_check(lambda: numeric_comparison(merge_numeric), results, NUMERIC_TOL)),
     ]
     return Derivation(
         name="online-softmax-merge",

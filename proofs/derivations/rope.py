@@ -23,6 +23,7 @@ import numpy as np
 import sympy as sp
 
 from ..derivation import AtSizes, Custom, Derivation, Step, is_zero
+from ._crosscheck import max_difference_check
 from ._registry import register
 
 __all__ = ["rotary_embedding_derivation", "build_rope_derivation", "pairs", "rope_matrix", "numeric_comparison"]
@@ -202,12 +203,6 @@ def build_rope_derivation(pairing: Pairing = pairs) -> Derivation:
     """
     results: dict = {"explicit K": SIZES, "layout K": LAYOUT_SIZES, "tolerance": NUMERIC_TOL}
 
-    def numeric() -> tuple[bool, str]:
-        worst = numeric_comparison(pairing)
-        results["max_abs_difference"] = worst
-        ok = all(v <= NUMERIC_TOL for v in worst.values())
-        return ok, ", ".join(f"{k} {v:.1e}" for k, v in worst.items()) + f" (tolerance {NUMERIC_TOL:g})"
-
     rot = r"\begin{pmatrix} \cos\varphi & -\sin\varphi \\ \sin\varphi & \cos\varphi \end{pmatrix}"
     steps = [
         Step.define(r"\operatorname{rot}(\varphi)", rot,
@@ -244,7 +239,7 @@ def build_rope_derivation(pairing: Pairing = pairs) -> Derivation:
         Step(r"\text{\ttfamily numerics.rotary\_embedding}", r"R(p)\, x", r"float64, both styles, $K$ = 2..8, "
              r"$\theta$ = 10000 and 100, integer and fractional positions; its backward against $R^{\top}$; norms "
              r"and $q \cdot k$ under a common shift of positions, from numerics' outputs",
-             Custom(numeric, f"numeric cross-check (float64, max abs difference <= {NUMERIC_TOL:g})")),
+             max_difference_check(lambda: numeric_comparison(pairing), results, NUMERIC_TOL)),
     ]
     return Derivation(
         name="rotary-embedding",

@@ -20,7 +20,8 @@ from typing import Any, Callable
 import numpy as np
 import sympy as sp
 
-from ..derivation import AtSizes, Chain, Custom, Derivation, Step, Symbolic, exp_to_symbols, is_zero
+from ..derivation import AtSizes, Custom, Derivation, Step, Symbolic, exp_to_symbols, is_zero
+from ._crosscheck import max_difference_check
 from ._registry import register
 
 __all__ = ["softcap_chain_rule", "build_softcap_derivation", "softcap_slope", "numeric_comparison"]
@@ -162,12 +163,6 @@ def build_softcap_derivation(slope: Callable[[Any, Any], Any] = softcap_slope) -
     def unfold(expr: Any) -> Any:
         return expr.xreplace({_T: capped}) if isinstance(expr, sp.Basic) else expr
 
-    def numeric() -> tuple[bool, str]:
-        worst = numeric_comparison(slope)
-        results["max_abs_difference"] = worst
-        ok = all(v <= NUMERIC_TOL for v in worst.values())
-        return ok, ", ".join(f"{k} {v:.1e}" for k, v in worst.items()) + f" (tolerance {NUMERIC_TOL:g})"
-
     steps = [
         Step.define(_T, capped, r"the softcap, $c > 0$, applied to each scaled score $s = R_{ij}$ of "
                     r"$R = \mathrm{scale}\, Q K^{\top}$, before the bias and the masks: $Z = T + \mathrm{bias}$"),
@@ -200,7 +195,7 @@ def build_softcap_derivation(slope: Callable[[Any, Any], Any] = softcap_slope) -
              r"numerics.attention_backward(softcap=c) in float64: against the lambdified gradients at the explicit sizes ($c$ = 0.5, 3), and against numerics "
              r"run with $q = 0$ and bias $T$ (forward, and $\mathrm{d}Q$, $\mathrm{d}K$ from its bias gradient), "
              r"$c$ = 0.7, 2, 30",
-             Custom(numeric, f"numeric cross-check (float64, max abs difference <= {NUMERIC_TOL:g})")),
+             max_difference_check(lambda: numeric_comparison(slope), results, NUMERIC_TOL)),
     ]
     return Derivation(
         name="softcap-chain-rule",
