@@ -431,9 +431,6 @@ def _shift(a: float, top: float) -> int:
 
 # ------------------------------------------------------------------ the score pipeline
 
-_Range = "tuple[int, int] | None"
-
-
 def _rows_of(x: Any, span: tuple[int, int] | None, axis: int) -> Any:
     """``x`` restricted to ``span`` along ``axis`` (-2 rows, -1 columns), unless None or
     broadcast there (size 1)."""
@@ -607,10 +604,11 @@ def _weights_and_output(p: _Problem, return_lse: bool = False) -> tuple[Any, ...
     return (weights, out, *lse)
 
 
-def _softcap_slope(p: _Problem) -> Any:
-    """``dT/dR = 1 - tanh(R / c)^2`` for the softcap (recomputed from q and k)."""
+def _softcap_slope(p: _Problem, rows=None, cols=None) -> Any:
+    """``dT/dR = 1 - tanh(R / c)^2`` for the softcap, of the tile rows x cols (default:
+    all), recomputed from q and k."""
     xp = p.xp
-    t = bk.inplace(xp, "tanh", _capped_argument(p))
+    t = bk.inplace(xp, "tanh", _capped_argument(p, rows, cols))
     return 1.0 - t * t
 
 

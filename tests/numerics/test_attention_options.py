@@ -893,3 +893,16 @@ def test_half_precision_options_keep_the_dtype_within_two_roundings(dtype_name, 
     assert relative_error(out.double().numpy(), ref_out) <= 2 * u
     for g, r in zip(grads, ref_grads):
         assert relative_error(g.double().numpy(), r) <= 2 * u
+
+
+def test_grouped_heads_are_views_not_copies():
+    """enable_gqa folds q into (..., Hkv, G, N, K) groups: K and V are views of the caller's
+    arrays (never repeated G times), q a reshape of its own memory."""
+    from numerics import attention as attn
+
+    q, k, v = _qkv(4, 2)
+    groups, fq, fk, fv, _ = attn._fold_groups(np, q, k, v, True)
+    assert (groups.hq, groups.hkv, groups.size) == (4, 2, 2)
+    assert fq.shape == (1, 2, 2, 3, 2) and fk.shape == (1, 2, 1, 5, 2)
+    assert np.shares_memory(fk, k) and np.shares_memory(fv, v) and np.shares_memory(fq, q)
+    assert fk.size == k.size  # not Hq / Hkv times larger
