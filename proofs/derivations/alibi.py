@@ -191,29 +191,32 @@ def build_alibi_derivation(slopes: Slopes = slopes_closed_form) -> Derivation:
         Step.define(r"b_h(i, j)", r"-\mathrm{slope}_h\, \lvert j - i - \delta \rvert",
                     r"query $i$, key $j$, head $h$; $\delta = M - N$ under bottom-right alignment, else 0; added "
                     r"to the scores as a bias"),
-        Step(start, two ** (-8 / two**k), r"the code's first slope for $H = 2^k$ heads: $-2^{-(\log_2 H - 3)} = -8/H$ "
-             r"(symbolic $k$)"),
-        Step(r"\mathrm{slope}_h = \mathrm{start} \cdot \mathrm{ratio}^{h-1}", (two ** (-8 / two**k)) ** h,
+        Step(r"\mathrm{start} = 2^{-2^{-(k - 3)}}", r"2^{-8/2^k} = 2^{-8/H}",
+             r"the code's first slope for $H = 2^k$ heads: $-2^{-(\log_2 H - 3)} = -8/H$ (symbolic $k$)",
+             Symbolic(expr=start - two ** (-8 / two**k))),
+        Step(r"\mathrm{slope}_h = \mathrm{start} \cdot \mathrm{ratio}^{h-1}", r"2^{-8h/H}",
              r"ratio = start: a geometric sequence, $\mathrm{slope}_h = 2^{-8h/H}$, $h = 1, \dots, H$ (symbolic "
              r"$h$, $k$)", Symbolic(expr=two ** (-8 / two**k) * (two ** (-8 / two**k)) ** (h - 1)
                                     - two ** (-8 * h / two**k))),
-        Step(r"\text{get\_slopes}(2P)[2m]", two ** (-4 * (2 * m + 1) / p),
+        Step(r"\text{get\_slopes}(2P)[2m]", r"2^{-8(2m+1)/(2P)} = 2^{-4(2m+1)/P}",
              r"$H$ not a power of 2, $P$ the largest power of 2 below: the first $P$ slopes of $P$ heads, then "
              r"every other slope of $2P$ heads, $m = 0, \dots, H - P - 1$ (0-based index $2m$; symbolic $m$, $P$)",
              Symbolic(expr=two ** (-8 * (2 * m + 1) / (2 * p)) - two ** (-4 * (2 * m + 1) / p))),
-        Step(two ** (-4 * (2 * m + 1) / p), sp.sqrt(two ** (-8 * m / p) * two ** (-8 * (m + 1) / p)),
+        Step(r"2^{-4(2m+1)/P}", r"\sqrt{2^{-8m/P}\, 2^{-8(m+1)/P}}",
              r"the interpolation: each extra slope is the geometric mean of two consecutive slopes of $P$ heads "
              r"($2^{-8m/P}$, with $2^0 = 1$ for $m = 0$), so it falls between them (symbolic $m$, $P$)",
-             Symbolic(prepare=lambda e: sp.powsimp(sp.expand_power_base(e, force=True), force=True))),
+             Symbolic(expr=two ** (-4 * (2 * m + 1) / p) - sp.sqrt(two ** (-8 * m / p) * two ** (-8 * (m + 1) / p)),
+                      prepare=lambda e: sp.powsimp(sp.expand_power_base(e, force=True), force=True))),
         Step(r"\mathrm{slopes}(H)", r"\text{get\_slopes}(H)",
              r"the closed forms above against the paper's code evaluated exactly", rel=r"=",
              check=Custom(paper_match, f"exact, H={HEADS[0]}..{HEADS[-1]}")),
         Step(r"\mathrm{slope}_{P+m+1}^2", r"\mathrm{slope}_{m}\, \mathrm{slope}_{m+1}",
              r"the midpoint property on the slope lists themselves ($\mathrm{slope}_0 = 1$)",
              Custom(midpoints, f"exact, H={HEADS[0]}..{HEADS[-1]}")),
-        Step(bias(i + t, j + t), bias(i, j), r"a common shift of query and key positions changes nothing: "
-             r"the bias depends on $(i, j)$ only through $j - i$ (symbolic)"),
-        Step(r"b_h(i, j) \text{ for } j \le i + \delta", a * (j - i - delta),
+        Step(r"b_h(i + t, j + t)", r"b_h(i, j)", r"a common shift of query and key positions changes nothing: "
+             r"the bias depends on $(i, j)$ only through $j - i$ (symbolic)",
+             Symbolic(expr=bias(i + t, j + t) - bias(i, j))),
+        Step(r"b_h(i, j) \text{ for } j \le i + \delta", r"\mathrm{slope}_h\, (j - i - \delta)",
              r"on the keys a causal mask allows, the bias is linear in $j$ with slope $\mathrm{slope}_h$ "
              r"($a = \mathrm{slope}_h$; on the other side of the diagonal, the slope is $-a$)",
              Symbolic(expr=(bias(i, j) - a * (j - i - delta)).subs(j, i + delta + before))),

@@ -229,7 +229,7 @@ def build_rope_derivation(pairing: Pairing = pairs) -> Derivation:
         Step(r"R(p)^{\top}", r"R(-p) = R(p)^{-1}",
              r"the backward of $x \mapsto R x$ is $\mathrm{d}x = R^{\top} \mathrm{d}y$: the opposite rotation",
              AtSizes(_inverse(pairing), LAYOUT_SIZES, "K")),
-        Step(r"R_{\mathrm{half}} = R_{\mathrm{interleaved}}", r"K = 2",
+        Step(r"R_{\mathrm{half}} = R_{\mathrm{interleaved}}", r"K = 2 \quad (\text{among } K = 2, 4, \dots, 16)",
              r"the layouts are different maps from $K = 4$ on: weights trained with one need their q and k "
              r"columns permuted by $\Pi$ to be used with the other", rel=r"\iff",
              check=Custom(_layouts_differ(pairing), "exact (explicit matrices, K=2..16)")),
