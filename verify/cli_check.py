@@ -55,16 +55,17 @@ def select_not_run(notes, pattern: str | None) -> list[str]:
     """
     if pattern is None:
         return list(notes)
-    from proofs.catalogue import DOCUMENTS, claim_id
+    from proofs.catalogue import claim_id, documents
 
+    names_of = {key: doc.path.name for key, doc in documents().items()}  # bundled and $ATTNVERIFY_CATALOGUE's
     matches = _matcher(pattern)
     kept = []
     for note in notes:
         shown = note.split(":", 1)[0].strip()
         doc, _, label = shown.partition(" ")
         names = [shown]
-        if doc in DOCUMENTS and label:
-            names += [f"{DOCUMENTS[doc]}, {label}", claim_id(doc, label)]
+        if doc in names_of and label:
+            names += [f"{names_of[doc]}, {label}", claim_id(doc, label)]
         if matches(names):
             kept.append(note)
     return kept

@@ -18,7 +18,7 @@ import sympy as sp
 
 from ..claims import CheckOutcome, Claim, Evidence, Method, Source, Verdict
 from ..latex import escape
-from ._doc import DOCUMENTS, text_line
+from ._doc import document_path, text_line
 from ._labels import labels_in_document
 
 __all__ = ["Steps", "StepFailed", "claim_at", "supplementary_claim", "note", "counterexample", "derived", "numeric",
@@ -34,7 +34,7 @@ def _label_at(doc: str, line: int) -> str:
     for label, number in labels_in_document(doc):
         if number == line:
             return label
-    raise LookupError(f"no statement header on line {line} of {DOCUMENTS[doc]}")
+    raise LookupError(f"no statement header on line {line} of {document_path(doc).name}")
 
 
 def claim_id(doc: str, label: str) -> str:
@@ -66,7 +66,7 @@ def claim_at(
     return Claim(
         id=claim_id(doc, label),
         title=title,
-        source=Source(DOCUMENTS[doc], label, line),
+        source=Source(document_path(doc).name, label, line),
         statement=_as_math_text(statement),
         checks=checks,
         assumptions=list(assumptions or []),
@@ -91,12 +91,12 @@ def supplementary_claim(
     """
     text = text_line(doc, line)
     if label not in text:
-        raise LookupError(f"{label!r} does not occur on line {line} of {DOCUMENTS[doc]}: {text[:80]!r}")
+        raise LookupError(f"{label!r} does not occur on line {line} of {document_path(doc).name}: {text[:80]!r}")
     full = f"{label} (line {line})"
     return Claim(
         id=claim_id(doc, full),
         title=title,
-        source=Source(DOCUMENTS[doc], full, line),
+        source=Source(document_path(doc).name, full, line),
         statement=_as_math_text(statement),
         checks=checks,
         assumptions=list(assumptions or []),

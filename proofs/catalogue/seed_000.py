@@ -11,11 +11,12 @@ from fractions import Fraction
 import numpy as np
 import sympy as sp
 
-from ..claims import CheckOutcome, Claim, Method, Verdict
+from ..claims import CheckOutcome, Method, Verdict
 from . import _counts as C
 from ._derivations import derivation
 from ._doc import bmatrices
-from ._kit import StepFailed, Steps, claim_at, counterexample, informal_outcome, note, numeric, proved
+from ._registry import claim
+from ._kit import StepFailed, Steps, counterexample, informal_outcome, note, numeric, proved
 from ._worked import Quantity, WorkedExample, hstack
 
 DOC = "000"
@@ -60,6 +61,11 @@ def _attainable(head: list[list[str]], values: np.ndarray, tol: float) -> list[d
     return bad
 
 
+@claim(16,
+       title="Worked example: per-head projections Q_i, K_i, V_i",
+       statement=r"Q_i = XW_i^Q,\ K_i = XW_i^K,\ V_i = XW_i^V \text{ equal the printed matrices (lines 36--48); "
+                 r"the assumed } \mathrm{Head}_i \text{ (lines 56, 58) are attention outputs}",
+       assumptions=["inputs exactly as printed (lines 22, 26, 30)", "printed numbers rounded to their decimals"])
 def check_example_projections() -> CheckOutcome:
     example = example_projections()
     outcome = example.check()
@@ -113,6 +119,10 @@ def example_output() -> WorkedExample:
                          notes=["inputs are the head outputs the document assumes on lines 56 and 58"])
 
 
+@claim(70,
+       title="Worked example: Concat(Head_1, Head_2) W^O",
+       statement=r"\mathrm{Concat}(\mathrm{Head}_1,\mathrm{Head}_2)W^O = \text{the printed } 3\times 4 \text{ matrix (line 82)}",
+       assumptions=["Head_1, Head_2 as assumed on lines 56, 58; W^O as printed on line 78"])
 def check_example_output() -> CheckOutcome:
     return example_output().check()
 
@@ -135,6 +145,9 @@ def _symbolic_heads(n: int, d: int, h: int):
     return X, heads, params
 
 
+@claim(88,
+       title="Heads can be computed in parallel (independent)",
+       statement=r"\mathrm{head}_i = \mathrm{Attention}(XW_i^Q, XW_i^K, XW_i^V) \text{ depends only on } X, W_i^Q, W_i^K, W_i^V")
 def check_heads_independent() -> CheckOutcome:
     steps = Steps()
     X, heads, params = _symbolic_heads(n=2, d=2, h=2)
@@ -178,6 +191,9 @@ def _heads_can_differ(seed: int = 0) -> tuple[bool, float]:
     return gap > 1e-3, gap
 
 
+@claim(96,
+       title="Multi-head attention increases representational capacity",
+       statement=r"\text{MHA captures more diverse relations than one head (informal)}")
 def check_capacity_informal() -> CheckOutcome:
     holds, gap = _heads_can_differ()
     return informal_outcome(
@@ -191,6 +207,12 @@ def check_capacity_informal() -> CheckOutcome:
 
 # ---- Proposição 1.1: h = 1 is single-head attention ---------------------------------------------
 
+@claim(106,
+       title="Single-head attention is multi-head attention with h = 1",
+       statement=r"h = 1:\ \mathrm{MHA}(X) = \mathrm{softmax}\!\big(XW^Q (XW^K)^\top/\sqrt{d_k}\big)\, X W^V W^O",
+       assumptions=["h = 1, so d_k = d_v = d (Lema 1.2's d_k = d/h)",
+                    "added: 'special case' read as equality of the functions computed: MHA with h = 1 is "
+                    "single-head attention with value matrix W^V W^O (with W^O = I, exactly the same)"])
 def check_single_head_special_case() -> CheckOutcome:
     steps = Steps()
     n, d = 2, 2
@@ -226,6 +248,11 @@ def check_single_head_special_case() -> CheckOutcome:
 
 # ---- Lema 1.2: projection widths d/h and per-head cost ---------------------------------------
 
+@claim(113,
+       title="Projection width d_model/h reduces each head's cost",
+       statement=r"d_k = d_{model}/h,\ Q_i, K_i, V_i \in \mathbb{R}^{n\times d_k},\ \text{one head costs less than a head of width } d_{model}",
+       assumptions=["d_k = d_v = d_model / h", "h >= 2",
+                    "'reduces the computational complexity' read per head, as the proof's step IV says"])
 def check_projection_dims() -> CheckOutcome:
     steps = Steps()
     from numerics import init_params, multi_head_attention
@@ -259,6 +286,12 @@ def check_projection_dims() -> CheckOutcome:
 
 # ---- Teorema 1.2 (informal): specialisation -------------------------------------------------------
 
+@claim(121,
+       title="Heads specialise (random init, independent learning)",
+       statement=r"\text{each head specialises in different relations (informal), because its } W_i^Q, W_i^K, W_i^V "
+                 r"\text{ are initialised at random and learned independently}",
+       assumptions=["added: 'learned independently' read as: the gradient of one matrix does not depend on the values of the others",
+                    "added: a loss that is not linear in the output (the witness uses the squared loss)"])
 def check_specialisation_informal() -> CheckOutcome:
     from numerics import MHAParams, init_params, multi_head_attention_backward
 
@@ -319,6 +352,7 @@ def head_coupling() -> dict:
                        "at a = b = 1/2"}
 
 
+@claim(121)
 def check_independent_heads_learning() -> CheckOutcome:
     """The precise sub-claim of Teorema 1.2 (as 001's Lema 2.1 for W^Q, W^K, W^V): 'aprendizado
     independente das matrizes de projeção ... para cada head'."""
@@ -357,10 +391,6 @@ def example_complexity() -> WorkedExample:
     return WorkedExample("Exemplo Numérico (line 160): complexity numbers", given, quantities)
 
 
-def check_example_complexity_arithmetic() -> CheckOutcome:
-    return example_complexity().check()
-
-
 def complexity_readings(n_: int = 10, d_: int = 512, h_: int = 8) -> dict:
     """Exact flop counts of the example's comparison, in both readings of "single-head attention".
 
@@ -381,6 +411,14 @@ def complexity_readings(n_: int = 10, d_: int = 512, h_: int = 8) -> dict:
     return out
 
 
+@claim(160,
+       title="Worked example: complexity of 8-head attention vs single-head",
+       statement=r"n=10, d=512, h=8:\ d_k = 64,\ n^2d + nd^2 = 2672640;\ \text{single head } n^2 d = 51200;\ "
+                 r"\text{MHA costs more due to projections and concatenation}",
+       assumptions=["operation counts in the model of proofs/catalogue/_counts.py (one flop per addition, "
+                    "multiplication, division or exponential; concatenation moves data, 0 flops)",
+                    "added: 'single-head attention' read both with (A) and without (B) its own d x d "
+                    "output projection W^O; the document does not say"])
 def check_example_complexity_comparison() -> CheckOutcome:
     r = complexity_readings()
     a, b = r["A_single_head_with_W_O"], r["B_single_head_without_W_O"]
@@ -417,6 +455,11 @@ def check_example_complexity_comparison() -> CheckOutcome:
         r"its $2672640$ for multi-head attention counts."))
 
 
+@claim(160)
+def check_example_complexity_arithmetic() -> CheckOutcome:
+    return example_complexity().check()
+
+
 # ---- Observação 2.1: normalising the projections by sqrt(d_k) ---------------------------------
 
 def scaling_variants(seed: int = 7, n: int = 4, d_k: int = 16) -> dict[str, float]:
@@ -433,6 +476,9 @@ def scaling_variants(seed: int = 7, n: int = 4, d_k: int = 16) -> dict[str, floa
             for name, qkv in variants.items()}
 
 
+@claim(174,
+       title="Projections may be normalised by sqrt(d_k)",
+       statement=r"\text{(some implementations) } Q_i, K_i, V_i \mapsto Q_i/\sqrt{d_k},\ K_i/\sqrt{d_k},\ V_i/\sqrt{d_k}")
 def check_normalising_projections() -> CheckOutcome:
     steps = Steps()
     n, dk = 2, 2
@@ -508,6 +554,15 @@ def judge_mha_complexity(terms: dict[str, sp.Expr]) -> dict:
     }
 
 
+@claim(178,
+       title="Complexity of multi-head attention",
+       statement=r"\mathrm{cost}(\mathrm{MHA}) = O(n^2 d + n d^2),\ \mathrm{cost}(\text{self-attention}) = O(n^2 d),"
+                 r"\ \text{the cost does not grow asymptotically in } n, d"
+                 r"\ \text{(proof: projections } O(hnd^2)\text{; both } O(n^2 d))",
+       assumptions=["d_k = d_v = d/h (Lema 1.2); proved for every 1 <= h <= d, which covers the document's h constant",
+                    "operation counts in the model of proofs/catalogue/_counts.py",
+                    "reading (the document's own counts): multi-head attention from X with its projections "
+                    "(proof, step I); single-head attention's O(n^2 d) from given Q, K, V"])
 def check_mha_complexity() -> CheckOutcome:
     """Reading used (the document's own): multi-head attention counted from X with its projections
     (proof, step I), single-head attention as the statement's O(n^2 d), i.e. from given Q, K, V."""
@@ -563,60 +618,3 @@ def check_mha_complexity() -> CheckOutcome:
         r"are $O(n^2d + nd^2)$ and neither is $O(n^2 d)$ ($\mathrm{flops}/n^2d \to \infty$ as $d \to \infty$); "
         rf"from given $Q, K, V$ both are $O(n^2 d)$ (single head ${sp.latex(single_core)}$, $h$ heads "
         rf"${sp.latex(core)} \le 7n^2d$ for $h \le d$)."))
-
-
-def claims() -> list[Claim]:
-    return [
-        claim_at(DOC, 16, title="Worked example: per-head projections Q_i, K_i, V_i",
-                 statement=r"Q_i = XW_i^Q,\ K_i = XW_i^K,\ V_i = XW_i^V \text{ equal the printed matrices (lines 36--48); "
-                           r"the assumed } \mathrm{Head}_i \text{ (lines 56, 58) are attention outputs}",
-                 checks=[check_example_projections],
-                 assumptions=["inputs exactly as printed (lines 22, 26, 30)", "printed numbers rounded to their decimals"]),
-        claim_at(DOC, 70, title="Worked example: Concat(Head_1, Head_2) W^O",
-                 statement=r"\mathrm{Concat}(\mathrm{Head}_1,\mathrm{Head}_2)W^O = \text{the printed } 3\times 4 \text{ matrix (line 82)}",
-                 checks=[check_example_output],
-                 assumptions=["Head_1, Head_2 as assumed on lines 56, 58; W^O as printed on line 78"]),
-        claim_at(DOC, 88, title="Heads can be computed in parallel (independent)",
-                 statement=r"\mathrm{head}_i = \mathrm{Attention}(XW_i^Q, XW_i^K, XW_i^V) \text{ depends only on } X, W_i^Q, W_i^K, W_i^V",
-                 checks=[check_heads_independent]),
-        claim_at(DOC, 96, title="Multi-head attention increases representational capacity",
-                 statement=r"\text{MHA captures more diverse relations than one head (informal)}",
-                 checks=[check_capacity_informal]),
-        claim_at(DOC, 106, title="Single-head attention is multi-head attention with h = 1",
-                 statement=r"h = 1:\ \mathrm{MHA}(X) = \mathrm{softmax}\!\big(XW^Q (XW^K)^\top/\sqrt{d_k}\big)\, X W^V W^O",
-                 checks=[check_single_head_special_case],
-                 assumptions=["h = 1, so d_k = d_v = d (Lema 1.2's d_k = d/h)",
-                              "added: 'special case' read as equality of the functions computed: MHA with h = 1 is "
-                              "single-head attention with value matrix W^V W^O (with W^O = I, exactly the same)"]),
-        claim_at(DOC, 113, title="Projection width d_model/h reduces each head's cost",
-                 statement=r"d_k = d_{model}/h,\ Q_i, K_i, V_i \in \mathbb{R}^{n\times d_k},\ \text{one head costs less than a head of width } d_{model}",
-                 checks=[check_projection_dims],
-                 assumptions=["d_k = d_v = d_model / h", "h >= 2",
-                              "'reduces the computational complexity' read per head, as the proof's step IV says"]),
-        claim_at(DOC, 121, title="Heads specialise (random init, independent learning)",
-                 statement=r"\text{each head specialises in different relations (informal), because its } W_i^Q, W_i^K, W_i^V "
-                           r"\text{ are initialised at random and learned independently}",
-                 checks=[check_specialisation_informal, check_independent_heads_learning],
-                 assumptions=["added: 'learned independently' read as: the gradient of one matrix does not depend on the values of the others",
-                              "added: a loss that is not linear in the output (the witness uses the squared loss)"]),
-        claim_at(DOC, 160, title="Worked example: complexity of 8-head attention vs single-head",
-                 statement=r"n=10, d=512, h=8:\ d_k = 64,\ n^2d + nd^2 = 2672640;\ \text{single head } n^2 d = 51200;\ "
-                           r"\text{MHA costs more due to projections and concatenation}",
-                 checks=[check_example_complexity_comparison, check_example_complexity_arithmetic],
-                 assumptions=["operation counts in the model of proofs/catalogue/_counts.py (one flop per addition, "
-                              "multiplication, division or exponential; concatenation moves data, 0 flops)",
-                              "added: 'single-head attention' read both with (A) and without (B) its own d x d "
-                              "output projection W^O; the document does not say"]),
-        claim_at(DOC, 174, title="Projections may be normalised by sqrt(d_k)",
-                 statement=r"\text{(some implementations) } Q_i, K_i, V_i \mapsto Q_i/\sqrt{d_k},\ K_i/\sqrt{d_k},\ V_i/\sqrt{d_k}",
-                 checks=[check_normalising_projections]),
-        claim_at(DOC, 178, title="Complexity of multi-head attention",
-                 statement=r"\mathrm{cost}(\mathrm{MHA}) = O(n^2 d + n d^2),\ \mathrm{cost}(\text{self-attention}) = O(n^2 d),"
-                           r"\ \text{the cost does not grow asymptotically in } n, d"
-                           r"\ \text{(proof: projections } O(hnd^2)\text{; both } O(n^2 d))",
-                 checks=[check_mha_complexity],
-                 assumptions=["d_k = d_v = d/h (Lema 1.2); proved for every 1 <= h <= d, which covers the document's h constant",
-                              "operation counts in the model of proofs/catalogue/_counts.py",
-                              "reading (the document's own counts): multi-head attention from X with its projections "
-                              "(proof, step I); single-head attention's O(n^2 d) from given Q, K, V"]),
-    ]

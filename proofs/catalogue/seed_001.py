@@ -9,10 +9,11 @@ from __future__ import annotations
 import numpy as np
 import sympy as sp
 
-from ..claims import CheckOutcome, Claim, Method, Verdict
+from ..claims import CheckOutcome, Method, Verdict
 from ._derivations import derivation
 from ._doc import code_block_after, run_document_code
-from ._kit import Steps, claim_at, counterexample, derived, informal_outcome, interval_text, note, numeric, proved
+from ._kit import Steps, counterexample, derived, informal_outcome, interval_text, note, numeric, proved
+from ._registry import claim
 
 DOC = "001"
 
@@ -24,6 +25,10 @@ def _run_example(line: int) -> tuple[int, dict]:
 
 # ---- worked example (line 15): projections of one token -----------------------------------------
 
+@claim(15,
+       title="Worked example (code): projections q_i, k_i, v_i of one token",
+       statement=r"q_i = x_iW^Q,\ k_i = x_iW^K \in \mathbb{R}^{d_k},\ v_i = x_iW^V \in \mathbb{R}^{d_v}\ (d=4, d_k=3, d_v=2)",
+       assumptions=["the document's code, run as printed"])
 def check_example_projection_shapes() -> CheckOutcome:
     start, ns = _run_example(15)
     steps = Steps()
@@ -42,6 +47,10 @@ def check_example_projection_shapes() -> CheckOutcome:
 
 # ---- worked example (line 54): one query's attention ------------------------------------------
 
+@claim(54,
+       title="Worked example (code): attention weights and output of one query",
+       statement=r"\text{the code computes } \alpha = \mathrm{softmax}(q_iK^\top/\sqrt{d_k}),\ a_i = \alpha V",
+       assumptions=["the document's code, run as printed"])
 def check_example_attention_code() -> CheckOutcome:
     import mpmath
 
@@ -91,6 +100,9 @@ def _tied_scores_symmetric() -> tuple[bool, bool, dict]:
     return tied_symmetric, separate_asymmetric, {"W_Q": Wq.tolist(), "W_K": Wk.tolist(), "X": Xn.tolist(), "S": S.tolist()}
 
 
+@claim(93,
+       title="Linear projections W^Q, W^K, W^V give flexibility",
+       statement=r"\text{the projections map inputs to different spaces, capturing different aspects (informal)}")
 def check_projections_informal() -> CheckOutcome:
     tied, separate, data = _tied_scores_symmetric()
     outcome = informal_outcome(
@@ -111,6 +123,10 @@ def check_projections_informal() -> CheckOutcome:
 
 # ---- Lema 2.1: "independently parametrised and learned" ----------------------------------------
 
+@claim(108,
+       title="W^Q, W^K, W^V are parametrised and learned independently",
+       statement=r"W^Q, W^K, W^V \text{ are independently parametrised and learned}",
+       assumptions=["added: 'learned independently' read as: the gradient of one matrix does not depend on the values of the others"])
 def check_independent_learning() -> CheckOutcome:
     a, b, c = sp.symbols("a b c", real=True)  # W^Q, W^K, W^V for d = d_k = d_v = 1
     x = [sp.Integer(1), sp.Integer(2)]
@@ -154,6 +170,11 @@ def check_independent_learning() -> CheckOutcome:
 
 # ---- worked example (line 134): feed-forward with GELU -----------------------------------------
 
+@claim(134,
+       title="Worked example (code): feed-forward layer with tanh-GELU",
+       statement=r"\mathrm{FFN}(x) = \mathrm{GELU}(xW_1+b_1)W_2+b_2:\ \mathbb{R}^4 \to \mathbb{R}^8 \to \mathbb{R}^4,\ "
+                 r"\mathrm{GELU}(x) \approx 0.5x(1+\tanh[\sqrt{2/\pi}(x+0.044715x^3)])",
+       assumptions=["the document's code, run as printed"])
 def check_example_ffn_code() -> CheckOutcome:
     start, ns = _run_example(134)
     from numerics import gelu
@@ -173,11 +194,11 @@ def check_example_ffn_code() -> CheckOutcome:
               f"the document's gelu equals the standard tanh form (max diff {gap_tanh:.1e}); its largest distance "
               f"from x Phi(x) on the grid is {gap_exact:.6e}", gap_tanh < 1e-12 and gap_exact < 5e-4,
               "numerics.gelu on 2001 points")
-    rigorous, ev = derivation("gelu")
+    rigorous, ev = derivation("gelu-tanh-error")
     if rigorous:
         from ._derivations import derivation_object
 
-        results = derivation_object("gelu").results
+        results = derivation_object("gelu-tanh-error").results
         lower, upper = float(results.get("lower", "nan")), float(results.get("upper", "nan"))
         steps.add(rf"\max_{{\mathrm{{grid}}}} |\mathrm{{err}}| = {gap_exact:.6e} \le {upper:.6e}",
                   "the grid maximum is within the certified bound of the gelu derivation", gap_exact <= upper + 1e-12,
@@ -199,6 +220,9 @@ def check_example_ffn_code() -> CheckOutcome:
 
 # ---- Proposição 2: the FFN is nonlinear; without GELU it collapses ------------------------------
 
+@claim(177,
+       title="The feed-forward layer introduces nonlinearity",
+       statement=r"\mathrm{GELU}(xW_1+b_1)W_2+b_2 \text{ is not affine; without GELU it is the affine map } x W_1W_2 + b_1W_2 + b_2")
 def check_ffn_nonlinear() -> CheckOutcome:
     steps = Steps()
     d, f = 2, 3
@@ -222,7 +246,7 @@ def check_ffn_nonlinear() -> CheckOutcome:
     steps.add(r"\mathrm{FFN}\big(\tfrac{u+v}{2}\big) \ne \tfrac{1}{2}\big(\mathrm{FFN}(u) + \mathrm{FFN}(v)\big)",
               f"with GELU the FFN is not affine: midpoint gap {gap:.3g} (numerics.feed_forward, d = 4, d_ff = 8)",
               gap > 1e-6, "numeric witness, far above float64 rounding")
-    _, ev = derivation("linear_collapse")
+    _, ev = derivation("linear-collapse")
     ok = steps.ok
     return proved(steps, Method.SYMBOLIC,
                         [steps.evidence("the FFN with GELU is non-affine; without it, it would collapse to one affine map",
@@ -231,6 +255,9 @@ def check_ffn_nonlinear() -> CheckOutcome:
 
 # ---- Proposição 2.1 (informal): expansion and reduction ---------------------------------------
 
+@claim(194,
+       title="Expansion d -> d_ff -> d allows more complex transformations",
+       statement=r"d \to d_{ff} > d \to d \text{ permits more complex transformations (informal)}")
 def check_expansion_informal() -> CheckOutcome:
     from numerics import feed_forward, init_ffn_params
 
@@ -254,6 +281,10 @@ def check_expansion_informal() -> CheckOutcome:
 
 # ---- worked example (line 215): multi-head code --------------------------------------------------
 
+@claim(215,
+       title="Worked example (code): two heads, concatenation and projection",
+       statement=r"\text{the code computes two heads, concatenates them and projects back to } \mathbb{R}^d",
+       assumptions=["the document's code, run as printed"])
 def check_example_multihead_code() -> CheckOutcome:
     start, code = code_block_after(DOC, 215)
     try:
@@ -275,6 +306,9 @@ def check_example_multihead_code() -> CheckOutcome:
 
 # ---- Teorema 1 (informal): expressivity --------------------------------------------------------
 
+@claim(282,
+       title="Multi-head attention is more expressive than one head",
+       statement=r"\text{multi-head attention is more expressive than single-head attention (informal)}")
 def check_expressivity_informal() -> CheckOutcome:
     from numerics import init_params, multi_head_attention
 
@@ -298,37 +332,3 @@ def check_expressivity_informal() -> CheckOutcome:
                 ranks=ranks, single_head_rank=single_rank, max_abs_difference=gap),
         refutes_if_false="heads that always attend alike cannot combine different patterns",
     )
-
-
-def claims() -> list[Claim]:
-    return [
-        claim_at(DOC, 15, title="Worked example (code): projections q_i, k_i, v_i of one token",
-                 statement=r"q_i = x_iW^Q,\ k_i = x_iW^K \in \mathbb{R}^{d_k},\ v_i = x_iW^V \in \mathbb{R}^{d_v}\ (d=4, d_k=3, d_v=2)",
-                 checks=[check_example_projection_shapes], assumptions=["the document's code, run as printed"]),
-        claim_at(DOC, 54, title="Worked example (code): attention weights and output of one query",
-                 statement=r"\text{the code computes } \alpha = \mathrm{softmax}(q_iK^\top/\sqrt{d_k}),\ a_i = \alpha V",
-                 checks=[check_example_attention_code], assumptions=["the document's code, run as printed"]),
-        claim_at(DOC, 93, title="Linear projections W^Q, W^K, W^V give flexibility",
-                 statement=r"\text{the projections map inputs to different spaces, capturing different aspects (informal)}",
-                 checks=[check_projections_informal]),
-        claim_at(DOC, 108, title="W^Q, W^K, W^V are parametrised and learned independently",
-                 statement=r"W^Q, W^K, W^V \text{ are independently parametrised and learned}",
-                 checks=[check_independent_learning],
-                 assumptions=["added: 'learned independently' read as: the gradient of one matrix does not depend on the values of the others"]),
-        claim_at(DOC, 134, title="Worked example (code): feed-forward layer with tanh-GELU",
-                 statement=r"\mathrm{FFN}(x) = \mathrm{GELU}(xW_1+b_1)W_2+b_2:\ \mathbb{R}^4 \to \mathbb{R}^8 \to \mathbb{R}^4,\ "
-                           r"\mathrm{GELU}(x) \approx 0.5x(1+\tanh[\sqrt{2/\pi}(x+0.044715x^3)])",
-                 checks=[check_example_ffn_code], assumptions=["the document's code, run as printed"]),
-        claim_at(DOC, 177, title="The feed-forward layer introduces nonlinearity",
-                 statement=r"\mathrm{GELU}(xW_1+b_1)W_2+b_2 \text{ is not affine; without GELU it is the affine map } x W_1W_2 + b_1W_2 + b_2",
-                 checks=[check_ffn_nonlinear]),
-        claim_at(DOC, 194, title="Expansion d -> d_ff -> d allows more complex transformations",
-                 statement=r"d \to d_{ff} > d \to d \text{ permits more complex transformations (informal)}",
-                 checks=[check_expansion_informal]),
-        claim_at(DOC, 215, title="Worked example (code): two heads, concatenation and projection",
-                 statement=r"\text{the code computes two heads, concatenates them and projects back to } \mathbb{R}^d",
-                 checks=[check_example_multihead_code], assumptions=["the document's code, run as printed"]),
-        claim_at(DOC, 282, title="Multi-head attention is more expressive than one head",
-                 statement=r"\text{multi-head attention is more expressive than single-head attention (informal)}",
-                 checks=[check_expressivity_informal]),
-    ]

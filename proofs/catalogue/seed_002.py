@@ -13,22 +13,28 @@ optional dependency); they run the document's code exactly as printed.
 
 from __future__ import annotations
 
-import importlib.util
 
 import numpy as np
 import sympy as sp
 
-from ..claims import CheckOutcome, Claim, Method, Verdict
+from ..claims import CheckOutcome, Method, Verdict
 from . import _counts as C
 from ._derivations import derivation
 from ._doc import code_block_after, run_document_code
-from ._kit import StepFailed, Steps, counterexample, derived, informal_outcome, note, numeric, proved, supplementary_claim
+from ._kit import StepFailed, Steps, counterexample, derived, informal_outcome, note, numeric, proved
+from ._registry import claim
 
 DOC = "002"
+NEEDS_TORCH = {"torch": "the document's code needs torch (pip install 'attnverify[torch]')"}
 
 
 # ---- "Complexidade Computacional" (line 144-145) ----------------------------------------------
 
+@claim(144, "Complexidade Computacional",
+       title="Complexity of multi-head attention is O(N^2 d), heads add a constant factor",
+       statement=r"\mathrm{cost}(\mathrm{MHA}) = O(N^2 d);\ \text{more heads change the count by a constant factor only}",
+       assumptions=["d_k = d_v = d / h", "operation counts as in _counts.py",
+                    "multi-head attention as defined on lines 122-134, projections included"])
 def check_complexity() -> CheckOutcome:
     """A big-O is a statement about limits, so the limits decide, never one instance: for fixed d,
     flops / N^2 d tends to a constant as N grows (O(N^2 d) holds whenever d = O(N)); for fixed N it
@@ -86,6 +92,9 @@ def check_complexity() -> CheckOutcome:
 
 # ---- "Nota Importante" (line 138): d = h d_k -------------------------------------------------
 
+@claim(138, "Nota Importante",
+       title="d = h d_k: trade-off between heads and head width",
+       statement=r"d = h\,d_k \text{ creates a trade-off between per-head capacity and the number of heads (informal)}")
 def check_split_informal() -> CheckOutcome:
     d, h = sp.symbols("d h", positive=True)
     dk = d / h
@@ -125,6 +134,12 @@ def _load_class(line: int, name: str):
     return start, ns[name], torch
 
 
+@claim(77, "class MultiHeadAttention",
+       title="Code: MultiHeadAttention (split_heads, scaled attention, W_o)",
+       statement=r"\text{the class computes } \mathrm{Concat}(\mathrm{head}_1..\mathrm{head}_h)W^O",
+       assumptions=["the document's code, run as printed",
+                    "added: in float64 (the document's default is float32), so agreement is judged at 1e-12"],
+       requires=NEEDS_TORCH)
 def check_mha_code() -> CheckOutcome:
     start, cls, torch = _load_class(71, "MultiHeadAttention")
     errors = []
@@ -185,6 +200,13 @@ def _prunable_run(cls, d_model: int, heads: int, x):
     return model, got, seen.get("scores", ())
 
 
+@claim(269, "class PrunableMultiHeadAttention",
+       title="Code: PrunableMultiHeadAttention implements multi-head attention with head pruning",
+       statement=r"\text{the class computes multi-head attention, with pruned heads masked out}",
+       assumptions=["the document's code, run as printed",
+         "added: in float64 (the document's default is float32), "
+         "so agreement is judged at 1e-12"],
+       requires=NEEDS_TORCH)
 def check_prunable_code() -> CheckOutcome:
     start, code = code_block_after(DOC, 263)
     cls = run_document_code(code, f"seed002_line{start}")["PrunableMultiHeadAttention"]
@@ -226,43 +248,3 @@ def check_prunable_code() -> CheckOutcome:
         evidence.append(note("with .transpose(1, 2) on q, k, v and the head mask and importance broadcast over the head "
                              f"axis, the same weights give multi-head attention (max error {err_fixed:.1e})", **data))
     return CheckOutcome(Verdict.REFUTED, Method.NUMERIC, evidence)
-
-
-_TORCH_CLAIMS = ("class MultiHeadAttention (line 77)", "class PrunableMultiHeadAttention (line 269)")
-
-
-def not_run() -> list[str]:
-    """The claims left out of :func:`claims` here, each with the reason."""
-    if importlib.util.find_spec("torch") is not None:
-        return []
-    return [f"{DOC} {name}: the document's code needs torch (pip install 'attnverify[torch]')" for name in _TORCH_CLAIMS]
-
-
-def claims() -> list[Claim]:
-    out = [
-        supplementary_claim(DOC, 138, "Nota Importante", title="d = h d_k: trade-off between heads and head width",
-                            statement=r"d = h\,d_k \text{ creates a trade-off between per-head capacity and the number of heads (informal)}",
-                            checks=[check_split_informal]),
-        supplementary_claim(DOC, 144, "Complexidade Computacional",
-                            title="Complexity of multi-head attention is O(N^2 d), heads add a constant factor",
-                            statement=r"\mathrm{cost}(\mathrm{MHA}) = O(N^2 d);\ \text{more heads change the count by a constant factor only}",
-                            checks=[check_complexity],
-                            assumptions=["d_k = d_v = d / h", "operation counts as in _counts.py",
-                                         "multi-head attention as defined on lines 122-134, projections included"]),
-    ]
-    if importlib.util.find_spec("torch") is not None:
-        out += [
-            supplementary_claim(DOC, 77, "class MultiHeadAttention",
-                                title="Code: MultiHeadAttention (split_heads, scaled attention, W_o)",
-                                statement=r"\text{the class computes } \mathrm{Concat}(\mathrm{head}_1..\mathrm{head}_h)W^O",
-                                checks=[check_mha_code], assumptions=["the document's code, run as printed",
-                                                                "added: in float64 (the document's default is float32), "
-                                                                "so agreement is judged at 1e-12"]),
-            supplementary_claim(DOC, 269, "class PrunableMultiHeadAttention",
-                                title="Code: PrunableMultiHeadAttention implements multi-head attention with head pruning",
-                                statement=r"\text{the class computes multi-head attention, with pruned heads masked out}",
-                                checks=[check_prunable_code], assumptions=["the document's code, run as printed",
-                                                                "added: in float64 (the document's default is float32), "
-                                                                "so agreement is judged at 1e-12"]),
-        ]
-    return out

@@ -19,11 +19,12 @@ from functools import lru_cache
 import numpy as np
 import sympy as sp
 
-from ..claims import CheckOutcome, Claim, Method, Verdict
+from ..claims import CheckOutcome, Method, Verdict
 from . import _counts as C
 from ._derivations import derivation
-from ._kit import (StepFailed, Steps, claim_at, counterexample, derived, informal_outcome, note, numeric,
+from ._kit import (StepFailed, Steps, counterexample, derived, informal_outcome, note, numeric,
                    proved, write_figure)
+from ._registry import claim
 
 DOC = "003"
 
@@ -44,12 +45,8 @@ SATURATION_DKS, SATURATION_SAMPLES = (1, 8, 64, 512, 4096), 2_000
 PROJECTED_D_MODEL, PROJECTED_SAMPLES = 16, 100_000
 
 
-def _monte_carlo_available() -> bool:
-    try:
-        from verify.montecarlo.experiments import variance_sweep  # noqa: F401
-    except Exception:  # noqa: BLE001 - absent or broken: the claim keeps its exact check only
-        return False
-    return True
+NEEDS_MONTE_CARLO = {"verify.montecarlo.experiments": "the Monte Carlo engine (verify.montecarlo) is not installed"}
+_VARIANCE_ASSUMPTIONS = ["components of q and k independent, each N(0, 1) (the proof of Teorema 6, line 435 and 443)"]
 
 
 def check_variance_monte_carlo(scaled: bool) -> CheckOutcome:
@@ -93,6 +90,22 @@ def _projected_evidence():
     return Evidence("statistic", summary, sweep.to_dict())
 
 
+#: Seed 003's own wording of what the saturation sweep tests, and which finding (by its key in
+#: ``verify.montecarlo.experiments.SATURATION_FINDINGS``) tests which corollary.
+COROLARIO_3 = "seed 003, Corolário 3 (without 1/sqrt(d_k), large d_k saturates the softmax: small gradients)"
+COROLARIO_4 = "seed 003, Corolário 4 (unscaled gradient magnitude ~ exp(||s||): explodes for large d_k)"
+SATURATION_FINDINGS_OF = {
+    "saturation-raw-grows": COROLARIO_3, "entropy-raw-falls": COROLARIO_3, "scaled-less-saturated": COROLARIO_3,
+    "scaled-fewer-vanished": COROLARIO_3,
+    "jacobian-raw-grows": COROLARIO_4, "query-gradient-raw-grows": COROLARIO_4, "scaled-larger-jacobian": COROLARIO_4,
+}
+
+
+def _findings(sweep, corollary: str) -> dict:
+    """The sweep's findings that test ``corollary`` (COROLARIO_3 or COROLARIO_4), by key, in sweep order."""
+    return {f.source: f for f in sweep.findings if SATURATION_FINDINGS_OF.get(f.source) == corollary}
+
+
 @lru_cache(maxsize=1)
 def _saturation() -> tuple:
     """The saturation sweep (raw against scaled scores) and its plot, shared by Corolário 3 and 4."""
@@ -118,23 +131,6 @@ def _combine(verdicts) -> Verdict:
     return Verdict.INCONCLUSIVE
 
 
-def check_saturation_monte_carlo() -> CheckOutcome:
-    """Corolário 3 predicts, without the scale: saturation and lower entropy as d_k grows, and
-    that scaling removes them. SUPPORTED when every such comparison is, REFUTED when one fails,
-    INCONCLUSIVE when one overlaps (its reason says how many samples would separate them)."""
-    from ..claims import Evidence
-    from verify.montecarlo.experiments import SOURCES
-
-    sweep, (figures, notes) = _saturation()
-    findings = [f for f in sweep.findings if f.source == SOURCES["cor3"]]
-    verdict = _combine(f.verdict for f in findings)
-    return CheckOutcome(verdict, Method.STATISTICAL, [
-        Evidence("statistic", "; ".join(f.summary() for f in findings),
-                 {"findings": [f.to_dict() for f in findings], "sweep": sweep.to_dict()}, figures=figures),
-        *notes,
-    ])
-
-
 def _sig3(x: float, direction: str | None = None) -> str:
     """``x`` to 3 significant digits; ``direction`` "down"/"up" rounds an interval's end outwards."""
     if not math.isfinite(x) or x == 0:
@@ -158,6 +154,7 @@ def _trend(verdict: str) -> str:
     return {"SUPPORTED": "rises", "REFUTED": "falls"}.get(verdict, "shows no significant change")
 
 
+@claim(549, requires=NEEDS_MONTE_CARLO)
 def check_gradient_growth_monte_carlo() -> CheckOutcome:
     """Corolário 4 read as its proof reads it (the gradient of the weights in the scores): the
     comparison of the unscaled mean ||diag(p) - p p^T||_F at the largest against the smallest d_k
@@ -165,17 +162,13 @@ def check_gradient_growth_monte_carlo() -> CheckOutcome:
     intervals, is INCONCLUSIVE: two d_k cannot show growth like exp(||s||) (the exact check
     decides). The gradient in the query is reported with its interval, whatever it does."""
     from ..claims import Evidence
-    from verify.montecarlo.experiments import SOURCES
 
     sweep, (figures, notes) = _saturation()
-    findings = [f for f in sweep.findings if f.source == SOURCES["cor4"]]
-    growth = [f for f in findings if "Jacobian in the scores" in f.claim and "grows with d_k" in f.claim]
-    if len(growth) != 1:
-        raise RuntimeError(f"expected one growth comparison of the raw Jacobian, found {len(growth)}")
-    jac = growth[0]
-    in_query = [f for f in findings if "||ds/dq||_F" in f.claim and "grows with d_k" in f.claim]
-    if len(in_query) > 1:
-        raise RuntimeError(f"expected at most one growth comparison of ||ds/dq||_F, found {len(in_query)}")
+    findings = _findings(sweep, COROLARIO_4)
+    if "jacobian-raw-grows" not in findings:
+        raise RuntimeError(f"the saturation sweep has no 'jacobian-raw-grows' finding: {sorted(findings)}")
+    jac = findings["jacobian-raw-grows"]
+    in_query = [findings["query-gradient-raw-grows"]] if "query-gradient-raw-grows" in findings else []
     lo_d, hi_d = sweep.points[0].d_k, sweep.points[-1].d_k
     n_keys = sweep.params["n_keys"]
     # Exact ceilings (||J||_F < 1/sqrt(2); ||ds/dq||_F <= ||K||_F / 2, E||K||_F <= sqrt(M d_k)): an
@@ -203,9 +196,8 @@ def check_gradient_growth_monte_carlo() -> CheckOutcome:
         why = ("a rise between two d_k cannot show growth like exp(||s||); the exact bound ||J||_2 <= 1/2 decides"
                if jac.verdict == "SUPPORTED" else jac.reason or "the intervals overlap")
         summary = f"{measured}; {why}"
-    scaled = [f for f in findings if "scaled softmax has the larger Jacobian" in f.claim]
-    if len(scaled) == 1:
-        sc = scaled[0]
+    if "scaled-larger-jacobian" in findings:
+        sc = findings["scaled-larger-jacobian"]
         relation = {"SUPPORTED": "larger: the scale keeps it from vanishing, there is no explosion to avoid",
                     "REFUTED": "smaller than unscaled"}.get(sc.verdict, "not significantly different from unscaled")
         summary += f"; scaled, it is {_with_interval(sc.a)} at d_k = {hi_d}, {relation}"
@@ -215,29 +207,17 @@ def check_gradient_growth_monte_carlo() -> CheckOutcome:
                     f"{_with_interval(g.b)} at d_k = {lo_d} to {_with_interval(g.a)} at d_k = {hi_d}; "
                     f"||ds/dq||_F <= ||K||_F / 2 for every q (exact), so its mean is at most sqrt({n_keys} d_k) / 2 "
                     f"and it cannot grow like exp(||s||)")
-    others = [_our_notation(f.summary()) for f in findings if f is not jac]
+    others = [f.summary() for f in findings.values() if f is not jac]
     return CheckOutcome(verdict, Method.STATISTICAL, [
         Evidence("statistic", summary,
-                 {"decisive": _our_notation(jac.to_dict()),
-                  "query_gradient": _our_notation(in_query[0].to_dict()) if in_query else None,
-                  "also_measured": others, "sweep": _our_notation(sweep.to_dict()),
+                 {"predicted_by": COROLARIO_4, "decisive": jac.to_dict(),
+                  "query_gradient": in_query[0].to_dict() if in_query else None,
+                  "also_measured": others, "sweep": sweep.to_dict(),
                   "notation": "s = K q the scores (as in the claim), p = softmax(s) the weights, "
                               "J = diag(p) - p p^T the Jacobian of p in s"},
                  figures=figures),
         *notes,
     ])
-
-
-def _our_notation(value):
-    """The Monte Carlo findings write the softmax Jacobian as ``diag(s) - s s^T`` with s the weights;
-    in this claim s names the scores (the document's ``exp(||s||)``), so the weights are p."""
-    if isinstance(value, str):
-        return value.replace("diag(s) - s s^T", "diag(p) - p p^T, p = softmax(s)")
-    if isinstance(value, dict):
-        return {k: _our_notation(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_our_notation(v) for v in value]
-    return value
 
 
 def _sym_matrix(name: str, rows: int, cols: int) -> sp.Matrix:
@@ -251,6 +231,9 @@ def _row_softmax(S: sp.Matrix) -> sp.Matrix:
 
 # ---- Lema 1: y_n = sum_m a_nm x_m ---------------------------------------------------------------
 
+@claim(21,
+       title="Each output is a convex combination of the inputs",
+       statement=r"y_n = \sum_{m=1}^N a_{nm} x_m,\quad a_{nm} \ge 0,\ \sum_m a_{nm} = 1")
 def check_linear_combination() -> CheckOutcome:
     from numerics import scaled_dot_product_attention
 
@@ -273,7 +256,7 @@ def check_linear_combination() -> CheckOutcome:
               bool(sp.exp(sp.Symbol("s", real=True)).is_positive), "sympy assumption system")
     steps.add_zero(A * (X * sp.eye(d)), A * X, "with W^v = I the stated form holds",
                    how="sympy, explicit 2 x 2", display=r"W^{(v)} = I:\ y_n = \sum_m a_{nm} x_m")
-    _, ev = derivation("convex")
+    _, ev = derivation("convex-combination")
     if gap < 1e-12:
         return CheckOutcome(Verdict.PROVED, Method.SYMBOLIC, [steps.evidence("y_n = sum_m a_nm x_m"), ev])
     return CheckOutcome(Verdict.CORRECTED, Method.SYMBOLIC, [
@@ -290,6 +273,10 @@ def check_linear_combination() -> CheckOutcome:
 
 # ---- Teorema 1 (definition): post-norm block -------------------------------------------------
 
+@claim(113,
+       title="Composition of a Transformer block (post-norm)",
+       statement=r"T^1 = \mathrm{SA}(X),\ T^2 = X + T^1,\ T^3 = \mathrm{LN}(T^2),\ T^4 = \mathrm{FFN}(T^3),\ "
+                 r"T^5 = T^3 + T^4,\ H = \mathrm{LN}(T^5)")
 def check_block_definition() -> CheckOutcome:
     from numerics import feed_forward, init_ffn_params, init_params, layer_norm, multi_head_attention
 
@@ -305,7 +292,7 @@ def check_block_definition() -> CheckOutcome:
     mean_err = float(np.abs(out.mean(-1)).max())
     var_err = float(np.abs(out.var(-1) - 1).max())
     holds = all(s == x.shape for s in shapes) and mean_err < 1e-12 and var_err < 1e-3
-    _, ev = derivation("layer_norm")
+    _, ev = derivation("layer-norm-moments")
     outcome = informal_outcome(
         "a definition (the post-norm block of Vaswani et al. 2017), not a theorem: nothing to prove. Many current "
         "models use the pre-norm arrangement instead (LayerNorm before each sublayer)",
@@ -321,6 +308,11 @@ def check_block_definition() -> CheckOutcome:
 
 # ---- Lema 2: soft lookup ------------------------------------------------------------------
 
+@claim(200,
+       title="Attention is a soft lookup table",
+       statement=r"\mathrm{attention}(q) = \sum_i \alpha_i v_i,\ \alpha = \mathrm{softmax}(q\cdot k_i/\sqrt{d_k}) "
+                 r"\text{ generalises } \mathrm{lookup}(q) = v_{\arg\max_i q\cdot k_i}",
+       assumptions=["added: a unique maximum of q . k_i, for the limit to the hard lookup"])
 def check_soft_lookup() -> CheckOutcome:
     steps = Steps()
     beta = sp.Symbol("beta", positive=True)
@@ -341,7 +333,7 @@ def check_soft_lookup() -> CheckOutcome:
     steps.add(rf"\lim_{{\beta\to\infty}} \alpha_{{\mathrm{{tie}}}} = ({', '.join(sp.latex(x) for x in tied_w)})",
               "with a tie the limit averages the tied values: the uniqueness assumption is needed",
               tied_w == [sp.Rational(1, 2), sp.Rational(1, 2), 0], "sympy limit, scores (1, 1, 0)")
-    _, ev = derivation("soft_lookup")
+    _, ev = derivation("soft-lookup")
     ok = steps.ok
     return proved(steps, Method.SYMBOLIC,
                         [steps.evidence("attention is a convex average of the values and tends to the hard argmax lookup "
@@ -350,6 +342,9 @@ def check_soft_lookup() -> CheckOutcome:
 
 # ---- Corolário 1: ||O_i|| <= max ||v_j|| --------------------------------------------------------
 
+@claim(244,
+       title="Output norm bounded by the largest value norm",
+       statement=r"\|O_i\| \le \sum_j \alpha_{ij}\|v_j\| \le \max_j \|v_j\|")
 def check_output_norm_bound() -> CheckOutcome:
     steps = Steps()
     m = 3
@@ -376,7 +371,7 @@ def check_output_norm_bound() -> CheckOutcome:
     steps.add(r"\max_i(\|O_i\| - \max_{j \in \mathcal{M}_i}\|v_j\|) \le 0",
               f"numerics, 20 random problems with masks and score scales up to 58: worst {worst:.2e}",
               worst <= 1e-12, "numeric, float64")
-    _, ev = derivation("convex")
+    _, ev = derivation("convex-combination")
     ok = steps.ok
     flaw = note("the proof's step 3 gives the wrong reason: alpha_ij <= 1 alone only gives sum_j alpha_ij ||v_j|| <= "
                 "N max_j ||v_j||; the bound needs alpha_ij >= 0 and sum_j alpha_ij = 1")
@@ -386,6 +381,11 @@ def check_output_norm_bound() -> CheckOutcome:
 
 # ---- Lema 3: O(N^2) memory, O(N^2 d) compute --------------------------------------------------
 
+@claim(279,
+       title="Attention costs O(N^2) memory and O(N^2 d) time",
+       statement=r"\text{memory } O(N^2),\ \text{time } O(N^2 d)",
+       assumptions=["Q, K, V given, projections not counted (the document's proof starts from Q K^T, steps 1-4)",
+                    "d_k, d_v = Theta(d) (the proof's 'proporcionais a d')"])
 def check_lookup_complexity() -> CheckOutcome:
     N, d = sp.symbols("N d", positive=True, integer=True)
     count = sp.expand(C.attention_core(N, N, d, d))
@@ -422,6 +422,9 @@ def _shapes_proxy() -> tuple[bool, dict]:
     return ok, {k: [str(s) for s in v] for k, v in {**shapes, "q k^T": score}.items()}
 
 
+@claim(330,
+       title="Three linear maps give query, key and value",
+       statement=r"q = xW^Q,\ k = xW^K,\ v = xW^V,\ W^Q, W^K \in \mathbb{R}^{d\times d_k},\ W^V \in \mathbb{R}^{d\times d_v}")
 def check_tripartite_definition() -> CheckOutcome:
     ok, data = _shapes_proxy()
     return informal_outcome(
@@ -433,6 +436,10 @@ def check_tripartite_definition() -> CheckOutcome:
     )
 
 
+@claim(411,
+       title="Dimensions of the projections",
+       statement=r"q_i = x_iW^Q,\ W^Q \in \mathbb{R}^{d\times d_k};\ k_i = x_iW^K,\ W^K \in \mathbb{R}^{d\times d_k};\ "
+                 r"v_i = x_iW^V,\ W^V \in \mathbb{R}^{d\times d_v}")
 def check_dimensions_definition() -> CheckOutcome:
     ok, data = _shapes_proxy()
     from numerics import init_params
@@ -448,6 +455,10 @@ def check_dimensions_definition() -> CheckOutcome:
     )
 
 
+@claim(481,
+       title="Complete formulation of self-attention (four steps)",
+       statement=r"q_i = x_iW^Q, \ldots;\ \mathrm{score}(x_i,x_j) = q_i^\top k_j/\sqrt{d_k};\ "
+                 r"\alpha_{ij} = \mathrm{softmax}_j;\ a_i = \sum_j \alpha_{ij}v_j")
 def check_formulation_definition() -> CheckOutcome:
     n, dk, dv = 2, 2, 1
     X = _sym_matrix("x", n, 2)
@@ -480,6 +491,9 @@ def check_formulation_definition() -> CheckOutcome:
 
 # ---- Lema 4: asymmetry ------------------------------------------------------------------
 
+@claim(342,
+       title="Separate queries and keys capture asymmetric relations",
+       statement=r"W^Q \ne W^K \text{ allows } q_i\cdot k_j \ne q_j\cdot k_i \text{ (asymmetric relations)}")
 def check_asymmetry() -> CheckOutcome:
     steps = Steps()
     n, d = 3, 2
@@ -553,10 +567,14 @@ def _variance_steps() -> Steps:
     return steps
 
 
+@claim(425,
+       title="Variance of the dot product is d_k",
+       statement=r"\mathrm{Var}(q_i^\top k_j) = d_k",
+       assumptions=_VARIANCE_ASSUMPTIONS)
 def check_dot_product_variance() -> CheckOutcome:
     steps = _variance_steps()
     f = _variance_facts()
-    _, ev = derivation("variance")
+    _, ev = derivation("qk-variance")
     ok = steps.ok
     necessity = note("the independence the proof assumes is needed: with k = q (same vector) Var(q . q) = 2 d_k "
                      f"(sympy, d_k = 2: {f['q_equals_k_d2']}); and with nonzero means Var = d_k (s_q^2 s_k^2 + "
@@ -566,6 +584,16 @@ def check_dot_product_variance() -> CheckOutcome:
                          ev, necessity])
 
 
+@claim(425, requires=NEEDS_MONTE_CARLO)
+def check_variance_monte_carlo_raw() -> CheckOutcome:
+    """The Monte Carlo check of the unscaled score variance (:func:`check_variance_monte_carlo`)."""
+    return check_variance_monte_carlo(scaled=False)
+
+
+@claim(513,
+       title="Scaling keeps the score variance independent of d_k",
+       statement=r"\mathrm{Var}\big(q_i^\top k_j/\sqrt{d_k}\big) = 1 \text{ for every } d_k",
+       assumptions=_VARIANCE_ASSUMPTIONS)
 def check_scaling_variance() -> CheckOutcome:
     steps = _variance_steps()
     f = _variance_facts()
@@ -576,13 +604,24 @@ def check_scaling_variance() -> CheckOutcome:
               "dividing by sqrt(d_k) divides the variance by d_k: independent of d_k for any means and variances",
               not scaled.has(dk), "sympy")
     steps.add_zero(scaled.subs({mq: 0, mk: 0, sq: 1, sk: 1}), sp.Integer(1), "= 1 for mean 0, variance 1")
-    _, ev = derivation("variance")
+    _, ev = derivation("qk-variance")
     ok = steps.ok
     return proved(steps, Method.SYMBOLIC,
                         [steps.evidence("Var(q . k / sqrt(d_k)) = 1 for every d_k (independent components)",
                                         failed=steps.failed), ev])
 
 
+@claim(513, requires=NEEDS_MONTE_CARLO)
+def check_variance_monte_carlo_scaled() -> CheckOutcome:
+    """The Monte Carlo check of the scaled score variance (:func:`check_variance_monte_carlo`)."""
+    return check_variance_monte_carlo(scaled=True)
+
+
+@claim(451,
+       title="The 1/sqrt(d_k) scale is necessary",
+       statement=r"\text{the scale } 1/\sqrt{d_k} \text{ is necessary to keep the variance of the scores in a range adequate for softmax}",
+       assumptions=[*_VARIANCE_ASSUMPTIONS, "added: 'an adequate range' read as a fixed interval [a, b] of "
+                    "variances, 0 < a < b, the same for every d_k"])
 def check_scale_necessary(interval: tuple | None = None) -> CheckOutcome:
     """'Necessária' read literally (a family of alternatives that also works refutes 'necessary'):
     under Teorema 6's assumptions Var(s q . k) = s^2 d_k, so every c / sqrt(d_k) keeps the variance at
@@ -616,7 +655,7 @@ def check_scale_necessary(interval: tuple | None = None) -> CheckOutcome:
               "sympy limit")
     if not steps.ok:
         raise StepFailed("a step of the scale analysis failed: " + "; ".join(st["reason"] for st in steps.failed))
-    _, ev = derivation("variance")
+    _, ev = derivation("qk-variance")
     if sp.simplify(window[1] - window[0]) == 0:  # a single admissible scale: 1/sqrt(d_k) is necessary
         return proved(steps, Method.SYMBOLIC, [steps.evidence(
             f"with the adequate variance exactly {a}, s = {window[0]} is the only admissible scale", interval=[str(a), str(b)]), ev])
@@ -640,6 +679,27 @@ def check_scale_necessary(interval: tuple | None = None) -> CheckOutcome:
 
 # ---- Teorema 8: softmax Jacobian ----------------------------------------------------------
 
+@claim(451, requires=NEEDS_MONTE_CARLO)
+def check_saturation_monte_carlo() -> CheckOutcome:
+    """Corolário 3 predicts, without the scale: saturation and lower entropy as d_k grows, and
+    that scaling removes them. SUPPORTED when every such comparison is, REFUTED when one fails,
+    INCONCLUSIVE when one overlaps (its reason says how many samples would separate them)."""
+    from ..claims import Evidence
+
+    sweep, (figures, notes) = _saturation()
+    findings = list(_findings(sweep, COROLARIO_3).values())
+    verdict = _combine(f.verdict for f in findings)
+    return CheckOutcome(verdict, Method.STATISTICAL, [
+        Evidence("statistic", "; ".join(f.summary() for f in findings),
+                 {"predicted_by": COROLARIO_3, "findings": [f.to_dict() for f in findings], "sweep": sweep.to_dict()},
+                 figures=figures),
+        *notes,
+    ])
+
+
+@claim(541,
+       title="Gradient of the softmax",
+       statement=r"\partial\,\mathrm{softmax}(z)_i/\partial z_j = \mathrm{softmax}(z)_i(\delta_{ij} - \mathrm{softmax}(z)_j)")
 def check_softmax_jacobian() -> CheckOutcome:
     steps = Steps()
     z = sp.IndexedBase("z")
@@ -658,7 +718,7 @@ def check_softmax_jacobian() -> CheckOutcome:
         formula = sp.diag(*sig) - sig * sig.T
         steps.add(rf"J_{{{size}}} = \mathrm{{diag}}(\sigma) - \sigma\sigma^\top",
                   f"explicit n = {size}", sp.simplify(jac - formula).is_zero_matrix, "sympy jacobian")
-    _, ev = derivation("softmax_jacobian")
+    _, ev = derivation("softmax-jacobian")
     ok = steps.ok
     return proved(steps, Method.SYMBOLIC,
                         [steps.evidence("the softmax Jacobian is diag(sigma) - sigma sigma^T", failed=steps.failed), ev])
@@ -686,6 +746,13 @@ def _gradient_facts() -> dict:
             "jac_norm": 2 * sig * (1 - sig), "grad_q_norm": sp.sqrt(2) * sig * (1 - sig)}
 
 
+@claim(549,
+       title="Unscaled scores make softmax gradients grow like exp(||s||)",
+       statement=r"\|\nabla\| \propto \exp(\|s\|) \text{ unscaled},\ \propto \exp(\|s\|/\sqrt{d_k}) \text{ scaled}",
+       assumptions=["added: 'the gradient' read as the softmax Jacobian in the scores (the proof: 'gradientes em "
+                    "relação a s_i') and, as well, as the gradient in the query ds/dq = J K",
+                    f"added, Monte Carlo only: q and 16 keys with iid N(0, 1) components, d_k = "
+                    f"{SATURATION_DKS[0]} .. {SATURATION_DKS[-1]}"])
 def check_gradient_growth() -> CheckOutcome:
     """Exact: no reading of "the gradient" is proportional to exp(||s||). REFUTED when every step
     verifies; a failed step is a defect of this check and raises (never a verdict)."""
@@ -705,7 +772,7 @@ def check_gradient_growth() -> CheckOutcome:
               "sympy eigenvals")
     steps.add_zero(sp.Rational(1, 2) - jac_norm, 2 * (sig - sp.Rational(1, 2)) ** 2,
                    "||J(t, 0)||_2 = 1/2 - 2 (sigma - 1/2)^2 <= 1/2")
-    _, ev = derivation("softmax_jacobian")
+    _, ev = derivation("softmax-jacobian")
     general = (ev.data.get("results") or {}).get("spectral_norm_bound")
     if general is not None:
         steps.add(r"\|J(z)\|_2 \le 1/2 \ \text{for every } z \in \mathbb{R}^n",
@@ -747,67 +814,3 @@ def check_gradient_growth() -> CheckOutcome:
     # for the document: SUPPORTED needs an estimate with its interval, which nothing here computed.
     failed = "; ".join(f"{s['reason']} ({s['how']})" for s in steps.failed)
     raise StepFailed(f"a step of the Jacobian bound failed (a defect of the check, not a verdict): {failed}")
-
-
-def claims() -> list[Claim]:
-    var_assumptions = ["components of q and k independent, each N(0, 1) (the proof of Teorema 6, line 435 and 443)"]
-    available = _monte_carlo_available()
-
-    def mc(scaled: bool) -> list:
-        return [lambda: check_variance_monte_carlo(scaled)] if available else []
-
-    return [
-        claim_at(DOC, 21, title="Each output is a convex combination of the inputs",
-                 statement=r"y_n = \sum_{m=1}^N a_{nm} x_m,\quad a_{nm} \ge 0,\ \sum_m a_{nm} = 1",
-                 checks=[check_linear_combination]),
-        claim_at(DOC, 113, title="Composition of a Transformer block (post-norm)",
-                 statement=r"T^1 = \mathrm{SA}(X),\ T^2 = X + T^1,\ T^3 = \mathrm{LN}(T^2),\ T^4 = \mathrm{FFN}(T^3),\ "
-                           r"T^5 = T^3 + T^4,\ H = \mathrm{LN}(T^5)",
-                 checks=[check_block_definition]),
-        claim_at(DOC, 200, title="Attention is a soft lookup table",
-                 statement=r"\mathrm{attention}(q) = \sum_i \alpha_i v_i,\ \alpha = \mathrm{softmax}(q\cdot k_i/\sqrt{d_k}) "
-                           r"\text{ generalises } \mathrm{lookup}(q) = v_{\arg\max_i q\cdot k_i}",
-                 checks=[check_soft_lookup], assumptions=["added: a unique maximum of q . k_i, for the limit to the hard lookup"]),
-        claim_at(DOC, 244, title="Output norm bounded by the largest value norm",
-                 statement=r"\|O_i\| \le \sum_j \alpha_{ij}\|v_j\| \le \max_j \|v_j\|",
-                 checks=[check_output_norm_bound]),
-        claim_at(DOC, 279, title="Attention costs O(N^2) memory and O(N^2 d) time",
-                 statement=r"\text{memory } O(N^2),\ \text{time } O(N^2 d)",
-                 checks=[check_lookup_complexity], assumptions=["Q, K, V given, projections not counted (the document's proof starts from Q K^T, steps 1-4)",
-                              "d_k, d_v = Theta(d) (the proof's 'proporcionais a d')"]),
-        claim_at(DOC, 330, title="Three linear maps give query, key and value",
-                 statement=r"q = xW^Q,\ k = xW^K,\ v = xW^V,\ W^Q, W^K \in \mathbb{R}^{d\times d_k},\ W^V \in \mathbb{R}^{d\times d_v}",
-                 checks=[check_tripartite_definition]),
-        claim_at(DOC, 342, title="Separate queries and keys capture asymmetric relations",
-                 statement=r"W^Q \ne W^K \text{ allows } q_i\cdot k_j \ne q_j\cdot k_i \text{ (asymmetric relations)}",
-                 checks=[check_asymmetry]),
-        claim_at(DOC, 411, title="Dimensions of the projections",
-                 statement=r"q_i = x_iW^Q,\ W^Q \in \mathbb{R}^{d\times d_k};\ k_i = x_iW^K,\ W^K \in \mathbb{R}^{d\times d_k};\ "
-                           r"v_i = x_iW^V,\ W^V \in \mathbb{R}^{d\times d_v}",
-                 checks=[check_dimensions_definition]),
-        claim_at(DOC, 425, title="Variance of the dot product is d_k",
-                 statement=r"\mathrm{Var}(q_i^\top k_j) = d_k",
-                 checks=[check_dot_product_variance, *mc(scaled=False)], assumptions=var_assumptions),
-        claim_at(DOC, 451, title="The 1/sqrt(d_k) scale is necessary",
-                 statement=r"\text{the scale } 1/\sqrt{d_k} \text{ is necessary to keep the variance of the scores in a range adequate for softmax}",
-                 checks=[check_scale_necessary, *([check_saturation_monte_carlo] if available else [])],
-                 assumptions=[*var_assumptions, "added: 'an adequate range' read as a fixed interval [a, b] of "
-                              "variances, 0 < a < b, the same for every d_k"]),
-        claim_at(DOC, 481, title="Complete formulation of self-attention (four steps)",
-                 statement=r"q_i = x_iW^Q, \ldots;\ \mathrm{score}(x_i,x_j) = q_i^\top k_j/\sqrt{d_k};\ "
-                           r"\alpha_{ij} = \mathrm{softmax}_j;\ a_i = \sum_j \alpha_{ij}v_j",
-                 checks=[check_formulation_definition]),
-        claim_at(DOC, 513, title="Scaling keeps the score variance independent of d_k",
-                 statement=r"\mathrm{Var}\big(q_i^\top k_j/\sqrt{d_k}\big) = 1 \text{ for every } d_k",
-                 checks=[check_scaling_variance, *mc(scaled=True)], assumptions=var_assumptions),
-        claim_at(DOC, 541, title="Gradient of the softmax",
-                 statement=r"\partial\,\mathrm{softmax}(z)_i/\partial z_j = \mathrm{softmax}(z)_i(\delta_{ij} - \mathrm{softmax}(z)_j)",
-                 checks=[check_softmax_jacobian]),
-        claim_at(DOC, 549, title="Unscaled scores make softmax gradients grow like exp(||s||)",
-                 statement=r"\|\nabla\| \propto \exp(\|s\|) \text{ unscaled},\ \propto \exp(\|s\|/\sqrt{d_k}) \text{ scaled}",
-                 checks=[*([check_gradient_growth_monte_carlo] if available else []), check_gradient_growth],
-                 assumptions=["added: 'the gradient' read as the softmax Jacobian in the scores (the proof: 'gradientes em "
-                              "relação a s_i') and, as well, as the gradient in the query ds/dq = J K",
-                              f"added, Monte Carlo only: q and 16 keys with iid N(0, 1) components, d_k = "
-                              f"{SATURATION_DKS[0]} .. {SATURATION_DKS[-1]}"]),
-    ]

@@ -15,10 +15,11 @@ from __future__ import annotations
 import numpy as np
 import sympy as sp
 
-from ..claims import CheckOutcome, Claim, Method, Verdict
+from ..claims import CheckOutcome, Method, Verdict
 from ._derivations import derivation
 from ._doc import bmatrices, column, printed_numbers
-from ._kit import StepFailed, Steps, claim_at, counterexample, note, numeric, proved
+from ._kit import StepFailed, Steps, counterexample, note, numeric, proved
+from ._registry import claim
 from ._worked import Quantity, WorkedExample, softmax_row
 
 DOC = "004"
@@ -77,12 +78,21 @@ def example() -> WorkedExample:
                                 "scores unscaled (line 12), softmax over j <= i (line 84)"])
 
 
+@claim(19,
+       title="Worked example: causal self-attention of three words",
+       statement=r"q_i = x_iW^Q, k_i = x_iW^K, v_i = x_iW^V,\ \mathrm{score}(x_i,x_j) = q_i\cdot k_j,\ "
+                 r"\alpha_{ij} = \mathrm{softmax}_{j\le i},\ a_i = \sum_{j\le i}\alpha_{ij}v_j \text{ as printed (lines 32--75)}",
+       assumptions=["inputs exactly as printed (lines 23, 27)", "unscaled scores (line 12), causal softmax (line 84)",
+                    "printed numbers rounded to their decimals"])
 def check_example() -> CheckOutcome:
     return example().check()
 
 
 # ---- Observações Importantes ----------------------------------------------------------------
 
+@claim(124,
+       title="The softmax weights form a probability distribution over the preceding words",
+       statement=r"\alpha_{ij} \ge 0,\ \textstyle\sum_{j\le i}\alpha_{ij} = 1")
 def check_observations() -> CheckOutcome:
     steps = Steps()
     s = sp.symbols("s_1:4", real=True)
@@ -108,6 +118,11 @@ def check_observations() -> CheckOutcome:
 
 # ---- Lema 1: translation invariance ----------------------------------------------------------
 
+@claim(131,
+       title="Self-attention is invariant to translating the embeddings",
+       statement=r"x_i \mapsto x_i + t \ \Rightarrow\ a_i \mapsto a_i \quad (\text{projections applied after the translation})",
+       assumptions=["the document's conventions: unscaled scores (line 12), causal softmax (line 84)",
+                    "added: the witness is the document's own example (lines 23-27) with t = (1, 1, 1, 1)"])
 def check_translation_invariance() -> CheckOutcome:
     from numerics import scaled_dot_product_attention
 
@@ -180,6 +195,9 @@ def _symbolic_attention(causal: bool, n: int = 3):
     return xs, outs
 
 
+@claim(148,
+       title="Masked self-attention is causal",
+       statement=r"\text{with the causal mask, } a_i \text{ depends only on } x_j,\ j \le i")
 def check_causal_mask() -> CheckOutcome:
     steps = Steps()
     xs, outs = _symbolic_attention(causal=True)
@@ -206,6 +224,12 @@ def check_causal_mask() -> CheckOutcome:
 
 # ---- Proposição 1: special case of general attention --------------------------------------------
 
+@claim(157,
+       title="Causal self-attention is a special case of general attention",
+       statement=r"\text{self-attention is general attention restricted to the preceding words } \{j \le i\}",
+       assumptions=["self-attention as the document defines it: causal, softmax over j <= i (line 84)",
+                    "added: 'general attention' read as attention over an allowed set S_i of keys "
+                    "(a 0/1 mask); the document does not define it"])
 def check_special_case(allowed=lambda i, j: j <= i) -> CheckOutcome:
     """Exact, as 000's Proposição 1.1 ("a special case of multi-head attention") is checked: general
     attention over an allowed set S_i of keys, sum_{j in S_i} softmax_{S_i}(s_ij) v_j, written with a
@@ -243,6 +267,9 @@ def check_special_case(allowed=lambda i, j: j <= i) -> CheckOutcome:
 
 # ---- Corolário 1.1: without the mask, later tokens matter -------------------------------------
 
+@claim(164,
+       title="Without the mask, outputs depend on later words",
+       statement=r"\text{without the mask, } a_i \text{ depends on } x_j \text{ for } j > i \text{ too}")
 def check_unmasked_dependence() -> CheckOutcome:
     steps = Steps()
     xs, outs = _symbolic_attention(causal=False)
@@ -268,34 +295,3 @@ def check_unmasked_dependence() -> CheckOutcome:
     ok = steps.ok
     return proved(steps, Method.SYMBOLIC,
                         [steps.evidence("without the mask a_i depends on later tokens", failed=steps.failed), ev])
-
-
-def claims() -> list[Claim]:
-    return [
-        claim_at(DOC, 19, title="Worked example: causal self-attention of three words",
-                 statement=r"q_i = x_iW^Q, k_i = x_iW^K, v_i = x_iW^V,\ \mathrm{score}(x_i,x_j) = q_i\cdot k_j,\ "
-                           r"\alpha_{ij} = \mathrm{softmax}_{j\le i},\ a_i = \sum_{j\le i}\alpha_{ij}v_j \text{ as printed (lines 32--75)}",
-                 checks=[check_example],
-                 assumptions=["inputs exactly as printed (lines 23, 27)", "unscaled scores (line 12), causal softmax (line 84)",
-                              "printed numbers rounded to their decimals"]),
-        claim_at(DOC, 124, title="The softmax weights form a probability distribution over the preceding words",
-                 statement=r"\alpha_{ij} \ge 0,\ \textstyle\sum_{j\le i}\alpha_{ij} = 1",
-                 checks=[check_observations]),
-        claim_at(DOC, 131, title="Self-attention is invariant to translating the embeddings",
-                 statement=r"x_i \mapsto x_i + t \ \Rightarrow\ a_i \mapsto a_i \quad (\text{projections applied after the translation})",
-                 checks=[check_translation_invariance],
-                 assumptions=["the document's conventions: unscaled scores (line 12), causal softmax (line 84)",
-                              "added: the witness is the document's own example (lines 23-27) with t = (1, 1, 1, 1)"]),
-        claim_at(DOC, 148, title="Masked self-attention is causal",
-                 statement=r"\text{with the causal mask, } a_i \text{ depends only on } x_j,\ j \le i",
-                 checks=[check_causal_mask]),
-        claim_at(DOC, 157, title="Causal self-attention is a special case of general attention",
-                 statement=r"\text{self-attention is general attention restricted to the preceding words } \{j \le i\}",
-                 checks=[check_special_case],
-                 assumptions=["self-attention as the document defines it: causal, softmax over j <= i (line 84)",
-                              "added: 'general attention' read as attention over an allowed set S_i of keys "
-                              "(a 0/1 mask); the document does not define it"]),
-        claim_at(DOC, 164, title="Without the mask, outputs depend on later words",
-                 statement=r"\text{without the mask, } a_i \text{ depends on } x_j \text{ for } j > i \text{ too}",
-                 checks=[check_unmasked_dependence]),
-    ]

@@ -67,8 +67,8 @@ def test_corolario_4_check_never_supports_the_document_without_statistics(monkey
 def test_ffn_example_without_its_certified_bound_gives_no_supported_verdict(monkeypatch):
     assert seed_001.check_example_ffn_code().verdict is Verdict.PROVED
 
-    def missing(topic):
-        return (None, real_derivation("gelu")[1]) if topic == "gelu" else real_derivation(topic)
+    def missing(name):
+        return (None, real_derivation("gelu-tanh-error")[1]) if name == "gelu-tanh-error" else real_derivation(name)
 
     monkeypatch.setattr(seed_001, "derivation", missing)
     with pytest.raises(RuntimeError, match="grid check alone"):
