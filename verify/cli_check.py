@@ -168,6 +168,10 @@ def exit_code(results, *, interrupted: bool, strict: bool) -> int:
 def check(ctx: click.Context, json_path, pattern: str | None, strict: bool, progress: bool | None) -> None:
     """Run the claims catalogue of the seed documents and print a verdict table.
 
+    The documents are the bundled seeds plus those in the folders named in
+    $ATTNVERIFY_CATALOGUE (separated by os.pathsep, ':' on Unix; each document KEY_name.txt or .md with its
+    checks in seed_KEY.py beside it, see proofs/catalogue/_documents.py).
+
     A REFUTED claim is a finding, not a failure: the exit code is 0 unless a check
     crashed, or --strict is given and a claim is REFUTED or CORRECTED. Ctrl-C stops
     after the claim in progress (twice: at once) and saves the finished claims.

@@ -18,10 +18,12 @@ import numpy as np
 import sympy as sp
 
 from ..claims import CheckOutcome, Method, Verdict
+from ..derivation import Step
 from . import _counts as C
 from ._derivations import derivation
 from ._doc import code_block_after, run_document_code
-from ._kit import StepFailed, Steps, counterexample, derived, informal_outcome, note, numeric, proved
+from ._kit import (StepFailed, counterexample, derived, fact, failed_steps, informal_outcome, note, numeric, proof,
+                   proved, steps_evidence)
 from ._registry import claim
 
 DOC = "002"
@@ -51,34 +53,35 @@ def check_complexity() -> CheckOutcome:
     h_only_softmax = sp.Poly(h_part, h).degree() <= 1 and sp.Poly(h_part, d).degree() == 0
     ratio_hd_h1 = sp.expand(total.subs(h, d)) / sp.expand(total.subs(h, 1))
     ratio_bound = C.nonnegative_for(sp.expand(7 * total.subs(h, 1) - 4 * total.subs(h, d)), {n: 1, d: 1})
-    steps = Steps()
-    steps.add(rf"\lim_{{N\to\infty}} \mathrm{{flops}}/(N^2 d) = {sp.latex(over_n2d_n)} \le 7\quad (h \le d)",
-              "for fixed d the count grows like N^2 d", limit_at_most_7, "sympy limit; 7 - limit >= 0 for h <= d")
-    steps.add(r"\mathrm{flops} \le 8Nd^2 + 7N^2d \le (8k + 7)N^2d \ \text{when } d \le kN",
-              "so O(N^2 d) holds whenever d = O(N)", bound,
-              "sympy: with h = d - r, N, d = 1 + ... the slack of the first bound has nonnegative coefficients")
-    steps.add(rf"\lim_{{d\to\infty}} \mathrm{{flops}}/(N^2 d) = {sp.latex(over_n2d_d)}",
-              "for fixed N it is not: the projections cost 8Nd^2 - 4Nd" if over_n2d_d == sp.oo else
-              "for fixed N it stays bounded as d grows", True, "sympy limit (the value decides the verdict)")
-    steps.add(rf"\mathrm{{flops}}_{{h=d}} / \mathrm{{flops}}_{{h=1}} < 7/4",
-              "the number of heads changes the count by a bounded factor (d_k = d/h, 1 <= h <= d)", ratio_bound,
-              "sympy: 7 flops(h=1) - 4 flops(h=d) has nonnegative coefficients after N, d = 1 + ...")
+    steps: list[Step] = []
+    steps.append(fact(rf"\lim_{{N\to\infty}} \mathrm{{flops}}/(N^2 d) = {sp.latex(over_n2d_n)} \le 7\quad (h \le d)",
+                      "for fixed d the count grows like N^2 d", limit_at_most_7, "sympy limit; 7 - limit >= 0 for h <= d"))
+    steps.append(fact(r"\mathrm{flops} \le 8Nd^2 + 7N^2d \le (8k + 7)N^2d \ \text{when } d \le kN",
+                      "so O(N^2 d) holds whenever d = O(N)", bound,
+                      "sympy: with h = d - r, N, d = 1 + ... the slack of the first bound has nonnegative coefficients"))
+    steps.append(fact(rf"\lim_{{d\to\infty}} \mathrm{{flops}}/(N^2 d) = {sp.latex(over_n2d_d)}",
+                      "for fixed N it is not: the projections cost 8Nd^2 - 4Nd" if over_n2d_d == sp.oo else
+                      "for fixed N it stays bounded as d grows", True, "sympy limit (the value decides the verdict)"))
+    steps.append(fact(rf"\mathrm{{flops}}_{{h=d}} / \mathrm{{flops}}_{{h=1}} < 7/4",
+                      "the number of heads changes the count by a bounded factor (d_k = d/h, 1 <= h <= d)", ratio_bound,
+                      "sympy: 7 flops(h=1) - 4 flops(h=d) has nonnegative coefficients after N, d = 1 + ..."))
     data = {"exact_count": str(total), "stages": {key: str(v) for key, v in terms.items()},
             "h_dependent_part": str(h_part), "limit_flops_over_N2d_as_N_grows": str(over_n2d_n),
             "limit_flops_over_N2d_as_d_grows": str(over_n2d_d), "ratio_h_d_over_h_1": str(ratio_hd_h1),
             "illustration_not_evidence": {"N=10, d=512, h=8": int(C.mha_flops(10, 512, 8)), "N^2 d": 51200},
             "reading": "multi-head attention as the document defines it (lines 122-134): with the projections "
                        "X W_i^Q, X W_i^K, X W_i^V and W^O"}
+    checked = proof(f"{DOC}.check_complexity", steps)
     if over_n2d_d != sp.oo:
-        return proved(steps, Method.SYMBOLIC, [steps.evidence("the count is O(N^2 d)", **data)])
-    if not steps.ok:
-        raise StepFailed("a step of the complexity limits failed: " + "; ".join(st["reason"] for st in steps.failed))
+        return proved(checked, Method.SYMBOLIC, [steps_evidence(checked, "the count is O(N^2 d)", **data)])
+    if not checked.valid:
+        raise StepFailed("a step of the complexity limits failed: " + failed_steps(checked))
     return CheckOutcome(Verdict.CORRECTED, Method.SYMBOLIC, [
         counterexample(f"O(N^2 d) holds only where d = O(N): for fixed d, flops / N^2 d -> {C.text(over_n2d_n)} <= 7 as N "
                        "grows, but for fixed N it -> oo as d grows, because the projections cost 8Nd^2 - 4Nd (exact "
                        "limits of the exact count). The heads change the count only through "
                        f"{C.text(h_part)} (softmax and scaling), by a factor below 7/4, as stated", **data),
-        steps.evidence("the limits that decide the big-O, and the effect of h", **data),
+        steps_evidence(checked, "the limits that decide the big-O, and the effect of h", **data),
         *[e for e in (C.compare_with_derivation(total),) if e is not None],
     ], corrected_statement=(
         rf"With $d_k = d/h$ and $n = N$ tokens, multi-head attention costs exactly ${sp.latex(total)}$ flops: "

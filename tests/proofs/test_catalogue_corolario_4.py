@@ -95,10 +95,11 @@ def test_exact_check_carries_no_monte_carlo_number():
     assert (out.verdict, out.method) == (Verdict.REFUTED, Method.SYMBOLIC)
     assert [e.kind for e in out.evidence[:2]] == ["counterexample", "derivation"]
     steps = out.evidence[1].data["steps"]
-    assert steps and all(s["verified"] for s in steps)
+    assert steps and all(s["passed"] and s["checked"] for s in steps)
     for s in steps:  # every verified step is exact: no mean of random draws marked as verified
-        assert s["how"].startswith(("sympy", "checked derivation")), s
-        assert not re.search(r"\d+\.\d+", s["reason"] + s["latex"]), s
+        assert s["method"].startswith(("symbolic", "sympy", "checked derivation")), s
+        assert not re.search(r"\d+\.\d+", s["reason"]), s
+    assert not re.search(r"\d+\.\d+", out.evidence[1].latex), out.evidence[1].latex
     for e in out.evidence[:2]:
         assert not re.search(r"\d+\.\d+", e.summary), e.summary
     text = out.evidence[0].summary
