@@ -1,8 +1,13 @@
-"""Small helpers the catalogue's checks share: sources, derivation-style evidence, outcomes.
+"""Small helpers the catalogue's checks share: sources, proof steps, evidence, outcomes.
 
 Every check in the catalogue *computes* its verdict: the helpers here only package what a
 check found (a list of verified steps, a counterexample) into :class:`~proofs.claims.Evidence`
 and :class:`~proofs.claims.CheckOutcome`. None of them returns a verdict by itself.
+
+Steps are :class:`proofs.derivation.Step` objects, the one step model of the toolkit: :func:`equal`
+(``lhs = rhs`` by SymPy's zero test) and :func:`fact` (a check the caller computed, with how);
+:func:`proof` checks them as a :class:`~proofs.derivation.Derivation`, which renders and reports
+them like every other derivation.
 """
 
 from __future__ import annotations

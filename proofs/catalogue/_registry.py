@@ -181,7 +181,11 @@ def claims_of(doc: Document) -> list[Claim]:
 
 
 def not_run_of(doc: Document) -> list[str]:
-    """``"KEY LABEL: reason"`` for each claim of ``doc`` left with no check here."""
+    """``"KEY LABEL: reason"`` for each claim of ``doc`` left with no check here, or one
+    ``"KEY: ..."`` note when the document has no checks module at all."""
+    if load(doc) is None:
+        where = doc.module_path or f"proofs/catalogue/seed_{doc.key}.py"
+        return [f"{doc.key}: {doc.path.name} has no checks module ({where})"]
     out = []
     for spec in specs_of(doc):
         missing = [_available(requires) for _, requires in spec.checks]

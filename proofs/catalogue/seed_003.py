@@ -29,13 +29,6 @@ from ._registry import claim
 
 DOC = "003"
 
-# Statistical checks (each also draws its plot for the report).
-STATISTICAL_CHECKS = {
-    "seed003.teorema-6": "Var(q . k) = d_k for q, k with iid N(0, 1) components, d_k in {1, 4, 16, 64}",
-    "seed003.lema-6": "Var(q . k / sqrt(d_k)) = 1 for the same model, d_k in {1, 4, 16, 64}",
-    "seed003.corolario-3": "saturation, entropy and vanished gradients, raw against scaled, d_k = 1 .. 4096",
-    "seed003.corolario-4": "mean ||diag(p) - p p^T||_F and ||ds/dq||_F raw across d_k = 1 .. 4096, and against scaled",
-}
 # A variance check is SUPPORTED only when its interval lies within 5% (the default margin) of the
 # claimed value. At alpha = 1e-6 over 8 checks (z = 5.33) and kurtosis 9 (q . k at d_k = 1), an
 # interval of full width below the margin, which forces SUPPORTED or REFUTED, needs

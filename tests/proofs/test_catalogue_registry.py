@@ -105,6 +105,14 @@ def test_the_bundled_documents_are_the_files_of_the_seeds_folder():
         assert {c.source.document for c in claims_for(key)} == {doc.path.name}
 
 
+def test_a_document_without_checks_is_listed_as_not_run(tmp_path):
+    folder = tmp_path / "bare"
+    folder.mkdir()
+    (folder / "010_bare.md").write_text(DOCUMENT, encoding="utf-8")
+    assert claims_for("010", folders=[folder]) == []
+    assert not_run(folders=[folder]) == [f"010: 010_bare.md has no checks module ({folder / 'seed_010.py'})"]
+
+
 def test_a_missing_folder_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv(ENV_FOLDERS, str(tmp_path / "absent"))
     with pytest.raises(NotADirectoryError, match="ATTNVERIFY_CATALOGUE.*absent"):
