@@ -13,7 +13,6 @@ optional dependency); they run the document's code exactly as printed.
 
 from __future__ import annotations
 
-
 import numpy as np
 import sympy as sp
 
