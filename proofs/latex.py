@@ -54,8 +54,9 @@ _TEXT_SPECIALS = {
 def latex_expr(expr: Any, **options: Any) -> str:
     """LaTeX for a SymPy object (strings pass through unchanged).
 
-    Defaults ``mat_str='bmatrix', mat_delim=''`` (PITFALLS.md); any ``sympy.latex`` option
-    (``order='none'``, ``symbol_names=...``) may be given.
+    Defaults ``mat_str='bmatrix', mat_delim=''`` (without ``mat_delim=''`` SymPy still wraps
+    ``\\left[ \\right]``); any ``sympy.latex`` option (``order='none'``, ``symbol_names=...``) may
+    be given.
     """
     if isinstance(expr, str):
         return expr

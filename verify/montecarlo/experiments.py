@@ -45,6 +45,7 @@ __all__ = [
     "projected_sweep",
     "saturation_sweep",
     "SOURCES",
+    "SATURATION_FINDINGS",
 ]
 
 #: d_k = 1, 2, 4, ..., 4096.
@@ -53,12 +54,12 @@ DEFAULT_DKS = tuple(2**i for i in range(13))
 #: Spawn-key tags of the experiments' streams.
 TAGS = {"variance": 1, "scaled": 2, "projected": 3, "saturation": 4, "weights": 5}
 
+#: Where the value a check compares with comes from (a check's ``source``). The documents' own
+#: wording of these results stays with the documents (e.g. proofs/catalogue/seed_003.py).
 SOURCES = {
-    "vaswani": "Vaswani et al. 2017, footnote 4 (seed 003, Teorema 6)",
-    "lema6": "seed 003, Lema 6 (Var(q·k/sqrt(d_k)) = 1)",
+    "vaswani": "Vaswani et al. 2017, footnote 4 (Var(q·k) = d_k for independent components, mean 0, variance 1)",
+    "scaled": "the 1/sqrt(d_k) scale of Vaswani et al. 2017 (Var(q·k/sqrt(d_k)) = 1)",
     "derived": "closed form of verify.montecarlo.theory (cross-checked with SymPy in the tests)",
-    "cor3": "seed 003, Corolário 3 (without 1/sqrt(d_k), large d_k saturates the softmax: small gradients)",
-    "cor4": "seed 003, Corolário 4 (unscaled gradient magnitude ~ exp(||s||): explodes for large d_k)",
 }
 
 HEAVY_TAIL_NOTE = (
@@ -272,7 +273,7 @@ def variance_sweep(
             checks.append(check_equal(
                 res, doc, statistic="variance", alpha=alpha, tests=tests, margin=margin,
                 claim=f"Var({label}) = {format_number(doc)} (the document's value, which assumes mean 0, variance 1)",
-                source=SOURCES["lema6" if scaled else "vaswani"], note=note))
+                source=SOURCES["scaled" if scaled else "vaswani"], note=note))
         points.append(SweepPoint(d, res, {"mean": mean, "variance": var}, tuple(checks)))
         if res.incomplete:
             incomplete = True
@@ -368,26 +369,32 @@ def projected_sweep(
     return Sweep("projected", params, root, alpha, tests, tuple(points), (), time.perf_counter() - t0, incomplete)
 
 
-#: (claim, source, compare arguments) of the saturation findings; "hi"/"lo" = largest/smallest d_k.
-_SATURATION_FINDINGS = (
-    ("unscaled, the softmax Jacobian in the scores, mean ||diag(s) - s s^T||_F, grows with d_k "
-     "(largest d_k > smallest)",
-     "cor4", ("hi", "lo", ">", "jacobian_fro_raw", None, "mean")),
-    ("unscaled, the mean Jacobian of the weights in the query, ||ds/dq||_F = ||J K||_F, grows with d_k "
-     "(largest d_k > smallest)",
-     "cor4", ("hi", "lo", ">", "grad_q_fro_raw", None, "mean")),
-    ("unscaled, the softmax saturates as d_k grows (share of rows with max weight > 0.99: largest d_k > smallest)",
-     "cor3", ("hi", "lo", ">", "saturated_raw", None, "fraction")),
-    ("unscaled, the attention entropy falls as d_k grows (largest d_k < smallest)",
-     "cor3", ("hi", "lo", "<", "entropy_raw", None, "mean")),
-    ("at the largest d_k, scaling by 1/sqrt(d_k) lowers the saturated share (scaled < raw)",
-     "cor3", ("hi", "hi", "<", "saturated_scaled", "saturated_raw", "fraction")),
-    ("at the largest d_k, fewer rows have a vanished query gradient (||ds/dq||_F < 1e-3) scaled than raw",
-     "cor3", ("hi", "hi", "<", "grad_vanished_scaled", "grad_vanished_raw", "fraction")),
-    ("at the largest d_k, the scaled softmax has the larger Jacobian in the scores (scaled > raw): scaling "
-     "keeps it from vanishing, there is no explosion to prevent",
-     "cor4", ("hi", "hi", ">", "jacobian_fro_scaled", "jacobian_fro_raw", "mean")),
-)
+#: The saturation findings: stable key (a finding's ``source``) -> (claim, compare arguments);
+#: "hi"/"lo" = largest/smallest d_k. p = softmax(s) are the weights, s the scores.
+SATURATION_FINDINGS = {
+    "jacobian-raw-grows": (
+        "unscaled, the softmax Jacobian in the scores, mean ||diag(p) - p p^T||_F with p = softmax(s), grows "
+        "with d_k (largest d_k > smallest)", ("hi", "lo", ">", "jacobian_fro_raw", None, "mean")),
+    "query-gradient-raw-grows": (
+        "unscaled, the mean Jacobian of the weights in the query, ||ds/dq||_F = ||J K||_F, grows with d_k "
+        "(largest d_k > smallest)", ("hi", "lo", ">", "grad_q_fro_raw", None, "mean")),
+    "saturation-raw-grows": (
+        "unscaled, the softmax saturates as d_k grows (share of rows with max weight > 0.99: largest d_k > smallest)",
+        ("hi", "lo", ">", "saturated_raw", None, "fraction")),
+    "entropy-raw-falls": (
+        "unscaled, the attention entropy falls as d_k grows (largest d_k < smallest)",
+        ("hi", "lo", "<", "entropy_raw", None, "mean")),
+    "scaled-less-saturated": (
+        "at the largest d_k, scaling by 1/sqrt(d_k) lowers the saturated share (scaled < raw)",
+        ("hi", "hi", "<", "saturated_scaled", "saturated_raw", "fraction")),
+    "scaled-fewer-vanished": (
+        "at the largest d_k, fewer rows have a vanished query gradient (||ds/dq||_F < 1e-3) scaled than raw",
+        ("hi", "hi", "<", "grad_vanished_scaled", "grad_vanished_raw", "fraction")),
+    "scaled-larger-jacobian": (
+        "at the largest d_k, the scaled softmax has the larger Jacobian in the scores (scaled > raw): scaling "
+        "keeps it from vanishing, there is no explosion to prevent", ("hi", "hi", ">", "jacobian_fro_scaled",
+                                                                        "jacobian_fro_raw", "mean")),
+}
 
 
 def saturation_sweep(
@@ -411,9 +418,10 @@ def saturation_sweep(
     """Experiment 4: saturation and gradients of softmax over ``n_keys`` keys, raw and scaled.
 
     Each point estimates, raw and scaled: mean largest weight, mean entropy, mean
-    ``||diag(s) - s s^T||_F``, mean ``||ds/dq||_F`` and the share of rows with largest weight
-    above 0.99. With at least two d_k, the findings compare the smallest and the largest d_k
-    (and raw against scaled at the largest) with the ordering rule of :func:`verdict.compare`.
+    ``||diag(p) - p p^T||_F`` (p = softmax(s), s the scores), mean ``||ds/dq||_F`` and the share of
+    rows with largest weight above 0.99. With at least two d_k, the findings compare the smallest
+    and the largest d_k (and raw against scaled at the largest) with the ordering rule of
+    :func:`verdict.compare`; each finding's ``source`` is its key in :data:`SATURATION_FINDINGS`.
     ``rel_error`` watches the mean raw Jacobian norm.
     """
     d_ks = check_dks(d_ks)
@@ -422,7 +430,8 @@ def saturation_sweep(
     dist_obj = get_distribution(dist)
     _check_widths(d_ks, lambda d: 3 * (n_keys + 1) * d, f"3 (n_keys + 1) d_k with n_keys={n_keys}", memory_limit)
     root = _root_seed(seed)
-    findings_spec = [f for f in _SATURATION_FINDINGS if len(d_ks) > 1 or f[2][0] == f[2][1]]
+    findings_spec = [(key, claim, spec) for key, (claim, spec) in SATURATION_FINDINGS.items()
+                     if len(d_ks) > 1 or spec[0] == spec[1]]
     tests = max(1, len(findings_spec))
     run_kw = _run_kwargs(samples, rel_error, "fourth-moment", backend, workers, block_size, chunk_size, progress,
                          memory_limit, stop, executor)
@@ -441,11 +450,11 @@ def saturation_sweep(
     if points and not incomplete:
         by = {"lo": points[0].result, "hi": points[-1].result}
         lo_d, hi_d = points[0].d_k, points[-1].d_k
-        for claim, src, (a, b, rel, out_a, out_b, stat) in findings_spec:
+        for key, claim, (a, b, rel, out_a, out_b, stat) in findings_spec:
             text = claim.replace("the largest d_k", f"d_k={hi_d}").replace("largest d_k", f"d_k={hi_d}")
             text = text.replace("smallest", f"d_k={lo_d}")
             findings.append(compare(by[a], by[b], rel, output=out_a, output_b=out_b, statistic=stat,
-                                    alpha=alpha, tests=tests, claim=text, source=SOURCES[src]))
+                                    alpha=alpha, tests=tests, claim=text, source=key))
     params = {"n_keys": n_keys, "dist": dist_obj.name, "samples": samples, "rel_error": rel_error, "backend": backend}
     return Sweep("saturation", params, root, alpha, tests, tuple(points), tuple(findings),
                  time.perf_counter() - t0, incomplete)
