@@ -134,6 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 when the file is not current")
     parser.add_argument("--output", type=Path, default=PATH, help=f"where to write (default: {PATH})")
     args = parser.parse_args(argv)
+    from . import not_run
+
+    missing = not_run()
+    if missing:
+        # The bundled INVENTORY.md lists every claim's verdict; one written here would say "not run".
+        print(f"{COMMAND}: {len(missing)} claim(s) cannot run here, so INVENTORY.md would list them as not run:",
+              *missing, sep="\n  ", file=sys.stderr)
+        return 2
     text = render(current_verdicts())
     if args.check:
         current = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
