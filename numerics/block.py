@@ -262,7 +262,7 @@ def _prepare(x, params, mask, causal, norm, approximate, eps, check_finite, d_ou
     eps = _layers._check_eps(eps)
     check_finite = bk.check_flag("check_finite", check_finite)
     named = {f"params.{n}": a for n, a in params.arrays().items()}
-    xp = bk.namespace_of(x=x, mask=mask, bias=bias, d_out=d_out, **named)
+    xp = bk.namespace_of(x=x, mask=mask, d_out=d_out, **_multihead._option_arrays(bias, rope), **named)
     bk.check_float_array("x", x, xp, min_ndim=2)
     d, n = int(x.shape[-1]), int(x.shape[-2])
     if d == 0:

@@ -127,8 +127,8 @@ class Rope:
         "interleaved" pairs 2i with 2i + 1 (RoFormer, GPT-J, Meta's Llama reference code).
     positions : integer or float array (..., N), optional
         The queries' positions, broadcastable to x's batch dims + (N,). Default
-        ``delta + 0 .. N-1`` with ``delta = M - N`` under ``causal="bottom_right"`` (queries
-        are the last M - N... M - 1 positions of the keys, as in KV-cache decoding), else 0.
+        ``delta + 0 .. N-1`` with ``delta = M - N`` under ``causal="bottom_right"`` (the
+        queries are the keys' last N positions, as in KV-cache decoding), else 0.
     key_positions : integer or float array (..., M), optional
         The keys' positions, broadcastable to the key source's batch dims + (M,). Default
         ``positions`` for self-attention when given, else 0 .. M-1.
@@ -413,6 +413,15 @@ def _check_positions(xp, name: str, positions: Any, target: tuple[int, ...], des
         raise ValueError(f"{name} must broadcast to {desc} = {target}, got shape {bk.shape_str(positions)}")
 
 
+def _option_arrays(bias: Any, rope: Any) -> dict[str, Any]:
+    """The arrays among the options, by name, for the namespace and device check."""
+    arrays = {"bias": bias}
+    if isinstance(rope, (Rope, Mapping)):
+        get = rope.get if isinstance(rope, Mapping) else partial(getattr, rope)
+        arrays.update({f"rope.{k}": get(k, None) for k in ("positions", "key_positions")})
+    return arrays
+
+
 def _check_options(xp, params: MHAParams, x, source, batch, bias, causal, window, softcap, rope, check_finite):
     """The attention options, checked: ``(batch, causal, window, softcap, rope)`` with the
     batch dims of x, memory and mask (``batch``) broadcast with the bias's.
@@ -423,12 +432,7 @@ def _check_options(xp, params: MHAParams, x, source, batch, bias, causal, window
     rope = _resolve_rope(rope)
     h, n, m = params.num_heads, int(x.shape[-2]), int(source.shape[-2])
     if bias is not None:
-        if bias.dtype == xp.bool:
-            raise TypeError("bias must be a real floating array added to the scores (-inf excludes a key), "
-                            "got a boolean array; pass a boolean mask as mask=")
-        bk.check_float_array("bias", bias, xp)
-        if bias.dtype != x.dtype:
-            raise TypeError(f"bias must have x's dtype {x.dtype}, got dtype {bias.dtype} (shape {bk.shape_str(bias)})")
+        _attention._check_bias_dtype(xp, bias, x.dtype, "x")
         try:
             batch = bk.broadcast_shapes(batch, tuple(bias.shape[:-3]))
             ok = bk.broadcast_shapes(tuple(bias.shape), batch + (h, n, m)) == batch + (h, n, m)
@@ -471,10 +475,7 @@ def _prepare(x, params, memory, mask, causal, check_finite, d_out=None, *, bias=
         raise TypeError(f"params must be an MHAParams, got {type(params).__name__}")
     check_finite = bk.check_flag("check_finite", check_finite)
     named_params = {f"params.{n}": a for n, a in params.arrays().items()}
-    positions = {} if not isinstance(rope, (Rope, Mapping)) else {
-        f"rope.{k}": (rope.get(k) if isinstance(rope, Mapping) else getattr(rope, k)) for k in ("positions", "key_positions")
-    }
-    xp = bk.namespace_of(x=x, memory=memory, mask=mask, bias=bias, d_out=d_out, **positions, **named_params)
+    xp = bk.namespace_of(x=x, memory=memory, mask=mask, d_out=d_out, **_option_arrays(bias, rope), **named_params)
     bk.check_float_array("x", x, xp, min_ndim=2)
     if memory is not None:
         bk.check_float_array("memory", memory, xp, min_ndim=2)

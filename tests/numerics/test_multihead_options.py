@@ -631,6 +631,14 @@ def test_bad_options_name_the_argument(call, exc, words):
         assert word in str(info.value), (word, str(info.value))
 
 
+def test_positions_from_another_library_are_named():
+    torch = _torch()
+    for call in (lambda: multi_head_attention(np.ones((2, 8)), _gqa_params(), rope=Rope(positions=torch.arange(2))),
+                 lambda: transformer_block(np.ones((2, 8)), init_block_params(8, 4, 6), rope={"key_positions": torch.arange(2)})):
+        with pytest.raises(TypeError, match=r"mix array libraries.*rope\.(key_)?positions is a torch array"):
+            call()
+
+
 def test_gqa_parameters_hold_fewer_key_value_columns_and_the_same_values_per_seed():
     p = init_params(8, 4, num_kv_heads=2, seed=5)
     assert (p.w_q.shape, p.w_k.shape, p.w_v.shape, p.w_o.shape) == ((8, 8), (8, 4), (8, 4), (8, 8))
