@@ -157,9 +157,11 @@ def _common(default_dk: str, default_samples: int, variance: bool = True):
                                      help="Equivalence margin: SUPPORTED only when the interval lies within "
                                           "theta0 (1 +- margin) (means: +- margin sd); a wider interval that "
                                           "holds theta0 is INCONCLUSIVE."))
-            opts.append(click.option("--variance-method", type=click.Choice(("fourth-moment", "batch-means")),
-                                     default="fourth-moment", show_default=True,
-                                     help="Variance interval: delta method from the 4th moment, or batch means."))
+            opts.append(click.option("--variance-method", type=click.Choice(("auto", "fourth-moment", "batch-means")),
+                                     default="auto", show_default=True,
+                                     help="Variance interval: auto (the 4th-moment delta method where the "
+                                          "tails let it hold its alpha, else no verdict), the delta method "
+                                          "from the 4th moment, or batch means."))
         for opt in reversed(opts):
             f = opt(f)
         return f

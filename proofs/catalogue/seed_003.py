@@ -548,7 +548,7 @@ def _variance_steps() -> Steps:
     steps.add_zero(f["standard"], f["d_k"], "mu = 0, sigma = 1: Var(q . k) = d_k",
                    display=r"\mu_q = \mu_k = 0,\ \sigma_q = \sigma_k = 1:\ \mathrm{Var}(q\cdot k) = d_k")
     steps.add(r"\mathrm{Var}(q\cdot k)\big|_{d_k=1,2} = 1, 2",
-              f"cross-check at explicit d_k: {[str(v) for v in f['small'].values()]}",
+              "cross-check: the variance is " + ", ".join(f"{v} at d_k = {k}" for k, v in f["small"].items()),
               [f["small"][1], f["small"][2]] == [1, 2], "sympy.stats variance of the explicit sum")
     return steps
 

@@ -456,7 +456,7 @@ def run_mc(
     alpha: float = 1e-6,
     rel_error: float | None = None,
     target: tuple[str, str] | None = None,
-    variance_method: str = "fourth-moment",
+    variance_method: str = "auto",
     batches: int = 32,
     block_size: int | None = None,
     chunk_size: int | None = None,
@@ -490,7 +490,11 @@ def run_mc(
     target : (output name, statistic), optional
         What ``rel_error`` watches; default: the sampler's ``target`` attribute, else the first
         output's variance (moments) or fraction.
-    variance_method : {"fourth-moment", "batch-means"}
+    variance_method : {"auto", "fourth-moment", "batch-means"}
+        How the variance interval is built (:func:`verify.montecarlo.stats.variance_interval`);
+        ``"auto"`` (the default) picks the fourth-moment interval where the sampled quantity's
+        finite moments let its tail be trusted, and no interval otherwise (the tail rule applies
+        to every method).
     batches : int
         Batches for the batch-means interval (>= ``MIN_BATCHES`` = 30).
     block_size : int, optional
