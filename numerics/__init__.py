@@ -9,6 +9,7 @@ __all__ += ["dropout_keep_mask", "rotary_embedding", "rotary_embedding_backward"
 from .multihead import (
     MHAGradients,
     MHAParams,
+    Rope,
     init_params,
     multi_head_attention,
     multi_head_attention_backward,
@@ -16,7 +17,7 @@ from .multihead import (
 )
 
 __all__ += ["MHAParams", "MHAGradients", "init_params", "multi_head_attention", "multi_head_attention_backward"]
-__all__ += ["multi_head_attention_vjp"]
+__all__ += ["multi_head_attention_vjp", "Rope"]
 from .layers import FFNParams, feed_forward, feed_forward_backward, gelu, gelu_backward, init_ffn_params, layer_norm, layer_norm_backward  # noqa: E402
 __all__ += ["layer_norm", "layer_norm_backward", "gelu", "gelu_backward", "FFNParams", "init_ffn_params", "feed_forward", "feed_forward_backward"]  # noqa: E501
 from .block import BlockGradients, BlockParams, init_block_params, transformer_block, transformer_block_backward  # noqa: E402

@@ -240,6 +240,16 @@ def _check_score_array(name: str, a: Any, target: tuple[int, ...], xp: ModuleTyp
         raise ValueError(f"{name} must broadcast to (..., N, M) = {tuple(target)}, got shape {bk.shape_str(a)}")
 
 
+def _check_bias_dtype(xp: ModuleType, bias: Any, dtype: Any, owner: str) -> None:
+    """``bias`` must be a real floating array of ``owner``'s dtype (a boolean one is a mask)."""
+    if bias.dtype == xp.bool:
+        raise TypeError("bias must be a real floating array added to the scores (-inf excludes a key), "
+                        "got a boolean array; pass a boolean mask as mask=")
+    bk.check_float_array("bias", bias, xp)
+    if bias.dtype != dtype:
+        raise TypeError(f"bias must have {owner}'s dtype {dtype}, got dtype {bias.dtype} (shape {bk.shape_str(bias)})")
+
+
 def _log2_abs(x: float) -> float:
     return math.log2(abs(x)) if x else -math.inf
 
@@ -288,12 +298,7 @@ def _prepare(
     if mask is not None and mask.dtype != xp.bool:
         raise TypeError(f"mask must be a boolean array (True = may attend), got dtype {mask.dtype}")
     if bias is not None:
-        if bias.dtype == xp.bool:
-            raise TypeError("bias must be a real floating array added to the scores (-inf excludes a key), "
-                            "got a boolean array; pass a boolean mask as mask=")
-        bk.check_float_array("bias", bias, xp)
-        if bias.dtype != q.dtype:
-            raise TypeError(f"bias must have q's dtype {q.dtype}, got dtype {bias.dtype} (shape {bk.shape_str(bias)})")
+        _check_bias_dtype(xp, bias, q.dtype, "q")
     if dropout_mask is not None and dropout_mask.dtype != xp.bool:
         raise TypeError(f"dropout_mask must be a boolean keep mask (True = keep), got dtype {dropout_mask.dtype}")
     if dropout_p > 0 and dropout_mask is None:

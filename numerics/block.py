@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any
 
@@ -109,10 +109,13 @@ class BlockGradients:
     x : array (..., N, D)
     params : BlockParams
         Gradient of every parameter, with the parameter's shape; None where it is None.
+    bias : array or None
+        Gradient of the attention's additive ``bias`` (its own shape); None without one.
     """
 
     x: Any
     params: BlockParams
+    bias: Any = None  # the attention bias's gradient (its own shape), None without a bias
 
 
 def init_block_params(
@@ -125,6 +128,7 @@ def init_block_params(
     xp: ModuleType | str = "numpy",
     seed: int = 0,
     noise: float = 0.0,
+    num_kv_heads: int | None = None,
 ) -> BlockParams:
     """Random :class:`BlockParams` for width D = ``d_model``, H = ``num_heads``, F = ``d_ff``.
 
@@ -132,7 +136,9 @@ def init_block_params(
     D / H, biases 0) and the feed-forward network from :func:`numerics.init_ffn_params`
     (weights and biases N(0, 1/fan_in)); the layer-norm gains are 1 and their biases 0,
     as in PyTorch. ``bias=False`` leaves every bias None (attention, feed-forward and
-    layer-norm biases, like torch's ``bias=False``); the gains stay.
+    layer-norm biases, like torch's ``bias=False``); the gains stay. ``num_kv_heads``
+    (default None: as many as ``num_heads``) gives grouped-query attention, as in
+    :func:`numerics.init_params`.
 
     ``noise > 0`` is for tests: the values that are otherwise constants are drawn near them,
     gains ``1 + noise * N(0, 1)`` and the layer-norm and attention biases ``noise * N(0, 1)``,
@@ -160,7 +166,8 @@ def init_block_params(
     dtype = bk.resolve_dtype(xp, dtype)
     attn_seq, ffn_seq, extra_seq = np.random.SeedSequence(seed).spawn(3)
     attn = init_params(
-        d_model, num_heads, bias=bias, dtype=dtype, xp=xp, seed=int(attn_seq.generate_state(1)[0])
+        d_model, num_heads, bias=bias, dtype=dtype, xp=xp, seed=int(attn_seq.generate_state(1)[0]),
+        num_kv_heads=num_kv_heads,
     )
     ffn = init_ffn_params(d_model, d_ff, bias=bias, dtype=dtype, xp=xp, seed=int(ffn_seq.generate_state(1)[0]))
     rng = np.random.default_rng(extra_seq)
@@ -202,11 +209,12 @@ class _Call:
     x: Any
     params: BlockParams
     mask: Any
-    causal: bool
+    causal: str | None
     norm: str
     approximate: str
     eps: float
     dtype: Any  # the caller's dtype; results are cast back to it
+    options: dict = field(default_factory=dict)  # bias, window, softcap, rope for the attention
 
 
 def _check_attn(attn: MHAParams, xp: ModuleType, x: Any) -> None:
@@ -240,7 +248,8 @@ def _check_ffn(ffn: FFNParams, xp: ModuleType, d: int) -> None:
                 raise ValueError(f"params.ffn.{name} must have shape ({size},) with {what}, got {bk.shape_str(b)}")
 
 
-def _prepare(x, params, mask, causal, norm, approximate, eps, check_finite, d_out=None) -> _Call:
+def _prepare(x, params, mask, causal, norm, approximate, eps, check_finite, d_out=None, *, bias=None, window=None,
+             softcap=None, rope=None) -> _Call:
     if not isinstance(params, BlockParams):
         raise TypeError(f"params must be a BlockParams, got {type(params).__name__}")
     if not isinstance(params.attn, MHAParams):
@@ -251,10 +260,9 @@ def _prepare(x, params, mask, causal, norm, approximate, eps, check_finite, d_ou
         raise ValueError(f"norm must be 'post' or 'pre', got {norm!r}")
     approximate = _layers._check_approximate(approximate)
     eps = _layers._check_eps(eps)
-    causal = bk.check_flag("causal", causal)
     check_finite = bk.check_flag("check_finite", check_finite)
     named = {f"params.{n}": a for n, a in params.arrays().items()}
-    xp = bk.namespace_of(x=x, mask=mask, d_out=d_out, **named)
+    xp = bk.namespace_of(x=x, mask=mask, d_out=d_out, **_multihead._option_arrays(bias, rope), **named)
     bk.check_float_array("x", x, xp, min_ndim=2)
     d, n = int(x.shape[-1]), int(x.shape[-2])
     if d == 0:
@@ -277,6 +285,18 @@ def _prepare(x, params, mask, causal, norm, approximate, eps, check_finite, d_ou
     bk.check_same_dtype(x=x, d_out=d_out, **named)
     if mask is not None:
         bk.check_mask(mask, tuple(int(s) for s in x.shape[:-2]) + (n, n), xp, target_desc="(..., N, N) =")
+    batch = tuple(int(s) for s in x.shape[:-2])
+    # The attention's own checks of its options; the residual stream keeps x's shape, so
+    # the bias may not add batch dims.
+    with_bias, causal, window, softcap, rope = _multihead._check_options(
+        xp, params.attn, x, x, batch, bias, causal, window, softcap, rope, check_finite
+    )
+    if with_bias != batch:
+        h = params.attn.num_heads
+        raise ValueError(
+            f"bias must broadcast to (..., H, N, N) = {batch + (h, n, n)} with x's batch dims {batch} (the block's "
+            f"output keeps x's shape), got shape {bk.shape_str(bias)}"
+        )
     if check_finite:
         bk.check_finite(xp, x=x, d_out=d_out, **named)
     dtype = x.dtype
@@ -289,7 +309,9 @@ def _prepare(x, params, mask, causal, norm, approximate, eps, check_finite, d_ou
             **{k: cast(getattr(params, k)) for k in _LN_FIELDS},
         )
         x = cast(x)
-    return _Call(xp, x, params, mask, causal, norm, approximate, eps, dtype)
+        bias = cast(bias)
+    options = dict(bias=bias, window=window, softcap=softcap, rope=rope)
+    return _Call(xp, x, params, mask, causal, norm, approximate, eps, dtype, options)
 
 
 # --------------------------------------------------------------------------- sub-layers
@@ -297,12 +319,14 @@ def _prepare(x, params, mask, causal, norm, approximate, eps, check_finite, d_ou
 
 
 def _mha(c: _Call, u: Any) -> Any:
-    return multi_head_attention(u, c.params.attn, mask=c.mask, causal=c.causal, check_finite=False)
+    return multi_head_attention(u, c.params.attn, mask=c.mask, causal=c.causal or False, check_finite=False,
+                                **c.options)
 
 
 def _mha_vjp(c: _Call, u: Any):
     """``(MHA(u), backward)``: the attention's forward values are kept for its backward."""
-    return multi_head_attention_vjp(u, c.params.attn, mask=c.mask, causal=c.causal, check_finite=False)
+    return multi_head_attention_vjp(u, c.params.attn, mask=c.mask, causal=c.causal or False, check_finite=False,
+                                    **c.options)
 
 
 def _ln(c: _Call, which: int, u: Any) -> Any:
@@ -366,6 +390,7 @@ def _backward(c: _Call, d_h: Any) -> BlockGradients:
     cast = lambda a: None if a is None else xp.astype(a, dtype, copy=False)  # noqa: E731
     attn = g_attn.params
     return BlockGradients(
+        bias=cast(g_attn.bias),
         x=cast(dx),
         params=BlockParams(
             attn=replace(attn, **{k: cast(a) for k, a in attn.arrays().items()}),
@@ -387,7 +412,11 @@ def transformer_block(
     *,
     norm: str = "post",
     mask: Any = None,
-    causal: bool = False,
+    causal: bool | str = False,
+    bias: Any = None,
+    window: tuple[int | None, int | None] | None = None,
+    softcap: float | None = None,
+    rope: Any = None,
     approximate: str = "none",
     eps: float = 1e-5,
     check_finite: bool = True,
@@ -410,8 +439,16 @@ def transformer_block(
         with no allowed key gets attention output 0 (its attention sub-layer adds only
         ``b_o``), never NaN. Unlike in :func:`numerics.multi_head_attention` the mask may not
         add batch dims of its own: the residual stream keeps x's shape.
-    causal : bool
-        Token j visible to token i only when j <= i (combined with ``mask`` by AND).
+    causal : bool or {"top_left", "bottom_right"}
+        Token j visible to token i only when j <= i (combined with ``mask`` by AND); with
+        self-attention N = M, so the two alignments agree.
+    bias, window, softcap, rope
+        The attention options, passed to :func:`numerics.multi_head_attention`: an
+        additive score bias broadcastable to (..., H, N, N) (axis -3 the heads, e.g.
+        :func:`numerics.alibi_bias`; no batch dims beyond x's), a sliding window
+        (left, right), a softcap c > 0, a rotary embedding of every head's queries and keys
+        (True, a :class:`numerics.Rope` or a dict of its fields). Grouped-query heads come
+        from ``params.attn.num_kv_heads``.
     approximate : {"none", "tanh"}
         The feed-forward network's GELU (see :func:`numerics.gelu`).
     eps : float
@@ -437,7 +474,8 @@ def transformer_block(
         Unknown ``norm`` or ``approximate``, inconsistent shapes (the message names the
         argument, e.g. ``params.ffn.w1`` or ``params.ln2_gamma``), bad ``eps``, non-finite input.
     """
-    c = _prepare(x, params, mask, causal, norm, approximate, eps, check_finite)
+    c = _prepare(x, params, mask, causal, norm, approximate, eps, check_finite, bias=bias, window=window,
+                 softcap=softcap, rope=rope)
     out = _forward(c)
     if check_finite:
         bk.check_result_finite(c.xp, "transformer_block", out=out)
@@ -451,7 +489,11 @@ def transformer_block_backward(
     *,
     norm: str = "post",
     mask: Any = None,
-    causal: bool = False,
+    causal: bool | str = False,
+    bias: Any = None,
+    window: tuple[int | None, int | None] | None = None,
+    softcap: float | None = None,
+    rope: Any = None,
     approximate: str = "none",
     eps: float = 1e-5,
     check_finite: bool = True,
@@ -474,16 +516,18 @@ def transformer_block_backward(
     Returns
     -------
     BlockGradients
-        ``x`` (..., N, D) and ``params``, a :class:`BlockParams` of gradients with the
+        ``x`` (..., N, D), ``bias`` (the attention bias's gradient, None without one)
+        and ``params``, a :class:`BlockParams` of gradients with the
         parameters' shapes (``attn`` an MHAParams, ``ffn`` an FFNParams; None where the
         parameter is None), all in ``x``'s dtype and namespace. The gradient of
         ``attn.b_k`` is 0 in exact arithmetic (softmax is invariant to a shift common to
         all keys) and comes out as rounding noise.
     """
-    c = _prepare(x, params, mask, causal, norm, approximate, eps, check_finite, d_out=d_out)
+    c = _prepare(x, params, mask, causal, norm, approximate, eps, check_finite, d_out=d_out, bias=bias,
+                 window=window, softcap=softcap, rope=rope)
     grads = _backward(c, c.xp.astype(d_out, c.x.dtype, copy=False))
     if check_finite:
-        bk.check_result_finite(c.xp, "transformer_block_backward", x=grads.x, **{
+        bk.check_result_finite(c.xp, "transformer_block_backward", x=grads.x, bias=grads.bias, **{
             f"params.{n}": a for n, a in grads.params.arrays().items()
         })
     return grads

@@ -5,9 +5,10 @@ Dm memory width (D for self-attention), H heads, K key/query width per head,
 V value width per head.
 
     Q = X W_q + b_q          (..., N, H*K)    split into H heads (..., H, N, K)
-    K = Mem W_k + b_k        (..., M, H*K)    Mem = X for self-attention
-    V = Mem W_v + b_v        (..., M, H*V)
-    head_i = attention(Q_i, K_i, V_i)         all heads in one batched call
+    K = Mem W_k + b_k        (..., M, Hkv*K)  Mem = X for self-attention; Hkv = H unless
+    V = Mem W_v + b_v        (..., M, Hkv*V)  grouped-query heads (num_kv_heads)
+    Q_i, K_j = RoPE(Q_i), RoPE(K_j)           with ``rope``: every head's rows rotated
+    head_i = attention(Q_i, K_{i // (H/Hkv)}, V_{i // (H/Hkv)}, bias_i)   one batched call
     MHA(X) = concat(head_1..head_H) W_o + b_o (..., N, D)
 
 Backward is written by hand from these lines and :func:`numerics.attention_backward`.
@@ -19,7 +20,7 @@ import math
 from dataclasses import dataclass, fields, replace
 from functools import partial
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import array_api_compat
 import numpy as np
@@ -27,10 +28,13 @@ import numpy as np
 from . import _backend as bk
 from . import _parallel
 from . import attention as _attention
+from ._band import check_causal, check_window
 from .attention import scaled_dot_product_attention
+from .positional import rotary_embedding, rotary_embedding_backward
 
 __all__ = [
     "MHAParams",
+    "Rope",
     "MHAGradients",
     "init_params",
     "multi_head_attention",
@@ -40,14 +44,18 @@ __all__ = [
 
 _WEIGHTS = ("w_q", "w_k", "w_v", "w_o")
 _BIASES = ("b_q", "b_k", "b_v", "b_o")
+_COUNTS = ("num_heads", "num_kv_heads")  # the integer fields of MHAParams
 
 
 @dataclass
 class MHAParams:
     """Parameters of multi-head attention (row convention, ``Q = X @ w_q``).
 
-    w_q (D, H*K), w_k (Dm, H*K), w_v (Dm, H*V), w_o (H*V, D); biases b_q (H*K,),
-    b_k (H*K,), b_v (H*V,), b_o (D,) or None. Dm is the memory width (D for self-attention).
+    w_q (D, H*K), w_k (Dm, Hkv*K), w_v (Dm, Hkv*V), w_o (H*V, D); biases b_q (H*K,),
+    b_k (Hkv*K,), b_v (Hkv*V,), b_o (D,) or None. Dm is the memory width (D for
+    self-attention). H = ``num_heads`` query heads; Hkv = ``num_kv_heads`` key/value heads
+    (None: Hkv = H, ordinary multi-head attention), H a multiple of Hkv: grouped-query
+    attention (Hkv = 1: multi-query), query head h using key/value head h // (H / Hkv).
     """
 
     w_q: Any
@@ -59,6 +67,12 @@ class MHAParams:
     b_k: Any = None
     b_v: Any = None
     b_o: Any = None
+    num_kv_heads: int | None = None
+
+    @property
+    def kv_heads(self) -> int:
+        """Hkv, the number of key/value heads (``num_heads`` unless ``num_kv_heads`` is set)."""
+        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
 
     @property
     def d_model(self) -> int:
@@ -74,11 +88,11 @@ class MHAParams:
 
     @property
     def d_v(self) -> int:
-        return int(self.w_v.shape[1]) // self.num_heads
+        return int(self.w_v.shape[1]) // self.kv_heads
 
     def arrays(self) -> dict[str, Any]:
         """The parameter arrays by field name, absent biases left out."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "num_heads" and getattr(self, f.name) is not None}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _COUNTS and getattr(self, f.name) is not None}
 
     def num_parameters(self) -> int:
         """Total number of scalar parameters."""
@@ -88,11 +102,44 @@ class MHAParams:
 @dataclass
 class MHAGradients:
     """Gradients of ``sum(d_out * MHA(x, memory))``: x (..., N, D), memory (..., M, Dm) or
-    None for self-attention (its gradient is folded into ``x``), params as :class:`MHAParams`."""
+    None for self-attention (its gradient is folded into ``x``), params as :class:`MHAParams`,
+    and bias (the additive score bias's own shape; None when no bias was given)."""
 
     x: Any
     memory: Any
     params: MHAParams
+    bias: Any = None
+
+
+_ROPE_STYLES = ("half", "interleaved")
+
+
+@dataclass(frozen=True)
+class Rope:
+    """Rotary embedding of every head's queries and keys (``rope=`` of :func:`multi_head_attention`).
+
+    Attributes
+    ----------
+    theta : float > 0
+        Frequency base (pair i turns by ``pos * theta^(-2i/K)``).
+    style : {"half", "interleaved"}
+        "half" pairs coordinate i with i + K/2 (rotate-half: GPT-NeoX, HF Llama);
+        "interleaved" pairs 2i with 2i + 1 (RoFormer, GPT-J, Meta's Llama reference code).
+    positions : integer or float array (..., N), optional
+        The queries' positions, broadcastable to x's batch dims + (N,). Default
+        ``delta + 0 .. N-1`` with ``delta = M - N`` under ``causal="bottom_right"`` (the
+        queries are the keys' last N positions, as in KV-cache decoding), else 0.
+    key_positions : integer or float array (..., M), optional
+        The keys' positions, broadcastable to the key source's batch dims + (M,). Default
+        ``positions`` for self-attention when given, else 0 .. M-1.
+
+    ``rope=True`` is ``Rope()``; a dict is ``Rope(**dict)``. See :func:`numerics.rotary_embedding`.
+    """
+
+    theta: float = 10000.0
+    style: str = "half"
+    positions: Any = None
+    key_positions: Any = None
 
 
 def init_params(
@@ -106,11 +153,14 @@ def init_params(
     dtype: Any = None,
     xp: ModuleType | str = "numpy",
     seed: int = 0,
+    num_kv_heads: int | None = None,
 ) -> MHAParams:
     """Random parameters: weights N(0, 1/fan_in), biases 0.
 
     d_k and d_v default to d_model // num_heads (d_model must then be divisible by
-    num_heads); d_memory defaults to d_model. Drawn on the host with
+    num_heads); d_memory defaults to d_model. ``num_kv_heads`` (Hkv, default None: Hkv =
+    num_heads) gives grouped-query attention: w_k (Dm, Hkv*K) and w_v (Dm, Hkv*V), with
+    num_heads a multiple of Hkv. Drawn on the host with
     ``numpy.random.default_rng(seed)`` (float64) and cast to ``dtype`` (default float64)
     on namespace ``xp``, so every backend gets the same values for the same seed. Sizes
     are positive integers, ``seed`` a non-negative integer and ``bias`` a bool (Python or
@@ -124,22 +174,35 @@ def init_params(
     d_k = d_model // num_heads if d_k is None else bk.positive_int("d_k", d_k)
     d_v = d_model // num_heads if d_v is None else bk.positive_int("d_v", d_v)
     d_memory = d_model if d_memory is None else bk.positive_int("d_memory", d_memory)
+    hkv = None if num_kv_heads is None else _check_kv_heads("num_kv_heads", num_kv_heads, num_heads, "num_heads")
     bias = bk.check_flag("bias", bias)
     seed = bk.check_seed(seed)
     xp = bk.get_namespace(xp)
     dtype = bk.resolve_dtype(xp, dtype)
     rng = np.random.default_rng(seed)
+    kv = num_heads if hkv is None else hkv
     shapes = {
         "w_q": (d_model, num_heads * d_k),
-        "w_k": (d_memory, num_heads * d_k),
-        "w_v": (d_memory, num_heads * d_v),
+        "w_k": (d_memory, kv * d_k),
+        "w_v": (d_memory, kv * d_v),
         "w_o": (num_heads * d_v, d_model),
     }
     weights = {n: xp.asarray(rng.standard_normal(s) / math.sqrt(s[0]), dtype=dtype) for n, s in shapes.items()}
     biases = {}
     if bias:
         biases = {b: xp.zeros(shapes[w][1], dtype=dtype) for w, b in zip(_WEIGHTS, _BIASES)}
-    return MHAParams(num_heads=num_heads, **weights, **biases)
+    return MHAParams(num_heads=num_heads, num_kv_heads=hkv, **weights, **biases)
+
+
+def _check_kv_heads(name: str, value: Any, num_heads: int, heads_name: str) -> int:
+    """Hkv as a positive int that divides the query heads H."""
+    hkv = bk.positive_int(name, value)
+    if num_heads % hkv:
+        raise ValueError(
+            f"{heads_name} ({num_heads}) must be a multiple of {name} ({hkv}): each key/value head "
+            f"serves H / Hkv query heads"
+        )
+    return hkv
 
 
 def _check_params(params: MHAParams, xp: ModuleType, *, x: Any = None, memory: Any = None, inputs_rule: bool = False) -> None:
@@ -155,6 +218,9 @@ def _check_params(params: MHAParams, xp: ModuleType, *, x: Any = None, memory: A
     (the transformer block, whose widths all follow x) x's width decides D and Dm.
     """
     h = bk.positive_int("params.num_heads", params.num_heads)
+    hkv = h
+    if params.num_kv_heads is not None:
+        hkv = _check_kv_heads("params.num_kv_heads", params.num_kv_heads, h, "params.num_heads")
     for name in _WEIGHTS:
         bk.check_float_array(f"params.{name}", getattr(params, name), xp, ndim=2)
     for name in _BIASES:
@@ -167,9 +233,13 @@ def _check_params(params: MHAParams, xp: ModuleType, *, x: Any = None, memory: A
             raise ValueError(
                 f"params.{name} must have shape {what} with every width >= 1, got {shape}"
             )
-    for name, shape in (("w_q", w_q), ("w_v", w_v)):
-        if shape[1] % h:
-            raise ValueError(f"params.{name} has {shape[1]} columns, not divisible by num_heads = {h}")
+    divisible = [("w_q", w_q[1], h, "columns"), ("w_v", w_v[1], hkv, "columns")]
+    if hkv != h:  # else w_k and w_o must equal w_q and w_v, checked below
+        divisible += [("w_k", w_k[1], hkv, "columns"), ("w_o", w_o[0], h, "rows")]
+    for name, size, heads, what in divisible:
+        if size % heads:
+            count = "num_heads" if heads == h else "num_kv_heads"
+            raise ValueError(f"params.{name} has {size} {what}, not divisible by {count} = {heads}")
     source, source_name = (memory, "memory") if memory is not None else (x, "x")
     # Each place a width appears: (name, array, axis holding the width, unit); absent ones dropped.
     groups = {
@@ -196,9 +266,24 @@ def _check_params(params: MHAParams, xp: ModuleType, *, x: Any = None, memory: A
             ("params.b_v", params.b_v, 0, "entries"),
         ],
     }
+    if hkv != h:
+        # Grouped-query heads: query-side and key/value-side widths differ by H / Hkv.
+        groups["H*K"], groups["Hkv*K"] = groups["H*K"][::2], groups["H*K"][1::2]
+        groups["Hkv*V"], groups["H*V"] = groups["H*V"][::2], groups["H*V"][1:2]
     for letter, places in groups.items():
         places = [(n, a, axis, unit) for n, a, axis, unit in places if a is not None]
         _check_width(letter, places, inputs_rule and places[0][0] in ("x", "memory"))
+    if hkv != h:
+        for width, (q_name, q_size), (kv_name, kv_size) in (
+            ("K", ("w_q", w_q[1]), ("w_k", w_k[1])), ("V", ("w_o", w_o[0]), ("w_v", w_v[1]))
+        ):
+            if q_size // h != kv_size // hkv:
+                raise ValueError(
+                    f"params.{q_name} and params.{kv_name} must have the same per-head width {width} with "
+                    f"num_heads = {h} and num_kv_heads = {hkv}: params.{q_name} has shape "
+                    f"{bk.shape_str(getattr(params, q_name))} ({width} = {q_size // h}), params.{kv_name} has "
+                    f"shape {bk.shape_str(getattr(params, kv_name))} ({width} = {kv_size // hkv})"
+                )
 
 
 def _axis_desc(name: str, axis: int) -> str:
@@ -268,9 +353,13 @@ class _Call:
     memory: Any  # None for self-attention
     params: MHAParams
     mask: Any  # broadcastable to (..., N, M), or None
-    causal: bool
-    batch: tuple[int, ...]  # broadcast batch dims of x, memory and mask: the output's
+    causal: str | None  # None, "top_left" or "bottom_right"
+    batch: tuple[int, ...]  # broadcast batch dims of x, memory, mask and bias: the output's
     dtype: Any  # the caller's dtype, results are cast back to it
+    bias: Any = None  # broadcastable to (..., H, N, M) (axis -3: heads), compute dtype
+    window: tuple[int | None, int | None] | None = None
+    softcap: float | None = None
+    rope: Rope | None = None  # positions, when given, as the caller's arrays
 
     @property
     def head_mask(self) -> Any:
@@ -279,19 +368,120 @@ class _Call:
             return self.mask
         return self.xp.expand_dims(self.mask, axis=-3)
 
+    @property
+    def attention_options(self) -> dict[str, Any]:
+        """The keywords of :func:`numerics.scaled_dot_product_attention` for the per-head problem."""
+        return dict(mask=self.head_mask, bias=self.bias, causal=self.causal or False, window=self.window,
+                    softcap=self.softcap, enable_gqa=self.params.kv_heads != self.params.num_heads)
 
-def _prepare(x, params, memory, mask, causal, check_finite, d_out=None) -> _Call:
+
+def _resolve_rope(rope: Any) -> Rope | None:
+    """``rope`` as a :class:`Rope` or None: None/False, True, a Rope or a dict of its fields."""
+    if rope is None or rope is False or (isinstance(rope, np.bool_) and not rope):
+        return None
+    if rope is True or isinstance(rope, np.bool_):
+        return Rope()
+    if isinstance(rope, Mapping):
+        known = {f.name for f in fields(Rope)}
+        unknown = sorted(str(key) for key in rope if key not in known)
+        if unknown:
+            raise TypeError(f"rope got unknown keys {unknown}; it takes {sorted(known)}")
+        rope = Rope(**rope)
+    if not isinstance(rope, Rope):
+        raise TypeError(
+            f"rope must be None, a bool, a numerics.Rope or a dict of its fields (theta, style, positions, "
+            f"key_positions), got {type(rope).__name__}"
+        )
+    if rope.style not in _ROPE_STYLES:
+        raise ValueError(f"rope.style must be 'half' (rotate-half, GPT-NeoX/HF Llama) or 'interleaved' "
+                         f"(RoFormer/GPT-J), got {rope.style!r}")
+    theta = bk.real_number("rope.theta", rope.theta, "a real number > 0")
+    if not (math.isfinite(theta) and theta > 0):
+        raise ValueError(f"rope.theta must be a finite number > 0, got {rope.theta!r}")
+    return replace(rope, theta=theta)
+
+
+def _check_positions(xp, name: str, positions: Any, target: tuple[int, ...], desc: str) -> None:
+    """Rope positions: an integer or real floating array broadcastable to ``target``."""
+    if xp.isdtype(positions.dtype, "bool") or not xp.isdtype(positions.dtype, ("integral", "real floating")):
+        raise TypeError(f"{name} must be an integer or real floating array, got dtype {positions.dtype}")
+    try:
+        ok = bk.broadcast_shapes(tuple(positions.shape), target) == target
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must broadcast to {desc} = {target}, got shape {bk.shape_str(positions)}")
+
+
+def _option_arrays(bias: Any, rope: Any) -> dict[str, Any]:
+    """The arrays among the options, by name, for the namespace and device check."""
+    arrays = {"bias": bias}
+    if isinstance(rope, (Rope, Mapping)):
+        get = rope.get if isinstance(rope, Mapping) else partial(getattr, rope)
+        arrays.update({f"rope.{k}": get(k, None) for k in ("positions", "key_positions")})
+    return arrays
+
+
+def _check_options(xp, params: MHAParams, x, source, batch, bias, causal, window, softcap, rope, check_finite):
+    """The attention options, checked: ``(batch, causal, window, softcap, rope)`` with the
+    batch dims of x, memory and mask (``batch``) broadcast with the bias's.
+
+    ``bias`` must broadcast to (..., H, N, M): its axis -3 is the head axis (1 or H)."""
+    causal, window = check_causal(causal), check_window(window)
+    softcap = _attention._check_softcap(softcap)
+    rope = _resolve_rope(rope)
+    h, n, m = params.num_heads, int(x.shape[-2]), int(source.shape[-2])
+    if bias is not None:
+        _attention._check_bias_dtype(xp, bias, x.dtype, "x")
+        try:
+            batch = bk.broadcast_shapes(batch, tuple(bias.shape[:-3]))
+            ok = bk.broadcast_shapes(tuple(bias.shape), batch + (h, n, m)) == batch + (h, n, m)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"bias must broadcast to (..., H, N, M) = {batch + (h, n, m)} (axis -3 is the head axis: 1 or "
+                f"H = {h}; the batch dims broadcast with x's), got shape {bk.shape_str(bias)}"
+            )
+        if check_finite and math.prod(bias.shape):
+            top = float(xp.max(bias))
+            if math.isnan(top) or top == math.inf:
+                raise ValueError(
+                    f"bias contains NaN or +Inf (shape {bk.shape_str(bias)}); only -inf (an excluded key) is "
+                    "allowed; pass check_finite=False to skip this check"
+                )
+    if rope is not None:
+        if params.d_k % 2:
+            raise ValueError(
+                f"rope rotates pairs of coordinates: the per-head query/key width K must be even, got "
+                f"K = params.w_q.shape[1] / num_heads = {params.d_k}"
+            )
+        if rope.positions is not None:
+            _check_positions(xp, "rope.positions", rope.positions, tuple(x.shape[:-2]) + (n,), "x's batch dims + (N,)")
+        if rope.key_positions is not None:
+            what = "x's" if source is x else "memory's"
+            _check_positions(xp, "rope.key_positions", rope.key_positions, tuple(source.shape[:-2]) + (m,),
+                             f"{what} batch dims + (M,)")
+        for name in ("positions", "key_positions"):
+            p = getattr(rope, name)
+            if p is not None and not bool(xp.all(xp.isfinite(xp.astype(p, xp.float64)))):
+                raise ValueError(f"rope.{name} contains NaN or Inf")
+    return batch, causal, window, softcap, rope
+
+
+def _prepare(x, params, memory, mask, causal, check_finite, d_out=None, *, bias=None, window=None, softcap=None,
+             rope=None) -> _Call:
     if not isinstance(params, MHAParams):
         raise TypeError(f"params must be an MHAParams, got {type(params).__name__}")
-    causal = bk.check_flag("causal", causal)
     check_finite = bk.check_flag("check_finite", check_finite)
     named_params = {f"params.{n}": a for n, a in params.arrays().items()}
-    xp = bk.namespace_of(x=x, memory=memory, mask=mask, d_out=d_out, **named_params)
+    xp = bk.namespace_of(x=x, memory=memory, mask=mask, d_out=d_out, **_option_arrays(bias, rope), **named_params)
     bk.check_float_array("x", x, xp, min_ndim=2)
     if memory is not None:
         bk.check_float_array("memory", memory, xp, min_ndim=2)
     _check_params(params, xp, x=x, memory=memory)
-    params = replace(params, num_heads=int(params.num_heads))  # NumPy integers too
+    params = replace(params, num_heads=int(params.num_heads),
+                     num_kv_heads=None if params.num_kv_heads is None else int(params.num_kv_heads))
     bk.check_same_dtype(x=x, memory=memory, d_out=d_out, **{"params.w_q": params.w_q})
     source = x if memory is None else memory
     if mask is not None and mask.dtype != xp.bool:
@@ -308,6 +498,9 @@ def _prepare(x, params, memory, mask, causal, check_finite, d_out=None) -> _Call
     n, m = int(x.shape[-2]), int(source.shape[-2])
     if mask is not None:
         bk.check_mask(mask, batch + (n, m), xp, target_desc="(..., N, M) =")
+    batch, causal, window, softcap, rope = _check_options(
+        xp, params, x, source, batch, bias, causal, window, softcap, rope, check_finite
+    )
     if d_out is not None and tuple(d_out.shape) != batch + (n, params.d_model):
         raise ValueError(
             f"d_out must have the output's shape {batch + (n, params.d_model)}, got shape {bk.shape_str(d_out)}"
@@ -320,7 +513,9 @@ def _prepare(x, params, memory, mask, causal, check_finite, d_out=None) -> _Call
         params = replace(params, **{k: xp.astype(a, work) for k, a in params.arrays().items()})
         x = xp.astype(x, work)
         memory = None if memory is None else xp.astype(memory, work)
-    return _Call(xp, x, memory, params, mask, causal, batch, dtype)
+        bias = None if bias is None else xp.astype(bias, work)
+    return _Call(xp, x, memory, params, mask, causal, batch, dtype, bias=bias, window=window, softcap=softcap,
+                 rope=rope)
 
 
 def _project(xp, x, w, b):
@@ -348,19 +543,58 @@ def _merge_heads(xp, y):
     return xp.reshape(y, (*lead, length, h * width))
 
 
+def _rope_positions(c: _Call) -> tuple[Any, Any]:
+    """The queries' and keys' positions for the rotary embedding, with a head axis where they
+    have batch dims: (..., 1, N) or (N,), and (..., 1, M) or (M,)."""
+    xp, rope = c.xp, c.rope
+    source = c.x if c.memory is None else c.memory
+    n, m = int(c.x.shape[-2]), int(source.shape[-2])
+    device = array_api_compat.device(c.x)
+    queries, keys = rope.positions, rope.key_positions
+    if queries is None:
+        delta = m - n if c.causal == "bottom_right" else 0
+        queries = xp.arange(delta, delta + n, dtype=xp.int64, device=device)
+    if keys is None:
+        keys = rope.positions if c.memory is None and rope.positions is not None else xp.arange(m, dtype=xp.int64, device=device)
+    with_head = lambda p: xp.expand_dims(p, axis=-2) if p.ndim >= 2 else p  # noqa: E731
+    return with_head(queries), with_head(keys)
+
+
+def _rotated(c: _Call, q: Any, k: Any) -> tuple[Any, Any]:
+    """q (..., H, N, K) and k (..., Hkv, M, K) with the rotary embedding (unchanged without rope)."""
+    if c.rope is None:
+        return q, k
+    q_pos, k_pos = _rope_positions(c)
+    style, theta = c.rope.style, c.rope.theta
+    return rotary_embedding(q, q_pos, theta=theta, style=style), rotary_embedding(k, k_pos, theta=theta, style=style)
+
+
+def _rotated_back(c: _Call, dq: Any, dk: Any) -> tuple[Any, Any]:
+    """The gradients of q and k before the rotary embedding (the rotation's transpose)."""
+    if c.rope is None:
+        return dq, dk
+    q_pos, k_pos = _rope_positions(c)
+    style, theta = c.rope.style, c.rope.theta
+    return (rotary_embedding_backward(dq, q_pos, theta=theta, style=style),
+            rotary_embedding_backward(dk, k_pos, theta=theta, style=style))
+
+
 def _heads(c: _Call):
-    """Projected per-head q (..., H, N, K), k (..., H, M, K), v (..., H, M, V)."""
+    """Projected per-head q (..., H, N, K), k (..., Hkv, M, K), v (..., Hkv, M, V); q and k
+    rotated when ``rope`` is set."""
     xp, p = c.xp, c.params
     if c.memory is None:
-        # Self-attention: one (D, 2*H*K + H*V) product instead of three thinner ones.
+        # Self-attention: one (D, H*K + Hkv*(K + V)) product instead of three thinner ones.
         qkv = _project(xp, c.x, xp.concat([p.w_q, p.w_k, p.w_v], axis=1), _packed_bias(xp, p))
-        hk = p.w_q.shape[1]
-        q, k, v = qkv[..., :hk], qkv[..., hk : 2 * hk], qkv[..., 2 * hk :]
+        hq, hk = p.w_q.shape[1], p.w_k.shape[1]
+        q, k, v = qkv[..., :hq], qkv[..., hq : hq + hk], qkv[..., hq + hk :]
     else:
         q = _project(xp, c.x, p.w_q, p.b_q)
         k = _project(xp, c.memory, p.w_k, p.b_k)
         v = _project(xp, c.memory, p.w_v, p.b_v)
-    return tuple(_split_heads(xp, y, p.num_heads) for y in (q, k, v))
+    q = _split_heads(xp, q, p.num_heads)
+    k, v = (_split_heads(xp, y, p.kv_heads) for y in (k, v))
+    return (*_rotated(c, q, k), v)
 
 
 def _packed_bias(xp, p: MHAParams):
@@ -380,7 +614,11 @@ def multi_head_attention(
     *,
     memory: Any = None,
     mask: Any = None,
-    causal: bool = False,
+    bias: Any = None,
+    causal: bool | str = False,
+    window: tuple[int | None, int | None] | None = None,
+    softcap: float | None = None,
+    rope: Any = None,
     return_weights: bool = False,
     check_finite: bool = True,
 ) -> Any:
@@ -394,8 +632,22 @@ def multi_head_attention(
         Keys and values come from here (cross-attention); default ``x`` (self-attention).
     mask : boolean array, optional
         Broadcastable to (..., N, M), True = may attend; the same for every head.
-    causal : bool
-        Key j allowed for query i only when j <= i.
+    bias : float array, optional
+        Added to every head's scores, broadcastable to (..., H, N, M): axis -3 is the head
+        axis (1 or H), so ALiBi's (H, N, M) (:func:`numerics.alibi_bias`) gives each head its
+        own bias and an (N, M) one is shared; -inf entries exclude the key. x's dtype.
+    causal : bool or {"top_left", "bottom_right"}
+        True is "top_left": key j allowed for query i only when j <= i; "bottom_right":
+        when j <= i + M - N (KV-cache decoding).
+    window : (left, right), optional
+        Sliding window, as in :func:`numerics.scaled_dot_product_attention`.
+    softcap : float > 0, optional
+        Every head's scores ``s -> c tanh(s / c)`` (after the scale, before bias and masks).
+    rope : None, bool, Rope or dict, optional
+        Rotary embedding of every head's queries and keys after the projections (values are
+        not rotated): True for the defaults (theta 10000, style "half", positions 0..N-1),
+        or a :class:`Rope` (or a dict of its fields: theta, style, positions,
+        key_positions). Needs an even K.
     return_weights : bool
         Also return the per-head weights (..., H, N, M).
     check_finite : bool
@@ -407,7 +659,12 @@ def multi_head_attention(
 
     Notes
     -----
-    The batch dims of x, memory and mask broadcast together (as in
+    Grouped-query heads come from the parameters (``params.num_kv_heads``): query head h
+    uses key/value head h // (H / Hkv) (torch's enable_gqa order), K and V never repeated.
+    The order of the options is that of scaled_dot_product_attention: scale -> softcap ->
+    bias -> masks (mask, causal, window) -> softmax.
+
+    The batch dims of x, memory, mask and bias broadcast together (as in
     :func:`numerics.scaled_dot_product_attention`); the output and the weights have the
     broadcast ones. Lengths may be empty: N = 0 or a batch dim of 0 gives an empty output,
     M = 0 (an empty memory) leaves every query without a key, so its attention is 0 and the
@@ -417,7 +674,7 @@ def multi_head_attention(
     dtype's range is a ValueError when ``check_finite``.
     """
     return_weights = bk.check_flag("return_weights", return_weights)
-    c = _prepare(x, params, memory, mask, causal, check_finite)
+    c = _prepare(x, params, memory, mask, causal, check_finite, bias=bias, window=window, softcap=softcap, rope=rope)
     joins = ("batch", "batch") if return_weights else ("batch",)
     results = _join(c, _in_slabs(c, partial(_forward, return_weights=return_weights)), joins)
     results = tuple(c.xp.astype(r, c.dtype, copy=False) for r in results)
@@ -432,7 +689,11 @@ def multi_head_attention_vjp(
     *,
     memory: Any = None,
     mask: Any = None,
-    causal: bool = False,
+    bias: Any = None,
+    causal: bool | str = False,
+    window: tuple[int | None, int | None] | None = None,
+    softcap: float | None = None,
+    rope: Any = None,
     check_finite: bool = True,
 ) -> tuple[Any, Callable[[Any], MHAGradients]]:
     """Forward pass that keeps what the backward pass needs: ``(out, backward)``.
@@ -447,7 +708,8 @@ def multi_head_attention_vjp(
     saved weights), so changing any of them in place after the forward pass changes
     nothing (autograd instead raises an error for a tensor modified in place).
     """
-    c = _own_copies(_prepare(x, params, memory, mask, causal, check_finite))
+    c = _own_copies(_prepare(x, params, memory, mask, causal, check_finite, bias=bias, window=window,
+                             softcap=softcap, rope=rope))
     check_finite = bool(check_finite)
     per_slab = _in_slabs(c, _forward_saving)
     out = c.xp.astype(_join(c, per_slab, ("batch",))[0], c.dtype, copy=False)  # (out, saved): out only
@@ -480,9 +742,12 @@ def _own_copies(c: _Call) -> _Call:
         own = lambda a: a  # noqa: E731
     else:
         own = lambda a: None if a is None else xp.asarray(a, copy=True)  # noqa: E731
-    mask = None if c.mask is None else xp.asarray(c.mask, copy=True)
+    copy = lambda a: None if a is None else xp.asarray(a, copy=True)  # noqa: E731
     params = replace(c.params, **{k: own(a) for k, a in c.params.arrays().items()})
-    return replace(c, x=own(c.x), memory=own(c.memory), mask=mask, params=params)
+    rope = c.rope if c.rope is None else replace(c.rope, positions=copy(c.rope.positions),
+                                                   key_positions=copy(c.rope.key_positions))
+    return replace(c, x=own(c.x), memory=own(c.memory), mask=copy(c.mask), params=params, bias=own(c.bias),
+                   rope=rope)
 
 
 def multi_head_attention_backward(
@@ -492,17 +757,24 @@ def multi_head_attention_backward(
     *,
     memory: Any = None,
     mask: Any = None,
-    causal: bool = False,
+    bias: Any = None,
+    causal: bool | str = False,
+    window: tuple[int | None, int | None] | None = None,
+    softcap: float | None = None,
+    rope: Any = None,
     check_finite: bool = True,
 ) -> MHAGradients:
     """Gradients of ``sum(d_out * multi_head_attention(x, params, ...))``.
 
     ``d_out`` has the output's shape (..., N, D). Returns :class:`MHAGradients` with the
-    gradient of x, of memory (None for self-attention; its share is in ``x``) and of every
-    parameter (None where the bias is None). The forward pass is recomputed; use
+    gradient of x, of memory (None for self-attention; its share is in ``x``), of every
+    parameter (None where the bias is None) and of ``bias`` (its own shape, 0 where it is
+    -inf or masked; None without a bias). Through ``rope`` the gradients of q and k are
+    rotated back (the rotation's transpose). The forward pass is recomputed; use
     :func:`multi_head_attention_vjp` to keep it from a forward pass instead.
     """
-    c = _prepare(x, params, memory, mask, causal, check_finite, d_out=d_out)
+    c = _prepare(x, params, memory, mask, causal, check_finite, d_out=d_out, bias=bias, window=window,
+                 softcap=softcap, rope=rope)
     d_out = c.xp.astype(d_out, c.params.w_q.dtype, copy=False)
     results = _join(c, _in_slabs(c, _backward, d_out=d_out), _backward_joins(c))
     return _gradients_result(c, results, bool(check_finite))
@@ -516,9 +788,11 @@ class _Saved:
     """What the backward pass needs from the forward pass of one slab (compute dtype)."""
 
     call: _Call  # the slab's arguments
-    problem: Any  # the per-head attention problem: q (..., H, N, K), k, v
-    weights: Any  # (..., H, N, M)
-    heads: Any  # per-head outputs (..., H, N, V)
+    problem: Any  # the per-head attention problem: q (..., H, N, K), k, v (grouped heads folded)
+    weights: Any  # (..., H, N, M) (folded as the problem)
+    heads: Any  # per-head outputs (..., H, N, V) (folded as the problem)
+    groups: Any  # how grouped-query heads were folded (numerics.attention._Groups), or None
+    shapes: tuple[tuple[int, ...], ...]  # q, k, v and bias before folding (bias: () when absent)
 
 
 def _forward(c: _Call, return_weights: bool) -> tuple[Any, ...]:
@@ -526,7 +800,7 @@ def _forward(c: _Call, return_weights: bool) -> tuple[Any, ...]:
     xp, p = c.xp, c.params
     q, k, v = _heads(c)
     attended = scaled_dot_product_attention(
-        q, k, v, mask=c.head_mask, causal=c.causal, return_weights=return_weights, check_finite=False
+        q, k, v, **c.attention_options, return_weights=return_weights, check_finite=False
     )
     heads, weights = attended if return_weights else (attended, None)
     out = _project(xp, _merge_heads(xp, heads), p.w_o, p.b_o)
@@ -537,10 +811,13 @@ def _forward_saving(c: _Call) -> tuple[Any, _Saved]:
     """``(out, saved)``: the forward pass, keeping normalised weights for the backward pass."""
     xp, p = c.xp, c.params
     q, k, v = _heads(c)
-    problem = _attention._prepare(q, k, v, c.head_mask, c.causal, None, False)
+    groups, problem, *_ = _attention._public_prepare(
+        q, k, v, **c.attention_options, scale=None, dropout_p=0.0, dropout_mask=None, check_finite=False
+    )
     weights, heads = _attention._run(problem, _attention._weights_and_output)
-    out = _project(xp, _merge_heads(xp, heads), p.w_o, p.b_o)
-    return out, _Saved(c, problem, weights, heads)
+    out = _project(xp, _merge_heads(xp, _attention._unfold(xp, heads, groups)), p.w_o, p.b_o)
+    shapes = tuple(tuple(a.shape) for a in (q, k, v)) + (() if c.bias is None else tuple(c.bias.shape),)
+    return out, _Saved(c, problem, weights, heads, groups, shapes)
 
 
 def _backward(c: _Call, d_out: Any) -> tuple[Any, ...]:
@@ -553,17 +830,25 @@ def _backward_saved_slab(d_out: Any, saved: _Saved) -> tuple[Any, ...]:
 
 
 def _backward_saved(saved: _Saved, d_out: Any) -> tuple[Any, ...]:
-    """``(dx, [d_memory,] *parameter gradients)`` in the compute dtype (absent biases left out)."""
-    c, problem = saved.call, saved.problem
+    """``(dx, [d_memory,] [d_bias,] *parameter gradients)`` in the compute dtype (absent
+    biases left out)."""
+    c, problem, groups = saved.call, saved.problem, saved.groups
     xp, p = c.xp, c.params
     source = c.x if c.memory is None else c.memory
     d_heads = _split_heads(xp, d_out @ xp.matrix_transpose(p.w_o), p.num_heads)
-    dq, dk, dv = _attention._run(problem, _attention._gradients, saved.weights, saved.heads, d_heads)
+    if groups is not None:  # (..., H, N, V) as the folded problem's (..., Hkv, G, N, V)
+        d_heads = xp.reshape(d_heads, (*d_heads.shape[:-3], groups.hkv, groups.size, *d_heads.shape[-2:]))
+    raw = _attention._run(problem, _attention._gradients, saved.weights, saved.heads, d_heads)
     # q has x's batch dims, k and v memory's: either may be fewer than the broadcast ones
-    # (cross-attention), and each gradient is summed back to its own input's shape.
-    dq = bk.sum_to_shape(xp, dq, tuple(problem.q.shape))
-    dk, dv = (bk.sum_to_shape(xp, g, tuple(problem.k.shape)) for g in (dk, dv))
-    dq, dk, dv, concat = (_merge_heads(xp, g) for g in (dq, dk, dv, saved.heads))
+    # (cross-attention), and each gradient is summed back to its own input's shape (with
+    # grouped heads, dk and dv over each group's query heads), then unfolded.
+    folded = (problem.q, problem.k, problem.v, problem.bias)
+    dq, dk, dv, *d_bias = (
+        xp.reshape(bk.sum_to_shape(xp, g, tuple(f.shape)), shape) for g, f, shape in zip(raw, folded, saved.shapes)
+    )
+    dq, dk = _rotated_back(c, dq, dk)
+    concat = _attention._unfold(xp, saved.heads, groups)
+    dq, dk, dv, concat = (_merge_heads(xp, g) for g in (dq, dk, dv, concat))
 
     d_source = dk @ xp.matrix_transpose(p.w_k) + dv @ xp.matrix_transpose(p.w_v)
     dx = dq @ xp.matrix_transpose(p.w_q)
@@ -577,8 +862,8 @@ def _backward_saved(saved: _Saved, d_out: Any) -> tuple[Any, ...]:
         if getattr(p, b) is not None:
             grads[b] = _bias_grad(xp, d)
     if c.memory is None:
-        return (bk.inplace(xp, "add", dx, d_source), *grads.values())
-    return (dx, d_source, *grads.values())
+        return (bk.inplace(xp, "add", dx, d_source), *d_bias, *grads.values())
+    return (dx, d_source, *d_bias, *grads.values())
 
 
 def _weight_grad(xp, inputs, d_outputs):
@@ -616,29 +901,50 @@ def _in_slabs(c: _Call, fn, d_out: Any = None) -> _Slabs:
     if axis is None:
         return _Slabs(None, [fn(c) if d_out is None else fn(c, d_out)])
 
-    def slab(x, memory, mask, *rest):
-        return fn(replace(c, x=x, memory=memory, mask=mask), *rest)
+    # Arrays with other trailing axes than (L, C) are cut as (..., L, C)-shaped views: the
+    # bias's (H, N, M) as (H*N, M) when it has batch dims (else it is not cut), the rope
+    # positions (..., L) as (..., L, 1).
+    bias = c.bias if c.bias is not None and c.bias.ndim >= 4 else None
+    if bias is not None:
+        bias = c.xp.reshape(bias, (*bias.shape[:-3], -1, bias.shape[-1]))
+    positions = [None, None]
+    if c.rope is not None:
+        positions = [None if a is None or a.ndim < 2 else a[..., None] for a in (c.rope.positions, c.rope.key_positions)]
 
-    arrays = [c.x, c.memory, c.mask] + ([] if d_out is None else [d_out])
+    def slab(x, memory, mask, flat_bias, q_pos, k_pos, *rest):
+        changes = dict(x=x, memory=memory, mask=mask)
+        if flat_bias is not None:
+            changes["bias"] = c.xp.reshape(flat_bias, (*flat_bias.shape[:-2], *c.bias.shape[-3:]))
+        if c.rope is not None:
+            changes["rope"] = replace(
+                c.rope,
+                positions=c.rope.positions if q_pos is None else q_pos[..., 0],
+                key_positions=c.rope.key_positions if k_pos is None else k_pos[..., 0],
+            )
+        return fn(replace(c, **changes), *rest)
+
+    arrays = [c.x, c.memory, c.mask, bias, *positions] + ([] if d_out is None else [d_out])
     return _Slabs(axis, _parallel.map_slabs(slab, arrays, axis, c.batch))
 
 
 def _join(c: _Call, slabs: _Slabs, joins: tuple[str, ...]) -> list[Any]:
     """Put each result together from the slabs, as ``joins`` says: "batch" (it has the batch
-    dims: concatenate), "sum" (a partial sum, e.g. a parameter gradient), "memory" (memory's
-    gradient: concatenated when memory was split, summed when shared across the split axis).
-    Results beyond ``joins`` are left out."""
+    dims: concatenate), "sum" (a partial sum, e.g. a parameter gradient), "memory" or "bias"
+    (that input's gradient: concatenated when the input was split, summed when shared across
+    the split axis). Results beyond ``joins`` are left out."""
     if slabs.axis is None:
         return list(slabs.results[0])[: len(joins)]
     ndim = len(c.batch) + 2
-    memory_split = _parallel.was_split(c.memory, slabs.axis, ndim)
+    # The bias has a head axis more than the (..., L, C) arrays (see _in_slabs).
+    own = {"memory": (c.memory, ndim), "bias": (c.bias, ndim + 1)}
     joined = []
     for how, outputs in zip(joins, zip(*slabs.results)):
         if how == "batch":
             joined.append(c.xp.concat(outputs, axis=slabs.axis))
-        elif how == "memory" and memory_split:
-            # memory may have fewer leading dims than the broadcast batch: its own axis.
-            joined.append(c.xp.concat(outputs, axis=slabs.axis + c.memory.ndim - ndim))
+        elif how in own and _parallel.was_split(own[how][0], slabs.axis, own[how][1]):
+            # memory and bias may have fewer leading dims than the broadcast batch: their own axis.
+            array, full = own[how]
+            joined.append(c.xp.concat(outputs, axis=slabs.axis + array.ndim - full))
         else:
             total = outputs[0]
             for part in outputs[1:]:
@@ -654,7 +960,8 @@ def _parameter_names(p: MHAParams) -> list[str]:
 
 def _backward_joins(c: _Call) -> tuple[str, ...]:
     memory = ("memory",) if c.memory is not None else ()
-    return ("batch", *memory) + ("sum",) * len(_parameter_names(c.params))
+    bias = ("bias",) if c.bias is not None else ()
+    return ("batch", *memory, *bias) + ("sum",) * len(_parameter_names(c.params))
 
 
 def _gradients_result(c: _Call, results: list[Any], check_finite: bool) -> MHAGradients:
@@ -663,17 +970,22 @@ def _gradients_result(c: _Call, results: list[Any], check_finite: bool) -> MHAGr
     xp = c.xp
     names = _parameter_names(c.params)
     dx, d_memory = results[0], (results[1] if c.memory is not None else None)
+    d_bias = results[2 if c.memory is not None else 1] if c.bias is not None else None
     dx = bk.sum_to_shape(xp, dx, tuple(c.x.shape))
     if c.memory is not None:
         d_memory = bk.sum_to_shape(xp, d_memory, tuple(c.memory.shape))
+    if d_bias is not None:
+        d_bias = bk.sum_to_shape(xp, d_bias, tuple(c.bias.shape))
     cast = lambda a: None if a is None else xp.astype(a, c.dtype, copy=False)  # noqa: E731
     result = MHAGradients(
         x=cast(dx),
         memory=cast(d_memory),
-        params=MHAParams(num_heads=c.params.num_heads, **{n: cast(g) for n, g in zip(names, results[-len(names):])}),
+        params=MHAParams(num_heads=c.params.num_heads, num_kv_heads=c.params.num_kv_heads,
+                         **{n: cast(g) for n, g in zip(names, results[-len(names):])}),
+        bias=cast(d_bias),
     )
     if check_finite:
-        grads = {"x": result.x, "memory": result.memory}
+        grads = {"x": result.x, "memory": result.memory, "bias": result.bias}
         grads.update({f"params.{n}": g for n, g in result.params.arrays().items()})
         bk.check_result_finite(xp, "multi_head_attention_backward", **grads)
     return result

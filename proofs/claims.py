@@ -6,7 +6,7 @@ check is a function that *computes* a :class:`CheckOutcome` when it runs: a verd
 the evidence for it. Running a claim runs every check, times them, catches crashes, and
 combines the outcomes into one :class:`ClaimResult`.
 
-Verdicts (DESIGN.md):
+Verdicts:
 
 ========== ============================================== =======================================
 verdict    meaning                                        evidence it must carry

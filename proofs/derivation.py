@@ -31,10 +31,10 @@ Every displayed line carries a tag (:meth:`Checker.tag`): the check method, or
 stated assumption, nor cited with the theorem named (a definition that continues a chain,
 ``&= ...``, is a derivation step taken on trust and is listed too).
 
-The zero test (:func:`is_zero`) follows PITFALLS.md: ``doit()`` first, then ``refine``
-with the step's assumptions (drops the ``Piecewise`` that sums of ``KroneckerDelta``
-produce), then bound summation variables are renamed canonically (so
-``Sum(e**z[j], (j, 1, n))`` and ``Sum(e**z[k], (k, 1, n))`` cancel), then ``expand``,
+The zero test (:func:`is_zero`) orders SymPy's steps as its issues require (sympy #14570,
+#27359): ``doit()`` first, then ``refine`` with the step's assumptions (drops the
+``Piecewise`` that sums of ``KroneckerDelta`` produce), then bound summation variables are
+renamed canonically (so ``Sum(e**z[j], (j, 1, n))`` and ``Sum(e**z[k], (k, 1, n))`` cancel), then ``expand``,
 ``cancel`` and only last ``simplify``.
 
 A check must test the displayed line: where both sides are SymPy, ``Symbolic(expr)`` needs

@@ -26,7 +26,7 @@ import sympy as sp
 if TYPE_CHECKING:  # pragma: no cover
     from .derivation import Derivation
 
-__all__ = ["latex_expr", "text", "render", "render_section", "render_document", "check_latex", "PREAMBLE"]
+__all__ = ["latex_expr", "text", "render", "render_section", "render_document", "check_latex", "group_end", "PREAMBLE"]
 
 PREAMBLE = r"""\documentclass{article}
 \usepackage{amsmath,amssymb}
@@ -54,8 +54,9 @@ _TEXT_SPECIALS = {
 def latex_expr(expr: Any, **options: Any) -> str:
     """LaTeX for a SymPy object (strings pass through unchanged).
 
-    Defaults ``mat_str='bmatrix', mat_delim=''`` (PITFALLS.md); any ``sympy.latex`` option
-    (``order='none'``, ``symbol_names=...``) may be given.
+    Defaults ``mat_str='bmatrix', mat_delim=''`` (without ``mat_delim=''`` SymPy still wraps
+    ``\\left[ \\right]``); any ``sympy.latex`` option (``order='none'``, ``symbol_names=...``) may
+    be given.
     """
     if isinstance(expr, str):
         return expr
@@ -162,6 +163,19 @@ def render_document(derivations: list["Derivation"], title: str = "attnverify de
     return PREAMBLE + f"\\title{{{text(title)}}}\n\\author{{attnverify}}\n\\date{{}}\n\\begin{{document}}\n\\maketitle\n\n{body}\n\n\\end{{document}}\n"
 
 
+def group_end(tex: str, start: int) -> int:
+    r"""Index just past the ``}`` that closes a group whose content begins at ``start`` (just
+    after its ``{``); escaped braces (``\{``) do not count; ``len(tex)`` if it never closes."""
+    k, depth = start, 1
+    while k < len(tex) and depth:
+        if tex[k] == "\\":
+            k += 2
+            continue
+        depth += {"{": 1, "}": -1}.get(tex[k], 0)
+        k += 1
+    return k
+
+
 def _strip_text(tex: str) -> str:
     r"""``tex`` with every ``\text{...}`` group (nested braces allowed) removed."""
     out, i = [], 0
@@ -171,14 +185,7 @@ def _strip_text(tex: str) -> str:
             out.append(tex[i:])
             return "".join(out)
         out.append(tex[i:j])
-        k, depth = j + len("\\text{"), 1
-        while k < len(tex) and depth:
-            if tex[k] == "\\":
-                k += 2
-                continue
-            depth += {"{": 1, "}": -1}.get(tex[k], 0)
-            k += 1
-        i = k
+        i = group_end(tex, j + len("\\text{"))
 
 
 _ENV = re.compile(r"\\(begin|end)\{([^}]*)\}")

@@ -1,5 +1,12 @@
 """The LaTeX report: one standalone article with every claim, its verdict and its evidence.
 
+It reads as a referee's report: a summary table first (claim, verdict, one line, each row a
+link to the claim); then one section per document, titled by the document's own title
+(:func:`document_title`); under each claim its statement, assumptions, and each check's
+evidence as prose and mathematics (:mod:`proofs.report_evidence`: numbers as vectors and
+matrices, records as tables, worked examples as the document's matrices with the wrong entries
+in red), figures with captions.
+
 ``write_report(results, out_dir)`` writes ``report.tex`` (figures copied beside it);
 ``compile_pdf(tex)`` runs pdflatex when it is on PATH and raises :class:`ReportError`
 with the end of the log when LaTeX reports an error.
@@ -7,6 +14,7 @@ with the end of the log when LaTeX reports an error.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from collections import Counter
@@ -15,9 +23,9 @@ from typing import Iterable
 
 from .claims import ClaimResult, Verdict
 from .latex import escape
-from .latex import text as latex_text
+from .report_evidence import PREAMBLE_MACROS, data_block, one_line, plain, prose, symbols
 
-__all__ = ["ReportError", "latex_escape", "render_report", "write_report", "compile_pdf"]
+__all__ = ["ReportError", "latex_escape", "document_title", "render_report", "write_report", "compile_pdf"]
 
 _VERDICT_COLOUR = {
     Verdict.PROVED: "ForestGreen",
@@ -34,12 +42,14 @@ _PREAMBLE = r"""\documentclass[11pt]{article}
 \usepackage[dvipsnames]{xcolor}
 \usepackage{graphicx}
 \usepackage{longtable,array}
-\usepackage{hyperref}
+\usepackage{caption}
+\usepackage[hidelinks]{hyperref}
 \allowdisplaybreaks
 \sloppy
+\emergencystretch=3em
 \setlength{\parindent}{0pt}
 \setlength{\parskip}{0.5em}
-"""
+""" + PREAMBLE_MACROS
 
 
 class ReportError(RuntimeError):
@@ -51,98 +61,142 @@ def latex_escape(text: str) -> str:
     return escape(text, unknown="replace")
 
 
-def _safe_math_text(text: str) -> str:
-    """A statement that mixes text and $...$ math: escape the text, keep the math."""
-    try:
-        return latex_text(str(text), unknown="replace")
-    except ValueError:  # unbalanced $: all of it is text
-        return latex_escape(text)
-
-
 def _verdict_tag(result: ClaimResult) -> str:
     if result.verdict is None:
         return r"\textcolor{red}{\textbf{CRASHED}}"
     return rf"\textcolor{{{_VERDICT_COLOUR[result.verdict]}}}{{\textbf{{{result.verdict.value}}}}}"
 
 
-def _data_rows(data: dict, prefix: str = "") -> Iterable[tuple[str, str]]:
-    """Scalars (and short lists) of an evidence dict as (key, value) rows, nested keys dotted."""
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            yield from _data_rows(value, prefix=f"{name}.")
-        elif isinstance(value, (list, tuple)) and len(value) > 8:
-            yield name, f"[{len(value)} values]"
-        else:
-            text = f"{value:.6g}" if isinstance(value, float) else str(value)
-            yield name, text if len(text) <= 90 else text[:87] + "..."
+def _anchor(result: ClaimResult) -> str:
+    return "claim:" + re.sub(r"[^A-Za-z0-9.-]", "-", result.claim.id)
+
+
+def _figure(figure: str, caption: str, figure_dir: Path, out_dir: Path) -> list[str]:
+    source = Path(figure)
+    if not source.is_file():
+        return [r"\emph{(figure " + plain(source.name) + " is missing)}"]
+    figure_dir.mkdir(parents=True, exist_ok=True)
+    target = figure_dir / source.name
+    if source.resolve() != target.resolve():
+        shutil.copyfile(source, target)
+    rel = target.relative_to(out_dir).as_posix()
+    return [r"\begin{center}", rf"\includegraphics[width=0.75\linewidth]{{{rel}}}",
+            r"\captionof{figure}{" + prose(caption) + "}", r"\end{center}"]
+
+
+def _shown_by_latex(evidence) -> set[str]:
+    """Data entries the evidence's own LaTeX already shows: the step records of a derivation."""
+    if not evidence.latex:
+        return set()
+    return {k for k, v in evidence.data.items()
+            if isinstance(v, list) and v and all(isinstance(s, dict) and ("latex" in s or "reason" in s) for s in v)}
+
+
+def _source_line(claim) -> str:
+    where = plain(claim.source.label)
+    if claim.source.line and "(line" not in claim.source.label:
+        where += f" (line {claim.source.line})"
+    return where + r" in \texttt{" + plain(claim.source.document) + "}"
 
 
 def _claim_section(result: ClaimResult, figure_dir: Path, out_dir: Path) -> str:
     claim = result.claim
     lines = [
-        rf"\subsection*{{{latex_escape(claim.id)}: {latex_escape(claim.title)}}}",
-        rf"\textbf{{Source:}} \texttt{{{latex_escape(claim.source.document)}}}, {latex_escape(claim.source.label)}"
-        + (rf" (line {claim.source.line})" if claim.source.line and "(line" not in claim.source.label else "")
-        + r"\\",
-        rf"\textbf{{Verdict:}} {_verdict_tag(result)} \quad \textbf{{Method:}} {latex_escape(', '.join(result.methods) or '-')}"
-        rf" \quad \textbf{{Time:}} {result.seconds:.2f} s",
+        # the bracketed form (plain text) goes to the PDF bookmarks, the shown one sets Q_i as math
+        rf"\subsection[{{{plain(claim.source.label)}: {plain(claim.title)}}}]"
+        rf"{{{plain(claim.source.label)}: {symbols(claim.title)}}}\label{{{_anchor(result)}}}",
+        rf"\textbf{{Verdict:}} {_verdict_tag(result)}. \textbf{{Source:}} {_source_line(claim)}."
+        rf" \textbf{{Checked by:}} {plain(', '.join(result.methods) or '-')}, in {result.seconds:.2f} s.",
         "",
-        r"\textbf{Statement.} " + _safe_math_text(claim.statement),
+        r"\textbf{Statement.} " + prose(claim.statement),
     ]
     if claim.assumptions:
-        lines += [r"\textbf{Assumptions.}", r"\begin{itemize}"]
-        lines += [r"\item " + _safe_math_text(a) for a in claim.assumptions]
+        lines += ["", r"\textbf{Assumptions.}", r"\begin{itemize}\setlength{\itemsep}{0pt}"]
+        lines += [r"\item " + prose(a) for a in claim.assumptions]
         lines += [r"\end{itemize}"]
     if result.error:
         last = result.error.strip().splitlines()[-1]
-        lines.append(r"\textbf{The check crashed:} \texttt{" + latex_escape(last) + "}")
+        lines.append(r"\textbf{The check crashed:} \texttt{" + plain(last) + "}")
     for outcome in result.outcomes:
-        lines.append(
-            rf"\paragraph{{{latex_escape(outcome.method.value.capitalize())} check: {outcome.verdict.value}.}}"
-        )
+        lines.append(rf"\subsubsection*{{{plain(outcome.method.value.capitalize())} check: {outcome.verdict.value}}}")
         if outcome.corrected_statement:
-            lines.append(r"\textbf{Corrected statement.} " + _safe_math_text(outcome.corrected_statement))
+            lines.append(r"\textbf{Corrected statement.} " + prose(outcome.corrected_statement))
+            lines.append("")
         for evidence in outcome.evidence:
-            lines.append(rf"\emph{{{latex_escape(evidence.kind)}:}} " + _safe_math_text(evidence.summary))
-            if evidence.latex:
-                lines.append(evidence.latex)
-            rows = list(_data_rows(evidence.data))
-            if rows:
-                lines += [r"\begin{longtable}{>{\raggedright}p{0.3\linewidth}>{\raggedright\arraybackslash}p{0.64\linewidth}}"]
-                lines += [rf"\texttt{{{latex_escape(k)}}} & {latex_escape(v)} \\" for k, v in rows]
-                lines += [r"\end{longtable}"]
+            lines += ["", rf"\textbf{{{plain(evidence.kind.capitalize())}.}} " + prose(evidence.summary), ""]
+            if evidence.latex:  # a step-by-step derivation: a size smaller, so its two columns fit the page
+                lines += [r"{\small", evidence.latex, "}"]
+            block = data_block(evidence.data, shown_elsewhere=_shown_by_latex(evidence))
+            if block:
+                lines.append(block)
             for figure in evidence.figures:
-                source = Path(figure)
-                if source.is_file():
-                    figure_dir.mkdir(parents=True, exist_ok=True)
-                    target = figure_dir / source.name
-                    shutil.copyfile(source, target)
-                    rel = target.relative_to(out_dir).as_posix()
-                    lines += [r"\begin{center}", rf"\includegraphics[width=0.8\linewidth]{{{rel}}}", r"\end{center}"]
+                lines += _figure(figure, one_line(evidence.summary, limit=120), figure_dir, out_dir)
     return "\n".join(lines) + "\n"
+
+
+def _summary_table(results: list[ClaimResult]) -> str:
+    rows = [r"\textbf{Claim} & \textbf{Verdict} & \textbf{In one line} \\ \hline \endhead"]
+    for r in results:
+        claim = r.claim.source.document[:3] + " " + r.claim.source.label
+        rows.append(rf"\hyperref[{_anchor(r)}]{{{plain(claim)}}} & {_verdict_tag(r)} & {prose(one_line(r.summary))} \\")
+    spec = ("@{}>{\\raggedright\\arraybackslash}p{\\dimexpr0.2\\linewidth-1.334\\tabcolsep\\relax}"
+            ">{\\raggedright\\arraybackslash}p{\\dimexpr0.19\\linewidth-1.334\\tabcolsep\\relax}"
+            ">{\\raggedright\\arraybackslash}p{\\dimexpr0.61\\linewidth-1.334\\tabcolsep\\relax}@{}")
+    return "{\\small\n\\begin{longtable}{" + spec + "}\n" + "\n".join(rows) + "\n\\end{longtable}}"
+
+
+_HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$")
+
+
+def document_title(text: str, fallback: str) -> str:
+    """The document's title: its first Markdown heading, the encoding repaired, emphasis
+    marks and a leading chapter number ("10.", "01.") removed; ``fallback`` if it has none."""
+    for line in text.splitlines():
+        m = _HEADING.match(line)
+        if m:
+            from .catalogue._doc import repair  # the catalogue is heavy: import it only when titles are asked for
+
+            title = repair(m.group(1)).replace("**", "").replace("__", "").strip()
+            title = re.sub(r"^\d+(\.\d+)*\.?\s+", "", title).strip()
+            if title:
+                return title
+    return fallback
+
+
+def _title_of(document: str) -> str:
+    from .catalogue._doc import document_path
+
+    try:
+        text = document_path(document).read_text(encoding="utf-8", errors="replace")
+    except (FileNotFoundError, OSError):
+        return document
+    return document_title(text, document)
 
 
 def render_report(results: list[ClaimResult], out_dir: Path) -> str:
     """The whole LaTeX document as a string (figures are copied into ``out_dir/figures``)."""
     counts = Counter("CRASHED" if r.verdict is None else r.verdict.value for r in results)
-    summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     body = [
         _PREAMBLE,
-        r"\title{attnverify: the claims of the seed documents, checked}",
+        r"\title{attnverify: the claims of the source documents, checked}",
         r"\date{\today}",
         r"\begin{document}",
         r"\maketitle",
         "Every statement below comes from one of the source documents. Its verdict was computed"
         " when this report was built, by the checks listed under it: exact SymPy derivations"
-        " (each step checked, or marked as a definition, an assumption or a cited theorem), Monte Carlo estimates with confidence intervals, or numerical"
-        " counterexamples. " + latex_escape(f"{len(results)} claims: {summary}."),
+        " (each step checked, or marked as a definition, an assumption or a cited theorem), Monte Carlo"
+        " estimates with confidence intervals, or numerical counterexamples. "
+        + plain(f"{len(results)} claims: {summary}."),
+        r"\section*{Summary}",
+        _summary_table(results),
     ]
     by_document: dict[str, list[ClaimResult]] = {}
     for r in results:
         by_document.setdefault(r.claim.source.document, []).append(r)
     for document, group in by_document.items():
-        body.append(rf"\section{{\texttt{{{latex_escape(document)}}}}}")
+        body.append(rf"\section{{{plain(_title_of(document))}}}")
+        body.append(r"\emph{Source file} \texttt{" + plain(document) + "}.")
         body += [_claim_section(r, out_dir / "figures", out_dir) for r in group]
     body.append(r"\end{document}")
     return "\n".join(body) + "\n"

@@ -88,8 +88,10 @@ main.add_command(derive)
 main.add_command(report)
 
 from .cli_mc import mc  # noqa: E402
+from .cli_audit import audit  # noqa: E402
 
 main.add_command(mc)
+main.add_command(audit)
 
 from .cli_prove import prove  # noqa: E402
 

@@ -55,16 +55,17 @@ def select_not_run(notes, pattern: str | None) -> list[str]:
     """
     if pattern is None:
         return list(notes)
-    from proofs.catalogue import DOCUMENTS, claim_id
+    from proofs.catalogue import claim_id, documents
 
+    names_of = {key: doc.path.name for key, doc in documents().items()}  # bundled and $ATTNVERIFY_CATALOGUE's
     matches = _matcher(pattern)
     kept = []
     for note in notes:
         shown = note.split(":", 1)[0].strip()
         doc, _, label = shown.partition(" ")
         names = [shown]
-        if doc in DOCUMENTS and label:
-            names += [f"{DOCUMENTS[doc]}, {label}", claim_id(doc, label)]
+        if doc in names_of and label:
+            names += [f"{names_of[doc]}, {label}", claim_id(doc, label)]
         if matches(names):
             kept.append(note)
     return kept
@@ -166,6 +167,10 @@ def exit_code(results, *, interrupted: bool, strict: bool) -> int:
 @click.pass_context
 def check(ctx: click.Context, json_path, pattern: str | None, strict: bool, progress: bool | None) -> None:
     """Run the claims catalogue of the seed documents and print a verdict table.
+
+    The documents are the bundled seeds plus those in the folders named in
+    $ATTNVERIFY_CATALOGUE (separated by os.pathsep, ':' on Unix; each document KEY_name.txt or .md with its
+    checks in seed_KEY.py beside it, see proofs/catalogue/_documents.py).
 
     A REFUTED claim is a finding, not a failure: the exit code is 0 unless a check
     crashed, or --strict is given and a claim is REFUTED or CORRECTED. Ctrl-C stops

@@ -4,12 +4,19 @@
     attnverify mc scaled     --dk 1,8,64 --mean-q 0.5
     attnverify mc projected  --d-model 16 --same-token --weights fresh
     attnverify mc saturation --keys 16 --samples 1e4
+    attnverify mc variance   --dk 4096 --samples 1e9 --dask tcp://scheduler:8786   # or --dask local
 
 Argument errors from the library (ValueError/TypeError naming the argument) become one-line
 usage errors naming the option (exit 2), with advice about API-only arguments (``abs_margin=``,
 ``memory_limit=``) reworded for the command line. Output paths are checked before any work. Result files
 are written before the tables are printed. Ctrl-C, wherever it lands, saves the points finished
 so far (the last one cut short), marked incomplete, and exits 130.
+
+``--dask ADDRESS`` runs the blocks on a Dask cluster (``verify.montecarlo.cluster``): a
+scheduler such as ``tcp://host:8786``, or ``local`` for a ``distributed.LocalCluster`` on this
+machine; the cluster and its dashboard link are printed first. Without Dask installed, or with
+an address where no scheduler answers within 10 s, it is a usage error (exit 2) that says what
+to do. Ctrl-C cancels the cluster's pending tasks and saves what finished, as without --dask.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import decimal
 import json
 import re
+from contextlib import ExitStack, contextmanager
 
 import click
 from rich.text import Text
@@ -130,6 +138,11 @@ def _common(default_dk: str, default_samples: int, variance: bool = True):
                          help="Family error rate (Bonferroni across the sweep)."),
             click.option("--workers", type=click.IntRange(min=1), default=None,
                          help="Threads (default: all usable cores; 1 for cupy)."),
+            click.option("--dask", "dask", metavar="ADDRESS", default=None,
+                         help="Run the blocks on a Dask cluster: a scheduler address such as tcp://host:8786, or "
+                              "'local' to start a LocalCluster here (one worker process per core; its dashboard "
+                              "link is printed). Same results as without it. Needs: pip install "
+                              "\"attnverify[dask]\"."),
             click.option("--json", "json_path", type=OutputPath(dash=True), default=None,
                          help="Write the full results (runs, estimates, checks) as JSON ('-': to stdout, "
                               "tables to stderr). Missing folders are created."),
@@ -144,9 +157,11 @@ def _common(default_dk: str, default_samples: int, variance: bool = True):
                                      help="Equivalence margin: SUPPORTED only when the interval lies within "
                                           "theta0 (1 +- margin) (means: +- margin sd); a wider interval that "
                                           "holds theta0 is INCONCLUSIVE."))
-            opts.append(click.option("--variance-method", type=click.Choice(("fourth-moment", "batch-means")),
-                                     default="fourth-moment", show_default=True,
-                                     help="Variance interval: delta method from the 4th moment, or batch means."))
+            opts.append(click.option("--variance-method", type=click.Choice(("auto", "fourth-moment", "batch-means")),
+                                     default="auto", show_default=True,
+                                     help="Variance interval: auto (the 4th-moment delta method where the "
+                                          "tails let it hold its alpha, else no verdict), the delta method "
+                                          "from the 4th moment, or batch means."))
         for opt in reversed(opts):
             f = opt(f)
         return f
@@ -169,7 +184,7 @@ _OPTIONS = {"d_ks": "--dk", "d_k": "--dk", "samples": "--samples", "rel_error": 
             "dist": "--dist", "backend": "--backend", "seed": "--seed", "alpha": "--alpha",
             "margin": "--margin", "workers": "--workers", "variance_method": "--variance-method",
             "mean_q": "--mean-q", "mean_k": "--mean-k", "std_q": "--std-q", "std_k": "--std-k",
-            "d_model": "--d-model", "n_keys": "--keys", "weights": "--weights"}
+            "d_model": "--d-model", "n_keys": "--keys", "weights": "--weights", "executor": "--dask"}
 
 
 #: Library wording that names an argument the command line does not have, and what to say instead.
@@ -230,12 +245,15 @@ def run_and_report(sweep_name: str, kwargs: dict, json_path, plot_path, print_ta
     """
     ctx = click.get_current_context()
     refuse_shared_outputs(**{"--json": json_path, "--plot": plot_path})
+    kwargs = dict(kwargs)
+    dask = kwargs.pop("dask", None)
+    _check_dask(dask, kwargs.get("workers"))
     to_stdout = json_path == "-"
     console = stdout_console(stderr=to_stdout)
-    with InterruptGate() as gate:
+    with InterruptGate() as gate, _dask_client(dask, console) as executor:
         from verify.montecarlo import experiments
 
-        sweep = _run_sweep(getattr(experiments, sweep_name), {**kwargs, "stop": gate.stop})
+        sweep = _run_sweep(getattr(experiments, sweep_name), {**kwargs, "stop": gate.stop, "executor": executor})
         plan_exit(130 if sweep.incomplete or gate.pending else 0)
         document = None if json_path is None else json.dumps(sweep.to_dict(), indent=1, ensure_ascii=False)
         if document is not None and not to_stdout:
@@ -258,6 +276,40 @@ def run_and_report(sweep_name: str, kwargs: dict, json_path, plot_path, print_ta
             what = "the results above are INCOMPLETE" if sweep.incomplete else "every point had finished"
             console.print(plain(f"interrupted: {what}", "bold yellow"))
     ctx.exit(code)
+
+
+def _check_dask(dask: str | None, workers: int | None) -> None:
+    """Usage errors of --dask found before any work: --workers with it, Dask not installed."""
+    if dask is None:
+        return
+    if workers is not None:
+        raise click.UsageError("--workers sets this machine's threads, but with --dask the cluster's workers run "
+                               "the blocks: pass one or the other")
+    from verify.montecarlo.cluster import import_distributed
+
+    try:
+        import_distributed()
+    except ImportError as exc:
+        raise click.BadParameter(f"--dask needs Dask: {exc}", param_hint="'--dask'") from None
+
+
+@contextmanager
+def _dask_client(dask: str | None, console):
+    """None without --dask; else a client of the cluster (printed with its dashboard link), closed on exit."""
+    if dask is None:
+        yield None
+        return
+    from verify.montecarlo.cluster import open_client
+
+    def announce(line: str) -> None:
+        console.print(plain(line), soft_wrap=True)  # the dashboard link on one line, whole
+
+    with ExitStack() as stack:
+        try:
+            client = stack.enter_context(open_client(dask, announce=announce))
+        except ConnectionError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--dask'") from None
+        yield client
 
 
 def _print_findings(sweep, console) -> None:

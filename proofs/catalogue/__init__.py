@@ -1,6 +1,10 @@
-"""The catalogue: every labelled statement of the five seed documents as a checkable Claim.
+"""The catalogue: every labelled statement of the seed documents as a checkable Claim.
 
-One module per seed (``seed_000`` ... ``seed_004``), each with ``claims() -> list[Claim]``.
+Documents are found in folders (:mod:`._documents`): the bundled ``seeds/`` folder, the folders
+of ``$ATTNVERIFY_CATALOGUE`` (separated by ``os.pathsep``) and any ``folders=`` passed below.
+Document ``KEY_*.txt`` (or ``.md``) is checked by the module ``seed_KEY`` (bundled: in this
+package; elsewhere: ``seed_KEY.py`` beside the document), whose check functions declare their
+claims with :func:`claim` (:mod:`._registry`). A sixth document is one file and one module.
 Every claim's checks compute its verdict when they run: worked examples are recomputed
 number by number at 40 digits, theorems are proved with SymPy (and the project's
 derivations in ``proofs.derivations`` when present), false statements get a concrete
@@ -8,12 +12,15 @@ counterexample, informal ones a stated reason and a proxy check that could fail.
 
 Public API
 ----------
-all_claims()              every claim, in document order (seed 000 first)
-claims_for(doc)           the claims of one seed ("003" or its file name)
+all_claims(folders=None)  every claim, document by document (bundled first), in line order
+claims_for(doc)           the claims of one document ("003" or its file name)
+not_run(folders=None)     the claims left out here (a missing optional dependency), with why
+documents(folders=None)   every document found: key -> Document(key, path, bundled)
+claim(line, ...)          the decorator a checks module puts on each check
 labels_in_document(path)  the statement labels found in a seed file, as (label, line)
 is_statement_label(label) whether a Source label names a statement kind
 run_all()                 run every claim, return the ClaimResults
-DOCUMENTS, SEEDS_DIR      the seed file names and the folder of the bundled copies
+DOCUMENTS, SEEDS_DIR      the bundled seeds (key -> file name, read from the folder) and their folder
 
 Verdicts
 --------
@@ -35,42 +42,48 @@ bold label or code definition at that line, with ``(line N)`` appended
 
 from __future__ import annotations
 
-from importlib import import_module
+from pathlib import Path
+from typing import Iterable
 
 from ..claims import Claim, ClaimResult
-from ._doc import DOCUMENTS, SEEDS_DIR, document_path
+from ._doc import document_path
+from ._documents import DOCUMENTS, ENV_FOLDERS, SEEDS_DIR, Document, documents
 from ._kit import claim_id
 from ._labels import is_statement_label, labels_in_document
+from ._registry import claim, claims_of, document_of, not_run_of
 
 __all__ = [
     "all_claims",
+    "claim",
     "claim_id",
     "claims_for",
+    "documents",
     "labels_in_document",
     "is_statement_label",
     "run_all",
     "DOCUMENTS",
+    "Document",
+    "ENV_FOLDERS",
     "not_run",
     "SEEDS_DIR",
     "document_path",
 ]
 
-
-def _module(doc: str):
-    key = doc if doc in DOCUMENTS else next((k for k, v in DOCUMENTS.items() if v == doc), None)
-    if key is None:
-        raise KeyError(f"unknown seed {doc!r}; expected one of {sorted(DOCUMENTS)} or {sorted(DOCUMENTS.values())}")
-    return import_module(f"{__name__}.seed_{key}")
+Folders = Iterable[str | Path] | None
 
 
-def claims_for(doc: str) -> list[Claim]:
-    """The claims of one seed, given its key ("003") or file name."""
-    return _module(doc).claims()
+def claims_for(doc: str, folders: Folders = None) -> list[Claim]:
+    """The claims of one document, given its key ("003") or file name."""
+    return claims_of(document_of(doc, folders))
 
 
-def all_claims() -> list[Claim]:
-    """Every claim of the catalogue, seed by seed in document order. Ids are unique."""
-    claims = [c for key in DOCUMENTS for c in claims_for(key)]
+def all_claims(folders: Folders = None) -> list[Claim]:
+    """Every claim of the catalogue, document by document (bundled first), each in line order.
+
+    ``folders`` adds catalogue folders to the bundled one and ``$ATTNVERIFY_CATALOGUE``'s. Ids are
+    unique (a RuntimeError names both claims otherwise).
+    """
+    claims = [c for doc in documents(folders).values() for c in claims_of(doc)]
     seen: dict[str, Claim] = {}
     for c in claims:
         if c.id in seen:
@@ -79,10 +92,10 @@ def all_claims() -> list[Claim]:
     return claims
 
 
-def not_run() -> list[str]:
+def not_run(folders: Folders = None) -> list[str]:
     """Claims the catalogue leaves out in this environment (an optional dependency missing),
     each with the reason; :func:`all_claims` holds every other claim."""
-    return [reason for key in DOCUMENTS for reason in getattr(_module(key), "not_run", list)()]
+    return [reason for doc in documents(folders).values() for reason in not_run_of(doc)]
 
 
 def run_all(claims: list[Claim] | None = None) -> list[ClaimResult]:

@@ -7,9 +7,10 @@ depends on repairing that: labels are matched on the ASCII skeleton (see
 :func:`proofs.catalogue.labels_in_document`), numbers and code are ASCII. :func:`repair`
 is best effort, for showing the document's own words.
 
-The checks read the copies bundled in ``proofs/catalogue/seeds/`` so the catalogue runs
-wherever the package is installed; ``tests/proofs/test_catalogue.py`` checks that the
-copies are byte-identical to ``../shared/seeds`` when that folder exists.
+The checks read the copies bundled in ``proofs/catalogue/seeds/`` (found there by
+:mod:`proofs.catalogue._documents`) so the catalogue runs wherever the package is installed;
+``tests/proofs/test_catalogue.py`` checks that the copies are byte-identical to
+``../shared/seeds`` when that folder exists.
 """
 
 from __future__ import annotations
@@ -21,30 +22,27 @@ import unicodedata
 from functools import lru_cache
 from pathlib import Path
 
-SEEDS_DIR = Path(__file__).with_name("seeds")
-
-DOCUMENTS = {
-    "000": "000_d2de934c731e32db.txt",
-    "001": "001_82dc5f1976065850.txt",
-    "002": "002_b7829993fcbce14a.txt",
-    "003": "003_ea119736e090508e.txt",
-    "004": "004_d3277361910d1a35.txt",
-}
+from ._documents import DOCUMENTS, SEEDS_DIR, known_document
 
 _NON_ASCII_RUN = re.compile(r"[^\x00-\x7f]+")
 
 
 def document_path(doc: str | Path) -> Path:
-    """Path of a seed given its key ("003"), its file name, or any path to a file."""
+    """Path of a document given its key ("003"), its file name, or any path to a file.
+
+    Keys and names are those of the bundled seeds and of every catalogue folder read so far
+    (:func:`proofs.catalogue._documents.documents`).
+    """
     doc = str(doc)
-    if doc in DOCUMENTS:
-        return SEEDS_DIR / DOCUMENTS[doc]
+    known = known_document(doc)
+    if known is not None:
+        return known.path
     path = Path(doc)
     if path.is_file():
         return path
     if (SEEDS_DIR / path.name).is_file():
         return SEEDS_DIR / path.name
-    raise FileNotFoundError(f"no seed document {doc!r}: expected one of {sorted(DOCUMENTS)} or a file path")
+    raise FileNotFoundError(f"no catalogue document {doc!r}: expected one of {sorted(DOCUMENTS)} or a file path")
 
 
 @lru_cache(maxsize=None)

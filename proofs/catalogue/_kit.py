@@ -1,15 +1,19 @@
-"""Small helpers the catalogue's checks share: sources, derivation-style evidence, outcomes.
+"""Small helpers the catalogue's checks share: sources, proof steps, evidence, outcomes.
 
 Every check in the catalogue *computes* its verdict: the helpers here only package what a
 check found (a list of verified steps, a counterexample) into :class:`~proofs.claims.Evidence`
 and :class:`~proofs.claims.CheckOutcome`. None of them returns a verdict by itself.
+
+Steps are :class:`proofs.derivation.Step` objects, the one step model of the toolkit: :func:`equal`
+(``lhs = rhs`` by SymPy's zero test) and :func:`fact` (a check the caller computed, with how);
+:func:`proof` checks them as a :class:`~proofs.derivation.Derivation`, which renders and reports
+them like every other derivation.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
@@ -17,12 +21,12 @@ from typing import Any, Callable
 import sympy as sp
 
 from ..claims import CheckOutcome, Claim, Evidence, Method, Source, Verdict
-from ..latex import escape
-from ._doc import DOCUMENTS, text_line
+from ..derivation import Custom, Derivation, Step, Symbolic
+from ._doc import document_path, text_line
 from ._labels import labels_in_document
 
-__all__ = ["Steps", "StepFailed", "claim_at", "supplementary_claim", "note", "counterexample", "derived", "numeric",
-           "informal_outcome", "proved"]
+__all__ = ["fact", "equal", "proof", "steps_evidence", "failed_steps", "StepFailed", "claim_at", "supplementary_claim",
+           "note", "counterexample", "derived", "numeric", "informal_outcome", "proved"]
 
 
 def _as_math_text(statement: str) -> str:
@@ -34,7 +38,7 @@ def _label_at(doc: str, line: int) -> str:
     for label, number in labels_in_document(doc):
         if number == line:
             return label
-    raise LookupError(f"no statement header on line {line} of {DOCUMENTS[doc]}")
+    raise LookupError(f"no statement header on line {line} of {document_path(doc).name}")
 
 
 def claim_id(doc: str, label: str) -> str:
@@ -66,7 +70,7 @@ def claim_at(
     return Claim(
         id=claim_id(doc, label),
         title=title,
-        source=Source(DOCUMENTS[doc], label, line),
+        source=Source(document_path(doc).name, label, line),
         statement=_as_math_text(statement),
         checks=checks,
         assumptions=list(assumptions or []),
@@ -91,12 +95,12 @@ def supplementary_claim(
     """
     text = text_line(doc, line)
     if label not in text:
-        raise LookupError(f"{label!r} does not occur on line {line} of {DOCUMENTS[doc]}: {text[:80]!r}")
+        raise LookupError(f"{label!r} does not occur on line {line} of {document_path(doc).name}: {text[:80]!r}")
     full = f"{label} (line {line})"
     return Claim(
         id=claim_id(doc, full),
         title=title,
-        source=Source(DOCUMENTS[doc], full, line),
+        source=Source(document_path(doc).name, full, line),
         statement=_as_math_text(statement),
         checks=checks,
         assumptions=list(assumptions or []),
@@ -104,51 +108,48 @@ def supplementary_claim(
     )
 
 
-@dataclass
-class Steps:
-    """An ordered list of (LaTeX, justification, how it was verified) steps.
+def fact(latex: str | sp.Basic, reason: str, verified: bool, how: str) -> Step:
+    """A derivation step whose check the caller computed: ``verified`` (a bool), found by ``how``
+    (shown as the step's method: "sympy limit", "numerics, 6 tokens", "running the document's code").
 
-    ``add`` records a step only together with the boolean that verified it; ``ok`` is the
-    conjunction, so a derivation whose step failed cannot be reported as verified.
+    The step is a :class:`proofs.derivation.Step` with a :class:`~proofs.derivation.Custom` checker,
+    so it is checked, rendered and reported as every other derivation step is.
     """
+    tex = latex if isinstance(latex, str) else sp.latex(latex)
+    passed = bool(verified)
+    return Step(latex=tex, reason=reason, check=Custom(lambda: (passed, how), how))
 
-    steps: list[dict[str, Any]] = field(default_factory=list)
 
-    def add(self, latex: str | sp.Basic, reason: str, verified: bool, how: str) -> bool:
-        tex = latex if isinstance(latex, str) else sp.latex(latex)
-        self.steps.append({"latex": tex, "reason": reason, "verified": bool(verified), "how": how})
-        return bool(verified)
+def equal(lhs: Any, rhs: Any, reason: str, *, how: str | None = None, display: str | None = None) -> Step:
+    """The step ``lhs = rhs``, checked by SymPy's zero test (:class:`proofs.derivation.Symbolic`).
 
-    def add_zero(self, lhs: sp.Basic, rhs: sp.Basic, reason: str, *, how: str = "sympy: simplify(lhs - rhs) == 0",
-                 display: str | None = None) -> bool:
-        """Record ``lhs = rhs``, verified by SymPy simplifying the difference to zero.
+    ``display`` is the LaTeX shown (the general formula) when ``lhs`` and ``rhs`` are explicit
+    matrices too large to print; the check is always on ``lhs - rhs``. ``how`` qualifies the method
+    shown ("symbolic: sympy jacobian of the explicit softmax").
+    """
+    check = Symbolic()
+    if how:
+        check.method = f"symbolic: {how}"
+    return Step(lhs, rhs, reason, check, latex=display)
 
-        ``display`` is the LaTeX shown for the step (the general formula) when ``lhs`` and
-        ``rhs`` are explicit matrices too large to print; the check is always on lhs - rhs.
-        """
-        diff = sp.simplify(sp.expand(lhs - rhs))
-        zero = diff == 0 if not isinstance(diff, sp.MatrixBase) else diff.is_zero_matrix
-        tex = display if display is not None else f"{sp.latex(lhs)} = {sp.latex(rhs)}"
-        return self.add(tex, reason, bool(zero), how)
 
-    @property
-    def ok(self) -> bool:
-        return bool(self.steps) and all(s["verified"] for s in self.steps)
+def proof(name: str, steps: list[Step], statement: str = "") -> Derivation:
+    """The checked :class:`~proofs.derivation.Derivation` of a check's ``steps`` (checked here, once)."""
+    d = Derivation(name, name, statement or name, steps)
+    d.check()
+    return d
 
-    @property
-    def failed(self) -> list[dict[str, Any]]:
-        return [s for s in self.steps if not s["verified"]]
 
-    def latex(self) -> str:
-        rows = []
-        for s in self.steps:
-            mark = "" if s["verified"] else r" \textbf{[FAILED]}"
-            rows.append(rf"&{s['latex']} \\" + "\n" + rf"&\qquad\parbox[t]{{0.8\linewidth}}{{\footnotesize "
-                        rf"{escape(s['reason'])} ({escape(s['how'])}){mark}}}")
-        return "\\begin{align*}\n" + " \\\\\n".join(rows) + "\n\\end{align*}"
+def steps_evidence(d: Derivation, summary: str, /, **data: Any) -> Evidence:
+    """``d.evidence(summary)`` (per-step results and the rendered ``align*``) with ``data`` added."""
+    ev = d.evidence(summary)
+    ev.data.update(data)
+    return ev
 
-    def evidence(self, summary: str, **data: Any) -> Evidence:
-        return Evidence("derivation", summary, {"steps": self.steps, **data}, latex=self.latex())
+
+def failed_steps(d: Derivation) -> str:
+    """The failed steps of ``d`` in words: "reason (method: note); ..."."""
+    return "; ".join(f"{r.reason} ({r.method}: {r.note})" for r in d.failed)
 
 
 def interval_text(low: float, high: float, digits: int = 7) -> str:
@@ -185,8 +186,8 @@ class StepFailed(RuntimeError):
     """A step of one of the toolkit's own proofs failed: a defect of the check, never a verdict."""
 
 
-def proved(steps: Steps, method: Method, evidence: list[Evidence], *, refuted_by_failure: bool = False) -> CheckOutcome:
-    """PROVED when every step of ``steps`` was verified.
+def proved(steps: Derivation, method: Method, evidence: list[Evidence], *, refuted_by_failure: bool = False) -> CheckOutcome:
+    """PROVED when every step of the derivation ``steps`` was verified.
 
     A failed step is *not* evidence against the statement when the steps are the toolkit's own
     proof (SymPy could not simplify, a cross-check of ``numerics`` disagreed): that is a defect,
@@ -195,12 +196,13 @@ def proved(steps: Steps, method: Method, evidence: list[Evidence], *, refuted_by
     document's own code or numbers) pass ``refuted_by_failure=True``: the outcome is then REFUTED
     with the failed steps as the counterexample.
     """
-    if steps.ok:
+    if steps.valid:
         return CheckOutcome(Verdict.PROVED, method, evidence)
-    failed = "; ".join(f"{s['reason']} ({s['how']})" for s in steps.failed) or "no step recorded"
+    failed = failed_steps(steps) or "no step recorded"
     if refuted_by_failure:
-        return CheckOutcome(Verdict.REFUTED, method,
-                            [counterexample("a checked step fails: " + failed, failed=steps.failed), *evidence])
+        return CheckOutcome(Verdict.REFUTED, method, [counterexample("a checked step fails: " + failed,
+                                                                    failed=[r.to_dict() for r in steps.failed]),
+                                                     *evidence])
     raise StepFailed(f"a step of the toolkit's own proof failed (a defect of the check, not a verdict): {failed}")
 
 

@@ -1,7 +1,8 @@
 """Seed 000 (000_d2de934c731e32db.txt): "Multi-Head Attention: Capturando Diversidade ...".
 
 Ten labelled statements: three worked examples, Lema 1.1, 1.2, Teorema 1.1, 1.2,
-Proposição 1.1, 2.1 and Observação 2.1. See INVENTORY.md for the findings.
+Proposição 1.1, 2.1 and Observação 2.1. Each check is declared with ``@claim`` (``proofs.catalogue._registry``); the
+findings: ``attnverify check --only 000``.
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ from fractions import Fraction
 import numpy as np
 import sympy as sp
 
-from ..claims import CheckOutcome, Claim, Method, Verdict
+from ..claims import CheckOutcome, Method, Verdict
+from ..derivation import Step
 from . import _counts as C
 from ._derivations import derivation
 from ._doc import bmatrices
-from ._kit import StepFailed, Steps, claim_at, counterexample, informal_outcome, note, numeric, proved
+from ._registry import claim
+from ._kit import (StepFailed, counterexample, equal, fact, failed_steps, informal_outcome, note, numeric, proof,
+                   proved, steps_evidence)
 from ._worked import Quantity, WorkedExample, hstack
 
 DOC = "000"
@@ -60,9 +64,24 @@ def _attainable(head: list[list[str]], values: np.ndarray, tol: float) -> list[d
     return bad
 
 
+def _engine_outcome(first: int, last: int, title: str) -> CheckOutcome:
+    """The worked example's numbers judged by ``attnverify audit``'s engine (proofs.audit), which
+    reads them from the document; ``tests/proofs/test_audit_outcome.py`` checks that it agrees
+    with the hand-written WorkedExample of the same lines."""
+    from ..audit.outcome import example_outcome
+    from ._doc import document_path
+
+    return example_outcome(document_path(DOC), first, last, title)
+
+
+@claim(16,
+       title="Worked example: per-head projections Q_i, K_i, V_i",
+       statement=r"Q_i = XW_i^Q,\ K_i = XW_i^K,\ V_i = XW_i^V \text{ equal the printed matrices (lines 36--48); "
+                 r"the assumed } \mathrm{Head}_i \text{ (lines 56, 58) are attention outputs}",
+       assumptions=["inputs exactly as printed (lines 22, 26, 30)", "printed numbers rounded to their decimals"])
 def check_example_projections() -> CheckOutcome:
     example = example_projections()
-    outcome = example.check()
+    outcome = _engine_outcome(16, 50, example.title)
     # The document then *assumes* head outputs (line 54: "assumir que temos como resultado").
     # Any attention output row is a convex combination of the rows of V_i: check they could be.
     correct = example.correct_values()
@@ -113,8 +132,12 @@ def example_output() -> WorkedExample:
                          notes=["inputs are the head outputs the document assumes on lines 56 and 58"])
 
 
+@claim(70,
+       title="Worked example: Concat(Head_1, Head_2) W^O",
+       statement=r"\mathrm{Concat}(\mathrm{Head}_1,\mathrm{Head}_2)W^O = \text{the printed } 3\times 4 \text{ matrix (line 82)}",
+       assumptions=["Head_1, Head_2 as assumed on lines 56, 58; W^O as printed on line 78"])
 def check_example_output() -> CheckOutcome:
-    return example_output().check()
+    return _engine_outcome(70, 84, example_output().title)
 
 
 # ---- Lema 1.1: heads are independent ---------------------------------------------------------
@@ -135,15 +158,18 @@ def _symbolic_heads(n: int, d: int, h: int):
     return X, heads, params
 
 
+@claim(88,
+       title="Heads can be computed in parallel (independent)",
+       statement=r"\mathrm{head}_i = \mathrm{Attention}(XW_i^Q, XW_i^K, XW_i^V) \text{ depends only on } X, W_i^Q, W_i^K, W_i^V")
 def check_heads_independent() -> CheckOutcome:
-    steps = Steps()
+    steps: list[Step] = []
     X, heads, params = _symbolic_heads(n=2, d=2, h=2)
     for i, head in enumerate(heads):
         others = set().union(*(p for j, p in enumerate(params) if j != i))
         used = head.free_symbols
-        steps.add(rf"\operatorname{{vars}}(\mathrm{{head}}_{i + 1}) \cap \theta_{{j \ne {i + 1}}} = \emptyset",
-                  f"head {i + 1} uses only X and its own W^Q, W^K, W^V", not (used & others),
-                  "sympy free_symbols at n=2, d=2, h=2 (the same expression for every n, d, h)")
+        steps.append(fact(rf"\operatorname{{vars}}(\mathrm{{head}}_{i + 1}) \cap \theta_{{j \ne {i + 1}}} = \emptyset",
+                          f"head {i + 1} uses only X and its own W^Q, W^K, W^V", not (used & others),
+                          "sympy free_symbols at n=2, d=2, h=2 (the same expression for every n, d, h)"))
     # numerically: perturbing head 2's parameters leaves head 1's weights bit-identical
     from numerics import init_params, multi_head_attention
 
@@ -158,13 +184,13 @@ def check_heads_independent() -> CheckOutcome:
         setattr(p2, name, arr)
     _, w2 = multi_head_attention(x, p2, return_weights=True)
     same1, diff2 = float(np.abs(w[0] - w2[0]).max()) <= 1e-15, float(np.abs(w[1] - w2[1]).max())
-    steps.add(r"A_1(\theta_1, \theta_2) = A_1(\theta_1, \theta_2')",
-              f"numerics.multi_head_attention: head 1's weights unchanged after changing head 2's W (head 2 moved by {diff2:.3g})",
-              same1 and diff2 > 1e-6, "numeric, float64: head 1 moves by <= 1e-15 (in practice 0)")
-    ok = steps.ok
-    return proved(steps, Method.SYMBOLIC,
-                        [steps.evidence("each head is a function of X and its own projections only" if ok
-                                        else "a head depends on another head's parameters", failed=steps.failed)])
+    steps.append(fact(r"A_1(\theta_1, \theta_2) = A_1(\theta_1, \theta_2')",
+                      f"numerics.multi_head_attention: head 1's weights unchanged after changing head 2's W (head 2 moved by {diff2:.3g})",
+                      same1 and diff2 > 1e-6, "numeric, float64: head 1 moves by <= 1e-15 (in practice 0)"))
+    checked = proof(f"{DOC}.check_heads_independent", steps)
+    return proved(checked, Method.SYMBOLIC,
+                        [steps_evidence(checked, "each head is a function of X and its own projections only" if checked.valid
+                                        else "a head depends on another head's parameters")])
 
 
 # ---- Teorema 1.1 (informal) --------------------------------------------------------------------
@@ -178,6 +204,9 @@ def _heads_can_differ(seed: int = 0) -> tuple[bool, float]:
     return gap > 1e-3, gap
 
 
+@claim(96,
+       title="Multi-head attention increases representational capacity",
+       statement=r"\text{MHA captures more diverse relations than one head (informal)}")
 def check_capacity_informal() -> CheckOutcome:
     holds, gap = _heads_can_differ()
     return informal_outcome(
@@ -191,8 +220,14 @@ def check_capacity_informal() -> CheckOutcome:
 
 # ---- Proposição 1.1: h = 1 is single-head attention ---------------------------------------------
 
+@claim(106,
+       title="Single-head attention is multi-head attention with h = 1",
+       statement=r"h = 1:\ \mathrm{MHA}(X) = \mathrm{softmax}\!\big(XW^Q (XW^K)^\top/\sqrt{d_k}\big)\, X W^V W^O",
+       assumptions=["h = 1, so d_k = d_v = d (Lema 1.2's d_k = d/h)",
+                    "added: 'special case' read as equality of the functions computed: MHA with h = 1 is "
+                    "single-head attention with value matrix W^V W^O (with W^O = I, exactly the same)"])
 def check_single_head_special_case() -> CheckOutcome:
-    steps = Steps()
+    steps: list[Step] = []
     n, d = 2, 2
     X = sp.Matrix(n, d, lambda i, j: sp.Symbol(f"x_{i}{j}"))
     Wq, Wk, Wv, Wo = (sp.Matrix(d, d, lambda i, j, m=m: sp.Symbol(f"{m}_{i}{j}")) for m in ("q", "k", "v", "o"))
@@ -200,12 +235,12 @@ def check_single_head_special_case() -> CheckOutcome:
     E = S.applyfunc(sp.exp)
     A = sp.Matrix(n, n, lambda i, j: E[i, j] / (E[i, 0] + E[i, 1]))
     mha_h1 = (A * (X * Wv)) * Wo  # Concat(head_1) W^O with a single head
-    steps.add_zero(mha_h1, A * (X * (Wv * Wo)), "h = 1: Concat(head_1) W^O is attention with value matrix W^V W^O",
-                   how="sympy, explicit 2 x 2 symbolic matrices",
-                   display=r"\mathrm{Concat}(\mathrm{head}_1)W^O = \big(A\,XW^V\big)W^O = A\,X\big(W^VW^O\big)")
-    steps.add_zero(mha_h1.subs({s: (1 if s.name in ("o_00", "o_11") else 0) for s in Wo.free_symbols}),
-                   A * (X * Wv), "with W^O = I it is exactly single-head self-attention", how="sympy substitution",
-                   display=r"W^O = I:\ \mathrm{MHA}_{h=1}(X) = A\,XW^V,\ A = \mathrm{softmax}(XW^Q(XW^K)^\top/\sqrt{d_k})")
+    steps.append(equal(mha_h1, A * (X * (Wv * Wo)), "h = 1: Concat(head_1) W^O is attention with value matrix W^V W^O",
+                       how="sympy, explicit 2 x 2 symbolic matrices",
+                       display=r"\mathrm{Concat}(\mathrm{head}_1)W^O = \big(A\,XW^V\big)W^O = A\,X\big(W^VW^O\big)"))
+    steps.append(equal(mha_h1.subs({s: (1 if s.name in ("o_00", "o_11") else 0) for s in Wo.free_symbols}),
+                       A * (X * Wv), "with W^O = I it is exactly single-head self-attention", how="sympy substitution",
+                       display=r"W^O = I:\ \mathrm{MHA}_{h=1}(X) = A\,XW^V,\ A = \mathrm{softmax}(XW^Q(XW^K)^\top/\sqrt{d_k})"))
     # numerically with numerics: multi_head_attention(h=1, W_o = I) == scaled_dot_product_attention
     from numerics import MHAParams, multi_head_attention, scaled_dot_product_attention
 
@@ -214,51 +249,61 @@ def check_single_head_special_case() -> CheckOutcome:
     out = multi_head_attention(x, MHAParams(wq, wk, wv, np.eye(6), num_heads=1))
     ref = scaled_dot_product_attention(x @ wq, x @ wk, x @ wv)
     err = float(np.abs(out - ref).max())
-    steps.add(r"\mathrm{MHA}_{h=1}(X; W^O = I) = \mathrm{Attention}(XW^Q, XW^K, XW^V)",
-              f"numerics, random 4 x 6 input: max error {err:.1e}", err < 1e-12, "numeric, float64")
-    evidence = [steps.evidence("multi-head attention with h = 1 is single-head attention (value matrix W^V W^O)",
-                               failed=steps.failed)]
+    steps.append(fact(r"\mathrm{MHA}_{h=1}(X; W^O = I) = \mathrm{Attention}(XW^Q, XW^K, XW^V)",
+                      f"numerics, random 4 x 6 input: max error {err:.1e}", err < 1e-12, "numeric, float64"))
+    checked = proof(f"{DOC}.check_single_head_special_case", steps)
+    evidence = [steps_evidence(checked, "multi-head attention with h = 1 is single-head attention (value matrix W^V W^O)")]
     _, ev = derivation("multihead")
     evidence.append(ev)
-    ok = steps.ok
-    return proved(steps, Method.SYMBOLIC, evidence)
+    return proved(checked, Method.SYMBOLIC, evidence)
 
 
 # ---- Lema 1.2: projection widths d/h and per-head cost ---------------------------------------
 
+@claim(113,
+       title="Projection width d_model/h reduces each head's cost",
+       statement=r"d_k = d_{model}/h,\ Q_i, K_i, V_i \in \mathbb{R}^{n\times d_k},\ \text{one head costs less than a head of width } d_{model}",
+       assumptions=["d_k = d_v = d_model / h", "h >= 2",
+                    "'reduces the computational complexity' read per head, as the proof's step IV says"])
 def check_projection_dims() -> CheckOutcome:
-    steps = Steps()
+    steps: list[Step] = []
     from numerics import init_params, multi_head_attention
 
     d_model, heads = 512, 8
     p = init_params(d_model, heads, seed=0)
     per_head = p.w_q.shape[1] // heads
-    steps.add(r"W_i^Q \in \mathbb{R}^{d_{model} \times d_{model}/h}",
-              f"numerics.init_params(512, 8): W^Q is {p.w_q.shape}, i.e. {heads} heads of width {per_head}",
-              per_head == d_model // heads == 64, "numeric shapes")
+    steps.append(fact(r"W_i^Q \in \mathbb{R}^{d_{model} \times d_{model}/h}",
+                      f"numerics.init_params(512, 8): W^Q is {p.w_q.shape}, i.e. {heads} heads of width {per_head}",
+                      per_head == d_model // heads == 64, "numeric shapes"))
     x = np.zeros((10, d_model))
     _, w = multi_head_attention(x, p, return_weights=True)
-    steps.add(r"Q_i \in \mathbb{R}^{n \times d_k}", f"weights per head have shape {w.shape[1:]}", w.shape == (heads, 10, 10),
-              "numeric shapes")
+    steps.append(fact(r"Q_i \in \mathbb{R}^{n \times d_k}", f"weights per head have shape {w.shape[1:]}", w.shape == (heads, 10, 10),
+                      "numeric shapes"))
     one = C.attention_core(C.n, C.n, C.d / C.h, C.d / C.h)
     full = C.attention_core(C.n, C.n, C.d, C.d)
     gap = sp.factor(sp.expand(full - one))
     positive = sp.simplify(gap.subs(C.h, C.h + 1) * (C.h + 1)).is_positive  # h >= 2  <=>  h+1 with h >= 1
-    steps.add(sp.Eq(sp.Symbol(r"\mathrm{cost}_{d}") - sp.Symbol(r"\mathrm{cost}_{d/h}"), gap),
-              "one head of width d/h costs less than a head of width d (scores, softmax, A V)",
-              bool(positive), "sympy: the difference is positive for integers n, d >= 1, h >= 2")
+    steps.append(fact(sp.Eq(sp.Symbol(r"\mathrm{cost}_{d}") - sp.Symbol(r"\mathrm{cost}_{d/h}"), gap),
+                      "one head of width d/h costs less than a head of width d (scores, softmax, A V)",
+                      bool(positive), "sympy: the difference is positive for integers n, d >= 1, h >= 2"))
     total = sp.expand(C.h * one - full)
-    steps.add(sp.Eq(sp.Symbol(r"h\,\mathrm{cost}_{d/h} - \mathrm{cost}_{d}"), sp.factor(total)),
-              "but the h heads together cost as much as one wide head, plus the extra softmaxes",
-              sp.Poly(total, C.d).degree() == 0, "sympy: the difference does not depend on d")
-    ok = steps.ok
-    return proved(steps, Method.SYMBOLIC,
-                        [steps.evidence("Q_i, K_i, V_i have width d_model/h and one head costs less; all heads together "
-                                        "cost the same matrix products as one head of width d_model", failed=steps.failed)])
+    steps.append(fact(sp.Eq(sp.Symbol(r"h\,\mathrm{cost}_{d/h} - \mathrm{cost}_{d}"), sp.factor(total)),
+                      "but the h heads together cost as much as one wide head, plus the extra softmaxes",
+                      sp.Poly(total, C.d).degree() == 0, "sympy: the difference does not depend on d"))
+    checked = proof(f"{DOC}.check_projection_dims", steps)
+    return proved(checked, Method.SYMBOLIC,
+                        [steps_evidence(checked, "Q_i, K_i, V_i have width d_model/h and one head costs less; all heads together "
+                                        "cost the same matrix products as one head of width d_model")])
 
 
 # ---- Teorema 1.2 (informal): specialisation -------------------------------------------------------
 
+@claim(121,
+       title="Heads specialise (random init, independent learning)",
+       statement=r"\text{each head specialises in different relations (informal), because its } W_i^Q, W_i^K, W_i^V "
+                 r"\text{ are initialised at random and learned independently}",
+       assumptions=["added: 'learned independently' read as: the gradient of one matrix does not depend on the values of the others",
+                    "added: a loss that is not linear in the output (the witness uses the squared loss)"])
 def check_specialisation_informal() -> CheckOutcome:
     from numerics import MHAParams, init_params, multi_head_attention_backward
 
@@ -319,6 +364,7 @@ def head_coupling() -> dict:
                        "at a = b = 1/2"}
 
 
+@claim(121)
 def check_independent_heads_learning() -> CheckOutcome:
     """The precise sub-claim of Teorema 1.2 (as 001's Lema 2.1 for W^Q, W^K, W^V): 'aprendizado
     independente das matrizes de projeção ... para cada head'."""
@@ -357,10 +403,6 @@ def example_complexity() -> WorkedExample:
     return WorkedExample("Exemplo Numérico (line 160): complexity numbers", given, quantities)
 
 
-def check_example_complexity_arithmetic() -> CheckOutcome:
-    return example_complexity().check()
-
-
 def complexity_readings(n_: int = 10, d_: int = 512, h_: int = 8) -> dict:
     """Exact flop counts of the example's comparison, in both readings of "single-head attention".
 
@@ -381,17 +423,26 @@ def complexity_readings(n_: int = 10, d_: int = 512, h_: int = 8) -> dict:
     return out
 
 
+@claim(160,
+       title="Worked example: complexity of 8-head attention vs single-head",
+       statement=r"n=10, d=512, h=8:\ d_k = 64,\ n^2d + nd^2 = 2672640;\ \text{single head } n^2 d = 51200;\ "
+                 r"\text{MHA costs more due to projections and concatenation}",
+       assumptions=["operation counts in the model of proofs/catalogue/_counts.py (one flop per addition, "
+                    "multiplication, division or exponential; concatenation moves data, 0 flops)",
+                    "added: 'single-head attention' read both with (A) and without (B) its own d x d "
+                    "output projection W^O; the document does not say"])
 def check_example_complexity_comparison() -> CheckOutcome:
     r = complexity_readings()
     a, b = r["A_single_head_with_W_O"], r["B_single_head_without_W_O"]
-    steps = Steps()
+    steps: list[Step] = []
     for name, reading in (("A", a), ("B", b)):
-        steps.add(rf"\mathrm{{MHA}}_{{h=8}} - \mathrm{{SA}}_{{{name}}} = {reading['multi_head_minus_single']}",
-                  f"reading {name}: the difference is {'the extra heads' if name == 'A' else 'W^O plus the extra heads'}'"
-                  " softmax and scaling", reading["multi_head_minus_single"] == reading["explained"],
-                  "exact integer counts (_counts model)")
-    if not steps.ok:
-        raise StepFailed("the flop counts of the two readings do not add up: " + "; ".join(s["reason"] for s in steps.failed))
+        steps.append(fact(rf"\mathrm{{MHA}}_{{h=8}} - \mathrm{{SA}}_{{{name}}} = {reading['multi_head_minus_single']}",
+                          f"reading {name}: the difference is {'the extra heads' if name == 'A' else 'W^O plus the extra heads'}'"
+                          " softmax and scaling", reading["multi_head_minus_single"] == reading["explained"],
+                          "exact integer counts (_counts model)"))
+    checked = proof(f"{DOC}.check_example_complexity_comparison", steps)
+    if not checked.valid:
+        raise StepFailed("the flop counts of the two readings do not add up: " + failed_steps(checked))
     pct = Fraction(b["multi_head_minus_single"], b["flops"]) * 100
     data = {**r, "document_single_head_figure": r["n"] ** 2 * r["d"], "percent_more_in_B": f"{float(pct):.4f}",
             "model": C.__doc__.split("\n\n")[1],
@@ -406,7 +457,7 @@ def check_example_complexity_comparison() -> CheckOutcome:
                "0 flops in both. The printed single-head O(n^2 d) = 51,200 leaves out the projections that the "
                "multi-head 2,672,640 includes, so those two numbers are not comparable")
     return CheckOutcome(Verdict.CORRECTED, Method.SYMBOLIC, [
-        counterexample(summary, **data), steps.evidence("the differences of both readings, accounted for", **data),
+        counterexample(summary, **data), steps_evidence(checked, "the differences of both readings, accounted for", **data),
     ], corrected_statement=(
         rf"For $n=10$, $d=512$, $h=8$ multi-head attention costs {r['multi_head']:,} flops (counting additions, "
         r"multiplications, divisions and exponentials; concatenation moves data and costs none). Single-head "
@@ -415,6 +466,11 @@ def check_example_complexity_comparison() -> CheckOutcome:
         rf"{b['flops']:,}, and multi-head attention costs {float(pct):.1f}\% more, because of its output "
         r"projection $W^O$. The document's $O(n^2d) = 51200$ for the single head leaves out its projections, which "
         r"its $2672640$ for multi-head attention counts."))
+
+
+@claim(160)
+def check_example_complexity_arithmetic() -> CheckOutcome:
+    return _engine_outcome(160, 170, example_complexity().title)
 
 
 # ---- Observação 2.1: normalising the projections by sqrt(d_k) ---------------------------------
@@ -433,41 +489,45 @@ def scaling_variants(seed: int = 7, n: int = 4, d_k: int = 16) -> dict[str, floa
             for name, qkv in variants.items()}
 
 
+@claim(174,
+       title="Projections may be normalised by sqrt(d_k)",
+       statement=r"\text{(some implementations) } Q_i, K_i, V_i \mapsto Q_i/\sqrt{d_k},\ K_i/\sqrt{d_k},\ V_i/\sqrt{d_k}")
 def check_normalising_projections() -> CheckOutcome:
-    steps = Steps()
+    steps: list[Step] = []
     n, dk = 2, 2
     Q, K, V = (sp.Matrix(n, dk, lambda i, j, m=m: sp.Symbol(f"{m}_{i}{j}")) for m in "qkv")
     X, Wq = sp.Matrix(n, dk, lambda i, j: sp.Symbol(f"x_{i}{j}")), sp.Matrix(dk, dk, lambda i, j: sp.Symbol(f"w_{i}{j}"))
-    steps.add_zero((Q / sp.sqrt(dk)) * K.T, Q * K.T / sp.sqrt(dk),
-                   "dividing Q alone by sqrt(d_k) is the scaling of the scores in scaled dot-product attention",
-                   display=r"(Q/\sqrt{d_k})K^\top = QK^\top/\sqrt{d_k}", how="sympy, explicit 2 x 2")
-    steps.add_zero(Q * (K / sp.sqrt(dk)).T, Q * K.T / sp.sqrt(dk), "and so is dividing K alone",
-                   display=r"Q(K/\sqrt{d_k})^\top = QK^\top/\sqrt{d_k}", how="sympy, explicit 2 x 2")
-    steps.add_zero((X * (Wq / sp.sqrt(dk))) * K.T, (X * Wq) * K.T / sp.sqrt(dk),
-                   "so is folding the factor into W^Q (a model with no explicit scale, e.g. T5, has it in W^Q's "
-                   "initialisation)", display=r"X(W^Q/\sqrt{d_k})K^\top = QK^\top/\sqrt{d_k}", how="sympy, explicit 2 x 2")
-    steps.add_zero((Q / sp.sqrt(dk)) * (K / sp.sqrt(dk)).T, Q * K.T / dk,
-                   "dividing both Q and K by sqrt(d_k) scales the scores by 1/d_k instead",
-                   display=r"(Q/\sqrt{d_k})(K/\sqrt{d_k})^\top = QK^\top/d_k", how="sympy, explicit 2 x 2")
+    steps.append(equal((Q / sp.sqrt(dk)) * K.T, Q * K.T / sp.sqrt(dk),
+                       "dividing Q alone by sqrt(d_k) is the scaling of the scores in scaled dot-product attention",
+                       display=r"(Q/\sqrt{d_k})K^\top = QK^\top/\sqrt{d_k}", how="sympy, explicit 2 x 2"))
+    steps.append(equal(Q * (K / sp.sqrt(dk)).T, Q * K.T / sp.sqrt(dk), "and so is dividing K alone",
+                       display=r"Q(K/\sqrt{d_k})^\top = QK^\top/\sqrt{d_k}", how="sympy, explicit 2 x 2"))
+    steps.append(equal((X * (Wq / sp.sqrt(dk))) * K.T, (X * Wq) * K.T / sp.sqrt(dk),
+                       "so is folding the factor into W^Q (a model with no explicit scale, e.g. T5, has it in W^Q's "
+                       "initialisation)", display=r"X(W^Q/\sqrt{d_k})K^\top = QK^\top/\sqrt{d_k}", how="sympy, explicit 2 x 2"))
+    steps.append(equal((Q / sp.sqrt(dk)) * (K / sp.sqrt(dk)).T, Q * K.T / dk,
+                       "dividing both Q and K by sqrt(d_k) scales the scores by 1/d_k instead",
+                       display=r"(Q/\sqrt{d_k})(K/\sqrt{d_k})^\top = QK^\top/d_k", how="sympy, explicit 2 x 2"))
     A = sp.Matrix(n, n, lambda i, j: sp.Symbol(f"a_{i}{j}"))
-    steps.add_zero(A * (V / sp.sqrt(dk)), (A * V) / sp.sqrt(dk),
-                   "and dividing V as well scales the output itself by 1/sqrt(d_k)",
-                   display=r"A\,(V/\sqrt{d_k}) = (AV)/\sqrt{d_k}", how="sympy, explicit 2 x 2")
+    steps.append(equal(A * (V / sp.sqrt(dk)), (A * V) / sp.sqrt(dk),
+                       "and dividing V as well scales the output itself by 1/sqrt(d_k)",
+                       display=r"A\,(V/\sqrt{d_k}) = (AV)/\sqrt{d_k}", how="sympy, explicit 2 x 2"))
     gaps = scaling_variants()
     tol = 1e-12  # float64 rounding of a 4 x 16 attention is ~1e-16
-    steps.add(r"\mathrm{softmax}((Q/\sqrt{d_k})K^\top)V = \mathrm{softmax}(QK^\top/\sqrt{d_k})V",
-              f"numerics: Q alone, max difference {gaps['Q']:.1e}", gaps["Q"] < tol, "numeric, float64, d_k = 16, seed 7")
+    steps.append(fact(r"\mathrm{softmax}((Q/\sqrt{d_k})K^\top)V = \mathrm{softmax}(QK^\top/\sqrt{d_k})V",
+                      f"numerics: Q alone, max difference {gaps['Q']:.1e}", gaps["Q"] < tol, "numeric, float64, d_k = 16, seed 7"))
     data = {"max_output_change": gaps, "d_k": 16, "seed": 7, "shape": [4, 16], "tolerance": tol}
+    checked = proof(f"{DOC}.check_normalising_projections", steps)
     if gaps["Q, K, V"] < tol:
-        return proved(steps, Method.SYMBOLIC, [steps.evidence("normalising Q, K, V by sqrt(d_k) is the standard scaling", **data)])
-    if not steps.ok:
-        raise StepFailed("a step of the scaling identities failed: " + "; ".join(s["reason"] for s in steps.failed))
+        return proved(checked, Method.SYMBOLIC, [steps_evidence(checked, "normalising Q, K, V by sqrt(d_k) is the standard scaling", **data)])
+    if not checked.valid:
+        raise StepFailed("a step of the scaling identities failed: " + failed_steps(checked))
     return CheckOutcome(Verdict.CORRECTED, Method.SYMBOLIC, [
         counterexample(f"dividing Q, K and V by sqrt(d_k) = 4 is not the standard scaling: the output moves by up to "
                        f"{gaps['Q, K, V']:.3f} (Q and K only, a 1/d_k scale of the scores: {gaps['Q, K']:.3f}; Q alone: "
                        f"{gaps['Q']:.0e}, float64 rounding: the standard form), random 4 x 16 q, k, v, seed 7. 'In some implementations' is "
                        "right: the factor may be folded into W^Q instead", **data),
-        steps.evidence("the 1/sqrt(d_k) factor belongs to the scores: equivalently to Q alone or to W^Q", **data),
+        steps_evidence(checked, "the 1/sqrt(d_k) factor belongs to the scores: equivalently to Q alone or to W^Q", **data),
     ], corrected_statement=(
         r"The factor $1/\sqrt{d_k}$ scales the scores, $\mathrm{softmax}(Q_iK_i^\top/\sqrt{d_k})V_i$; that is the "
         r"same as dividing $Q_i$ alone (or $K_i$ alone) by $\sqrt{d_k}$, or folding the factor into $W_i^Q$ (some "
@@ -508,30 +568,39 @@ def judge_mha_complexity(terms: dict[str, sp.Expr]) -> dict:
     }
 
 
+@claim(178,
+       title="Complexity of multi-head attention",
+       statement=r"\mathrm{cost}(\mathrm{MHA}) = O(n^2 d + n d^2),\ \mathrm{cost}(\text{self-attention}) = O(n^2 d),"
+                 r"\ \text{the cost does not grow asymptotically in } n, d"
+                 r"\ \text{(proof: projections } O(hnd^2)\text{; both } O(n^2 d))",
+       assumptions=["d_k = d_v = d/h (Lema 1.2); proved for every 1 <= h <= d, which covers the document's h constant",
+                    "operation counts in the model of proofs/catalogue/_counts.py",
+                    "reading (the document's own counts): multi-head attention from X with its projections "
+                    "(proof, step I); single-head attention's O(n^2 d) from given Q, K, V"])
 def check_mha_complexity() -> CheckOutcome:
     """Reading used (the document's own): multi-head attention counted from X with its projections
     (proof, step I), single-head attention as the statement's O(n^2 d), i.e. from given Q, K, V."""
     f = judge_mha_complexity(C.mha_terms())
     total, proj, core, single_core = f["total"], f["projections"], f["mha_core"], f["single_core"]
-    steps = Steps()
-    steps.add(sp.Eq(sp.Symbol(r"\mathrm{flops}"), total), "exact count, d_k = d_v = d/h (model in _counts)",
-              sp.expand(sum(C.mha_terms().values()) - total) == 0, "sympy sum of the stage counts")
-    steps.add(r"\mathrm{flops} \le 8 n d^2 + 7 n^2 d = O(n^2 d + n d^2)\quad (1 \le h \le d)",
-              "the statement's bound", f["statement_bound"],
-              "sympy: with h = d - r, n = 1 + m, d = 1 + e the slack has nonnegative coefficients")
-    steps.add(rf"\mathrm{{flops}}_{{\mathrm{{proj}}}} = {sp.latex(proj)} \le 8hnd^2\quad (h \ge 1)",
-              "the proof's O(h n d^2) for the projections is a valid, loose upper bound (the count does not depend on h)",
-              f["proof_bound"] and not f["projections_grow_with_h"],
-              "sympy: nonnegative coefficients after n, d, h = 1 + ...; degree in h is 0")
-    steps.add(rf"{sp.latex(single_core)} \le 7n^2d", "single-head attention from given Q, K, V is O(n^2 d)",
-              f["single_core_bound"], "sympy: nonnegative coefficients after n, d = 1 + ...")
-    steps.add(rf"{sp.latex(core)} \le 7n^2d\quad (h \le d)", "so is multi-head attention from given Q_i, K_i, V_i",
-              f["mha_core_bound"], "sympy: nonnegative coefficients after h = d - r, n, d = 1 + ...")
-    steps.add(rf"\lim_{{d\to\infty}} \mathrm{{flops}}/(n^2 d) = {sp.latex(f['mha_over_n2d'])}",
-              "with its projections, multi-head attention is not O(n^2 d)", f["mha_over_n2d"] == sp.oo, "sympy limit")
-    steps.add(rf"\lim_{{d\to\infty}} \mathrm{{flops}}_{{h=1,\,XW}}/(n^2 d) = {sp.latex(f['single_over_n2d'])}",
-              "nor is single-head attention with its three d x d projections", f["single_over_n2d"] == sp.oo,
-              "sympy limit")
+    steps: list[Step] = []
+    steps.append(fact(sp.Eq(sp.Symbol(r"\mathrm{flops}"), total), "exact count, d_k = d_v = d/h (model in _counts)",
+                      sp.expand(sum(C.mha_terms().values()) - total) == 0, "sympy sum of the stage counts"))
+    steps.append(fact(r"\mathrm{flops} \le 8 n d^2 + 7 n^2 d = O(n^2 d + n d^2)\quad (1 \le h \le d)",
+                      "the statement's bound", f["statement_bound"],
+                      "sympy: with h = d - r, n = 1 + m, d = 1 + e the slack has nonnegative coefficients"))
+    steps.append(fact(rf"\mathrm{{flops}}_{{\mathrm{{proj}}}} = {sp.latex(proj)} \le 8hnd^2\quad (h \ge 1)",
+                      "the proof's O(h n d^2) for the projections is a valid, loose upper bound (the count does not depend on h)",
+                      f["proof_bound"] and not f["projections_grow_with_h"],
+                      "sympy: nonnegative coefficients after n, d, h = 1 + ...; degree in h is 0"))
+    steps.append(fact(rf"{sp.latex(single_core)} \le 7n^2d", "single-head attention from given Q, K, V is O(n^2 d)",
+                      f["single_core_bound"], "sympy: nonnegative coefficients after n, d = 1 + ..."))
+    steps.append(fact(rf"{sp.latex(core)} \le 7n^2d\quad (h \le d)", "so is multi-head attention from given Q_i, K_i, V_i",
+                      f["mha_core_bound"], "sympy: nonnegative coefficients after h = d - r, n, d = 1 + ..."))
+    steps.append(fact(rf"\lim_{{d\to\infty}} \mathrm{{flops}}/(n^2 d) = {sp.latex(f['mha_over_n2d'])}",
+                      "with its projections, multi-head attention is not O(n^2 d)", f["mha_over_n2d"] == sp.oo, "sympy limit"))
+    steps.append(fact(rf"\lim_{{d\to\infty}} \mathrm{{flops}}_{{h=1,\,XW}}/(n^2 d) = {sp.latex(f['single_over_n2d'])}",
+                      "nor is single-head attention with its three d x d projections", f["single_over_n2d"] == sp.oo,
+                      "sympy limit"))
     data = {"exact_count": str(total), "stages": {k: str(v) for k, v in C.mha_terms().items()},
             "projection_count": str(proj), "proof_projection_bound": "O(h n d^2): valid, loose" if f["proof_bound"]
             else "O(h n d^2): invalid", "single_head_from_QKV": str(single_core), "multi_head_from_QKV": str(core),
@@ -541,10 +610,11 @@ def check_mha_complexity() -> CheckOutcome:
         return CheckOutcome(Verdict.REFUTED, Method.SYMBOLIC, [counterexample("the count exceeds O(n^2 d + n d^2)", **data)])
     _, ev = derivation("multihead")
     cross = [e for e in (C.compare_with_derivation(total),) if e is not None]
+    checked = proof(f"{DOC}.check_mha_complexity", steps)
     if f["mha_over_n2d"] != sp.oo:  # the closing "both O(n^2 d)" would hold
-        return proved(steps, Method.SYMBOLIC, [steps.evidence("the statement and its proof's counts hold", **data), ev, *cross])
-    if not steps.ok:
-        raise StepFailed("a step of the complexity proof failed: " + "; ".join(s["reason"] for s in steps.failed))
+        return proved(checked, Method.SYMBOLIC, [steps_evidence(checked, "the statement and its proof's counts hold", **data), ev, *cross])
+    if not checked.valid:
+        raise StepFailed("a step of the complexity proof failed: " + failed_steps(checked))
     bound_words = ("a valid upper bound, only loose (they cost exactly {proj} <= 8hnd^2 flops, independent of h)"
                    if f["proof_bound"] else "wrong")
     return CheckOutcome(Verdict.CORRECTED, Method.SYMBOLIC, [
@@ -554,7 +624,7 @@ def check_mha_complexity() -> CheckOutcome:
             "O(n^2 d)': it compares single-head attention counted from given Q, K, V (O(n^2 d), true) with multi-head "
             "attention counted with its projections, and with them flops / n^2 d -> oo as d grows. Counted the same "
             "way the two agree: both O(n^2 d + n d^2) from X, both O(n^2 d) from given Q, K, V", **data),
-        steps.evidence("exact operation count of multi-head attention, both readings"), ev, *cross,
+        steps_evidence(checked, "exact operation count of multi-head attention, both readings"), ev, *cross,
     ], corrected_statement=(
         r"With $d_k = d_v = d/h$, multi-head self-attention of an $n \times d$ input costs exactly "
         rf"${sp.latex(total)}$ flops $\le 8nd^2 + 7n^2d$: $O(n^2 d + n d^2)$ for every $1 \le h \le d$, as stated. "
@@ -563,60 +633,3 @@ def check_mha_complexity() -> CheckOutcome:
         r"are $O(n^2d + nd^2)$ and neither is $O(n^2 d)$ ($\mathrm{flops}/n^2d \to \infty$ as $d \to \infty$); "
         rf"from given $Q, K, V$ both are $O(n^2 d)$ (single head ${sp.latex(single_core)}$, $h$ heads "
         rf"${sp.latex(core)} \le 7n^2d$ for $h \le d$)."))
-
-
-def claims() -> list[Claim]:
-    return [
-        claim_at(DOC, 16, title="Worked example: per-head projections Q_i, K_i, V_i",
-                 statement=r"Q_i = XW_i^Q,\ K_i = XW_i^K,\ V_i = XW_i^V \text{ equal the printed matrices (lines 36--48); "
-                           r"the assumed } \mathrm{Head}_i \text{ (lines 56, 58) are attention outputs}",
-                 checks=[check_example_projections],
-                 assumptions=["inputs exactly as printed (lines 22, 26, 30)", "printed numbers rounded to their decimals"]),
-        claim_at(DOC, 70, title="Worked example: Concat(Head_1, Head_2) W^O",
-                 statement=r"\mathrm{Concat}(\mathrm{Head}_1,\mathrm{Head}_2)W^O = \text{the printed } 3\times 4 \text{ matrix (line 82)}",
-                 checks=[check_example_output],
-                 assumptions=["Head_1, Head_2 as assumed on lines 56, 58; W^O as printed on line 78"]),
-        claim_at(DOC, 88, title="Heads can be computed in parallel (independent)",
-                 statement=r"\mathrm{head}_i = \mathrm{Attention}(XW_i^Q, XW_i^K, XW_i^V) \text{ depends only on } X, W_i^Q, W_i^K, W_i^V",
-                 checks=[check_heads_independent]),
-        claim_at(DOC, 96, title="Multi-head attention increases representational capacity",
-                 statement=r"\text{MHA captures more diverse relations than one head (informal)}",
-                 checks=[check_capacity_informal]),
-        claim_at(DOC, 106, title="Single-head attention is multi-head attention with h = 1",
-                 statement=r"h = 1:\ \mathrm{MHA}(X) = \mathrm{softmax}\!\big(XW^Q (XW^K)^\top/\sqrt{d_k}\big)\, X W^V W^O",
-                 checks=[check_single_head_special_case],
-                 assumptions=["h = 1, so d_k = d_v = d (Lema 1.2's d_k = d/h)",
-                              "added: 'special case' read as equality of the functions computed: MHA with h = 1 is "
-                              "single-head attention with value matrix W^V W^O (with W^O = I, exactly the same)"]),
-        claim_at(DOC, 113, title="Projection width d_model/h reduces each head's cost",
-                 statement=r"d_k = d_{model}/h,\ Q_i, K_i, V_i \in \mathbb{R}^{n\times d_k},\ \text{one head costs less than a head of width } d_{model}",
-                 checks=[check_projection_dims],
-                 assumptions=["d_k = d_v = d_model / h", "h >= 2",
-                              "'reduces the computational complexity' read per head, as the proof's step IV says"]),
-        claim_at(DOC, 121, title="Heads specialise (random init, independent learning)",
-                 statement=r"\text{each head specialises in different relations (informal), because its } W_i^Q, W_i^K, W_i^V "
-                           r"\text{ are initialised at random and learned independently}",
-                 checks=[check_specialisation_informal, check_independent_heads_learning],
-                 assumptions=["added: 'learned independently' read as: the gradient of one matrix does not depend on the values of the others",
-                              "added: a loss that is not linear in the output (the witness uses the squared loss)"]),
-        claim_at(DOC, 160, title="Worked example: complexity of 8-head attention vs single-head",
-                 statement=r"n=10, d=512, h=8:\ d_k = 64,\ n^2d + nd^2 = 2672640;\ \text{single head } n^2 d = 51200;\ "
-                           r"\text{MHA costs more due to projections and concatenation}",
-                 checks=[check_example_complexity_comparison, check_example_complexity_arithmetic],
-                 assumptions=["operation counts in the model of proofs/catalogue/_counts.py (one flop per addition, "
-                              "multiplication, division or exponential; concatenation moves data, 0 flops)",
-                              "added: 'single-head attention' read both with (A) and without (B) its own d x d "
-                              "output projection W^O; the document does not say"]),
-        claim_at(DOC, 174, title="Projections may be normalised by sqrt(d_k)",
-                 statement=r"\text{(some implementations) } Q_i, K_i, V_i \mapsto Q_i/\sqrt{d_k},\ K_i/\sqrt{d_k},\ V_i/\sqrt{d_k}",
-                 checks=[check_normalising_projections]),
-        claim_at(DOC, 178, title="Complexity of multi-head attention",
-                 statement=r"\mathrm{cost}(\mathrm{MHA}) = O(n^2 d + n d^2),\ \mathrm{cost}(\text{self-attention}) = O(n^2 d),"
-                           r"\ \text{the cost does not grow asymptotically in } n, d"
-                           r"\ \text{(proof: projections } O(hnd^2)\text{; both } O(n^2 d))",
-                 checks=[check_mha_complexity],
-                 assumptions=["d_k = d_v = d/h (Lema 1.2); proved for every 1 <= h <= d, which covers the document's h constant",
-                              "operation counts in the model of proofs/catalogue/_counts.py",
-                              "reading (the document's own counts): multi-head attention from X with its projections "
-                              "(proof, step I); single-head attention's O(n^2 d) from given Q, K, V"]),
-    ]

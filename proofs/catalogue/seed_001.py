@@ -1,7 +1,8 @@
 """Seed 001 (001_82dc5f1976065850.txt): "Autoatenção e Feedforward nos Transformer Blocks".
 
 Nine labelled statements: four worked examples given as Python code (run here exactly as
-printed), Lema 2, 2.1, Proposição 2, 2.1 and Teorema 1. See INVENTORY.md.
+printed), Lema 2, 2.1, Proposição 2, 2.1 and Teorema 1. Each check is declared with ``@claim``;
+the findings: ``attnverify check --only 001``.
 """
 
 from __future__ import annotations
@@ -9,10 +10,13 @@ from __future__ import annotations
 import numpy as np
 import sympy as sp
 
-from ..claims import CheckOutcome, Claim, Method, Verdict
+from ..claims import CheckOutcome, Method, Verdict
+from ..derivation import Step
 from ._derivations import derivation
 from ._doc import code_block_after, run_document_code
-from ._kit import Steps, claim_at, counterexample, derived, informal_outcome, interval_text, note, numeric, proved
+from ._kit import (counterexample, derived, equal, fact, informal_outcome, interval_text, note, numeric, proof,
+                   proved, steps_evidence)
+from ._registry import claim
 
 DOC = "001"
 
@@ -24,24 +28,32 @@ def _run_example(line: int) -> tuple[int, dict]:
 
 # ---- worked example (line 15): projections of one token -----------------------------------------
 
+@claim(15,
+       title="Worked example (code): projections q_i, k_i, v_i of one token",
+       statement=r"q_i = x_iW^Q,\ k_i = x_iW^K \in \mathbb{R}^{d_k},\ v_i = x_iW^V \in \mathbb{R}^{d_v}\ (d=4, d_k=3, d_v=2)",
+       assumptions=["the document's code, run as printed"])
 def check_example_projection_shapes() -> CheckOutcome:
     start, ns = _run_example(15)
-    steps = Steps()
+    steps: list[Step] = []
     d, dk, dv = ns["d"], ns["dk"], ns["dv"]
     for name, width, weight in (("q_i", dk, "W_Q"), ("k_i", dk, "W_K"), ("v_i", dv, "W_V")):
         vec = ns[name]
-        steps.add(rf"{name} = x_i {weight} \in \mathbb{{R}}^{{{width}}}", f"the document's code (fence on line {start}) gives shape {vec.shape}",
-                  vec.shape == (width,) and np.allclose(vec, ns["x_i"] @ ns[weight], rtol=1e-15, atol=0),
-                  "running the document's code")
-    ok = steps.ok
-    return proved(steps, Method.NUMERIC,
-                        [steps.evidence(f"q_i, k_i have d_k = {dk} entries and v_i has d_v = {dv} (d = {d})"
-                                        if ok else "a projection has the wrong width", failed=steps.failed)],
+        steps.append(fact(rf"{name} = x_i {weight} \in \mathbb{{R}}^{{{width}}}", f"the document's code (fence on line {start}) gives shape {vec.shape}",
+                          vec.shape == (width,) and np.allclose(vec, ns["x_i"] @ ns[weight], rtol=1e-15, atol=0),
+                          "running the document's code"))
+    checked = proof(f"{DOC}.check_example_projection_shapes", steps)
+    return proved(checked, Method.NUMERIC,
+                        [steps_evidence(checked, f"q_i, k_i have d_k = {dk} entries and v_i has d_v = {dv} (d = {d})"
+                                        if checked.valid else "a projection has the wrong width")],
                   refuted_by_failure=True)  # the steps run the document's own code
 
 
 # ---- worked example (line 54): one query's attention ------------------------------------------
 
+@claim(54,
+       title="Worked example (code): attention weights and output of one query",
+       statement=r"\text{the code computes } \alpha = \mathrm{softmax}(q_iK^\top/\sqrt{d_k}),\ a_i = \alpha V",
+       assumptions=["the document's code, run as printed"])
 def check_example_attention_code() -> CheckOutcome:
     import mpmath
 
@@ -60,17 +72,17 @@ def check_example_attention_code() -> CheckOutcome:
                    for c in range(V.shape[1])]
     err_code = float(np.abs(a - np.array(exact_a)).max())
     err_numerics = float(np.abs(out[0] - np.array(exact_a)).max())
-    steps = Steps()
-    steps.add(r"\alpha_{ij} \ge 0,\ \textstyle\sum_j \alpha_{ij} = 1", f"weights {np.round(weights, 6).tolist()}",
-              bool((weights >= 0).all() and abs(weights.sum() - 1) < 1e-15), "document's code")
-    steps.add(r"a_i = \sum_j \alpha_{ij} v_j = \mathrm{softmax}(q_i K^\top/\sqrt{d_k}) V",
-              f"document's a_i = {np.round(a, 8).tolist()}: error {err_code:.1e} against a 40-digit reference "
-              f"(numerics: {err_numerics:.1e})", err_code < 1e-14 and err_numerics < 1e-14,
-              "mpmath, 40 digits; float64 rounding bound 1e-14")
-    ok = steps.ok
-    return proved(steps, Method.NUMERIC,
-                        [steps.evidence("the document's code computes softmax(q K^T / sqrt(d_k)) V correctly" if ok
-                                        else "the document's code does not compute attention", failed=steps.failed,
+    steps: list[Step] = []
+    steps.append(fact(r"\alpha_{ij} \ge 0,\ \textstyle\sum_j \alpha_{ij} = 1", f"weights {np.round(weights, 6).tolist()}",
+                      bool((weights >= 0).all() and abs(weights.sum() - 1) < 1e-15), "document's code"))
+    steps.append(fact(r"a_i = \sum_j \alpha_{ij} v_j = \mathrm{softmax}(q_i K^\top/\sqrt{d_k}) V",
+                      f"document's a_i = {np.round(a, 8).tolist()}: error {err_code:.1e} against a 40-digit reference "
+                      f"(numerics: {err_numerics:.1e})", err_code < 1e-14 and err_numerics < 1e-14,
+                      "mpmath, 40 digits; float64 rounding bound 1e-14"))
+    checked = proof(f"{DOC}.check_example_attention_code", steps)
+    return proved(checked, Method.NUMERIC,
+                        [steps_evidence(checked, "the document's code computes softmax(q K^T / sqrt(d_k)) V correctly" if checked.valid
+                                        else "the document's code does not compute attention",
                                         weights=weights.tolist(), a_i=a.tolist())],
                   refuted_by_failure=True)  # the steps run the document's own code
 
@@ -91,6 +103,9 @@ def _tied_scores_symmetric() -> tuple[bool, bool, dict]:
     return tied_symmetric, separate_asymmetric, {"W_Q": Wq.tolist(), "W_K": Wk.tolist(), "X": Xn.tolist(), "S": S.tolist()}
 
 
+@claim(93,
+       title="Linear projections W^Q, W^K, W^V give flexibility",
+       statement=r"\text{the projections map inputs to different spaces, capturing different aspects (informal)}")
 def check_projections_informal() -> CheckOutcome:
     tied, separate, data = _tied_scores_symmetric()
     outcome = informal_outcome(
@@ -111,6 +126,10 @@ def check_projections_informal() -> CheckOutcome:
 
 # ---- Lema 2.1: "independently parametrised and learned" ----------------------------------------
 
+@claim(108,
+       title="W^Q, W^K, W^V are parametrised and learned independently",
+       statement=r"W^Q, W^K, W^V \text{ are independently parametrised and learned}",
+       assumptions=["added: 'learned independently' read as: the gradient of one matrix does not depend on the values of the others"])
 def check_independent_learning() -> CheckOutcome:
     a, b, c = sp.symbols("a b c", real=True)  # W^Q, W^K, W^V for d = d_k = d_v = 1
     x = [sp.Integer(1), sp.Integer(2)]
@@ -154,43 +173,49 @@ def check_independent_learning() -> CheckOutcome:
 
 # ---- worked example (line 134): feed-forward with GELU -----------------------------------------
 
+@claim(134,
+       title="Worked example (code): feed-forward layer with tanh-GELU",
+       statement=r"\mathrm{FFN}(x) = \mathrm{GELU}(xW_1+b_1)W_2+b_2:\ \mathbb{R}^4 \to \mathbb{R}^8 \to \mathbb{R}^4,\ "
+                 r"\mathrm{GELU}(x) \approx 0.5x(1+\tanh[\sqrt{2/\pi}(x+0.044715x^3)])",
+       assumptions=["the document's code, run as printed"])
 def check_example_ffn_code() -> CheckOutcome:
     start, ns = _run_example(134)
     from numerics import gelu
 
-    steps = Steps()
+    steps: list[Step] = []
     d, d_ff = ns["d"], ns["d_ff"]
-    steps.add(r"xW_1 + b_1 \in \mathbb{R}^{d_{ff}},\ \mathrm{FFN}(x) \in \mathbb{R}^{d}",
-              f"document's code: hidden {ns['hidden'].shape}, output {ns['output'].shape}",
-              ns["hidden"].shape == (d_ff,) and ns["output"].shape == (d,), "running the document's code")
+    steps.append(fact(r"xW_1 + b_1 \in \mathbb{R}^{d_{ff}},\ \mathrm{FFN}(x) \in \mathbb{R}^{d}",
+                      f"document's code: hidden {ns['hidden'].shape}, output {ns['output'].shape}",
+                      ns["hidden"].shape == (d_ff,) and ns["output"].shape == (d,), "running the document's code"))
     grid = np.linspace(-6, 6, 2001)
     doc_gelu = ns["gelu"](grid)
     ref_tanh = gelu(grid, approximate="tanh")
     exact = gelu(grid)
     gap_tanh = float(np.abs(doc_gelu - ref_tanh).max())
     gap_exact = float(np.abs(doc_gelu - exact).max())
-    steps.add(r"0.5x(1+\tanh[\sqrt{2/\pi}(x+0.044715x^3)]) \approx x\Phi(x)",
-              f"the document's gelu equals the standard tanh form (max diff {gap_tanh:.1e}); its largest distance "
-              f"from x Phi(x) on the grid is {gap_exact:.6e}", gap_tanh < 1e-12 and gap_exact < 5e-4,
-              "numerics.gelu on 2001 points")
-    rigorous, ev = derivation("gelu")
+    steps.append(fact(r"0.5x(1+\tanh[\sqrt{2/\pi}(x+0.044715x^3)]) \approx x\Phi(x)",
+                      f"the document's gelu equals the standard tanh form (max diff {gap_tanh:.1e}); its largest distance "
+                      f"from x Phi(x) on the grid is {gap_exact:.6e}", gap_tanh < 1e-12 and gap_exact < 5e-4,
+                      "numerics.gelu on 2001 points"))
+    rigorous, ev = derivation("gelu-tanh-error")
     if rigorous:
         from ._derivations import derivation_object
 
-        results = derivation_object("gelu").results
+        results = derivation_object("gelu-tanh-error").results
         lower, upper = float(results.get("lower", "nan")), float(results.get("upper", "nan"))
-        steps.add(rf"\max_{{\mathrm{{grid}}}} |\mathrm{{err}}| = {gap_exact:.6e} \le {upper:.6e}",
-                  "the grid maximum is within the certified bound of the gelu derivation", gap_exact <= upper + 1e-12,
-                  "comparison with the derivation's interval-certified sup")
-    if not steps.ok:
+        steps.append(fact(rf"\max_{{\mathrm{{grid}}}} |\mathrm{{err}}| = {gap_exact:.6e} \le {upper:.6e}",
+                          "the grid maximum is within the certified bound of the gelu derivation", gap_exact <= upper + 1e-12,
+                          "comparison with the derivation's interval-certified sup"))
+    checked = proof(f"{DOC}.check_example_ffn_code", steps)
+    if not checked.valid:
         return CheckOutcome(Verdict.REFUTED, Method.NUMERIC, [counterexample(
-            "the example's code does not do what the text says", failed=steps.failed), ev])
+            "the example's code does not do what the text says"), ev])
     # The shapes are exact; "GELU ~ tanh formula" is established on a grid here and rigorously (a
     # certified sup bound) only by the gelu derivation: without it the claim is SUPPORTED, not PROVED.
     if not rigorous:  # a grid maximum is no statistic: SUPPORTED would lack its interval and error rate
         raise RuntimeError("the gelu derivation is not available: the grid check alone gives no verdict")
     return CheckOutcome(Verdict.PROVED, Method.SYMBOLIC, [
-        steps.evidence("the example's code expands 4 -> 8 -> 4 with the standard tanh GELU, whose largest distance "
+        steps_evidence(checked, "the example's code expands 4 -> 8 -> 4 with the standard tanh GELU, whose largest distance "
                        f"from x Phi(x) over all x lies in {interval_text(lower, upper)} (certified by interval "
                        "arithmetic, gelu derivation)", grid="2001 points on [-6, 6]", max_error_on_grid=gap_exact,
                        certified_sup_interval=[lower, upper],
@@ -199,18 +224,21 @@ def check_example_ffn_code() -> CheckOutcome:
 
 # ---- Proposição 2: the FFN is nonlinear; without GELU it collapses ------------------------------
 
+@claim(177,
+       title="The feed-forward layer introduces nonlinearity",
+       statement=r"\mathrm{GELU}(xW_1+b_1)W_2+b_2 \text{ is not affine; without GELU it is the affine map } x W_1W_2 + b_1W_2 + b_2")
 def check_ffn_nonlinear() -> CheckOutcome:
-    steps = Steps()
+    steps: list[Step] = []
     d, f = 2, 3
     x = sp.Matrix(1, d, lambda i, j: sp.Symbol(f"x_{j}"))
     W1 = sp.Matrix(d, f, lambda i, j: sp.Symbol(f"a_{i}{j}"))
     W2 = sp.Matrix(f, d, lambda i, j: sp.Symbol(f"c_{i}{j}"))
     b1 = sp.Matrix(1, f, lambda i, j: sp.Symbol(f"b_{j}"))
     b2 = sp.Matrix(1, d, lambda i, j: sp.Symbol(f"e_{j}"))
-    steps.add_zero((x * W1 + b1) * W2 + b2, x * (W1 * W2) + (b1 * W2 + b2),
-                   "without an activation the two layers are one affine map x W + b with W = W_1W_2, b = b_1W_2 + b_2",
-                   how="sympy, explicit 2 -> 3 -> 2 symbolic matrices",
-                   display=r"(xW_1 + b_1)W_2 + b_2 = x(W_1W_2) + (b_1W_2 + b_2)")
+    steps.append(equal((x * W1 + b1) * W2 + b2, x * (W1 * W2) + (b1 * W2 + b2),
+                       "without an activation the two layers are one affine map x W + b with W = W_1W_2, b = b_1W_2 + b_2",
+                       how="sympy, explicit 2 -> 3 -> 2 symbolic matrices",
+                       display=r"(xW_1 + b_1)W_2 + b_2 = x(W_1W_2) + (b_1W_2 + b_2)"))
     from numerics import feed_forward, init_ffn_params
 
     p = init_ffn_params(4, 8, seed=1)
@@ -219,18 +247,20 @@ def check_ffn_nonlinear() -> CheckOutcome:
     mid = feed_forward((u + v)[None] / 2, p)[0]
     avg = (feed_forward(u[None], p)[0] + feed_forward(v[None], p)[0]) / 2
     gap = float(np.abs(mid - avg).max())
-    steps.add(r"\mathrm{FFN}\big(\tfrac{u+v}{2}\big) \ne \tfrac{1}{2}\big(\mathrm{FFN}(u) + \mathrm{FFN}(v)\big)",
-              f"with GELU the FFN is not affine: midpoint gap {gap:.3g} (numerics.feed_forward, d = 4, d_ff = 8)",
-              gap > 1e-6, "numeric witness, far above float64 rounding")
-    _, ev = derivation("linear_collapse")
-    ok = steps.ok
-    return proved(steps, Method.SYMBOLIC,
-                        [steps.evidence("the FFN with GELU is non-affine; without it, it would collapse to one affine map",
-                                        failed=steps.failed), ev])
+    steps.append(fact(r"\mathrm{FFN}\big(\tfrac{u+v}{2}\big) \ne \tfrac{1}{2}\big(\mathrm{FFN}(u) + \mathrm{FFN}(v)\big)",
+                      f"with GELU the FFN is not affine: midpoint gap {gap:.3g} (numerics.feed_forward, d = 4, d_ff = 8)",
+                      gap > 1e-6, "numeric witness, far above float64 rounding"))
+    _, ev = derivation("linear-collapse")
+    checked = proof(f"{DOC}.check_ffn_nonlinear", steps)
+    return proved(checked, Method.SYMBOLIC,
+                        [steps_evidence(checked, "the FFN with GELU is non-affine; without it, it would collapse to one affine map"), ev])
 
 
 # ---- Proposição 2.1 (informal): expansion and reduction ---------------------------------------
 
+@claim(194,
+       title="Expansion d -> d_ff -> d allows more complex transformations",
+       statement=r"d \to d_{ff} > d \to d \text{ permits more complex transformations (informal)}")
 def check_expansion_informal() -> CheckOutcome:
     from numerics import feed_forward, init_ffn_params
 
@@ -254,6 +284,10 @@ def check_expansion_informal() -> CheckOutcome:
 
 # ---- worked example (line 215): multi-head code --------------------------------------------------
 
+@claim(215,
+       title="Worked example (code): two heads, concatenation and projection",
+       statement=r"\text{the code computes two heads, concatenates them and projects back to } \mathbb{R}^d",
+       assumptions=["the document's code, run as printed"])
 def check_example_multihead_code() -> CheckOutcome:
     start, code = code_block_after(DOC, 215)
     try:
@@ -275,6 +309,9 @@ def check_example_multihead_code() -> CheckOutcome:
 
 # ---- Teorema 1 (informal): expressivity --------------------------------------------------------
 
+@claim(282,
+       title="Multi-head attention is more expressive than one head",
+       statement=r"\text{multi-head attention is more expressive than single-head attention (informal)}")
 def check_expressivity_informal() -> CheckOutcome:
     from numerics import init_params, multi_head_attention
 
@@ -298,37 +335,3 @@ def check_expressivity_informal() -> CheckOutcome:
                 ranks=ranks, single_head_rank=single_rank, max_abs_difference=gap),
         refutes_if_false="heads that always attend alike cannot combine different patterns",
     )
-
-
-def claims() -> list[Claim]:
-    return [
-        claim_at(DOC, 15, title="Worked example (code): projections q_i, k_i, v_i of one token",
-                 statement=r"q_i = x_iW^Q,\ k_i = x_iW^K \in \mathbb{R}^{d_k},\ v_i = x_iW^V \in \mathbb{R}^{d_v}\ (d=4, d_k=3, d_v=2)",
-                 checks=[check_example_projection_shapes], assumptions=["the document's code, run as printed"]),
-        claim_at(DOC, 54, title="Worked example (code): attention weights and output of one query",
-                 statement=r"\text{the code computes } \alpha = \mathrm{softmax}(q_iK^\top/\sqrt{d_k}),\ a_i = \alpha V",
-                 checks=[check_example_attention_code], assumptions=["the document's code, run as printed"]),
-        claim_at(DOC, 93, title="Linear projections W^Q, W^K, W^V give flexibility",
-                 statement=r"\text{the projections map inputs to different spaces, capturing different aspects (informal)}",
-                 checks=[check_projections_informal]),
-        claim_at(DOC, 108, title="W^Q, W^K, W^V are parametrised and learned independently",
-                 statement=r"W^Q, W^K, W^V \text{ are independently parametrised and learned}",
-                 checks=[check_independent_learning],
-                 assumptions=["added: 'learned independently' read as: the gradient of one matrix does not depend on the values of the others"]),
-        claim_at(DOC, 134, title="Worked example (code): feed-forward layer with tanh-GELU",
-                 statement=r"\mathrm{FFN}(x) = \mathrm{GELU}(xW_1+b_1)W_2+b_2:\ \mathbb{R}^4 \to \mathbb{R}^8 \to \mathbb{R}^4,\ "
-                           r"\mathrm{GELU}(x) \approx 0.5x(1+\tanh[\sqrt{2/\pi}(x+0.044715x^3)])",
-                 checks=[check_example_ffn_code], assumptions=["the document's code, run as printed"]),
-        claim_at(DOC, 177, title="The feed-forward layer introduces nonlinearity",
-                 statement=r"\mathrm{GELU}(xW_1+b_1)W_2+b_2 \text{ is not affine; without GELU it is the affine map } x W_1W_2 + b_1W_2 + b_2",
-                 checks=[check_ffn_nonlinear]),
-        claim_at(DOC, 194, title="Expansion d -> d_ff -> d allows more complex transformations",
-                 statement=r"d \to d_{ff} > d \to d \text{ permits more complex transformations (informal)}",
-                 checks=[check_expansion_informal]),
-        claim_at(DOC, 215, title="Worked example (code): two heads, concatenation and projection",
-                 statement=r"\text{the code computes two heads, concatenates them and projects back to } \mathbb{R}^d",
-                 checks=[check_example_multihead_code], assumptions=["the document's code, run as printed"]),
-        claim_at(DOC, 282, title="Multi-head attention is more expressive than one head",
-                 statement=r"\text{multi-head attention is more expressive than single-head attention (informal)}",
-                 checks=[check_expressivity_informal]),
-    ]

@@ -13,22 +13,29 @@ optional dependency); they run the document's code exactly as printed.
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import sympy as sp
 
-from ..claims import CheckOutcome, Claim, Method, Verdict
+from ..claims import CheckOutcome, Method, Verdict
+from ..derivation import Step
 from . import _counts as C
 from ._derivations import derivation
 from ._doc import code_block_after, run_document_code
-from ._kit import StepFailed, Steps, counterexample, derived, informal_outcome, note, numeric, proved, supplementary_claim
+from ._kit import (StepFailed, counterexample, derived, fact, failed_steps, informal_outcome, note, numeric, proof,
+                   proved, steps_evidence)
+from ._registry import claim
 
 DOC = "002"
+NEEDS_TORCH = {"torch": "the document's code needs torch (pip install 'attnverify[torch]')"}
 
 
 # ---- "Complexidade Computacional" (line 144-145) ----------------------------------------------
 
+@claim(144, "Complexidade Computacional",
+       title="Complexity of multi-head attention is O(N^2 d), heads add a constant factor",
+       statement=r"\mathrm{cost}(\mathrm{MHA}) = O(N^2 d);\ \text{more heads change the count by a constant factor only}",
+       assumptions=["d_k = d_v = d / h", "operation counts as in _counts.py",
+                    "multi-head attention as defined on lines 122-134, projections included"])
 def check_complexity() -> CheckOutcome:
     """A big-O is a statement about limits, so the limits decide, never one instance: for fixed d,
     flops / N^2 d tends to a constant as N grows (O(N^2 d) holds whenever d = O(N)); for fixed N it
@@ -45,34 +52,35 @@ def check_complexity() -> CheckOutcome:
     h_only_softmax = sp.Poly(h_part, h).degree() <= 1 and sp.Poly(h_part, d).degree() == 0
     ratio_hd_h1 = sp.expand(total.subs(h, d)) / sp.expand(total.subs(h, 1))
     ratio_bound = C.nonnegative_for(sp.expand(7 * total.subs(h, 1) - 4 * total.subs(h, d)), {n: 1, d: 1})
-    steps = Steps()
-    steps.add(rf"\lim_{{N\to\infty}} \mathrm{{flops}}/(N^2 d) = {sp.latex(over_n2d_n)} \le 7\quad (h \le d)",
-              "for fixed d the count grows like N^2 d", limit_at_most_7, "sympy limit; 7 - limit >= 0 for h <= d")
-    steps.add(r"\mathrm{flops} \le 8Nd^2 + 7N^2d \le (8k + 7)N^2d \ \text{when } d \le kN",
-              "so O(N^2 d) holds whenever d = O(N)", bound,
-              "sympy: with h = d - r, N, d = 1 + ... the slack of the first bound has nonnegative coefficients")
-    steps.add(rf"\lim_{{d\to\infty}} \mathrm{{flops}}/(N^2 d) = {sp.latex(over_n2d_d)}",
-              "for fixed N it is not: the projections cost 8Nd^2 - 4Nd" if over_n2d_d == sp.oo else
-              "for fixed N it stays bounded as d grows", True, "sympy limit (the value decides the verdict)")
-    steps.add(rf"\mathrm{{flops}}_{{h=d}} / \mathrm{{flops}}_{{h=1}} < 7/4",
-              "the number of heads changes the count by a bounded factor (d_k = d/h, 1 <= h <= d)", ratio_bound,
-              "sympy: 7 flops(h=1) - 4 flops(h=d) has nonnegative coefficients after N, d = 1 + ...")
+    steps: list[Step] = []
+    steps.append(fact(rf"\lim_{{N\to\infty}} \mathrm{{flops}}/(N^2 d) = {sp.latex(over_n2d_n)} \le 7\quad (h \le d)",
+                      "for fixed d the count grows like N^2 d", limit_at_most_7, "sympy limit; 7 - limit >= 0 for h <= d"))
+    steps.append(fact(r"\mathrm{flops} \le 8Nd^2 + 7N^2d \le (8k + 7)N^2d \ \text{when } d \le kN",
+                      "so O(N^2 d) holds whenever d = O(N)", bound,
+                      "sympy: with h = d - r, N, d = 1 + ... the slack of the first bound has nonnegative coefficients"))
+    steps.append(fact(rf"\lim_{{d\to\infty}} \mathrm{{flops}}/(N^2 d) = {sp.latex(over_n2d_d)}",
+                      "for fixed N it is not: the projections cost 8Nd^2 - 4Nd" if over_n2d_d == sp.oo else
+                      "for fixed N it stays bounded as d grows", True, "sympy limit (the value decides the verdict)"))
+    steps.append(fact(rf"\mathrm{{flops}}_{{h=d}} / \mathrm{{flops}}_{{h=1}} < 7/4",
+                      "the number of heads changes the count by a bounded factor (d_k = d/h, 1 <= h <= d)", ratio_bound,
+                      "sympy: 7 flops(h=1) - 4 flops(h=d) has nonnegative coefficients after N, d = 1 + ..."))
     data = {"exact_count": str(total), "stages": {key: str(v) for key, v in terms.items()},
             "h_dependent_part": str(h_part), "limit_flops_over_N2d_as_N_grows": str(over_n2d_n),
             "limit_flops_over_N2d_as_d_grows": str(over_n2d_d), "ratio_h_d_over_h_1": str(ratio_hd_h1),
             "illustration_not_evidence": {"N=10, d=512, h=8": int(C.mha_flops(10, 512, 8)), "N^2 d": 51200},
             "reading": "multi-head attention as the document defines it (lines 122-134): with the projections "
                        "X W_i^Q, X W_i^K, X W_i^V and W^O"}
+    checked = proof(f"{DOC}.check_complexity", steps)
     if over_n2d_d != sp.oo:
-        return proved(steps, Method.SYMBOLIC, [steps.evidence("the count is O(N^2 d)", **data)])
-    if not steps.ok:
-        raise StepFailed("a step of the complexity limits failed: " + "; ".join(st["reason"] for st in steps.failed))
+        return proved(checked, Method.SYMBOLIC, [steps_evidence(checked, "the count is O(N^2 d)", **data)])
+    if not checked.valid:
+        raise StepFailed("a step of the complexity limits failed: " + failed_steps(checked))
     return CheckOutcome(Verdict.CORRECTED, Method.SYMBOLIC, [
         counterexample(f"O(N^2 d) holds only where d = O(N): for fixed d, flops / N^2 d -> {C.text(over_n2d_n)} <= 7 as N "
                        "grows, but for fixed N it -> oo as d grows, because the projections cost 8Nd^2 - 4Nd (exact "
                        "limits of the exact count). The heads change the count only through "
                        f"{C.text(h_part)} (softmax and scaling), by a factor below 7/4, as stated", **data),
-        steps.evidence("the limits that decide the big-O, and the effect of h", **data),
+        steps_evidence(checked, "the limits that decide the big-O, and the effect of h", **data),
         *[e for e in (C.compare_with_derivation(total),) if e is not None],
     ], corrected_statement=(
         rf"With $d_k = d/h$ and $n = N$ tokens, multi-head attention costs exactly ${sp.latex(total)}$ flops: "
@@ -86,6 +94,9 @@ def check_complexity() -> CheckOutcome:
 
 # ---- "Nota Importante" (line 138): d = h d_k -------------------------------------------------
 
+@claim(138, "Nota Importante",
+       title="d = h d_k: trade-off between heads and head width",
+       statement=r"d = h\,d_k \text{ creates a trade-off between per-head capacity and the number of heads (informal)}")
 def check_split_informal() -> CheckOutcome:
     d, h = sp.symbols("d h", positive=True)
     dk = d / h
@@ -125,6 +136,12 @@ def _load_class(line: int, name: str):
     return start, ns[name], torch
 
 
+@claim(77, "class MultiHeadAttention",
+       title="Code: MultiHeadAttention (split_heads, scaled attention, W_o)",
+       statement=r"\text{the class computes } \mathrm{Concat}(\mathrm{head}_1..\mathrm{head}_h)W^O",
+       assumptions=["the document's code, run as printed",
+                    "added: in float64 (the document's default is float32), so agreement is judged at 1e-12"],
+       requires=NEEDS_TORCH)
 def check_mha_code() -> CheckOutcome:
     start, cls, torch = _load_class(71, "MultiHeadAttention")
     errors = []
@@ -185,6 +202,13 @@ def _prunable_run(cls, d_model: int, heads: int, x):
     return model, got, seen.get("scores", ())
 
 
+@claim(269, "class PrunableMultiHeadAttention",
+       title="Code: PrunableMultiHeadAttention implements multi-head attention with head pruning",
+       statement=r"\text{the class computes multi-head attention, with pruned heads masked out}",
+       assumptions=["the document's code, run as printed",
+         "added: in float64 (the document's default is float32), "
+         "so agreement is judged at 1e-12"],
+       requires=NEEDS_TORCH)
 def check_prunable_code() -> CheckOutcome:
     start, code = code_block_after(DOC, 263)
     cls = run_document_code(code, f"seed002_line{start}")["PrunableMultiHeadAttention"]
@@ -226,43 +250,3 @@ def check_prunable_code() -> CheckOutcome:
         evidence.append(note("with .transpose(1, 2) on q, k, v and the head mask and importance broadcast over the head "
                              f"axis, the same weights give multi-head attention (max error {err_fixed:.1e})", **data))
     return CheckOutcome(Verdict.REFUTED, Method.NUMERIC, evidence)
-
-
-_TORCH_CLAIMS = ("class MultiHeadAttention (line 77)", "class PrunableMultiHeadAttention (line 269)")
-
-
-def not_run() -> list[str]:
-    """The claims left out of :func:`claims` here, each with the reason."""
-    if importlib.util.find_spec("torch") is not None:
-        return []
-    return [f"{DOC} {name}: the document's code needs torch (pip install 'attnverify[torch]')" for name in _TORCH_CLAIMS]
-
-
-def claims() -> list[Claim]:
-    out = [
-        supplementary_claim(DOC, 138, "Nota Importante", title="d = h d_k: trade-off between heads and head width",
-                            statement=r"d = h\,d_k \text{ creates a trade-off between per-head capacity and the number of heads (informal)}",
-                            checks=[check_split_informal]),
-        supplementary_claim(DOC, 144, "Complexidade Computacional",
-                            title="Complexity of multi-head attention is O(N^2 d), heads add a constant factor",
-                            statement=r"\mathrm{cost}(\mathrm{MHA}) = O(N^2 d);\ \text{more heads change the count by a constant factor only}",
-                            checks=[check_complexity],
-                            assumptions=["d_k = d_v = d / h", "operation counts as in _counts.py",
-                                         "multi-head attention as defined on lines 122-134, projections included"]),
-    ]
-    if importlib.util.find_spec("torch") is not None:
-        out += [
-            supplementary_claim(DOC, 77, "class MultiHeadAttention",
-                                title="Code: MultiHeadAttention (split_heads, scaled attention, W_o)",
-                                statement=r"\text{the class computes } \mathrm{Concat}(\mathrm{head}_1..\mathrm{head}_h)W^O",
-                                checks=[check_mha_code], assumptions=["the document's code, run as printed",
-                                                                "added: in float64 (the document's default is float32), "
-                                                                "so agreement is judged at 1e-12"]),
-            supplementary_claim(DOC, 269, "class PrunableMultiHeadAttention",
-                                title="Code: PrunableMultiHeadAttention implements multi-head attention with head pruning",
-                                statement=r"\text{the class computes multi-head attention, with pruned heads masked out}",
-                                checks=[check_prunable_code], assumptions=["the document's code, run as printed",
-                                                                "added: in float64 (the document's default is float32), "
-                                                                "so agreement is judged at 1e-12"]),
-        ]
-    return out

@@ -1,6 +1,6 @@
 """Derivation 4: multi-head attention identities, parameter count and exact operation count.
 
-Row convention (DESIGN.md): ``Q_i = X W^Q_i``, ``W^Q = [W^Q_1 ... W^Q_h]`` of shape
+Row convention (the documents' and the toolkit's): ``Q_i = X W^Q_i``, ``W^Q = [W^Q_1 ... W^Q_h]`` of shape
 (d, h d_k), ``W^O`` of shape (h d_v, d) with row blocks ``W^O_i`` (d_v, d).
 
 Operation count (self-attention, n tokens, width d, h heads of widths d_k, d_v; no

@@ -361,8 +361,9 @@ def test_every_flag_takes_python_and_numpy_bools_alike(function, flag):
 @pytest.mark.parametrize("function, flag", FLAGS)
 @pytest.mark.parametrize("bad", ["yes", 1, 0, None, 1.0, np.int64(1), [True]])
 def test_every_flag_rejects_anything_but_a_bool(function, flag, bad):
-    if flag == "causal" and function in ("scaled_dot_product_attention", "attention_backward") and isinstance(bad, str):
-        # There causal may also name an alignment: another string is a wrong value.
+    if flag == "causal" and isinstance(bad, str):
+        # causal may also name an alignment (every attention function and the layers built on
+        # it): another string is a wrong value.
         with raises(ValueError, "causal must be False, True, 'top_left' or 'bottom_right'", repr(bad)):
             _call(function, **{flag: bad})
         return

@@ -14,11 +14,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from proofs.catalogue import seed_003
+from proofs.catalogue import claims_for, seed_003
 from proofs.claims import Claim, Method, Source, Verdict
-from verify.montecarlo.experiments import SOURCES
 
-JACOBIAN = ("unscaled, the softmax Jacobian in the scores, mean ||diag(s) - s s^T||_F, grows with d_k "
+JACOBIAN = ("unscaled, the softmax Jacobian in the scores, mean ||diag(p) - p p^T||_F with p = softmax(s), grows with d_k "
             "(d_k=4096 > d_k=1)")
 QUERY = "unscaled, the mean Jacobian of the weights in the query, ||ds/dq||_F = ||J K||_F, grows with d_k"
 SCALED = "at d_k=4096, the scaled softmax has the larger Jacobian in the scores (scaled > raw)"
@@ -60,7 +59,7 @@ def test_real_summary_is_interval_backed_and_states_both_readings(real):
     summary = out.evidence[0].summary
     assert out.verdict is Verdict.REFUTED and out.method is Method.STATISTICAL
     assert _bare_decimals(summary) == [], summary
-    cor4 = [f for f in sweep.findings if f.source == SOURCES["cor4"]]
+    cor4 = seed_003._findings(sweep, seed_003.COROLARIO_4).values()
     _triples_match_estimates(summary, [e for f in cor4 for e in _estimates(f)])
     jac = out.evidence[0].data["decisive"]
     assert jac["verdict"] == "REFUTED" and "Jacobian in the scores" in jac["claim"]
@@ -83,7 +82,7 @@ def test_real_summary_agrees_with_also_measured(real):
 
 
 def test_table_shows_the_interval_backed_statement():
-    claim = next(c for c in seed_003.claims() if c.id == "seed003.corolario-4")
+    claim = next(c for c in claims_for("003") if c.id == "seed003.corolario-4")
     result = claim.run()
     assert result.verdict is Verdict.REFUTED
     assert result.outcomes[0].method is Method.STATISTICAL  # the table shows the first deciding check
@@ -96,10 +95,12 @@ def test_exact_check_carries_no_monte_carlo_number():
     assert (out.verdict, out.method) == (Verdict.REFUTED, Method.SYMBOLIC)
     assert [e.kind for e in out.evidence[:2]] == ["counterexample", "derivation"]
     steps = out.evidence[1].data["steps"]
-    assert steps and all(s["verified"] for s in steps)
+    assert steps and all(s["passed"] and s["checked"] for s in steps)
     for s in steps:  # every verified step is exact: no mean of random draws marked as verified
-        assert s["how"].startswith(("sympy", "checked derivation")), s
-        assert not re.search(r"\d+\.\d+", s["reason"] + s["latex"]), s
+        assert s["method"].startswith(("symbolic", "sympy", "checked derivation")), s
+        assert not re.search(r"\d+\.\d+", s["reason"]), s
+    math = out.evidence[1].latex.replace(r"\parbox[t]{0.3\linewidth}", "")  # the reasons' column width
+    assert not re.search(r"\d+\.\d+", math), math
     for e in out.evidence[:2]:
         assert not re.search(r"\d+\.\d+", e.summary), e.summary
     text = out.evidence[0].summary
@@ -112,8 +113,11 @@ def _estimate(estimate, low, high):
     return SimpleNamespace(quantity="E[fake]", estimate=estimate, low=low, high=high, alpha=1e-7, samples=2000)
 
 
+_KEYS = {JACOBIAN: "jacobian-raw-grows", QUERY: "query-gradient-raw-grows", SCALED: "scaled-larger-jacobian"}
+
+
 def _finding(verdict, claim, a, b):
-    return SimpleNamespace(source=SOURCES["cor4"], verdict=verdict, claim=claim, a=_estimate(*a), b=_estimate(*b),
+    return SimpleNamespace(source=_KEYS[claim], verdict=verdict, claim=claim, a=_estimate(*a), b=_estimate(*b),
                            family_alpha=1e-6, reason="no verdict: the intervals overlap",
                            summary=lambda: f"{verdict}: {claim}", to_dict=lambda: {"verdict": verdict})
 

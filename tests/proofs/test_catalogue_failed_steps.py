@@ -15,26 +15,25 @@ import sympy as sp
 
 from proofs.catalogue import seed_001, seed_003
 from proofs.catalogue._derivations import derivation as real_derivation
-from proofs.catalogue._kit import StepFailed, Steps, proved
+from proofs.catalogue._kit import StepFailed, equal, proof, proved, steps_evidence
 from proofs.claims import Claim, Method, Source, Verdict
 
 
-def _steps(ok: bool) -> Steps:
+def _steps(ok: bool):
     x = sp.Symbol("x")
-    steps = Steps()
-    steps.add_zero((x + 1) ** 2, x**2 + 2 * x + 1, "binomial")
+    steps = [equal((x + 1) ** 2, x**2 + 2 * x + 1, "binomial")]
     if not ok:
-        steps.add_zero((x + 1) ** 2, x**2 + 1, "wrong binomial")
-    return steps
+        steps.append(equal((x + 1) ** 2, x**2 + 1, "wrong binomial"))
+    return proof("test", steps)
 
 
 def test_proved_helper_proves_raises_or_refutes_with_a_counterexample():
     good = _steps(True)
-    assert proved(good, Method.SYMBOLIC, [good.evidence("s")]).verdict is Verdict.PROVED
+    assert proved(good, Method.SYMBOLIC, [steps_evidence(good, "s")]).verdict is Verdict.PROVED
     bad = _steps(False)
     with pytest.raises(StepFailed, match="wrong binomial"):
-        proved(bad, Method.SYMBOLIC, [bad.evidence("s")])
-    outcome = proved(bad, Method.NUMERIC, [bad.evidence("s")], refuted_by_failure=True)
+        proved(bad, Method.SYMBOLIC, [steps_evidence(bad, "s")])
+    outcome = proved(bad, Method.NUMERIC, [steps_evidence(bad, "s")], refuted_by_failure=True)
     assert outcome.verdict is Verdict.REFUTED
     assert outcome.evidence[0].kind == "counterexample" and "wrong binomial" in outcome.evidence[0].summary
 
@@ -67,8 +66,8 @@ def test_corolario_4_check_never_supports_the_document_without_statistics(monkey
 def test_ffn_example_without_its_certified_bound_gives_no_supported_verdict(monkeypatch):
     assert seed_001.check_example_ffn_code().verdict is Verdict.PROVED
 
-    def missing(topic):
-        return (None, real_derivation("gelu")[1]) if topic == "gelu" else real_derivation(topic)
+    def missing(name):
+        return (None, real_derivation("gelu-tanh-error")[1]) if name == "gelu-tanh-error" else real_derivation(name)
 
     monkeypatch.setattr(seed_001, "derivation", missing)
     with pytest.raises(RuntimeError, match="grid check alone"):

@@ -63,3 +63,178 @@ def test_pdflatex_error_is_raised_not_hidden(tmp_path):
     tex = write_report([_result(statement="broken math $\\frac{1}{$")], tmp_path)
     with pytest.raises(ReportError, match="pdflatex failed"):
         compile_pdf(tex)
+
+
+# ------------------------------------------------------------- a report people want to read
+
+import re  # noqa: E402
+
+from proofs.report import document_title  # noqa: E402
+from proofs.report_evidence import data_block, prose, value, worked_example  # noqa: E402
+
+#: What Python's repr of a dict or list of strings/dicts looks like once escaped for LaTeX.
+_REPR = re.compile(r"\\?\{\s*'|\\?\{\s*\"|\[\s*\\?\{\s*'|\[\s*'[^']*'\s*,|':\s*[\[{\d'\"]")
+
+
+def _repr_hits(tex: str) -> list[str]:
+    return [tex[max(0, m.start() - 40):m.end() + 40] for m in _REPR.finditer(tex)]
+
+
+def _overfull(log: str) -> list[str]:
+    return [line for line in log.splitlines() if line.startswith("Overfull \\hbox")]
+
+
+def _nested_result():
+    """A claim whose evidence carries every shape the catalogue's evidence has: nested dicts,
+    records, matrices, long keys and strings, SymPy-like formulas, a Python literal in the
+    summary, a worked example with printed and recomputed values."""
+    worked = {
+        "wrong": [
+            {"quantity": "Q_1", "where": "line 36", "entry": [0, 1], "printed": "0.9", "correct": "1.0"},
+            {"quantity": "Q_1", "where": "line 36", "entry": [1, 0], "printed": "0.4", "correct": "0.8"},
+            {"quantity": "score(x_1, x_2)", "where": "line 40", "entry": [0, 0], "printed": "1.4", "correct": "0.7"},
+            {"quantity": "MultiHeadAttention(X)", "where": "line 90", "entry": [0, 2], "printed": "7.25",
+             "correct": "1.25"},
+        ],
+        "correct_values": {"Q_1": [[0.6, 1.0, 0.6, 0.7], [0.8, 0.7, 0.5, 0.7]], "score(x_1, x_2)": 0.7},
+        "quantities_wrong": ["Q_1", "score(x_1, x_2)", "MultiHeadAttention(X)"],
+        "rule": "|correct - printed| <= 0.5e-(decimals printed)",
+    }
+    deep = {
+        "unattainable": {"Head_1 vs printed V_1": [
+            {"row": 0, "printed": [0.7, 0.8, 0.7, 0.6], "witness_columns": []},
+            {"row": 2, "printed": [0.4, 0.7, 0.6, 0.7],
+             "witness_columns": [{"column": 0, "printed": 0.4, "range_of_V_column": [0.6, 0.8]}]}]},
+        "a_very_long_key_name_that_would_overprint_its_value_in_a_fixed_column_of_any_width": 3,
+        "d2L_dW1Q_dW2Q_squared_loss_with_a_long_identifier_and_no_spaces_at_all_anywhere": -0.6233,
+        "operation_counts": {"additions": "4*d**2*n + 2*d*n**2 - 5*d*n - h*n", "divisions": "h*n**2"},
+        "wide": [[0.123456 * i * j for j in range(16)] for i in range(3)],
+        "long_vector": list(range(40)),
+        "setting": "a long sentence " * 30,
+        "findings": [{"claim": "E[q.k] = 0", "relation": "==", "verdict": "SUPPORTED", "alpha": 1e-7,
+                      "tests": 8, "source": "closed form", "interval": [-0.0079, 0.0089]}] * 3,
+        "sweep": {"points": [{"estimates": [{"quantity": f"q{i}", "estimate": 0.5, "seed": i} for i in range(50)]}] * 5},
+    }
+
+    def check():
+        return CheckOutcome(Verdict.REFUTED, Method.NUMERIC, [
+            Evidence("counterexample", "12 of 24 printed numbers are wrong: Q_1 should be [0.6, 1.0]", worked),
+            Evidence("numeric", "proxy: the shapes are consistent: {'q': ['1', 'd_k'], 'k': ['1', 'd_k']}", deep),
+        ])
+    return Claim("demo-2", "Worked example: per-head projections Q_i, K_i", Source("999_unknown.txt", "Exemplo", 16),
+                 r"$Q_i = XW_i^Q,\ K_i = XW_i^K,\ V_i = XW_i^V \text{ equal the printed matrices (lines 36--48) and a"
+                 r" long tail of words that must wrap} \text{ across the line}$", [check]).run()
+
+
+def test_repr_scanner_finds_raw_dicts():
+    """The scan the tests rely on does catch a Python repr, escaped or not."""
+    assert _repr_hits(latex_escape(str({"row": 0, "printed": [0.7], "witness_columns": []})))
+    assert _repr_hits(str([{"a": 1}])) and _repr_hits(latex_escape(str(["1", "d_k"])))
+    assert not _repr_hits(r"$\mathbb{E}[{q}_{l}^{2}]$ and \{x\} and [0.6, 0.9]")
+
+
+def test_nested_evidence_renders_without_python_repr(tmp_path):
+    tex = render_report([_nested_result()], tmp_path)
+    assert _repr_hits(tex) == []
+    assert r"\begin{bmatrix}" in tex  # numbers as vectors and matrices
+    assert r"4 d^{2} n" in tex.replace("  ", " ") or r"4 d^{2}" in tex  # a formula string as mathematics
+    assert "too long to print here" in tex  # the 250-record sweep is described, not dumped
+    assert r"$\mathrm{Head}_{1}$ vs printed $V_{1}$" in tex  # symbols in keys set as math
+    assert "\\textit{q}: 1, $d_{k}$" in tex  # the literal in the summary written out
+
+
+def test_value_forms():
+    assert value([1, 2, 3]).startswith(r"\fitwidth{$\begin{bmatrix}1 & 2 & 3")
+    assert r"\begin{bmatrix}1 & 2 \\ 3 & 4\end{bmatrix}" in value([[1, 2], [3, 4]])
+    assert value([0.25, 0.5], key="certified_sup_interval") == r"$[0.25,\ 0.5]$"
+    assert value(1.5e-17) == r"$1.5 \times 10^{-17}$" and value(1050624) == r"$1\,050\,624$"
+    assert value(0.999999875) == "$0.999999875$" and value(0.25) == "$0.25$"  # never rounded to a whole number
+    assert value("oo") == r"$\displaystyle \infty$"
+    assert value("h*n**2").startswith("$") and "n^{2}" in value("h*n**2")
+    assert value("4 d^2 + 4 d (4 d^2 without biases)").count("without") == 1  # prose is not parsed
+    assert value({"a": 1, "b": "x"}).startswith(r"\begin{tabular}")
+    assert r"\emph" not in prose("a_b") and r"\_" in prose("snake_case_name")
+
+
+def test_worked_example_marks_wrong_entries_in_red_with_the_right_value_beside():
+    data = _nested_result().outcomes[0].evidence[0].data
+    tex, used = worked_example(data)
+    assert used == {"wrong", "correct_values"}
+    q1 = next(line for line in tex.splitlines() if "Q_{1} =" in line)
+    # row 1: 0.6, [0.9 printed, 1.0 right], 0.6, 0.7 -- right entries at the document's precision, not red
+    assert (r"0.6 & \textcolor{red}{0.9}\,\textcolor{ForestGreen}{\scriptstyle 1.0} & 0.6 & 0.7 \\ "
+            r"\textcolor{red}{0.4}\,\textcolor{ForestGreen}{\scriptstyle 0.8} & 0.7 & 0.5 & 0.7") in q1
+    assert q1.count("textcolor{red}") == 2
+    assert r"\mathrm{score}(x_1, x_2) = \textcolor{red}{1.4}" in tex  # a number, no brackets
+    # no recomputed matrix for this one: listed in a table, the entry counted as a reader counts
+    assert r"Multi\allowbreak{}Head\allowbreak{}Attention(X) & line 90 & row 1, column 3 & 7.25 & 1.25" in tex
+    # a record set without printed/correct is not a worked example
+    assert worked_example({"wrong": [{"quantity": "Q"}]}) == ("", set())
+    assert "quantities wrong" in data_block(data)
+
+
+@pytest.mark.parametrize("raw, title", [
+    ("## 10.  Multi-Head Attention: Capturando Diversidade nas Rela\u221a\u00df\u221a\u00b5es entre Palavras\n### Intro",
+     "Multi-Head Attention: Capturando Diversidade nas Rela\u00e7\u00f5es entre Palavras"),  # Mac-Roman damage
+    ("\n## O Mecanismo de Autoaten\u00c3\u00a7\u00c3\u00a3o em Detalhe\n", "O Mecanismo de Autoaten\u00e7\u00e3o em Detalhe"),
+    ("# 01. **Mecanismos** de Self-Attention\n", "Mecanismos de Self-Attention"),
+    ("no heading here\n#hashtag is not one\n", "fallback.txt"),
+])
+def test_document_title_from_damaged_text(raw, title):
+    assert document_title(raw, "fallback.txt") == title
+
+
+def test_sections_are_titled_by_the_document(tmp_path):
+    from proofs.catalogue._doc import DOCUMENTS
+
+    result = _result()  # source 003_ea119736e090508e.txt, a bundled seed
+    assert result.claim.source.document == DOCUMENTS["003"]
+    tex = render_report([result, _nested_result()], tmp_path)
+    assert r"\section{Mecanismos de Self-Attention e Blocos Transformers em Modelos de Linguagem de Grande Porte}" in tex
+    assert r"\section{999\_\allowbreak{}unknown.txt}" in tex  # no such file: the file name stands in
+    table = tex[tex.index(r"\section*{Summary}"):tex.index(r"\section{")]  # the summary comes first
+    assert "{003 Teorema 1} & " in table and "{999 Exemplo} & " in table and "REFUTED" in table
+    assert "12 of 24 printed numbers are wrong" in table
+
+
+def test_overfull_scan_catches_a_box_too_wide(tmp_path):
+    """The log check can fail: evidence LaTeX wider than the page shows up as Overfull \\hbox."""
+    _needs_pdflatex()
+
+    def check():
+        return CheckOutcome(Verdict.PROVED, Method.SYMBOLIC, [
+            Evidence("derivation", "too wide", latex=r"\noindent\rule{1.5\linewidth}{1pt}")])
+    result = Claim("w", "t", Source("d.txt", "Lema 1"), "$x$", [check]).run()
+    tex = write_report([result], tmp_path)
+    compile_pdf(tex)
+    assert _overfull(tex.with_suffix(".log").read_text(errors="replace"))
+
+
+def test_nested_evidence_compiles_without_overfull_boxes(tmp_path):
+    _needs_pdflatex()
+    tex = write_report([_nested_result(), _result(verdict=Verdict.CORRECTED)], tmp_path)
+    compile_pdf(tex)
+    assert _overfull(tex.with_suffix(".log").read_text(errors="replace")) == []
+
+
+@pytest.fixture(scope="module")
+def catalogue_report(tmp_path_factory):
+    from proofs.catalogue import run_all
+
+    out = tmp_path_factory.mktemp("report")
+    return write_report(run_all(), out)
+
+
+def test_catalogue_report_has_no_raw_dicts_and_uses_document_titles(catalogue_report):
+    tex = catalogue_report.read_text(encoding="utf-8")
+    assert _repr_hits(tex) == []
+    assert "\\section{" in tex and not re.search(r"\\section\{\d{3}\\_", tex)  # no section named by file
+    assert r"\section{O Mecanismo de Autoaten\c{c}\~{a}o em Detalhe: Computando Representa\c{c}\~{o}es Contextuais}" in tex
+
+
+def test_catalogue_report_compiles_without_overfull_boxes(catalogue_report):
+    _needs_pdflatex()
+    compile_pdf(catalogue_report)
+    log = catalogue_report.with_suffix(".log").read_text(errors="replace")
+    assert _overfull(log) == [], "\n".join(_overfull(log))
+    assert "too high" not in log  # no table row taller than a page (it would be cut off)

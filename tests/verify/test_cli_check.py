@@ -146,11 +146,11 @@ def test_report_writes_and_compiles_the_catalogue(tmp_path):
 
 
 def _torch_notes():
-    """The not-run notes seed 002 gives without torch, built as seed_002.not_run builds them."""
+    """The not-run notes seed 002 gives without torch, built as the catalogue builds them."""
     from proofs.catalogue import seed_002
 
-    return [f"{seed_002.DOC} {name}: the document's code needs torch (pip install 'attnverify[torch]')"
-            for name in seed_002._TORCH_CLAIMS]
+    return [f"{seed_002.DOC} {name}: {seed_002.NEEDS_TORCH['torch']}"
+            for name in ("class MultiHeadAttention (line 77)", "class PrunableMultiHeadAttention (line 269)")]
 
 
 def _check_only(monkeypatch, tmp_path, pattern, notes):

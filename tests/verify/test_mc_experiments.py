@@ -18,13 +18,25 @@ def verdicts(sweep, claim_part):
 MARGIN = 0.25
 
 
-@pytest.mark.parametrize("dist,margin", [("normal", MARGIN), ("uniform", MARGIN), ("rademacher", MARGIN),
-                                         ("t5", 0.5)])  # t5: q·k at d_k = 1 has kurtosis 81
-def test_variance_equals_dk_for_standardised_components(dist, margin):
-    sweep = X.variance_sweep([1, 8, 64], samples=20_000, seed=5, dist=dist, margin=margin)
+@pytest.mark.parametrize("dist", ["normal", "uniform", "rademacher"])
+def test_variance_equals_dk_for_standardised_components(dist):
+    sweep = X.variance_sweep([1, 8, 64], samples=20_000, seed=5, dist=dist, margin=MARGIN)
     assert sweep.tests == 6
     assert sweep.verdicts == ["SUPPORTED"] * 6, [c.summary() for c in sweep.checks]
-    assert bool(sweep.checks[0].note) == (dist == "t5")  # heavy tails are flagged
+    assert not sweep.checks[0].note
+
+
+def test_heavy_tailed_variance_gets_no_verdict_at_the_verdicts_alpha():
+    # t5 components: q·k has infinite moments of order >= 5, and no variance interval holds
+    # alpha = 1e-6 / 6 with 2e4 samples (issue 14): the variance checks are INCONCLUSIVE with the
+    # reason and the samples that would do, never SUPPORTED (as they were) nor REFUTED; the means,
+    # whose t interval needs no such tail, are still decided.
+    sweep = X.variance_sweep([1, 8, 64], samples=20_000, seed=5, dist="t5", margin=0.5)
+    var = [c for c in sweep.checks if c.claim.startswith("Var")]
+    assert [c.verdict for c in var] == ["INCONCLUSIVE"] * 3, [c.summary() for c in var]
+    assert all("heavy tails" in c.reason and "from 60,000,000,000 samples" in c.reason for c in var)
+    assert all(c.note for c in var)  # heavy tails are flagged
+    assert verdicts(sweep, "E[") == ["SUPPORTED"] * 3
 
 
 def test_scaled_variance_is_one():

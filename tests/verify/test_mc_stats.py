@@ -148,3 +148,45 @@ def test_histogram_rejects_different_edges():
     a = S.Histogram((0.0, 1.0))
     with pytest.raises(ValueError, match="different edges"):
         a.merge(S.Histogram((0.0, 2.0)))
+
+
+# --------------------------------------------------------------------------- tails (issue 14)
+
+
+def test_tail_limit_rule():
+    # all moments finite: always vouched for; t5-like (finite below 5): only where n * alpha >= 10^4
+    assert S.HEAVY_TAIL_MIN_N_ALPHA == 1e4
+    assert S.tail_limit(10, 1e-9) == ""
+    assert S.tail_limit(10**6, 1e-2, 5.0) == ""  # n * alpha = 10^4
+    why = S.tail_limit(10**6 - 1, 1e-2, 5.0)
+    assert "heavy tails" in why and "order 5" in why and "the rule gives one from 1,000,000 samples" in why
+    assert "from 60,000,000,000 samples" in S.tail_limit(400_000, 1e-6 / 6, 5.0)
+    assert S.tail_limit(10**12, 1e-6, 8.0) == ""  # a finite eighth moment is enough
+    # Var(s^2) infinite (moments finite below 4 or less, e.g. a quadratic form of t5): never
+    none = S.tail_limit(10**15, 0.5, 2.5)
+    assert "Var(s^2) is infinite" in none and "whatever the samples" in none
+
+
+def test_auto_is_the_fourth_moment_interval_where_the_tail_holds_and_says_so():
+    m = S.moments_of(xp, np.random.default_rng(7).standard_normal(5000))
+    fm = S.variance_interval(m, 1e-6, "fourth-moment")
+    lo, hi, method = S.variance_interval(m, 1e-6, "auto")
+    assert (lo, hi) == fm[:2]
+    assert method.startswith("auto (all moments finite, sample kurtosis ") and method.endswith("-> " + fm[2])
+    lo, hi, method = S.variance_interval(m, 1e-2, "auto", finite_moments=5.0)  # n * alpha = 50
+    assert math.isnan(lo) and math.isnan(hi)
+    assert method.startswith("auto (moments finite below order 5, sample kurtosis") and "heavy tails" in method
+
+
+@pytest.mark.parametrize("method", ["fourth-moment", "batch-means"])
+def test_every_method_gives_no_interval_where_the_tail_is_not_vouched_for(method):
+    rng = np.random.default_rng(8)
+    blocks = [S.moments_of(xp, rng.standard_normal(400)) for _ in range(32)]
+    total = S.merge_all(blocks)
+    ok = S.variance_interval(total, 1e-2, method, blocks=blocks)
+    assert math.isfinite(ok[0]) and math.isfinite(ok[1])
+    lo, hi, why = S.variance_interval(total, 1e-2, method, blocks=blocks, finite_moments=5.0)
+    assert math.isnan(lo) and math.isnan(hi) and why.startswith(f"{method}: undefined: heavy tails")
+    # where n * alpha reaches the rule's floor (12,800 * 0.9) the same data get their interval back
+    assert S.variance_interval(total, 0.9, method, blocks=blocks, finite_moments=5.0)[:2] == \
+        S.variance_interval(total, 0.9, method, blocks=blocks)[:2]

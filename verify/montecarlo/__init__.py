@@ -4,6 +4,8 @@ The pieces, one job each:
 
 ``engine``        :func:`run_mc`: blocks seeded from ``numpy.random.SeedSequence``, threads,
                   stopping rules, Ctrl-C; bit-identical whatever the chunk size and workers.
+``cluster``       Blocks as tasks on a ``concurrent.futures`` executor or a Dask cluster
+                  (``run_mc(..., executor=)``), merged in block order: the same bits.
 ``stats``         Welford/Chan/Pébay accumulators and the intervals (t, fourth-moment delta
                   method, batch means, Clopper-Pearson, order statistics).
 ``results``       :class:`Estimate` and :class:`MCResult` (``to_dict``, ``summary``).
@@ -29,9 +31,10 @@ n = 1024 and 8192): normal, uniform, Rademacher at d_k in {1, 4, 64}: 94.2-96.9%
 d_k = 1, where (q·k)^2 = 1 exactly, is conservative: 100%, thanks to the exact floor
 ``Var(s^2) >= 2 s^4 / (n (n - 1))``). Student t5 components, whose product q·k has an infinite
 8th moment, under-cover at small d_k: 88-89% at d_k = 1, 92-94% at d_k = 4, 95% at d_k = 64;
-batch means do no better there (87-93%). At the nominal 99.9% level, normal d_k in {1, 8}
-missed 0.10-0.14% (5000 seeds), t5 at d_k = 1 missed 1.25% (2000 seeds): the t5 verdicts carry
-a note saying so.
+batch means do no better there (87-93%). In the tail, where the verdicts live, the excess grows
+as alpha shrinks (benchmarks/bench_calibration.py, the README's calibration section), so a
+variance interval of such heavy tails is given only where ``stats.tail_limit`` vouches for it,
+and the verdict is INCONCLUSIVE, with the reason and the samples needed, everywhere else.
 """
 
 from .distributions import DISTRIBUTIONS, Distribution, get_distribution

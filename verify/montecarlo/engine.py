@@ -33,6 +33,10 @@ Workers are threads: NumPy's generators and ufuncs release the GIL, so one Pytho
 every core. ``chunk_size`` is the number of samples a worker takes at once (a whole number of
 blocks): it only changes scheduling and how often progress is drawn.
 
+Scale-out: with ``executor=`` (a ``concurrent.futures.Executor`` or a ``distributed.Client``),
+ranges of blocks go out as tasks that return only their blocks' accumulators, merged here in
+block order: the same bits as the local engine (:mod:`verify.montecarlo.cluster`).
+
 Stopping: at the budget (``samples``), or when the target interval's relative half-width
 reaches ``rel_error`` (checked after every block, in block order, so that the stopping point is
 reproducible too), or on Ctrl-C, which returns the blocks finished so far, in order, flagged
@@ -53,6 +57,7 @@ from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 import numpy as np
 
 from ._checks import check_alpha, check_choice, check_int, check_positive_float
+from .cluster import BlockTask, check_executor, describe_executor, executor_threads, run_on_executor
 from .results import MCResult, Output
 from .stats import (
     MIN_BATCH_SAMPLES,
@@ -451,7 +456,7 @@ def run_mc(
     alpha: float = 1e-6,
     rel_error: float | None = None,
     target: tuple[str, str] | None = None,
-    variance_method: str = "fourth-moment",
+    variance_method: str = "auto",
     batches: int = 32,
     block_size: int | None = None,
     chunk_size: int | None = None,
@@ -464,6 +469,7 @@ def run_mc(
     description: str | None = None,
     memory_limit: int | None = None,
     stop: Any = None,
+    executor: Any = None,
 ) -> MCResult:
     """Run a streaming Monte Carlo estimate.
 
@@ -484,7 +490,11 @@ def run_mc(
     target : (output name, statistic), optional
         What ``rel_error`` watches; default: the sampler's ``target`` attribute, else the first
         output's variance (moments) or fraction.
-    variance_method : {"fourth-moment", "batch-means"}
+    variance_method : {"auto", "fourth-moment", "batch-means"}
+        How the variance interval is built (:func:`verify.montecarlo.stats.variance_interval`);
+        ``"auto"`` (the default) picks the fourth-moment interval where the sampled quantity's
+        finite moments let its tail be trusted, and no interval otherwise (the tail rule applies
+        to every method).
     batches : int
         Batches for the batch-means interval (>= ``MIN_BATCHES`` = 30).
     block_size : int, optional
@@ -513,6 +523,13 @@ def run_mc(
         Cancellation: once ``stop.is_set()``, the run ends after the block being merged (at least
         one block always is), with ``incomplete=True`` and ``stop_reason="interrupted"``, as a
         KeyboardInterrupt would end it. A command line sets it from its Ctrl-C handler.
+    executor : concurrent.futures.Executor or distributed.Client, optional
+        Run the blocks there instead of on this process's threads (then ``workers`` must be
+        None): tasks of ``chunk_size`` samples (default: planned, about 256 per run, see
+        :mod:`verify.montecarlo.cluster`) return their blocks' accumulators, merged here in block
+        order, so the result has the same bits as without an executor. The sampler must be
+        picklable (cloudpickle for Dask). ``stop`` and KeyboardInterrupt cancel the pending
+        tasks and keep the blocks merged so far.
 
     Returns
     -------
@@ -560,12 +577,24 @@ def run_mc(
             f"{MIN_BATCHES * block_size:,}" + (f", block_size <= {samples // MIN_BATCHES:,}" if samples >= MIN_BATCHES else "")
             + " or variance_method='fourth-moment'"
         )
-    chunk_size = check_int("chunk_size", chunk_size if chunk_size is not None else block_size, minimum=1)
+    chunk_given = chunk_size is not None
+    chunk_size = check_int("chunk_size", chunk_size if chunk_given else block_size, minimum=1)
     if workers is not None:
         workers = check_int("workers", workers, minimum=1)
+    if executor is not None:
+        check_executor(executor)
+        if workers is not None:
+            raise ValueError(
+                f"workers={workers} sets this process's threads, but executor= runs the blocks on its own "
+                "workers: pass one or the other"
+            )
     memory_limit = MEMORY_LIMIT if memory_limit is None else check_int("memory_limit", memory_limit, minimum=1)
-    fit = _fit_memory(sampler, block_size, block_given, workers, n_blocks, memory_limit)
-    if workers is None:
+    # with an executor each of its threads holds one block at a time, on its own machine
+    fit = _fit_memory(sampler, block_size, block_given, 1 if executor is not None else workers, n_blocks,
+                      memory_limit)
+    if executor is not None:
+        workers = executor_threads(executor)
+    elif workers is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         workers = min(1 if backend == "cupy" else cores, fit)
     entropy, spawn_key = _seed_parts(seed)
@@ -585,18 +614,12 @@ def run_mc(
             f"{allowed or 'none (quantiles cannot be a stopping target)'}, got {t_stat!r}"
         )
 
-    xp = array_namespace_for(backend)
+    array_namespace_for(backend)  # CuPy missing: a clear error before any work
     chunk_blocks = max(1, -(-chunk_size // block_size))
     chunk_size = chunk_blocks * block_size
 
-    def block_n(b: int) -> int:
-        return min(block_size, samples - b * block_size)
-
-    def compute_block(b: int) -> dict:
-        ss = np.random.SeedSequence(entropy, spawn_key=spawn_key + (b,))
-        rng = make_generator(backend, ss, bit_generator)
-        n = block_n(b)
-        return _summarise(xp, outputs, sampler(xp, rng, n), n, sampler.name)
+    task = BlockTask(sampler, outputs, backend, bit_generator, entropy, spawn_key, block_size, samples)
+    block_n, compute_block = task.block_n, task.block
 
     cap = max(MAX_KEPT_BLOCKS, 2 * batches)
     cap += cap % 2
@@ -604,7 +627,7 @@ def run_mc(
     # Ctrl-C arriving mid-merge leaves either the old or the new prefix, never a mix.
     kept0 = {k: _Kept() for k, spec in outputs.items() if spec.kind == "moments"}
     state = {"snap": ({k: _empty(spec) for k, spec in outputs.items()}, 0, 0, kept0), "stop": "budget",
-             "incomplete": False}
+             "incomplete": False, "rhw": None, "note": ""}
     t0 = time.perf_counter()
     bar = _Progress(progress, samples, description or sampler.name)
 
@@ -630,8 +653,10 @@ def run_mc(
             if rhw <= rel_error:
                 state["stop"] = "rel_error"
                 done = True
-        note = f"rel. half-width {rhw:.3g} -> {rel_error:g}" if rhw is not None else ""
-        bar.update(done_samples, note)
+        state["rhw"] = rhw
+        state["note"] = note = f"rel. half-width {rhw:.3g} -> {rel_error:g}" if rhw is not None else ""
+        if executor is None:  # with an executor the bar follows the tasks that complete
+            bar.update(done_samples, note)
         if callback is not None:
             callback(BlockInfo(b, n_blocks, done_samples, samples, time.perf_counter() - t0, rhw))
         if not done and stop is not None and stop.is_set() and b + 1 < n_blocks:
@@ -639,8 +664,22 @@ def run_mc(
             done = True
         return done
 
+    def interrupted() -> bool:
+        """Executor runs: end now, without waiting for the next task, once ``stop`` is set (and a block merged)."""
+        merged = state["snap"][1]
+        if stop is not None and stop.is_set() and 0 < merged < n_blocks:
+            state["stop"], state["incomplete"] = "interrupted", True
+            return True
+        return False
+
     try:
-        if workers == 1:
+        if executor is not None:
+            chunk_size = block_size * max(1, run_on_executor(
+                executor, task, merge, n_blocks=n_blocks,
+                chunk_blocks=chunk_blocks if chunk_given else None, rel_error=rel_error,
+                min_blocks=-(-min_samples // block_size), rhw=lambda: state["rhw"], interrupted=interrupted,
+                progress=lambda computed: bar.update(computed, state["note"])))
+        elif workers == 1:
             for b in range(n_blocks):
                 if merge(b, compute_block(b)):
                     break
@@ -677,6 +716,7 @@ def run_mc(
         stop_reason=state["stop"],
         target=(t_name, t_stat),
         rel_error=rel_error,
+        executor=None if executor is None else describe_executor(executor),
     )
 
 

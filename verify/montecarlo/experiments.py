@@ -16,6 +16,8 @@ only when their interval lies within ``theta0 (1 +- margin)``, means when theirs
 
 Every sweep takes ``stop=`` (a ``threading.Event``): once set, the point in progress ends after
 its current block and no new point starts; the sweep comes back ``incomplete`` with what finished.
+Every sweep takes ``executor=`` too (a ``concurrent.futures.Executor`` or a ``distributed.Client``,
+passed to :func:`run_mc`): its points' blocks then run there, with the same results.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ __all__ = [
     "projected_sweep",
     "saturation_sweep",
     "SOURCES",
+    "SATURATION_FINDINGS",
 ]
 
 #: d_k = 1, 2, 4, ..., 4096.
@@ -51,17 +54,18 @@ DEFAULT_DKS = tuple(2**i for i in range(13))
 #: Spawn-key tags of the experiments' streams.
 TAGS = {"variance": 1, "scaled": 2, "projected": 3, "saturation": 4, "weights": 5}
 
+#: Where the value a check compares with comes from (a check's ``source``). The documents' own
+#: wording of these results stays with the documents (e.g. proofs/catalogue/seed_003.py).
 SOURCES = {
-    "vaswani": "Vaswani et al. 2017, footnote 4 (seed 003, Teorema 6)",
-    "lema6": "seed 003, Lema 6 (Var(q·k/sqrt(d_k)) = 1)",
+    "vaswani": "Vaswani et al. 2017, footnote 4 (Var(q·k) = d_k for independent components, mean 0, variance 1)",
+    "scaled": "the 1/sqrt(d_k) scale of Vaswani et al. 2017 (Var(q·k/sqrt(d_k)) = 1)",
     "derived": "closed form of verify.montecarlo.theory (cross-checked with SymPy in the tests)",
-    "cor3": "seed 003, Corolário 3 (without 1/sqrt(d_k), large d_k saturates the softmax: small gradients)",
-    "cor4": "seed 003, Corolário 4 (unscaled gradient magnitude ~ exp(||s||): explodes for large d_k)",
 }
 
 HEAVY_TAIL_NOTE = (
-    "components with an infinite 8th moment (t5): the variance interval converges slowly and "
-    "under-covers at small d_k (nominal 95% covered ~89% at d_k=1, n=8192; ~94% at n=131072)"
+    "components with an infinite 8th moment (t5): the variance interval under-covers in its tail "
+    "unless samples * alpha is large (benchmarks/bench_calibration.py), so its checks give no "
+    "verdict below that"
 )
 
 
@@ -167,10 +171,10 @@ def _run(sampler, key, root, alpha, run_kw, label) -> MCResult:
 
 
 def _run_kwargs(samples, rel_error, variance_method, backend, workers, block_size, chunk_size, progress,
-                memory_limit, stop) -> dict:
+                memory_limit, stop, executor) -> dict:
     return dict(samples=samples, rel_error=rel_error, variance_method=variance_method, backend=backend,
                 workers=workers, block_size=block_size, chunk_size=chunk_size, progress=progress,
-                memory_limit=memory_limit, stop=stop)
+                memory_limit=memory_limit, stop=stop, executor=executor)
 
 
 def _stopped(stop) -> bool:
@@ -211,7 +215,7 @@ def variance_sweep(
     seed: int | None = None,
     alpha: float = 1e-6,
     margin: float = DEFAULT_MARGIN,
-    variance_method: str = "fourth-moment",
+    variance_method: str = "auto",
     backend: str = "numpy",
     workers: int | None = None,
     block_size: int | None = None,
@@ -219,6 +223,7 @@ def variance_sweep(
     progress: bool | None = None,
     memory_limit: int | None = None,
     stop: Any = None,
+    executor: Any = None,
 ) -> Sweep:
     """Experiments 1 and 2: Var(q·k) (or of q·k/sqrt(d_k) when ``scaled``) across ``d_ks``.
 
@@ -243,7 +248,7 @@ def variance_sweep(
     per_point = 2 if standard else 3
     tests = per_point * len(d_ks)
     run_kw = _run_kwargs(samples, rel_error, variance_method, backend, workers, block_size, chunk_size, progress,
-                         memory_limit, stop)
+                         memory_limit, stop, executor)
     name = "scaled" if scaled else "variance"
     label = "q·k/sqrt(d_k)" if scaled else "q·k"
     note = HEAVY_TAIL_NOTE if dist_obj.finite_moments < 8 else ""
@@ -268,7 +273,7 @@ def variance_sweep(
             checks.append(check_equal(
                 res, doc, statistic="variance", alpha=alpha, tests=tests, margin=margin,
                 claim=f"Var({label}) = {format_number(doc)} (the document's value, which assumes mean 0, variance 1)",
-                source=SOURCES["lema6" if scaled else "vaswani"], note=note))
+                source=SOURCES["scaled" if scaled else "vaswani"], note=note))
         points.append(SweepPoint(d, res, {"mean": mean, "variance": var}, tuple(checks)))
         if res.incomplete:
             incomplete = True
@@ -291,7 +296,7 @@ def projected_sweep(
     seed: int | None = None,
     alpha: float = 1e-6,
     margin: float = DEFAULT_MARGIN,
-    variance_method: str = "fourth-moment",
+    variance_method: str = "auto",
     backend: str = "numpy",
     workers: int | None = None,
     block_size: int | None = None,
@@ -299,6 +304,7 @@ def projected_sweep(
     progress: bool | None = None,
     memory_limit: int | None = None,
     stop: Any = None,
+    executor: Any = None,
 ) -> Sweep:
     """Experiment 3: self-attention scores ``x W^Q · x' W^K`` across ``d_ks``.
 
@@ -330,7 +336,7 @@ def projected_sweep(
         plans.append((mean, var, var != float(d)))
     tests = sum(3 if extra else 2 for _, _, extra in plans)
     run_kw = _run_kwargs(samples, rel_error, variance_method, backend, workers, block_size, chunk_size, progress,
-                         memory_limit, stop)
+                         memory_limit, stop, executor)
     label = "x W^Q · x W^K" if same_token else "x W^Q · x' W^K"
     kind = "exact (fresh-weights ensemble)" if weights == "fresh" else "exact given the fixed W^Q, W^K"
     note = HEAVY_TAIL_NOTE if dist_obj.finite_moments < 8 else ""
@@ -363,26 +369,32 @@ def projected_sweep(
     return Sweep("projected", params, root, alpha, tests, tuple(points), (), time.perf_counter() - t0, incomplete)
 
 
-#: (claim, source, compare arguments) of the saturation findings; "hi"/"lo" = largest/smallest d_k.
-_SATURATION_FINDINGS = (
-    ("unscaled, the softmax Jacobian in the scores, mean ||diag(s) - s s^T||_F, grows with d_k "
-     "(largest d_k > smallest)",
-     "cor4", ("hi", "lo", ">", "jacobian_fro_raw", None, "mean")),
-    ("unscaled, the mean Jacobian of the weights in the query, ||ds/dq||_F = ||J K||_F, grows with d_k "
-     "(largest d_k > smallest)",
-     "cor4", ("hi", "lo", ">", "grad_q_fro_raw", None, "mean")),
-    ("unscaled, the softmax saturates as d_k grows (share of rows with max weight > 0.99: largest d_k > smallest)",
-     "cor3", ("hi", "lo", ">", "saturated_raw", None, "fraction")),
-    ("unscaled, the attention entropy falls as d_k grows (largest d_k < smallest)",
-     "cor3", ("hi", "lo", "<", "entropy_raw", None, "mean")),
-    ("at the largest d_k, scaling by 1/sqrt(d_k) lowers the saturated share (scaled < raw)",
-     "cor3", ("hi", "hi", "<", "saturated_scaled", "saturated_raw", "fraction")),
-    ("at the largest d_k, fewer rows have a vanished query gradient (||ds/dq||_F < 1e-3) scaled than raw",
-     "cor3", ("hi", "hi", "<", "grad_vanished_scaled", "grad_vanished_raw", "fraction")),
-    ("at the largest d_k, the scaled softmax has the larger Jacobian in the scores (scaled > raw): scaling "
-     "keeps it from vanishing, there is no explosion to prevent",
-     "cor4", ("hi", "hi", ">", "jacobian_fro_scaled", "jacobian_fro_raw", "mean")),
-)
+#: The saturation findings: stable key (a finding's ``source``) -> (claim, compare arguments);
+#: "hi"/"lo" = largest/smallest d_k. p = softmax(s) are the weights, s the scores.
+SATURATION_FINDINGS = {
+    "jacobian-raw-grows": (
+        "unscaled, the softmax Jacobian in the scores, mean ||diag(p) - p p^T||_F with p = softmax(s), grows "
+        "with d_k (largest d_k > smallest)", ("hi", "lo", ">", "jacobian_fro_raw", None, "mean")),
+    "query-gradient-raw-grows": (
+        "unscaled, the mean Jacobian of the weights in the query, ||ds/dq||_F = ||J K||_F, grows with d_k "
+        "(largest d_k > smallest)", ("hi", "lo", ">", "grad_q_fro_raw", None, "mean")),
+    "saturation-raw-grows": (
+        "unscaled, the softmax saturates as d_k grows (share of rows with max weight > 0.99: largest d_k > smallest)",
+        ("hi", "lo", ">", "saturated_raw", None, "fraction")),
+    "entropy-raw-falls": (
+        "unscaled, the attention entropy falls as d_k grows (largest d_k < smallest)",
+        ("hi", "lo", "<", "entropy_raw", None, "mean")),
+    "scaled-less-saturated": (
+        "at the largest d_k, scaling by 1/sqrt(d_k) lowers the saturated share (scaled < raw)",
+        ("hi", "hi", "<", "saturated_scaled", "saturated_raw", "fraction")),
+    "scaled-fewer-vanished": (
+        "at the largest d_k, fewer rows have a vanished query gradient (||ds/dq||_F < 1e-3) scaled than raw",
+        ("hi", "hi", "<", "grad_vanished_scaled", "grad_vanished_raw", "fraction")),
+    "scaled-larger-jacobian": (
+        "at the largest d_k, the scaled softmax has the larger Jacobian in the scores (scaled > raw): scaling "
+        "keeps it from vanishing, there is no explosion to prevent", ("hi", "hi", ">", "jacobian_fro_scaled",
+                                                                        "jacobian_fro_raw", "mean")),
+}
 
 
 def saturation_sweep(
@@ -401,13 +413,15 @@ def saturation_sweep(
     progress: bool | None = None,
     memory_limit: int | None = None,
     stop: Any = None,
+    executor: Any = None,
 ) -> Sweep:
     """Experiment 4: saturation and gradients of softmax over ``n_keys`` keys, raw and scaled.
 
     Each point estimates, raw and scaled: mean largest weight, mean entropy, mean
-    ``||diag(s) - s s^T||_F``, mean ``||ds/dq||_F`` and the share of rows with largest weight
-    above 0.99. With at least two d_k, the findings compare the smallest and the largest d_k
-    (and raw against scaled at the largest) with the ordering rule of :func:`verdict.compare`.
+    ``||diag(p) - p p^T||_F`` (p = softmax(s), s the scores), mean ``||ds/dq||_F`` and the share of
+    rows with largest weight above 0.99. With at least two d_k, the findings compare the smallest
+    and the largest d_k (and raw against scaled at the largest) with the ordering rule of
+    :func:`verdict.compare`; each finding's ``source`` is its key in :data:`SATURATION_FINDINGS`.
     ``rel_error`` watches the mean raw Jacobian norm.
     """
     d_ks = check_dks(d_ks)
@@ -416,10 +430,11 @@ def saturation_sweep(
     dist_obj = get_distribution(dist)
     _check_widths(d_ks, lambda d: 3 * (n_keys + 1) * d, f"3 (n_keys + 1) d_k with n_keys={n_keys}", memory_limit)
     root = _root_seed(seed)
-    findings_spec = [f for f in _SATURATION_FINDINGS if len(d_ks) > 1 or f[2][0] == f[2][1]]
+    findings_spec = [(key, claim, spec) for key, (claim, spec) in SATURATION_FINDINGS.items()
+                     if len(d_ks) > 1 or spec[0] == spec[1]]
     tests = max(1, len(findings_spec))
     run_kw = _run_kwargs(samples, rel_error, "fourth-moment", backend, workers, block_size, chunk_size, progress,
-                         memory_limit, stop)
+                         memory_limit, stop, executor)
     points, t0, incomplete = [], time.perf_counter(), False
     for d in d_ks:
         if _stopped(stop):
@@ -435,11 +450,11 @@ def saturation_sweep(
     if points and not incomplete:
         by = {"lo": points[0].result, "hi": points[-1].result}
         lo_d, hi_d = points[0].d_k, points[-1].d_k
-        for claim, src, (a, b, rel, out_a, out_b, stat) in findings_spec:
+        for key, claim, (a, b, rel, out_a, out_b, stat) in findings_spec:
             text = claim.replace("the largest d_k", f"d_k={hi_d}").replace("largest d_k", f"d_k={hi_d}")
             text = text.replace("smallest", f"d_k={lo_d}")
             findings.append(compare(by[a], by[b], rel, output=out_a, output_b=out_b, statistic=stat,
-                                    alpha=alpha, tests=tests, claim=text, source=SOURCES[src]))
+                                    alpha=alpha, tests=tests, claim=text, source=key))
     params = {"n_keys": n_keys, "dist": dist_obj.name, "samples": samples, "rel_error": rel_error, "backend": backend}
     return Sweep("saturation", params, root, alpha, tests, tuple(points), tuple(findings),
                  time.perf_counter() - t0, incomplete)

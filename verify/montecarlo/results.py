@@ -70,12 +70,17 @@ class Output:
         Probabilities in (0, 1) for ``kind="quantile"``.
     edges : tuple of float
         Increasing histogram bin edges for ``kind="quantile"``.
+    finite_moments : float
+        Moments of the quantity of order below this are finite (default ``math.inf``: all of
+        them). The variance interval gives no verdict where heavy tails keep it from holding its
+        error rate (:func:`verify.montecarlo.stats.tail_limit`).
     """
 
     label: str
     kind: str = "moments"
     quantiles: tuple[float, ...] = ()
     edges: tuple[float, ...] = ()
+    finite_moments: float = math.inf
 
     def __post_init__(self):
         if self.kind not in ("moments", "fraction", "quantile"):
@@ -85,6 +90,9 @@ class Output:
                 raise ValueError(f"Output quantiles must be probabilities in (0, 1), got {self.quantiles!r}")
             if len(self.edges) < 2 or any(b <= a for a, b in zip(self.edges, self.edges[1:])):
                 raise ValueError(f"Output edges must be at least 2 increasing numbers, got {self.edges!r}")
+        if not (isinstance(self.finite_moments, (int, float)) and self.finite_moments > 0):
+            raise ValueError(f"Output finite_moments must be a number > 0 (math.inf: all moments finite), "
+                             f"got {self.finite_moments!r}")
 
 
 @dataclass(frozen=True)
@@ -200,7 +208,8 @@ class MCResult:
     bit_generator : str
     backend : str
     workers, chunk_size : int
-        Scheduling only: they do not change any number in the result.
+        Scheduling only: they do not change any number in the result (with an executor:
+        its threads, and the largest task in samples).
     alpha : float
         Default error rate of the intervals.
     variance_method : str
@@ -214,6 +223,9 @@ class MCResult:
         ``"budget"``, ``"rel_error"``, ``"time_limit"`` or ``"interrupted"``.
     target : tuple (output name, statistic) or None
         What the relative-error stopping rule watched.
+    executor : str or None
+        Where the blocks ran when not on this process's threads, e.g.
+        ``"dask tcp://127.0.0.1:8786 (2 workers, 2 threads)"``; scheduling only.
     """
 
     name: str
@@ -239,6 +251,7 @@ class MCResult:
     target: tuple[str, str] | None = None
     rel_error: float | None = None
     block_span: int = 1
+    executor: str | None = None
 
     # ------------------------------------------------------------------ estimates
     def _acc(self, name: str, kind: str):
@@ -269,7 +282,8 @@ class MCResult:
         alpha = self.alpha if alpha is None else alpha
         method = method or self.variance_method
         m: Moments = self._acc(name, "moments")
-        lo, hi, desc = variance_interval(m, alpha, method, blocks=self.block_moments.get(name), batches=self.batches)
+        lo, hi, desc = variance_interval(m, alpha, method, blocks=self.block_moments.get(name), batches=self.batches,
+                                         finite_moments=self.outputs[name].finite_moments)
         return self._est(f"Var({self.outputs[name].label})", "variance", m.variance, lo, hi, alpha, desc)
 
     def fraction(self, name: str | None = None, alpha: float | None = None) -> Estimate:
@@ -333,7 +347,9 @@ class MCResult:
             "batches": self.batches, "seconds": self.seconds, "incomplete": self.incomplete,
             "stop_reason": self.stop_reason, "target": list(self.target) if self.target else None,
             "rel_error": self.rel_error, "block_span": self.block_span,
-            "outputs": {k: {"label": v.label, "kind": v.kind} for k, v in self.outputs.items()},
+            "executor": self.executor,
+            "outputs": {k: {"label": v.label, "kind": v.kind, "finite_moments": v.finite_moments}
+                        for k, v in self.outputs.items()},
             "accumulators": {k: v.to_dict() for k, v in self.accumulators.items()},
             "estimates": [e.to_dict() for e in self.estimates()],
         }

@@ -84,7 +84,8 @@ class DotSampler:
 
     @property
     def outputs(self) -> dict:
-        return {"dot": Output("q·k/sqrt(d_k)" if self.scaled else "q·k")}
+        # q·k is bilinear in the components: its moments are finite exactly where theirs are
+        return {"dot": Output("q·k/sqrt(d_k)" if self.scaled else "q·k", finite_moments=self.dist.finite_moments)}
 
     @property
     def elements_per_sample(self) -> int:
@@ -178,7 +179,9 @@ class ProjectedSampler:
 
     @property
     def outputs(self) -> dict:
-        return {"dot": Output("x W^Q · x W^K" if self.same_token else "x W^Q · x' W^K")}
+        # bilinear in x, x' (finite below the components' order), quadratic in x when x' = x (half that)
+        p = self.dist.finite_moments / (2.0 if self.same_token else 1.0)
+        return {"dot": Output("x W^Q · x W^K" if self.same_token else "x W^Q · x' W^K", finite_moments=p)}
 
     @property
     def elements_per_sample(self) -> int:

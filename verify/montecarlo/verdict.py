@@ -13,6 +13,12 @@ margin ``delta`` (``margin * |theta0|``, or ``abs_margin`` when given):
   it: a full width below ``delta`` forces SUPPORTED or REFUTED, and widths shrink as
   ``1/sqrt(n)``, so ``n * (width / delta)^2`` samples would do if the spread stays as measured.
 
+An interval that cannot vouch for its own tail at the alpha asked for is undefined (NaN), so the
+check is INCONCLUSIVE with that reason, never SUPPORTED or REFUTED: a variance interval of a
+heavy-tailed quantity (an infinite eighth moment, e.g. q·k with Student t5 components) with too
+few samples for its alpha (:func:`verify.montecarlo.stats.tail_limit`; measured by
+benchmarks/bench_calibration.py), or a fourth-moment interval below 1000 samples.
+
 The default margin is ``DEFAULT_MARGIN = 0.05`` (5% of the claimed value). It is far below the
 deviations the documents' claims turn on (``d_k (1 + 2/D)`` against ``d_k`` is 12.5% at D = 16;
 a non-zero component mean multiplies Var(q·k) by several), and budgets of 1e5 to 1e6 samples
