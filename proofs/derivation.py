@@ -663,7 +663,8 @@ class Custom(Checker):
     Parameters
     ----------
     fn : callable
-        Called with no argument; returns ``(passed, note)``: a bool (``numpy.bool_`` too; a
+        Called with no argument; returns ``(passed, note)``: a bool (``numpy.bool_`` and
+        SymPy's ``true``/``false`` too; a
         string, a number or NaN is an error, not a truth value) and a one-line account of the
         evidence (values, tolerances, seeds).
     method : str
@@ -688,7 +689,7 @@ class Custom(Checker):
         ok, note = out
         import numpy as np
 
-        if not isinstance(ok, (bool, np.bool_)):
+        if not isinstance(ok, (bool, np.bool_, sp.logic.boolalg.BooleanAtom)):  # SymPy's true/false too
             raise TypeError(f"{where} must return a bool (True or False) as passed; it returned "
                             f"{_short(repr(ok))} of type {type(ok).__name__} (compare explicitly, e.g. err < tol)")
         return bool(ok), str(note)

@@ -436,6 +436,8 @@ def test_a_custom_check_must_return_a_real_bool():
     assert bare.status == "ERROR" and "must return (passed, note)" in bare.note and "'bare yes'" in bare.note
     assert status_of(Step("a", "b", "numpy", Custom(lambda: (np.float64(1) < 2, "ok"), "numeric"))).status == "PASS"
     assert status_of(Step("a", "b", "numpy no", Custom(lambda: (np.float64(3) < 2, "no"), "numeric"))).status == "FAIL"
+    assert status_of(Step("a", "b", "sympy", Custom(lambda: (sp.Integer(1) < 2, "ok"), "exact"))).status == "PASS"
+    assert status_of(Step("a", "b", "sympy no", Custom(lambda: (sp.Integer(3) < 2, "no"), "exact"))).status == "FAIL"
 
 
 # --------------------------------------------------------------------------- review: where the search looks
