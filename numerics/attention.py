@@ -40,7 +40,7 @@ import array_api_compat
 import numpy as np
 
 from . import _backend as bk
-from . import _parallel
+from . import _parallel, _tiled
 from ._band import KeyBand, check_causal, check_window, key_band
 from .softmax import safe_divide, softmax_unnormalised
 
@@ -867,7 +867,11 @@ def scaled_dot_product_attention(
         enable_gqa=enable_gqa, dropout_p=dropout_p, dropout_mask=dropout_mask, check_finite=check_finite,
     )
     xp = p.xp
-    results = list(_run(p, partial(_forward, return_weights=return_weights, return_lse=return_lse)))
+    if _tiled.use_tiles(p, return_weights):
+        forward = partial(_tiled.forward, return_lse=return_lse)
+    else:
+        forward = partial(_forward, return_weights=return_weights, return_lse=return_lse)
+    results = list(_run(p, forward))
     if return_lse:
         results[-1] = results[-1][..., 0]
         if groups is not None:
@@ -936,7 +940,8 @@ def attention_backward(
         d_out=d_out,
     )
     xp = p.xp
-    raw = _run(p, _backward, xp.astype(fd_out, p.q.dtype, copy=False))
+    backward = _tiled.backward if _tiled.use_tiles(p, False) else _backward
+    raw = _run(p, backward, xp.astype(fd_out, p.q.dtype, copy=False))
     grads = []
     for g, folded, original in zip(raw, (fq, fk, fv, fbias), (q, k, v, bias)):
         g = bk.sum_to_shape(xp, g, tuple(folded.shape))
