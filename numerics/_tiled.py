@@ -42,12 +42,14 @@ from . import attention as _attention
 
 __all__ = ["BLOCK_Q", "BLOCK_K", "MIN_SCORES", "use_tiles", "forward", "backward"]
 
-#: Query rows per tile. Chosen by measurement (benchmarks/bench_long.py): large enough that
-#: the per-tile Python overhead and the (BLOCK_Q, K) x (K, BLOCK_K) products stay efficient,
-#: small enough that a tile of every head in a slab stays in the cache hierarchy.
+#: Query rows per tile. Chosen by measurement (CPU time of the causal MHA forward of
+#: benchmarks/bench_long.py at N = 2048, 4096, 8192, float32, H = 8: 256 x 256 was best
+#: among 128..512 x 128..2048, by 5-25%): large enough that the per-tile Python overhead and
+#: the (BLOCK_Q, K) x (K, BLOCK_K) products stay efficient, small enough that a tile of the
+#: heads of a slab stays in cache and the causal diagonal wastes few entries.
 BLOCK_Q = 256
 #: Key columns per tile.
-BLOCK_K = 1024
+BLOCK_K = 256
 #: Tile only when a problem has at least this many scores (batch x N x M); below it the
 #: untiled path is as lean and faster. Set to 0 to force tiling (tests do).
 MIN_SCORES = 1 << 22
