@@ -232,3 +232,20 @@ def test_tiled_forward_holds_no_full_score_matrix(monkeypatch):
         peaks[tiled] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     assert peaks[True] < scores_bytes / 4 < peaks[False]
+
+
+def test_multi_head_attention_forward_takes_the_tiled_path(monkeypatch, tiles):
+    """The MHA layer's forward goes through the tiled attention when it applies, with the
+    untiled result; asking for the weights keeps it untiled."""
+    import numerics
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 113, 24))
+    params = numerics.init_params(24, 4, bias=True, seed=1)
+    tiled = numerics.multi_head_attention(x, params, causal=True)
+    assert tiles == ["forward"]
+    out, _ = numerics.multi_head_attention(x, params, causal=True, return_weights=True)
+    assert tiles == ["forward"]
+    _untiled(monkeypatch)
+    np.testing.assert_allclose(tiled, numerics.multi_head_attention(x, params, causal=True), rtol=TOL64, atol=TOL64)
+    np.testing.assert_allclose(tiled, out, rtol=TOL64, atol=TOL64)
