@@ -11,7 +11,7 @@ Peers: ``numerics.multi_head_attention(x, params, causal=True)`` (finite-input c
 long sequences take the tiled attention, see numerics/_tiled.py) against torch's
 projections plus ``F.scaled_dot_product_attention(..., is_causal=True)`` under
 ``torch.no_grad`` (its flash kernel on the CPU). Same weights; the outputs are compared
-before anything is timed (N <= 8192).
+before anything is timed (at the smallest N, at most 2048).
 
 Every figure is measured in a fresh process (``spawn``), so that the libraries' thread
 pools never meet and each process's peak memory is its own:
@@ -29,6 +29,7 @@ pools never meet and each process's peak memory is its own:
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import platform
@@ -142,15 +143,16 @@ def plot(results: dict, path: str, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
-    for peer, marker in (("numerics", "o"), ("torch", "s")):
+    for peer, marker, color in (("numerics", "o", "tab:blue"), ("torch", "s", "tab:orange")):
         ns = sorted(n for (p, n) in results if p == peer)
         if not ns:
             continue
-        ax_t.plot(ns, [results[(peer, n)]["time"] for n in ns], marker=marker, label=f"{peer} wall")
-        ax_t.plot(ns, [results[(peer, n)]["cpu"] for n in ns], marker=marker, linestyle="--", label=f"{peer} CPU")
-        ax_m.plot(ns, [results[(peer, n)]["peak"] / MIB for n in ns], marker=marker, label=f"{peer} peak RSS")
-        ax_m.plot(ns, [results[(peer, n)]["pass"] / MIB for n in ns], marker=marker, linestyle="--",
-                  label=f"{peer} growth during the pass")
+        style = dict(marker=marker, color=color)
+        ax_t.plot(ns, [results[(peer, n)]["time"] for n in ns], label=f"{peer} wall", **style)
+        ax_t.plot(ns, [results[(peer, n)]["cpu"] for n in ns], linestyle="--", label=f"{peer} CPU", **style)
+        ax_m.plot(ns, [results[(peer, n)]["peak"] / MIB for n in ns], label=f"{peer} peak RSS", **style)
+        ax_m.plot(ns, [results[(peer, n)]["pass"] / MIB for n in ns], linestyle="--",
+                  label=f"{peer} growth during the pass", **style)
     for ax, label in ((ax_t, "forward pass (s)"), (ax_m, "memory (MiB)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -177,12 +179,23 @@ def main() -> None:
     parser.add_argument("--block-k", type=int, default=None)
     parser.add_argument("--plot", default=None, help="write the curves to this PNG")
     parser.add_argument("--note", default="", help="added to the plot's title (e.g. 'measured under load')")
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    parser.add_argument("--replot", nargs="+", default=None, metavar="JSON",
+                        help="measure nothing: merge these --json files into --plot")
     args = parser.parse_args()
     d, h = args.d_model, args.heads
     blocks = (args.block_q, args.block_k)
+    if args.replot:
+        merged = {}
+        for path in args.replot:
+            with open(path) as f:
+                merged.update({(r["peer"], r["n"]): r for r in json.load(f)["results"]})
+        plot(merged, args.plot, args.note)
+        print(f"plot: {args.plot}")
+        return
 
     if set(args.peers) == {"numerics", "torch"}:
-        small = min(args.n + [8192])
+        small = min(args.n + [2048])
         err = _in_fresh_process(_agree, small, d, h)
         assert err < 1e-3, f"numerics and torch disagree by {err} at N={small}"
 
@@ -224,6 +237,10 @@ def main() -> None:
           "\n  time to other processes on the machine); peak: the process's peak RSS (imports included:"
           "\n  torch's are larger); pass: growth of the peak over the RSS before the first pass.")
     del numerics
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"load_average": load, "d_model": d, "heads": h,
+                       "results": [{"peer": p, "n": n, **r} for (p, n), r in results.items()]}, f, indent=1)
     if args.plot:
         title = (f"causal MHA forward, float32, B=1, D={d}, H={h}, {_cpu_model()}, {os.cpu_count()} cores"
                  + (f" ({args.note})" if args.note else ""))

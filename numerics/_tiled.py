@@ -141,8 +141,18 @@ def forward(p: Any, return_lse: bool = False) -> tuple[Any, ...]:
 def _forward(p: Any) -> tuple[Any, Any]:
     """``(out, lse)``, lse with the batch dims of the scores (those of q, k, mask and bias)."""
     xp = p.xp
-    parts = [_row_block(p, rows) for rows in _blocks(int(p.q.shape[-2]), BLOCK_Q)]
-    return xp.concat([o for o, _ in parts], axis=-2), xp.concat([lse for _, lse in parts], axis=-2)
+    blocks = _blocks(int(p.q.shape[-2]), BLOCK_Q)
+    if not bk._writes_in_place(xp):
+        parts = [_row_block(p, rows) for rows in blocks]
+        return xp.concat([o for o, _ in parts], axis=-2), xp.concat([lse for _, lse in parts], axis=-2)
+    # NumPy, CuPy: each block written into the output, never a second copy of it.
+    n = int(p.q.shape[-2])
+    device = array_api_compat.device(p.q)
+    out = xp.empty(p.batch + (n, int(p.v.shape[-1])), dtype=p.q.dtype, device=device)
+    lse = xp.empty(_score_batch(p) + (n, 1), dtype=p.q.dtype, device=device)
+    for rows in blocks:
+        out[..., rows[0]:rows[1], :], lse[..., rows[0]:rows[1], :] = _row_block(p, rows)
+    return out, lse
 
 
 def backward(p: Any, d_out: Any) -> tuple[Any, ...]:
