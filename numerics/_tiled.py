@@ -23,10 +23,11 @@ Backward, FlashAttention-2's recomputation from the lse, per tile::
     dS = P (dP - rowsum(dO * O))                = d bias of the tile
     dQ += scale dS' K_b,  dK_b += scale dS'^T Q  with dS' = dS (1 - (T / c)^2) under softcap
 
-When to tile (:func:`use_tiles`): without weights asked for, when a slab's scores would
-exceed :data:`MIN_SCORES` entries, and when the magnitudes are ordinary (no score beyond
-2**20 that saturates the softmax, no product with v that could overflow): the rare extreme
-inputs keep the untiled path, which handles them exactly (see ``_Problem``).
+When to tile (:func:`use_tiles`): without weights asked for, when the problem has at least
+:data:`MIN_SCORES` scores (batch x N x M, before any split over cores), and when the
+magnitudes are ordinary (no score beyond 2**20 that saturates the softmax, no product with
+v that could overflow): the rare extreme inputs, and empty problems, keep the untiled path,
+which handles them exactly (see ``numerics.attention._Problem``).
 """
 
 from __future__ import annotations
@@ -59,10 +60,8 @@ def use_tiles(p: Any, return_weights: bool) -> bool:
     """Whether the checked problem ``p`` goes through the tiled path (see the module doc)."""
     if return_weights or p.saturating or p.weights_first or p.unit is not None or p.downscale:
         return False
-    n, m = int(p.q.shape[-2]), int(p.k.shape[-2])
-    if n == 0 or m == 0:
-        return False
-    return math.prod(p.batch) * n * m >= MIN_SCORES
+    scores = math.prod(p.batch) * int(p.q.shape[-2]) * int(p.k.shape[-2])
+    return scores > 0 and scores >= MIN_SCORES  # empty problems: the untiled path's rules
 
 
 def _blocks(length: int, size: int) -> list[tuple[int, int]]:

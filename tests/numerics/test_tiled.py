@@ -249,3 +249,18 @@ def test_multi_head_attention_forward_takes_the_tiled_path(monkeypatch, tiles):
     _untiled(monkeypatch)
     np.testing.assert_allclose(tiled, numerics.multi_head_attention(x, params, causal=True), rtol=TOL64, atol=TOL64)
     np.testing.assert_allclose(tiled, out, rtol=TOL64, atol=TOL64)
+
+
+@pytest.mark.parametrize("shapes", [((0, 5, 4), (0, 7, 4), (0, 7, 3)), ((2, 0, 4), (2, 7, 4), (2, 7, 3)),
+                                    ((2, 5, 4), (2, 0, 4), (2, 0, 3)), ((2, 5, 0), (2, 7, 0), (2, 7, 3))])
+def test_empty_axes_with_tiling_forced(monkeypatch, tiles, shapes):
+    """Empty batch, N, M or K: the same results as before tiling existed (K = 0 tiles)."""
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal(s) for s in shapes)
+    d_out = rng.standard_normal(q.shape[:-1] + (3,))
+    tiled = scaled_dot_product_attention(q, k, v, causal=True), attention_backward(q, k, v, d_out, causal=True)
+    _untiled(monkeypatch)
+    untiled = scaled_dot_product_attention(q, k, v, causal=True), attention_backward(q, k, v, d_out, causal=True)
+    for a, b in zip([tiled[0], *tiled[1]], [untiled[0], *untiled[1]]):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=TOL64, atol=TOL64)
