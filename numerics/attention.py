@@ -26,6 +26,10 @@ Backward, for an upstream gradient dO (FlashAttention's formulation)::
 
 A query row with no allowed key has A = 0, so its output, weights and every gradient
 through it are 0 (PyTorch's ``_safe_softmax`` behaviour), never NaN.
+
+Large problems without weights asked for run the same pipeline tile by tile, never holding
+more than one tile of scores (online softmax forward, backward from the logsumexp): see
+:mod:`numerics._tiled` for the rule that chooses.
 """
 
 from __future__ import annotations
@@ -858,6 +862,11 @@ def scaled_dot_product_attention(
 
     Devices: every array argument must be on one device (``array_api_compat.device``);
     else a ValueError naming both arguments and their devices.
+
+    Long sequences: without ``return_weights``, problems of at least 2^22 scores
+    (``numerics._tiled.MIN_SCORES``, batch x N x M) with ordinary magnitudes are computed
+    in tiles (online softmax; tiles that causal or the window exclude are skipped), in
+    memory linear in N and M; the result is the untiled one up to rounding.
     """
     dtype = q.dtype if hasattr(q, "dtype") else None
     return_weights = bk.check_flag("return_weights", return_weights)
