@@ -135,6 +135,11 @@ def _cpu_model() -> str:
         return platform.processor()
 
 
+def _title(d: int, h: int, note: str) -> str:
+    return (f"causal MHA forward, float32, B=1, D={d}, H={h}, {_cpu_model()}, {os.cpu_count()} cores"
+            + (f" ({note})" if note else ""))
+
+
 def plot(results: dict, path: str, title: str) -> None:
     """Time and peak memory against N, both peers, log-log, as a PNG at ``path``."""
     import matplotlib
@@ -190,7 +195,7 @@ def main() -> None:
         for path in args.replot:
             with open(path) as f:
                 merged.update({(r["peer"], r["n"]): r for r in json.load(f)["results"]})
-        plot(merged, args.plot, args.note)
+        plot(merged, args.plot, _title(d, h, args.note))
         print(f"plot: {args.plot}")
         return
 
@@ -242,9 +247,7 @@ def main() -> None:
             json.dump({"load_average": load, "d_model": d, "heads": h,
                        "results": [{"peer": p, "n": n, **r} for (p, n), r in results.items()]}, f, indent=1)
     if args.plot:
-        title = (f"causal MHA forward, float32, B=1, D={d}, H={h}, {_cpu_model()}, {os.cpu_count()} cores"
-                 + (f" ({args.note})" if args.note else ""))
-        plot(results, args.plot, title)
+        plot(results, args.plot, _title(d, h, args.note))
         print(f"plot: {args.plot}")
 
 

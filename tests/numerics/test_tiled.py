@@ -9,7 +9,6 @@ tiles must not be computed; the automatic choice and the bounded memory are chec
 
 from __future__ import annotations
 
-import itertools
 import tracemalloc
 
 import numpy as np
