@@ -39,6 +39,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
+from bench_mha import _cpu_model  # benchmarks/ is on sys.path when a script there runs
 
 MIB = 1024 * 1024
 
@@ -125,14 +126,6 @@ def _agree(n: int, d: int, h: int) -> float:
 def _in_fresh_process(fn, *args):
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return pool.submit(fn, *args).result()
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 def _title(d: int, h: int, note: str) -> str:
