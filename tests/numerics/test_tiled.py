@@ -125,7 +125,7 @@ POSITIONAL = [
     dict(causal="bottom_right", window=(40, None)),
     dict(causal=True, window=(0, 0)),
 ]
-SCORE = [dict(), dict(softcap=3.0), dict(scale=0.7)]
+SCORE = [dict(), dict(softcap=3.0)]
 
 
 @pytest.mark.parametrize("n, m", [(113, 203), (203, 113)])
@@ -142,7 +142,7 @@ def test_tiled_equals_untiled_every_option_numpy(monkeypatch, tiles, n, m, posit
 @pytest.mark.parametrize("options", [
     dict(causal=True, softcap=2.0),
     dict(causal="bottom_right", window=(30, 3)),
-    dict(window=(None, 10)),
+    dict(window=(None, 10), scale=0.7),
 ], ids=str)
 @pytest.mark.parametrize("bias", [None, "full", "keys"])
 def test_tiled_equals_untiled_on_every_namespace(xp, monkeypatch, tiles, options, bias):
