@@ -629,13 +629,15 @@ def _safe_math(src: str) -> bool:
 
 
 def _math_source(src: str) -> str | None:
-    """The document's LaTeX ready for inline math (words of three letters or more upright), or
-    None where it would not compile or reads as prose (``0.53, term 1 of the sum``)."""
+    """The document's LaTeX ready for inline math (words of three letters or more upright, Greek
+    names as letters), or None where it would not compile or reads as prose (``0.53, term 1 of
+    the sum``)."""
     src = str(src).strip()
     if not _safe_math(src) or re.search(r"(?<![\\{])\b[A-Za-z]{2,}\s+[A-Za-z]{2,}\b", src):
         return None
-    return re.sub(r"(?<![\\{A-Za-z])([A-Za-z]{3,})", lambda m: m.group(1) if m.group(1) in _GREEK
-                  else rf"\mathrm{{{m.group(1)}}}", src)
+    src = re.sub(r"(?<![\\{A-Za-z])([A-Za-z]{3,})", lambda m: "\\" + m.group(1) if m.group(1) in _GREEK
+                 else rf"{{\mathrm{{{m.group(1)}}}}}", src)
+    return src.replace("*", r"\cdot ")
 
 
 def _without_commands(src: str) -> str:
@@ -739,7 +741,8 @@ def _wrong_record(r: Mapping) -> str:
              f"{bad} of {len(entries)} entries wrong" if len(entries) > 1 else "wrong")
     words = count + ", " + _origin(r)
     if r.get("max_deviation") is not None:
-        words += f"; largest deviation ${number(float(r['max_deviation']))}$"
+        deviation = float(f"{float(r['max_deviation']):.3g}")
+        words += f"; largest deviation ${number(deviation)}$"
     notes = [str(n) for n in r.get("notes") or []]
     if notes:
         words += "; " + "; ".join(symbols(_without_commands(n)) for n in notes)
