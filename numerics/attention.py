@@ -26,6 +26,10 @@ Backward, for an upstream gradient dO (FlashAttention's formulation)::
 
 A query row with no allowed key has A = 0, so its output, weights and every gradient
 through it are 0 (PyTorch's ``_safe_softmax`` behaviour), never NaN.
+
+Large problems without weights asked for run the same pipeline tile by tile, never holding
+more than one tile of scores (online softmax forward, backward from the logsumexp): see
+:mod:`numerics._tiled` for the rule that chooses.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import array_api_compat
 import numpy as np
 
 from . import _backend as bk
-from . import _parallel
+from . import _parallel, _tiled
 from ._band import KeyBand, check_causal, check_window, key_band
 from .softmax import safe_divide, softmax_unnormalised
 
@@ -863,6 +867,11 @@ def scaled_dot_product_attention(
 
     Devices: every array argument must be on one device (``array_api_compat.device``);
     else a ValueError naming both arguments and their devices.
+
+    Long sequences: without ``return_weights``, problems of at least 2^22 scores
+    (``numerics._tiled.MIN_SCORES``, batch x N x M) with ordinary magnitudes are computed
+    in tiles (online softmax; tiles that causal or the window exclude are skipped), in
+    memory linear in N and M; the result is the untiled one up to rounding.
     """
     dtype = q.dtype if hasattr(q, "dtype") else None
     return_weights = bk.check_flag("return_weights", return_weights)
@@ -872,7 +881,11 @@ def scaled_dot_product_attention(
         enable_gqa=enable_gqa, dropout_p=dropout_p, dropout_mask=dropout_mask, check_finite=check_finite,
     )
     xp = p.xp
-    results = list(_run(p, partial(_forward, return_weights=return_weights, return_lse=return_lse)))
+    if _tiled.use_tiles(p, return_weights):
+        forward = partial(_tiled.forward, return_lse=return_lse)
+    else:
+        forward = partial(_forward, return_weights=return_weights, return_lse=return_lse)
+    results = list(_run(p, forward))
     if return_lse:
         results[-1] = results[-1][..., 0]
         if groups is not None:
@@ -941,7 +954,8 @@ def attention_backward(
         d_out=d_out,
     )
     xp = p.xp
-    raw = _run(p, _backward, xp.astype(fd_out, p.q.dtype, copy=False))
+    backward = _tiled.backward if _tiled.use_tiles(p, False) else _backward
+    raw = _run(p, backward, xp.astype(fd_out, p.q.dtype, copy=False))
     grads = []
     for g, folded, original in zip(raw, (fq, fk, fv, fbias), (q, k, v, bias)):
         g = bk.sum_to_shape(xp, g, tuple(folded.shape))

@@ -93,11 +93,23 @@ def text(s: str, *, unknown: str = "raise") -> str:
     return "".join(escape(p, unknown=unknown) if k % 2 == 0 else f"${p}$" for k, p in enumerate(parts))
 
 
+_ENVIRONMENT = re.compile(r"\\begin\{([^}]*)\}.*?\\end\{\1\}", re.DOTALL)
+
+
+def _has_alignment_point(tex: str) -> bool:
+    """Whether ``tex`` has its own ``&`` for align*, not counting those inside a matrix or other
+    environment (``\\begin{pmatrix}1&-1\\end{pmatrix}``) or escaped (``\\&``)."""
+    outer = tex
+    while (stripped := _ENVIRONMENT.sub("", outer)) != outer:
+        outer = stripped
+    return re.search(r"(?<!\\)&", outer) is not None
+
+
 def _row(step: Any, options: dict[str, Any], with_methods: bool, result: Any, reason_width: str | None,
          tag: str | None = None) -> str:
     opts = {**options, **step.latex_options}
     if step.latex is not None:
-        math = step.latex if "&" in step.latex else "& " + step.latex
+        math = step.latex if _has_alignment_point(step.latex) else "& " + step.latex
     else:
         lhs = "" if step.lhs is None else latex_expr(step.lhs, **opts)
         rhs = "" if step.rhs is None else latex_expr(step.rhs, **opts)

@@ -32,7 +32,7 @@ import sympy as sp
 from .latex import escape, group_end
 
 __all__ = ["PREAMBLE_MACROS", "plain", "prose", "one_line", "number", "inline", "value", "block", "worked_example",
-           "data_block"]
+           "audit_records", "data_block"]
 
 #: ``\fitwidth{...}``: typeset its argument, shrunk to the line width if it is wider.
 PREAMBLE_MACROS = r"""\newsavebox\avfitbox
@@ -173,12 +173,28 @@ def _closing(text: str, start: int) -> int | None:
     return None
 
 
+# a matrix written on one line, rows split by "; " (proofs.audit's texts): [0.6, 1.0; 0.8, 0.7]
+_ROW_TEXT = r"-?\d+(?:\.\d+)?(?:,\s*-?\d+(?:\.\d+)?)*"
+_MATRIX_TEXT = re.compile(r"\[" + _ROW_TEXT + r"(?:;\s*" + _ROW_TEXT + r")+\]")
+
+
+def _matrix_text(span: str) -> str:
+    rows = [[plain(x.strip()) for x in row.split(",")] for row in span[1:-1].split(";")]
+    return _drawn(rows, small=True) if len({len(r) for r in rows}) == 1 else plain(span)
+
+
 def _text_with_literals(text: str) -> str:
     """Plain text in which a Python literal (a dict, or a list holding strings, dicts or
-    lists, as ``repr`` prints them) is written out readably with :func:`inline`."""
+    lists, as ``repr`` prints them) is written out readably with :func:`inline`, and a matrix
+    written on one line (``[0.6, 1.0; 0.8, 0.7]``) is set as a small matrix."""
     out, i = [], 0
     for m in re.finditer(r"[\[{]", text):
         if m.start() < i:
+            continue
+        table = _MATRIX_TEXT.match(text, m.start())
+        if table:
+            out += [symbols(text[i:m.start()]), "$" + _matrix_text(table.group(0)) + "$"]
+            i = table.end()
             continue
         end = _closing(text, m.start())
         span = text[m.start():end] if end else ""
@@ -584,6 +600,191 @@ def worked_example(data: Mapping) -> tuple[str, set[str]]:
     return "\n".join(lines), used
 
 
+# --- audit records: one numeric statement of a document each (proofs.audit's findings) -------------
+
+_AUDIT_FIELDS = {"line", "label", "outcome"}
+_SAFE_COMMANDS = {
+    "cdot", "times", "frac", "dfrac", "tfrac", "sqrt", "top", "mathrm", "text", "operatorname", "mathbf", "mathit",
+    "left", "right", "sum", "exp", "log", "max", "min", "big", "Big", "bigl", "bigr", "Bigl", "Bigr", "ldots",
+    "cdots", "prime", "approx", "quad", "T", *_GREEK}
+_SAFE_MATH = re.compile(r"[A-Za-z0-9\s+\-*/^_{}()\[\].,'|=<>!:;\\]*")
+
+
+def _safe_math(src: str) -> bool:
+    r"""Whether ``src`` (a piece of the document's LaTeX) compiles as inline math: ASCII, balanced
+    braces and ``\left``/``\right``, no environment, no truncation, only common commands."""
+    src = src.strip()
+    if not src or "..." in src or not _SAFE_MATH.fullmatch(src) or r"\\" in src:
+        return False
+    if any(c not in _SAFE_COMMANDS for c in re.findall(r"\\([A-Za-z]+)", src)):
+        return False
+    if re.search(r"\\[^A-Za-z,;: ]", src) or src.count(r"\left") != src.count(r"\right"):
+        return False
+    depth = 0
+    for ch in src:
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def _math_source(src: str) -> str | None:
+    """The document's LaTeX ready for inline math (words of three letters or more upright, Greek
+    names as letters), or None where it would not compile or reads as prose (``0.53, term 1 of
+    the sum``)."""
+    src = str(src).strip()
+    if not _safe_math(src) or re.search(r"(?<![\\{])\b[A-Za-z]{2,}\s+[A-Za-z]{2,}\b", src):
+        return None
+    src = re.sub(r"(?<![\\{A-Za-z])([A-Za-z]{3,})", lambda m: "\\" + m.group(1) if m.group(1) in _GREEK
+                 else rf"{{\mathrm{{{m.group(1)}}}}}", src)
+    return src.replace("*", r"\cdot ")
+
+
+def _without_commands(src: str) -> str:
+    """The document's LaTeX as plain words: commands and braces dropped."""
+    return " ".join(re.sub(r"\\[A-Za-z]+|[{}\\]", " ", src).split())
+
+
+def _top_sides(statement: str) -> list[str]:
+    """``a = b = c`` split at the ``=`` outside braces and environments."""
+    sides, cur, depth, i = [], [], 0, 0
+    while i < len(statement):
+        m = re.match(r"\\(begin|end|left|right)\b", statement[i:])
+        if m:
+            depth += 1 if m.group(1) in ("begin", "left") else -1
+            cur.append(m.group(0))
+            i += m.end()
+            continue
+        ch = statement[i]
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        if ch == "=" and depth == 0:
+            sides.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+        i += 1
+    sides.append("".join(cur))
+    return sides
+
+
+def _derivation(statement: str) -> list[str]:
+    """The sides of the document's statement between its name and its printed value that compile
+    as math (a side cut short, holding a matrix, or with unknown commands is left out)."""
+    sides = _top_sides(str(statement))
+    middle = sides[1:-1]
+    shown = [_math_source(s) for s in middle if not re.fullmatch(r"\s*-?[\d.]+\s*", s)]
+    return [s for s in shown if s is not None]
+
+
+def _record_name(r: Mapping) -> str:
+    """The quantity a record is about, as math (its name, else its label as the document wrote it)."""
+    name = r.get("name")
+    if name and _NAME.fullmatch(str(name).strip()):
+        return "$" + _name(str(name)) + "$"
+    label = str(r.get("label", ""))
+    if _NAME.fullmatch(label.strip()):
+        return "$" + _name(label) + "$"
+    if _math_source(label) is not None:
+        return "$" + _math_source(label) + "$"
+    return symbols(_without_commands(label))
+
+
+def _cells(r: Mapping, marked: bool) -> list[list[str]] | None:
+    """The record's printed entries in its shape, wrong ones red with the right value beside."""
+    entries = [e for e in r.get("entries") or [] if isinstance(e, Mapping) and "printed" in e]
+    if not entries:
+        return None
+    rows, cols = r.get("shape") or (1, len(entries))
+    if rows * cols != len(entries):
+        rows, cols = 1, len(entries)
+    texts = [_marked(e["printed"], e["correct"]) if marked and not e.get("ok", True) else plain(e["printed"])
+             for e in entries]
+    return [texts[k * cols:(k + 1) * cols] for k in range(rows)]
+
+
+def _drawn(cells: list[list[str]], *, small: bool = False) -> str:
+    if len(cells) == 1 and len(cells[0]) == 1:
+        return cells[0][0]
+    if small:
+        return r"\left[\begin{smallmatrix}" + r" \\ ".join(" & ".join(r) for r in cells) + r"\end{smallmatrix}\right]"
+    return _bmatrix(cells)
+
+
+def _names(xs: Iterable[Any]) -> str:
+    return ", ".join(_record_name({"name": x, "label": x}) for x in xs)
+
+
+def _origin(r: Mapping) -> str:
+    """Where the error comes from, in words."""
+    inputs = [str(x) for x in r.get("wrong_inputs") or []]
+    if r.get("origin") == "carried":
+        return "carried from the wrong " + (_names(inputs) if inputs else "inputs") + " (right from the printed inputs)"
+    if inputs:
+        return "a new error in this step (its inputs " + _names(inputs) + " are wrong too)"
+    return "a new error in this step"
+
+
+def _wrong_record(r: Mapping) -> str:
+    entries = [e for e in r.get("entries") or [] if isinstance(e, Mapping)]
+    bad = sum(not e.get("ok", True) for e in entries)
+    # kept on one page: the name and line above, the drawn value, the words below
+    head = r"\par\noindent\begin{minipage}{\linewidth}" + _record_name(r) + rf", line {r['line']}" + r"\par" + "\n"
+    cells = _cells(r, marked=True)
+    if cells is None:  # no entries to draw: the printed and the right value in words
+        line = ("printed " + prose(r.get("printed", "")) + ", recomputed " + prose(r.get("correct", ""))
+                + (": " + prose(r["reason"]) if r.get("reason") else ""))
+        return head + r"{\small " + line + r".}\par\end{minipage}\par\smallskip"
+    lhs = _record_name(r).strip("$") if _record_name(r).startswith("$") else None
+    chain = ([lhs] if lhs else []) + _derivation(r.get("statement", ""))
+    body = " = ".join(chain + [_drawn(cells)])
+    count = (f"all {len(entries)} entries wrong" if bad == len(entries) > 1 else
+             f"{bad} of {len(entries)} entries wrong" if len(entries) > 1 else "wrong")
+    words = count + ", " + _origin(r)
+    if r.get("max_deviation") is not None:
+        deviation = float(f"{float(r['max_deviation']):.3g}")
+        words += f"; largest deviation ${number(deviation)}$"
+    notes = [str(n) for n in r.get("notes") or []]
+    if notes:
+        words += "; " + "; ".join(symbols(_without_commands(n)) for n in notes)
+    return (head + r"{\centering\fitwidth{$" + body + r"$}\par}" + "\n"
+            + r"{\small " + words[0].upper() + words[1:] + r".}\par\end{minipage}\par\smallskip")
+
+
+def _holding(rs: list[Mapping]) -> str:
+    """Records that hold, compactly: name = printed value (line), one run of text."""
+    items = []
+    for r in rs:
+        cells = _cells(r, marked=False)
+        name = _record_name(r)
+        shown = (name[:-1] + " = " + _drawn(cells, small=True) + "$") if cells and name.startswith("$") else name
+        items.append(shown + rf" (line {r['line']})")
+    return r"Agree at the printed precision: " + "; ".join(items) + "."
+
+
+def audit_records(records: list[Mapping]) -> str:
+    r"""Audit records (``line``, ``label``, ``outcome`` and the printed ``entries`` in their
+    ``shape``) as a reader wants them: each WRONG one drawn as the document's matrix, vector or
+    number with the wrong entries in red and the right value beside them in green, its name and
+    line above and where the error comes from below; HOLDS ones in one compact run of text;
+    UNCHECKED ones listed with the reason. The document's LaTeX is set as math only where it
+    compiles, otherwise left out (the drawn value says what it printed)."""
+    wrong = [r for r in records if r.get("outcome") == "WRONG"]
+    holding = [r for r in records if r.get("outcome") == "HOLDS"]
+    rest = [r for r in records if r.get("outcome") not in ("WRONG", "HOLDS")]
+    parts = [_wrong_record(r) for r in wrong]
+    if holding:
+        parts.append(_holding(holding))
+    if rest:
+        parts.append(_itemize(_record_name(r) + rf", line {r['line']}: {str(r.get('outcome', '')).lower()}"
+                              + (" -- " + symbols(_without_commands(r["reason"])) if r.get("reason") else "")
+                              for r in rest))
+    return "\n".join(parts)
+
+
+def _audit_like(x: Any) -> bool:
+    return _records_like(x) and all(_AUDIT_FIELDS <= set(r) for r in x)
+
+
 def _empty(v: Any) -> bool:
     return v is None or (isinstance(v, (str, list, tuple, dict)) and len(v) == 0)
 
@@ -617,6 +818,8 @@ def data_block(data: Mapping, *, shown_elsewhere: Iterable[str] = ()) -> str:
     worked, used = worked_example(data)
     skip = set(used) | set(shown_elsewhere)
     items = [(k, v) for k, v in data.items() if k not in skip and not _empty(v)]
+    audits = [(k, v) for k, v in items if _audit_like(v)]
+    items = [(k, v) for k, v in items if not _audit_like(v)]
     structured = [_records_like(v) or (isinstance(v, Mapping) and not _flat(v)) for _, v in items]
     small = [kv for kv, big in zip(items, structured) if not big]
     large = [kv for kv, big in zip(items, structured) if big]
@@ -626,4 +829,6 @@ def data_block(data: Mapping, *, shown_elsewhere: Iterable[str] = ()) -> str:
     for k, v in large:
         big = _size(v) > _MAX_BLOCK
         parts += [r"\textit{" + _key(k) + ":} " + (_described(v) if big else ""), "" if big else block(v, key=k)]
+    for k, v in audits:
+        parts += [r"\par\medskip\noindent\textit{" + _key(k) + r":}\par\smallskip", audit_records(v)]
     return "\n".join(parts)

@@ -420,6 +420,7 @@ class Engine:
         outcome, origin = J.verdict(rows)
         correct_texts = [r["correct"] for r in rows]
         f = J.Finding(seg.line, label, short, outcome, printed=literal_text(claimed), span=self.span_of(seg, claimed),
+                      shape=pshape,
                       correct=J.matrix_text(correct_texts, pshape),
                       max_deviation=max(r["deviation"] for r in rows), origin=origin,
                       wrong_inputs=wrong_inputs if outcome == J.WRONG else [], notes=notes, entries=rows,

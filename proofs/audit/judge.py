@@ -59,8 +59,9 @@ class Finding:
 
     ``printed``/``correct`` are texts at the document's precision; ``entries`` one dict per
     printed number (``index``, ``printed``, ``correct``, ``from_printed_inputs``, ``ok``,
-    ``origin``); ``origin`` is ``"new"`` or ``"carried"`` for a WRONG finding; ``wrong_inputs``
-    the WRONG inputs the step used; ``reason`` says why an UNCHECKED one was not checked.
+    ``origin``), row by row in the printed value's ``shape``; ``origin`` is ``"new"`` or
+    ``"carried"`` for a WRONG finding; ``wrong_inputs`` the WRONG inputs the step used;
+    ``reason`` says why an UNCHECKED one was not checked.
     """
 
     line: int
@@ -79,10 +80,12 @@ class Finding:
     restated: bool = False  # the statement repeats a value printed earlier under the same name
     name: str | None = None  # the canonical name the statement defines (W_1^Q, alpha_21), if any
     span: tuple[int, int] | None = None  # where the printed value sits in the raw line
+    shape: tuple[int, int] | None = None  # (rows, columns) of the printed value; entries run row by row
 
     def to_dict(self) -> dict:
         out = {k: v for k, v in self.__dict__.items() if k != "span"}
         out["span"] = list(self.span) if self.span else None
+        out["shape"] = list(self.shape) if self.shape else None
         return out
 
     def summary(self) -> str:

@@ -348,8 +348,9 @@ def check_output_norm_bound() -> CheckOutcome:
     M = sp.Symbol("M")  # max_j r_j
     steps.append(equal((M - sum(ai * ri for ai, ri in zip(a, r))).subs(a[-1], 1 - sum(a[:-1])),
                        sum(ai * (M - ri) for ai, ri in zip(a, r)).subs(a[-1], 1 - sum(a[:-1])),
-                       "with sum alpha = 1: M - sum alpha_j r_j = sum alpha_j (M - r_j) >= 0 (each term >= 0)",
-                       how="sympy identity at N = 3 (the same identity for every N)"))
+                       "with sum alpha = 1, a sum of terms >= 0",
+                       how="sympy identity at N = 3 (the same identity for every N)",
+                       display=r"M - \sum_j \alpha_j r_j = \sum_j \alpha_j (M - r_j)"))
     steps.append(fact(r"\|O_i\| \le \sum_j \alpha_{ij}\|v_j\|", "triangle inequality and alpha_ij >= 0", True,
                       "standard theorem, cited (the numeric step below exercises it)"))
     from numerics import scaled_dot_product_attention
@@ -494,8 +495,8 @@ def check_asymmetry() -> CheckOutcome:
     X, Wq, Wk = _sym_matrix("x", n, d), _sym_matrix("a", d, d), _sym_matrix("b", d, d)
     S = (X * Wq) * (X * Wk).T
     M = Wq * Wk.T
-    steps.append(equal(S - S.T, X * (M - M.T) * X.T, "S - S^T = X (W^Q W^K^T - W^K W^Q^T) X^T: the scores are symmetric for "
-                       "every X iff W^Q (W^K)^T is symmetric", how="sympy, explicit 3 x 2 symbolic matrices",
+    steps.append(equal(S - S.T, X * (M - M.T) * X.T, "the scores are symmetric for every X iff W^Q (W^K)^T is "
+                       "symmetric", how="sympy, explicit 3 x 2 symbolic matrices",
                        display=r"S - S^\top = X\big(W^Q{W^K}^\top - W^K{W^Q}^\top\big)X^\top"))
     Xn = sp.Matrix([[1, 0], [0, 1], [1, 1]])
     Aq, Ak = sp.Matrix([[1, 0], [0, 0]]), sp.Matrix([[0, 0], [1, 0]])
@@ -765,7 +766,9 @@ def check_gradient_growth() -> CheckOutcome:
                       len(eig) == 2 and any(v == 0 for v in eig) and any(sp.simplify(v - jac_norm) == 0 for v in eig),
                       "sympy eigenvals"))
     steps.append(equal(sp.Rational(1, 2) - jac_norm, 2 * (sig - sp.Rational(1, 2)) ** 2,
-                       "||J(t, 0)||_2 = 1/2 - 2 (sigma - 1/2)^2 <= 1/2"))
+                       "||J(t, 0)||_2 = 1/2 - 2 (sigma - 1/2)^2 <= 1/2",
+                       display=r"\tfrac12 - \|J(t,0)\|_2 = \tfrac12 - 2\sigma(1-\sigma) = 2\left(\sigma - \tfrac12\right)^2,"
+                               r"\ \sigma = (1+e^{-t})^{-1}"))
     _, ev = derivation("softmax-jacobian")
     general = (ev.data.get("results") or {}).get("spectral_norm_bound")
     if general is not None:
@@ -785,7 +788,7 @@ def check_gradient_growth() -> CheckOutcome:
     grad = jac * keys  # ds/dq = J K, keys k_1 = (1), k_2 = (0), q = t
     steps.append(equal((grad.T * grad)[0, 0], grad_q_norm**2,
                        "the gradient in the query, ds/dq = J K, for keys (1), (0) and q = t (so s = (t, 0))",
-                       display=rf"\|\partial s/\partial q\|_2^2 = \|J(t,0)K\|^2 = ({sp.latex(grad_q_norm)})^2"))
+                       display=r"\|\partial s/\partial q\|_2^2 = \|J(t,0)K\|^2 = 2\sigma^2(1-\sigma)^2,\ \sigma = (1+e^{-t})^{-1}"))
     steps.append(fact(rf"\lim_{{t\to\infty}} \|\partial s/\partial q\|_2 / e^{{\|s\|}} = 0",
                       "the gradient in the query is not proportional to exp(||s||) either (it vanishes here)",
                       sp.limit(grad_q_norm, t, sp.oo) == 0 and sp.limit(grad_q_norm / sp.exp(t), t, sp.oo) == 0,

@@ -93,7 +93,7 @@ def test_a_requirement_that_is_met_keeps_the_claim(tmp_path):
     folder = write_document(tmp_path / "met", key="007", missing="json")
     claims = claims_for("007", folders=[folder])
     assert [c.id for c in claims] == ["seed007.lema-1", "seed007.lema-2", "seed007.nota-l7"]
-    assert not_run(folders=[folder]) == []
+    assert [note for note in not_run(folders=[folder]) if note.startswith("007")] == []
 
 
 def test_the_bundled_documents_are_the_files_of_the_seeds_folder():
@@ -110,7 +110,9 @@ def test_a_document_without_checks_is_listed_as_not_run(tmp_path):
     folder.mkdir()
     (folder / "010_bare.md").write_text(DOCUMENT, encoding="utf-8")
     assert claims_for("010", folders=[folder]) == []
-    assert not_run(folders=[folder]) == [f"010: 010_bare.md has no checks module ({folder / 'seed_010.py'})"]
+    # (the bundled seed 002's torch claims are listed too where torch is missing)
+    assert [note for note in not_run(folders=[folder]) if note.startswith("010")] == [
+        f"010: 010_bare.md has no checks module ({folder / 'seed_010.py'})"]
 
 
 def test_a_missing_folder_is_named(tmp_path, monkeypatch):

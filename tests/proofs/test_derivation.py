@@ -232,3 +232,20 @@ def test_gap_form_with_symbolic_n_rejects_a_wrong_normaliser():
 
     assert zero(gap(1, 2))
     assert not zero(gap(2, 2)) and not zero(gap(1, 1))
+
+
+def test_a_matrix_inside_a_displayed_line_is_not_its_alignment_point():
+    """A line whose only ``&`` are inside a matrix is aligned like the others (``& ...``); counting
+    the matrix's ``&`` put the whole line in the first column and widened the block past the page."""
+    from proofs.derivation import Custom, Derivation, Step
+    from proofs.latex import render
+
+    def line(tex: str) -> Step:
+        return Step(latex=tex, reason="r", check=Custom(lambda: (True, "ok"), "numeric"))
+
+    block = render(Derivation("d", "t", "s", [line(r"J = \begin{pmatrix}1&-1\\-1&1\end{pmatrix}"), line(r"a &= b"),
+                                              line(r"c \& d")]))
+    rows = block.split("\\\\\n")
+    assert rows[0].startswith("\\begin{align*}\n& J = ")
+    assert rows[1].startswith("a &= b")
+    assert rows[2].startswith("& c \\& d")

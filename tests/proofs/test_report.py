@@ -70,7 +70,7 @@ def test_pdflatex_error_is_raised_not_hidden(tmp_path):
 import re  # noqa: E402
 
 from proofs.report import document_title  # noqa: E402
-from proofs.report_evidence import data_block, prose, value, worked_example  # noqa: E402
+from proofs.report_evidence import audit_records, data_block, prose, value, worked_example  # noqa: E402
 
 #: What Python's repr of a dict or list of strings/dicts looks like once escaped for LaTeX.
 _REPR = re.compile(r"\\?\{\s*'|\\?\{\s*\"|\[\s*\\?\{\s*'|\[\s*'[^']*'\s*,|':\s*[\[{\d'\"]")
@@ -173,6 +173,57 @@ def test_worked_example_marks_wrong_entries_in_red_with_the_right_value_beside()
     assert "quantities wrong" in data_block(data)
 
 
+_X = r"$X = \begin{bmatrix} 1 & 2 \\ 3 & 4 \end{bmatrix}$"
+_W = r"$W = \begin{bmatrix} 0.5 & 0 \\ 0 & 0.5 \end{bmatrix}$"
+
+
+def _records(*statements):
+    from proofs.audit import audit_text
+
+    return [f.to_dict() for f in audit_text("\n".join([_X, _W, *statements])).findings]
+
+
+def test_audit_records_draw_the_documents_matrix_with_wrong_entries_red_and_the_right_value_beside():
+    # Y[1,0] printed 1.6, right 1.5 (a new error); Z = Y W is right from the printed Y (carried)
+    records = _records(r"$Y = XW = \begin{bmatrix} 0.5 & 1 \\ 1.6 & 2 \end{bmatrix}$",
+                       r"$Z = Y W = \begin{bmatrix} 0.25 & 0.5 \\ 0.80 & 1 \end{bmatrix}$")
+    tex = audit_records(records)
+    y = next(line for line in tex.splitlines() if "Y = XW =" in line)
+    assert (r"\begin{bmatrix}0.5 & 1 \\ \textcolor{red}{1.6}\,\textcolor{ForestGreen}{\scriptstyle 1.5} & 2"
+            r"\end{bmatrix}") in y
+    assert y.count(r"\textcolor{red}") == 1  # the right entries stay as printed
+    assert "Y, line 3" in tex.replace("$", "") and "a new error in this step" in tex
+    assert "1 of 4 entries wrong" in tex and "largest deviation $0.1$" in tex
+    assert r"carried from the wrong $Y$" in tex  # Z
+    assert r"\textcolor{red}{0.80}\,\textcolor{ForestGreen}{\scriptstyle 0.75}" in tex
+    # the document's LaTeX never appears as source
+    assert "textbackslash" not in tex and r"\texttt" not in tex
+    # a right product is one compact line, no red
+    right = audit_records(_records(r"$Y = XW = \begin{bmatrix} 0.5 & 1 \\ 1.5 & 2 \end{bmatrix}$"))
+    assert right.startswith("Agree at the printed precision: $Y = ") and r"\textcolor{red}" not in right
+    assert "(line 3)" in right
+
+
+def test_audit_records_leave_out_latex_that_would_not_compile():
+    # a statement cut short (as the engine stores long ones) or with an unknown command is not set
+    record = {"line": 5, "label": "Y", "name": "Y", "outcome": "WRONG", "origin": "new", "wrong_inputs": [],
+              "statement": r"Y = \weird{X} W = X W = \begin{bmatrix} 1 & 2 \\ 3 & ...", "max_deviation": 1.0,
+              "shape": [1, 2], "entries": [{"printed": "1", "correct": "2", "ok": False},
+                                           {"printed": "2", "correct": "2", "ok": True}]}
+    tex = audit_records([record])
+    assert r"Y = X W = \begin{bmatrix}\textcolor{red}{1}" in tex and r"\weird" not in tex and "..." not in tex
+    unchecked = audit_records([{"line": 7, "label": r"\frac{a}{b}", "outcome": "UNCHECKED",
+                                "reason": r"cannot read '\frac{a}{\b'"}])
+    assert "line 7: unchecked" in unchecked and "textbackslash" not in unchecked
+
+
+def test_data_block_draws_audit_records_instead_of_tables(tmp_path):
+    records = _records(r"$Y = XW = \begin{bmatrix} 0.5 & 1 \\ 1.6 & 2 \end{bmatrix}$")
+    tex = data_block({"wrong": records, "rule": "|exact - printed| <= half a unit"})
+    assert r"\textcolor{red}{1.6}" in tex and "max deviation" not in tex and "statement &" not in tex
+    assert _repr_hits(tex) == []
+
+
 @pytest.mark.parametrize("raw, title", [
     ("## 10.  Multi-Head Attention: Capturando Diversidade nas Rela\u221a\u00df\u221a\u00b5es entre Palavras\n### Intro",
      "Multi-Head Attention: Capturando Diversidade nas Rela\u00e7\u00f5es entre Palavras"),  # Mac-Roman damage
@@ -230,6 +281,26 @@ def test_catalogue_report_has_no_raw_dicts_and_uses_document_titles(catalogue_re
     assert _repr_hits(tex) == []
     assert "\\section{" in tex and not re.search(r"\\section\{\d{3}\\_", tex)  # no section named by file
     assert r"\section{O Mecanismo de Autoaten\c{c}\~{a}o em Detalhe: Computando Representa\c{c}\~{o}es Contextuais}" in tex
+
+
+def test_catalogue_report_draws_worked_examples_with_the_wrong_entries_red(catalogue_report):
+    """000's example at line 70: the document's MultiHeadAttention(X) (line 82) drawn as a matrix
+    whose wrong entries are red, each with the recomputed value beside it; no LaTeX source."""
+    from proofs.catalogue import SEEDS_DIR
+
+    tex = catalogue_report.read_text(encoding="utf-8")
+    start = tex.index(r"\label{claim:seed000.exemplo-numerico-l70}")
+    section = tex[start:tex.index(r"\subsection", start)]
+    (seed,) = SEEDS_DIR.glob("000_*.txt")
+    line = seed.read_text(encoding="utf-8", errors="replace").splitlines()[81]
+    printed = re.findall(r"\d+\.\d+", line[line.index(r"\begin{bmatrix}"):])  # the document's 12 numbers
+    assert len(printed) == 12
+    drawn = next(row for row in section.splitlines() if r"\begin{bmatrix}" in row and "ConcatHeads" in row)
+    for p in printed:  # each printed output entry is wrong (issue 8, section 1): red, the right value beside
+        assert rf"\textcolor{{red}}{{{p}}}\,\textcolor{{ForestGreen}}" in drawn
+    assert drawn.count(r"\textcolor{red}") == 12
+    assert "textbackslash{}begin" not in tex and not re.search(r"\\texttt\{[^}]*begin\{bmatrix", tex)
+    assert "printed & [" not in tex  # no raw list of printed values
 
 
 def test_catalogue_report_compiles_without_overfull_boxes(catalogue_report):
