@@ -16,7 +16,8 @@ checker             what it verifies (method string recorded)
 :class:`AtSizes`    the same zero test, instantiated at explicit sizes where SymPy
                     cannot do the general case ("explicit sizes n=2..6")
 :class:`NonNegative` an inequality ``expr >= 0`` through a witness: ``expr - witness``
-                    reduces to 0 and SymPy's assumptions prove ``witness >= 0``
+                    reduces to 0, SymPy's assumptions prove ``witness >= 0`` and every
+                    value substituted for a signed symbol is shown to have that sign
 :class:`Custom`     any callable returning ``(passed, note)`` (interval arithmetic,
                     numeric cross-checks); the caller names the method
 :class:`Cited`      nothing in general: the step rests on a named theorem ("cited:
@@ -36,8 +37,12 @@ The zero test (:func:`is_zero`) orders SymPy's steps as its issues require (symp
 renamed canonically (so ``Sum(e**z[j], (j, 1, n))`` and ``Sum(e**z[k], (k, 1, n))`` cancel), then ``expand``,
 ``cancel`` and only last ``simplify``.
 
-A derivation is *valid* when every checked step passed and at least one step was
-checked. :meth:`Derivation.outcome` turns a valid derivation into a
+A check must test the displayed line: where both sides are SymPy, ``Symbolic(expr)`` needs
+``expr`` to be ``lhs - rhs`` up to simplification and ``NonNegative``'s expression must be the
+displayed ``rhs - lhs`` (``<=``) or ``lhs - rhs`` (``>=``); otherwise the step does not pass.
+
+A derivation is *valid* when every checked step passed, at least one step was checked and no
+line is taken on trust without a mark (:meth:`Derivation.unjustified` is empty). :meth:`Derivation.outcome` turns a valid derivation into a
 :class:`~proofs.claims.CheckOutcome`; for an invalid one it **raises**
 :class:`DerivationError`: a failing step in one of our own derivations is a defect of the
 toolkit, not a finding about a document, and must never be reported as PROVED (nor
@@ -323,7 +328,10 @@ class Symbolic(Checker):
     ----------
     expr : Expr, Eq, Matrix, list or None
         What must vanish. None (default): the step's ``lhs - rhs``, both SymPy objects.
-        An ``Eq`` tests ``lhs - rhs``; a matrix or list tests every entry.
+        An ``Eq`` tests ``lhs - rhs``; a matrix or list tests every entry. When the displayed
+        sides are SymPy, ``expr`` must be their ``lhs - rhs`` (or its negative) up to
+        simplification through the derivation's ``unfold`` (or the displayed difference must
+        itself reduce to 0): a check of something else does not pass.
     assumptions : Q predicate, optional
         Used with ``refine``, e.g. ``Q.ge(j, 1) & Q.le(j, n)`` so that
         ``Sum(KroneckerDelta(j, k) f(k), (k, 1, n))`` collapses to ``f(j)``.
@@ -355,13 +363,44 @@ class Symbolic(Checker):
             raise TypeError(f"step {step.reason!r}: a symbolic check needs SymPy lhs and rhs, or an explicit expr")
         return step.lhs - step.rhs
 
-    def run(self, ctx: _Context) -> tuple[bool, str]:
-        e = self._target(ctx)
+    def _prepared(self, e: Any, ctx: _Context) -> Any:
+        if isinstance(e, sp.Equality):
+            e = e.lhs - e.rhs
         if self.do_unfold:
             e = ctx.unfold(e)
         if self.prepare is not None:
             e = self.prepare(e)
-        return is_zero(e, self.assumptions)
+        return e
+
+    def unlinked(self, ctx: _Context) -> str | None:
+        """Why the explicit ``expr`` is not shown to test the displayed line, or None.
+
+        When both displayed sides are SymPy, ``expr`` must be ``lhs - rhs`` (or its negative)
+        up to simplification, or the displayed ``lhs - rhs`` must itself reduce to 0: otherwise
+        a check of something else would pass under the displayed line.
+        """
+        shown = _displayed_difference(ctx)
+        if self.expr is None or shown is None or ctx.step.rel != "=":
+            return None
+        # compared through the derivation's unfold even when the check itself skips it
+        # (unfold=False): an expr that is 0 with notation left symbolic is 0 once it is unfolded
+        e = self.expr.lhs - self.expr.rhs if isinstance(self.expr, sp.Equality) else self.expr
+        shown, e = ctx.unfold(shown), ctx.unfold(e)
+        if self.prepare is not None:
+            shown, e = self.prepare(shown), self.prepare(e)
+        for candidate in (shown - e, shown + e, shown):
+            if is_zero(candidate, self.assumptions)[0]:
+                return None
+        return (f"the check tests {_short(self.expr)}, which is not shown to be the displayed lhs - rhs "
+                f"({_short(shown)}): the displayed line is not what was checked")
+
+    def run(self, ctx: _Context) -> tuple[bool, str]:
+        ok, note = is_zero(self._prepared(self._target(ctx), ctx), self.assumptions)
+        if ok:
+            why = self.unlinked(ctx)
+            if why:
+                return False, why
+        return ok, note
 
 
 class Chain(Symbolic):
@@ -387,6 +426,17 @@ def format_sizes(sizes: Sequence[Any], label: str) -> str:
             return f"{label}={vals[0]}..{vals[-1]}"
         return f"{label}=" + ", ".join(map(str, vals))
     return f"{label}=" + ", ".join("(" + ",".join(map(str, v)) + ")" for v in vals)
+
+
+def _is_empty(e: Any) -> bool:
+    """Whether a built target compares nothing: None, an empty list or tuple, an empty matrix."""
+    if e is None:
+        return True
+    if isinstance(e, (list, tuple)):
+        return len(e) == 0 or all(_is_empty(x) for x in e)
+    if isinstance(e, sp.MatrixBase):
+        return 0 in e.shape
+    return False
 
 
 class AtSizes(Checker):
@@ -438,6 +488,9 @@ class AtSizes(Checker):
         notes = []
         for size in self.sizes:
             e = self.build(*size) if isinstance(size, tuple) else self.build(size)
+            if _is_empty(e):
+                raise ValueError(f"AtSizes: build({size!r}) returned {e!r}, which compares nothing; "
+                                 "return what must be 0 at that size (an expression, an Eq, a matrix, a list)")
             if self.prepare is not None:
                 e = self.prepare(e)
             ok, note = is_zero(e, self.assumptions)
@@ -447,14 +500,22 @@ class AtSizes(Checker):
         return True, f"zero at every size ({format_sizes(notes, self.label)})"
 
 
+_LESS = (r"\le", r"\leq", "<=", "<", r"\leqslant", r"\lt")
+_GREATER = (r"\ge", r"\geq", ">=", ">", r"\geqslant", r"\gt")
+
+
 class NonNegative(Checker):
     """Check an inequality ``expr >= 0`` through a witness.
 
-    Passes when ``expr - witness.subs(subs)`` reduces to 0 and SymPy shows
+    Passes when ``expr - witness.subs(subs)`` reduces to 0, SymPy shows
     ``witness.is_nonnegative`` from the assumptions of its symbols (a sum of squares, a
-    product of nonnegative symbols...). Write ``a <= b`` as ``NonNegative(b - a, witness)``.
-    The witness's symbols must carry the assumptions the statement grants
-    (``nonnegative=True`` for weights...): they are what SymPy reasons from.
+    product of nonnegative symbols...), and every value substituted through ``subs`` is shown
+    to meet the sign assumptions of the symbol it replaces (SymPy sees it from its own
+    symbols' assumptions, after ``cancel``; or it comes with a witness of its own). Without that
+    last check ``{r: x}`` with ``r`` nonnegative would "prove" ``x >= 0`` for any ``x``.
+    Write ``a <= b`` as ``NonNegative(b - a, witness)``. The witness's symbols must carry the
+    assumptions the statement grants (``nonnegative=True`` for weights...): they are what
+    SymPy reasons from.
 
     Parameters
     ----------
@@ -463,8 +524,14 @@ class NonNegative(Checker):
     witness : Expr
         An expression equal to ``expr`` whose sign SymPy can see.
     subs : dict, optional
-        Expresses auxiliary nonnegative symbols of the witness in the variables of ``expr``
-        (e.g. the remaining mass ``{r: 1 - s_i - s_j}``).
+        Expresses auxiliary symbols of the witness in the variables of ``expr``
+        (e.g. the remaining mass ``{r: 1 - s_i - s_j}``). A value is either an expression whose
+        sign SymPy sees, or a tuple ``(value, witness)`` / ``(value, witness, subs)``: the value
+        is shown nonnegative the same way, recursively.
+    premises : dict, optional
+        ``{symbol: where}`` for an auxiliary symbol whose value's sign is established elsewhere
+        (``"the two lines above"``). It is not checked here: the step's tag and note say
+        ``given ... >= 0 (where)`` so a reader sees what the step rests on.
     assumptions : Q predicate, optional
         For the equality test, as in :class:`Symbolic`.
 
@@ -483,9 +550,19 @@ class NonNegative(Checker):
 
     method = "symbolic (nonnegativity witness)"
 
-    def __init__(self, expr: Any, witness: Any, subs: dict | None = None, *, assumptions: Any = None):
+    def __init__(self, expr: Any, witness: Any, subs: dict | None = None, *, premises: dict | None = None,
+                 assumptions: Any = None):
         self.cases = [(expr, witness, subs or {})]
         self.assumptions = assumptions
+        self.premises = {}
+        for aux, where in (premises or {}).items():
+            if not isinstance(where, str) or not where.strip():
+                raise ValueError(f"NonNegative premises: say where {aux} >= 0 is established (a non-empty string), "
+                                 f"got {where!r}")
+            self.premises[aux] = where.strip()
+        if self.premises:
+            given = "; ".join(f"given {aux} >= 0 ({where})" for aux, where in self.premises.items())
+            self.method = f"{NonNegative.method}, {given}"
 
     @classmethod
     def many(cls, cases: Iterable[tuple[Any, Any, dict | None]], label: str | None = None) -> "NonNegative":
@@ -495,15 +572,85 @@ class NonNegative(Checker):
             obj.method = f"symbolic (nonnegativity witness), {label}"
         return obj
 
+    def _value_sign(self, aux: Any, spec: Any, depth: int = 0) -> tuple[Any, str | None]:
+        """``(value, None)`` when the substituted value meets ``aux``'s sign assumptions, else
+        ``(value, why not)``. ``spec`` is a value or ``(value, witness[, subs])``."""
+        if isinstance(spec, tuple):
+            if len(spec) not in (2, 3):
+                raise ValueError(f"NonNegative subs[{aux}]: expected a value or (value, witness[, subs]), "
+                                 f"got a tuple of {len(spec)}")
+            value, witness = sp.sympify(spec[0]), sp.sympify(spec[1])
+            inner = spec[2] if len(spec) == 3 else {}
+            ok, note = is_zero(value - witness.subs({k: (v[0] if isinstance(v, tuple) else v) for k, v in inner.items()}),
+                               self.assumptions)
+            if not ok:
+                return value, f"the substituted value {aux} = {_short(value)} differs from its witness: {note}"
+            for k, v in inner.items():
+                _, why = self._value_sign(k, v, depth + 1)
+                if why:
+                    return value, why
+            shown = witness
+        else:
+            value = shown = sp.sympify(spec)
+        needs_positive = getattr(aux, "is_positive", None) is True
+        needs_nonnegative = needs_positive or getattr(aux, "is_nonnegative", None) is True
+        needs_real = getattr(aux, "is_extended_real", None) is True
+        if aux in self.premises:
+            return value, None
+        for candidate in (shown, sp.cancel(sp.together(shown)), sp.factor(shown)):
+            if needs_positive and candidate.is_positive is not True:
+                continue
+            if needs_nonnegative and candidate.is_nonnegative is not True:
+                continue
+            if needs_real and candidate.is_extended_real is not True:
+                continue
+            return value, None
+        sign = "positive" if needs_positive else "nonnegative" if needs_nonnegative else "real"
+        return value, (f"SymPy cannot show the substituted value {aux} = {_short(value)} is {sign} "
+                       f"(as {aux} is assumed); give it a witness, subs={{{aux}: (value, witness)}}")
+
+    def substituted(self, subs: dict) -> dict:
+        """The plain substitution ``{symbol: value}`` (the witnesses of values dropped)."""
+        return {k: (v[0] if isinstance(v, tuple) else v) for k, v in subs.items()}
+
+    def unlinked(self, ctx: _Context) -> str | None:
+        """Why ``expr`` is not the displayed inequality's ``rhs - lhs`` (``<=``) or ``lhs - rhs``
+        (``>=``) up to simplification, or None (also when a side is not SymPy)."""
+        shown = _displayed_difference(ctx)
+        if shown is None or len(self.cases) != 1 or isinstance(shown, sp.MatrixBase):
+            return None
+        rel = ctx.step.rel.strip()
+        if rel in _LESS:
+            shown = -shown
+        elif rel not in _GREATER:
+            return (f"the displayed relation {rel!r} is not an inequality <=, <, >= or >: "
+                    "a nonnegativity check does not test it")
+        expr = ctx.unfold(self.cases[0][0])
+        if is_zero(ctx.unfold(shown) - expr, self.assumptions)[0]:
+            return None
+        side = "rhs - lhs" if rel in _LESS else "lhs - rhs"
+        return (f"the check shows {_short(expr)} >= 0, which is not the displayed {side} = {_short(shown)}: "
+                "the displayed line is not what was checked")
+
     def run(self, ctx: _Context) -> tuple[bool, str]:
+        why = self.unlinked(ctx)
+        if why:
+            return False, why
         for idx, (expr, witness, subs) in enumerate(self.cases):
             expr = ctx.unfold(expr)
-            ok, note = is_zero(expr - sp.sympify(witness).subs(subs), self.assumptions)
+            ok, note = is_zero(expr - sp.sympify(witness).subs(self.substituted(subs)), self.assumptions)
             if not ok:
                 return False, f"case {idx}: expression differs from its witness: {note}"
             if sp.sympify(witness).is_nonnegative is not True:
                 return False, f"case {idx}: SymPy cannot show the witness {witness} is nonnegative"
-        return True, f"{len(self.cases)} case(s): expression = witness, witness >= 0 by the symbols' assumptions"
+            for aux, spec in subs.items():
+                _, why = self._value_sign(aux, spec)
+                if why:
+                    return False, f"case {idx}: {why}"
+        given = "".join(f"; given {aux} >= 0 ({where}), not checked here" for aux, where in self.premises.items())
+        subs_note = ", substituted values shown >= 0" if any(c[2] for c in self.cases) else ""
+        return True, (f"{len(self.cases)} case(s): expression = witness, witness >= 0 by the symbols' "
+                      f"assumptions{subs_note}{given}")
 
 
 class Custom(Checker):
@@ -516,8 +663,10 @@ class Custom(Checker):
     Parameters
     ----------
     fn : callable
-        Called with no argument; returns ``(passed, note)``: a truth value and a one-line
-        account of the evidence (values, tolerances, seeds).
+        Called with no argument; returns ``(passed, note)``: a bool (``numpy.bool_`` and
+        SymPy's ``true``/``false`` too; a
+        string, a number or NaN is an error, not a truth value) and a one-line account of the
+        evidence (values, tolerances, seeds).
     method : str
         How it checks, shown beside the step (``"numeric (finite differences)"``).
 
@@ -533,7 +682,16 @@ class Custom(Checker):
         self.fn, self.method = fn, method
 
     def run(self, ctx: _Context) -> tuple[bool, str]:
-        ok, note = self.fn()
+        out = self.fn()
+        where = f"step {ctx.step.reason!r}: the custom check ({self.method})"
+        if not isinstance(out, tuple) or len(out) != 2:
+            raise TypeError(f"{where} must return (passed, note), a bool and a string; it returned {_short(repr(out))}")
+        ok, note = out
+        import numpy as np
+
+        if not isinstance(ok, (bool, np.bool_, sp.logic.boolalg.BooleanAtom)):  # SymPy's true/false too
+            raise TypeError(f"{where} must return a bool (True or False) as passed; it returned "
+                            f"{_short(repr(ok))} of type {type(ok).__name__} (compare explicitly, e.g. err < tol)")
         return bool(ok), str(note)
 
 
@@ -584,10 +742,11 @@ class Step:
 
     Parameters
     ----------
-    lhs : Expr, str or None
-        Left side: a SymPy object, or LaTeX. None continues the previous line (``&= rhs``).
-    rhs : Expr or str
-        Right side, a SymPy object or LaTeX.
+    lhs : Expr, number, str or None
+        Left side: a SymPy object (a plain Python number is made one), or LaTeX. None continues
+        the previous line (``&= rhs``).
+    rhs : Expr, number or str
+        Right side, a SymPy object (a plain Python number is made one) or LaTeX.
     reason : str
         The justification, shown beside the line; it names the step in reports (required).
         ``$...$`` segments are LaTeX math.
@@ -631,6 +790,7 @@ class Step:
     def __post_init__(self) -> None:
         if not self.reason:
             raise ValueError("every step needs a reason")
+        self.lhs, self.rhs = _as_sympy_number(self.lhs), _as_sympy_number(self.rhs)
         if self.check is None:
             sym = (sp.Basic, sp.MatrixBase)
             if self.lhs is None and isinstance(self.rhs, sym):
@@ -663,8 +823,36 @@ class DerivationError(RuntimeError):
 
     def __init__(self, derivation: "Derivation", failed: list[StepResult]):
         self.derivation, self.failed = derivation, failed
-        lines = "; ".join(f"step {r.index} ({r.reason}): {r.note}" for r in failed)
-        super().__init__(f"derivation {derivation.name!r} is not valid: {lines}")
+        lines = [f"step {r.index} ({r.reason}): {r.note}" for r in failed]
+        lines += [f"taken on trust: {line}" for line in derivation.unjustified()]
+        if not lines:
+            lines = ["no step is checked"]
+        super().__init__(f"derivation {derivation.name!r} is not valid: {'; '.join(lines)}")
+
+
+def _as_sympy_number(side: Any) -> Any:
+    """A plain Python number (int, float, Fraction, numpy scalar) as a SymPy number; anything
+    else unchanged (a bool is not a number here)."""
+    import numbers
+
+    if isinstance(side, numbers.Number) and not isinstance(side, (bool, sp.Basic)):
+        return sp.nsimplify(side) if isinstance(side, float) and float(side).is_integer() else sp.sympify(side)
+    return side
+
+
+def _displayed_difference(ctx: _Context) -> Any:
+    """The displayed line's ``lhs - rhs`` (``previous rhs - rhs`` for a line ``&= ...``) when both
+    sides are SymPy objects and no raw LaTeX replaces them; None otherwise."""
+    step = ctx.step
+    if step.latex is not None:
+        return None
+    lhs = step.lhs if step.lhs is not None else (ctx.previous.rhs if ctx.previous is not None else None)
+    sym = (sp.Basic, sp.MatrixBase)
+    if not isinstance(lhs, sym) or not isinstance(step.rhs, sym):
+        return None
+    if isinstance(lhs, sp.MatrixBase) != isinstance(step.rhs, sp.MatrixBase):
+        return None
+    return lhs - step.rhs
 
 
 def _identity(x: Any) -> Any:
@@ -698,7 +886,8 @@ class Derivation:
 
     Checking (:meth:`check`) runs every step's checker once, in order; a checker that raises
     fails its step (the exception is kept) and the other steps still run. The derivation is
-    :attr:`valid` when every checked step passed and at least one step was checked.
+    :attr:`valid` when every checked step passed, at least one step was checked and no line is
+    taken on trust without a mark.
 
     Parameters
     ----------
@@ -781,9 +970,10 @@ class Derivation:
 
     @property
     def valid(self) -> bool:
-        """Every checked step passed, and at least one step was checked."""
+        """Every checked step passed, at least one step was checked, and no line is taken on
+        trust without a mark (:meth:`unjustified` is empty)."""
         results = self.check()
-        return all(r.passed for r in results) and any(r.checked for r in results)
+        return all(r.passed for r in results) and any(r.checked for r in results) and not self.unjustified()
 
     @property
     def failed(self) -> list[StepResult]:
@@ -828,7 +1018,15 @@ class Derivation:
         results = self.check()
         checked = sum(r.checked for r in results)
         cited = sum(r.kind == "cited" for r in results)
-        status = "all checked steps pass" if self.valid else f"{len(self.failed)} step(s) FAIL"
+        failed, trusted = len(self.failed), len(self.unjustified())
+        if self.valid:
+            status = "all checked steps pass"
+        elif failed:
+            status = f"{failed} step(s) do not pass"
+        elif trusted:
+            status = f"NOT PROVED: {trusted} line(s) taken on trust without a mark"
+        else:
+            status = "NOT PROVED: no step is checked"
         also = f", {cited} cited (not checked)" if cited else ""
         return f"{self.title}: {checked} of {len(results)} steps checked{also}, {status} ({'; '.join(self.methods)})"
 

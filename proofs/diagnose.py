@@ -5,7 +5,7 @@ the step; it does not say the step is false. :func:`diagnose` tells the two apar
 simplifies the residual (what SymPy was left with), then evaluates it at random admissible
 values of its symbols, with 50 significant digits. A value clearly away from 0, confirmed at
 100 digits, is a counterexample and the step FAILs; a residual that vanishes at every point
-tried is UNPROVED (probably true, not proved), as is one that cannot be evaluated (an
+tried is UNPROVED (not proved; the message says which points were tried), as is one that cannot be evaluated (an
 undefined function, a sum over a symbolic range of a non-integer symbol).
 
 Random values respect what the expression states about its symbols: integer symbols (sizes,
@@ -27,9 +27,10 @@ import sympy as sp
 from sympy.core.function import AppliedUndef
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
-from .derivation import AtSizes, Chain, Checker, Custom, NonNegative, Symbolic, _zero_scalar, is_zero
+from .derivation import (_GREATER, _LESS, AtSizes, Chain, Checker, Custom, NonNegative, Symbolic, _displayed_difference,
+                         _zero_scalar, is_zero)
 
-__all__ = ["Counterexample", "Diagnosis", "diagnose", "find_counterexample", "simplified_residual", "POINTS"]
+__all__ = ["Counterexample", "Diagnosis", "diagnose", "find_counterexample", "simplified_residual", "POINTS", "DOMAIN"]
 
 #: Random points tried before a residual that would not simplify is called UNPROVED.
 POINTS = 24
@@ -163,8 +164,23 @@ def simplified_residual(expr: Any, assumptions: Any = None) -> list[tuple[str, A
 # --------------------------------------------------------------------------- random points
 
 
-def _draw(symbol: sp.Basic, rng: random.Random, scale: sp.Rational) -> sp.Rational:
-    """An exact value of the sign ``symbol``'s assumptions require."""
+#: Powers of ten the values of a point are scaled by (one is picked per point) in the second
+#: half of the points; the first half is of order 1. A step that fails only for large inputs
+#: (``Max(x, -1000) = x``) is found too, and the usual counterexample stays readable.
+MAGNITUDES = (1, 2, 3, 4, 6)
+#: What the random points range over, as the messages state it.
+DOMAIN = ("random points: magnitudes 0.05 to 3e6 with the sign each symbol's assumptions allow; "
+          "complex values (real and imaginary parts drawn alike) for symbols not assumed real; "
+          "integers -4..5 for integer symbols")
+
+
+def _real_value(rng: random.Random, scale: sp.Rational) -> sp.Rational:
+    return sp.Rational(rng.randint(1, 60), 20) * scale  # (0, 3 scale]
+
+
+def _draw(symbol: sp.Basic, rng: random.Random, scale: sp.Rational) -> sp.Basic:
+    """An exact value of the sign ``symbol``'s assumptions require; a complex one half the time
+    for a symbol not assumed real (a plain ``Symbol("z")`` is complex)."""
     if symbol.is_integer:
         if symbol.is_positive:
             return sp.Integer(rng.randint(1, 5))
@@ -173,12 +189,18 @@ def _draw(symbol: sp.Basic, rng: random.Random, scale: sp.Rational) -> sp.Ration
         if symbol.is_negative:
             return sp.Integer(-rng.randint(1, 5))
         return sp.Integer(rng.randint(-4, 4))
-    value = sp.Rational(rng.randint(1, 60), 20) * scale  # (0, 3 scale]
+    value = _real_value(rng, scale)
     if symbol.is_positive or symbol.is_nonnegative:
         return value
     if symbol.is_negative or symbol.is_nonpositive:
         return -value
-    return value if rng.random() < 0.5 else -value
+    value = value if rng.random() < 0.5 else -value
+    if symbol.is_extended_real is None and symbol.is_imaginary is None and rng.random() < 0.5:
+        imag = _real_value(rng, scale) * rng.choice((1, -1))
+        return (0 if rng.random() < 0.25 else value) + sp.I * imag
+    if symbol.is_imaginary:
+        return sp.I * value
+    return value
 
 
 def _admissible(conditions: Iterable[Any], values: dict) -> bool | None:
@@ -194,6 +216,8 @@ def _admissible(conditions: Iterable[Any], values: dict) -> bool | None:
                 undecided = True
                 continue
             v = v.evalf(DIGITS)
+            if v.is_extended_real is not True:
+                return False  # a complex value cannot meet a sign assumption
             if (symbol.is_nonnegative and v < 0) or (symbol.is_positive and v <= 0) \
                     or (symbol.is_nonpositive and v > 0) or (symbol.is_negative and v >= 0):
                 return False
@@ -308,6 +332,8 @@ def find_counterexample(
             if done >= points:
                 break
             scale = sp.Rational(1, 2 ** (draw // 40))  # shrink when constraints reject large values
+            if done >= points // 2:
+                scale *= 10 ** rng.choice(MAGNITUDES)
             try:
                 found = _point(expr, rng, scale, conditions)
             except (TypeError, ValueError, ZeroDivisionError, NotImplementedError) as exc:
@@ -341,7 +367,8 @@ def find_counterexample(
                     shown_sides = None
             shown = {str(k): _format_value(v) for k, v in values.items() if not str(k).startswith("_")}
             exact = at if at.is_Rational else value
-            if not negative and abs(sp.im(value)) > THRESHOLD * _magnitude(at):
+            real_inputs = all(v.is_real for v in values.values())
+            if not negative and real_inputs and abs(sp.im(value)) > THRESHOLD * _magnitude(at):
                 # false there, but the expression leaves the reals: keep looking for a real counterexample
                 complex_only = complex_only or Counterexample(
                     shown, _format_value(exact), label, shown_sides,
@@ -397,7 +424,7 @@ def _zero_test_diagnosis(target: Any, assumptions: Any, seed: str, *, where: str
         return Diagnosis("FAIL", f"{prefix}false: {cex.describe()}", residual, cex, n)
     if n:
         return Diagnosis("UNPROVED", f"{prefix}SymPy could not reduce the residual to 0, and no counterexample was "
-                         f"found at {n} random points ({note}): probably true, not proved", residual, None, n)
+                         f"found at {n} {DOMAIN} ({note}): not proved", residual, None, n)
     return Diagnosis("UNPROVED", f"{prefix}SymPy could not reduce the residual to 0, and it could not be evaluated "
                      f"numerically ({note}): neither proved nor refuted", residual, None, 0)
 
@@ -406,10 +433,14 @@ def _nonnegative_diagnosis(checker: NonNegative, ctx: Any, seed: str) -> Diagnos
     for idx, (expr, witness, subs) in enumerate(checker.cases):
         expr = ctx.unfold(expr)
         witness = sp.sympify(witness)
-        conditions = [checker.assumptions, *[(value, aux) for aux, value in subs.items()]]
+        plain = checker.substituted(subs)
+        unsigned = [why for why in (checker._value_sign(aux, spec)[1] for aux, spec in subs.items()) if why]
+        # the substituted values keep the search inside the domain the witness describes, so a
+        # counterexample found is one there; a value whose sign is not shown leaves it UNPROVED
+        conditions = [checker.assumptions, *[(value, aux) for aux, value in plain.items()]]
         where = f"case {idx}" if len(checker.cases) > 1 else ""
-        ok, _ = is_zero(expr - witness.subs(subs), checker.assumptions)
-        if ok and witness.is_nonnegative is True:
+        ok, _ = is_zero(expr - witness.subs(plain), checker.assumptions)
+        if ok and witness.is_nonnegative is True and not unsigned:
             continue
         cex, n, note = find_counterexample([(where, expr)], conditions=conditions, seed=f"{seed}:{idx}", negative=True)
         prefix = f"{where}: " if where else ""
@@ -417,16 +448,45 @@ def _nonnegative_diagnosis(checker: NonNegative, ctx: Any, seed: str) -> Diagnos
             return Diagnosis("FAIL", f"{prefix}false: the expression is negative, {cex.describe()}",
                              _shown(expr), cex, n)
         if not ok:
-            d = _zero_test_diagnosis(expr - witness.subs(subs), checker.assumptions, f"{seed}:{idx}:w",
+            d = _zero_test_diagnosis(expr - witness.subs(plain), checker.assumptions, f"{seed}:{idx}:w",
                                      where=where, conditions=conditions[1:])
             if d.status == "FAIL":
                 return Diagnosis("FAIL", f"{prefix}the witness does not equal the expression: "
                                  f"{d.counterexample.describe()}", d.residual, d.counterexample, d.points)
             return d
-        found = f"no negative value at {n} random points ({note})" if n else f"it could not be evaluated ({note})"
+        found = (f"no negative value at {n} {DOMAIN} ({note})" if n
+                 else f"it could not be evaluated ({note})")
+        if unsigned and witness.is_nonnegative is True:
+            return Diagnosis("UNPROVED", f"{prefix}{unsigned[0]}; {found}: not proved", _shown(witness), None, n)
         return Diagnosis("UNPROVED", f"{prefix}SymPy cannot show the witness {_shown(witness)} is nonnegative from "
-                         f"its symbols' assumptions; {found}: probably true, not proved", _shown(witness), None, n)
+                         f"its symbols' assumptions; {found}: not proved", _shown(witness), None, n)
     return Diagnosis("UNPROVED", "the check failed but every case passes when re-checked")
+
+
+def _unlinked_diagnosis(checker: Symbolic | NonNegative, ctx: Any, seed: str) -> Diagnosis | None:
+    """When the check does not test the displayed line: FAIL if the displayed line itself is false
+    at a point, else UNPROVED saying so. None when the check is linked to the line."""
+    why = checker.unlinked(ctx)
+    if why is None:
+        return None
+    shown = _displayed_difference(ctx)
+    if isinstance(checker, NonNegative):
+        rel = ctx.step.rel.strip()
+        if rel not in _LESS and rel not in _GREATER:
+            return Diagnosis("UNPROVED", why)
+        target = ctx.unfold(-shown if rel in _LESS else shown)
+        cex, n, note = find_counterexample([("", target)], conditions=[checker.assumptions], seed=seed, negative=True)
+        if cex is not None:
+            return Diagnosis("FAIL", f"{why}; and the displayed line is false: {cex.describe()}", _shown(target), cex, n)
+        return Diagnosis("UNPROVED", f"{why}; no point found where the displayed line is false ({n} points"
+                         f"{', ' + note if note else ''}): not proved", _shown(target), None, n)
+    target = checker._prepared(shown, ctx)
+    d = _zero_test_diagnosis(target, checker.assumptions, seed, sides=lambda: (ctx.step.lhs, ctx.step.rhs)
+                             if ctx.step.lhs is not None else None)
+    if d.status == "FAIL":
+        return Diagnosis("FAIL", f"{why}; and the displayed line is false: {d.explanation}", d.residual,
+                         d.counterexample, d.points)
+    return Diagnosis("UNPROVED", f"{why}; {d.explanation}", d.residual, None, d.points)
 
 
 def diagnose(checker: Checker, ctx: Any, note: str, seed: str) -> Diagnosis:
@@ -448,6 +508,10 @@ def diagnose(checker: Checker, ctx: Any, note: str, seed: str) -> Diagnosis:
             if not is_zero(target, assumptions)[0]:
                 return _zero_test_diagnosis(target, assumptions, f"{seed}:{where}", where=where)
         return Diagnosis("UNPROVED", "the check failed but each case passes when re-checked")
+    if isinstance(checker, (Symbolic, NonNegative)):
+        unlinked = _unlinked_diagnosis(checker, ctx, seed)
+        if unlinked is not None:
+            return unlinked
     if isinstance(checker, Symbolic):
         return _zero_test_diagnosis(_symbolic_target(checker, ctx), checker.assumptions, seed,
                                     sides=_symbolic_sides(checker, ctx))

@@ -146,24 +146,32 @@ def render(derivation: "Derivation", *, with_methods: bool = True, reason_width:
     return "\\begin{align*}\n" + body + "\n\\end{align*}"
 
 
-def render_section(derivation: "Derivation", *, level: str = "subsection", **options: Any) -> str:
-    """A report snippet: heading, statement, assumptions, the ``align*`` block, status."""
+def render_section(derivation: "Derivation", *, level: str = "subsection", summary: str | None = None,
+                   **options: Any) -> str:
+    """A report snippet: heading, statement, assumptions, the ``align*`` block, status
+    (``summary``, plain text, replaces :meth:`Derivation.summary`)."""
     lines = [f"\\{level}*{{{text(derivation.title)}}}", "", r"\textbf{Statement.} " + derivation.statement, ""]
     if derivation.assumptions:
         lines += [r"\textbf{Assumptions.}", r"\begin{itemize}"]
         lines += [r"\item " + text(a) for a in derivation.assumptions]
         lines += [r"\end{itemize}", ""]
     lines.append(render(derivation, **options))
-    lines += ["", text(derivation.summary()) + "."]
+    lines += ["", (escape(summary, unknown="replace") if summary is not None else text(derivation.summary())) + "."]
     return "\n".join(lines)
 
 
 def render_document(derivations: list["Derivation"], title: str = "attnverify derivations", *,
-                    tags: Sequence[Sequence[str] | None] | None = None) -> str:
+                    tags: Sequence[Sequence[str] | None] | None = None,
+                    summaries: Sequence[str | None] | None = None, preface: str = "") -> str:
     """A standalone article with one section per derivation; ``tags``: per derivation, the
-    per-step tags :func:`render` takes (None keeps the computed ones)."""
+    per-step tags :func:`render` takes (None keeps the computed ones); ``summaries``: per
+    derivation, its status line (plain text; None keeps :meth:`Derivation.summary`);
+    ``preface``: LaTeX put before the first section (an overall status)."""
     tags = list(tags) if tags is not None else [None] * len(derivations)
-    body = "\n\n".join(render_section(d, tags=t) for d, t in zip(derivations, tags))
+    summaries = list(summaries) if summaries is not None else [None] * len(derivations)
+    body = "\n\n".join(render_section(d, tags=t, summary=m) for d, t, m in zip(derivations, tags, summaries))
+    if preface:
+        body = preface + "\n\n" + body
     return PREAMBLE + f"\\title{{{text(title)}}}\n\\author{{attnverify}}\n\\date{{}}\n\\begin{{document}}\n\\maketitle\n\n{body}\n\n\\end{{document}}\n"
 
 

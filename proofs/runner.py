@@ -10,8 +10,9 @@ status       meaning
 PASS         the step's check passed (its method says how: symbolic, explicit sizes...)
 FAIL         the step is false: a counterexample at random values (or the step's own
              custom check said no); the residual and the counterexample are given
-UNPROVED     SymPy could not reduce the residual to 0, and no counterexample was found:
-             probably true, not proved (the residual is given)
+UNPROVED     SymPy could not reduce the residual to 0, and no counterexample was found
+             at the random points tried (the message says which): not proved (the residual
+             is given)
 ERROR        the checker raised; the exception and the script's line are given, and the
              other steps still run
 DEFINITION,  not checked: notation, a stated assumption, a result cited from elsewhere
@@ -21,8 +22,10 @@ CITED
 
 A derivation is PROVED when every checked step passes and at least one step is checked.
 
-Loading a script executes it (as ``python FILE`` would: it can run any code). Its folder is
-put first on ``sys.path`` while it loads and runs, so it can import modules beside it.
+Loading a script executes it in this process (it can run any code) as a fresh module whose
+``__name__`` is not ``"__main__"`` (an ``if __name__ == "__main__":`` block does not run) and
+with ``sys.argv`` left as it is. Its folder is put first on ``sys.path`` while it loads and
+runs, so it can import modules beside it.
 Derivations are found as module-level variables holding a :class:`~proofs.Derivation` and as
 functions decorated with :func:`~proofs.register` (recorded in a registry of the script's own).
 """
@@ -46,12 +49,12 @@ from .derivations._registry import collect_registrations
 from .diagnose import Counterexample, diagnose
 
 __all__ = ["ScriptError", "StepReport", "DerivationReport", "ProofRun", "load_script", "check_derivation",
-           "prove_file", "STATUSES", "DERIVATION_STATUSES", "NOT_CHECKED"]
+           "prove_file", "prove_found", "STATUSES", "DERIVATION_STATUSES", "NOT_CHECKED"]
 
 #: Every step status, in the order the summary counts them.
 STATUSES = ("PASS", "FAIL", "UNPROVED", "ERROR", "DEFINITION", "ASSUMPTION", "CITED")
 #: Every derivation status.
-DERIVATION_STATUSES = ("PROVED", "FAILED", "UNPROVED", "ERROR", "UNCHECKED")
+DERIVATION_STATUSES = ("PROVED", "FAILED", "UNPROVED", "ERROR", "UNJUSTIFIED", "UNCHECKED")
 #: The statuses of steps that are not checked.
 NOT_CHECKED = ("DEFINITION", "ASSUMPTION", "CITED")
 
@@ -149,8 +152,9 @@ class DerivationReport:
 
     @property
     def status(self) -> str:
-        """FAILED (a step is false), ERROR (a checker or the build raised), UNPROVED, PROVED, or
-        UNCHECKED (no step is checked), the first that applies."""
+        """FAILED (a step is false), ERROR (a checker or the build raised), UNPROVED,
+        UNJUSTIFIED (a line taken on trust without a mark), UNCHECKED (no step is checked), or
+        PROVED, the first that applies. :attr:`status_reason` says why."""
         found = {s.status for s in self.steps}
         if "FAIL" in found:
             return "FAILED"
@@ -158,12 +162,49 @@ class DerivationReport:
             return "ERROR"
         if "UNPROVED" in found:
             return "UNPROVED"
+        if self.unjustified:
+            return "UNJUSTIFIED"
         return "PROVED" if any(s.checked for s in self.steps) else "UNCHECKED"
+
+    @property
+    def status_reason(self) -> str:
+        """One sentence: why the derivation has its status."""
+        status = self.status
+        counts = {k: sum(s.status == k for s in self.steps) for k in ("FAIL", "ERROR", "UNPROVED")}
+        if status == "FAILED":
+            return f"{counts['FAIL']} step(s) are false"
+        if status == "ERROR":
+            if self.error is not None:
+                first = self.error.splitlines()[0] if self.error else ""
+                return f"it could not be built: {first}" if self.derivation is None else first
+            return f"{counts['ERROR']} checker(s) raised"
+        if status == "UNPROVED":
+            return f"{counts['UNPROVED']} step(s) could not be shown (neither proved nor refuted)"
+        if status == "UNJUSTIFIED":
+            return (f"not proved: {len(self.unjustified)} line(s) taken on trust without a mark: "
+                    + "; ".join(self.unjustified))
+        if status == "UNCHECKED":
+            return ("not proved: no step is checked (only definitions, assumptions or cited results); "
+                    "give a step a check (Symbolic, AtSizes, NonNegative, Custom)")
+        return "every checked step passes and every other line is a definition, assumption or named citation"
+
+    def assumptions(self) -> list[str]:
+        """The derivation's assumptions in words, then each ``Step.assume`` line (``"REASON
+        (step N: LINE)"``)."""
+        if self.derivation is None:
+            return []
+        out = list(self.derivation.assumptions)
+        for index, step in enumerate(self.derivation.steps, 1):
+            if getattr(step.check, "kind", None) == "assumption":
+                line = step.latex or " ".join(str(p) for p in (step.lhs, step.rel if step.rhs is not None else None,
+                                                                 step.rhs) if p is not None)
+                out.append(f"{step.reason} (step {index}: {line})")
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "title": self.title, "statement": self.statement, "origin": self.origin,
-                "status": self.status, "error": self.error, "seconds": round(self.seconds, 6),
-                "assumptions": list(self.derivation.assumptions) if self.derivation else [],
+                "status": self.status, "status_reason": self.status_reason, "error": self.error, "seconds": round(self.seconds, 6),
+                "assumptions": self.assumptions(),
                 "unjustified": list(self.unjustified),
                 "steps": [s.to_dict() for s in self.steps]}
 
@@ -186,6 +227,14 @@ class ProofRun:
     def proved(self) -> bool:
         """Every derivation found was checked and PROVED."""
         return not self.not_run and all(r.status == "PROVED" for r in self.reports)
+
+    def derivation_counts(self) -> dict[str, int]:
+        """How many derivations have each status (every status present, zeros included); one
+        that could not be built counts as ERROR."""
+        counts = dict.fromkeys(DERIVATION_STATUSES, 0)
+        for report in self.reports:
+            counts[report.status] += 1
+        return counts
 
     def counts(self) -> dict[str, int]:
         """How many steps have each status (every status present, zeros included)."""
@@ -433,6 +482,35 @@ def prove_file(path: str | Path, *, on_derivation: Callable[[DerivationReport], 
     path = Path(path)
     start = time.perf_counter()
     _, found = load_script(path)
+    return prove_found(path, found, on_derivation=on_derivation, stop=stop, start=start)
+
+
+def prove_found(path: str | Path, found: list[tuple[str, Any]], *,
+                on_derivation: Callable[[DerivationReport], Any] | None = None, stop: Any = None,
+                start: float | None = None) -> ProofRun:
+    """Check what :func:`load_script` found in the script at ``path`` (parameters as
+    :func:`prove_file`; ``start``: a ``time.perf_counter()`` reading the run's time counts from).
+
+    Raises
+    ------
+    ScriptError
+        Two derivations with the same name, known before anything runs (both origins are
+        named). A registered function that builds a derivation named as one already checked
+        gets an ERROR report saying so.
+    """
+    path = Path(path)
+    start = time.perf_counter() if start is None else start
+    for kind in (True, False):  # the names known before anything runs: variables, then registrations
+        named: dict[str, str] = {}
+        for origin, item in found:
+            if isinstance(item, Derivation) is not kind:
+                continue
+            name = item.name if kind else getattr(item, "derivation_name", None)
+            if name in named:
+                raise ScriptError(f"{path}: two derivations are named {name!r}: {named[name]} and {origin}; "
+                                  "give each its own name")
+            if name is not None:
+                named[name] = origin
     reports: list[DerivationReport] = []
     not_run: list[str] = []
     with _script_folder_on_path(path.resolve().parent):
@@ -446,6 +524,10 @@ def prove_file(path: str | Path, *, on_derivation: Callable[[DerivationReport], 
                 report = _run_registered(origin, item, path)
                 if any(r.derivation is report.derivation for r in reports if r.derivation is not None):
                     continue  # the script also kept what its registered function built in a variable
+            same = [r for r in reports if r.name == report.name]
+            if same and report.error is None:
+                report.error = (f"two derivations are named {report.name!r}: {same[0].origin} and {report.origin}; "
+                                "give each its own name")
             reports.append(report)
             if on_derivation is not None:
                 on_derivation(report)

@@ -11,6 +11,7 @@ file. A write that still fails after these checks (a disk that fills during the 
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
@@ -116,7 +117,11 @@ def _probe(folder: Path) -> None:
     try:
         fd, name = tempfile.mkstemp(dir=folder, prefix=".attnverify-probe-")
     except OSError as exc:
-        raise ValueError(f"the directory {str(folder)!r} is not writable: {exc.strerror or exc}") from None
+        why = exc.strerror or str(exc)
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise ValueError(f"the directory {str(folder)!r} is not writable: {why}") from None
+        # another cause (a virtual file system such as /proc answers ENOENT): say what happened
+        raise ValueError(f"cannot create a file in the directory {str(folder)!r}: {why}") from None
     os.close(fd)
     os.unlink(name)
 

@@ -244,15 +244,19 @@ def _print_footer(results, seconds: float, left_out: list[str], console: Console
 
 @click.command(epilog=EXIT_CODES)
 @click.argument("name", required=False)
-@click.option("--list", "list_names", is_flag=True, help="List the derivations.")
+@click.option("--list", "list_names", is_flag=True, help="List the derivations (with NAME: only that one).")
 def derive(name: str | None, list_names: bool) -> None:
     """Print one derivation as LaTeX (each step checked first, or marked as a definition, an
     assumption or a cited theorem; exit 1 when a step fails)."""
     from proofs.derivations import DERIVATIONS
 
     if list_names or name is None:
+        if name is not None and name not in DERIVATIONS:
+            raise click.BadParameter(f"expected one of {', '.join(DERIVATIONS)}; got {name!r}", param_hint="NAME")
         plan_exit(0)
         for key, build in DERIVATIONS.items():
+            if name is not None and key != name:
+                continue
             doc = (build.__doc__ or "").strip().splitlines()
             click.echo(f"{key:<22}{doc[0] if doc else ''}")
         return

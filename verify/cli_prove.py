@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import platform
+import sys
+import time
 from pathlib import Path
 
 import click
@@ -20,7 +23,7 @@ from verify._paths import OutputPath, refuse_shared_outputs, write_output
 STATUS_STYLE = {
     "PASS": "green", "PROVED": "green",
     "FAIL": "bold red", "FAILED": "bold red", "ERROR": "bold red",
-    "UNPROVED": "yellow", "UNCHECKED": "yellow",
+    "UNPROVED": "yellow", "UNCHECKED": "yellow", "UNJUSTIFIED": "yellow",
     "DEFINITION": "dim", "ASSUMPTION": "dim", "CITED": "magenta",
 }
 
@@ -32,7 +35,6 @@ def status_text(status: str) -> Text:
 
 def prove_document(run) -> dict:
     """The JSON document ``prove --json`` writes (schema: proofs/schema/prove.schema.json)."""
-    from proofs.runner import DERIVATION_STATUSES
     from verify.cli import __version__
 
     return {
@@ -45,9 +47,7 @@ def prove_document(run) -> dict:
         "proved": run.proved,
         "incomplete": run.incomplete,
         "not_run": list(run.not_run),
-        "summary": {"derivations": {status: sum(r.status == status for r in run.reports)
-                                    for status in DERIVATION_STATUSES},
-                    "steps": run.counts()},
+        "summary": {"derivations": run.derivation_counts(), "steps": run.counts()},
         "derivations": [r.to_dict() for r in run.reports],
     }
 
@@ -56,9 +56,36 @@ def latex_document(run) -> str:
     """A standalone article: each derivation's statement, assumptions and checked ``align*`` block."""
     from proofs.latex import render_document
 
+    from proofs.latex import escape as text
+
     built = [r for r in run.reports if r.derivation is not None]
-    return render_document([r.derivation for r in built], title=f"Derivations of {run.path.name}",
-                           tags=[[s.tag for s in r.steps] for r in built])
+    title = f"Derivations of {run.path.name}"
+    preface = []
+    if run.incomplete:
+        title += " (INCOMPLETE: interrupted)"
+        preface.append(r"\textbf{INCOMPLETE: the run was interrupted (Ctrl-C); not run: "
+                       + text(", ".join(run.not_run)) + ".}")
+    overall = ", ".join(f"{status} {n}" for status, n in run.derivation_counts().items() if n)
+    preface.append(r"\textbf{Summary.} " + text(f"{len(run.reports)} derivation(s): {overall or 'none'}; "
+                                                 f"steps: {_step_counts(run.counts())}."))
+    failed_to_build = [r for r in run.reports if r.derivation is None]
+    if failed_to_build:
+        preface.append(r"\textbf{Not built (ERROR):} " + text("; ".join(
+            f"{r.name} ({r.origin}): {(r.error or '').splitlines()[0]}" for r in failed_to_build)) + ".")
+    return render_document([r.derivation for r in built], title=title,
+                           tags=[[s.tag for s in r.steps] for r in built],
+                           summaries=[f"{r.name}: {r.status} ({r.status_reason}); steps: "
+                                      f"{_step_counts({k: sum(s.status == k for s in r.steps) for k in run.counts()})}"
+                                      for r in built],
+                           preface="\n\n".join(preface))
+
+
+def _step_counts(counts: dict) -> str:
+    """``"PASS 3, FAIL 1, UNPROVED 0, ERROR 0; 2 not checked"``: FAIL and UNPROVED apart."""
+    from proofs.runner import NOT_CHECKED
+
+    checked = ", ".join(f"{k} {v}" for k, v in counts.items() if k not in NOT_CHECKED)
+    return f"{checked}; {sum(v for k, v in counts.items() if k in NOT_CHECKED)} not checked"
 
 
 def _details(step) -> str:
@@ -67,37 +94,68 @@ def _details(step) -> str:
     return step.note
 
 
-def print_run(run, console: Console) -> None:
-    """One table per derivation (step, status, how it was checked, details), then the counts."""
-    for report in run.reports:
-        title = f"{report.name}: {report.title} ({report.origin})"
-        if report.error is not None:
-            console.print(Text.assemble(plain(title, "bold"), "  ", status_text("ERROR")))
-            console.print(plain(report.error))
-            continue
-        rows = [(str(s.index), s.reason, status_text(s.status), s.tag if not s.checked else s.method, _details(s))
-                for s in report.steps]
-        print_table(console, title, ("#", "step", "status", "checked by", "details"), rows,
-                    verdict_columns=("#", "status"), wide=("details",))
-        console.print(Text.assemble(plain(f"{report.name}: "), status_text(report.status),
-                                    plain(f" ({report.seconds:.1f} s)")))
+def print_report(report, console: Console) -> None:
+    """One derivation's table (step, status, how it was checked, details) and its status line."""
+    title = f"{report.name}: {report.title} ({report.origin})"
+    if report.error is not None and not report.steps:
+        console.print(Text.assemble(plain(title, "bold"), "  ", status_text("ERROR")))
+        console.print(plain(report.error))
+        return
+    rows = [(str(s.index), s.reason, status_text(s.status), s.tag if not s.checked else s.method, _details(s))
+            for s in report.steps]
+    print_table(console, title, ("#", "step", "status", "checked by", "details"), rows,
+                verdict_columns=("#", "status"), wide=("details",))
+    why = "" if report.status == "PROVED" else f": {report.status_reason}"
+    console.print(Text.assemble(plain(f"{report.name}: "), status_text(report.status),
+                                plain(f" ({report.seconds:.1f} s){why}")))
+    if report.status != "UNJUSTIFIED":  # its reason lists them already
         for line in report.unjustified:
             console.print(plain(f"taken on trust, not marked: {line}", "yellow"))
-    from proofs.runner import NOT_CHECKED
 
+
+def print_summary(run, console: Console) -> None:
+    """The counts (derivations by status, steps by status), then every step that did not pass."""
     counts = run.counts()
-    checked = ", ".join(f"{k} {v}" for k, v in counts.items() if k not in NOT_CHECKED)
-    unchecked = sum(v for k, v in counts.items() if k in NOT_CHECKED)
-    console.print(plain(f"{len(run.reports)} derivation(s), {sum(counts.values())} steps in {run.seconds:.1f} s: "
-                        f"{checked}; {unchecked} not checked (definitions, assumptions, cited results)"))
+    by_status = ", ".join(f"{status} {n}" for status, n in run.derivation_counts().items() if n)
+    console.print(plain(f"{len(run.reports)} derivation(s) ({by_status or 'none'}), {sum(counts.values())} steps "
+                        f"in {run.seconds:.1f} s: {_step_counts(counts)} (definitions, assumptions, cited results)"))
     for report in run.reports:
         if report.error is not None:
-            console.print(Text.assemble(status_text("ERROR"), plain(f" {report.name} ({report.origin}) could not be "
-                                                                    f"built: {report.error.splitlines()[0]}")))
+            what = "could not be built" if report.derivation is None else "is in error"
+            console.print(Text.assemble(status_text("ERROR"), plain(f" {report.name} ({report.origin}) {what}: "
+                                                                    f"{report.error.splitlines()[0]}")))
         for step in report.steps:
             if step.status in ("FAIL", "ERROR", "UNPROVED"):
                 console.print(Text.assemble(status_text(step.status),
                                             plain(f" {report.name}, step {step.index} ({step.reason}): {step.note}")))
+
+
+def print_run(run, console: Console) -> None:
+    """Every derivation's table, then the summary."""
+    for report in run.reports:
+        print_report(report, console)
+    print_summary(run, console)
+
+
+def _latex_culprit(run) -> str:
+    """The first derivation and step whose text LaTeX cannot take, named; or ``""``."""
+    from proofs.latex import text
+
+    for report in run.reports:
+        derivation = report.derivation
+        if derivation is None:
+            continue
+        for label, value in [("title", derivation.title), *[(f"assumption {a!r}", a) for a in derivation.assumptions]]:
+            try:
+                text(value)
+            except ValueError as exc:
+                return f"derivation {report.name!r}, {label}: {exc}"
+        for index, step in enumerate(derivation.steps, 1):
+            try:
+                text(step.reason)
+            except ValueError as exc:
+                return f"derivation {report.name!r}, step {index} ({step.reason}): {exc}"
+    return ""
 
 
 @click.command(epilog=EXIT_CODES)
@@ -116,7 +174,9 @@ def prove(ctx: click.Context, file: Path, latex_path: Path | None, pdf: bool, js
     FILE is a Python script that builds derivations with the public API
     (from proofs import Derivation, Step, Symbolic, AtSizes, NonNegative, Custom, register).
     Every Derivation it defines at module level and every function it registers with
-    @register is checked. It is executed as `python FILE` would execute it: it can run
+    @register is checked. FILE is executed in this process as a fresh module (its
+    __name__ is not "__main__", so an `if __name__ == "__main__":` block does not
+    run; sys.argv is attnverify's; FILE's folder is first on sys.path). It can run
     any code, so prove only scripts you trust.
 
     Each step prints PASS, FAIL (false: a counterexample at random values is shown),
@@ -127,52 +187,77 @@ def prove(ctx: click.Context, file: Path, latex_path: Path | None, pdf: bool, js
     Ctrl-C stops after the derivation in progress (twice: at once) and reports and
     saves the finished ones, marked incomplete.
     """
-    from proofs.runner import ScriptError, prove_file
+    from proofs.runner import ScriptError, load_script, prove_found
 
     refuse_shared_outputs(**{"--latex": latex_path, "--json": json_path})
     to_stdout = json_path == "-"
     console = stdout_console(stderr=to_stdout)
-    with InterruptGate() as gate:
+    # with --json -, stdout is the JSON document: what the script prints goes to stderr
+    script_output = contextlib.redirect_stdout(sys.stderr) if to_stdout else contextlib.nullcontext()
+    start = time.perf_counter()
+    try:
+        with script_output:  # outside the gate: Ctrl-C while the script loads stops at once
+            _, found = load_script(file)
+    except ScriptError as exc:
+        plan_exit(1)
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        plan_exit(130)
+        console.print(plain(f"interrupted while loading {file}: nothing was checked", "bold yellow"))
+        ctx.exit(130)
+    with InterruptGate() as gate, script_output:
         try:
-            run = prove_file(file, stop=gate.stop)
+            run = prove_found(file, found, stop=gate.stop, start=start,
+                              on_derivation=lambda report: print_report(report, console))
         except ScriptError as exc:
             plan_exit(1)
             raise click.ClickException(str(exc)) from None
     code = 130 if gate.pending else 0 if run.proved else 1
     plan_exit(code)
+    print_summary(run, console)
     document = json.dumps(prove_document(run), indent=2) if json_path is not None else None
-    if document is not None and not to_stdout:
-        write_output(json_path, "--json", lambda: json_path.write_text(document, encoding="utf-8"))
-    tex_written = None
-    if latex_path is not None:
-        try:
-            tex = latex_document(run)
-        except ValueError as exc:  # a reason LaTeX cannot take (an unknown non-ASCII character...)
-            raise click.ClickException(f"--latex: the derivations cannot be rendered: {exc}") from None
-        write_output(latex_path, "--latex", lambda: latex_path.write_text(tex, encoding="utf-8"))
-        tex_written = latex_path
-    print_run(run, console)
     if document is not None:
         if to_stdout:
             click.echo(document)
         else:
+            write_output(json_path, "--json", lambda: json_path.write_text(document, encoding="utf-8"))
             console.print(plain(f"wrote {json_path}"))
-    if tex_written is not None:
-        console.print(plain(f"wrote {tex_written}"))
-        if pdf:
-            _compile_pdf(tex_written, console)
     if gate.pending:
         what = (f"the results above are INCOMPLETE: not run: {', '.join(run.not_run)}" if run.not_run
                 else "every derivation had finished")
         console.print(plain(f"interrupted: {what}", "bold yellow"))
+    if latex_path is not None:
+        try:
+            tex = latex_document(run)
+        except ValueError as exc:  # a reason LaTeX cannot take (a lone $, an unknown non-ASCII character...)
+            plan_exit(1)
+            culprit = _latex_culprit(run) or str(exc)
+            raise click.ClickException(f"--latex: not written, the derivations cannot be rendered: {culprit}") from None
+        write_output(latex_path, "--latex", lambda: latex_path.write_text(tex, encoding="utf-8"))
+        console.print(plain(f"wrote {latex_path}" + (" (marked INCOMPLETE)" if run.incomplete else "")))
+        if pdf:
+            _compile_pdf(latex_path, console)
     ctx.exit(code)
 
 
 def _compile_pdf(tex: Path, console: Console) -> None:
+    """Compile ``tex`` in a temporary folder (its .aux and .log stay out of the user's folder)
+    and put the PDF beside it; a failure shows the end of pdflatex's transcript."""
+    import shutil
+    import tempfile
+
     from proofs.report import ReportError, compile_pdf
 
-    try:
-        pdf_path = compile_pdf(tex)
-    except ReportError as exc:
-        raise click.ClickException(f"--latex: {exc}") from None
-    console.print(plain(f"wrote {pdf_path}" if pdf_path else "no pdflatex on PATH: PDF not built"))
+    with tempfile.TemporaryDirectory(prefix="attnverify-prove-") as tmp:
+        copy = Path(tmp) / tex.name
+        shutil.copyfile(tex, copy)
+        try:
+            built = compile_pdf(copy)
+        except ReportError as exc:
+            raise click.ClickException(f"--latex: {str(exc).replace(str(copy), str(tex))}") from None
+        if built is None:
+            console.print(plain("no pdflatex on PATH: PDF not built"))
+            return
+        pdf_path = tex.with_suffix(".pdf")
+        write_output(pdf_path, "--latex", lambda: shutil.copyfile(built, pdf_path))
+    console.print(plain(f"wrote {pdf_path}"))

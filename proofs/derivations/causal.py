@@ -97,7 +97,7 @@ def _numeric_gradients() -> tuple[bool, str]:
 
 @register("causality", "Causal masking: no output depends on a later input")
 def causality() -> Derivation:
-    """With the causal mask d a_i / d x_j = 0 for j > i; without it d a_1 / d x_2 != 0."""
+    """Causal mask: a_i depends on x_1..x_i only (symbolic n, i); d a_i / d x_j = 0 (j > i) differentiated at (n, d) = (3,1), (3,2), (4,1); without the mask d a_1 / d x_2 != 0."""
     steps = [
         Step.define(r"S_{ij}", r"\begin{cases} q_i \cdot k_j / \sqrt{d} & j \le i \\ -\infty & j > i \end{cases}",
                     r"causal mask; $q_i = x_i W^Q$, $k_j = x_j W^K$, $v_j = x_j W^V$"),
@@ -108,8 +108,8 @@ def causality() -> Derivation:
              r"of $x_1, \dots, x_i$ only",
              Custom(_masked_sums_truncate, "symbolic (symbolic n and i, the sums split at i)")),
         Step(r"\frac{\partial a_i}{\partial x_j}", sp.Integer(0),
-             r"every entry, every $j > i$, differentiating the masked expression (for other sizes it follows from "
-             r"the line above: no $x_j$ with $j > i$ appears)",
+             r"every entry, every $j > i$, differentiating the masked expression at $(n, d) = (3,1), (3,2), (4,1)$ "
+             r"only (for other sizes it follows from the line above, which is symbolic: no $x_j$ with $j > i$ appears)",
              AtSizes(_future_derivatives, SIZES, "(n,d)")),
         Step(r"\frac{\partial a_1}{\partial x_2}\Big|_{\text{no mask}}", sp.Integer(0), rel=r"\ne",
              reason=r"without the mask, an exact evaluation at a point",

@@ -35,16 +35,20 @@ def _variance_identity(n: int, d: int) -> list:
 
 
 def _max_bound_cases(n: int) -> tuple:
-    """M^2 - sum_j w_j |v_j|^2 = sum_j w_j t_j with t_j = M^2 - |v_j|^2 >= 0, sum_j w_j = 1."""
-    w = list(sp.symbols(f"w_1:{n + 1}", nonnegative=True))
+    """M^2 - sum_j w_j |v_j|^2 = sum_j w_j t_j >= 0, at size n.
+
+    The weights are written as softmax makes them, w_j = u_j / (u_1 + ... + u_n) with u_j > 0
+    (so w_j >= 0 and sum_j w_j = 1 hold by construction, nothing substituted on trust), and
+    |v_j|^2 = M^2 - t_j with t_j >= 0: that is what M^2 = max_j |v_j|^2 means.
+    """
+    u = list(sp.symbols(f"u_1:{n + 1}", positive=True))
     t = list(sp.symbols(f"t_1:{n + 1}", nonnegative=True))
     big_m = sp.Symbol("M2", nonnegative=True)  # M^2 = max_j |v_j|^2
-    norms = list(sp.symbols(f"nu_1:{n + 1}", nonnegative=True))  # nu_j = |v_j|^2
-    expr = (big_m - sum(w[j] * norms[j] for j in range(n))).subs(w[-1], 1 - sum(w[:-1]))
-    witness = sum(w[j] * t[j] for j in range(n))
-    subs = {t[j]: big_m - norms[j] for j in range(n)}
-    subs[w[-1]] = 1 - sum(w[:-1])
-    return expr, witness, subs
+    total = sum(u)
+    w = [uj / total for uj in u]
+    expr = big_m - sum(w[j] * (big_m - t[j]) for j in range(n))
+    witness = sum(u[j] * t[j] for j in range(n)) / total
+    return expr, witness, None
 
 
 def _max_bound_symbolic() -> tuple[bool, str]:
@@ -143,7 +147,8 @@ def convex_combination() -> Derivation:
              check=NonNegative.many(list(zip(expr_m, witness_m, subs_m)), "n=2..5")),
         Step(r"\|a\|", r"\max_j \|v_j\| = M", rel=r"\le",
              reason=r"$M - \|a\| = (M^2 - \|a\|^2)/(M + \|a\|) \ge 0$ (for $M > 0$; $M = 0$ forces $a = 0$)",
-             check=NonNegative(big_m - p_norm, u_gap / (big_m + p_norm), {u_gap: big_m**2 - p_norm**2})),
+             check=NonNegative(big_m - p_norm, u_gap / (big_m + p_norm), {u_gap: big_m**2 - p_norm**2},
+                               premises={u_gap: "M^2 - ||a||^2 >= 0: the two inequalities above"})),
         Step(r"\text{weights},\ \|a_i\|", r"\text{as above}",
              "cross-check on numerics.scaled_dot_product_attention",
              Custom(_numeric, "numeric cross-check")),

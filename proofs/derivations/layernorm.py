@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import sympy as sp
 
-from ..derivation import AtSizes, Custom, Derivation, Step, Symbolic, is_zero
+from ..derivation import AtSizes, Custom, Derivation, Step, Symbolic, is_zero, unfold_indexed
 from ._registry import register
 
 __all__ = ["layer_norm_moments"]
@@ -71,6 +71,15 @@ def layer_norm_moments() -> Derivation:
     s2 = d * v_s / (d - 1)  # the unbiased variance, D >= 2
     var_unbiased = sp.Sum(((x[i] - mu_s) / sp.sqrt(s2 + EPS)) ** 2, (i, 1, d)) / d
 
+    y_shown = sp.IndexedBase("y")
+    # the displayed notation y_i, mu, v in terms of the features x (the checks below are written
+    # out already and skip it, unfold=False; it links each check to its displayed line)
+    unfold_y = unfold_indexed({y_shown: lambda a: y.subs(i, a)})
+
+    def unfold(e):
+        e = unfold_y(e)
+        return e.subs({mu_s: mu, v_s: v}) if isinstance(e, (sp.Basic, sp.MatrixBase)) else e
+
     def one_only_at_zero() -> tuple[bool, str]:
         ok, note = is_zero(v_s / (v_s + EPS) - (1 - EPS / (v_s + EPS)))
         roots = sp.solve(sp.Eq(1 - EPS / (v_s + EPS), 1), EPS)
@@ -79,12 +88,14 @@ def layer_norm_moments() -> Derivation:
     steps = [
         Step.define(mu_s, mu, r"token mean over the $D$ features"),
         Step.define(v_s, v, r"biased variance, the $1/D$ convention of PyTorch's layer norm"),
+        Step.assume(r"v + \varepsilon", sp.Integer(0), r"the normaliser is defined: $\varepsilon \ge 0$ and "
+                    r"$v + \varepsilon > 0$ (not every feature equal when $\varepsilon = 0$)", rel=">"),
         Step.define(sp.Indexed("y", i), y, r"normalised features before gain $\gamma$ and bias $\beta$, $\varepsilon \ge 0$"),
-        Step(sp.Sum(sp.Indexed("y", i), (i, 1, d)) / d, sp.Integer(0), r"the centred features sum to 0 (symbolic $D$)",
-             Symbolic((mean_y.subs(mu_s, mu)))),
-        Step(sp.Sum(sp.Indexed("y", i) ** 2, (i, 1, d)) / d, v_s / (v_s + EPS),
+        Step(sp.Sum(y_shown[i], (i, 1, d)) / d, sp.Integer(0), r"the centred features sum to 0 (symbolic $D$)",
+             Symbolic(mean_y.subs(mu_s, mu), unfold=False)),
+        Step(sp.Sum(y_shown[i] ** 2, (i, 1, d)) / d, v_s / (v_s + EPS),
              r"the mean of $y$ is 0, so this is its variance; $\sqrt{v+\varepsilon}$ factors out (symbolic $D$)",
-             Symbolic(var_y.subs(mu_s, mu) - v / (v_s + EPS))),
+             Symbolic(var_y.subs(mu_s, mu) - v / (v_s + EPS), unfold=False)),
         Step(None, 1 - EPS / (v_s + EPS), r"exactly 1 only if $\varepsilon = 0$ (and $v > 0$)",
              Custom(one_only_at_zero, "symbolic (identity and solve)")),
         Step(r"\bigl(\operatorname{mean}(y),\ \operatorname{var}(y) - \tfrac{v}{v+\varepsilon}\bigr)", r"(0, 0)",
@@ -92,7 +103,7 @@ def layer_norm_moments() -> Derivation:
         Step(r"\operatorname{var}(y)\big|_{s^2 = Dv/(D-1)}", r"\frac{D-1}{D}\,\frac{s^2}{s^2 + \varepsilon}",
              r"if the normaliser used the unbiased variance $s^2$ instead ($D \ge 2$), the variance would not be 1 "
              r"even at $\varepsilon = 0$ (symbolic $D$)",
-             Symbolic(var_unbiased.subs(mu_s, mu) - v / (s2 + EPS) + (v_s - (d - 1) / d * s2) / (s2 + EPS))),
+             Symbolic(var_unbiased.subs(mu_s, mu) - v / (s2 + EPS) + (v_s - (d - 1) / d * s2) / (s2 + EPS), unfold=False)),
         Step(r"\operatorname{var}(y)\big|_{s^2 = Dv/(D-1)}", r"\frac{D-1}{D}\,\frac{s^2}{s^2 + \varepsilon}",
              r"cross-check with explicit features", AtSizes(_unbiased_explicit, SIZES, "D")),
         Step(r"\operatorname{mean}(y),\ \operatorname{var}(y)", r"0,\ \tfrac{v}{v + \varepsilon}",
@@ -106,6 +117,7 @@ def layer_norm_moments() -> Derivation:
                    r"$\frac1D \sum_i y_i^2 = \frac{v}{v + \varepsilon} = 1 - \frac{\varepsilon}{v + \varepsilon}$, "
                    r"which is 1 exactly when $\varepsilon = 0$ and $v > 0$."),
         steps=steps,
+        unfold=unfold,
         assumptions=["real features, D >= 1 (symbolic D), eps >= 0, v + eps > 0; statistics over one token's "
                      "features, before gain and bias"],
         results={"mean": 0, "variance": "v/(v + eps)", "unbiased_normaliser_variance": "((D-1)/D) s^2/(s^2 + eps)"},

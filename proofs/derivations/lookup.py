@@ -132,7 +132,7 @@ def _tied_general() -> tuple[bool, str]:
 
 @register("soft-lookup", "Softmax attention tends to the hard argmax lookup")
 def soft_lookup() -> Derivation:
-    """beta -> oo: weights -> e_1 and output -> v_1 for a unique maximum; ties average."""
+    """beta -> oo, unique maximum: weights -> e_1 (symbolic n); output -> v_1 (limits checked at n = 2..4); ties average."""
     s = sp.Symbol("S", nonnegative=True)
     w1 = 1 / (1 + s)
     steps = [
@@ -155,9 +155,10 @@ def soft_lookup() -> Derivation:
                     r"by the bounds above",
              check=Custom(_rate_limit, "symbolic (SymPy limit, symbolic n)")),
         Step(r"\lim_{\beta \to \infty} \left(w_1, w_2, \dots, w_n\right)", r"(1, 0, \dots, 0)",
-             r"cross-check: the limits computed by SymPy ($g_j > 0$)", AtSizes(_weight_limits, SIZES)),
+             r"cross-check: the limits computed by SymPy ($g_j > 0$) at $n = 2..4$ only", AtSizes(_weight_limits, SIZES)),
         Step(r"\lim_{\beta \to \infty} a(\beta)", r"v_1",
-             r"the hard lookup of the value at the argmax; for every $n$ a finite sum of the limits above",
+             r"the hard lookup of the value at the argmax: SymPy's limit checked at $n = 2..4$ only (for other $n$ "
+             r"it is the finite sum of the weight limits above, an argument not checked here)",
              AtSizes(_output_limit, SIZES)),
         Step.assume(r"z_1 = \dots = z_m", r"z_j \quad (j > m)", r"a maximum attained $m$ times", rel=">"),
         Step(r"w_i(\beta)", r"\frac{1}{m + \sum_{j > m} e^{-\beta g_j}} \ (i \le m)",
@@ -169,7 +170,7 @@ def soft_lookup() -> Derivation:
              AtSizes(_tied_gap_form, TIES, "(n,m)")),
         Step(r"\lim_{\beta \to \infty} a(\beta)", r"\frac{1}{m} \sum_{i=1}^{m} v_i",
              r"ties: the average of the tied values, not a lookup; for every $n$, $m$ a finite sum of the limits "
-             r"above; SymPy's limits at", AtSizes(_tied_limit, TIES, "(n,m)")),
+             r"above (not checked here); SymPy's limits checked only at", AtSizes(_tied_limit, TIES, "(n,m)")),
     ]
     return Derivation(
         name="soft-lookup",

@@ -196,6 +196,11 @@ def softmax_jacobian() -> Derivation:
     si, sj, r = sp.symbols("sigma_i sigma_j r", nonnegative=True)
     half = sp.Rational(1, 2)
     quarter = sp.Rational(1, 4)
+    # an off-diagonal pair as softmax makes it: e_i, e_j > 0 and the rest of the mass R >= 0, so
+    # r = 1 - sigma_i - sigma_j = R / (e_i + e_j + R) is shown >= 0, not assumed
+    e_i, e_j = sp.symbols("e_i e_j", positive=True)
+    rest = sp.Symbol("R", nonnegative=True)
+    pair = {si: e_i / (e_i + e_j + rest), sj: e_j / (e_i + e_j + rest)}
 
     steps = [
         Step.define(sigma[i], sp.exp(z[i]) / total, r"softmax, $1 \le i \le n$, $z \in \mathbb{R}^n$"),
@@ -218,8 +223,11 @@ def softmax_jacobian() -> Derivation:
              r"diagonal entries; equality at $\sigma_i = 1/2$",
              NonNegative(quarter - si * (1 - si), (si - half) ** 2)),
         Step(r"|J_{ij}| = \sigma_i \sigma_j", r"\tfrac14 - \tfrac14\bigl[(\sigma_i - \sigma_j)^2 + r^2 + 2r(\sigma_i + \sigma_j)\bigr] \le \tfrac14",
-             r"off-diagonal, $i \ne j$, with $r = 1 - \sigma_i - \sigma_j \ge 0$",
-             NonNegative(quarter - si * sj, ((si - sj) ** 2 + r**2 + 2 * r * (si + sj)) / 4, {r: 1 - si - sj})),
+             r"off-diagonal, $i \ne j$, with $r = 1 - \sigma_i - \sigma_j = \sum_{k \ne i,j} \sigma_k \ge 0$ "
+             r"($\sigma_a = e^{z_a} / (e^{z_i} + e^{z_j} + R)$, $R = \sum_{k \ne i,j} e^{z_k} \ge 0$)",
+             NonNegative((quarter - si * sj).subs(pair),
+                         (((si - sj) ** 2 + r**2 + 2 * r * (si + sj)) / 4).subs(pair),
+                         {r: ((1 - si - sj).subs(pair), rest / (e_i + e_j + rest))})),
         Step(r"J_{ij} - J_{ji}", r"(\sigma_i - \sigma_j)\,\delta_{ij} = 0",
              r"$J$ is symmetric, for every $n$ (the two sides differ only where $i = j$)",
              Custom(_symmetric_symbolic, "symbolic (cases i = j, i != j)")),

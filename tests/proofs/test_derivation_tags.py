@@ -108,3 +108,36 @@ def test_softmax_jacobian_lines_say_what_they_use():
     assert r"\max_{\lambda} |\lambda|" not in tex  # the old false equality is gone
     kinds = {r.method: r.kind for r in d.check()}
     assert kinds["symbolic (symbolic n, nonnegative summands)"] == "checked"
+
+
+# --------------------------------------------------------------------------- review: lines say what was checked
+
+
+def _line(name: str, needle: str):
+    from proofs.derivations import DERIVATIONS
+
+    derivation = DERIVATIONS[name]()
+    found = [s for s in derivation.steps if needle in s.reason or needle in str(s.rhs)]
+    assert found, f"no line of {name} mentions {needle!r}"
+    return derivation, found[0]
+
+
+def test_lines_checked_only_at_sizes_say_so():
+    _, limits = _line("soft-lookup", "hard lookup")
+    assert "n = 2..4" in limits.reason and "only" in limits.reason
+    _, derivative = _line("causality", "differentiating the masked expression")
+    assert "(n, d) = (3,1), (3,2), (4,1)" in derivative.reason and "only" in derivative.reason
+    from proofs.derivations import DERIVATIONS
+
+    assert "n = 2..4" in DERIVATIONS["soft-lookup"].__doc__
+    assert "(n, d) = (3,1), (3,2), (4,1)" in DERIVATIONS["causality"].__doc__
+
+
+def test_numeric_and_concluding_lines_are_tagged_for_what_they_are():
+    _, backward = _line("attention-backward", "close, not equal")
+    assert backward.rel == r"\approx" and "10^{-12}" in backward.rhs
+    _, conclusion = _line("gelu-tanh-error", "the three interval bounds above")
+    assert conclusion.check.method.startswith("interval arithmetic")
+    derivation, _ = _line("layer-norm-moments", "normaliser is defined")
+    kinds = [(s.check.kind, s.rel) for s in derivation.steps if "v + \\varepsilon > 0" in s.reason]
+    assert kinds == [("assumption", ">")]

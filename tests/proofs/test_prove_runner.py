@@ -328,8 +328,9 @@ def test_a_derivation_step_marked_as_a_definition_is_listed_as_taken_on_trust():
         Step(x * (x + 1), x**2 + x, "expand"),
         Step.define(None, x**2 + x + 0, "and so on"),  # continues the chain: a step, not a definition
     ]))
-    assert report.status == "PROVED"
+    assert report.status == "UNJUSTIFIED" and not report.derivation.valid  # never PROVED
     assert len(report.unjustified) == 1 and "step 2 (and so on)" in report.unjustified[0]
+    assert "taken on trust" in report.status_reason
 
 
 def test_a_stated_domain_keeps_the_search_inside_it():
@@ -340,3 +341,125 @@ def test_a_stated_domain_keeps_the_search_inside_it():
     assert inside.status == "UNPROVED" and "no counterexample" in inside.note
     anywhere = status_of(Step(lhs, rhs, "for every real rho"))
     assert anywhere.status == "FAIL" and sp.Rational(anywhere.counterexample.values["rho"]) < -1
+
+
+# --------------------------------------------------------------------------- review: substituted values
+
+
+def test_nonnegative_a_substituted_value_must_be_shown_nonnegative():
+    """{r: x} with r nonnegative must not prove x >= 0 for a real x."""
+    x, r = sp.Symbol("x", real=True), sp.Symbol("r", nonnegative=True)
+    d = one_step(Step(x, 0, "x >= 0 by renaming it", NonNegative(x, r, {r: x}), rel=r"\ge"))
+    assert not d.valid
+    report = check_derivation(d)
+    assert report.steps[0].status == "UNPROVED" and report.status != "PROVED"
+    assert "substituted value r = x" in report.steps[0].note
+
+
+def test_nonnegative_a_substituted_value_with_its_own_witness_passes():
+    si, sj, r = sp.symbols("sigma_i sigma_j r", nonnegative=True)
+    e_i, e_j = sp.symbols("e_i e_j", positive=True)
+    rest = sp.Symbol("R", nonnegative=True)
+    pair = {si: e_i / (e_i + e_j + rest), sj: e_j / (e_i + e_j + rest)}
+    witness = (((si - sj) ** 2 + r**2 + 2 * r * (si + sj)) / 4).subs(pair)
+    right = {r: ((1 - si - sj).subs(pair), rest / (e_i + e_j + rest))}
+    wrong = {r: ((1 - si - sj).subs(pair), (rest + 1) / (e_i + e_j + rest))}  # not equal to the value
+    step = lambda subs: Step("s_i s_j", "1/4", "AM-GM", NonNegative((sp.Rational(1, 4) - si * sj).subs(pair),
+                                                                    witness, subs), rel=r"\le")
+    assert one_step(step(right)).valid
+    bad = one_step(step(wrong))
+    assert not bad.valid and "differs from its witness" in bad.failed[0].note
+    # the bare value 1 - s_i - s_j of two free nonnegative symbols cannot be signed
+    free = NonNegative(sp.Rational(1, 4) - si * sj, ((si - sj) ** 2 + r**2 + 2 * r * (si + sj)) / 4, {r: 1 - si - sj})
+    assert not one_step(Step("a", "b", "free", free, rel=r"\le")).valid
+
+
+def test_nonnegative_a_premise_is_named_in_the_tag_and_the_note():
+    m, p, u = sp.Symbol("M", positive=True), sp.Symbol("p", nonnegative=True), sp.Symbol("u", nonnegative=True)
+    check = NonNegative(m - p, u / (m + p), {u: m**2 - p**2}, premises={u: "the line above"})
+    d = one_step(Step("p", "M", "monotone root", check, rel=r"\le"))
+    assert d.valid and "given u >= 0 (the line above)" in check.tag()
+    assert "not checked here" in d.check()[0].note
+    without = NonNegative(m - p, u / (m + p), {u: m**2 - p**2})
+    assert not one_step(Step("p", "M", "monotone root", without, rel=r"\le")).valid
+    with pytest.raises(ValueError, match="premises"):
+        NonNegative(m - p, u / (m + p), {u: m**2 - p**2}, premises={u: ""})
+
+
+# --------------------------------------------------------------------------- review: the check tests the line
+
+
+def test_an_explicit_symbolic_expr_must_be_the_displayed_line():
+    x = sp.Symbol("x", real=True)
+    unrelated = status_of(Step(x, x + 1, "x is x + 1", Symbolic(x**2 - x * x)))
+    assert unrelated.status == "FAIL" and "not what was checked" in unrelated.note
+    linked = status_of(Step(x * (x + 1), x**2 + x, "expand", Symbolic(x**2 + x - x * (x + 1))))  # rhs - lhs
+    assert linked.status == "PASS"
+    eq = status_of(Step(x * (x + 1), x**2 + x, "expand", Symbolic(sp.Eq(x * (x + 1), x**2 + x))))
+    assert eq.status == "PASS"
+
+
+def test_an_atsizes_that_compares_nothing_is_an_error():
+    x = sp.Symbol("x", real=True)
+    report = status_of(Step(x, x + 2, "nothing compared", AtSizes(lambda n: [], [2, 3])))
+    assert report.status == "ERROR" and "compares nothing" in report.note
+    assert status_of(Step("a", "b", "one entry", AtSizes(lambda n: [sp.Integer(n - n)], [2, 3]))).status == "PASS"
+
+
+def test_a_nonnegative_check_must_be_the_displayed_inequality():
+    x, s = sp.Symbol("x", real=True), sp.Symbol("s", real=True)
+    wrong = status_of(Step(x**2, -1, "x^2 <= -1", NonNegative(s**2, s**2), rel=r"\le"))
+    assert wrong.status == "FAIL" and "not what was checked" in wrong.note
+    assert wrong.counterexample is not None
+    right_le = status_of(Step(-1 - x**2, 0, "-1 - x^2 <= 0", NonNegative(1 + x**2, 1 + x**2), rel=r"\le"))
+    right_ge = status_of(Step(x**2 + 1, 0, "x^2 + 1 >= 0", NonNegative(x**2 + 1, x**2 + 1), rel=r"\ge"))
+    assert right_le.status == right_ge.status == "PASS"
+    flipped = status_of(Step(x**2 + 1, 0, "x^2 + 1 <= 0 (wrong way)", NonNegative(x**2 + 1, x**2 + 1), rel=r"\le"))
+    assert flipped.status == "FAIL"
+
+
+def test_plain_python_numbers_are_sides():
+    x = sp.Symbol("x", real=True)
+    step = Step(sp.sin(x) ** 2 + sp.cos(x) ** 2, 1, "pythagoras")
+    assert step.rhs == sp.Integer(1) and status_of(step).status == "PASS"
+    assert status_of(Step(sp.sin(x) ** 2 + sp.cos(x) ** 2, 2.0, "wrong")).status == "FAIL"
+    assert Step(x, 0.5, "half", Symbolic(x - x)).rhs == sp.Float(0.5)
+
+
+def test_a_custom_check_must_return_a_real_bool():
+    import numpy as np
+
+    for bad in ["False", float("nan"), 1, None]:
+        report = status_of(Step("a", "b", "truthy", Custom(lambda bad=bad: (bad, "note"), "numeric")))
+        assert report.status == "ERROR" and "must return a bool" in report.note and "'truthy'" in report.note
+    bare = status_of(Step("a", "b", "bare yes", Custom(lambda: "yes", "numeric")))
+    assert bare.status == "ERROR" and "must return (passed, note)" in bare.note and "'bare yes'" in bare.note
+    assert status_of(Step("a", "b", "numpy", Custom(lambda: (np.float64(1) < 2, "ok"), "numeric"))).status == "PASS"
+    assert status_of(Step("a", "b", "numpy no", Custom(lambda: (np.float64(3) < 2, "no"), "numeric"))).status == "FAIL"
+    assert status_of(Step("a", "b", "sympy", Custom(lambda: (sp.Integer(1) < 2, "ok"), "exact"))).status == "PASS"
+    assert status_of(Step("a", "b", "sympy no", Custom(lambda: (sp.Integer(3) < 2, "no"), "exact"))).status == "FAIL"
+
+
+# --------------------------------------------------------------------------- review: where the search looks
+
+
+def test_a_symbol_not_assumed_real_gets_complex_values():
+    z = sp.Symbol("z")
+    for step in (Step(sp.Abs(z) ** 2, z**2, "|z|^2 = z^2"), Step(sp.log(sp.exp(z)), z, "log exp z = z")):
+        report = status_of(step)
+        assert report.status == "FAIL", report.note
+        value = sp.sympify(report.counterexample.values["z"])
+        assert sp.im(value) != 0
+        assert abs(complex((step.lhs - step.rhs).subs(z, value).evalf(30))) > 1e-6  # really false there
+    x = sp.Symbol("x", real=True)
+    assert status_of(Step(sp.Abs(x) ** 2, x**2, "real: true")).status == "PASS"
+
+
+def test_large_magnitudes_are_tried_and_the_domain_is_stated():
+    x = sp.Symbol("x", real=True)
+    report = status_of(Step(sp.Max(x, -1000), x, "max(x, -1000) = x"))
+    assert report.status == "FAIL" and sp.Rational(report.counterexample.values["x"]) < -1000
+    y = sp.Symbol("y", positive=True)
+    unproved = status_of(Step(sp.atan(y) + sp.atan(1 / y), sp.pi / 2, "true, not reduced"))
+    assert unproved.status == "UNPROVED"
+    assert "probably" not in unproved.note and "magnitudes 0.05 to 3e6" in unproved.note

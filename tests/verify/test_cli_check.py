@@ -122,6 +122,13 @@ def test_derive_lists_and_prints_latex():
     assert unknown.exit_code == 2 and "expected one of" in unknown.output
 
 
+def test_derive_list_with_a_name_lists_only_that_one():
+    one = CliRunner().invoke(main, ["derive", "--list", "causality"])
+    assert one.exit_code == 0 and one.output.startswith("causality") and len(one.output.splitlines()) == 1
+    unknown = CliRunner().invoke(main, ["derive", "--list", "no-such-derivation"])
+    assert unknown.exit_code == 2 and "expected one of" in unknown.output
+
+
 def test_report_writes_and_compiles_the_catalogue(tmp_path):
     if shutil.which("pdflatex") is None:
         if os.environ.get("CI"):

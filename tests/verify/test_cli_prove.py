@@ -174,6 +174,7 @@ def test_latex_output_compiles_to_a_pdf(tmp_path):
     result = prove(EXAMPLES / "softmax_temperature.py", "--latex", tex)
     assert result.exit_code == 0, result.output
     assert tex.with_suffix(".pdf").stat().st_size > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["proof.pdf", "proof.tex"]  # no .aux, .log beside
 
 
 def test_latex_and_json_may_not_name_the_same_file(tmp_path):
@@ -242,10 +243,24 @@ def test_every_line_of_the_examples_is_checked_or_marked(example):
         assert derivation.unjustified() == []
 
 
-def test_ctrl_c_stops_after_the_derivation_in_progress_and_saves_it(tmp_path, monkeypatch, schema):
+def ctrl_c_during_the_first(monkeypatch) -> None:
+    """Press Ctrl-C (SIGINT) while the derivation named "first" is checked."""
     import signal
 
     import proofs.runner
+
+    real = proofs.runner.check_derivation
+
+    def check(derivation, *args, **kwargs):
+        if derivation.name == "first":
+            signal.raise_signal(signal.SIGINT)
+        return real(derivation, *args, **kwargs)
+
+    monkeypatch.setattr(proofs.runner, "check_derivation", check)
+
+
+def test_ctrl_c_stops_after_the_derivation_in_progress_and_saves_it(tmp_path, monkeypatch, schema):
+    import signal
 
     if not hasattr(signal, "SIGINT"):
         pytest.skip("needs POSIX signals")
@@ -253,14 +268,7 @@ def test_ctrl_c_stops_after_the_derivation_in_progress_and_saves_it(tmp_path, mo
     path.write_text("import sympy as sp\nfrom proofs import Derivation, Step\nx = sp.Symbol('x')\n"
                     "first = Derivation('first', 'f', '-', [Step(x + x, 2 * x, 'double')])\n"
                     "second = Derivation('second', 's', '-', [Step(x * x, x**2, 'square')])\n", encoding="utf-8")
-    real = proofs.runner.check_derivation
-
-    def ctrl_c_during_the_first(derivation, *args, **kwargs):
-        if derivation.name == "first":
-            signal.raise_signal(signal.SIGINT)
-        return real(derivation, *args, **kwargs)
-
-    monkeypatch.setattr(proofs.runner, "check_derivation", ctrl_c_during_the_first)
+    ctrl_c_during_the_first(monkeypatch)
     out = tmp_path / "r.json"
     result = prove(path, "--json", out)
     assert result.exit_code == 130, result.output
@@ -281,3 +289,166 @@ def test_correlated_qk_fails_when_the_pairs_are_stated_uncorrelated(tmp_path):
     steps = json.loads((tmp_path / "r.json").read_text())["derivations"][0]["steps"]
     assert [s["status"] for s in steps[4:6]] == ["FAIL", "FAIL"]
     assert sp.Rational(steps[5]["counterexample"]["values"]["rho"]) != 0
+
+
+# --------------------------------------------------------------------------- review fixes
+
+
+def script(tmp_path: Path, body: str, name: str = "s.py") -> Path:
+    path = tmp_path / name
+    path.write_text("import sympy as sp\nfrom proofs import *\n" + body, encoding="utf-8")
+    return path
+
+
+def test_a_line_taken_on_trust_is_not_proved_anywhere(tmp_path, schema):
+    path = script(tmp_path, "x = sp.Symbol('x', real=True)\n"
+                            "d = Derivation('d', 'd', '-', [Step(x**2, x*x, 'square'),\n"
+                            "    Step.define(None, 5, 'and then this is 5')])\n")
+    tex, out = tmp_path / "d.tex", tmp_path / "d.json"
+    result = prove(path, "--json", out, "--latex", tex, "--no-pdf")
+    assert result.exit_code == 1, result.output
+    assert "d: UNJUSTIFIED" in result.output and "taken on trust" in result.output
+    doc = json.loads(out.read_text())
+    jsonschema.validate(doc, schema)
+    assert not doc["proved"] and doc["derivations"][0]["status"] == "UNJUSTIFIED"
+    assert "and then this is 5" in doc["derivations"][0]["status_reason"]
+    assert doc["summary"]["derivations"]["PROVED"] == 0 and doc["summary"]["derivations"]["UNJUSTIFIED"] == 1
+    body = tex.read_text()
+    check_latex(body)
+    assert "UNJUSTIFIED" in body and "all checked steps pass" not in body
+
+
+def test_the_latex_summary_counts_fail_and_unproved_apart(tmp_path):
+    path = script(tmp_path, "x = sp.Symbol('x', real=True)\ny = sp.Symbol('y', positive=True)\n"
+                            "d = Derivation('d', 'd', '-', [Step(x + x, 3 * x, 'false'),\n"
+                            "    Step(sp.atan(y) + sp.atan(1 / y), sp.pi / 2, 'true, not reduced')])\n")
+    tex = tmp_path / "d.tex"
+    result = prove(path, "--latex", tex, "--no-pdf")
+    assert result.exit_code == 1
+    body = tex.read_text()
+    assert "FAIL 1, UNPROVED 1" in body and "d: FAILED" in body
+
+
+def test_json_to_stdout_stays_json_when_the_script_prints(tmp_path):
+    path = script(tmp_path, "print('hello from the script')\nx = sp.Symbol('x')\n"
+                            "d = Derivation('d', 'd', '-', [Step(x + x, 2 * x, 'double', Custom(lambda: (print('x') or True, 'ok'), 'printing'))])\n")
+    result = CliRunner().invoke(main, ["prove", str(path), "--json", "-"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["proved"] and "hello from the script" in result.stderr
+
+
+def test_ctrl_c_while_the_script_loads_exits_130_at_once(tmp_path):
+    import signal
+    import time
+
+    if not hasattr(signal, "SIGINT"):
+        pytest.skip("needs POSIX signals")
+    path = script(tmp_path, "import time\ntime.sleep(30)\nx = sp.Symbol('x')\n"
+                            "d = Derivation('d', 'd', '-', [Step(x + x, 2 * x, 'double')])\n")
+    proc = subprocess.Popen([sys.executable, "-m", "verify.cli", "prove", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    time.sleep(4)  # the import of the toolkit and the start of the script
+    start = time.perf_counter()
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=25)
+    assert time.perf_counter() - start < 10
+    assert proc.returncode == 130, out
+    assert "interrupted while loading" in out and "Traceback" not in out
+
+
+def test_each_table_is_printed_as_its_derivation_finishes(tmp_path, monkeypatch):
+    import proofs.runner
+    import verify.cli_prove
+
+    path = script(tmp_path, "x = sp.Symbol('x')\n"
+                            "first = Derivation('first', 'f', '-', [Step(x + x, 2 * x, 'double')])\n"
+                            "second = Derivation('second', 's', '-', [Step(x * x, x**2, 'square')])\n")
+    printed: list[str] = []
+    real_print, real_check = verify.cli_prove.print_report, proofs.runner.check_derivation
+    monkeypatch.setattr(verify.cli_prove, "print_report", lambda r, c: (printed.append(r.name), real_print(r, c)))
+
+    def check(derivation, *args, **kwargs):
+        printed.append(f"checking {derivation.name}")
+        return real_check(derivation, *args, **kwargs)
+
+    monkeypatch.setattr(proofs.runner, "check_derivation", check)
+    assert prove(path).exit_code == 0
+    assert printed == ["checking first", "first", "checking second", "second"]
+
+
+def test_an_interrupted_latex_is_marked_incomplete(tmp_path, monkeypatch):
+    import signal
+
+    if not hasattr(signal, "SIGINT"):
+        pytest.skip("needs POSIX signals")
+    path = script(tmp_path, "x = sp.Symbol('x')\n"
+                            "first = Derivation('first', 'f', '-', [Step(x + x, 2 * x, 'double')])\n"
+                            "second = Derivation('second', 's', '-', [Step(x * x, x**2, 'square')])\n")
+    ctrl_c_during_the_first(monkeypatch)
+    tex = tmp_path / "p.tex"
+    result = prove(path, "--latex", tex, "--no-pdf")
+    assert result.exit_code == 130, result.output
+    body = tex.read_text()
+    check_latex(body)
+    assert "INCOMPLETE" in body and "variable second" in body
+
+
+def test_a_lone_dollar_with_latex_still_prints_the_results_and_names_the_step(tmp_path):
+    path = script(tmp_path, "x = sp.Symbol('x')\n"
+                            "d = Derivation('d', 'd', '-', [Step(x + x, 2 * x, 'costs $5'), Step(x + x, 3 * x, 'false')])\n")
+    result = prove(path, "--latex", tmp_path / "p.tex", "--no-pdf")
+    assert result.exit_code == 1
+    assert "FAIL d, step 2 (false)" in result.output and "PASS 1, FAIL 1" in result.output
+    assert "step 1 (costs $5)" in result.output and "unbalanced $" in result.output
+    assert result.output.index("FAIL d, step 2") < result.output.index("unbalanced $")
+    assert not (tmp_path / "p.tex").exists()
+
+
+def test_two_derivations_with_one_name_are_an_error_naming_both(tmp_path):
+    path = script(tmp_path, "x = sp.Symbol('x')\n"
+                            "a = Derivation('same', 'a', '-', [Step(x + x, 2 * x, 'double')])\n"
+                            "b = Derivation('same', 'b', '-', [Step(x * x, x**2, 'square')])\n")
+    result = prove(path)
+    assert result.exit_code == 1
+    assert "two derivations are named 'same'" in result.output
+    assert "variable a" in result.output and "variable b" in result.output
+
+
+def test_a_derivation_that_cannot_be_built_counts_as_error_and_unchecked_says_why(tmp_path, schema):
+    path = script(tmp_path, "x = sp.Symbol('x')\n"
+                            "@register('broken', 'b')\ndef broken():\n    raise RuntimeError('no')\n"
+                            "defs = Derivation('defs', 'd', '-', [Step.define(x, 2, 'x is 2')])\n")
+    out = tmp_path / "r.json"
+    result = prove(path, "--json", out)
+    assert result.exit_code == 1
+    assert "ERROR 1" in result.output and "UNCHECKED 1" in result.output
+    assert "no step is checked" in result.output
+    doc = json.loads(out.read_text())
+    jsonschema.validate(doc, schema)
+    assert doc["summary"]["derivations"]["ERROR"] == 1
+
+
+def test_json_assumptions_lists_the_assume_lines(tmp_path):
+    path = script(tmp_path, "x = sp.Symbol('x', positive=True)\n"
+                            "d = Derivation('d', 'd', '-', [Step.assume('x > 0', reason='x is positive'),\n"
+                            "    Step(sp.sqrt(x**2), x, 'root of a square')], assumptions=['stated in words'])\n")
+    out = tmp_path / "r.json"
+    assert prove(path, "--json", out).exit_code == 0
+    assumptions = json.loads(out.read_text())["derivations"][0]["assumptions"]
+    assert "stated in words" in assumptions and any("x is positive" in a for a in assumptions)
+
+
+def test_help_says_exactly_how_the_script_is_run():
+    result = CliRunner().invoke(main, ["prove", "--help"], env={"COLUMNS": "200"})
+    text = " ".join(result.output.split())
+    assert "as `python FILE` would" not in text
+    assert '__name__ is not "__main__"' in text and "sys.argv is attnverify's" in text
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs a /proc file system (Linux)")
+def test_an_output_in_proc_says_the_real_cause():
+    result = prove(EXAMPLES / "wrong_step.py", "--latex", "/proc/x.tex")
+    assert result.exit_code == 2
+    assert "is not writable" not in result.output
+    assert "cannot create a file in the directory '/proc'" in result.output
