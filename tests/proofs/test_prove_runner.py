@@ -291,7 +291,7 @@ def test_a_cited_step_is_reported_as_cited_and_a_failed_spot_check_as_a_failure(
 
 
 def test_unproved_and_error_steps_are_tagged_so_in_the_latex():
-    from verify.cli_prove import latex_document
+    from verify.cli.prove import latex_document
     from proofs.runner import ProofRun
     from pathlib import Path
 

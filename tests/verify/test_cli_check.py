@@ -98,7 +98,7 @@ def test_only_selects_and_rejects_unknown_patterns(monkeypatch):
 
 def test_only_matches_the_source_as_the_table_shows_it_ignoring_case():
     from proofs.catalogue import all_claims
-    from verify.cli_check import select_claims
+    from verify.cli.check import select_claims
 
     claims = all_claims()
     for pattern in ("003 Lema 1", "003 lema 1", "SEED003.LEMA-1", "003_*Lema 1"):
@@ -182,7 +182,7 @@ def _check_only(monkeypatch, tmp_path, pattern, notes):
     ("line 77", [0]),
 ])
 def test_not_run_notes_follow_only_by_the_same_rule(pattern, kept):
-    from verify.cli_check import select_not_run
+    from verify.cli.check import select_not_run
 
     notes = _torch_notes()
     assert select_not_run(notes + ["a note with no source"], pattern) == (
@@ -211,7 +211,7 @@ def test_only_naming_just_a_claim_not_run_here_says_so(monkeypatch, tmp_path):
 def test_a_not_run_note_is_matched_by_the_id_the_catalogue_gives_its_claim():
     """The id select_not_run derives is the one the claim has when torch is installed."""
     from proofs.catalogue._kit import supplementary_claim
-    from verify.cli_check import select_not_run
+    from verify.cli.check import select_not_run
 
     for line, name in ((77, "class MultiHeadAttention"), (269, "class PrunableMultiHeadAttention")):
         claim = supplementary_claim("002", line, name, title="t", statement="x", checks=[])

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from verify._console import VERDICTS, print_table, verdict_text
-from verify.cli_mc import COUNT, parse_dks
+from verify.cli.mc import COUNT, parse_dks
 
 _words = st.text(alphabet="abcdefghij[]/()=.,;: 0123456789", min_size=0, max_size=60)
 
@@ -101,7 +101,7 @@ def test_any_written_integer_is_read_exactly(n):
 
 
 def test_the_cli_limit_is_the_engines():
-    from verify.cli_mc import MAX_SAMPLES
+    from verify.cli.mc import MAX_SAMPLES
     from verify.montecarlo.engine import MAX_SAMPLES as ENGINE
 
     assert MAX_SAMPLES == ENGINE == 2**53

@@ -55,9 +55,9 @@ def samples(doc):
 
 
 def test_ctrl_c_while_the_options_are_read_exits_130_with_nothing_written(tmp_path, monkeypatch):
-    import verify.cli_mc
+    import verify.cli.mc
 
-    monkeypatch.setattr(verify.cli_mc, "parse_dks", once_then(verify.cli_mc.parse_dks))
+    monkeypatch.setattr(verify.cli.mc, "parse_dks", once_then(verify.cli.mc.parse_dks))
     result, doc = mc(tmp_path, "--dk", "2", "--samples", "1000")
     assert result.exit_code == 130 and "interrupted" in result.output
     assert doc is None
@@ -122,9 +122,9 @@ def test_ctrl_c_inside_the_lazy_import_before_the_run_saves_an_empty_incomplete_
 
 
 def test_ctrl_c_while_the_tables_print_still_exits_130(tmp_path, monkeypatch):
-    import verify.cli_mc
+    import verify.cli.mc
 
-    monkeypatch.setattr(verify.cli_mc, "_variance_table", once_then(verify.cli_mc._variance_table))
+    monkeypatch.setattr(verify.cli.mc, "_variance_table", once_then(verify.cli.mc._variance_table))
     result, doc = mc(tmp_path, "--dk", "2", "--samples", "2000")
     assert result.exit_code == 130 and samples(doc) == [(2, 2000)]
 
@@ -224,7 +224,7 @@ def test_the_gate_defers_the_first_ctrl_c_and_restores_the_handler():
 
 
 def test_importing_the_command_line_leaves_the_programs_ctrl_c_alone():
-    script = ("import signal, verify.cli, verify.cli_mc, verify.cli_check; "
+    script = ("import signal, verify.cli, verify.cli.mc, verify.cli.check; "
               "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "True", out.stderr

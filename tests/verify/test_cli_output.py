@@ -105,10 +105,10 @@ def terminal_of_width(monkeypatch, columns):
     """The commands print to a terminal ``columns`` wide."""
     from rich.console import Console
 
-    import verify.cli_check
-    import verify.cli_mc
+    import verify.cli.check
+    import verify.cli.mc
 
-    for module in (verify.cli_check, verify.cli_mc):
+    for module in (verify.cli.check, verify.cli.mc):
         monkeypatch.setattr(module, "stdout_console", lambda stderr=False: Console(width=columns, stderr=stderr))
 
 

@@ -359,14 +359,14 @@ def test_ctrl_c_while_the_script_loads_exits_130_at_once(tmp_path):
 
 def test_each_table_is_printed_as_its_derivation_finishes(tmp_path, monkeypatch):
     import proofs.runner
-    import verify.cli_prove
+    import verify.cli.prove
 
     path = script(tmp_path, "x = sp.Symbol('x')\n"
                             "first = Derivation('first', 'f', '-', [Step(x + x, 2 * x, 'double')])\n"
                             "second = Derivation('second', 's', '-', [Step(x * x, x**2, 'square')])\n")
     printed: list[str] = []
-    real_print, real_check = verify.cli_prove.print_report, proofs.runner.check_derivation
-    monkeypatch.setattr(verify.cli_prove, "print_report", lambda r, c: (printed.append(r.name), real_print(r, c)))
+    real_print, real_check = verify.cli.prove.print_report, proofs.runner.check_derivation
+    monkeypatch.setattr(verify.cli.prove, "print_report", lambda r, c: (printed.append(r.name), real_print(r, c)))
 
     def check(derivation, *args, **kwargs):
         printed.append(f"checking {derivation.name}")

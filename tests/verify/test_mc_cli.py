@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from verify.cli import main
-from verify.cli_mc import parse_dks
+from verify.cli.mc import parse_dks
 
 
 def run(*args):
@@ -76,7 +76,7 @@ def test_parse_dks():
 
 def test_margin_option_decides_between_supported_and_inconclusive():
     """The same 2000 samples: the 5% default margin cannot decide, a 50% margin can."""
-    from verify.cli_mc import variance_cmd
+    from verify.cli.mc import variance_cmd
     from verify.montecarlo.verdict import DEFAULT_MARGIN
 
     default = next(p.default for p in variance_cmd.params if p.name == "margin")
@@ -145,7 +145,7 @@ def test_stds_whose_variance_underflows_are_a_usage_error_without_api_names(monk
 
 
 def _cli_message(exc):
-    from verify.cli_mc import API_ONLY, _usage_error
+    from verify.cli.mc import API_ONLY, _usage_error
 
     message = _usage_error(exc).format_message()
     named = [name for name in API_ONLY if name in message]

@@ -235,7 +235,7 @@ def test_without_dask_the_option_says_how_to_install_it(monkeypatch):
 
 def test_the_package_imports_and_runs_without_dask():
     code = ("import sys; sys.modules['distributed'] = None; sys.modules['dask'] = None\n"
-            "from verify.montecarlo import run_mc, DotSampler\nimport verify.cli_mc\n"
+            "from verify.montecarlo import run_mc, DotSampler\nimport verify.cli.mc\n"
             "print(run_mc(DotSampler(2), 1000, seed=1, workers=2).samples)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "1000", out.stderr

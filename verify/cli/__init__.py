@@ -1,4 +1,7 @@
-"""The ``attnverify`` command line: the only module that knows numerics, verify and proofs."""
+"""The ``attnverify`` command line: the only package that knows numerics, verify and proofs.
+
+One module a command (check.py holds check, derive and report); this module holds the group.
+"""
 
 from __future__ import annotations
 
@@ -16,16 +19,11 @@ if os.path.basename(sys.argv[0] if sys.argv else "").startswith("attnverify") \
     signal.signal(signal.SIGINT, _exit_130)
 
 import threading  # noqa: E402
-from importlib.metadata import PackageNotFoundError, version  # noqa: E402
 
 import click  # noqa: E402
 
+from verify import __version__  # noqa: E402
 from verify._exits import EXIT_CODES, PLANNED_EXIT  # noqa: E402
-
-try:
-    __version__ = version("attnverify")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0+unknown"
 
 class AttnverifyGroup(click.Group):
     """The top-level group: one policy for interrupts, closed pipes and memory errors."""
@@ -81,21 +79,8 @@ def main() -> None:
     """
 
 
-from verify.cli_check import check, derive, report  # noqa: E402  (commands register below)
+# One module a command; imported as modules so that the package attributes stay the modules.
+from verify.cli import audit as _audit, check as _check, mc as _mc, prove as _prove  # noqa: E402
 
-main.add_command(check)
-main.add_command(derive)
-main.add_command(report)
-
-from .cli_mc import mc  # noqa: E402
-from .cli_audit import audit  # noqa: E402
-
-main.add_command(mc)
-main.add_command(audit)
-
-from .cli_prove import prove  # noqa: E402
-
-main.add_command(prove)
-
-if __name__ == "__main__":
-    main()
+for _command in (_check.check, _check.derive, _check.report, _mc.mc, _audit.audit, _prove.prove):
+    main.add_command(_command)

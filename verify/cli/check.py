@@ -107,7 +107,7 @@ def results_document(results, *, seconds: float, not_run: list[str] | None = Non
                      incomplete: bool = False) -> dict:
     """The JSON document ``check --json`` writes (schema: proofs/schema/check.schema.json)."""
     from proofs.claims import Verdict
-    from verify.cli import __version__
+    from verify import __version__
 
     counts = Counter(r.verdict.value for r in results if r.verdict is not None)
     return {

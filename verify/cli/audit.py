@@ -55,7 +55,7 @@ def audit(ctx: click.Context, files: tuple[Path, ...], json_path, annotate_path:
     """
     from proofs.audit import annotated_text, audit_document, audit_json, table_rows, totals_line
     from proofs.audit.source import Document
-    from verify.cli import __version__
+    from verify import __version__
 
     to_stdout = json_path == "-"
     console = stdout_console(stderr=to_stdout)

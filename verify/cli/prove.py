@@ -35,7 +35,7 @@ def status_text(status: str) -> Text:
 
 def prove_document(run) -> dict:
     """The JSON document ``prove --json`` writes (schema: proofs/schema/prove.schema.json)."""
-    from verify.cli import __version__
+    from verify import __version__
 
     return {
         "tool": "attnverify",
