@@ -664,7 +664,7 @@ def _mha(x, params, memory, mask, scale, options: _Options = _Options(), where="
     hk, hv = w_q.shape[1], w_v.shape[1]
     if hk % h or w_k.shape[1] * h != hk * hkv:
         raise ValueError(
-            f"{where}.w_q and {where}.w_k must have H*K and Hkv*K columns with H = {h}, Hkv = {hkv}: "
+            f"{where}.w_q must have H*K columns with H = {h} and {where}.w_k Hkv*K columns with Hkv = {hkv}: "
             f"w_q has shape {_shape(w_q)}, w_k has shape {_shape(w_k)}"
         )
     if hv % hkv:
