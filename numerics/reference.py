@@ -1180,37 +1180,6 @@ def gradients(
         return grads
 
 
-def attention_gradients(
-    q: Any, k: Any, v: Any, d_out: Any, *, mask: Any = None, bias: Any = None, **options: Any
-) -> tuple[np.ndarray, ...]:
-    """``(dq, dk, dv)``, float64 gradients of ``sum(d_out * attention(q, k, v, ...))``, and
-    ``d_bias`` as a fourth entry when a bias is given (0 where the bias is -inf).
-
-    Arguments as in :func:`attention` (``options``: causal, window, softcap, scale,
-    enable_gqa, dropout_p, dropout_mask); ``d_out`` has the output's shape (..., N, V).
-    Each gradient has the shape of its input (broadcast batch dims summed over).
-    """
-    inputs = {"q": q, "k": k, "v": v}
-    if bias is not None:
-        values, excluded = _split_bias(np.asarray(bias, dtype=np.float64))
-        inputs["bias"] = to_float64(values)
-        if excluded is not None:
-            # -inf entries: excluded keys with a fixed value (their gradient is 0).
-            mask = ~excluded if mask is None else (np.asarray(mask) & ~excluded)
-    g = gradients(attention, inputs, d_out, mask=mask, **options)
-    grads = (g["q"], g["k"], g["v"])
-    if bias is None:
-        return grads
-    d_bias = g["bias"]
-    if excluded is not None:
-        d_bias = np.where(excluded, 0.0, d_bias)
-    return (*grads, d_bias)
-
-
-def _strip(grads: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
-    return {name[len(prefix):] if name.startswith(prefix) else name: g for name, g in grads.items()}
-
-
 def _bias_input(inputs: dict, bias: Any) -> np.ndarray | None:
     """Put a float bias's finite values (0 at -inf) into ``inputs``; return where it is -inf."""
     if bias is None:
@@ -1224,6 +1193,30 @@ def _zero_excluded(grads: dict[str, np.ndarray], excluded: np.ndarray | None) ->
     if excluded is not None:
         grads["bias"] = np.where(excluded, 0.0, grads["bias"])
     return grads
+
+
+def attention_gradients(
+    q: Any, k: Any, v: Any, d_out: Any, *, mask: Any = None, bias: Any = None, **options: Any
+) -> tuple[np.ndarray, ...]:
+    """``(dq, dk, dv)``, float64 gradients of ``sum(d_out * attention(q, k, v, ...))``, and
+    ``d_bias`` as a fourth entry when a bias is given (0 where the bias is -inf).
+
+    Arguments as in :func:`attention` (``options``: causal, window, softcap, scale,
+    enable_gqa, dropout_p, dropout_mask); ``d_out`` has the output's shape (..., N, V).
+    Each gradient has the shape of its input (broadcast batch dims summed over).
+    """
+    inputs = {"q": q, "k": k, "v": v}
+    excluded = _bias_input(inputs, bias)
+    if excluded is not None:
+        # -inf entries: excluded keys with a fixed value (their gradient is 0).
+        mask = ~excluded if mask is None else (np.asarray(mask) & ~excluded)
+    g = _zero_excluded(gradients(attention, inputs, d_out, mask=mask, **options), excluded)
+    grads = (g["q"], g["k"], g["v"])
+    return grads if bias is None else (*grads, g["bias"])
+
+
+def _strip(grads: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {name[len(prefix):] if name.startswith(prefix) else name: g for name, g in grads.items()}
 
 
 def multi_head_attention_gradients(
