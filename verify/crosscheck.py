@@ -37,7 +37,7 @@ import dataclasses
 import importlib.util
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -110,17 +110,13 @@ class Case:
         return dataclasses.asdict(self)
 
 
-def _window(left, right):
-    return [left, right]
-
-
 #: The problems. Every option appears in each layer that has it; N != M where the layer allows
 #: it (cross-attention), so that the two causal alignments differ.
 CASES: tuple[Case, ...] = (
     Case("sdpa", "mask", dict(B=2, H=2, Hkv=2, N=3, M=5, K=4, V=3), dict(mask=True), 11),
     Case("sdpa", "top_left", dict(B=1, H=2, Hkv=2, N=4, M=3, K=4, V=3), dict(causal="top_left"), 12),
     Case("sdpa", "bottom_right+window", dict(B=1, H=2, Hkv=2, N=3, M=5, K=4, V=3),
-         dict(causal="bottom_right", window=_window(2, 0)), 13),
+         dict(causal="bottom_right", window=[2, 0]), 13),
     Case("sdpa", "bias+softcap", dict(B=1, H=2, Hkv=2, N=3, M=4, K=4, V=3), dict(bias=True, softcap=2.0), 14),
     Case("sdpa", "gqa+bottom_right", dict(B=1, H=4, Hkv=2, N=3, M=4, K=2, V=3),
          dict(enable_gqa=True, causal="bottom_right"), 15),
@@ -128,11 +124,11 @@ CASES: tuple[Case, ...] = (
     Case("mha", "self+causal+rope_half", dict(B=1, N=3, M=3, D=4, H=2, Hkv=2, K=2, V=2),
          dict(causal="top_left", rope=dict(style="half", theta=100.0)), 22),
     Case("mha", "cross+window+softcap+rope_interleaved", dict(B=1, N=3, M=4, D=4, H=2, Hkv=1, K=4, V=2),
-         dict(causal="bottom_right", window=_window(1, None), softcap=1.5, rope=dict(style="interleaved")), 23),
+         dict(causal="bottom_right", window=[1, None], softcap=1.5, rope=dict(style="interleaved")), 23),
     Case("block", "post+causal+rope+bias", dict(B=1, N=3, D=4, H=2, Hkv=2, F=8),
          dict(norm="post", causal="top_left", rope=dict(style="half"), bias=True), 31),
     Case("block", "pre+gqa+window+softcap", dict(B=1, N=3, D=4, H=2, Hkv=1, F=8),
-         dict(norm="pre", window=_window(1, 1), softcap=2.0), 32),
+         dict(norm="pre", window=[1, 1], softcap=2.0), 32),
 )
 
 

@@ -89,7 +89,7 @@ def _print(result, console: Console) -> None:
                    "to this JSON file ('-': to stdout, the table to stderr). Missing folders are created.")
 @click.option("--backend", "backends", multiple=True, metavar="NAME",
               type=click.Choice(["numpy", "array_api_strict", "torch", "cupy"]),
-              help="Run only this backend (repeat for more); default: every backend present.")
+              help="Run only this backend: numpy, array_api_strict, torch or cupy (repeat for more); default: every backend present.")
 @click.option("--sympy/--no-sympy", "use_sympy", default=True,
               help="Compare with the derivations' SymPy results (about 8 s); default on.")
 @click.option("--progress/--no-progress", default=None,
