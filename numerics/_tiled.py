@@ -121,8 +121,7 @@ def _unshifted_plan(p: Any) -> _Plan | None:
     if not UNSHIFTED or p.bias is not None or p.unit is not None or p.downscale:
         return None
     m = int(p.k.shape[-2])
-    squares = [float(xp.max(xp.sum(a * a, axis=-1))) for a in (p.q, p.k)]
-    bound = abs(p.scale) * math.sqrt(squares[0]) * math.sqrt(squares[1]) * 1.001  # rounding of Z
+    bound = abs(p.scale) * _largest_norm(xp, p.q) * _largest_norm(xp, p.k) * 1.001  # 1.001: rounding of Z
     if p.softcap is not None:
         bound = min(bound, p.softcap)
     v_top = bk.max_abs(xp, p.v) / (1.0 - p.dropout_p)
@@ -144,6 +143,19 @@ def _unshifted_plan(p: Any) -> _Plan | None:
     if hasattr(xp, "exp2"):  # not in the array API standard (array_api_strict lacks it)
         return _Plan("exp2", p.scale * math.log2(math.e), kt, ones)
     return _Plan("exp", p.scale, kt, ones)
+
+
+def _largest_norm(xp, a: Any) -> float:
+    """``max_i |a_i|`` over the rows of ``a`` (..., L, C), NaN if ``a`` holds NaN; taken in
+    blocks of rows, so that no temporary of ``a``'s size is made."""
+    top = 0.0
+    for rows in _blocks(int(a.shape[-2]), 1024):
+        part = _attention._rows_of(a, rows, -2)
+        largest = float(xp.max(xp.sum(part * part, axis=-1)))
+        if math.isnan(largest):
+            return math.nan
+        top = max(top, largest)
+    return math.sqrt(top)
 
 
 def _exp_scores(p: Any, plan: _Plan, q_rows: Any, rows: tuple[int, int], cols: tuple[int, int]) -> Any:
