@@ -32,6 +32,10 @@ Backward, FlashAttention-2's recomputation from the lse, per tile::
     dS = P (dP - rowsum(dO * O))                = d bias of the tile
     dQ += scale dS' K_b,  dK_b += scale dS'^T Q  with dS' = dS (1 - (T / c)^2) under softcap
 
+With plain scores (no softcap, no bias) Z - lse comes from one product, [scale Q, -lse]
+times [K^T; 1], so P costs one exp (exp2, log2(e) folded into q as in the forward) and no
+subtraction pass over the tile.
+
 When to tile (:func:`use_tiles`): without weights asked for, when the problem has at least
 :data:`MIN_SCORES` scores (batch x N x M, before any split over cores), and when the
 magnitudes are ordinary (no score beyond 2**20 that saturates the softmax, no product with
@@ -42,7 +46,7 @@ which handles them exactly (see ``numerics.attention._Problem``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -58,7 +62,9 @@ __all__ = ["BLOCK_Q", "BLOCK_K", "MIN_SCORES", "use_tiles", "forward", "backward
 #: benchmarks/bench_long.py at N = 2048, 4096, 8192, float32, H = 8: 256 x 256 was best
 #: among 128..512 x 128..2048, by 5-25%): large enough that the per-tile Python overhead and
 #: the (BLOCK_Q, K) x (K, BLOCK_K) products stay efficient, small enough that a tile of the
-#: heads of a slab stays in cache and the causal diagonal wastes few entries.
+#: heads of a slab stays in cache and the causal diagonal wastes few entries. Measured again
+#: for the unshifted route (thread CPU time of one 4-head slab, N = 8192, K = 64): 256 x 256
+#: 0.38 s; 128 x 256, 256 x 512, 512 x 256, 512 x 512 0.40-0.41 s; 256 x 1024 0.47 s.
 BLOCK_Q = 256
 #: Key columns per tile.
 BLOCK_K = 256
@@ -68,6 +74,9 @@ MIN_SCORES = 1 << 22
 #: Take the unshifted route when the magnitudes allow it (see :func:`_unshifted_plan`); set to
 #: False to force the online softmax (tests do, to cover both routes).
 UNSHIFTED = True
+#: Backward of plain scores: ``Z - lse`` from one product of q with a last column ``-lse``
+#: and K^T with a row of ones (see :func:`_folded_rows`); False: scores, then subtract.
+FOLD_LSE = True
 
 
 def use_tiles(p: Any, return_weights: bool) -> bool:
@@ -137,12 +146,39 @@ def _unshifted_plan(p: Any) -> _Plan | None:
     ones = xp.ones((min(BLOCK_K, m), 1), dtype=p.q.dtype, device=array_api_compat.device(p.q))
     if p.softcap is not None:
         return _Plan("exp", ones=ones)
+    return _plain_plan(p, ones=ones)
+
+
+def _plain_plan(p: Any, lse_row: bool = False, ones: Any = None) -> _Plan:
+    """The plan of plain scores ``scale q k^T`` (no softcap, no bias): exp2 where the
+    namespace has it (not in the array API standard; array_api_strict lacks it), K^T laid
+    out once; with ``lse_row``, K^T gets a row of ones, for q rows that end in ``-lse``
+    (see :func:`_folded_rows`)."""
+    xp = p.xp
     kt = xp.matrix_transpose(p.k)
-    if hasattr(xp, "ascontiguousarray"):  # NumPy, CuPy: not a strided view in every product
+    if lse_row:
+        row = xp.ones((*kt.shape[:-2], 1, int(kt.shape[-1])), dtype=kt.dtype, device=array_api_compat.device(kt))
+        kt = xp.concat([kt, row], axis=-2)
+    elif hasattr(xp, "ascontiguousarray"):  # NumPy, CuPy: not a strided view in every product
         kt = xp.ascontiguousarray(kt)
-    if hasattr(xp, "exp2"):  # not in the array API standard (array_api_strict lacks it)
+    if hasattr(xp, "exp2"):
         return _Plan("exp2", p.scale * math.log2(math.e), kt, ones)
     return _Plan("exp", p.scale, kt, ones)
+
+
+def _folded_rows(p: Any, plan: _Plan, rows: tuple[int, int], shift_rows: Any) -> Any:
+    """q of ``rows`` times the plan's factor, then ``-lse`` (in the plan's base) as a last
+    column: with K^T and its row of ones (``_plain_plan(p, lse_row=True)``), one product
+    gives ``Z - lse``, so ``exp`` of it is P with no pass to subtract the lse."""
+    xp = p.xp
+    q_rows = _plan_rows(p, plan, rows)
+    q_rows = xp.broadcast_to(q_rows, (*shift_rows.shape[:-2], *q_rows.shape[-2:]))
+    return xp.concat([q_rows, shift_rows * -(plan.factor / p.scale)], axis=-1)
+
+
+def _plain(p: Any) -> bool:
+    """Whether the scores are ``scale q k^T`` and masks only (no softcap, bias or rescaling)."""
+    return p.softcap is None and p.bias is None and p.unit is None and not p.downscale
 
 
 def _largest_norm(xp, a: Any) -> float:
@@ -296,6 +332,8 @@ def backward(p: Any, d_out: Any) -> tuple[Any, ...]:
     shift = _finite_or_zero(xp, lse)  # rows with no key: every score -inf, P = 0
     delta = xp.sum(d_out * out, axis=-1, keepdims=True)
     del out
+    # Plain scores: Z - lse from one product (no subtraction pass), see _folded_rows.
+    folded = _plain_plan(p, lse_row=True) if FOLD_LSE and _plain(p) else None
     key_blocks = _blocks(m, BLOCK_K)
     dk = {cols: None for cols in key_blocks}
     dv = dict(dk)
@@ -306,12 +344,16 @@ def backward(p: Any, d_out: Any) -> tuple[Any, ...]:
         q_rows = _attention._rows_of(p.q, rows, -2)
         d_rows = _attention._rows_of(d_out, rows, -2)
         shift_rows, delta_rows = (_attention._rows_of(a, rows, -2) for a in (shift, delta))
+        q_folded = None if folded is None else _folded_rows(p, folded, rows, shift_rows)
         dq = None
         bias_cols = {}
         for cols in _live(p, rows):
             k_cols, v_cols = (_attention._rows_of(a, cols, -2) for a in (p.k, p.v))
-            scores, _ = _attention._scores(p, rows, cols)
-            weights = bk.inplace(xp, "exp", bk.inplace(xp, "subtract", scores, shift_rows))
+            if folded is not None:
+                weights = _exp_scores(p, folded, q_folded, rows, cols)
+            else:
+                scores, _ = _attention._scores(p, rows, cols)
+                weights = bk.inplace(xp, "exp", bk.inplace(xp, "subtract", scores, shift_rows))
             dropped = _attention._dropped(p, weights, rows, cols, overwrite=False)
             dv[cols] = _accumulate(dv[cols], xp.matrix_transpose(dropped) @ d_rows)
             del dropped

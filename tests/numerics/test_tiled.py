@@ -3,8 +3,9 @@
 Tiling is forced at small sizes (``_tiled.MIN_SCORES = 0``) with blocks that do not divide
 the lengths (113 x 203 queries x keys in 16 x 32 tiles), and every option combination must
 give the untiled forward (output, lse) and backward (dq, dk, dv, d_bias) to float64
-rounding, on both forward routes (unshifted exp, online softmax). A merge without its
-rescale, and row sums taken after dropout, must be caught by the same comparison; excluded
+rounding, on both forward routes (unshifted exp, online softmax) and both ways to the
+backward's P (lse folded into the product, or subtracted). A merge without its rescale, row
+sums taken after dropout, and a fold with the wrong sign must be caught by the same comparison; excluded
 tiles must not be computed; the unshifted route must refuse magnitudes it cannot hold and
 keep float32 precision at its limit; the automatic choice and the bounded memory are checked.
 """
@@ -221,6 +222,25 @@ def test_row_sums_after_dropout_are_caught(monkeypatch, tiles):
     case = _case(113, 203, dropout=True, seed=13)
     with pytest.raises(AssertionError, match="Not equal to tolerance"):
         _assert_agree(*_run_both(np, monkeypatch, case, tiles, causal=True))
+
+
+@pytest.mark.parametrize("fold", [True, False], ids=["folded", "subtracted"])
+def test_backward_lse_folded_into_the_product(monkeypatch, tiles, fold):
+    """Plain scores: the backward takes Z - lse from one product (q with a column -lse, K^T
+    with a row of ones) or subtracts it; both give the untiled gradients, and the fold is
+    really taken (and a fold with the wrong sign is caught by the same comparison)."""
+    monkeypatch.setattr(_tiled, "FOLD_LSE", fold)
+    calls = []
+    folded_rows = _tiled._folded_rows
+    monkeypatch.setattr(_tiled, "_folded_rows", lambda *a: calls.append(1) or folded_rows(*a))
+    case = _case(113, 203, heads=(4, 2), mask=True, dropout=True, empty_rows=True, seed=17)
+    _assert_agree(*_run_both(np, monkeypatch, case, tiles, causal=True))
+    assert bool(calls) == fold
+    if fold:
+        monkeypatch.setattr(_tiled, "MIN_SCORES", 0)
+        monkeypatch.setattr(_tiled, "_folded_rows", lambda p, plan, rows, shift: folded_rows(p, plan, rows, -shift))
+        with pytest.raises(AssertionError, match="Not equal to tolerance"):
+            _assert_agree(*_run_both(np, monkeypatch, case, tiles, causal=True))
 
 
 def _aligned(n: int, m: int, size: float, dtype, against: bool = False) -> tuple[np.ndarray, ...]:
