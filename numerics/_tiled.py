@@ -173,7 +173,8 @@ def _folded_rows(p: Any, plan: _Plan, rows: tuple[int, int], shift_rows: Any) ->
     xp = p.xp
     q_rows = _plan_rows(p, plan, rows)
     q_rows = xp.broadcast_to(q_rows, (*shift_rows.shape[:-2], *q_rows.shape[-2:]))
-    return xp.concat([q_rows, shift_rows * -(plan.factor / p.scale)], axis=-1)
+    base = math.log2(math.e) if plan.exp == "exp2" else 1.0  # lse in the plan's base
+    return xp.concat([q_rows, shift_rows * -base], axis=-1)
 
 
 def _plain(p: Any) -> bool:

@@ -172,6 +172,15 @@ def test_tiled_equals_untiled_on_every_namespace(xp, monkeypatch, tiles, route, 
     _check_route(route, bias)
 
 
+@pytest.mark.parametrize("scale", [0.0, -0.4, 1e-3])
+def test_unusual_scales(monkeypatch, tiles, route, scale):
+    """scale = 0 (uniform weights over the allowed keys), a negative and a tiny scale: tiled
+    as untiled, on both routes."""
+    case = _case(113, 203, heads=(4, 2), mask=True, dropout=True, empty_rows=True, seed=19)
+    _assert_agree(*_run_both(np, monkeypatch, case, tiles, causal=True, scale=scale))
+    _check_route(route, None)
+
+
 def test_rows_with_no_key_are_zero(monkeypatch, tiles, route):
     """A window that excludes every key of some rows (bottom-right, N > M) and -inf bias rows:
     output 0, lse -inf, zero gradients through them, as untiled."""
