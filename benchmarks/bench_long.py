@@ -197,6 +197,7 @@ def main() -> None:
         err = _in_fresh_process(_agree, small, d, h)
         assert err < 1e-3, f"numerics and torch disagree by {err} at N={small}"
 
+    load_before = os.getloadavg()
     runs: dict[tuple[str, int], list[dict]] = {}
     for _ in range(args.rounds):
         for n in args.n:
@@ -209,8 +210,9 @@ def main() -> None:
     import numerics
 
     load = os.getloadavg()
-    print(f"machine: {platform.machine()} {_cpu_model()} cores={os.cpu_count()} load average "
-          f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; numpy {np.__version__}")
+    print(f"machine: {platform.machine()} {_cpu_model()} cores={os.cpu_count()} load average (1, 5, 15 min) "
+          f"before {load_before[0]:.1f} {load_before[1]:.1f} {load_before[2]:.1f}, after "
+          f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; numpy {np.__version__}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     from numerics import _tiled
 
     print(f"problem: causal self-attention forward, float32, B=1, D={d}, H={h}; numerics tiles "
@@ -237,7 +239,8 @@ def main() -> None:
     del numerics
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"load_average": load, "d_model": d, "heads": h,
+            json.dump({"load_average": load, "load_average_before": load_before, "d_model": d, "heads": h,
+                       "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                        "results": [{"peer": p, "n": n, **r} for (p, n), r in results.items()]}, f, indent=1)
     if args.plot:
         plot(results, args.plot, _title(d, h, args.note))
