@@ -30,6 +30,11 @@ through it are 0 (PyTorch's ``_safe_softmax`` behaviour), never NaN.
 Large problems without weights asked for run the same pipeline tile by tile, never holding
 more than one tile of scores (online softmax forward, backward from the logsumexp): see
 :mod:`numerics._tiled` for the rule that chooses.
+
+The layer is a forward/backward pair: :func:`_fwd` returns the output and
+:class:`AttentionResiduals` (the checked problem, and the weights unless the tiled path
+recomputes them), :func:`_bwd` takes them and d_out and returns :class:`AttentionGradients`.
+:func:`attention_vjp` exposes the pair, :func:`attention_backward` runs it once.
 """
 
 from __future__ import annotations

@@ -705,7 +705,10 @@ def multi_head_attention_vjp(
     ``backward(d_out)`` returns the :class:`MHAGradients` of ``sum(d_out * out)`` without
     recomputing the forward pass (as autograd libraries do), at the cost of holding the
     per-head q, k, v, outputs and weights (..., H, N, M) until ``backward`` is dropped.
-    It may be called more than once. Arguments as in :func:`multi_head_attention`.
+    Long sequences (per slab more than ``numerics.attention.SAVED_WEIGHTS_MAX`` scores, on
+    the tiled path) keep no weights: the backward recomputes them tile by tile, in memory
+    linear in N and M (see :func:`numerics.attention_vjp`). It may be called more than
+    once. Arguments as in :func:`multi_head_attention`.
 
     The gradients are those at the forward's values: ``backward`` holds its own copies of
     x, memory, mask and the parameter arrays (O(B N D) and O(D H K), small against the
@@ -768,8 +771,10 @@ def multi_head_attention_backward(
     gradient of x, of memory (None for self-attention; its share is in ``x``), of every
     parameter (None where the bias is None) and of ``bias`` (its own shape, 0 where it is
     -inf or masked; None without a bias). Through ``rope`` the gradients of q and k are
-    rotated back (the rotation's transpose). The forward pass is recomputed; use
-    :func:`multi_head_attention_vjp` to keep it from a forward pass instead.
+    rotated back (the rotation's transpose). The forward pass is recomputed (its weights
+    held only during the call, or for long sequences never formed: see
+    :func:`multi_head_attention_vjp`); use :func:`multi_head_attention_vjp` to keep it from
+    a forward pass instead.
     """
     c = _prepare(x, params, memory, mask, causal, check_finite, d_out=d_out, bias=bias, window=window,
                  softcap=softcap, rope=rope)

@@ -20,7 +20,7 @@ import pytest
 
 import numerics
 from numerics import _parallel, _tiled, attention
-from tests.helpers import force_split
+from tests.helpers import force_split, from_numpy, to_numpy
 
 TOL64 = 1e-12
 
@@ -134,14 +134,19 @@ def _mha_case(kind: str, seed: int = 0):
     return x, params, rng.standard_normal((2, n, d)), kw
 
 
-def _mha_gradients(x, params, d_out, kw) -> dict[str, np.ndarray]:
-    """Every gradient of the recomputing backward and of the vjp, by name."""
+def _mha_gradients(x, params, d_out, kw, xp=np) -> dict[str, np.ndarray]:
+    """Every gradient of the recomputing backward and of the vjp, by name (computed on
+    namespace ``xp``, returned as NumPy arrays)."""
+    put = lambda a: from_numpy(xp, a) if isinstance(a, np.ndarray) else a  # noqa: E731
+    x, d_out, kw = put(x), put(d_out), {n: put(a) for n, a in kw.items()}
+    params = numerics.MHAParams(num_heads=params.num_heads, num_kv_heads=params.num_kv_heads,
+                                **{n: put(a) for n, a in params.arrays().items()})
     out = {}
     for how, grads in (("backward", numerics.multi_head_attention_backward(x, params, d_out, **kw)),
                        ("vjp", numerics.multi_head_attention_vjp(x, params, **kw)[1](d_out))):
         out.update({f"{how}.{n}": a for n, a in grads.params.arrays().items()})
         out.update({f"{how}.{n}": getattr(grads, n) for n in ("x", "memory", "bias") if getattr(grads, n) is not None})
-    return out
+    return {n: to_numpy(a) for n, a in out.items()}
 
 
 def _assert_agree(tiled: dict, untiled: dict) -> None:
@@ -178,6 +183,15 @@ def test_mha_backward_and_vjp_take_the_tiled_path_and_agree_with_untiled(monkeyp
     calls = _force_tiles(monkeypatch)
     tiled = _mha_gradients(x, params, d_out, kw)
     assert len(calls) == 2, "the MHA backward and the vjp should each take attention's tiled backward once"
+    _assert_agree(tiled, untiled)
+
+
+def test_mha_tiled_path_on_every_namespace(monkeypatch, xp):
+    x, params, d_out, kw = _mha_case("gqa_rope")
+    untiled = _mha_gradients(x, params, d_out, kw, xp)
+    calls = _force_tiles(monkeypatch)
+    tiled = _mha_gradients(x, params, d_out, kw, xp)
+    assert len(calls) == 2
     _assert_agree(tiled, untiled)
 
 
