@@ -19,9 +19,9 @@ The block is a forward/backward pair, as each of its sub-layers is: the forward 
 each sub-layer's backward (:func:`numerics.multi_head_attention_vjp`,
 :func:`numerics.layer_norm_vjp`, :func:`numerics.feed_forward_vjp`: their forward values
 kept, not recomputed) in :class:`BlockResiduals`, and the backward pass is a short reverse
-pass over them, by the chain rule through the lines above (no automatic differentiation). float16 / bfloat16
-inputs are cast once to float32, the whole block is computed in float32, and every result
-is rounded once back to the input's dtype.
+pass over them, by the chain rule through the lines above (no automatic differentiation).
+float16 / bfloat16 inputs are cast once to float32, the whole block is computed in float32,
+and every result is rounded once back to the input's dtype.
 """
 
 from __future__ import annotations

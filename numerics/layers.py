@@ -517,7 +517,8 @@ def init_ffn_params(
     return FFNParams(**moved)
 
 
-def _check_ffn_params(params: Any, xp: ModuleType, d: int, owner: str = "", x_shape: tuple[int, ...] | None = None) -> None:
+def _check_ffn_params(params: Any, xp: ModuleType, d: int, owner: str = "",
+                      x_shape: tuple[int, ...] | None = None) -> None:
     """The feed-forward parameters against the model width D = ``d``: w1 (D, F), b1 (F,),
     w2 (F, D), b2 (D,). Errors name them ``owner.w1`` ... (``params.ffn.w1`` in the
     transformer block), or bare ``w1`` ... without an owner; ``x_shape`` is shown with an
