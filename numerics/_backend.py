@@ -40,6 +40,7 @@ __all__ = [
     "batch_of",
     "max_abs",
     "check_result_finite",
+    "check_upstream",
 ]
 
 # Names a caller may use in ``xp=``; each is imported only when asked for.
@@ -329,3 +330,17 @@ def check_result_finite(xp: ModuleType, function: str, **results: Any) -> None:
                 f"input is; the result or an intermediate value is beyond the range of {x.dtype}: "
                 "rescale the inputs or compute in a wider dtype"
             )
+
+
+def check_upstream(d_out: Any, *, like: tuple[str, Any], shape: tuple[int, ...], dtype: Any, finite: bool) -> None:
+    """The checks of a vjp's ``backward(d_out)``: d_out an array of the namespace (and device)
+    of the forward's input ``like = (name, array)``, of the output's ``shape`` and the
+    forward's ``dtype``, and finite when ``finite``."""
+    name, array = like
+    xp = namespace_of(**{name: array}, d_out=d_out)
+    if tuple(d_out.shape) != tuple(shape):
+        raise ValueError(f"d_out must have the output's shape {tuple(shape)}, got shape {shape_str(d_out)}")
+    if d_out.dtype != dtype:
+        raise TypeError(f"{name}, d_out must share one dtype: {name} is {dtype}, d_out is {d_out.dtype}")
+    if finite:
+        check_finite(xp, d_out=d_out)

@@ -10,18 +10,28 @@ in order. Every slab sees whole rows, so the numbers are those of the unsplit co
 to the BLAS kernel's summation order. The BLAS limit is process-wide while a split call runs.
 
 Other namespaces (CuPy, torch, array_api_strict) run unsplit: they parallelise internally.
+
+The wrapper is generic (:func:`plan`, then :func:`split`): a layer names its inputs, and its
+results are joined field by field, never by position. Outputs with the batch dims are
+concatenated (:func:`concatenated`); a gradient field named like an input is joined as that
+input was cut (concatenated along its own axis, summed when the input went whole to every
+slab) and every other gradient field, a parameter's, is summed (:func:`like_inputs`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import array_api_compat
 
-__all__ = ["worker_count", "split_axis", "map_slabs", "join_slabs", "was_split"]
+__all__ = [
+    "worker_count", "split_axis", "map_slabs", "join_slabs", "own_axis",
+    "Cut", "plan", "split", "concatenated", "like_inputs", "with_residuals",
+]
 
 #: Below this many score entries (batch x N x M) one thread is faster than two.
 MIN_SCORES = 1 << 20
@@ -67,20 +77,25 @@ def split_axis(xp, batch: tuple[int, ...], scores: int) -> int | None:
 
 
 def _slice(x: Any, axis: int, ndim: int, part: slice) -> Any:
-    """``x`` restricted to ``part`` along batch ``axis`` of a (batch + 2)-dim problem."""
-    if not was_split(x, axis, ndim):
+    """``x`` restricted to ``part`` along batch ``axis`` of an ``ndim``-dim problem (batch
+    dims then the array's own trailing axes)."""
+    position = own_axis(x, axis, ndim)
+    if position is None:
         return x  # absent, or broadcast along this axis: every slab uses all of it
     index = [slice(None)] * x.ndim
-    index[x.ndim - ndim + axis] = part
+    index[position] = part
     return x[tuple(index)]
 
 
-def was_split(x: Any, axis: int, ndim: int) -> bool:
-    """Whether :func:`map_slabs` cuts ``x`` (it may have fewer leading dims, or size 1 there)."""
+def own_axis(x: Any, axis: int, ndim: int) -> int | None:
+    """The axis of ``x`` that holds batch ``axis`` of an ``ndim``-dim problem (``x`` may have
+    fewer leading dims), or None when :func:`map_slabs` does not cut ``x`` (absent, lacking
+    the axis, or of size 1 there)."""
     if x is None:
-        return False
+        return None
     position = x.ndim - ndim + axis
-    return position >= 0 and x.shape[position] != 1
+    return position if position >= 0 and x.shape[position] != 1 else None
+
 
 
 def map_slabs(
@@ -89,13 +104,15 @@ def map_slabs(
     axis: int,
     batch: tuple[int, ...],
     extras: Sequence[Any] | None = None,
+    tails: Sequence[int] | None = None,
 ) -> list[Sequence[Any]]:
     """``fn(*slabs_of_arrays[, extra])`` for one slab per core, in slab order.
 
     ``arrays`` are (batch + 2)-dim problem arrays, or broadcastable to that (those of size 1
-    along ``axis`` go whole to every slab; None stays None). ``extras``, when given, holds
-    one value per slab (what an earlier call returned for that slab, say), passed last.
-    Join the per-slab results with :func:`join_slabs` (or by summing partial sums).
+    along ``axis`` go whole to every slab; None stays None); ``tails``, when given, holds
+    each array's number of trailing non-batch axes (default 2). ``extras``, when given,
+    holds one value per slab (what an earlier call returned for that slab, say), passed
+    last. Join the per-slab results with :func:`join_slabs` (or by summing partial sums).
     """
     from threadpoolctl import threadpool_limits
 
@@ -104,7 +121,7 @@ def map_slabs(
     size = batch[axis]
     bounds = [size * i // workers for i in range(workers + 1)]
     parts = [slice(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
-    ndim = len(batch) + 2
+    tails = [2] * len(arrays) if tails is None else list(tails)
     with _pool_lock:
         if _pool is None:
             _pool = ThreadPoolExecutor(workers, thread_name_prefix="numerics")
@@ -115,7 +132,7 @@ def map_slabs(
     def slab(i: int) -> Sequence[Any]:
         _inside.slab = True
         try:
-            args = [_slice(x, axis, ndim, parts[i]) for x in arrays]
+            args = [_slice(x, axis, len(batch) + tail, parts[i]) for x, tail in zip(arrays, tails)]
             return fn(*args) if extras is None else fn(*args, extras[i])
         finally:
             _inside.slab = False
@@ -133,3 +150,117 @@ def join_slabs(per_slab: list[Sequence[Any]], axis: int) -> list[Any]:
     import numpy as np
 
     return [np.concatenate(outputs, axis=axis) for outputs in zip(*per_slab)]
+
+
+# ------------------------------------------------------------------ the generic wrapper
+
+
+@dataclasses.dataclass(frozen=True)
+class Cut:
+    """How :func:`split` cuts a layer's inputs: along ``axis`` of the ``batch`` dims.
+
+    ``axes`` holds, for each input by name, its own array axis that is cut, or None when the
+    input goes whole to every slab (absent, lacking the batch axis, or of size 1 there):
+    the gradient of that input is then a sum over the slabs (see :func:`like_inputs`).
+    ``tails`` holds each input's number of trailing non-batch axes (2 unless named).
+    """
+
+    axis: int
+    batch: tuple[int, ...]
+    axes: Mapping[str, int | None]
+    tails: Mapping[str, int]
+
+    def tail(self, name: str) -> int:
+        return self.tails.get(name, 2)
+
+
+def plan(xp, batch: tuple[int, ...], scores: int, inputs: Mapping[str, Any],
+         tails: Mapping[str, int] | None = None) -> Cut | None:
+    """The cut of ``inputs`` (arrays with the ``batch`` dims, or broadcastable to them, then
+    ``tails[name]`` own axes, default 2) for a problem of ``scores`` score entries, or None
+    to run unsplit (see :func:`split_axis`)."""
+    axis = split_axis(xp, batch, scores)
+    if axis is None:
+        return None
+    tails = dict(tails or {})
+    axes = {name: own_axis(x, axis, len(batch) + tails.get(name, 2)) for name, x in inputs.items()}
+    return Cut(axis, tuple(batch), axes, tails)
+
+
+def split(fn: Callable[..., Any], inputs: Mapping[str, Any], cut: Cut | None, *,
+          join: Callable[[list, Cut | None], Any] | None = None, extras: Sequence[Any] | None = None) -> Any:
+    """``fn(**inputs)`` run as one slab per core along ``cut`` (whole when ``cut`` is None).
+
+    ``fn`` gets each input restricted to its slab by keyword (and, with ``extras``, one
+    value per slab first: say the residuals that a forward slab returned, for its
+    backward). ``join(results, cut)`` puts the per-slab results together (default
+    :func:`concatenated`); ``inputs`` may hold arrays that ``cut`` was not planned with (an
+    upstream gradient): they are cut the same way. With ``cut`` None, ``join`` gets the
+    single result.
+    """
+    join = concatenated if join is None else join
+    if cut is None:
+        return join([fn(**inputs) if extras is None else fn(extras[0], **inputs)], None)
+    names = list(inputs)
+
+    def slab(*args):
+        if extras is None:
+            return fn(**dict(zip(names, args)))
+        return fn(args[-1], **dict(zip(names, args[:-1])))
+
+    per_slab = map_slabs(slab, [inputs[n] for n in names], cut.axis, cut.batch, extras=extras,
+                         tails=[cut.tail(n) for n in names])
+    return join(per_slab, cut)
+
+
+def concatenated(results: list, cut: Cut | None) -> Any:
+    """Outputs with the problem's batch dims (an array, or a tuple of arrays), each slab's
+    concatenated along the cut's batch axis."""
+    if cut is None:
+        return results[0]
+    if not isinstance(results[0], tuple):
+        return join_slabs([(r,) for r in results], cut.axis)[0]
+    return tuple(join_slabs(results, cut.axis))
+
+
+def like_inputs(results: list, cut: Cut | None) -> Any:
+    """Gradients (a dataclass per slab) joined field by field: a field named like an input
+    of the cut is concatenated along that input's own cut axis, or summed when the input
+    went whole to every slab; every other field (a parameter's gradient, or a dataclass of
+    them) is summed. None fields stay None; fields that are not arrays (counts) are the
+    first slab's."""
+    if cut is None:
+        return results[0]
+    import numpy as np
+
+    def summed(values: list) -> Any:
+        first = values[0]
+        if first is None or not hasattr(first, "shape"):
+            if dataclasses.is_dataclass(first):
+                return _fieldwise(values, lambda name, vs: summed(vs))
+            return first
+        total = first
+        for value in values[1:]:
+            total = total + value
+        return total
+
+    def field(name: str, values: list) -> Any:
+        axis = cut.axes.get(name)
+        if axis is None or values[0] is None:
+            return summed(values)
+        return np.concatenate(values, axis=axis)
+
+    return _fieldwise(results, field)
+
+
+def _fieldwise(instances: list, join_field: Callable[[str, list], Any]) -> Any:
+    """One dataclass instance whose fields are ``join_field(name, that field of each instance)``."""
+    first = instances[0]
+    names = [f.name for f in dataclasses.fields(first)]
+    return dataclasses.replace(first, **{n: join_field(n, [getattr(r, n) for r in instances]) for n in names})
+
+
+def with_residuals(results: list, cut: Cut | None) -> tuple[Any, list]:
+    """``(outputs, residuals)`` from per-slab ``(outputs, residuals)`` pairs: the outputs
+    :func:`concatenated`, the residuals kept one per slab (for a backward over the same cut)."""
+    return concatenated([r[0] for r in results], cut), [r[1] for r in results]

@@ -30,6 +30,11 @@ through it are 0 (PyTorch's ``_safe_softmax`` behaviour), never NaN.
 Large problems without weights asked for run the same pipeline tile by tile, never holding
 more than one tile of scores (online softmax forward, backward from the logsumexp): see
 :mod:`numerics._tiled` for the rule that chooses.
+
+The layer is a forward/backward pair: :func:`_fwd` returns the output and
+:class:`AttentionResiduals` (the checked problem, and the weights unless the tiled path
+recomputes them), :func:`_bwd` takes them and d_out and returns :class:`AttentionGradients`.
+:func:`attention_vjp` exposes the pair, :func:`attention_backward` runs it once.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import math
 from functools import partial
 from dataclasses import dataclass, replace
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 import array_api_compat
 import numpy as np
@@ -51,7 +56,9 @@ from .softmax import safe_divide, softmax_unnormalised
 __all__ = [
     "scaled_dot_product_attention",
     "attention_backward",
+    "attention_vjp",
     "AttentionGradients",
+    "AttentionResiduals",
     "causal_mask",
     "dropout_keep_mask",
 ]
@@ -108,7 +115,7 @@ def dropout_keep_mask(
     return namespace.asarray(keep, device=device) if device is not None else namespace.asarray(keep)
 
 
-def _check_softcap(softcap: Any) -> float | None:
+def check_softcap(softcap: Any) -> float | None:
     if softcap is None:
         return None
     value = bk.real_number("softcap", softcap, "a positive real number or None")
@@ -244,7 +251,7 @@ def _check_score_array(name: str, a: Any, target: tuple[int, ...], xp: ModuleTyp
         raise ValueError(f"{name} must broadcast to (..., N, M) = {tuple(target)}, got shape {bk.shape_str(a)}")
 
 
-def _check_bias_dtype(xp: ModuleType, bias: Any, dtype: Any, owner: str) -> None:
+def check_bias_dtype(xp: ModuleType, bias: Any, dtype: Any, owner: str) -> None:
     """``bias`` must be a real floating array of ``owner``'s dtype (a boolean one is a mask)."""
     if bias.dtype == xp.bool:
         raise TypeError("bias must be a real floating array added to the scores (-inf excludes a key), "
@@ -288,7 +295,7 @@ def _prepare(
     bk.check_same_dtype(q=q, k=k, v=v, d_out=d_out)
     causal = check_causal(causal)
     window = check_window(window)
-    softcap = _check_softcap(softcap)
+    softcap = check_softcap(softcap)
     dropout_p = _check_dropout_p(dropout_p)
     check_finite = bk.check_flag("check_finite", check_finite)
     if q.shape[-1] != k.shape[-1]:
@@ -302,7 +309,7 @@ def _prepare(
     if mask is not None and mask.dtype != xp.bool:
         raise TypeError(f"mask must be a boolean array (True = may attend), got dtype {mask.dtype}")
     if bias is not None:
-        _check_bias_dtype(xp, bias, q.dtype, "q")
+        check_bias_dtype(xp, bias, q.dtype, "q")
     if dropout_mask is not None and dropout_mask.dtype != xp.bool:
         raise TypeError(f"dropout_mask must be a boolean keep mask (True = keep), got dtype {dropout_mask.dtype}")
     if dropout_p > 0 and dropout_mask is None:
@@ -695,26 +702,27 @@ def _backward(p: _Problem, d_out: Any) -> tuple[Any, ...]:
 def _run(p: _Problem, fn, *extra: Any) -> tuple[Any, ...]:
     """``fn(p, *extra)``, split over CPU cores for large NumPy problems (see _parallel).
 
-    ``extra`` holds arrays with the problem's batch dims (d_out); bind other arguments
-    with functools.partial.
+    ``extra`` holds arrays with the problem's batch dims (d_out, saved weights); bind other
+    arguments with functools.partial. Every result has the problem's batch dims.
     """
     # q with every batch dim (k and v may broadcast along some, as grouped-query heads do):
     # the scores, and so every result, have the problem's batch dims.
     full = tuple(p.q.shape[:-2]) == p.batch
     n, m = p.q.shape[-2], p.k.shape[-2]
-    axis = _parallel.split_axis(p.xp, p.batch, math.prod(p.batch) * n * m) if full else None
-    if axis is None:
+    units = (None, None) if p.unit is None else p.unit[:2]
+    inputs = dict(q=p.q, k=p.k, v=p.v, mask=p.mask, bias=p.bias, keep=p.keep, unit_q=units[0], unit_k=units[1])
+    inputs.update({f"extra{i}": x for i, x in enumerate(extra)})
+    cut = _parallel.plan(p.xp, p.batch, math.prod(p.batch) * n * m, inputs) if full else None
+    if cut is None:
         return fn(p, *extra)
 
-    def slab(q, k, v, mask, bias, keep, unit_q, unit_k, *rest):
+    def slab(q, k, v, mask, bias, keep, unit_q, unit_k, **rest):
         unit = None if p.unit is None else (unit_q, unit_k, p.unit[2])
         # q has the problem's batch dims (full): the slab's are q's.
         sliced = replace(p, q=q, k=k, v=v, mask=mask, bias=bias, keep=keep, unit=unit, batch=bk.batch_of(q))
-        return fn(sliced, *rest)
+        return fn(sliced, *(rest[f"extra{i}"] for i in range(len(extra))))
 
-    units = [None, None] if p.unit is None else list(p.unit[:2])
-    arrays = [p.q, p.k, p.v, p.mask, p.bias, p.keep, *units, *extra]
-    return tuple(_parallel.join_slabs(_parallel.map_slabs(slab, arrays, axis, p.batch), axis))
+    return _parallel.split(slab, inputs, cut)
 
 
 class AttentionGradients(tuple):
@@ -947,21 +955,128 @@ def attention_backward(
     the gradient (or the rounding of dS times scale k or scale q) does; ``scale=0`` gives
     dq = dk = 0 exactly.
     """
-    dtype = q.dtype if hasattr(q, "dtype") else None
-    groups, p, fq, fk, fv, fbias, fd_out = _public_prepare(
-        q, k, v, mask=mask, bias=bias, causal=causal, window=window, softcap=softcap, scale=scale,
-        enable_gqa=enable_gqa, dropout_p=dropout_p, dropout_mask=dropout_mask, check_finite=check_finite,
-        d_out=d_out,
-    )
+    res, fd_out = _residuals(q, k, v, d_out, mask=mask, bias=bias, causal=causal, window=window, softcap=softcap,
+                             scale=scale, enable_gqa=enable_gqa, dropout_p=dropout_p, dropout_mask=dropout_mask,
+                             check_finite=check_finite)
+    return _bwd(replace(res, tiled=_tiled.use_tiles(res.problem, False)), fd_out)
+
+
+def attention_vjp(
+    q: Any,
+    k: Any,
+    v: Any,
+    *,
+    mask: Any = None,
+    bias: Any = None,
+    causal: bool | str = False,
+    window: tuple[int | None, int | None] | None = None,
+    softcap: float | None = None,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+    dropout_p: float = 0.0,
+    dropout_mask: Any = None,
+    check_finite: bool = True,
+) -> tuple[Any, Callable[[Any], AttentionGradients]]:
+    """Forward pass that keeps what the backward pass needs: ``(out, backward)``.
+
+    ``backward(d_out)`` returns the :class:`AttentionGradients` of ``sum(d_out * out)``,
+    as :func:`attention_backward` would, without recomputing the weights: they are kept
+    (..., N, M) until ``backward`` is dropped. Problems of more than
+    :data:`SAVED_WEIGHTS_MAX` scores that the tiled path takes keep only q, k and v
+    instead, and the backward recomputes the scores tile by tile, in memory linear in N
+    and M. ``backward`` may be called more than once; ``d_out`` has the output's shape,
+    dtype and namespace. Arguments as in :func:`scaled_dot_product_attention`; the arrays
+    are held as given (not copied).
+    """
+    res, _ = _residuals(q, k, v, mask=mask, bias=bias, causal=causal, window=window, softcap=softcap,
+                        scale=scale, enable_gqa=enable_gqa, dropout_p=dropout_p, dropout_mask=dropout_mask,
+                        check_finite=check_finite)
+    out, res = _fwd(res)
+    xp = res.problem.xp
+    if res.check_finite:
+        bk.check_result_finite(xp, "attention_vjp", out=out)
+
+    def backward(d_out: Any) -> AttentionGradients:
+        """Gradients of ``sum(d_out * out)``; d_out has the output's shape."""
+        bk.check_upstream(d_out, like=("q", q), shape=tuple(out.shape), dtype=res.dtype, finite=res.check_finite)
+        if res.groups is not None:  # (..., Hq, N, V) as the folded problem's (..., Hkv, G, N, V)
+            g = res.groups
+            d_out = xp.reshape(d_out, (*d_out.shape[:-3], g.hkv, g.size, *d_out.shape[-2:]))
+        return _bwd(res, d_out)
+
+    return out, backward
+
+
+# ------------------------------------------------------------------ the layer's forward/backward pair
+
+#: :func:`attention_vjp` keeps the weights of problems of up to this many scores (batch x N x
+#: M: 256 MiB in float32), so that its backward recomputes nothing; larger problems that
+#: the tiled path takes keep only q, k and v. (Keeping the weights is faster than the tiled
+#: recomputation at every size that fits in memory.)
+SAVED_WEIGHTS_MAX = 1 << 26
+
+
+@dataclass(frozen=True)
+class AttentionResiduals:
+    """What the backward pass needs from the forward pass (the attention layer's residuals).
+
+    ``problem`` is the checked problem (compute dtype, grouped heads folded). On the untiled
+    path ``weights`` (..., N, M, before dropout) and ``out`` (..., N, V) are the forward's;
+    on the tiled path (``tiled``) both are None and the backward recomputes the scores tile
+    by tile from the logsumexp. With neither, the backward recomputes the weights whole.
+    """
+
+    problem: _Problem
+    groups: _Groups | None  # how grouped-query heads were folded
+    shapes: tuple[tuple[int, ...] | None, ...]  # q, k, v, bias as given: the gradients' shapes
+    folded: tuple[tuple[int, ...] | None, ...]  # their shapes in the problem
+    dtype: Any  # the caller's dtype
+    check_finite: bool
+    tiled: bool = False
+    weights: Any = None
+    out: Any = None
+
+
+def _residuals(q, k, v, d_out=None, **options) -> tuple[AttentionResiduals, Any]:
+    """``(residuals, d_out)``: the checked problem with nothing computed yet (d_out, when
+    given, checked and folded as the problem)."""
+    groups, p, *folded, fd_out = _public_prepare(q, k, v, d_out=d_out, **options)
+    shapes = tuple(None if a is None else tuple(a.shape) for a in (q, k, v, options["bias"]))
+    folded = tuple(None if a is None else tuple(a.shape) for a in folded)
+    res = AttentionResiduals(p, groups, shapes, folded, q.dtype, bool(options["check_finite"]))
+    return res, fd_out
+
+
+def _fwd(res: AttentionResiduals) -> tuple[Any, AttentionResiduals]:
+    """``(out, residuals)``: out (..., N, V) in the caller's dtype (grouped heads unfolded),
+    the residuals with what the backward needs (see :data:`SAVED_WEIGHTS_MAX`)."""
+    p = res.problem
+    scores = math.prod(p.batch) * int(p.q.shape[-2]) * int(p.k.shape[-2])
+    if _tiled.use_tiles(p, False) and scores > SAVED_WEIGHTS_MAX:
+        (out,) = _run(p, _tiled.forward)
+        res = replace(res, tiled=True)
+    else:
+        weights, out = _run(p, _weights_and_output)
+        res = replace(res, weights=weights, out=out)
     xp = p.xp
-    backward = _tiled.backward if _tiled.use_tiles(p, False) else _backward
-    raw = _run(p, backward, xp.astype(fd_out, p.q.dtype, copy=False))
+    return xp.astype(_unfold(xp, out, res.groups), res.dtype, copy=False), res
+
+
+def _bwd(res: AttentionResiduals, d_out: Any) -> AttentionGradients:
+    """The gradients of ``sum(d_out * out)`` from the residuals; d_out folded as the problem."""
+    p = res.problem
+    xp = p.xp
+    d_out = xp.astype(d_out, p.q.dtype, copy=False)
+    if res.weights is not None:
+        raw = _run(p, _gradients, res.weights, res.out, d_out)
+    else:
+        raw = _run(p, _tiled.backward if res.tiled else _backward, d_out)
     grads = []
-    for g, folded, original in zip(raw, (fq, fk, fv, fbias), (q, k, v, bias)):
-        g = bk.sum_to_shape(xp, g, tuple(folded.shape))
-        grads.append(xp.astype(xp.reshape(g, tuple(original.shape)), dtype, copy=False))
+    for g, folded, shape in zip(raw, res.folded, res.shapes):
+        g = bk.sum_to_shape(xp, g, folded)
+        grads.append(xp.astype(xp.reshape(g, shape), res.dtype, copy=False))
     result = AttentionGradients(*grads)
-    if check_finite:
+    if res.check_finite:
         bk.check_result_finite(xp, "attention_backward", dq=result.q, dk=result.k, dv=result.v, d_bias=result.bias)
     return result
 

@@ -15,29 +15,30 @@ FFN = :func:`numerics.feed_forward`::
 These are exactly ``torch.nn.TransformerEncoderLayer`` with ``dropout=0``,
 ``activation="gelu"`` (or the tanh GELU), ``norm_first=False`` / ``True``, in eval mode.
 
-The backward pass is composed by hand, by the chain rule through the lines above, from
-:func:`numerics.multi_head_attention_vjp` (its forward values kept, not recomputed),
-:func:`numerics.layer_norm_backward` and
-:func:`numerics.feed_forward_backward` (no automatic differentiation). float16 / bfloat16
-inputs are cast once to float32, the whole block is computed in float32, and every result
-is rounded once back to the input's dtype.
+The block is a forward/backward pair, as each of its sub-layers is: the forward pass keeps
+each sub-layer's backward (:func:`numerics.multi_head_attention_vjp`,
+:func:`numerics.layer_norm_vjp`, :func:`numerics.feed_forward_vjp`: their forward values
+kept, not recomputed) in :class:`BlockResiduals`, and the backward pass is a short reverse
+pass over them, by the chain rule through the lines above (no automatic differentiation).
+float16 / bfloat16 inputs are cast once to float32, the whole block is computed in float32,
+and every result is rounded once back to the input's dtype.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field, replace
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from . import _backend as bk
 from . import layers as _layers
 from . import multihead as _multihead
-from .layers import FFNParams, feed_forward, feed_forward_backward, init_ffn_params, layer_norm, layer_norm_backward
-from .multihead import MHAParams, init_params, multi_head_attention, multi_head_attention_vjp
+from .layers import FFNGradients, FFNParams, LayerNormGradients, feed_forward, feed_forward_vjp, init_ffn_params
+from .layers import layer_norm, layer_norm_vjp
+from .multihead import MHAGradients, MHAParams, init_params, multi_head_attention, multi_head_attention_vjp
 
 __all__ = ["BlockParams", "BlockGradients", "init_block_params", "transformer_block", "transformer_block_backward"]
 
@@ -217,37 +218,6 @@ class _Call:
     options: dict = field(default_factory=dict)  # bias, window, softcap, rope for the attention
 
 
-def _check_attn(attn: MHAParams, xp: ModuleType, x: Any) -> None:
-    """multihead's own checks, with the names re-rooted at ``params.attn``; x's width D
-    decides the attention's D and Dm (self-attention), as it does every other width here."""
-    try:
-        _multihead._check_params(attn, xp, x=x, inputs_rule=True)
-    except (TypeError, ValueError) as exc:
-        raise type(exc)(re.sub(r"\bparams\.", "params.attn.", str(exc))) from None
-
-
-def _check_ffn(ffn: FFNParams, xp: ModuleType, d: int) -> None:
-    bk.check_float_array("params.ffn.w1", ffn.w1, xp, ndim=2)
-    if int(ffn.w1.shape[0]) != d or int(ffn.w1.shape[1]) == 0:
-        raise ValueError(
-            f"params.ffn.w1 must have shape (D, F) with D = x.shape[-1] = {d} and F >= 1, "
-            f"got {bk.shape_str(ffn.w1)}"
-        )
-    f = int(ffn.w1.shape[1])
-    bk.check_float_array("params.ffn.w2", ffn.w2, xp, ndim=2)
-    if tuple(ffn.w2.shape) != (f, d):
-        raise ValueError(
-            f"params.ffn.w2 must have shape (F, D) = ({f}, {d}) with F = params.ffn.w1.shape[1] and "
-            f"D = x.shape[-1], got {bk.shape_str(ffn.w2)}"
-        )
-    for name, size, what in (("b1", f, "F = params.ffn.w1.shape[1]"), ("b2", d, "D = x.shape[-1]")):
-        b = getattr(ffn, name)
-        if b is not None:
-            bk.check_float_array(f"params.ffn.{name}", b, xp, ndim=1)
-            if tuple(b.shape) != (size,):
-                raise ValueError(f"params.ffn.{name} must have shape ({size},) with {what}, got {bk.shape_str(b)}")
-
-
 def _prepare(x, params, mask, causal, norm, approximate, eps, check_finite, d_out=None, *, bias=None, window=None,
              softcap=None, rope=None) -> _Call:
     if not isinstance(params, BlockParams):
@@ -267,8 +237,10 @@ def _prepare(x, params, mask, causal, norm, approximate, eps, check_finite, d_ou
     d, n = int(x.shape[-1]), int(x.shape[-2])
     if d == 0:
         raise ValueError(f"x must have a non-empty width D, got shape {bk.shape_str(x)}")
-    _check_attn(params.attn, xp, x)
-    _check_ffn(params.ffn, xp, d)
+    # The sub-layers' own checks, naming the block's arguments; x's width D decides the
+    # attention's D and Dm (self-attention), as it does every other width here.
+    _multihead._check_params(params.attn, xp, x=x, inputs_rule=True, owner="params.attn")
+    _layers._check_ffn_params(params.ffn, xp, d, owner="params.ffn")
     for name in _LN_FIELDS:
         a = getattr(params, name)
         if a is not None:
@@ -289,7 +261,7 @@ def _prepare(x, params, mask, causal, norm, approximate, eps, check_finite, d_ou
     # The attention's own checks of its options; the residual stream keeps x's shape, so
     # the bias may not add batch dims.
     with_bias, causal, window, softcap, rope = _multihead._check_options(
-        xp, params.attn, x, x, batch, bias, causal, window, softcap, rope, check_finite
+        xp, params.attn, x, x, batch, bias, causal, window, softcap, rope, check_finite, owner="params.attn"
     )
     if with_bias != batch:
         h = params.attn.num_heads
@@ -318,37 +290,22 @@ def _prepare(x, params, mask, causal, norm, approximate, eps, check_finite, d_ou
 # Inputs are checked once in _prepare; the sub-layers skip the finiteness scan.
 
 
-def _mha(c: _Call, u: Any) -> Any:
-    return multi_head_attention(u, c.params.attn, mask=c.mask, causal=c.causal or False, check_finite=False,
-                                **c.options)
+def _mha(c: _Call, u: Any, vjp: bool = False) -> Any:
+    """MHA(u), or with ``vjp`` ``(MHA(u), its backward)``."""
+    fn = multi_head_attention_vjp if vjp else multi_head_attention
+    return fn(u, c.params.attn, mask=c.mask, causal=c.causal or False, check_finite=False, **c.options)
 
 
-def _mha_vjp(c: _Call, u: Any):
-    """``(MHA(u), backward)``: the attention's forward values are kept for its backward."""
-    return multi_head_attention_vjp(u, c.params.attn, mask=c.mask, causal=c.causal or False, check_finite=False,
-                                    **c.options)
-
-
-def _ln(c: _Call, which: int, u: Any) -> Any:
+def _ln(c: _Call, which: int, u: Any, vjp: bool = False) -> Any:
+    """LN1(u) or LN2(u), or with ``vjp`` ``(LN(u), its backward)``."""
     p = c.params
     gamma, beta = (p.ln1_gamma, p.ln1_beta) if which == 1 else (p.ln2_gamma, p.ln2_beta)
-    return layer_norm(u, gamma, beta, eps=c.eps, check_finite=False)
+    return (layer_norm_vjp if vjp else layer_norm)(u, gamma, beta, eps=c.eps, check_finite=False)
 
 
-def _ln_backward(c: _Call, which: int, u: Any, d: Any) -> tuple[Any, Any, Any]:
-    """(du, dgamma, dbeta) with None for an absent gain or bias."""
-    p = c.params
-    gamma, beta = (p.ln1_gamma, p.ln1_beta) if which == 1 else (p.ln2_gamma, p.ln2_beta)
-    du, dgamma, dbeta = layer_norm_backward(u, d, gamma, eps=c.eps, check_finite=False)
-    return du, dgamma, None if beta is None else dbeta
-
-
-def _ffn(c: _Call, u: Any) -> Any:
-    return feed_forward(u, c.params.ffn, approximate=c.approximate, check_finite=False)
-
-
-def _ffn_backward(c: _Call, u: Any, d: Any) -> tuple[Any, FFNParams]:
-    return feed_forward_backward(u, c.params.ffn, d, approximate=c.approximate, check_finite=False)
+def _ffn(c: _Call, u: Any, vjp: bool = False) -> Any:
+    """FFN(u), or with ``vjp`` ``(FFN(u), its backward)``."""
+    return (feed_forward_vjp if vjp else feed_forward)(u, c.params.ffn, approximate=c.approximate, check_finite=False)
 
 
 def _forward(c: _Call) -> Any:
@@ -360,45 +317,67 @@ def _forward(c: _Call) -> Any:
     return t + _ffn(c, _ln(c, 2, t))
 
 
-def _backward(c: _Call, d_h: Any) -> BlockGradients:
+@dataclass(frozen=True)
+class BlockResiduals:
+    """What the block's backward needs from its forward: each sub-layer's backward, its
+    forward values kept (compute dtype)."""
+
+    call: _Call
+    mha: Callable[[Any], MHAGradients]
+    ln1: Callable[[Any], LayerNormGradients]
+    ffn: Callable[[Any], FFNGradients]
+    ln2: Callable[[Any], LayerNormGradients]
+
+
+def _fwd(c: _Call) -> tuple[Any, BlockResiduals]:
+    """``(H, residuals)`` in the compute dtype."""
     x = c.x
     if c.norm == "post":
-        # Forward again, keeping what the backward needs.
-        t1, mha_backward = _mha_vjp(c, x)
-        t2 = x + t1
-        t3 = _ln(c, 1, t2)
-        t5 = t3 + _ffn(c, t3)
-        # H = LN2(T5); T5 = T3 + FFN(T3); T3 = LN1(T2); T2 = X + MHA(X).
-        d_t5, dg2, db2 = _ln_backward(c, 2, t5, d_h)
-        d_t3_ffn, g_ffn = _ffn_backward(c, t3, d_t5)
-        d_t2, dg1, db1 = _ln_backward(c, 1, t2, d_t5 + d_t3_ffn)
-        g_attn = mha_backward(d_t2)
-        dx = d_t2 + g_attn.x
+        # T2 = X + MHA(X);  T3 = LN1(T2);  T5 = T3 + FFN(T3);  H = LN2(T5)
+        t1, mha = _mha(c, x, vjp=True)
+        t3, ln1 = _ln(c, 1, x + t1, vjp=True)
+        t4, ffn = _ffn(c, t3, vjp=True)
+        h, ln2 = _ln(c, 2, t3 + t4, vjp=True)
     else:
-        u = _ln(c, 1, x)
-        t1, mha_backward = _mha_vjp(c, u)
+        # T = X + MHA(LN1(X));  H = T + FFN(LN2(T))
+        u, ln1 = _ln(c, 1, x, vjp=True)
+        t1, mha = _mha(c, u, vjp=True)
         t = x + t1
-        v = _ln(c, 2, t)
-        # H = T + FFN(V); V = LN2(T); T = X + MHA(U); U = LN1(X).
-        d_v, g_ffn = _ffn_backward(c, v, d_h)
-        d_t_ln, dg2, db2 = _ln_backward(c, 2, t, d_v)
-        d_t = d_h + d_t_ln
-        g_attn = mha_backward(d_t)
-        d_x_ln, dg1, db1 = _ln_backward(c, 1, x, g_attn.x)
-        dx = d_t + d_x_ln
+        v, ln2 = _ln(c, 2, t, vjp=True)
+        t4, ffn = _ffn(c, v, vjp=True)
+        h = t + t4
+    return h, BlockResiduals(c, mha, ln1, ffn, ln2)
+
+
+def _bwd(res: BlockResiduals, d_h: Any) -> BlockGradients:
+    """The reverse pass over the sub-layers; gradients in the caller's dtype."""
+    c = res.call
+    if c.norm == "post":
+        g_ln2 = res.ln2(d_h)  # dT5
+        g_ffn = res.ffn(g_ln2.x)  # dT3 = dT5 + FFN'(T3)[dT5]
+        g_ln1 = res.ln1(g_ln2.x + g_ffn.x)  # dT2
+        g_mha = res.mha(g_ln1.x)
+        dx = g_ln1.x + g_mha.x  # dX = dT2 + MHA'(X)[dT2]
+    else:
+        g_ffn = res.ffn(d_h)
+        g_ln2 = res.ln2(g_ffn.x)
+        d_t = d_h + g_ln2.x  # dT = dH + LN2'(T)[FFN'(V)[dH]]
+        g_mha = res.mha(d_t)
+        g_ln1 = res.ln1(g_mha.x)
+        dx = d_t + g_ln1.x  # dX = dT + LN1'(X)[MHA'(U)[dT]]
     xp, dtype = c.xp, c.dtype
     cast = lambda a: None if a is None else xp.astype(a, dtype, copy=False)  # noqa: E731
-    attn = g_attn.params
+    attn, ffn = g_mha.params, g_ffn.params
     return BlockGradients(
-        bias=cast(g_attn.bias),
+        bias=cast(g_mha.bias),
         x=cast(dx),
         params=BlockParams(
             attn=replace(attn, **{k: cast(a) for k, a in attn.arrays().items()}),
-            ffn=FFNParams(*(cast(getattr(g_ffn, k)) for k in _FFN_FIELDS)),
-            ln1_gamma=cast(dg1),
-            ln1_beta=cast(db1),
-            ln2_gamma=cast(dg2),
-            ln2_beta=cast(db2),
+            ffn=FFNParams(*(cast(getattr(ffn, k)) for k in _FFN_FIELDS)),
+            ln1_gamma=cast(g_ln1.gamma),
+            ln1_beta=cast(g_ln1.beta),
+            ln2_gamma=cast(g_ln2.gamma),
+            ln2_beta=cast(g_ln2.beta),
         ),
     )
 
@@ -525,7 +504,7 @@ def transformer_block_backward(
     """
     c = _prepare(x, params, mask, causal, norm, approximate, eps, check_finite, d_out=d_out, bias=bias,
                  window=window, softcap=softcap, rope=rope)
-    grads = _backward(c, c.xp.astype(d_out, c.x.dtype, copy=False))
+    grads = _bwd(_fwd(c)[1], c.xp.astype(d_out, c.x.dtype, copy=False))
     if check_finite:
         bk.check_result_finite(c.xp, "transformer_block_backward", x=grads.x, bias=grads.bias, **{
             f"params.{n}": a for n, a in grads.params.arrays().items()

@@ -11,7 +11,11 @@ F feed-forward width. Row-vector convention, as the documents write it::
     feed_forward:  GELU(x W1 + b1) W2 + b2,   x (..., D), W1 (D, F), b1 (F,), W2 (F, D), b2 (D,)
 
 Every ``*_backward`` returns the gradient of ``sum(d_out * f(...))`` with respect to each
-input; parameter gradients are summed over all leading dims. float16 / bfloat16 inputs are
+input, as a named tuple (:class:`LayerNormGradients`, :class:`FFNGradients`); parameter
+gradients are summed over all leading dims. Layer norm and the feed-forward network are
+each a forward/backward pair with named residuals (``_*_fwd`` returns the output and the
+residuals, ``_*_bwd`` takes them and d_out); ``layer_norm_vjp`` and ``feed_forward_vjp``
+expose the pair, the ``*_backward`` functions run it once. float16 / bfloat16 inputs are
 computed in float32 and every result is cast back to the input's dtype; results stay on the
 input's namespace (and device).
 """
@@ -21,7 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -31,12 +35,16 @@ from ._special import erfc
 __all__ = [
     "layer_norm",
     "layer_norm_backward",
+    "layer_norm_vjp",
+    "LayerNormGradients",
     "gelu",
     "gelu_backward",
     "FFNParams",
     "init_ffn_params",
     "feed_forward",
     "feed_forward_backward",
+    "feed_forward_vjp",
+    "FFNGradients",
 ]
 
 _GELU_MODES = ("none", "tanh")
@@ -214,16 +222,70 @@ def layer_norm(
     every digit of its spread; a constant row gives exactly ``beta``.
     Leading dims may be empty (an empty result); D = 0 is a ValueError.
     """
-    xp, eps, work = _layer_norm_prepare(x, gamma, beta, eps, check_finite)
-    y, _ = _normalise(xp, xp.astype(x, work, copy=False), eps)
-    if gamma is not None:
-        y = y * xp.astype(gamma, work, copy=False)
+    return _layer_norm_fwd(_layer_norm_residuals(x, gamma, beta, eps, check_finite), beta)[0]
+
+
+class LayerNormGradients(NamedTuple):
+    """Gradients of :func:`layer_norm`; unpacks as ``(dx, dgamma, dbeta)``.
+
+    x : array (..., D); gamma : array (D,), or None without a gain; beta : array (D,)
+    (from :func:`layer_norm_backward` always, from :func:`layer_norm_vjp` None without a bias).
+    """
+
+    x: Any
+    gamma: Any
+    beta: Any
+
+
+@dataclass(frozen=True)
+class LayerNormResiduals:
+    """What layer norm's backward needs from its forward: the normalised rows ``xhat``
+    (..., D) and ``rstd`` (``v -> v / sqrt(var x + eps)`` per row), compute dtype."""
+
+    xp: ModuleType
+    xhat: Any
+    rstd: Callable[[Any], Any]
+    gamma: Any  # compute dtype, or None
+    with_beta: bool  # whether the gradient of beta is asked for
+    dtype: Any  # the caller's dtype
+    check_finite: bool
+
+
+def _layer_norm_residuals(x, gamma, beta, eps, check_finite, d_out=None, *, with_beta=True) -> LayerNormResiduals:
+    """The checked arguments, normalised (the forward's residuals, before gain and bias)."""
+    xp, eps, work = _layer_norm_prepare(x, gamma, beta, eps, check_finite, d_out=d_out)
+    xhat, rstd = _normalise(xp, xp.astype(x, work, copy=False), eps)
+    gamma = None if gamma is None else xp.astype(gamma, work, copy=False)
+    return LayerNormResiduals(xp, xhat, rstd, gamma, with_beta, x.dtype, bool(check_finite))
+
+
+def _layer_norm_fwd(res: LayerNormResiduals, beta: Any) -> tuple[Any, LayerNormResiduals]:
+    """``(y, residuals)``: ``xhat * gamma + beta`` in the caller's dtype."""
+    xp = res.xp
+    y = res.xhat if res.gamma is None else res.xhat * res.gamma
     if beta is not None:
-        y = y + xp.astype(beta, work, copy=False)
-    y = xp.astype(y, x.dtype, copy=False)
-    if check_finite:
+        y = y + xp.astype(beta, res.xhat.dtype, copy=False)
+    y = xp.astype(y, res.dtype, copy=False)
+    if res.check_finite:
         bk.check_result_finite(xp, "layer_norm", y=y)
-    return y
+    return y, res
+
+
+def _layer_norm_bwd(res: LayerNormResiduals, d_out: Any) -> LayerNormGradients:
+    """The gradients of ``sum(d_out * layer_norm(...))`` in the caller's dtype."""
+    xp, xhat = res.xp, res.xhat
+    d = int(xhat.shape[-1])
+    dy = xp.astype(d_out, xhat.dtype, copy=False)
+    g = dy if res.gamma is None else dy * res.gamma
+    dx = res.rstd(g - xp.mean(g, axis=-1, keepdims=True) - xhat * xp.mean(g * xhat, axis=-1, keepdims=True))
+    dy_rows = xp.reshape(dy, (-1, d))
+    dbeta = xp.sum(dy_rows, axis=0) if res.with_beta else None
+    dgamma = None if res.gamma is None else xp.sum(dy_rows * xp.reshape(xhat, (-1, d)), axis=0)
+    cast = lambda a: None if a is None else xp.astype(a, res.dtype, copy=False)  # noqa: E731
+    grads = LayerNormGradients(cast(dx), cast(dgamma), cast(dbeta))
+    if res.check_finite:
+        bk.check_result_finite(xp, "layer_norm_backward", dx=grads.x, dgamma=grads.gamma, dbeta=grads.beta)
+    return grads
 
 
 def layer_norm_backward(
@@ -233,7 +295,7 @@ def layer_norm_backward(
     *,
     eps: float = 1e-5,
     check_finite: bool = True,
-) -> tuple[Any, Any | None, Any]:
+) -> LayerNormGradients:
     """Gradients ``(dx, dgamma, dbeta)`` of ``sum(d_out * layer_norm(x, gamma, beta, eps=eps))``.
 
     The gradients do not depend on ``beta``, so it is not an argument. With
@@ -245,30 +307,38 @@ def layer_norm_backward(
 
     Returns
     -------
-    dx : array (..., D)
-    dgamma : array (D,), or None when ``gamma`` is None (no gain to differentiate).
-    dbeta : array (D,), always returned: it is the gradient for a bias whether or not the
-        forward pass used one; a caller without a bias ignores it.
+    LayerNormGradients
+        A named tuple ``(x, gamma, beta)`` that unpacks as ``dx, dgamma, dbeta``:
+        dx (..., D); dgamma (D,), or None when ``gamma`` is None (no gain to
+        differentiate); dbeta (D,), always returned: it is the gradient for a bias whether
+        or not the forward pass used one; a caller without a bias ignores it.
     All in ``x``'s dtype and namespace. Rows of any finite magnitude as in
     :func:`layer_norm` (eps = 0 with a constant row is a ValueError); with
     ``check_finite``, a gradient beyond the dtype's range is a ValueError.
     """
-    xp, eps, work = _layer_norm_prepare(x, gamma, None, eps, check_finite, d_out=d_out)
-    d = int(x.shape[-1])
-    xhat, rstd = _normalise(xp, xp.astype(x, work, copy=False), eps)
-    dy = xp.astype(d_out, work, copy=False)
-    g = dy if gamma is None else dy * xp.astype(gamma, work, copy=False)
-    dx = rstd(g - xp.mean(g, axis=-1, keepdims=True) - xhat * xp.mean(g * xhat, axis=-1, keepdims=True))
-    dy_rows = xp.reshape(dy, (-1, d))
-    dbeta = xp.sum(dy_rows, axis=0)
-    dgamma = None
-    if gamma is not None:
-        dgamma = xp.sum(dy_rows * xp.reshape(xhat, (-1, d)), axis=0)
-    cast = lambda a: None if a is None else xp.astype(a, x.dtype, copy=False)  # noqa: E731
-    dx, dgamma, dbeta = cast(dx), cast(dgamma), cast(dbeta)
-    if check_finite:
-        bk.check_result_finite(xp, "layer_norm_backward", dx=dx, dgamma=dgamma, dbeta=dbeta)
-    return dx, dgamma, dbeta
+    return _layer_norm_bwd(_layer_norm_residuals(x, gamma, None, eps, check_finite, d_out=d_out), d_out)
+
+
+def layer_norm_vjp(
+    x: Any,
+    gamma: Any = None,
+    beta: Any = None,
+    *,
+    eps: float = 1e-5,
+    check_finite: bool = True,
+) -> tuple[Any, Callable[[Any], LayerNormGradients]]:
+    """``(layer_norm(x, gamma, beta), backward)``: the forward pass, keeping the normalised
+    rows for ``backward(d_out)``, which returns the :class:`LayerNormGradients` (beta None
+    when ``beta`` is None) without normalising again. ``d_out`` has x's shape and dtype.
+    """
+    res = _layer_norm_residuals(x, gamma, beta, eps, check_finite, with_beta=beta is not None)
+    y, res = _layer_norm_fwd(res, beta)
+
+    def backward(d_out: Any) -> LayerNormGradients:
+        bk.check_upstream(d_out, like=("x", x), shape=tuple(y.shape), dtype=res.dtype, finite=res.check_finite)
+        return _layer_norm_bwd(res, d_out)
+
+    return y, backward
 
 
 # --------------------------------------------------------------------------- GELU
@@ -447,32 +517,40 @@ def init_ffn_params(
     return FFNParams(**moved)
 
 
+def _check_ffn_params(params: Any, xp: ModuleType, d: int, owner: str = "",
+                      x_shape: tuple[int, ...] | None = None) -> None:
+    """The feed-forward parameters against the model width D = ``d``: w1 (D, F), b1 (F,),
+    w2 (F, D), b2 (D,). Errors name them ``owner.w1`` ... (``params.ffn.w1`` in the
+    transformer block), or bare ``w1`` ... without an owner; ``x_shape`` is shown with an
+    empty width."""
+    w1, b1, w2, b2 = (f"{owner}.{n}" if owner else n for n in ("w1", "b1", "w2", "b2"))
+    bk.check_float_array(w1, params.w1, xp)
+    if params.w1.ndim != 2 or int(params.w1.shape[0]) != d:
+        raise ValueError(f"{w1} must have shape (D, F) with D = x.shape[-1] = {d}, got {bk.shape_str(params.w1)}")
+    f = int(params.w1.shape[1])
+    if d == 0 or f == 0:
+        x_desc = f"x has shape {x_shape}" if x_shape is not None else f"D = x.shape[-1] = {d}"
+        raise ValueError(f"x and {w1} must have non-empty widths D and F: {x_desc}, "
+                         f"{w1} has shape {bk.shape_str(params.w1)}")
+    if params.b1 is not None:
+        _check_vector(b1, params.b1, xp, f, "F", f"{w1}.shape[1]")
+    bk.check_float_array(w2, params.w2, xp)
+    if tuple(params.w2.shape) != (f, d):
+        raise ValueError(
+            f"{w2} must have shape (F, D) = ({f}, {d}) with F = {w1}.shape[1] and D = x.shape[-1], "
+            f"got {bk.shape_str(params.w2)}"
+        )
+    if params.b2 is not None:
+        _check_vector(b2, params.b2, xp, d, "D", "x.shape[-1]")
+
+
 def _ffn_prepare(x, params, approximate, check_finite, d_out=None):
     if not isinstance(params, FFNParams):
         raise TypeError(f"params must be an FFNParams, got {type(params).__name__}")
     w1, b1, w2, b2 = params.w1, params.b1, params.w2, params.b2
     xp = bk.namespace_of(x=x, w1=w1, b1=b1, w2=w2, b2=b2, d_out=d_out)
     bk.check_float_array("x", x, xp, min_ndim=1)
-    d = int(x.shape[-1])
-    bk.check_float_array("w1", w1, xp)
-    if w1.ndim != 2 or int(w1.shape[0]) != d:
-        raise ValueError(f"w1 must have shape (D, F) with D = x.shape[-1] = {d}, got {bk.shape_str(w1)}")
-    f = int(w1.shape[1])
-    if d == 0 or f == 0:
-        raise ValueError(
-            f"x and w1 must have non-empty widths D and F: x has shape {bk.shape_str(x)}, "
-            f"w1 has shape {bk.shape_str(w1)}"
-        )
-    if b1 is not None:
-        _check_vector("b1", b1, xp, f, "F", "w1.shape[1]")
-    bk.check_float_array("w2", w2, xp)
-    if tuple(w2.shape) != (f, d):
-        raise ValueError(
-            f"w2 must have shape (F, D) = ({f}, {d}) with F = w1.shape[1] and D = x.shape[-1], "
-            f"got {bk.shape_str(w2)}"
-        )
-    if b2 is not None:
-        _check_vector("b2", b2, xp, d, "D", "x.shape[-1]")
+    _check_ffn_params(params, xp, int(x.shape[-1]), x_shape=tuple(x.shape))
     if d_out is not None:
         bk.check_float_array("d_out", d_out, xp)
         _check_d_out(d_out, tuple(x.shape), "the output's shape (..., D) =")
@@ -516,15 +594,74 @@ def feed_forward(
     result); D = 0 or F = 0 is a ValueError. With ``check_finite``, a result (or hidden
     value) beyond the dtype's range is a ValueError, never a silent inf or NaN.
     """
+    return _ffn_fwd(_ffn_residuals(x, params, approximate, check_finite))[0]
+
+
+class FFNGradients(NamedTuple):
+    """Gradients of :func:`feed_forward`; unpacks as ``(dx, grads)``.
+
+    x : array (..., D); params : :class:`FFNParams` of gradients with the parameters'
+    shapes (b1, b2 None where the parameter is None).
+    """
+
+    x: Any
+    params: FFNParams
+
+
+@dataclass(frozen=True)
+class FFNResiduals:
+    """What the feed-forward backward needs from its forward (compute dtype): the input
+    x (..., D), the parameters, the hidden pre-activation h (..., F) and a = GELU(h)."""
+
+    xp: ModuleType
+    x: Any
+    params: FFNParams
+    h: Any
+    a: Any
+    approximate: str
+    dtype: Any  # the caller's dtype
+    check_finite: bool
+
+
+def _ffn_residuals(x, params, approximate, check_finite, d_out=None) -> FFNResiduals:
+    """The checked arguments and the hidden layer (the forward pass up to GELU)."""
     dtype = x.dtype if hasattr(x, "dtype") else None
-    xp, approximate, xw, p = _ffn_prepare(x, params, approximate, check_finite)
-    y = xp.matmul(_gelu(xp, _hidden(xp, xw, p), approximate), p.w2)
+    xp, approximate, xw, p = _ffn_prepare(x, params, approximate, check_finite, d_out=d_out)
+    h = _hidden(xp, xw, p)
+    return FFNResiduals(xp, xw, p, h, _gelu(xp, h, approximate), approximate, dtype, bool(check_finite))
+
+
+def _ffn_fwd(res: FFNResiduals) -> tuple[Any, FFNResiduals]:
+    """``(y, residuals)``: ``y = a W2 + b2`` in the caller's dtype."""
+    xp, p = res.xp, res.params
+    y = xp.matmul(res.a, p.w2)
     if p.b2 is not None:
         y = y + p.b2
-    y = xp.astype(y, dtype, copy=False)
-    if check_finite:
+    y = xp.astype(y, res.dtype, copy=False)
+    if res.check_finite:
         bk.check_result_finite(xp, "feed_forward", out=y)
-    return y
+    return y, res
+
+
+def _ffn_bwd(res: FFNResiduals, d_out: Any) -> FFNGradients:
+    """The gradients of ``sum(d_out * feed_forward(...))`` in the caller's dtype."""
+    xp, p, xw = res.xp, res.params, res.x
+    d, f = p.d_model, p.d_ff
+    dy = xp.astype(d_out, xw.dtype, copy=False)
+    dy_rows = xp.reshape(dy, (-1, d))
+    dw2 = xp.matmul(xp.matrix_transpose(xp.reshape(res.a, (-1, f))), dy_rows)
+    db2 = None if p.b2 is None else xp.sum(dy_rows, axis=0)
+    dh = xp.matmul(dy, xp.matrix_transpose(p.w2)) * _gelu_derivative(xp, res.h, res.approximate)
+    dh_rows = xp.reshape(dh, (-1, f))
+    dw1 = xp.matmul(xp.matrix_transpose(xp.reshape(xw, (-1, d))), dh_rows)
+    db1 = None if p.b1 is None else xp.sum(dh_rows, axis=0)
+    dx = xp.matmul(dh, xp.matrix_transpose(p.w1))
+    cast = lambda a: None if a is None else xp.astype(a, res.dtype, copy=False)  # noqa: E731
+    grads = FFNGradients(cast(dx), FFNParams(cast(dw1), cast(db1), cast(dw2), cast(db2)))
+    if res.check_finite:
+        bk.check_result_finite(xp, "feed_forward_backward", dx=grads.x,
+                               **{f"grads.{n}": getattr(grads.params, n) for n in ("w1", "b1", "w2", "b2")})
+    return grads
 
 
 def feed_forward_backward(
@@ -534,7 +671,7 @@ def feed_forward_backward(
     *,
     approximate: str = "none",
     check_finite: bool = True,
-) -> tuple[Any, FFNParams]:
+) -> FFNGradients:
     """Gradients of ``sum(d_out * feed_forward(x, params))``.
 
     With ``h = x W1 + b1`` and ``a = GELU(h)``::
@@ -546,26 +683,29 @@ def feed_forward_backward(
 
     Returns
     -------
-    dx : array (..., D)
-    grads : FFNParams of gradients with the parameters' shapes; ``b1``/``b2`` fields are
-        None where the parameter is None. All in ``x``'s dtype and namespace.
+    FFNGradients
+        A named tuple ``(x, params)`` that unpacks as ``dx, grads``: dx (..., D) and an
+        FFNParams of gradients with the parameters' shapes (``b1``/``b2`` None where the
+        parameter is None). All in ``x``'s dtype and namespace.
     """
-    dtype = x.dtype if hasattr(x, "dtype") else None
-    xp, approximate, xw, p = _ffn_prepare(x, params, approximate, check_finite, d_out=d_out)
-    d, f = p.d_model, p.d_ff
-    dy = xp.astype(d_out, xw.dtype, copy=False)
-    h = _hidden(xp, xw, p)
-    a = _gelu(xp, h, approximate)
-    dy_rows = xp.reshape(dy, (-1, d))
-    dw2 = xp.matmul(xp.matrix_transpose(xp.reshape(a, (-1, f))), dy_rows)
-    db2 = None if p.b2 is None else xp.sum(dy_rows, axis=0)
-    dh = xp.matmul(dy, xp.matrix_transpose(p.w2)) * _gelu_derivative(xp, h, approximate)
-    dh_rows = xp.reshape(dh, (-1, f))
-    dw1 = xp.matmul(xp.matrix_transpose(xp.reshape(xw, (-1, d))), dh_rows)
-    db1 = None if p.b1 is None else xp.sum(dh_rows, axis=0)
-    dx = xp.matmul(dh, xp.matrix_transpose(p.w1))
-    cast = lambda a: None if a is None else xp.astype(a, dtype, copy=False)  # noqa: E731
-    dx, grads = cast(dx), FFNParams(cast(dw1), cast(db1), cast(dw2), cast(db2))
-    if check_finite:
-        bk.check_result_finite(xp, "feed_forward_backward", dx=dx, **{f"grads.{n}": getattr(grads, n) for n in ("w1", "b1", "w2", "b2")})
-    return dx, grads
+    return _ffn_bwd(_ffn_residuals(x, params, approximate, check_finite, d_out=d_out), d_out)
+
+
+def feed_forward_vjp(
+    x: Any,
+    params: FFNParams,
+    *,
+    approximate: str = "none",
+    check_finite: bool = True,
+) -> tuple[Any, Callable[[Any], FFNGradients]]:
+    """``(feed_forward(x, params), backward)``: the forward pass, keeping the hidden layer
+    (..., F) for ``backward(d_out)``, which returns the :class:`FFNGradients` without
+    recomputing it. ``d_out`` has the output's shape and x's dtype.
+    """
+    y, res = _ffn_fwd(_ffn_residuals(x, params, approximate, check_finite))
+
+    def backward(d_out: Any) -> FFNGradients:
+        bk.check_upstream(d_out, like=("x", x), shape=tuple(y.shape), dtype=res.dtype, finite=res.check_finite)
+        return _ffn_bwd(res, d_out)
+
+    return y, backward

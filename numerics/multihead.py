@@ -11,7 +11,10 @@ V value width per head.
     head_i = attention(Q_i, K_{i // (H/Hkv)}, V_{i // (H/Hkv)}, bias_i)   one batched call
     MHA(X) = concat(head_1..head_H) W_o + b_o (..., N, D)
 
-Backward is written by hand from these lines and :func:`numerics.attention_backward`.
+Backward is written by hand from these lines and :func:`numerics.attention_vjp`. The layer is
+a forward/backward pair (:func:`_fwd` returns the output and :class:`MHAResiduals`,
+:func:`_bwd` takes them and d_out and returns :class:`MHAGradients`), run in one slab per
+core for large NumPy problems by the generic :func:`numerics._parallel.split`.
 """
 
 from __future__ import annotations
@@ -27,9 +30,8 @@ import numpy as np
 
 from . import _backend as bk
 from . import _parallel
-from . import attention as _attention
 from ._band import check_causal, check_window
-from .attention import scaled_dot_product_attention
+from .attention import AttentionGradients, attention_vjp, check_bias_dtype, check_softcap, scaled_dot_product_attention
 from .positional import rotary_embedding, rotary_embedding_backward
 
 __all__ = [
@@ -205,7 +207,8 @@ def _check_kv_heads(name: str, value: Any, num_heads: int, heads_name: str) -> i
     return hkv
 
 
-def _check_params(params: MHAParams, xp: ModuleType, *, x: Any = None, memory: Any = None, inputs_rule: bool = False) -> None:
+def _check_params(params: MHAParams, xp: ModuleType, *, x: Any = None, memory: Any = None, inputs_rule: bool = False,
+                  owner: str = "params") -> None:
     """Check the parameters' dtypes, ranks and shapes, with ``x`` (..., N, D) and ``memory``
     (..., M, Dm) when given (already checked as float arrays of rank >= 2).
 
@@ -216,22 +219,23 @@ def _check_params(params: MHAParams, xp: ModuleType, *, x: Any = None, memory: A
     the others share (``dataclasses.replace(p, w_k=p.w_k[:7])`` names w_k, not w_v). Where
     no value has a majority (two places, one each) it names both. With ``inputs_rule``
     (the transformer block, whose widths all follow x) x's width decides D and Dm.
+    Messages call the parameters ``owner`` (``params.attn`` in the block: ``params.attn.w_q``).
     """
-    h = bk.positive_int("params.num_heads", params.num_heads)
+    h = bk.positive_int(f"{owner}.num_heads", params.num_heads)
     hkv = h
     if params.num_kv_heads is not None:
-        hkv = _check_kv_heads("params.num_kv_heads", params.num_kv_heads, h, "params.num_heads")
+        hkv = _check_kv_heads(f"{owner}.num_kv_heads", params.num_kv_heads, h, f"{owner}.num_heads")
     for name in _WEIGHTS:
-        bk.check_float_array(f"params.{name}", getattr(params, name), xp, ndim=2)
+        bk.check_float_array(f"{owner}.{name}", getattr(params, name), xp, ndim=2)
     for name in _BIASES:
         if getattr(params, name) is not None:
-            bk.check_float_array(f"params.{name}", getattr(params, name), xp, ndim=1)
-    bk.check_same_dtype(**{f"params.{n}": a for n, a in params.arrays().items()})
+            bk.check_float_array(f"{owner}.{name}", getattr(params, name), xp, ndim=1)
+    bk.check_same_dtype(**{f"{owner}.{n}": a for n, a in params.arrays().items()})
     w_q, w_k, w_v, w_o = (tuple(getattr(params, n).shape) for n in _WEIGHTS)
     for name, shape, what in (("w_q", w_q, "(D, H*K)"), ("w_k", w_k, "(Dm, H*K)"), ("w_v", w_v, "(Dm, H*V)")):
         if 0 in shape:
             raise ValueError(
-                f"params.{name} must have shape {what} with every width >= 1, got {shape}"
+                f"{owner}.{name} must have shape {what} with every width >= 1, got {shape}"
             )
     divisible = [("w_q", w_q[1], h, "columns"), ("w_v", w_v[1], hkv, "columns")]
     if hkv != h:  # else w_k and w_o must equal w_q and w_v, checked below
@@ -239,31 +243,31 @@ def _check_params(params: MHAParams, xp: ModuleType, *, x: Any = None, memory: A
     for name, size, heads, what in divisible:
         if size % heads:
             count = "num_heads" if heads == h else "num_kv_heads"
-            raise ValueError(f"params.{name} has {size} {what}, not divisible by {count} = {heads}")
+            raise ValueError(f"{owner}.{name} has {size} {what}, not divisible by {count} = {heads}")
     source, source_name = (memory, "memory") if memory is not None else (x, "x")
     # Each place a width appears: (name, array, axis holding the width, unit); absent ones dropped.
     groups = {
         "D": [
             ("x", x, -1, "width"),
-            ("params.w_q", params.w_q, 0, "rows"),
-            ("params.w_o", params.w_o, 1, "columns"),
-            ("params.b_o", params.b_o, 0, "entries"),
+            (f"{owner}.w_q", params.w_q, 0, "rows"),
+            (f"{owner}.w_o", params.w_o, 1, "columns"),
+            (f"{owner}.b_o", params.b_o, 0, "entries"),
         ],
         "Dm": [
             (source_name, source, -1, "width"),
-            ("params.w_k", params.w_k, 0, "rows"),
-            ("params.w_v", params.w_v, 0, "rows"),
+            (f"{owner}.w_k", params.w_k, 0, "rows"),
+            (f"{owner}.w_v", params.w_v, 0, "rows"),
         ],
         "H*K": [
-            ("params.w_q", params.w_q, 1, "columns"),
-            ("params.w_k", params.w_k, 1, "columns"),
-            ("params.b_q", params.b_q, 0, "entries"),
-            ("params.b_k", params.b_k, 0, "entries"),
+            (f"{owner}.w_q", params.w_q, 1, "columns"),
+            (f"{owner}.w_k", params.w_k, 1, "columns"),
+            (f"{owner}.b_q", params.b_q, 0, "entries"),
+            (f"{owner}.b_k", params.b_k, 0, "entries"),
         ],
         "H*V": [
-            ("params.w_v", params.w_v, 1, "columns"),
-            ("params.w_o", params.w_o, 0, "rows"),
-            ("params.b_v", params.b_v, 0, "entries"),
+            (f"{owner}.w_v", params.w_v, 1, "columns"),
+            (f"{owner}.w_o", params.w_o, 0, "rows"),
+            (f"{owner}.b_v", params.b_v, 0, "entries"),
         ],
     }
     if hkv != h:
@@ -272,16 +276,16 @@ def _check_params(params: MHAParams, xp: ModuleType, *, x: Any = None, memory: A
         groups["Hkv*V"], groups["H*V"] = groups["H*V"][::2], groups["H*V"][1:2]
     for letter, places in groups.items():
         places = [(n, a, axis, unit) for n, a, axis, unit in places if a is not None]
-        _check_width(letter, places, inputs_rule and places[0][0] in ("x", "memory"))
+        _check_width(letter, places, inputs_rule and places[0][0] in ("x", "memory"), owner)
     if hkv != h:
         for width, (q_name, q_size), (kv_name, kv_size) in (
             ("K", ("w_q", w_q[1]), ("w_k", w_k[1])), ("V", ("w_o", w_o[0]), ("w_v", w_v[1]))
         ):
             if q_size // h != kv_size // hkv:
                 raise ValueError(
-                    f"params.{q_name} and params.{kv_name} must have the same per-head width {width} with "
-                    f"num_heads = {h} and num_kv_heads = {hkv}: params.{q_name} has shape "
-                    f"{bk.shape_str(getattr(params, q_name))} ({width} = {q_size // h}), params.{kv_name} has "
+                    f"{owner}.{q_name} and {owner}.{kv_name} must have the same per-head width {width} with "
+                    f"num_heads = {h} and num_kv_heads = {hkv}: {owner}.{q_name} has shape "
+                    f"{bk.shape_str(getattr(params, q_name))} ({width} = {q_size // h}), {owner}.{kv_name} has "
                     f"shape {bk.shape_str(getattr(params, kv_name))} ({width} = {kv_size // hkv})"
                 )
 
@@ -290,7 +294,7 @@ def _axis_desc(name: str, axis: int) -> str:
     return f"{name}.shape[{axis}]"
 
 
-def _check_width(letter: str, places: list, inputs_rule: bool) -> None:
+def _check_width(letter: str, places: list, inputs_rule: bool, owner: str) -> None:
     """One width (D, Dm, H*K or H*V) must be the same in every place it appears; see
     :func:`_check_params` for which place an error names."""
     sizes = [int(a.shape[axis]) for _, a, axis, _ in places]
@@ -316,7 +320,7 @@ def _check_width(letter: str, places: list, inputs_rule: bool) -> None:
         if name in ("x", "memory"):
             if letter == "Dm" and name == "x":
                 raise ValueError(
-                    f"self-attention needs params.w_k.shape[0] == params.w_v.shape[0] == d_model = "
+                    f"self-attention needs {owner}.w_k.shape[0] == {owner}.w_v.shape[0] == d_model = "
                     f"x.shape[-1] = {int(a.shape[-1])}, got {value}; pass memory= for cross-attention"
                 )
             raise ValueError(
@@ -422,17 +426,18 @@ def _option_arrays(bias: Any, rope: Any) -> dict[str, Any]:
     return arrays
 
 
-def _check_options(xp, params: MHAParams, x, source, batch, bias, causal, window, softcap, rope, check_finite):
+def _check_options(xp, params: MHAParams, x, source, batch, bias, causal, window, softcap, rope, check_finite,
+                   owner: str = "params"):
     """The attention options, checked: ``(batch, causal, window, softcap, rope)`` with the
     batch dims of x, memory and mask (``batch``) broadcast with the bias's.
 
     ``bias`` must broadcast to (..., H, N, M): its axis -3 is the head axis (1 or H)."""
     causal, window = check_causal(causal), check_window(window)
-    softcap = _attention._check_softcap(softcap)
+    softcap = check_softcap(softcap)
     rope = _resolve_rope(rope)
     h, n, m = params.num_heads, int(x.shape[-2]), int(source.shape[-2])
     if bias is not None:
-        _attention._check_bias_dtype(xp, bias, x.dtype, "x")
+        check_bias_dtype(xp, bias, x.dtype, "x")
         try:
             batch = bk.broadcast_shapes(batch, tuple(bias.shape[:-3]))
             ok = bk.broadcast_shapes(tuple(bias.shape), batch + (h, n, m)) == batch + (h, n, m)
@@ -454,7 +459,7 @@ def _check_options(xp, params: MHAParams, x, source, batch, bias, causal, window
         if params.d_k % 2:
             raise ValueError(
                 f"rope rotates pairs of coordinates: the per-head query/key width K must be even, got "
-                f"K = params.w_q.shape[1] / num_heads = {params.d_k}"
+                f"K = {owner}.w_q.shape[1] / num_heads = {params.d_k}"
             )
         if rope.positions is not None:
             _check_positions(xp, "rope.positions", rope.positions, tuple(x.shape[:-2]) + (n,), "x's batch dims + (N,)")
@@ -675,8 +680,7 @@ def multi_head_attention(
     """
     return_weights = bk.check_flag("return_weights", return_weights)
     c = _prepare(x, params, memory, mask, causal, check_finite, bias=bias, window=window, softcap=softcap, rope=rope)
-    joins = ("batch", "batch") if return_weights else ("batch",)
-    results = _join(c, _in_slabs(c, partial(_forward, return_weights=return_weights)), joins)
+    results = _in_slabs(c, partial(_forward, return_weights=return_weights), _plan(c), join=_parallel.concatenated)
     results = tuple(c.xp.astype(r, c.dtype, copy=False) for r in results)
     if check_finite:
         bk.check_result_finite(c.xp, "multi_head_attention", out=results[0])
@@ -701,7 +705,10 @@ def multi_head_attention_vjp(
     ``backward(d_out)`` returns the :class:`MHAGradients` of ``sum(d_out * out)`` without
     recomputing the forward pass (as autograd libraries do), at the cost of holding the
     per-head q, k, v, outputs and weights (..., H, N, M) until ``backward`` is dropped.
-    It may be called more than once. Arguments as in :func:`multi_head_attention`.
+    Long sequences (per slab more than ``numerics.attention.SAVED_WEIGHTS_MAX`` scores, on
+    the tiled path) keep no weights: the backward recomputes them tile by tile, in memory
+    linear in N and M (see :func:`numerics.attention_vjp`). It may be called more than
+    once. Arguments as in :func:`multi_head_attention`.
 
     The gradients are those at the forward's values: ``backward`` holds its own copies of
     x, memory, mask and the parameter arrays (O(B N D) and O(D H K), small against the
@@ -711,24 +718,18 @@ def multi_head_attention_vjp(
     c = _own_copies(_prepare(x, params, memory, mask, causal, check_finite, bias=bias, window=window,
                              softcap=softcap, rope=rope))
     check_finite = bool(check_finite)
-    per_slab = _in_slabs(c, _forward_saving)
-    out = c.xp.astype(_join(c, per_slab, ("batch",))[0], c.dtype, copy=False)  # (out, saved): out only
+    cut = _plan(c)
+    out, residuals = _in_slabs(c, _fwd, cut, join=_parallel.with_residuals)
+    out = c.xp.astype(out, c.dtype, copy=False)
     if check_finite:
         bk.check_result_finite(c.xp, "multi_head_attention_vjp", out=out)
-    # The backward keeps only what it needs: not the per-slab outputs (already joined).
-    saved, axis = [result[1] for result in per_slab.results], per_slab.axis
-    del per_slab
 
     def backward(d_out: Any) -> MHAGradients:
         """Gradients of ``sum(d_out * out)``; d_out has the output's shape (..., N, D)."""
-        _check_d_out(c, d_out, check_finite)
+        bk.check_upstream(d_out, like=("x", c.x), shape=tuple(out.shape), dtype=c.dtype, finite=check_finite)
         d_out = c.xp.astype(d_out, c.params.w_q.dtype, copy=False)
-        if axis is None:
-            results = _backward_saved(saved[0], d_out)
-        else:
-            per_slab_grads = _parallel.map_slabs(_backward_saved_slab, [d_out], axis, c.batch, extras=saved)
-            results = _join(c, _Slabs(axis, per_slab_grads), _backward_joins(c))
-        return _gradients_result(c, results, check_finite)
+        grads = _parallel.split(_bwd, {"d_out": d_out}, cut, join=_parallel.like_inputs, extras=residuals)
+        return _result(c, grads, check_finite)
 
     return out, backward
 
@@ -770,29 +771,28 @@ def multi_head_attention_backward(
     gradient of x, of memory (None for self-attention; its share is in ``x``), of every
     parameter (None where the bias is None) and of ``bias`` (its own shape, 0 where it is
     -inf or masked; None without a bias). Through ``rope`` the gradients of q and k are
-    rotated back (the rotation's transpose). The forward pass is recomputed; use
-    :func:`multi_head_attention_vjp` to keep it from a forward pass instead.
+    rotated back (the rotation's transpose). The forward pass is recomputed (its weights
+    held only during the call, or for long sequences never formed: see
+    :func:`multi_head_attention_vjp`); use :func:`multi_head_attention_vjp` to keep it from
+    a forward pass instead.
     """
     c = _prepare(x, params, memory, mask, causal, check_finite, d_out=d_out, bias=bias, window=window,
                  softcap=softcap, rope=rope)
     d_out = c.xp.astype(d_out, c.params.w_q.dtype, copy=False)
-    results = _join(c, _in_slabs(c, _backward, d_out=d_out), _backward_joins(c))
-    return _gradients_result(c, results, bool(check_finite))
+    grads = _in_slabs(c, _backward, _plan(c), join=_parallel.like_inputs, d_out=d_out)
+    return _result(c, grads, bool(check_finite))
 
 
-# ------------------------------------------------------------------ computation in one slab
+# ------------------------------------------------------------------ the layer's forward/backward pair
 
 
 @dataclass(frozen=True)
-class _Saved:
+class MHAResiduals:
     """What the backward pass needs from the forward pass of one slab (compute dtype)."""
 
     call: _Call  # the slab's arguments
-    problem: Any  # the per-head attention problem: q (..., H, N, K), k, v (grouped heads folded)
-    weights: Any  # (..., H, N, M) (folded as the problem)
-    heads: Any  # per-head outputs (..., H, N, V) (folded as the problem)
-    groups: Any  # how grouped-query heads were folded (numerics.attention._Groups), or None
-    shapes: tuple[tuple[int, ...], ...]  # q, k, v and bias before folding (bias: () when absent)
+    heads: Any  # per-head outputs (..., H, N, V), the input of the output projection
+    attention: Callable[[Any], AttentionGradients]  # the per-head attention's backward (attention_vjp)
 
 
 def _forward(c: _Call, return_weights: bool) -> tuple[Any, ...]:
@@ -807,49 +807,26 @@ def _forward(c: _Call, return_weights: bool) -> tuple[Any, ...]:
     return (out, weights) if return_weights else (out,)
 
 
-def _forward_saving(c: _Call) -> tuple[Any, _Saved]:
-    """``(out, saved)``: the forward pass, keeping normalised weights for the backward pass."""
+def _fwd(c: _Call) -> tuple[Any, MHAResiduals]:
+    """``(out, residuals)``: the forward pass, keeping what the backward pass needs (the
+    attention keeps its weights, or on the tiled path of long sequences only q, k and v)."""
     xp, p = c.xp, c.params
-    q, k, v = _heads(c)
-    groups, problem, *_ = _attention._public_prepare(
-        q, k, v, **c.attention_options, scale=None, dropout_p=0.0, dropout_mask=None, check_finite=False
-    )
-    weights, heads = _attention._run(problem, _attention._weights_and_output)
-    out = _project(xp, _merge_heads(xp, _attention._unfold(xp, heads, groups)), p.w_o, p.b_o)
-    shapes = tuple(tuple(a.shape) for a in (q, k, v)) + (() if c.bias is None else tuple(c.bias.shape),)
-    return out, _Saved(c, problem, weights, heads, groups, shapes)
+    heads, attention_backward = attention_vjp(*_heads(c), **c.attention_options, check_finite=False)
+    out = _project(xp, _merge_heads(xp, heads), p.w_o, p.b_o)
+    return out, MHAResiduals(c, heads, attention_backward)
 
 
-def _backward(c: _Call, d_out: Any) -> tuple[Any, ...]:
-    """The forward pass recomputed, then :func:`_backward_saved`."""
-    return _backward_saved(_forward_saving(c)[1], d_out)
-
-
-def _backward_saved_slab(d_out: Any, saved: _Saved) -> tuple[Any, ...]:
-    return _backward_saved(saved, d_out)
-
-
-def _backward_saved(saved: _Saved, d_out: Any) -> tuple[Any, ...]:
-    """``(dx, [d_memory,] [d_bias,] *parameter gradients)`` in the compute dtype (absent
-    biases left out)."""
-    c, problem, groups = saved.call, saved.problem, saved.groups
+def _bwd(res: MHAResiduals, d_out: Any) -> MHAGradients:
+    """The gradients of ``sum(d_out * out)`` in the compute dtype, with the slab's shapes
+    (memory None for self-attention: its share is in x)."""
+    c = res.call
     xp, p = c.xp, c.params
     source = c.x if c.memory is None else c.memory
-    d_heads = _split_heads(xp, d_out @ xp.matrix_transpose(p.w_o), p.num_heads)
-    if groups is not None:  # (..., H, N, V) as the folded problem's (..., Hkv, G, N, V)
-        d_heads = xp.reshape(d_heads, (*d_heads.shape[:-3], groups.hkv, groups.size, *d_heads.shape[-2:]))
-    raw = _attention._run(problem, _attention._gradients, saved.weights, saved.heads, d_heads)
-    # q has x's batch dims, k and v memory's: either may be fewer than the broadcast ones
-    # (cross-attention), and each gradient is summed back to its own input's shape (with
-    # grouped heads, dk and dv over each group's query heads), then unfolded.
-    folded = (problem.q, problem.k, problem.v, problem.bias)
-    dq, dk, dv, *d_bias = (
-        xp.reshape(bk.sum_to_shape(xp, g, tuple(f.shape)), shape) for g, f, shape in zip(raw, folded, saved.shapes)
-    )
-    dq, dk = _rotated_back(c, dq, dk)
-    concat = _attention._unfold(xp, saved.heads, groups)
-    dq, dk, dv, concat = (_merge_heads(xp, g) for g in (dq, dk, dv, concat))
-
+    # Each per-head gradient comes with its input's shape: q x's batch dims, k and v memory's
+    # (summed over each group's query heads with grouped heads), bias its own.
+    g = res.attention(_split_heads(xp, d_out @ xp.matrix_transpose(p.w_o), p.num_heads))
+    dq, dk = _rotated_back(c, g.q, g.k)
+    dq, dk, dv, concat = (_merge_heads(xp, a) for a in (dq, dk, g.v, res.heads))
     d_source = dk @ xp.matrix_transpose(p.w_k) + dv @ xp.matrix_transpose(p.w_v)
     dx = dq @ xp.matrix_transpose(p.w_q)
     grads = {
@@ -861,9 +838,15 @@ def _backward_saved(saved: _Saved, d_out: Any) -> tuple[Any, ...]:
     for b, d in (("b_q", dq), ("b_k", dk), ("b_v", dv), ("b_o", d_out)):
         if getattr(p, b) is not None:
             grads[b] = _bias_grad(xp, d)
+    params = MHAParams(num_heads=p.num_heads, num_kv_heads=p.num_kv_heads, **grads)
     if c.memory is None:
-        return (bk.inplace(xp, "add", dx, d_source), *d_bias, *grads.values())
-    return (dx, d_source, *d_bias, *grads.values())
+        return MHAGradients(x=bk.inplace(xp, "add", dx, d_source), memory=None, params=params, bias=g.bias)
+    return MHAGradients(x=dx, memory=d_source, params=params, bias=g.bias)
+
+
+def _backward(c: _Call, d_out: Any) -> MHAGradients:
+    """The forward pass recomputed, then :func:`_bwd`."""
+    return _bwd(_fwd(c)[1], d_out)
 
 
 def _weight_grad(xp, inputs, d_outputs):
@@ -878,126 +861,49 @@ def _bias_grad(xp, d_outputs):
 
 # ------------------------------------------------------------------ slabs and results
 
-
-@dataclass(frozen=True)
-class _Slabs:
-    """Per-slab results of one computation, with the batch axis it was split along (None:
-    computed whole, ``results`` then holds one entry)."""
-
-    axis: int | None
-    results: list[Any]
+# The cut inputs' trailing non-batch axes, where not 2: the bias (..., H, N, M), the rope
+# positions (..., L).
+_TAILS = {"bias": 3, "positions": 1, "key_positions": 1}
 
 
-def _in_slabs(c: _Call, fn, d_out: Any = None) -> _Slabs:
-    """``fn(c)`` (or ``fn(c, d_out)``), run as one batch slab per core for large NumPy problems.
+def _inputs(c: _Call) -> dict[str, Any]:
+    """The arrays of ``c`` with batch dims, by name: what a slab gets its part of."""
+    rope = c.rope
+    return dict(x=c.x, memory=c.memory, mask=c.mask, bias=c.bias, positions=None if rope is None else rope.positions,
+                key_positions=None if rope is None else rope.key_positions)
 
-    The whole layer runs inside each slab, projections included, so every product and every
-    elementwise pass is spread over the cores (see numerics._parallel).
-    """
+
+def _plan(c: _Call) -> _parallel.Cut | None:
+    """How to cut ``c`` into one batch slab per core (None: run whole). The whole layer runs
+    inside each slab, projections included, so every product and every elementwise pass is
+    spread over the cores (see numerics._parallel)."""
     source = c.x if c.memory is None else c.memory
-    full = tuple(c.x.shape[:-2]) == c.batch
+    if tuple(c.x.shape[:-2]) != c.batch:  # x broadcast along a batch dim: run whole
+        return None
     scores = math.prod(c.batch) * c.params.num_heads * c.x.shape[-2] * source.shape[-2]
-    axis = _parallel.split_axis(c.xp, c.batch, scores) if full else None
-    if axis is None:
-        return _Slabs(None, [fn(c) if d_out is None else fn(c, d_out)])
-
-    # Arrays with other trailing axes than (L, C) are cut as (..., L, C)-shaped views: the
-    # bias's (H, N, M) as (H*N, M) when it has batch dims (else it is not cut), the rope
-    # positions (..., L) as (..., L, 1).
-    bias = c.bias if c.bias is not None and c.bias.ndim >= 4 else None
-    if bias is not None:
-        bias = c.xp.reshape(bias, (*bias.shape[:-3], -1, bias.shape[-1]))
-    positions = [None, None]
-    if c.rope is not None:
-        positions = [None if a is None or a.ndim < 2 else a[..., None] for a in (c.rope.positions, c.rope.key_positions)]
-
-    def slab(x, memory, mask, flat_bias, q_pos, k_pos, *rest):
-        changes = dict(x=x, memory=memory, mask=mask)
-        if flat_bias is not None:
-            changes["bias"] = c.xp.reshape(flat_bias, (*flat_bias.shape[:-2], *c.bias.shape[-3:]))
-        if c.rope is not None:
-            changes["rope"] = replace(
-                c.rope,
-                positions=c.rope.positions if q_pos is None else q_pos[..., 0],
-                key_positions=c.rope.key_positions if k_pos is None else k_pos[..., 0],
-            )
-        return fn(replace(c, **changes), *rest)
-
-    arrays = [c.x, c.memory, c.mask, bias, *positions] + ([] if d_out is None else [d_out])
-    return _Slabs(axis, _parallel.map_slabs(slab, arrays, axis, c.batch))
+    return _parallel.plan(c.xp, c.batch, scores, _inputs(c), _TAILS)
 
 
-def _join(c: _Call, slabs: _Slabs, joins: tuple[str, ...]) -> list[Any]:
-    """Put each result together from the slabs, as ``joins`` says: "batch" (it has the batch
-    dims: concatenate), "sum" (a partial sum, e.g. a parameter gradient), "memory" or "bias"
-    (that input's gradient: concatenated when the input was split, summed when shared across
-    the split axis). Results beyond ``joins`` are left out."""
-    if slabs.axis is None:
-        return list(slabs.results[0])[: len(joins)]
-    ndim = len(c.batch) + 2
-    # The bias has a head axis more than the (..., L, C) arrays (see _in_slabs).
-    own = {"memory": (c.memory, ndim), "bias": (c.bias, ndim + 1)}
-    joined = []
-    for how, outputs in zip(joins, zip(*slabs.results)):
-        if how == "batch":
-            joined.append(c.xp.concat(outputs, axis=slabs.axis))
-        elif how in own and _parallel.was_split(own[how][0], slabs.axis, own[how][1]):
-            # memory and bias may have fewer leading dims than the broadcast batch: their own axis.
-            array, full = own[how]
-            joined.append(c.xp.concat(outputs, axis=slabs.axis + array.ndim - full))
-        else:
-            total = outputs[0]
-            for part in outputs[1:]:
-                total = total + part
-            joined.append(total)
-    return joined
+def _in_slabs(c: _Call, fn, cut: _parallel.Cut | None, *, join, **more: Any) -> Any:
+    """``fn(slab_call, **more)`` in the slabs of ``cut``, joined by ``join`` (see
+    :func:`numerics._parallel.split`); ``more`` holds arrays with the output's batch dims."""
+
+    def slab(x, memory, mask, bias, positions, key_positions, **rest):
+        rope = c.rope if c.rope is None else replace(c.rope, positions=positions, key_positions=key_positions)
+        return fn(replace(c, x=x, memory=memory, mask=mask, bias=bias, rope=rope), **rest)
+
+    return _parallel.split(slab, {**_inputs(c), **more}, cut, join=join)
 
 
-def _parameter_names(p: MHAParams) -> list[str]:
-    """The parameters that have gradients, in the order :func:`_backward_saved` returns them."""
-    return [n for n in (*_WEIGHTS, *_BIASES) if getattr(p, n) is not None]
-
-
-def _backward_joins(c: _Call) -> tuple[str, ...]:
-    memory = ("memory",) if c.memory is not None else ()
-    bias = ("bias",) if c.bias is not None else ()
-    return ("batch", *memory, *bias) + ("sum",) * len(_parameter_names(c.params))
-
-
-def _gradients_result(c: _Call, results: list[Any], check_finite: bool) -> MHAGradients:
-    """MHAGradients from ``(dx, [d_memory,] *parameter gradients)``, in the caller's dtype;
-    with ``check_finite``, a gradient beyond the dtype's range is a ValueError."""
+def _result(c: _Call, grads: MHAGradients, check_finite: bool) -> MHAGradients:
+    """``grads`` in the caller's dtype; with ``check_finite``, a gradient beyond the dtype's
+    range is a ValueError."""
     xp = c.xp
-    names = _parameter_names(c.params)
-    dx, d_memory = results[0], (results[1] if c.memory is not None else None)
-    d_bias = results[2 if c.memory is not None else 1] if c.bias is not None else None
-    dx = bk.sum_to_shape(xp, dx, tuple(c.x.shape))
-    if c.memory is not None:
-        d_memory = bk.sum_to_shape(xp, d_memory, tuple(c.memory.shape))
-    if d_bias is not None:
-        d_bias = bk.sum_to_shape(xp, d_bias, tuple(c.bias.shape))
     cast = lambda a: None if a is None else xp.astype(a, c.dtype, copy=False)  # noqa: E731
-    result = MHAGradients(
-        x=cast(dx),
-        memory=cast(d_memory),
-        params=MHAParams(num_heads=c.params.num_heads, num_kv_heads=c.params.num_kv_heads,
-                         **{n: cast(g) for n, g in zip(names, results[-len(names):])}),
-        bias=cast(d_bias),
-    )
+    params = replace(grads.params, **{n: cast(g) for n, g in grads.params.arrays().items()})
+    result = MHAGradients(x=cast(grads.x), memory=cast(grads.memory), params=params, bias=cast(grads.bias))
     if check_finite:
-        grads = {"x": result.x, "memory": result.memory, "bias": result.bias}
-        grads.update({f"params.{n}": g for n, g in result.params.arrays().items()})
-        bk.check_result_finite(xp, "multi_head_attention_backward", **grads)
+        named = {"x": result.x, "memory": result.memory, "bias": result.bias}
+        named.update({f"params.{n}": g for n, g in result.params.arrays().items()})
+        bk.check_result_finite(xp, "multi_head_attention_backward", **named)
     return result
-
-
-def _check_d_out(c: _Call, d_out: Any, check_finite: bool) -> None:
-    """The checks multi_head_attention_backward makes of d_out, for a vjp's backward."""
-    bk.namespace_of(x=c.x, d_out=d_out)
-    expected = c.batch + (int(c.x.shape[-2]), c.params.d_model)
-    if tuple(d_out.shape) != expected:
-        raise ValueError(f"d_out must have the output's shape {expected}, got shape {bk.shape_str(d_out)}")
-    if d_out.dtype != c.dtype:
-        raise TypeError(f"x, d_out must share one dtype: x is {c.dtype}, d_out is {d_out.dtype}")
-    if check_finite:
-        bk.check_finite(c.xp, d_out=d_out)

@@ -538,7 +538,7 @@ def _replace_ln(p: BlockParams, **kw) -> BlockParams:
         (
             lambda x, p, d: (x, BlockParams(p.attn, FFNParams(p.ffn.w1, np.ones(4), p.ffn.w2, p.ffn.b2)), d, {}),
             ValueError,
-            r"params.ffn.b1 must have shape \(6,\)",
+            r"params.ffn.b1 must have shape \(F,\) with F = params.ffn.w1.shape\[1\] = 6, got \(4,\)",
         ),
         (
             lambda x, p, d: (x, BlockParams(MHAParams(p.attn.w_q, p.attn.w_k, p.attn.w_v, p.attn.w_o[:3], 2), p.ffn), d, {}),
