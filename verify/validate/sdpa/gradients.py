@@ -8,12 +8,11 @@ import numpy as np
 import numerics
 from verify.validate.context import PropertyContext
 from verify.validate.registry import register
-from verify.validate.result import Measurement
 from verify.validate.sdpa.checks import worst
-from verify.validate.sdpa.common import fmt
+from verify.validate.sdpa.common import fmt, judge
 from verify.validate.sdpa.problem import Problem, draw, round_to
 from verify.validate.sdpa.structure import _mask_with_keys
-from verify.validate.tolerance import K_GRADIENT, floor, relative_error
+from verify.validate.tolerance import K_GRADIENT
 
 
 def _ours(p: Problem, d_out: np.ndarray, dtype: str) -> dict[str, np.ndarray]:
@@ -47,9 +46,7 @@ def gradients(ctx: PropertyContext):
             if g is None or g.shape != exact[name].shape:
                 return ctx.failed(f"d{name} has shape {None if g is None else g.shape}, expected {exact[name].shape}",
                                   ms, p.describe(dtype), f"gradient:d{name}")
-            e_plain = relative_error(plain[name], exact[name])
-            m = Measurement(f"d{name} ({dtype})", relative_error(g, exact[name]), K_GRADIENT * e_plain + floor(dtype),
-                            e_plain, K_GRADIENT, floor(dtype))
+            m = judge(f"d{name} ({dtype})", g, plain[name], exact[name], dtype, K_GRADIENT)
             ms.append(m)
             if not m.ok:
                 what = "NaN or inf in " if not np.all(np.isfinite(g)) else ""
