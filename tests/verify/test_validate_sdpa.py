@@ -117,7 +117,7 @@ def test_a_raising_implementation_is_an_error_and_the_battery_goes_on():
 
 def test_a_hanging_implementation_times_out_and_the_battery_goes_on():
     def loops_on_large_inputs(q, k, v, mask=None):
-        if np.max(np.abs(k)) > 1e3:  # masked_values and large_logits only
+        if np.max(np.abs(k)) > 100:  # masked_values and large_logits only
             while True:
                 pass
         return correct.logsumexp_form(q, k, v, mask=mask)
