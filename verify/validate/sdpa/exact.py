@@ -6,6 +6,7 @@ from numerics import reference as mp_reference
 
 from verify.validate.context import PropertyContext
 from verify.validate.registry import register
+from verify.validate.sdpa.agreement import diagnose
 from verify.validate.sdpa.checks import worst
 from verify.validate.sdpa.common import fmt
 from verify.validate.sdpa.problem import Problem, draw
@@ -35,6 +36,7 @@ def mpmath_agreement(ctx: PropertyContext):
         m = absolute(out, exact, what="float64 vs mpmath")
         ms.append(m)
         if not m.ok:
-            return ctx.failed(f"float64 output differs from mpmath by {fmt(m.error)} (bound {fmt(m.bound)})", ms,
-                              p.describe("float64"))
+            words, code = diagnose(p, "float64", out, m.bound)
+            return ctx.failed(f"float64 output differs from mpmath by {fmt(m.error)} (bound {fmt(m.bound)}): {words}",
+                              ms, p.describe("float64"), code)
     return ctx.passed(f"{len(problems)} small problems" + worst(ms), ms)
