@@ -46,7 +46,7 @@ def gradients(ctx: PropertyContext):
             if g is None or g.shape != exact[name].shape:
                 return ctx.failed(f"d{name} has shape {None if g is None else g.shape}, expected {exact[name].shape}",
                                   ms, p.describe(dtype), f"gradient:d{name}")
-            m = judge(f"d{name} ({dtype})", g, plain[name], exact[name], dtype, K_GRADIENT)
+            m = judge(f"d{name} ({dtype})", g, plain[name], exact[name], dtype, K_GRADIENT, p.score_magnitude())
             ms.append(m)
             if not m.ok:
                 what = "NaN or inf in " if not np.all(np.isfinite(g)) else ""
