@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import threading
-import time
 import traceback
 from typing import Any, Callable, Iterable
 

@@ -127,8 +127,8 @@ def agreement(ctx: PropertyContext):
             return CaseResult(Status.FAIL, (run.measurement,), run.shape_error, "output:shape")
         if run.ok:
             return CaseResult(Status.PASS, (run.measurement,))
-        words, code = diagnose(run.problem, case.dtype, run.outcome.out, run.measurement.bound)
-        return CaseResult(Status.FAIL, (run.measurement,), words, code)
+        return CaseResult(Status.FAIL, (run.measurement,), explain=lambda: diagnose(
+            run.problem, case.dtype, run.outcome.out, run.measurement.bound))
 
     found = search(ctx, cases(ctx), check)
     if found.failure is None:  # then the large sizes, after the random (shrinkable) ones
@@ -136,7 +136,7 @@ def agreement(ctx: PropertyContext):
             result = check(case)
             found.examples += 1
             if result.status is not Status.PASS:
-                found.failure = (case, result)
+                found.failure = (case, result.explained())
                 break
             found.worst = max((found.worst, *result.measurements), key=_ratio) if found.worst else result.measurements[0]
     return conclude(ctx, found, "agrees with float64 attention")

@@ -128,3 +128,14 @@ def draw(rng: np.random.Generator, batch: tuple[int, ...], heads: int, n: int, m
     k = rng.standard_normal((*lead_k, m, dk)) * scale_inputs
     v = rng.standard_normal((*lead_k, m, dv))
     return q, k, v
+
+
+def mask_with_keys(rng, shape, density=0.6):
+    """A random mask where every query row keeps at least one key and blocks at least one."""
+    mask = rng.random(shape) < density
+    m = shape[-1]
+    first = rng.integers(0, m, size=shape[:-1])
+    np.put_along_axis(mask, first[..., None], True, axis=-1)
+    if m > 1:
+        np.put_along_axis(mask, ((first + 1) % m)[..., None], False, axis=-1)
+    return mask
