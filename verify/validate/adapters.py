@@ -217,8 +217,6 @@ class TorchSDPACandidate(Candidate):
                          note="torch.nn.functional.scaled_dot_product_attention")
 
     def _native_args(self, arrays, dtype, options, requires_grad=False):
-        import torch
-
         b = self.backend
         q, k, v = (b.to_native(a, dtype, requires_grad=requires_grad) for a in arrays)
         mask = options.get("mask")
@@ -245,7 +243,6 @@ class TorchSDPACandidate(Candidate):
             kw["scale"] = options["scale"]
         if options.get("enable_gqa"):
             kw["enable_gqa"] = True
-        del torch
         return q, k, v, kw, bias_t
 
     def _call(self, arrays, dtype, options):

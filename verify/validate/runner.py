@@ -214,5 +214,4 @@ def _missing_text(candidate: Candidate, missing: list[str]) -> str:
             words.append(f"is not differentiable in its library (backend {candidate.backend.name})")
         else:
             words.append(f"does not accept {m}=")
-        
     return f"the candidate {' and '.join(words)}"
