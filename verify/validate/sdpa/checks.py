@@ -41,6 +41,16 @@ def judged_runs(ctx: PropertyContext, make: Callable[[], Problem], dtypes=None):
     return runs, None
 
 
+def agrees_on(ctx: PropertyContext, make: Callable[[], Problem], words: str):
+    """The whole of a property that only needs the candidate to agree with us on ``make()`` in each
+    dtype: PASS with ``words`` and the worst measurement, or the first FAIL (its fault named)."""
+    runs, fail = judged_runs(ctx, make)
+    if fail:
+        return fail
+    ms = [run.measurement for run in runs]
+    return ctx.passed(words + worst(ms), ms)
+
+
 def difference(what: str, a: np.ndarray, b: np.ndarray, run: Run) -> Measurement:
     """Two of the candidate's outputs that must be equal: their relative difference against twice
     the rule's bound (each may be off the reference by up to one bound)."""

@@ -7,7 +7,7 @@ import numpy as np
 from verify.validate.context import PropertyContext
 from verify.validate.registry import register
 from verify.validate.result import Measurement
-from verify.validate.sdpa.checks import difference, judged, judged_runs, worst
+from verify.validate.sdpa.checks import agrees_on, difference, judged, judged_runs, worst
 from verify.validate.sdpa.common import fmt, rows_with_keys
 from verify.validate.sdpa.problem import Problem, draw, mask_with_keys
 
@@ -16,12 +16,9 @@ from verify.validate.sdpa.problem import Problem, draw, mask_with_keys
 def mask_polarity(ctx: PropertyContext):
     """A random mask (every row keeps a key and blocks one): the output is ours; an inverted
     polarity, a mask applied after the softmax or an ignored mask is named."""
-    runs, fail = judged_runs(ctx, lambda: Problem(*draw(ctx.rng, (2,), 2, 7, 10, 8, 6),
-                                                  mask=mask_with_keys(ctx.rng, (2, 2, 7, 10), 0.5)))
-    if fail:
-        return fail
-    ms = [run.measurement for run in runs]
-    return ctx.passed("True = may attend, as asked" + worst(ms), ms)
+    return agrees_on(ctx, lambda: Problem(*draw(ctx.rng, (2,), 2, 7, 10, 8, 6),
+                                          mask=mask_with_keys(ctx.rng, (2, 2, 7, 10), 0.5)),
+                     "True = may attend, as asked")
 
 
 def _huge_at_blocked_keys(ctx: PropertyContext) -> Problem:
@@ -128,11 +125,8 @@ def empty_rows(ctx: PropertyContext):
 @register("sdpa", "gqa", needs=("enable_gqa",), title="GQA: query head h uses key/value head h // G")
 def gqa(ctx: PropertyContext):
     """Hq = 6 query heads on Hkv = 2 key/value heads: interleaved (h // 3, torch's enable_gqa), not tiled (h % 2)."""
-    runs, fail = judged_runs(ctx, lambda: Problem(*draw(ctx.rng, (2,), 6, 5, 7, 8, 4, kv_heads=2), enable_gqa=True))
-    if fail:
-        return fail
-    ms = [run.measurement for run in runs]
-    return ctx.passed("query head h uses key/value head h // G (interleaved)" + worst(ms), ms)
+    return agrees_on(ctx, lambda: Problem(*draw(ctx.rng, (2,), 6, 5, 7, 8, 4, kv_heads=2), enable_gqa=True),
+                     "query head h uses key/value head h // G (interleaved)")
 
 
 def _large_logits(ctx: PropertyContext) -> Problem:
