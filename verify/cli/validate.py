@@ -130,7 +130,8 @@ def validate_document(result, seconds: float) -> dict:
               help="bshd: the function takes (B, N, H, K) arrays.")
 @click.option("--mask-convention", type=click.Choice(["allow", "block"]), default="allow", show_default=True,
               help="block: its boolean mask is True where a key is blocked.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seeds the random problems and hypothesis's search (same seed, same examples).")
 @click.option("--max-examples", type=click.IntRange(min=1), default=None,
               help="Random examples per hypothesis search [default: 100].")
 @click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=None,
