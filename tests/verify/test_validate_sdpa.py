@@ -129,6 +129,7 @@ def test_a_hanging_implementation_times_out_and_the_battery_goes_on():
     assert result["large_logits"].status is Status.TIMEOUT
     assert result["masked_values"].status is Status.TIMEOUT
     assert "was stopped" in result["large_logits"].diagnosis
+    assert result["large_logits"].example["q"] == [2, 2, 6, 8]  # the call that hung
     assert result["scale"].status is Status.PASS and result["causality"].status is Status.NOT_APPLICABLE
     assert time.monotonic() - start < 60
 

@@ -91,6 +91,10 @@ class PropertyContext:
         self.rng = np.random.default_rng(np.random.SeedSequence(self.entropy))
         self.deadline = deadline if deadline is not None else time.monotonic() + settings.time_limit
         self.calls = 0
+        #: The last call's input shapes, dtype and options (what a TIMEOUT reports as its example).
+        self.current: dict[str, Any] | None = None
+        #: True while the candidate runs (a TIMEOUT then means: this call did not return).
+        self.in_call = False
 
     # ------------------------------------------------------------------ the clock
 
@@ -109,19 +113,29 @@ class PropertyContext:
         raises comes out as :class:`CandidateError`."""
         self.check_time()
         self.calls += 1
+        self.current = _describe_call(arrays, dtype, options)
+        self.in_call = True  # left True when TimeLimitReached is raised inside the call
         try:
-            return self.candidate(*arrays, dtype=dtype, **options)
+            result = self.candidate(*arrays, dtype=dtype, **options)
         except Exception as exc:
+            self.in_call = False
             raise CandidateError(exc) from exc
+        self.in_call = False
+        return result
 
     def gradients(self, *arrays: np.ndarray, d_out: np.ndarray, dtype: str, **options: Any) -> dict[str, np.ndarray]:
         """The candidate's gradients (see :meth:`Candidate.gradients`)."""
         self.check_time()
         self.calls += 1
+        self.current = {**_describe_call(arrays, dtype, options), "gradients": True}
+        self.in_call = True  # left True when TimeLimitReached is raised inside the call
         try:
-            return self.candidate.gradients(*arrays, d_out=d_out, dtype=dtype, **options)
+            result = self.candidate.gradients(*arrays, d_out=d_out, dtype=dtype, **options)
         except Exception as exc:
+            self.in_call = False
             raise CandidateError(exc) from exc
+        self.in_call = False
+        return result
 
     def dtypes(self) -> tuple[str, ...]:
         """The settings' dtypes the candidate's library holds."""
@@ -148,3 +162,14 @@ class PropertyContext:
 
     def error(self, diagnosis: str, example=None) -> PropertyResult:
         return self.result(Status.ERROR, diagnosis, (), example)
+
+
+def _describe_call(arrays, dtype: str, options: dict) -> dict[str, Any]:
+    names = ("q", "k", "v") if len(arrays) == 3 else tuple(f"arg{i}" for i in range(len(arrays)))
+    out: dict[str, Any] = {n: list(np.shape(a)) for n, a in zip(names, arrays)}
+    out["dtype"] = dtype
+    for key, value in options.items():
+        if value is None or value is False:
+            continue
+        out[key] = list(np.shape(value)) if isinstance(value, np.ndarray) else value
+    return out

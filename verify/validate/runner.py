@@ -167,11 +167,17 @@ def run_property(prop: Property, candidate: Candidate, settings: Settings) -> Pr
     if worker.is_alive():
         return PropertyResult(prop.name, Status.TIMEOUT,
                               f"the candidate did not return within the time limit of {limit} and could not be "
-                              f"interrupted (it is blocked in native code; its thread was abandoned)")
-    if "timeout" in box:
+                              f"interrupted (it is blocked in native code; its thread was abandoned)",
+                              example=ctx.current)
+    if "timeout" in box and box.get("in_call"):
         return PropertyResult(prop.name, Status.TIMEOUT,
                               f"the candidate did not return within the time limit of {limit} "
-                              f"({ctx.calls} call(s) made); the call was stopped")
+                              f"({ctx.calls} call(s) made); the call was stopped", example=ctx.current)
+    if "timeout" in box:
+        return PropertyResult(prop.name, Status.TIMEOUT,
+                              f"the property ran past its time limit of {limit} between calls ({ctx.calls} call(s) "
+                              f"made, each returned): the candidate is slow, or the property's own work is; "
+                              f"raise --time-limit")
     if "crash" in box:
         return PropertyResult(prop.name, Status.ERROR, box["crash"])
     return PropertyResult(prop.name, Status.ERROR, "the property ended without a result")  # pragma: no cover
@@ -185,6 +191,7 @@ def _guarded(fn: Callable, ctx: PropertyContext, box: dict) -> None:
         box["result"] = result
     except TimeLimitReached:
         box["timeout"] = True
+        box["in_call"] = ctx.in_call
     except CandidateError as exc:  # the candidate raised where the property did not expect it
         box["crash"] = f"the candidate raised {exc}" + _where(exc.original)
     except Exception as exc:  # noqa: BLE001 - a bug of the battery: reported, never blamed on the candidate
