@@ -7,9 +7,10 @@ get back an :class:`Outcome` on the host. The adapter (see :mod:`verify.validate
 the translating: the dtype, the device, the layout, the mask polarity, the keyword names.
 
 Which options a candidate takes is in :attr:`Candidate.features`; a property that needs one it lacks
-is NOT APPLICABLE and the option is never passed. Besides the option names (:data:`FEATURES`), a
-property may need ``"weights"`` (the candidate returns its attention weights) or ``"gradients"``
-(it is differentiable in its own library: torch autograd).
+is NOT APPLICABLE and the option is never passed. Besides the option names (:data:`FEATURES` for
+sdpa; a subclass for another kind sets ``KNOWN_FEATURES``), a property may need ``"weights"`` (the
+candidate returns its attention weights) or ``"gradients"`` (it is differentiable in its own
+library: torch autograd, jax.vjp).
 """
 
 from __future__ import annotations
@@ -73,12 +74,16 @@ class Candidate:
         both when it also takes ``"bottom_right"``.
     """
 
+    #: The options a candidate of this class may accept (a kind with other options, such as mha's,
+    #: overrides it in its Candidate subclass).
+    KNOWN_FEATURES: tuple[str, ...] = FEATURES
+
     def __init__(self, fn: Callable, *, name: str, kind: str, backend: ArrayBackend, features=(),
                  returns_weights: bool = False, differentiable: bool = False,
                  causal_alignments: tuple[str, ...] = ("top_left",), note: str = ""):
-        unknown = set(features) - set(FEATURES)
+        unknown = set(features) - set(self.KNOWN_FEATURES)
         if unknown:
-            raise ValueError(f"features must be among {FEATURES}, got {sorted(unknown)}")
+            raise ValueError(f"features must be among {self.KNOWN_FEATURES}, got {sorted(unknown)}")
         self.fn = fn
         self.name = name
         self.kind = kind
@@ -97,9 +102,9 @@ class Candidate:
             return self.returns_weights
         if need == "gradients":
             return self.differentiable
-        if need in FEATURES:
+        if need in self.KNOWN_FEATURES:
             return need in self.features
-        raise ValueError(f"need must be one of {FEATURES + CAPABILITIES}, got {need!r}")
+        raise ValueError(f"need must be one of {self.KNOWN_FEATURES + CAPABILITIES}, got {need!r}")
 
     def missing(self, needs) -> list[str]:
         """The entries of ``needs`` the candidate lacks."""

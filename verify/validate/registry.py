@@ -9,9 +9,10 @@ A property is a function ``prop(ctx) -> PropertyResult`` registered for one kind
         ...                              # calls the candidate only through ctx.call / ctx.gradients
         return ctx.passed("scale 0.125 = 1/sqrt(d_k)", measurements=(...))
 
-``needs`` lists what the candidate must have (options of :data:`verify.validate.candidate.FEATURES`,
-``"weights"``, ``"gradients"``); the runner reports NOT APPLICABLE, without calling the property,
-when one is missing. Properties run in the order they were registered. A kind's properties live in
+``needs`` lists what the candidate must have (options of :data:`verify.validate.candidate.FEATURES`
+for sdpa, or of the kind's Candidate subclass's ``KNOWN_FEATURES``; ``"weights"``, ``"gradients"``);
+the runner reports NOT APPLICABLE, without calling the property, when one is missing
+(:meth:`Candidate.supports`). Properties run in the order they were registered. A kind's properties live in
 the package named in :data:`KIND_MODULES`, imported when the kind is first asked for.
 """
 
@@ -44,9 +45,9 @@ def register(kind: str, name: str, *, needs=(), title: str = "") -> Callable:
     """Decorator: register ``fn(ctx) -> PropertyResult`` as property ``name`` of ``kind``."""
     if kind not in KIND_MODULES:
         raise ValueError(f"kind must be one of {sorted(KIND_MODULES)}, got {kind!r}")
-    bad = [n for n in needs if n not in FEATURES + CAPABILITIES]
-    if bad:
-        raise ValueError(f"needs must be among {FEATURES + CAPABILITIES}, got {bad}")
+    if isinstance(needs, str) or not all(isinstance(n, str) for n in needs):
+        raise TypeError(f"needs must be a tuple of names (options such as {FEATURES}, or {CAPABILITIES}), "
+                        f"got {needs!r}")
 
     def decorate(fn: Callable) -> Callable:
         props = _REGISTRY.setdefault(kind, {})
