@@ -55,6 +55,8 @@ B=2, N=3, D=4, H=2, F=8 and its ~200 parameters takes a few seconds).
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import dataclasses
 import numbers
 from typing import Any, Callable, Iterator, Mapping
 
@@ -65,6 +67,7 @@ __all__ = [
     "DPS",
     "GRADIENT_DPS",
     "STEP",
+    "emulated_precision",
     "to_mp",
     "to_float64",
     "softmax",
@@ -97,18 +100,68 @@ _BLOCK_FIELDS = ("ln1_gamma", "ln1_beta", "ln2_gamma", "ln2_beta")
 # --------------------------------------------------------------------------- precision
 
 
+_EMULATED_BITS: contextvars.ContextVar[int | None] = contextvars.ContextVar("emulated_bits", default=None)
+
+
 @contextlib.contextmanager
 def _precision(dps: int = DPS) -> Iterator[None]:
-    """mpmath context with at least ``dps`` digits (never lowers the caller's precision)."""
+    """mpmath context with at least ``dps`` digits (never lowers the caller's precision), or
+    exactly the bits of :func:`emulated_precision` inside one."""
+    bits = _EMULATED_BITS.get()
+    if bits is not None:
+        with mpmath.workprec(bits):
+            yield
+        return
     with mpmath.workdps(max(int(dps), int(mpmath.mp.dps))):
         yield
+
+
+@contextlib.contextmanager
+def emulated_precision(bits: int) -> Iterator[None]:
+    """Run this module's functions with every operation rounded to ``bits`` significant bits.
+
+    Inside, the inputs are rounded to ``bits`` bits (24: float32's significand, as a cast to
+    float32 rounds them) and every operation of the definitions is rounded to nearest: the
+    textbook formulas evaluated in a lower precision, which is what the tolerance rule's
+    "plain implementation in the same precision" means (FlashAttention's reference run without
+    upcasting). The exponent range stays unbounded (no overflow or underflow), and
+    :func:`gradients`' complex step becomes forward-mode differentiation in that precision.
+    Used by ``verify.crosscheck`` for the float32 rows; not a ground truth.
+
+    Parameters
+    ----------
+    bits : int >= 8
+        Significant bits of every intermediate result.
+    """
+    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral) or bits < 8:
+        raise ValueError(f"bits must be an int >= 8, got {bits!r}")
+    token = _EMULATED_BITS.set(int(bits))
+    try:
+        yield
+    finally:
+        _EMULATED_BITS.reset(token)
 
 
 # --------------------------------------------------------------------------- conversions
 
 _exp = np.frompyfunc(mpmath.exp, 1, 1)
-_erf = np.frompyfunc(mpmath.erf, 1, 1)
+
+
+def _erf_value(z: Any) -> Any:
+    """erf, with the complex step's argument ``x + i h`` (``|h|`` tiny against x) taken to first
+    order, ``erf(x) + i h erf'(x)`` (exact to O(h^2), like the step itself): mpmath's complex erf
+    loses an imaginary part that far below the real one at low precision (at 53 bits it gave
+    0.27 for erf'(0.5) = 0.88), which :func:`emulated_precision` runs at."""
+    if isinstance(z, mpmath.mpc) and abs(z.imag) <= mpmath.ldexp(max(abs(z.real), 1), -60):
+        x = z.real
+        return mpmath.mpc(mpmath.erf(x), z.imag * 2 / mpmath.sqrt(mpmath.pi) * mpmath.exp(-x * x))
+    return mpmath.erf(z)
+
+
+_erf = np.frompyfunc(_erf_value, 1, 1)
 _tanh = np.frompyfunc(mpmath.tanh, 1, 1)
+_cos = np.frompyfunc(mpmath.cos, 1, 1)
+_sin = np.frompyfunc(mpmath.sin, 1, 1)
 _sqrt = np.frompyfunc(mpmath.sqrt, 1, 1)
 _mpf_of_float = np.frompyfunc(lambda t: mpmath.mpf(float(t)), 1, 1)
 _mpmathify = np.frompyfunc(mpmath.mpmathify, 1, 1)
@@ -291,19 +344,6 @@ def _softmax(z: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
     # A row with nothing allowed has total 0; divide by 1 there (e is 0 there).
     total = np.where(has_any, total, mpmath.mpf(1))
     return np.where(has_any, e / total, mpmath.mpf(0))
-
-
-def _allowed(mask: np.ndarray | None, causal: bool, n: int, m: int) -> np.ndarray | None:
-    allowed = mask
-    if causal:
-        tri = np.arange(m)[None, :] <= np.arange(n)[:, None]
-        allowed = tri if allowed is None else (allowed & tri)
-    return allowed
-
-
-def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, allowed: np.ndarray | None, scale: Any) -> np.ndarray:
-    scores = (q @ np.swapaxes(k, -1, -2)) * scale
-    return _softmax(scores, allowed) @ v
 
 
 def _layer_norm(x: np.ndarray, gamma: np.ndarray | None, beta: np.ndarray | None, eps: Any) -> np.ndarray:
@@ -595,7 +635,64 @@ def logsumexp(
         return out
 
 
-def _mha(x, params, memory, mask, causal, scale, where="params"):
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    """The attention options of multi-head attention and the block (beyond mask and scale)."""
+
+    bias: Any = None
+    causal: Any = False
+    window: Any = None
+    softcap: Any = None
+    rope: Any = None
+    #: Boolean (..., H, N, M): keys excluded besides a -inf bias (the gradients pass the bias's
+    #: finite values as ``bias`` and its -inf entries here).
+    excluded: Any = None
+
+
+def _rope_fields(rope: Any) -> tuple[Any, str, Any, Any] | None:
+    """``(theta, style, positions, key_positions)`` of ``rope`` (None/False, True, a dict or
+    an object with those attributes, e.g. :class:`numerics.Rope`), checked; None without rope."""
+    if rope is None or rope is False or (isinstance(rope, np.bool_) and not rope):
+        return None
+    if rope is True or isinstance(rope, np.bool_):
+        rope = {}
+    get = rope.get if isinstance(rope, Mapping) else (lambda name, default: getattr(rope, name, default))
+    if isinstance(rope, Mapping):
+        unknown = sorted(str(key) for key in rope if key not in ("theta", "style", "positions", "key_positions"))
+        if unknown:
+            raise TypeError(f"rope got unknown keys {unknown}; it takes theta, style, positions, key_positions")
+    theta = _mp_scalar("rope.theta", get("theta", 10000.0))
+    if theta <= 0:
+        raise ValueError(f"rope.theta must be > 0, got {theta}")
+    style = get("style", "half")
+    if style not in ("half", "interleaved"):
+        raise ValueError(f"rope.style must be 'half' or 'interleaved', got {style!r}")
+    return theta, style, get("positions", None), get("key_positions", None)
+
+
+def _rotate(x: np.ndarray, positions: np.ndarray, theta: Any, style: str) -> np.ndarray:
+    """Rotary embedding of the rows of x (..., L, K): pair i (coordinates i and i + K/2 for
+    "half", 2i and 2i + 1 for "interleaved") turned by ``pos * theta^(-2i/K)``, from the
+    definition with mpmath's cos and sin; ``positions`` broadcasts to (..., L)."""
+    width = x.shape[-1]
+    half = width // 2
+    pos = to_mp(np.asarray(positions, dtype=np.float64), "rope positions")[..., None]  # (..., L, 1)
+    inv = np.array([mpmath.power(theta, mpmath.mpf(-2 * i) / width) for i in range(half)], dtype=object)
+    angles = pos * inv
+    cos, sin = _cos(angles), _sin(angles)
+    if style == "half":
+        first, second = list(range(half)), list(range(half, width))
+    else:
+        first, second = list(range(0, width, 2)), list(range(1, width, 2))
+    a, b = x[..., first], x[..., second]
+    shape = np.broadcast_shapes(a.shape, cos.shape)
+    out = np.empty(shape[:-1] + (width,), dtype=object)
+    out[..., first] = a * cos - b * sin
+    out[..., second] = b * cos + a * sin
+    return out
+
+
+def _mha(x, params, memory, mask, scale, options: _Options = _Options(), where="params"):
     """Checked multi-head attention in the current mp context."""
     x = to_mp(x, "x")
     _check_ndim("x", x, 2, "(..., N, D)")
@@ -606,45 +703,87 @@ def _mha(x, params, memory, mask, causal, scale, where="params"):
     if isinstance(h, bool) or not isinstance(h, numbers.Integral) or h < 1:
         raise ValueError(f"{where}.num_heads must be a positive int, got {h!r}")
     h = int(h)
+    hkv = getattr(params, "num_kv_heads", None)
+    hkv = h if hkv is None else hkv
+    if isinstance(hkv, bool) or not isinstance(hkv, numbers.Integral) or hkv < 1 or h % hkv:
+        raise ValueError(f"{where}.num_kv_heads must be a positive int that divides num_heads = {h}, got {hkv!r}")
+    hkv = int(hkv)
     w_q = _check_matrix(f"{where}.w_q", _field(params, "w_q", where), "(D, H*K)", rows=d)
-    w_k = _check_matrix(f"{where}.w_k", _field(params, "w_k", where), "(Dm, H*K)", rows=dm)
-    w_v = _check_matrix(f"{where}.w_v", _field(params, "w_v", where), "(Dm, H*V)", rows=dm)
+    w_k = _check_matrix(f"{where}.w_k", _field(params, "w_k", where), "(Dm, Hkv*K)", rows=dm)
+    w_v = _check_matrix(f"{where}.w_v", _field(params, "w_v", where), "(Dm, Hkv*V)", rows=dm)
     hk, hv = w_q.shape[1], w_v.shape[1]
-    if hk % h or w_k.shape[1] != hk:
+    if hk % h or w_k.shape[1] * h != hk * hkv:
         raise ValueError(
-            f"{where}.w_q and {where}.w_k must have H*K columns with H = {h}: "
+            f"{where}.w_q must have H*K columns with H = {h} and {where}.w_k Hkv*K columns with Hkv = {hkv}: "
             f"w_q has shape {_shape(w_q)}, w_k has shape {_shape(w_k)}"
         )
-    if hv % h:
-        raise ValueError(f"{where}.w_v must have H*V columns with H = {h}, got shape {_shape(w_v)}")
-    w_o = _check_matrix(f"{where}.w_o", _field(params, "w_o", where), "(H*V, D)", rows=hv)
+    if hv % hkv:
+        raise ValueError(f"{where}.w_v must have Hkv*V columns with Hkv = {hkv}, got shape {_shape(w_v)}")
+    kw, vw = hk // h, hv // hkv
+    w_o = _check_matrix(f"{where}.w_o", _field(params, "w_o", where), "(H*V, D)", rows=h * vw)
     b_q = _check_vector(f"{where}.b_q", getattr(params, "b_q", None), hk, "H*K")
-    b_k = _check_vector(f"{where}.b_k", getattr(params, "b_k", None), hk, "H*K")
-    b_v = _check_vector(f"{where}.b_v", getattr(params, "b_v", None), hv, "H*V")
+    b_k = _check_vector(f"{where}.b_k", getattr(params, "b_k", None), w_k.shape[1], "Hkv*K")
+    b_v = _check_vector(f"{where}.b_v", getattr(params, "b_v", None), hv, "Hkv*V")
     b_o = _check_vector(f"{where}.b_o", getattr(params, "b_o", None), w_o.shape[1], "w_o's width")
+    n, m = x.shape[-2], mem.shape[-2]
+    bias_values, excluded = (None, None) if options.bias is None else _split_bias(options.bias)
+    if options.excluded is not None:
+        excluded = options.excluded if excluded is None else (excluded | options.excluded)
     shapes = {"x": x.shape[:-2], "memory": mem.shape[:-2]}
     if mask is not None:
         shapes["mask"] = np.shape(mask)[:-2]
+    if bias_values is not None:
+        _check_ndim("bias", bias_values, 3, "(..., H, N, M)")
+        shapes["bias"] = bias_values.shape[:-3]
     batch = _broadcast(f"the batch dimensions of {', '.join(shapes)}", **shapes)
-    n, m = x.shape[-2], mem.shape[-2]
     mask = None if mask is None else _check_mask(mask, batch + (n, m), "(..., N, M) =")
-    allowed = _allowed(mask, _check_bool("causal", causal), n, m)
-    kw, vw = hk // h, hv // h
+    if bias_values is not None:
+        try:
+            ok = np.broadcast_shapes(bias_values.shape, batch + (h, n, m)) == batch + (h, n, m)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"bias must broadcast to (..., H, N, M) = {batch + (h, n, m)}, got shape "
+                             f"{_shape(bias_values)}")
+    allowed = mask
+    positional = _positional(n, m, options.causal, options.window)
+    if positional is not None:
+        allowed = positional if allowed is None else (allowed & positional)
+    softcap = options.softcap
+    if softcap is not None:
+        softcap = _mp_scalar("softcap", softcap)
+        if softcap <= 0:
+            raise ValueError(f"softcap must be > 0, got {softcap}")
+    rope = _rope_fields(options.rope)
+    if rope is not None and kw % 2:
+        raise ValueError(f"rope rotates pairs of coordinates: the per-head width K must be even, got K = {kw}")
     scale = _prepare_scale(scale, kw)
 
     q_all = x @ w_q + (0 if b_q is None else b_q)
     k_all = mem @ w_k + (0 if b_k is None else b_k)
     v_all = mem @ w_v + (0 if b_v is None else b_v)
-    heads = [
-        _attention(
-            q_all[..., i * kw:(i + 1) * kw],
-            k_all[..., i * kw:(i + 1) * kw],
-            v_all[..., i * vw:(i + 1) * vw],
-            allowed,
-            scale,
-        )
-        for i in range(h)
-    ]
+    if rope is not None:
+        theta, style, q_pos, k_pos = rope
+        if q_pos is None:
+            delta = m - n if _check_alignment(options.causal) == "bottom_right" else 0
+            q_pos = np.arange(delta, delta + n)
+        if k_pos is None:
+            k_pos = rope[2] if memory is None and rope[2] is not None else np.arange(m)
+    group = h // hkv
+    heads = []
+    for i in range(h):
+        j = i // group  # query head i uses key/value head i // (H / Hkv)
+        q_i = q_all[..., i * kw:(i + 1) * kw]
+        k_j = k_all[..., j * kw:(j + 1) * kw]
+        if rope is not None:
+            q_i, k_j = _rotate(q_i, q_pos, theta, style), _rotate(k_j, k_pos, theta, style)
+        bias_i = None if bias_values is None else bias_values[..., i if bias_values.shape[-3] > 1 else 0, :, :]
+        allowed_i = allowed
+        if excluded is not None:
+            kept = ~excluded[..., i if excluded.shape[-3] > 1 else 0, :, :]
+            allowed_i = kept if allowed_i is None else (allowed_i & kept)
+        weights = _softmax(_final_scores(q_i, k_j, scale, bias_i, softcap), allowed_i)
+        heads.append(weights @ v_all[..., j * vw:(j + 1) * vw])
     # Each head broadcasts to batch + (N, V) before concatenation.
     heads = [np.broadcast_to(o, batch + (n, vw)) for o in heads]
     out = np.concatenate(heads, axis=-1) @ w_o
@@ -652,28 +791,53 @@ def _mha(x, params, memory, mask, causal, scale, where="params"):
 
 
 def multi_head_attention(
-    x: Any, params: Any, *, memory: Any = None, mask: Any = None, causal: bool = False, scale: Any = None
+    x: Any,
+    params: Any,
+    *,
+    memory: Any = None,
+    mask: Any = None,
+    bias: Any = None,
+    causal: Any = False,
+    window: Any = None,
+    softcap: Any = None,
+    rope: Any = None,
+    scale: Any = None,
 ) -> np.ndarray:
-    """Multi-head attention in the row convention.
+    """Multi-head attention in the row convention, with the options of
+    :func:`numerics.multi_head_attention`.
 
     ``Q = X W_q + b_q``, ``K = Mem W_k + b_k``, ``V = Mem W_v + b_v`` (``Mem = memory``
-    or ``x``); head i attends with columns ``i*K:(i+1)*K`` of Q and K and ``i*V:(i+1)*V``
-    of V; the head outputs are concatenated in head order and multiplied by ``W_o``,
-    then ``b_o`` is added.
+    or ``x``); query head i takes columns ``i*K:(i+1)*K`` of Q and key/value head
+    ``g = i // (H / Hkv)``, columns ``g*K:(g+1)*K`` of K and ``g*V:(g+1)*V`` of V; with
+    ``rope`` its q and k rows are rotated; its scores are ``scale q.k``, softcapped, plus
+    its bias; the keys excluded by the mask, causality, the window or a -inf bias are left
+    out of the softmax; the head outputs are concatenated in head order and multiplied by
+    ``W_o``, then ``b_o`` is added.
 
     Parameters
     ----------
     x : array (..., N, D)
     params : object with attributes
-        ``w_q`` (D, H*K), ``w_k`` (Dm, H*K), ``w_v`` (Dm, H*V), ``w_o`` (H*V, D),
-        ``num_heads`` (int H), and ``b_q`` (H*K,), ``b_k`` (H*K,), ``b_v`` (H*V,),
-        ``b_o`` (D,), each optional (None or missing = no bias).
+        ``w_q`` (D, H*K), ``w_k`` (Dm, Hkv*K), ``w_v`` (Dm, Hkv*V), ``w_o`` (H*V, D),
+        ``num_heads`` (int H), optionally ``num_kv_heads`` (Hkv, None or missing = H), and
+        ``b_q`` (H*K,), ``b_k`` (Hkv*K,), ``b_v`` (Hkv*V,), ``b_o`` (D,), each optional.
     memory : array (..., M, Dm), optional
         Keys and values come from here (cross-attention); default ``x``.
     mask : boolean array, optional
         Broadcastable to (..., N, M), applied to every head.
-    causal : bool
-        Key j allowed for query i only when ``j <= i``.
+    bias : float array, optional
+        Broadcastable to (..., H, N, M) (axis -3: 1 or H heads); -inf excludes the key.
+    causal : bool or {"top_left", "bottom_right"}
+        True = "top_left": key j allowed for query i only when ``j <= i``; "bottom_right":
+        only when ``j <= i + M - N``.
+    window : (left, right), optional
+        As in :func:`attention`.
+    softcap : real > 0, optional
+    rope : None, bool, dict or object with ``theta``, ``style``, ``positions``, ``key_positions``
+        Rotary embedding of every head's q and k (e.g. :class:`numerics.Rope`): style
+        "half" pairs i with i + K/2, "interleaved" 2i with 2i + 1; query positions default
+        to ``delta + 0..N-1`` (``delta = M - N`` under bottom-right alignment, else 0), key
+        positions to the query positions given for self-attention, else ``0..M-1``.
     scale : real, optional
         Score scale; default ``1 / sqrt(K)``.
 
@@ -682,7 +846,7 @@ def multi_head_attention(
     object array (..., N, D) (the width of ``w_o``).
     """
     with _precision():
-        return _mha(x, params, memory, mask, causal, scale)
+        return _mha(x, params, memory, mask, scale, _Options(bias, causal, window, softcap, rope))
 
 
 def _ln_checked(x, gamma, beta, eps, prefix=""):
@@ -784,7 +948,11 @@ def transformer_block(
     *,
     norm: str = "post",
     mask: Any = None,
-    causal: bool = False,
+    causal: Any = False,
+    bias: Any = None,
+    window: Any = None,
+    softcap: Any = None,
+    rope: Any = None,
     approximate: str = "none",
     eps: Any = 1e-5,
 ) -> np.ndarray:
@@ -807,7 +975,10 @@ def transformer_block(
     norm : {"post", "pre"}
     mask : boolean array, optional
         Broadcastable to (..., N, N), applied to every head.
-    causal : bool
+    causal : bool or {"top_left", "bottom_right"}
+        (The same here: N = M.)
+    bias, window, softcap, rope
+        The attention options, as in :func:`multi_head_attention`.
     approximate : {"none", "tanh"}
         GELU variant.
     eps : real
@@ -817,6 +988,10 @@ def transformer_block(
     -------
     object array (..., N, D).
     """
+    return _block(x, params, norm, mask, _Options(bias, causal, window, softcap, rope), approximate, eps)
+
+
+def _block(x, params, norm, mask, options: _Options, approximate, eps):
     if norm not in ("post", "pre"):
         raise ValueError(f"norm must be 'post' or 'pre', got {norm!r}")
     _check_approximate(approximate)
@@ -827,11 +1002,11 @@ def transformer_block(
         g1, b1 = getattr(params, "ln1_gamma", None), getattr(params, "ln1_beta", None)
         g2, b2 = getattr(params, "ln2_gamma", None), getattr(params, "ln2_beta", None)
         if norm == "post":
-            t2 = x + _mha(x, attn, None, mask, causal, None, "params.attn")
+            t2 = x + _mha(x, attn, None, mask, None, options, "params.attn")
             t3 = _ln_checked(t2, g1, b1, eps, "params.ln1_")
             t5 = t3 + _ffn(t3, ffn, approximate, "params.ffn")
             return _ln_checked(t5, g2, b2, eps, "params.ln2_")
-        t = x + _mha(_ln_checked(x, g1, b1, eps, "params.ln1_"), attn, None, mask, causal, None, "params.attn")
+        t = x + _mha(_ln_checked(x, g1, b1, eps, "params.ln1_"), attn, None, mask, None, options, "params.attn")
         return t + _ffn(_ln_checked(t, g2, b2, eps, "params.ln2_"), ffn, approximate, "params.ffn")
 
 
@@ -1005,6 +1180,21 @@ def gradients(
         return grads
 
 
+def _bias_input(inputs: dict, bias: Any) -> np.ndarray | None:
+    """Put a float bias's finite values (0 at -inf) into ``inputs``; return where it is -inf."""
+    if bias is None:
+        return None
+    values, excluded = _split_bias(np.asarray(bias, dtype=np.float64))
+    inputs["bias"] = to_float64(values)
+    return excluded
+
+
+def _zero_excluded(grads: dict[str, np.ndarray], excluded: np.ndarray | None) -> dict[str, np.ndarray]:
+    if excluded is not None:
+        grads["bias"] = np.where(excluded, 0.0, grads["bias"])
+    return grads
+
+
 def attention_gradients(
     q: Any, k: Any, v: Any, d_out: Any, *, mask: Any = None, bias: Any = None, **options: Any
 ) -> tuple[np.ndarray, ...]:
@@ -1016,20 +1206,13 @@ def attention_gradients(
     Each gradient has the shape of its input (broadcast batch dims summed over).
     """
     inputs = {"q": q, "k": k, "v": v}
-    if bias is not None:
-        values, excluded = _split_bias(np.asarray(bias, dtype=np.float64))
-        inputs["bias"] = to_float64(values)
-        if excluded is not None:
-            # -inf entries: excluded keys with a fixed value (their gradient is 0).
-            mask = ~excluded if mask is None else (np.asarray(mask) & ~excluded)
-    g = gradients(attention, inputs, d_out, mask=mask, **options)
-    grads = (g["q"], g["k"], g["v"])
-    if bias is None:
-        return grads
-    d_bias = g["bias"]
+    excluded = _bias_input(inputs, bias)
     if excluded is not None:
-        d_bias = np.where(excluded, 0.0, d_bias)
-    return (*grads, d_bias)
+        # -inf entries: excluded keys with a fixed value (their gradient is 0).
+        mask = ~excluded if mask is None else (np.asarray(mask) & ~excluded)
+    g = _zero_excluded(gradients(attention, inputs, d_out, mask=mask, **options), excluded)
+    grads = (g["q"], g["k"], g["v"])
+    return grads if bias is None else (*grads, g["bias"])
 
 
 def _strip(grads: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
@@ -1043,29 +1226,33 @@ def multi_head_attention_gradients(
     *,
     memory: Any = None,
     mask: Any = None,
-    causal: bool = False,
+    bias: Any = None,
+    causal: Any = False,
+    window: Any = None,
+    softcap: Any = None,
+    rope: Any = None,
     scale: Any = None,
 ) -> dict[str, np.ndarray]:
     """Float64 gradients of ``sum(d_out * multi_head_attention(x, params, ...))``.
 
+    Arguments as in :func:`multi_head_attention`.
+
     Returns
     -------
-    dict with keys ``"x"``, ``"memory"`` (only when given) and the non-None parameter
-    fields ``"w_q", "w_k", "w_v", "w_o", "b_q", "b_k", "b_v", "b_o"``; each value has
-    the shape of the corresponding array.
+    dict with keys ``"x"``, ``"memory"`` (only when given), ``"bias"`` (only when given; 0
+    where it is -inf) and the non-None parameter fields ``"w_q", "w_k", "w_v", "w_o", "b_q",
+    "b_k", "b_v", "b_o"``; each value has the shape of the corresponding array.
     """
     inputs = {"x": x, **param_arrays(params, "params")}
     if memory is not None:
         inputs["memory"] = memory
-    g = gradients(
-        lambda x, params, memory=None: multi_head_attention(
-            x, params, memory=memory, mask=mask, causal=causal, scale=scale
-        ),
-        inputs,
-        d_out,
-        params=params,
-    )
-    return _strip(g, "params.")
+    excluded = _bias_input(inputs, bias)
+
+    def fn(x, params, memory=None, bias=None):
+        with _precision():
+            return _mha(x, params, memory, mask, scale, _Options(bias, causal, window, softcap, rope, excluded))
+
+    return _zero_excluded(_strip(gradients(fn, inputs, d_out, params=params), "params."), excluded)
 
 
 def transformer_block_gradients(
@@ -1075,7 +1262,11 @@ def transformer_block_gradients(
     *,
     norm: str = "post",
     mask: Any = None,
-    causal: bool = False,
+    causal: Any = False,
+    bias: Any = None,
+    window: Any = None,
+    softcap: Any = None,
+    rope: Any = None,
     approximate: str = "none",
     eps: Any = 1e-5,
 ) -> dict[str, np.ndarray]:
@@ -1085,15 +1276,14 @@ def transformer_block_gradients(
     -------
     dict with keys ``"x"``, ``"attn.w_q"`` ... ``"attn.b_o"``, ``"ffn.w1"`` ...
     ``"ffn.b2"``, ``"ln1_gamma"``, ``"ln1_beta"``, ``"ln2_gamma"``, ``"ln2_beta"``
-    (None fields left out), i.e. :func:`param_arrays` names plus ``"x"``.
+    (None fields left out), i.e. :func:`param_arrays` names plus ``"x"``, and ``"bias"``
+    when a bias is given (0 where it is -inf). Arguments as in :func:`transformer_block`.
     """
     inputs = {"x": x, **param_arrays(params, "params")}
-    g = gradients(
-        lambda x, params: transformer_block(
-            x, params, norm=norm, mask=mask, causal=causal, approximate=approximate, eps=eps
-        ),
-        inputs,
-        d_out,
-        params=params,
-    )
-    return _strip(g, "params.")
+    excluded = _bias_input(inputs, bias)
+
+    def fn(x, params, bias=None):
+        options = _Options(bias, causal, window, softcap, rope, excluded)
+        return _block(x, params, norm, mask, options, approximate, eps)
+
+    return _zero_excluded(_strip(gradients(fn, inputs, d_out, params=params), "params."), excluded)

@@ -6,7 +6,8 @@ import click
 EXIT_CODES = """\b
 Exit codes:
   0    done (a REFUTED claim is a finding, not a failure)
-  1    findings under --strict, or a check crashed; derive, prove: a step that did not pass
+  1    findings under --strict, or a check crashed; derive, prove: a step that did not pass;
+       crosscheck: a line over its bound
   2    bad usage: unknown option, bad value, an output path that cannot be written
   130  interrupted (Ctrl-C); what finished is saved, marked incomplete"""
 

@@ -37,10 +37,11 @@ from numerics import (
 )
 from numerics._band import key_band
 from tests.helpers import assert_gradcheck, force_split, from_numpy, numerical_gradient, relative_error, to_numpy
+from verify.validate.tolerance import ABS64, K_OUTPUT, floor
 
-TOL64 = 1e-12
-#: float32 rule (the repo's, see test_torch_crosscheck): err(ours) <= K32 err(torch float32) + FLOOR32.
-K32, FLOOR32 = 2.0, 1e-6
+#: The package's bounds (verify.validate.tolerance): float64 against mpmath, and the float32 rule
+#: err(ours) <= K32 err(torch float32) + FLOOR32.
+TOL64, K32, FLOOR32 = ABS64, K_OUTPUT, floor("float32")
 
 
 # --------------------------------------------------------------------------- cases

@@ -42,13 +42,13 @@ from tests.helpers import (
     relative_error,
     to_numpy,
 )
+from verify.validate.tolerance import ABS64, K_OUTPUT, rule
 
 MP_DPS = 40
-TOL64 = 1e-12
-# Floor of the float32 rule: float32's unit roundoff relative to max |ref|, the error of a
-# single correctly rounded result. It matters only when torch happens to be (nearly) exact,
-# e.g. a sum of six numbers accumulated in higher precision.
-FLOOR32 = 2.0**-24
+# The package's bounds (verify.validate.tolerance): float64 against mpmath, and the float32 rule
+# (assert_float32_rule), whose floor is 16 u relative to max |ref| (was u here): it matters only
+# when torch happens to be (nearly) exact, e.g. a sum of six numbers accumulated in higher precision.
+TOL64 = ABS64
 HALF_UNIT = {"float16": 2.0**-11, "bfloat16": 2.0**-8}
 
 
@@ -140,10 +140,10 @@ def _dtype_or_skip(xp, name):
     return dtype
 
 
-def assert_float32_rule(ours, theirs, ref, *, k=2.0, what="output"):
-    """err(ours) <= k * err(torch) + FLOOR32, both against the float64 reference."""
-    e_ours, e_torch = relative_error(to_numpy(ours), ref), relative_error(to_numpy(theirs), ref)
-    assert e_ours <= k * e_torch + FLOOR32, f"{what}: err(ours) = {e_ours:.3g}, err(torch) = {e_torch:.3g}"
+def assert_float32_rule(ours, theirs, ref, *, k=K_OUTPUT, what="output"):
+    """The package's rule (verify.validate.tolerance.rule): err(ours) <= k * err(torch) + floor."""
+    m = rule(to_numpy(ours), to_numpy(theirs), ref, dtype="float32", k=k, what=what)
+    assert m.ok, f"{what}: err(ours) = {m.error:.3g}, err(torch) = {m.plain_error:.3g}"
 
 
 # ----------------------------------------------------------------------------- fixtures (cases)

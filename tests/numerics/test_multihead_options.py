@@ -50,10 +50,11 @@ from numerics import (
 )
 from tests.helpers import assert_gradcheck, force_split, from_numpy, numerical_gradient, relative_error, to_numpy
 from tests.numerics.test_attention_options import explicit_allowed
+from verify.validate.tolerance import ABS64, K_OUTPUT, floor
 
-TOL64 = 1e-12
-#: float32 rule (the repo's): err(ours) <= K32 err(torch float32) + FLOOR32, against float64.
-K32, FLOOR32 = 2.0, 1e-6
+#: The package's bounds (verify.validate.tolerance): float64 against mpmath, and the float32 rule
+#: err(ours) <= K32 err(torch float32) + FLOOR32, against float64.
+TOL64, K32, FLOOR32 = ABS64, K_OUTPUT, floor("float32")
 FIELDS = ("w_q", "w_k", "w_v", "w_o", "b_q", "b_k", "b_v", "b_o")
 
 

@@ -21,24 +21,16 @@ import pytest
 import scipy.special
 
 from numerics import reference as R
+from verify.validate.tolerance import ABS64
+from verify.validate.tolerance import relative_error as rel_err
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-TOL = 1e-12
+TOL = ABS64
 MP_TOL = mpmath.mpf(10) ** -40
 
 B, N, M, D, H, FF = 2, 3, 4, 4, 2, 8
-
-
-def rel_err(actual, expected) -> float:
-    """max |actual - expected| / max |expected|, in float64."""
-    actual = np.asarray(actual, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    scale = np.max(np.abs(expected))
-    assert scale > 0
-    return float(np.max(np.abs(actual - expected)) / scale)
 
 
 def grad_errs(ours: dict, theirs: dict) -> dict:

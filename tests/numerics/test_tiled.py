@@ -17,7 +17,7 @@ import pytest
 from numerics import _tiled, attention, attention_backward, scaled_dot_product_attention
 from tests.helpers import force_split, from_numpy, to_numpy
 
-TOL64 = 1e-12
+from verify.validate.tolerance import ABS64 as TOL64  # the package's float64 bound
 
 
 @pytest.fixture

@@ -309,3 +309,41 @@ def test_catalogue_report_compiles_without_overfull_boxes(catalogue_report):
     log = catalogue_report.with_suffix(".log").read_text(errors="replace")
     assert _overfull(log) == [], "\n".join(_overfull(log))
     assert "too high" not in log  # no table row taller than a page (it would be cut off)
+
+
+def _crosscheck_result(fail: bool):
+    from verify.crosscheck import CASES, CrosscheckResult, Row
+    from verify.validate.result import Status
+
+    rows = []
+    for backend in ("numpy", "array_api_strict", "torch"):
+        for dtype in ("float64", "float32"):
+            for ref in ("float64", "mpmath", "sympy"):
+                if (backend, dtype, ref) == ("numpy", "float64", "float64"):
+                    continue
+                bound = 1e-12 if dtype == "float64" else 1.2e-6
+                error = 3.1e-16 if dtype == "float64" else 2.2e-7
+                status = Status.PASS
+                if fail and (backend, dtype) == ("torch", "float32"):
+                    error, status = 4.0e-3, Status.FAIL
+                rows.append(Row("sdpa", "dq", backend, dtype, ref, status, error, bound, worst_case="mask", cases=5))
+    return CrosscheckResult(tuple(rows), ("numpy", "array_api_strict", "torch"), {"cupy": "not installed"},
+                            ("float64", "mpmath", "sympy"), CASES, seconds=13.7)
+
+
+def test_crosscheck_section_shows_each_line_with_its_verdict(tmp_path):
+    tex = render_report([_result()], tmp_path, crosscheck=_crosscheck_result(fail=True))
+    section = tex[tex.index(r"\section{Crosscheck: every backend against float64, mpmath, SymPy}"):]
+    assert section.count(r"\textcolor{ForestGreen}{\textbf{PASS}}") == 5
+    assert section.count(r"\textcolor{red}{\textbf{FAIL}}") == 1
+    assert r"\textcolor{red}{$4.0{\times}10^{-3} > 1.2{\times}10^{-6}$}" in section
+    assert r"$3.1{\times}10^{-16} \le 1.0{\times}10^{-12}$" in section
+    assert "Not run: cupy: not installed." in section
+    assert "crosscheck" not in render_report([_result()], tmp_path).lower()  # only when given
+
+
+def test_crosscheck_section_compiles_without_overfull_boxes(tmp_path):
+    _needs_pdflatex()
+    tex = write_report([_result()], tmp_path, crosscheck=_crosscheck_result(fail=True))
+    compile_pdf(tex)
+    assert _overfull(tex.with_suffix(".log").read_text(errors="replace")) == []

@@ -139,6 +139,10 @@ def test_report_writes_and_compiles_the_catalogue(tmp_path):
     tex = (tmp_path / "report.tex").read_text()
     assert (tmp_path / "report.pdf").stat().st_size > 10_000
     # the Monte Carlo evidence comes with its plots (variance sweeps, saturation sweep)
+    # the crosscheck's table: every backend against float64, mpmath and SymPy, each line PASS
+    section = tex[tex.index(r"\section{Crosscheck: every backend against float64, mpmath, SymPy}"):]
+    assert r"\texttt{numpy}" in section and r"\texttt{array\_\allowbreak{}api\_\allowbreak{}strict}" in section
+    assert "FAIL" not in section and section.count(r"\textbf{PASS}") >= 28
     figures = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
     assert figures == ["seed003-saturation.png", "seed003-variance-raw.png", "seed003-variance-scaled.png"]
     for name in figures:

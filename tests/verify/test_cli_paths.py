@@ -109,9 +109,9 @@ def test_missing_folders_are_created_by_check_mc_and_report(tmp_path, calls, mon
     assert result.exit_code == 0 and plot.exists()
     import proofs.report
 
-    monkeypatch.setattr(proofs.report, "write_report", lambda results, out_dir: out_dir / "report.tex")
+    monkeypatch.setattr(proofs.report, "write_report", lambda results, out_dir, crosscheck=None: out_dir / "report.tex")
     folder = tmp_path / "r" / "s"
-    result = CliRunner().invoke(main, ["report", "--out", str(folder), "--no-pdf"])
+    result = CliRunner().invoke(main, ["report", "--out", str(folder), "--no-pdf", "--no-crosscheck"])
     assert result.exit_code == 0, result.output
     assert folder.is_dir()
 
@@ -210,12 +210,12 @@ def test_dot_dot_is_resolved_before_missing_folders_are_created(tmp_path, calls,
     _fake_sweep(monkeypatch)
     import proofs.report
 
-    monkeypatch.setattr(proofs.report, "write_report", lambda results, out_dir: out_dir / "report.tex")
+    monkeypatch.setattr(proofs.report, "write_report", lambda results, out_dir, crosscheck=None: out_dir / "report.tex")
     runs = {
         "check --json": (["check", "--no-progress", "--json"], "c.json"),
         "mc --json": (["mc", "variance", "--dk", "2", "--seed", "1", "--json"], "m.json"),
         "mc --plot": (["mc", "variance", "--dk", "2", "--seed", "1", "--plot"], "m.png"),
-        "report --out": (["report", "--no-pdf", "--out"], "r"),
+        "report --out": (["report", "--no-pdf", "--no-crosscheck", "--out"], "r"),
     }
     for what, (args, name) in runs.items():
         nope = tmp_path / f"nope-{name}"

@@ -274,9 +274,12 @@ def derive(name: str | None, list_names: bool) -> None:
               help="Directory for report.tex (and report.pdf when a TeX engine is present); created if missing.")
 @click.option("--only", "pattern", metavar="PATTERN", help="Only claims matching this glob, as in check.")
 @click.option("--pdf/--no-pdf", default=True, help="Compile the PDF when pdflatex is on PATH.")
+@click.option("--crosscheck/--no-crosscheck", "with_crosscheck", default=True,
+              help="Add the crosscheck's table (every backend against float64, mpmath and SymPy; about 15 s).")
 @click.pass_context
-def report(ctx: click.Context, out_dir: Path, pattern: str | None, pdf: bool) -> None:
-    """Write a standalone LaTeX article of every claim, verdict, derivation and evidence.
+def report(ctx: click.Context, out_dir: Path, pattern: str | None, pdf: bool, with_crosscheck: bool) -> None:
+    """Write a standalone LaTeX article of every claim, verdict, derivation and evidence, and
+    the crosscheck's table of every backend against the exact results.
 
     Ctrl-C stops after the claim in progress and writes nothing (a report of part of the
     catalogue would read as the whole).
@@ -293,8 +296,14 @@ def report(ctx: click.Context, out_dir: Path, pattern: str | None, pdf: bool) ->
         if interrupted:
             click.echo(f"interrupted after {len(results)} of {len(claims)} claims: report not written", err=True)
             ctx.exit(130)
+        crosscheck = None
+        if with_crosscheck:
+            from proofs.derivations.lambdified import symbolic_results
+            from verify.crosscheck import crosscheck as run_crosscheck
+
+            crosscheck = run_crosscheck(symbolic=symbolic_results)
         plan_exit(0)
-        tex = write_report(results, out_dir)
+        tex = write_report(results, out_dir, crosscheck=crosscheck)
         click.echo(f"wrote {tex}")
         if pdf:
             pdf_path = compile_pdf(tex)
