@@ -81,7 +81,8 @@ def main() -> None:
 
 # One module a command; imported as modules so that the package attributes stay the modules.
 from verify.cli import audit as _audit, check as _check, crosscheck as _crosscheck, mc as _mc, prove as _prove  # noqa: E402
+from verify.cli import validate as _validate  # noqa: E402
 
 for _command in (_check.check, _check.derive, _check.report, _mc.mc, _audit.audit, _prove.prove,
-                 _crosscheck.crosscheck):
+                 _crosscheck.crosscheck, _validate.validate):
     main.add_command(_command)
