@@ -61,6 +61,9 @@ class PropertyResult:
         The errors measured, each with its bound.
     example : dict or None
         The smallest failing example (shapes, dtype, options), when the property failed.
+    fault : str or None
+        The named fault's short code when the property failed and the fault was identified
+        (``"scale:none"``, ``"causal:bottom_right"``, ``"mask:inverted"``); None otherwise.
     """
 
     name: str
@@ -68,6 +71,7 @@ class PropertyResult:
     diagnosis: str
     measurements: tuple[Measurement, ...] = ()
     example: dict[str, Any] | None = None
+    fault: str | None = None
 
     @property
     def applicable(self) -> bool:
@@ -100,6 +104,11 @@ class ValidationResult:
     @property
     def failures(self) -> tuple[PropertyResult, ...]:
         return tuple(p for p in self.properties if p.status in (Status.FAIL, Status.ERROR, Status.TIMEOUT))
+
+    @property
+    def faults(self) -> tuple[str, ...]:
+        """The codes of the faults the failing properties named (in property order, no repeats)."""
+        return tuple(dict.fromkeys(p.fault for p in self.properties if p.fault))
 
     def __getitem__(self, name: str) -> PropertyResult:
         for p in self.properties:

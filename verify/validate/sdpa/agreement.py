@@ -1,0 +1,152 @@
+"""Agreement with our float64 attention over random problems, by the tolerance rule, with the
+smallest failing problem (hypothesis shrinking) and the fault named when a known one reproduces it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from hypothesis import strategies as st
+
+from verify.validate.context import PropertyContext
+from verify.validate.registry import register
+from verify.validate.result import Status
+from verify.validate.sdpa import faults, scale_fit
+from verify.validate.sdpa.common import fmt, measure
+from verify.validate.sdpa.problem import Problem, draw
+from verify.validate.search import CaseResult, _ratio, search
+from verify.validate.tolerance import UNIT_ROUNDOFF
+
+
+@dataclass(frozen=True)
+class Case:
+    """One random problem, as hypothesis draws and shrinks it (small ints and flags, a data seed)."""
+
+    dtype: str
+    batch: tuple[int, ...]
+    kv_heads: int
+    group: int
+    n: int
+    m: int
+    dk: int
+    dv: int
+    mask: bool
+    causal: str | None
+    bias: bool
+    window: tuple[int | None, int | None] | None
+    softcap: float | None
+    scale: float | None
+    seed: int
+
+    @property
+    def size(self) -> int:
+        return (math.prod(self.batch) * self.kv_heads * self.group * (self.n + self.m) * (self.dk + self.dv)
+                + 1000 * sum(x is not None and x is not False for x in (self.mask, self.causal, self.bias,
+                                                                         self.window, self.softcap, self.scale)))
+
+    def problem(self, ctx: PropertyContext) -> Problem:
+        rng = ctx.generator(self.seed)
+        heads = self.kv_heads * self.group
+        q, k, v = draw(rng, self.batch, heads, self.n, self.m, self.dk, self.dv, kv_heads=self.kv_heads)
+        lead = (*self.batch, heads)
+        mask = rng.random((*lead, self.n, self.m)) < 0.7 if self.mask else None
+        bias = rng.standard_normal((*lead, self.n, self.m)) if self.bias else None
+        return Problem(q, k, v, mask=mask, causal=self.causal, bias=bias, window=self.window,
+                       softcap=self.softcap, scale=self.scale, enable_gqa=self.group > 1)
+
+
+def cases(ctx: PropertyContext) -> st.SearchStrategy:
+    """Random cases over the candidate's dtypes and the options it accepts."""
+    c = ctx.candidate
+    flag = (lambda feature: st.booleans() if c.supports(feature) else st.just(False))
+    windows = st.none()
+    if c.supports("window"):
+        side = st.none() | st.integers(0, 6)
+        windows = st.none() | st.tuples(side, side)
+    return st.builds(
+        Case,
+        dtype=st.sampled_from(ctx.dtypes()),
+        batch=st.lists(st.integers(1, 3), max_size=2).map(tuple),
+        kv_heads=st.integers(1, 3),
+        group=st.integers(1, 3) if c.supports("enable_gqa") else st.just(1),
+        n=st.integers(1, 40), m=st.integers(1, 40), dk=st.integers(1, 24), dv=st.integers(1, 24),
+        mask=flag("mask"),
+        causal=st.sampled_from((None,) + tuple(c.causal_alignments)),
+        bias=flag("bias"),
+        window=windows,
+        softcap=(st.none() | st.sampled_from((2.0, 20.0))) if c.supports("softcap") else st.none(),
+        scale=(st.none() | st.floats(0.05, 2.0)) if c.supports("scale") else st.none(),
+        seed=st.integers(0, 2**16),
+    )
+
+
+def explicit_cases(ctx: PropertyContext) -> tuple[Case, ...]:
+    """Sizes that break tiling (113 x 203) with N != M and d_v != d_k, in every dtype."""
+    c = ctx.candidate
+    causal = c.causal_alignments[-1] if c.causal_alignments else None
+    return tuple(Case(dtype, (2,), 1, 1, 113, 203, 24, 17, c.supports("mask"), causal, False, None, None, None, 1)
+                 for dtype in ctx.dtypes())
+
+
+def diagnose(p: Problem, dtype: str, out: np.ndarray, bound: float) -> tuple[str, str | None]:
+    """(words, code) for a wrong output: a known fault, a wrong scale, low precision, or unknown."""
+    if not np.all(np.isfinite(out)):
+        return "the output has NaN or inf where ours is finite", "output:non_finite"
+    slack = max(bound * 4, 1e-9)
+    fault = faults.identify(p, out, slack)
+    if fault is not None:
+        return f"{fault.words}", fault.code
+    s, residual = scale_fit.fit(p, out)
+    if residual <= slack:
+        named = scale_fit.name_scale(p, s, residual)
+        if not named.correct:
+            return named.words(), named.code
+    err = faults.relative_error(out, p.reference())
+    for low in ("float16", "bfloat16"):
+        u = UNIT_ROUNDOFF[low]
+        if UNIT_ROUNDOFF[dtype] < u and u / 8 <= err <= 8 * u:
+            return (f"error {fmt(err)} in {dtype} is the size of {low} rounding (u = {fmt(u)}): part of the "
+                    f"computation (such as the softmax's sum) runs in {low}"), f"precision:{low}"
+    return "no known fault reproduces the output", None
+
+
+@register("sdpa", "agreement", title="agrees with float64 attention by the tolerance rule")
+def agreement(ctx: PropertyContext):
+    """Agreement with float64 attention over random shapes, dtypes and options."""
+
+    def check(case: Case) -> CaseResult:
+        p = case.problem(ctx)
+        run = measure(ctx, p, case.dtype)
+        if run.shape_error:
+            return CaseResult(Status.FAIL, (run.measurement,), run.shape_error, "output:shape")
+        if run.ok:
+            return CaseResult(Status.PASS, (run.measurement,))
+        words, code = diagnose(run.problem, case.dtype, run.outcome.out, run.measurement.bound)
+        return CaseResult(Status.FAIL, (run.measurement,), words, code)
+
+    found = search(ctx, cases(ctx), check)
+    if found.failure is None:  # then the large sizes, after the random (shrinkable) ones
+        for case in explicit_cases(ctx):
+            result = check(case)
+            found.examples += 1
+            if result.status is not Status.PASS:
+                found.failure = (case, result)
+                break
+            found.worst = max((found.worst, *result.measurements), key=_ratio) if found.worst else result.measurements[0]
+    return conclude(ctx, found, "agrees with float64 attention")
+
+
+def conclude(ctx: PropertyContext, found, what: str):
+    """The PropertyResult of a search (shared by the properties that search)."""
+    if found.failure is None:
+        worst = found.worst
+        detail = f"; worst error {fmt(worst.error)} vs bound {fmt(worst.bound)}" if worst else ""
+        return ctx.passed(f"{what} on {found.examples} random problems{detail}", (worst,) if worst else ())
+    case, result = found.failure
+    example = case.problem(ctx).describe(case.dtype) if hasattr(case, "problem") else {"case": repr(case)}
+    m = result.measurements
+    if result.status is Status.ERROR:
+        return ctx.error(f"the candidate {result.diagnosis}", example=example)
+    detail = f" (error {fmt(m[0].error)} vs bound {fmt(m[0].bound)})" if m and math.isfinite(m[0].error) else ""
+    return ctx.failed(f"{result.diagnosis}{detail}", m, example, result.fault)

@@ -1,0 +1,91 @@
+"""Estimating the scale a candidate really uses, and naming it.
+
+The fit: the scale s that makes our attention with ``scale=s`` closest to the candidate's output
+(relative error), found by a scan over s in [1e-4, 1e2] on a log grid and refined with
+``scipy.optimize.minimize_scalar`` (bounded, in log s) around the best grid point.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+from verify.validate.sdpa.problem import Problem
+from verify.validate.tolerance import relative_error
+
+#: A fitted scale within this relative distance of a named one is that one.
+MATCH = 2e-3
+
+
+@dataclass(frozen=True)
+class ScaleFit:
+    """The fitted scale, its residual, and the name it matched (None: a stray factor)."""
+
+    scale: float
+    residual: float
+    expected: float
+    name: str | None
+    code: str | None
+
+    @property
+    def ratio(self) -> float:
+        return self.scale / self.expected
+
+    @property
+    def correct(self) -> bool:
+        return abs(self.ratio - 1) <= MATCH
+
+    def words(self) -> str:
+        if self.correct:
+            return f"scale {self.scale:.6g} = the expected {self.expected:.6g}"
+        if self.name:
+            return f"the scale is {self.name} ({self.scale:.6g}), expected {self.expected:.6g}"
+        return (f"a stray factor {self.ratio:.4g} on the scale: {self.scale:.6g} where {self.expected:.6g} "
+                f"was expected")
+
+
+def fit(p: Problem, out: np.ndarray) -> tuple[float, float]:
+    """(scale, residual): the scale whose attention is closest to ``out``; residual is the relative error."""
+    rows = np.all(np.isfinite(out), axis=-1)
+    if not rows.any():
+        return float("nan"), float("inf")
+
+    def err(log_s: float) -> float:
+        return relative_error(out[rows], p.reference(scale=math.exp(log_s))[rows])
+
+    grid = np.linspace(math.log(1e-4), math.log(1e2), 121)
+    errors = [err(g) for g in grid]
+    i = int(np.argmin(errors))
+    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    best = minimize_scalar(err, bounds=(lo, hi), method="bounded", options={"xatol": 1e-10})
+    if best.fun <= errors[i]:
+        return float(math.exp(best.x)), float(best.fun)
+    return float(math.exp(grid[i])), float(errors[i])
+
+
+def named_scales(p: Problem) -> dict[str, tuple[str, float]]:
+    """The usual wrong scales for the problem's widths: code -> (words, value)."""
+    dk, dv = p.q.shape[-1], p.v.shape[-1]
+    heads = p.q.shape[-3] if p.q.ndim >= 3 else 1
+    return {
+        "scale:none": ("none (scale 1: the 1/sqrt(d_k) is missing)", 1.0),
+        "scale:1/d_k": (f"1/d_k = 1/{dk}", 1.0 / dk),
+        "scale:1/sqrt(d_model)": (f"1/sqrt(d_model) = 1/sqrt(H d_k) = 1/sqrt({heads * dk})", 1 / math.sqrt(heads * dk)),
+        "scale:1/sqrt(H)": (f"1/sqrt(H) = 1/sqrt({heads})", 1 / math.sqrt(heads)),
+        "scale:1/sqrt(d_v)": (f"1/sqrt(d_v) = 1/sqrt({dv})", 1 / math.sqrt(dv)),
+        "scale:inverted": (f"inverted: sqrt(d_k) = sqrt({dk}) instead of 1/sqrt(d_k)", math.sqrt(dk)),
+    }
+
+
+def name_scale(p: Problem, scale: float, residual: float) -> ScaleFit:
+    """Name the fitted ``scale`` against the expected one (``p.scale``, else 1/sqrt(d_k))."""
+    expected = p.scale if p.scale is not None else 1 / math.sqrt(p.q.shape[-1])
+    if abs(scale / expected - 1) <= MATCH:
+        return ScaleFit(scale, residual, expected, None, None)
+    for code, (words, value) in named_scales(p).items():
+        if abs(scale / value - 1) <= MATCH and abs(value / expected - 1) > MATCH:
+            return ScaleFit(scale, residual, expected, words, code)
+    return ScaleFit(scale, residual, expected, None, "scale:stray_factor")

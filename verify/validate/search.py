@@ -1,0 +1,127 @@
+"""Random examples with hypothesis, shrunk to the smallest failing one.
+
+A property describes its examples with a hypothesis strategy of *cases* (small hashable values:
+shapes, dtype, options, a data seed) and a ``check(case) -> CaseResult``; :func:`search` runs
+hypothesis with ``database=None``, ``deadline=None``, seeded from the run's seed (the same seed gives
+the same examples), at most ``max_examples`` examples, then lets hypothesis shrink a failure.
+
+Results are memoised by case, so a candidate that answers differently on a repeat call (a
+nondeterministic kernel) does not make hypothesis raise Flaky, and once the property's time is nearly
+spent, new cases count as passing, so shrinking ends with the smallest failure found so far.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import hypothesis
+from hypothesis import HealthCheck, Phase, strategies as st
+
+from verify.validate.context import CandidateError, PropertyContext
+from verify.validate.result import Measurement, Status
+
+#: Fraction of the property's time after which shrinking stops trying new cases.
+SHRINK_SHARE = 0.8
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """The verdict on one case: ``status`` PASS, FAIL or ERROR, with what was measured.
+
+    ``fault`` and ``diagnosis`` name the fault when the check could (else the property does)."""
+
+    status: Status
+    measurements: tuple[Measurement, ...] = ()
+    diagnosis: str = ""
+    fault: str | None = None
+
+
+@dataclass
+class SearchOutcome:
+    """What a search found.
+
+    Attributes
+    ----------
+    failure : (case, CaseResult) or None
+        The smallest failing case hypothesis reached, with its result.
+    examples : int
+        Distinct cases checked.
+    worst : Measurement or None
+        Among passing cases, the measurement closest to its bound (error / bound largest).
+    """
+
+    failure: tuple[Any, CaseResult] | None = None
+    examples: int = 0
+    worst: Measurement | None = None
+    seen: dict = field(default_factory=dict)
+
+
+class _CaseFailed(Exception):
+    def __init__(self, case):
+        super().__init__(repr(case))
+        self.case = case
+
+
+def search(ctx: PropertyContext, cases: st.SearchStrategy, check: Callable[[Any], CaseResult], *,
+           max_examples: int | None = None, explicit: tuple = ()) -> SearchOutcome:
+    """Check random ``cases`` (plus ``explicit`` ones first) and shrink a failure.
+
+    A :class:`CandidateError` raised by ``check`` is the candidate's ERROR on that case (shrunk like a
+    failure); anything else (the battery's own bug, :class:`TimeLimitReached`) passes through to the runner.
+    """
+    outcome = SearchOutcome()
+    start = time.monotonic()
+    soft_deadline = start + SHRINK_SHARE * max(ctx.time_left(), 0.0)
+
+    def run(case) -> CaseResult:
+        if case in outcome.seen:
+            return outcome.seen[case]
+        if outcome.failure is not None and time.monotonic() > soft_deadline:
+            return CaseResult(Status.PASS)  # out of time to shrink: keep the smallest failure found
+        try:
+            result = check(case)
+        except CandidateError as exc:  # the candidate raised: an ERROR on this case, shrunk like a failure
+            result = CaseResult(Status.ERROR, diagnosis=f"raised {exc}")
+        outcome.seen[case] = result
+        outcome.examples += 1
+        if result.status is Status.PASS:
+            for m in result.measurements:
+                if outcome.worst is None or _ratio(m) > _ratio(outcome.worst):
+                    outcome.worst = m
+        return result
+
+    def test(case):
+        result = run(case)
+        if result.status is not Status.PASS:
+            if outcome.failure is None or _smaller(case, outcome.failure[0]):
+                outcome.failure = (case, result)
+            raise _CaseFailed(case)
+
+    for case in explicit:
+        test = hypothesis.example(case)(test)
+    n = max_examples or ctx.settings.max_examples
+    settings = hypothesis.settings(
+        database=None, deadline=None, derandomize=True, max_examples=n, report_multiple_bugs=False,
+        suppress_health_check=list(HealthCheck), phases=(Phase.explicit, Phase.generate, Phase.shrink),
+        print_blob=False, verbosity=hypothesis.Verbosity.quiet)
+    wrapped = hypothesis.seed(ctx.settings.seed * 1_000_003 + ctx.entropy[1])(settings(hypothesis.given(cases)(test)))
+    try:
+        wrapped()
+    except _CaseFailed as exc:
+        outcome.failure = (exc.case, outcome.seen[exc.case])
+    except hypothesis.errors.HypothesisException:
+        pass  # hypothesis's own complaint (flaky, unsatisfiable): keep what was found
+    return outcome
+
+
+def _ratio(m: Measurement) -> float:
+    if m.bound > 0:
+        return m.error / m.bound
+    return float("inf") if m.error > 0 else 0.0
+
+
+def _smaller(a, b) -> bool:
+    size = getattr(a, "size", None)
+    return size is not None and getattr(b, "size", None) is not None and a.size < b.size
