@@ -26,20 +26,21 @@ attention weights
 from __future__ import annotations
 
 import math
-import traceback
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from numerics import MHAParams, multi_head_attention
 from numerics import reference as mp_reference
 from verify.validate import faults
-from verify.validate.modules import MHA_WEIGHT_NAMES, MHACandidate
+from verify.validate.context import CandidateError
+from verify.validate.modules import MHACandidate
+from verify.validate.registry import register
 from verify.validate.result import Measurement, PropertyResult, Status
 from verify.validate.tolerance import ABS64, absolute, relative_error, rule
 
-__all__ = ["PROPERTIES", "agreement", "masks", "cross_attention", "output_projection", "head_independence",
+__all__ = ["agreement", "masks", "cross_attention", "output_projection", "head_independence",
            "attention_weights", "diagnose", "Problem"]
 
 #: Largest model width at which the float64 check runs against mpmath (numerics float64 above).
@@ -92,8 +93,6 @@ def _measure(cand: MHACandidate, problem: Problem, dtypes) -> tuple[list[Measure
     """The candidate's output in each dtype, measured by the rule; raises on a wrong shape."""
     out = []
     for dtype in dtypes:
-        if dtype not in cand.dtypes:
-            continue
         if dtype == "float64":
             got, _ = cand(problem.x, problem.params, dtype="float64", **problem.options())
             _check_shape(got, problem)
@@ -141,8 +140,8 @@ def diagnose(cand: MHACandidate, seed: int) -> tuple[str, list[str]]:
         problem = Problem(cand, seed, n=n)
         try:
             got, _ = cand(problem.x, problem.params, dtype="float64", memory=problem.memory)
-        except Exception as exc:  # noqa: BLE001 - the candidate's own failure is information
-            tried.append(f"at N = {n} it raises {type(exc).__name__}: {exc}")
+        except CandidateError as exc:  # the candidate's own failure is information
+            tried.append(f"at N = {n} it raises {raised(exc)}")
             continue
         models = {f: faults.mha_model(problem.x, problem.params, f, memory=problem.memory) for f in faults.MHA_FAULTS}
         found = faults.match(got, models)
@@ -164,9 +163,8 @@ def diagnose(cand: MHACandidate, seed: int) -> tuple[str, list[str]]:
 
 def _failed(name: str, measurements, example, cand, seed, lead: str) -> PropertyResult:
     words, parts = diagnose(cand, seed)
-    fault = "; ".join(parts) if parts else None
-    diagnosis = f"{lead}: {words}" if fault else f"{lead}; {words}"
-    return PropertyResult(name, Status.FAIL, diagnosis, tuple(measurements), example)
+    diagnosis = f"{lead}: {words}" if parts else f"{lead}; {words}"
+    return PropertyResult(name, Status.FAIL, diagnosis, tuple(measurements), example, fault_code(parts))
 
 
 def _run_checked(name: str, cand: MHACandidate, seed: int, problem: Problem, dtypes) -> PropertyResult:
@@ -174,13 +172,12 @@ def _run_checked(name: str, cand: MHACandidate, seed: int, problem: Problem, dty
         measurements, example = _measure(cand, problem, dtypes)
     except ShapeError as exc:
         return _failed(name, (), problem.describe(), cand, seed, f"the {exc}")
-    except Exception as exc:  # noqa: BLE001
+    except CandidateError as exc:
         words, parts = diagnose(cand, seed)
         if parts:
-            return PropertyResult(name, Status.FAIL, f"it raises {type(exc).__name__}: {exc}; {words}", (),
-                                  problem.describe())
-        return PropertyResult(name, Status.ERROR, f"the candidate raised {type(exc).__name__}: {exc}", (),
-                              problem.describe())
+            return PropertyResult(name, Status.FAIL, f"it raises {raised(exc)}; {words}", (),
+                                  problem.describe(), fault_code(parts))
+        return PropertyResult(name, Status.ERROR, f"the candidate raised {raised(exc)}", (), problem.describe())
     bad = [m for m in measurements if not m.ok]
     if bad:
         worst = max(bad, key=lambda m: m.error / m.bound if m.bound else math.inf)
@@ -190,21 +187,21 @@ def _run_checked(name: str, cand: MHACandidate, seed: int, problem: Problem, dty
                           f"({', '.join(m.what for m in measurements)})", tuple(measurements))
 
 
-def agreement(cand: MHACandidate, settings: dict) -> PropertyResult:
+def agreement(cand: MHACandidate, seed: int, dtypes) -> PropertyResult:
     """Self-attention, no mask, against numerics by the tolerance rule."""
-    return _run_checked("agreement", cand, settings["seed"], Problem(cand, settings["seed"]), settings["dtypes"])
+    return _run_checked("agreement", cand, seed, Problem(cand, seed), dtypes)
 
 
-def masks(cand: MHACandidate, settings: dict) -> PropertyResult:
+def masks(cand: MHACandidate, seed: int, dtypes) -> PropertyResult:
     """A boolean mask (True = may attend) and top-left causal, each where the candidate takes it."""
-    if not ({"mask", "causal"} & cand.features):
+    if not ({"mask", "causal"} & cand.takes):
         return PropertyResult("masks", Status.NOT_APPLICABLE, "the candidate takes neither mask= nor causal=")
     results = []
     for masked, causal in ((True, False), (False, True), (True, True)):
-        if (masked and "mask" not in cand.features) or (causal and "causal" not in cand.features):
+        if (masked and "mask" not in cand.takes) or (causal and "causal" not in cand.takes):
             continue
-        problem = Problem(cand, settings["seed"], masked=masked, causal=causal)
-        results.append(_run_checked("masks", cand, settings["seed"], problem, settings["dtypes"]))
+        problem = Problem(cand, seed, masked=masked, causal=causal)
+        results.append(_run_checked("masks", cand, seed, problem, dtypes))
     bad = [r for r in results if r.status is not Status.PASS]
     if bad:
         return bad[0]
@@ -213,25 +210,25 @@ def masks(cand: MHACandidate, settings: dict) -> PropertyResult:
                           tuple(m for r in results for m in r.measurements))
 
 
-def cross_attention(cand: MHACandidate, settings: dict) -> PropertyResult:
+def cross_attention(cand: MHACandidate, seed: int, dtypes) -> PropertyResult:
     """Keys and values from a memory of length M != N."""
-    if "memory" not in cand.features:
+    if "memory" not in cand.takes:
         return PropertyResult("cross-attention", Status.NOT_APPLICABLE, "the candidate takes no separate memory")
-    problem = Problem(cand, settings["seed"], m=MEMORY_LENGTH)
-    return _run_checked("cross-attention", cand, settings["seed"], problem, settings["dtypes"])
+    problem = Problem(cand, seed, m=MEMORY_LENGTH)
+    return _run_checked("cross-attention", cand, seed, problem, dtypes)
 
 
-def output_projection(cand: MHACandidate, settings: dict) -> PropertyResult:
+def output_projection(cand: MHACandidate, seed: int, dtypes) -> PropertyResult:
     """With W^O = 0 (and b_o = 0) the output must be 0."""
     name = "output projection"
-    problem = Problem(cand, settings["seed"])
+    problem = Problem(cand, seed)
     zero = replace(problem.params, w_o=np.zeros_like(problem.params.w_o),
                    b_o=None if problem.params.b_o is None else np.zeros_like(problem.params.b_o))
     try:
         before, _ = cand(problem.x, problem.params, dtype="float64", memory=problem.memory)
         after, _ = cand(problem.x, zero, dtype="float64", memory=problem.memory)
-    except Exception as exc:  # noqa: BLE001
-        return PropertyResult(name, Status.ERROR, f"the candidate raised {type(exc).__name__}: {exc}", (),
+    except CandidateError as exc:
+        return PropertyResult(name, Status.ERROR, f"the candidate raised {raised(exc)}", (),
                               problem.describe())
     scale = float(np.max(np.abs(before))) if before.size else 0.0
     size = float(np.max(np.abs(after))) if after.size else 0.0
@@ -247,10 +244,10 @@ def output_projection(cand: MHACandidate, settings: dict) -> PropertyResult:
                           "the output projection", (m,), problem.describe())
 
 
-def head_independence(cand: MHACandidate, settings: dict) -> PropertyResult:
+def head_independence(cand: MHACandidate, seed: int, dtypes) -> PropertyResult:
     """Perturbing head h's projections changes only head h's slice before W^O (W^O = I)."""
     name = "head independence"
-    base = cand.params(settings["seed"])
+    base = cand.params(seed)
     h, vw, kw, d = base.num_heads, base.w_v.shape[1] // base.num_heads, base.w_q.shape[1] // base.num_heads, base.d_model
     if h * vw != d:
         return PropertyResult(name, Status.NOT_APPLICABLE, f"needs W^O square (H*V = D) to read the heads through "
@@ -258,8 +255,8 @@ def head_independence(cand: MHACandidate, settings: dict) -> PropertyResult:
     if h < 2:
         return PropertyResult(name, Status.NOT_APPLICABLE, "one head: nothing to be independent of")
     eye = replace(base, w_o=np.eye(d), b_o=None if base.b_o is None else np.zeros(d))
-    problem = Problem(cand, settings["seed"])
-    rng = np.random.default_rng([settings["seed"], 99])
+    problem = Problem(cand, seed)
+    rng = np.random.default_rng([seed, 99])
     try:
         y0, _ = cand(problem.x, eye, dtype="float64", memory=problem.memory)
         leaks, own = [], []
@@ -279,8 +276,8 @@ def head_independence(cand: MHACandidate, settings: dict) -> PropertyResult:
             scale = float(np.max(np.abs(y0))) or 1.0
             leaks.append(float(np.max(delta[..., ~inside])) / scale)
             own.append(float(np.max(delta[..., inside])) / scale)
-    except Exception as exc:  # noqa: BLE001
-        return PropertyResult(name, Status.ERROR, f"the candidate raised {type(exc).__name__}: {exc}", (),
+    except CandidateError as exc:
+        return PropertyResult(name, Status.ERROR, f"the candidate raised {raised(exc)}", (),
                               problem.describe())
     m = Measurement("largest change outside the perturbed head's slice (relative)", max(leaks), 1e-12)
     if not m.ok:
@@ -296,16 +293,16 @@ def head_independence(cand: MHACandidate, settings: dict) -> PropertyResult:
                           "only its own slice of the output", (m,))
 
 
-def attention_weights(cand: MHACandidate, settings: dict) -> PropertyResult:
+def attention_weights(cand: MHACandidate, seed: int, dtypes) -> PropertyResult:
     """The returned head-averaged weights against numerics' per-head weights averaged."""
     name = "attention weights"
     if not cand.returns_weights:
         return PropertyResult(name, Status.NOT_APPLICABLE, "the candidate does not return attention weights")
-    problem = Problem(cand, settings["seed"])
+    problem = Problem(cand, seed)
     try:
         _, weights = cand(problem.x, problem.params, dtype="float64", memory=problem.memory)
-    except Exception as exc:  # noqa: BLE001
-        return PropertyResult(name, Status.ERROR, f"the candidate raised {type(exc).__name__}: {exc}", ())
+    except CandidateError as exc:
+        return PropertyResult(name, Status.ERROR, f"the candidate raised {raised(exc)}", ())
     _, ref = multi_head_attention(problem.x, problem.params, memory=problem.memory, return_weights=True)
     ref = ref.mean(axis=-3)
     if weights is None or weights.shape != ref.shape:
@@ -318,37 +315,56 @@ def attention_weights(cand: MHACandidate, settings: dict) -> PropertyResult:
                           (m,), problem.describe())
 
 
-#: The kind's properties, in order: (name, function).
-PROPERTIES: tuple[tuple[str, Callable[[MHACandidate, dict], PropertyResult]], ...] = (
-    ("agreement", agreement),
-    ("masks", masks),
-    ("cross-attention", cross_attention),
-    ("output projection", output_projection),
-    ("head independence", head_independence),
-    ("attention weights", attention_weights),
-)
+def raised(exc: BaseException) -> str:
+    """``"ValueError: ..."`` for the candidate's exception (unwrapped from the engine's CandidateError)."""
+    exc = getattr(exc, "original", exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
-def run_property(fn, name: str, cand, settings: dict) -> PropertyResult:
-    """One property; an exception the property itself did not catch is an ERROR, never a crash."""
-    try:
-        return fn(cand, settings)
-    except Exception as exc:  # noqa: BLE001
-        tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
-        return PropertyResult(name, Status.ERROR, f"the property stopped: {tb}")
+def fault_code(parts: list[str]) -> str | None:
+    """The short codes (``"mha:merge-reshape"``) of the fault-model parts named in ``parts``."""
+    codes = {"heads split without": "mha:split-no-transpose", "merged without a transpose": "mha:merge-no-transpose",
+             "concatenated on the wrong axis": "mha:concat-tokens", "no softmax": "mha:no-softmax",
+             "softmax over the query": "mha:softmax-query", "scores scaled by": "mha:scale", "W^O left out": "mha:no-w_o"}
+    found = [code for words, code in codes.items() if any(words in p for p in parts)]
+    return ",".join(found) or None
 
 
-def validate_mha(obj: Any, *, backend: str | None = None, dtypes=("float64", "float32"), seed: int = 0,
-                 d_model: int = 8, num_heads: int = 2, name: str | None = None) -> "ValidationResult":
-    """Run the mha properties on ``obj`` (see :mod:`verify.validate.modules` for what it may be).
+class _Calls:
+    """The candidate as the properties use it, every call going through the engine's context
+    (its clock and its CandidateError), every attribute the candidate's."""
 
-    ``d_model`` and ``num_heads`` are the sizes a plain function is run at (a module has its own).
-    """
-    from verify.validate.modules import as_mha_candidate
-    from verify.validate.result import ValidationResult
+    def __init__(self, ctx):
+        self._ctx = ctx
 
-    cand = as_mha_candidate(obj, backend=backend, d_model=d_model, num_heads=num_heads, name=name)
-    settings = {"seed": int(seed), "dtypes": tuple(dtypes)}
-    results = tuple(run_property(fn, prop, cand, settings) for prop, fn in PROPERTIES)
-    return ValidationResult(cand.name, "mha", results, {**settings, "dtypes": list(dtypes), "note": cand.note,
-                                                        "d_model": cand.d_model, "num_heads": cand.num_heads})
+    def __getattr__(self, name: str):
+        return getattr(self._ctx.candidate, name)
+
+    def __call__(self, *arrays, dtype: str, **options):
+        return self._ctx.call(*arrays, dtype=dtype, **options)
+
+
+def _dtypes(ctx) -> tuple[str, ...]:
+    """The run's dtypes the candidate's library holds and NumPy can round to (not bfloat16)."""
+    return tuple(d for d in ctx.dtypes() if d != "bfloat16")
+
+
+def _registered(name: str, fn, title: str):
+    def prop(ctx) -> PropertyResult:
+        if not isinstance(ctx.candidate, MHACandidate):
+            raise TypeError(f"kind 'mha' needs an MHA candidate, got {type(ctx.candidate).__name__}")
+        return fn(_Calls(ctx), int(ctx.settings.seed), _dtypes(ctx))
+
+    prop.__qualname__ = f"mha.{fn.__name__}"
+    register("mha", name, title=title)(prop)
+
+
+for _name, _fn, _title in (
+    ("agreement", agreement, "self-attention agrees with numerics on the same weights (tolerance rule)"),
+    ("masks", masks, "a boolean mask and causal masking agree with numerics"),
+    ("cross-attention", cross_attention, "keys and values from a memory agree with numerics"),
+    ("output projection", output_projection, "W^O = 0 gives output 0 (W^O is applied)"),
+    ("head independence", head_independence, "one head's weights change only its slice before W^O"),
+    ("attention weights", attention_weights, "returned weights are the head-averaged weights"),
+):
+    _registered(_name, _fn, _title)

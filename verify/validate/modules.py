@@ -53,7 +53,9 @@ from typing import Any, Callable
 import numpy as np
 
 from numerics import BlockParams, FFNParams, MHAParams, init_block_params, init_params
-from numerics._backend import get_namespace
+from verify.validate.adapters import make_backend, register_adapter
+from verify.validate.backends import ArrayBackend
+from verify.validate.candidate import FEATURES, Candidate
 
 __all__ = ["MHACandidate", "BlockCandidate", "as_mha_candidate", "as_block_candidate", "MHA_WEIGHT_NAMES",
            "BLOCK_WEIGHT_NAMES"]
@@ -63,27 +65,7 @@ BLOCK_WEIGHT_NAMES = ("w1", "b1", "w2", "b2", "ln1_gamma", "ln1_beta", "ln2_gamm
 OPTIONS = ("memory", "mask", "causal")
 
 
-# --------------------------------------------------------------------------- host <-> library
-
-def _to_host(a: Any) -> np.ndarray:
-    """Any library's array as float64 NumPy on the host (NaN and inf kept)."""
-    module = type(a).__module__.split(".")[0]
-    if module == "torch":
-        a = a.detach().cpu().double().numpy()
-    elif module == "cupy":
-        a = a.get()
-    elif module == "array_api_strict":
-        a = np.from_dlpack(a)
-    return np.asarray(a, dtype=np.float64)
-
-
-def _to_library(xp, a: np.ndarray | None, dtype: str):
-    if a is None:
-        return None
-    a = np.ascontiguousarray(a)
-    x = xp.asarray(a)
-    return x if a.dtype == np.bool_ else xp.astype(x, getattr(xp, dtype))
-
+# --------------------------------------------------------------------------- helpers
 
 def _first(result: Any) -> tuple[Any, Any]:
     """(output, weights or None) from what a candidate returned (an array or a tuple)."""
@@ -131,7 +113,7 @@ def _name_of(obj: Any) -> str:
 
 # --------------------------------------------------------------------------- candidates
 
-class MHACandidate:
+class MHACandidate(Candidate):
     """Multi-head attention under test, in the battery's convention.
 
     Call as ``candidate(x, params, dtype="float32", memory=..., mask=..., causal=...)`` with host
@@ -143,25 +125,23 @@ class MHACandidate:
     name, note : str
         How reports name it, and how it was recognised.
     d_model, num_heads, d_memory : int
-    features : frozenset of str
-        The options of ("memory", "mask", "causal") it accepts.
+    takes : frozenset of str
+        The options of ("memory", "mask", "causal") it accepts (``features`` holds those that
+        are also SDPA options, for the engine's ``needs``).
     has_bias : dict
         Which of b_q, b_k, b_v, b_o it has (the others are zero in its reference).
     returns_weights : bool
         Whether it returns the head-averaged attention weights (B, N, M).
     """
 
-    kind = "mha"
-
-    def __init__(self, *, name, note, d_model, num_heads, features=(), has_bias=None, returns_weights=False,
-                 d_memory=None, dtypes=("float64", "float32")):
-        self.name, self.note = name, note
+    def __init__(self, fn, *, name, note, backend: ArrayBackend, d_model, num_heads, takes=(), has_bias=None,
+                 returns_weights=False, d_memory=None):
+        super().__init__(fn, name=name, kind="mha", backend=backend, features=[t for t in takes if t in FEATURES],
+                         returns_weights=returns_weights, note=note)
+        self.takes = frozenset(takes)
         self.d_model, self.num_heads = int(d_model), int(num_heads)
         self.d_memory = int(d_memory or d_model)
-        self.features = frozenset(features)
         self.has_bias = dict(has_bias or {b: False for b in MHA_WEIGHT_NAMES[4:]})
-        self.returns_weights = returns_weights
-        self.dtypes = tuple(dtypes)
 
     def read(self) -> MHAParams | None:
         """The candidate's own weights (a module's), or None when the battery chooses them."""
@@ -179,7 +159,7 @@ class MHACandidate:
 
     def __call__(self, x, params: MHAParams, *, dtype: str, memory=None, mask=None, causal=False):
         refused = [k for k, v in (("memory", memory), ("mask", mask), ("causal", causal)) if v is not None and v is not False
-                   and k not in self.features]
+                   and k not in self.takes]
         if refused:
             raise ValueError(f"the candidate {self.name} does not accept {refused}; a property passed them")
         return self._call(np.asarray(x, dtype=np.float64), params, dtype, memory, mask, bool(causal))
@@ -188,7 +168,7 @@ class MHACandidate:
         raise NotImplementedError
 
 
-class BlockCandidate:
+class BlockCandidate(Candidate):
     """A transformer block under test: ``candidate(x, params, dtype=..., mask=..., causal=...)``
     with :class:`numerics.BlockParams`; returns the output (B, N, D) on the host in float64.
 
@@ -196,16 +176,17 @@ class BlockCandidate:
     ``eps`` its layer norms' epsilon.
     """
 
-    kind = "block"
-
-    def __init__(self, *, name, note, d_model, num_heads, d_ff, norm, approximate, eps=1e-5, features=(),
-                 has_bias=True, dtypes=("float64", "float32")):
-        self.name, self.note = name, note
+    def __init__(self, fn, *, name, note, backend: ArrayBackend, d_model, num_heads, d_ff, norm, approximate,
+                 eps=1e-5, takes=(), has_bias=True):
+        if norm not in ("post", "pre"):
+            raise ValueError(f"norm must be 'post' or 'pre', got {norm!r}")
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"approximate must be 'none' (erf GELU) or 'tanh', got {approximate!r}")
+        super().__init__(fn, name=name, kind="block", backend=backend, features=takes, note=note)
+        self.takes = frozenset(takes)
         self.d_model, self.num_heads, self.d_ff = int(d_model), int(num_heads), int(d_ff)
         self.norm, self.approximate, self.eps = norm, approximate, float(eps)
-        self.features = frozenset(features)
         self.has_bias = has_bias
-        self.dtypes = tuple(dtypes)
 
     def read(self) -> BlockParams | None:
         return None
@@ -216,7 +197,7 @@ class BlockCandidate:
 
     def __call__(self, x, params: BlockParams, *, dtype: str, mask=None, causal=False):
         refused = [k for k, v in (("mask", mask), ("causal", causal)) if v is not None and v is not False
-                   and k not in self.features]
+                   and k not in self.takes]
         if refused:
             raise ValueError(f"the candidate {self.name} does not accept {refused}; a property passed them")
         return self._call(np.asarray(x, dtype=np.float64), params, dtype, mask, bool(causal))
@@ -261,19 +242,16 @@ def _function_style(fn: Callable, known: tuple[str, ...], kind: str) -> tuple[st
 class FunctionMHA(MHACandidate):
     """A plain function (see the module docstring for the two conventions)."""
 
-    def __init__(self, fn, *, backend: str = "numpy", d_model: int = 8, num_heads: int = 2, name: str | None = None):
-        self.fn = fn
+    def __init__(self, fn, *, backend: ArrayBackend, d_model: int = 8, num_heads: int = 2, name: str | None = None):
         self.style, self.names = _function_style(fn, MHA_WEIGHT_NAMES, "mha")
-        self.backend = backend
-        self.xp = get_namespace(backend)
-        features = [o for o in OPTIONS if o in self.names]
+        takes = [o for o in OPTIONS if o in self.names]
         has_bias = {b: self.style == "params" or b in self.names for b in MHA_WEIGHT_NAMES[4:]}
-        dtypes = ("float64", "float32")
-        super().__init__(name=name or _name_of(fn), note=f"plain function, weights passed as {self.style!r} ({backend})",
-                         d_model=d_model, num_heads=num_heads, features=features, has_bias=has_bias, dtypes=dtypes)
+        super().__init__(fn, name=name or _name_of(fn), backend=backend,
+                         note=f"plain function, weights passed as {self.style!r} ({backend.name})",
+                         d_model=d_model, num_heads=num_heads, takes=takes, has_bias=has_bias)
 
     def _call(self, x, params, dtype, memory, mask, causal):
-        put = lambda a: _to_library(self.xp, None if a is None else np.asarray(a), dtype)  # noqa: E731
+        put = lambda a: self.backend.to_native(None if a is None else np.asarray(a), dtype)  # noqa: E731
         arrays = {k: put(v) for k, v in params.arrays().items()}
         kw: dict[str, Any] = {}
         if self.style == "params":
@@ -286,29 +264,27 @@ class FunctionMHA(MHACandidate):
         if memory is not None:
             kw["memory"] = put(memory)
         if mask is not None:
-            kw["mask"] = _to_library(self.xp, np.asarray(mask, dtype=bool), dtype)
+            kw["mask"] = self.backend.to_native(np.asarray(mask, dtype=bool))
         if causal:
             kw["causal"] = True
         out, weights = _first(self.fn(*args, **kw))
-        return _to_host(out), (None if weights is None else _to_host(weights))
+        return self.backend.to_host(out), (None if weights is None else self.backend.to_host(weights))
 
 
 class FunctionBlock(BlockCandidate):
     """A plain block function (see the module docstring)."""
 
-    def __init__(self, fn, *, backend="numpy", d_model=8, num_heads=2, d_ff=16, norm="post", approximate="none",
+    def __init__(self, fn, *, backend: ArrayBackend, d_model=8, num_heads=2, d_ff=16, norm="post", approximate="none",
                  eps=1e-5, name=None):
-        self.fn = fn
         self.style, self.names = _function_style(fn, MHA_WEIGHT_NAMES + BLOCK_WEIGHT_NAMES, "block")
-        self.backend = backend
-        self.xp = get_namespace(backend)
-        features = [o for o in ("mask", "causal") if o in self.names]
-        super().__init__(name=name or _name_of(fn), note=f"plain function, weights passed as {self.style!r} ({backend})",
+        takes = [o for o in ("mask", "causal") if o in self.names]
+        super().__init__(fn, name=name or _name_of(fn), backend=backend,
+                         note=f"plain function, weights passed as {self.style!r} ({backend.name})",
                          d_model=d_model, num_heads=num_heads, d_ff=d_ff, norm=norm, approximate=approximate, eps=eps,
-                         features=features)
+                         takes=takes)
 
     def _call(self, x, params, dtype, mask, causal):
-        put = lambda a: None if a is None else _to_library(self.xp, np.asarray(a), dtype)  # noqa: E731
+        put = lambda a: None if a is None else self.backend.to_native(np.asarray(a), dtype)  # noqa: E731
         attn = params.attn
         kw: dict[str, Any] = {}
         if self.style == "params":
@@ -327,11 +303,11 @@ class FunctionBlock(BlockCandidate):
             if name in self.names:
                 kw[name] = value
         if mask is not None:
-            kw["mask"] = _to_library(self.xp, np.asarray(mask, dtype=bool), dtype)
+            kw["mask"] = self.backend.to_native(np.asarray(mask, dtype=bool))
         if causal:
             kw["causal"] = True
         out, _ = _first(self.fn(*args, **kw))
-        return _to_host(out)
+        return self.backend.to_host(out)
 
 
 # --------------------------------------------------------------------------- torch modules
@@ -350,39 +326,40 @@ def _set(tensor, value: np.ndarray | None) -> None:
             raise ValueError("the module has no bias where the battery set a non-zero one")
         return
     with torch.no_grad():
-        tensor.copy_(torch.as_tensor(np.ascontiguousarray(value), dtype=tensor.dtype))
+        tensor.copy_(torch.as_tensor(np.ascontiguousarray(value), dtype=tensor.dtype, device=tensor.device))
 
 
 class _ModuleCopies:
     """One eval-mode copy of a module per dtype, so setting weights never touches the user's module."""
 
-    def __init__(self, module):
+    def __init__(self, module, device: str | None = None):
         self.module = module
+        self.device = device or "cpu"
         self.copies: dict[str, Any] = {}
 
     def get(self, dtype: str):
         if dtype not in self.copies:
             torch = _torch()
-            self.copies[dtype] = copy.deepcopy(self.module).to(getattr(torch, dtype)).eval()
+            self.copies[dtype] = copy.deepcopy(self.module).to(dtype=getattr(torch, dtype), device=self.device).eval()
         return self.copies[dtype]
 
 
 class TorchMultiheadAttention(MHACandidate):
     """``torch.nn.MultiheadAttention``: weights read from and written to a copy of it."""
 
-    def __init__(self, module, name=None):
+    def __init__(self, module, name=None, device=None):
         if getattr(module, "bias_k", None) is not None or getattr(module, "add_zero_attn", False):
             raise TypeError("nn.MultiheadAttention with add_bias_kv or add_zero_attn has no counterpart in "
                             "multi-head attention as numerics defines it")
         self.module = module
-        self.copies = _ModuleCopies(module)
+        self.copies = _ModuleCopies(module, device)
         has_b = module.in_proj_bias is not None
-        super().__init__(name=name or f"torch.nn.MultiheadAttention(batch_first={module.batch_first})",
+        super().__init__(module, name=name or f"torch.nn.MultiheadAttention(batch_first={module.batch_first})",
                          note="torch.nn.MultiheadAttention (attn_mask True = blocked, negated by the adapter)",
-                         d_model=module.embed_dim, num_heads=module.num_heads, d_memory=module.kdim
-                         if module.kdim == module.vdim else None, features=("memory", "mask", "causal"),
-                         has_bias={b: has_b for b in MHA_WEIGHT_NAMES[4:]}, returns_weights=True,
-                         dtypes=("float64", "float32"))
+                         backend=ArrayBackend("torch", device), d_model=module.embed_dim, num_heads=module.num_heads,
+                         d_memory=module.kdim if module.kdim == module.vdim else None,
+                         takes=("memory", "mask", "causal"), has_bias={b: has_b for b in MHA_WEIGHT_NAMES[4:]},
+                         returns_weights=True)
         if module.kdim != module.vdim:
             raise TypeError("nn.MultiheadAttention with kdim != vdim: keys and values from different memories are "
                             "not covered by the battery")
@@ -415,16 +392,16 @@ class TorchMultiheadAttention(MHACandidate):
         m = self.copies.get(dtype)
         self._load(m, params)
         src = x if memory is None else np.asarray(memory, dtype=np.float64)
-        q, kv = (torch.as_tensor(a, dtype=getattr(torch, dtype)) for a in (x, src))
+        q, kv = (self.backend.to_native(a, dtype) for a in (x, src))
         if not m.batch_first:
             q, kv = q.transpose(0, 1), kv.transpose(0, 1)
         allowed = _allowed(mask, causal, x.shape[-2], src.shape[-2])
-        attn_mask = None if allowed is None else torch.as_tensor(~allowed)
+        attn_mask = None if allowed is None else self.backend.to_native(~allowed)
         with torch.no_grad():
             out, weights = m(q, kv, kv, attn_mask=attn_mask, need_weights=True, average_attn_weights=True)
         if not m.batch_first:
             out = out.transpose(0, 1)
-        return _to_host(out), _to_host(weights)
+        return ArrayBackend.to_host(out), ArrayBackend.to_host(weights)
 
 
 _Q_NAMES = ("W_q", "q_proj", "query", "wq", "to_q", "q")
@@ -447,9 +424,9 @@ def _child(module, names: tuple[str, ...]):
 class LinearProjectionMHA(MHACandidate):
     """An nn.Module whose projections are nn.Linear layers (seed 002's style, nanoGPT's)."""
 
-    def __init__(self, module, name=None):
+    def __init__(self, module, name=None, device=None):
         self.module = module
-        self.copies = _ModuleCopies(module)
+        self.copies = _ModuleCopies(module, device)
         self.layout = self._find(module)
         heads = next((getattr(module, n) for n in _HEAD_NAMES if isinstance(getattr(module, n, None), int)), None)
         if heads is None:
@@ -463,10 +440,10 @@ class LinearProjectionMHA(MHACandidate):
         self.three = len(required) == 3
         w_o, b_o = _linear_params(self.layout["o"])
         _, b_q = _linear_params(self.layout["q"]) if "q" in self.layout else _linear_params(self.layout["qkv"])
-        super().__init__(name=name or type(module).__qualname__,
+        super().__init__(module, name=name or type(module).__qualname__, backend=ArrayBackend("torch", device),
                          note=f"nn.Module with nn.Linear projections {sorted(self.names.values())}, "
                               f"forward({'query, key, value' if self.three else 'x'})",
-                         d_model=w_o.shape[1], num_heads=heads, features=("memory",) if self.three else (),
+                         d_model=w_o.shape[1], num_heads=heads, takes=("memory",) if self.three else (),
                          has_bias={"b_q": b_q is not None, "b_k": b_q is not None, "b_v": b_q is not None,
                                    "b_o": b_o is not None})
 
@@ -508,15 +485,15 @@ class LinearProjectionMHA(MHACandidate):
         for key, (w, b) in self._row_weights(m).items():
             _set(w, getattr(params, f"w_{key}").T)
             _set(b, getattr(params, f"b_{key}"))
-        xt = torch.as_tensor(x, dtype=getattr(torch, dtype))
+        xt = self.backend.to_native(x, dtype)
         with torch.no_grad():
             if self.three:
-                src = xt if memory is None else torch.as_tensor(memory, dtype=getattr(torch, dtype))
+                src = xt if memory is None else self.backend.to_native(np.asarray(memory), dtype)
                 result = m(xt, src, src)
             else:
                 result = m(xt)
         out, weights = _first(result)
-        return _to_host(out), None
+        return ArrayBackend.to_host(out), None
 
 
 def _gelu_of(activation) -> str:
@@ -533,10 +510,10 @@ def _gelu_of(activation) -> str:
 class TorchBlock(BlockCandidate):
     """``torch.nn.TransformerEncoderLayer`` or a module with the same parts under common names."""
 
-    def __init__(self, module, *, norm=None, approximate=None, name=None):
+    def __init__(self, module, *, norm=None, approximate=None, name=None, device=None):
         torch = _torch()
         self.module = module
-        self.copies = _ModuleCopies(module)
+        self.copies = _ModuleCopies(module, device)
         self.encoder_layer = isinstance(module, torch.nn.TransformerEncoderLayer)
         self.parts = self._find(module)
         attn = self.parts["attn"]
@@ -558,10 +535,10 @@ class TorchBlock(BlockCandidate):
             raise TypeError(f"{type(module).__name__}: say whether the block is pre-LN or post-LN "
                             "(validate(..., norm='pre' | 'post'), or a norm_first attribute)")
         lin1 = self.parts["fc1"]
-        super().__init__(name=name or type(module).__qualname__, note=note, d_model=self.attn.d_model,
-                         num_heads=self.attn.num_heads, d_ff=lin1.out_features, norm=self.declared["norm"],
-                         approximate=self.declared["approximate"] or "none", eps=eps,
-                         features=("mask", "causal") if self.encoder_layer else ())
+        super().__init__(module, name=name or type(module).__qualname__, note=note, backend=ArrayBackend("torch", device),
+                         d_model=self.attn.d_model, num_heads=self.attn.num_heads, d_ff=lin1.out_features,
+                         norm=self.declared["norm"], approximate=self.declared["approximate"] or "none", eps=eps,
+                         takes=("mask", "causal") if self.encoder_layer else ())
 
     def _find(self, module) -> dict[str, Any]:
         torch = _torch()
@@ -619,18 +596,18 @@ class TorchBlock(BlockCandidate):
         for i in (1, 2):
             _set(parts[f"ln{i}"].weight, getattr(params, f"ln{i}_gamma"))
             _set(parts[f"ln{i}"].bias, getattr(params, f"ln{i}_beta"))
-        xt = torch.as_tensor(x, dtype=getattr(torch, dtype))
+        xt = self.backend.to_native(x, dtype)
         with torch.no_grad():
             if self.encoder_layer:
                 batch_first = m.self_attn.batch_first
                 src = xt if batch_first else xt.transpose(0, 1)
                 allowed = _allowed(mask, causal, x.shape[-2], x.shape[-2])
-                src_mask = None if allowed is None else torch.as_tensor(~allowed)
+                src_mask = None if allowed is None else self.backend.to_native(~allowed)
                 out = m(src, src_mask=src_mask)
                 out = out if batch_first else out.transpose(0, 1)
             else:
                 out, _ = _first(m(xt))
-        return _to_host(out)
+        return ArrayBackend.to_host(out)
 
 
 # --------------------------------------------------------------------------- recognition
@@ -646,11 +623,12 @@ def _resolve(obj: Any) -> Any:
     return obj
 
 
-def as_mha_candidate(obj: Any, *, backend: str | None = None, d_model: int = 8, num_heads: int = 2,
-                     name: str | None = None) -> MHACandidate:
+def as_mha_candidate(obj: Any, *, backend: str | None = None, device: str | None = None, d_model: int = 8,
+                     num_heads: int = 2, name: str | None = None) -> MHACandidate:
     """Recognise ``obj`` (see the module docstring) as multi-head attention under test.
 
-    ``d_model`` and ``num_heads`` are the sizes a plain function is run at (a module has its own).
+    ``d_model`` and ``num_heads`` are the sizes a plain function is run at (a module has its own);
+    pass the result to :func:`verify.validate.validate` with ``kind="mha"``.
     """
     if isinstance(obj, MHACandidate):
         return obj
@@ -658,24 +636,34 @@ def as_mha_candidate(obj: Any, *, backend: str | None = None, d_model: int = 8, 
     if _is_module(obj):
         torch = _torch()
         if isinstance(obj, torch.nn.MultiheadAttention):
-            return TorchMultiheadAttention(obj, name=name)
-        return LinearProjectionMHA(obj, name=name)
+            return TorchMultiheadAttention(obj, name=name, device=device)
+        return LinearProjectionMHA(obj, name=name, device=device)
     if not callable(obj):
         raise TypeError(f"expected a function, an nn.Module or a factory returning one, got {type(obj).__name__}")
-    return FunctionMHA(obj, backend=backend or "numpy", d_model=d_model, num_heads=num_heads, name=name)
+    return FunctionMHA(obj, backend=make_backend(backend, device, obj), d_model=d_model, num_heads=num_heads, name=name)
 
 
-def as_block_candidate(obj: Any, *, backend: str | None = None, d_model: int = 8, num_heads: int = 2, d_ff: int = 16,
-                       norm: str | None = None, approximate: str | None = None, name: str | None = None
-                       ) -> BlockCandidate:
+def as_block_candidate(obj: Any, *, backend: str | None = None, device: str | None = None, d_model: int = 8,
+                       num_heads: int = 2, d_ff: int = 16, norm: str | None = None, approximate: str | None = None,
+                       name: str | None = None) -> BlockCandidate:
     """Recognise ``obj`` as a transformer block under test. ``norm`` and ``approximate`` declare
     its conventions when it does not say itself (a plain function: default "post" and "none")."""
     if isinstance(obj, BlockCandidate):
         return obj
     obj = _resolve(obj)
     if _is_module(obj):
-        return TorchBlock(obj, norm=norm, approximate=approximate, name=name)
+        return TorchBlock(obj, norm=norm, approximate=approximate, name=name, device=device)
     if not callable(obj):
         raise TypeError(f"expected a function, an nn.Module or a factory returning one, got {type(obj).__name__}")
-    return FunctionBlock(obj, backend=backend or "numpy", d_model=d_model, num_heads=num_heads, d_ff=d_ff,
-                         norm=norm or "post", approximate=approximate or "none", name=name)
+    return FunctionBlock(obj, backend=make_backend(backend, device, obj), d_model=d_model, num_heads=num_heads,
+                         d_ff=d_ff, norm=norm or "post", approximate=approximate or "none", name=name)
+
+
+@register_adapter("mha")
+def _recognise_mha(fn, *, backend, device, layout, mask_convention, name):
+    return as_mha_candidate(fn, backend=backend, device=device, name=name)
+
+
+@register_adapter("block")
+def _recognise_block(fn, *, backend, device, layout, mask_convention, name):
+    return as_block_candidate(fn, backend=backend, device=device, name=name)
