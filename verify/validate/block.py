@@ -48,7 +48,7 @@ from verify.validate.mha import _Calls, _dtypes, _round, raised
 from verify.validate.modules import BlockCandidate
 from verify.validate.registry import register
 from verify.validate.result import Measurement, PropertyResult, Status
-from verify.validate.tolerance import ABS64, absolute, relative_error, rule
+from verify.validate.tolerance import ABS64, absolute, rule
 
 __all__ = ["agreement", "masks", "norm_placement", "position_wise", "gelu", "diagnose"]
 
