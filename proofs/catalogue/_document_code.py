@@ -64,3 +64,33 @@ def seed001_multihead() -> tuple[int, Callable]:
         return out.reshape(*x.shape[:-2], *out.shape[1:])
 
     return start, seed001_example
+
+
+def run_battery(candidate, kind: str = "mha", **sizes):
+    """``verify.validate.validate`` on a document's code, torch's RNG forked and seeded (a factory
+    builds the same module every run). ``sizes`` (d_model, num_heads) are for a plain function."""
+    from verify.validate import validate
+
+    if sizes:
+        from verify.validate.modules import as_mha_candidate
+
+        candidate = as_mha_candidate(candidate, **sizes)
+    try:
+        import torch
+    except ImportError:
+        return validate(candidate, kind=kind, seed=0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return validate(candidate, kind=kind, seed=0)
+
+
+def battery_evidence(result, what: str):
+    """The battery's property table as one piece of evidence (a counterexample when it failed)."""
+    from ._kit import counterexample, numeric
+
+    rows = [f"{p.name} {p.status}" + (f" ({p.diagnosis})" if p.status.value in ("FAIL", "ERROR", "TIMEOUT") else "")
+            for p in result.properties]
+    verdict = "passes" if result.passed else "fails"
+    summary = f"the validate battery (kind={result.kind!r}) {verdict} on {what}: " + "; ".join(rows)
+    data = {"validate": result.to_dict(), "faults": list(result.faults)}
+    return numeric(summary, **data) if result.passed else counterexample(summary, **data)
