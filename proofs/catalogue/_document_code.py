@@ -88,8 +88,11 @@ def battery_evidence(result, what: str):
     """The battery's property table as one piece of evidence (a counterexample when it failed)."""
     from ._kit import counterexample, numeric
 
-    rows = [f"{p.name} {p.status}" + (f" ({p.diagnosis})" if p.status.value in ("FAIL", "ERROR", "TIMEOUT") else "")
-            for p in result.properties]
+    rows = [f"{p.name} {p.status} ({p.diagnosis})" for p in result.properties if p.status.value in ("FAIL", "ERROR", "TIMEOUT")]
+    for status in ("PASS", "NOT APPLICABLE"):
+        names = [p.name for p in result.properties if p.status.value == status]
+        if names:
+            rows.append(f"{status}: {', '.join(names)}")
     verdict = "passes" if result.passed else "fails"
     summary = f"the validate battery (kind={result.kind!r}) {verdict} on {what}: " + "; ".join(rows)
     data = {"validate": result.to_dict(), "faults": list(result.faults)}

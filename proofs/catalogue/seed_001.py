@@ -298,11 +298,11 @@ def check_example_multihead_code() -> CheckOutcome:
     try:
         ns = run_document_code(code, f"seed001_line{start}")
     except Exception as exc:  # the finding: the document's code does not run
-        return CheckOutcome(Verdict.REFUTED, Method.NUMERIC, [counterexample(
+        return CheckOutcome(Verdict.REFUTED, Method.NUMERIC, [table, counterexample(
             f"the example's code (fence on line {start}) raises {type(exc).__name__}: {exc}. With a single token x_i, "
             "np.dot(Q, K.T) is a scalar per head, and the 'attention' returns raw scores without softmax or V, so "
             "nothing of shape (h*d_v,) exists to concatenate and project with W_O (4 x 4)",
-            exception=f"{type(exc).__name__}: {exc}", line=start), table])
+            exception=f"{type(exc).__name__}: {exc}", line=start)])
     out = np.asarray(ns.get("output"))
     if out.shape != (ns["d"],):
         return CheckOutcome(Verdict.REFUTED, Method.NUMERIC, [counterexample(

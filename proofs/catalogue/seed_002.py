@@ -156,12 +156,12 @@ def check_mha_code() -> CheckOutcome:
                           "with probability 0; the tolerance covers float64 rounding"}
     table = battery_evidence(battery, f"the document's MultiHeadAttention(8, 2) (code fence line {start})")
     if worst < 1e-12 and battery.passed:
-        return CheckOutcome(Verdict.SUPPORTED, Method.NUMERIC, [numeric(
+        return CheckOutcome(Verdict.SUPPORTED, Method.NUMERIC, [table, numeric(
             f"the document's MultiHeadAttention (code fence line {start}) matches numerics.multi_head_attention on 3 "
-            f"random inputs, max error {worst:.1e}", **data), table])
+            f"random inputs, max error {worst:.1e}", **data)])
     found = [] if worst < 1e-12 else [counterexample(
         f"the document's MultiHeadAttention differs from multi-head attention by up to {worst:.3g}", **data)]
-    return CheckOutcome(Verdict.REFUTED, Method.NUMERIC, found + [table])
+    return CheckOutcome(Verdict.REFUTED, Method.NUMERIC, [table] + found)
 
 
 # ---- code: class PrunableMultiHeadAttention (line 269) ------------------------------------------
@@ -246,9 +246,9 @@ def check_prunable_code() -> CheckOutcome:
     table = battery_evidence(battery, "the document's PrunableMultiHeadAttention(4, 2) (head_dim = num_heads, "
                              "the only size at which it runs)")
     if not evidence and battery.passed:
-        return CheckOutcome(Verdict.SUPPORTED, Method.NUMERIC, [numeric(
-            "the document's PrunableMultiHeadAttention runs and matches multi-head attention", **data), table])
-    evidence.append(table)
+        return CheckOutcome(Verdict.SUPPORTED, Method.NUMERIC, [table, numeric(
+            "the document's PrunableMultiHeadAttention runs and matches multi-head attention", **data)])
+    evidence.insert(0, table)  # first: the check table shows the first piece of evidence
     if err_fixed < 1e-12:
         evidence.append(note("with .transpose(1, 2) on q, k, v and the head mask and importance broadcast over the head "
                              f"axis, the same weights give multi-head attention (max error {err_fixed:.1e})", **data))
