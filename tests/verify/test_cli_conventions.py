@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from verify.cli import main
 
 COMMANDS = [["check"], ["derive"], ["report"], ["mc"], ["mc", "variance"], ["mc", "scaled"],
-            ["mc", "projected"], ["mc", "saturation"], ["prove"], ["audit"]]
+            ["mc", "projected"], ["mc", "saturation"], ["prove"], ["audit"], ["validate"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)

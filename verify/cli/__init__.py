@@ -80,7 +80,7 @@ def main() -> None:
 
 
 # One module a command; imported as modules so that the package attributes stay the modules.
-from verify.cli import audit as _audit, check as _check, mc as _mc, prove as _prove  # noqa: E402
+from verify.cli import audit as _audit, check as _check, mc as _mc, prove as _prove, validate as _validate  # noqa: E402
 
-for _command in (_check.check, _check.derive, _check.report, _mc.mc, _audit.audit, _prove.prove):
+for _command in (_check.check, _check.derive, _check.report, _mc.mc, _audit.audit, _prove.prove, _validate.validate):
     main.add_command(_command)

@@ -135,6 +135,9 @@ def detect_backend(fn: Any) -> str | None:
         stack.extend(const for const in c.co_consts if hasattr(const, "co_names"))
     found = set()
     for name in used:
+        if name in ("torch", "jax", "cupy") and name not in globals_:  # imported inside the function
+            found.add(name)
+            continue
         value = globals_.get(name)
         origin = getattr(value, "__name__", None) if isinstance(value, type(np)) else getattr(value, "__module__", None)
         root = (origin or "").split(".")[0]

@@ -38,7 +38,8 @@ GRACE = 2.0
 def validate(fn: Any, kind: str = "sdpa", *, backend: str | None = None, device: str | None = None,
              dtypes: Iterable[str] | str | None = None, layout: str = "bhsd", mask_convention: str = "allow",
              seed: int = 0, max_examples: int | None = None, time_limit: float | None = None,
-             properties: Iterable[str] | None = None, name: str | None = None) -> ValidationResult:
+             properties: Iterable[str] | None = None, name: str | None = None, stop=None,
+             on_property: Callable[[PropertyResult], None] | None = None) -> ValidationResult:
     """Run the battery of ``kind`` on ``fn`` and return what each property found.
 
     Parameters
@@ -69,6 +70,11 @@ def validate(fn: Any, kind: str = "sdpa", *, backend: str | None = None, device:
         Run only these properties (by name).
     name : str, optional
         How the report names the candidate.
+    stop : threading.Event, optional
+        Checked between properties: once set, the rest are not run (``settings["not_run"]`` lists
+        them, ``settings["incomplete"]`` is True). The command line sets it on Ctrl-C.
+    on_property : callable, optional
+        Called with each PropertyResult as it is ready.
 
     Returns
     -------
@@ -80,10 +86,19 @@ def validate(fn: Any, kind: str = "sdpa", *, backend: str | None = None, device:
     chosen = _choose(properties_for(kind), properties)
     candidate = fn if isinstance(fn, Candidate) else adapt(
         fn, kind, backend=backend, device=device, layout=layout, mask_convention=mask_convention, name=name)
-    results = tuple(run_property(prop, candidate, settings) for prop in chosen)
+    results, not_run = [], []
+    for prop in chosen:
+        if stop is not None and stop.is_set():
+            not_run.append(prop.name)
+            continue
+        results.append(run_property(prop, candidate, settings))
+        if on_property is not None:
+            on_property(results[-1])
     info = {**settings.to_dict(), "backend": candidate.backend.name, "device": candidate.backend.device,
             "features": sorted(candidate.features), "adapter": candidate.note}
-    return ValidationResult(candidate.name, kind, results, info)
+    if not_run:
+        info.update(incomplete=True, not_run=not_run)
+    return ValidationResult(candidate.name, kind, tuple(results), info)
 
 
 def make_settings(kind: str, *, dtypes=None, seed: int = 0, max_examples=None, time_limit=None,

@@ -1,2 +1,2 @@
-"""Faulty attention implementations (mutants) the validate battery must fail, each with the
-diagnosis it must name, and correct ones it must pass."""
+"""Attention implementations the validate battery is tested on: faulty ones (mutants) that it must
+fail with their fault named, and correct ones, written differently, that it must pass."""

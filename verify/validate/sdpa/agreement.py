@@ -98,7 +98,7 @@ def diagnose(p: Problem, dtype: str, out: np.ndarray, bound: float) -> tuple[str
     if fault is not None:
         return f"{fault.words}", fault.code
     s, residual = scale_fit.fit(p, out)
-    if residual <= slack:
+    if residual <= max(slack, 1e-6):
         named = scale_fit.name_scale(p, s, residual)
         if not named.correct:
             return named.words(), named.code

@@ -42,7 +42,7 @@ class ScaleFit:
         if self.correct:
             return f"scale {self.scale:.6g} = the expected {self.expected:.6g}"
         if self.name:
-            return f"the scale is {self.name} ({self.scale:.6g}), expected {self.expected:.6g}"
+            return f"the scale is {self.name}: fitted {self.scale:.6g}, expected {self.expected:.6g}"
         return (f"a stray factor {self.ratio:.4g} on the scale: {self.scale:.6g} where {self.expected:.6g} "
                 f"was expected")
 
@@ -61,9 +61,15 @@ def fit(p: Problem, out: np.ndarray) -> tuple[float, float]:
     i = int(np.argmin(errors))
     lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
     best = minimize_scalar(err, bounds=(lo, hi), method="bounded", options={"xatol": 1e-10})
-    if best.fun <= errors[i]:
-        return float(math.exp(best.x)), float(best.fun)
-    return float(math.exp(grid[i])), float(errors[i])
+    s, e = (float(math.exp(best.x)), float(best.fun)) if best.fun <= errors[i] else (float(math.exp(grid[i])), errors[i])
+    # The bounded search stops near 1e-9; a named scale within MATCH is tried exactly.
+    expected = p.scale if p.scale is not None else 1 / math.sqrt(p.q.shape[-1])
+    for value in (expected, *(v for _, v in named_scales(p).values())):
+        if abs(s / value - 1) <= MATCH:
+            e_named = err(math.log(value))
+            if e_named <= e:
+                s, e = value, e_named
+    return s, float(e)
 
 
 def named_scales(p: Problem) -> dict[str, tuple[str, float]]:

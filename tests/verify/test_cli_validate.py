@@ -1,0 +1,89 @@
+"""`attnverify validate MODULE:ATTR`: a file path and a module (torch's SDPA), the table, --json,
+exit 0 / 1, bad targets named (exit 2)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.helpers import OPTIONAL_BACKENDS
+from verify.cli import main
+
+MUTANTS = Path(__file__).resolve().parent / "mutants"
+
+
+def validate(*args: str, cwd=None):
+    return CliRunner().invoke(main, ["validate", *map(str, args)], env={"COLUMNS": "220"})
+
+
+def test_a_file_path_with_a_faulty_function_exits_1_and_names_the_fault(tmp_path):
+    result = validate(f"{MUTANTS / 'sdpa.py'}:causal_bottom_right", "--max-examples", "8")
+    assert result.exit_code == 1, result.output
+    assert "causal alignment is bottom-right" in result.output
+    assert "FAIL" in result.output and "FAILED; faults named: causal:bottom_right" in result.output
+
+
+def test_a_correct_file_exits_0_and_writes_json(tmp_path):
+    out = tmp_path / "sub" / "v.json"
+    result = validate(f"{MUTANTS / 'correct.py'}:online_softmax", "--max-examples", "8", "--json", out)
+    assert result.exit_code == 0, result.output
+    assert "every applicable property passed" in result.output
+    doc = json.loads(out.read_text())
+    assert doc["passed"] is True and doc["kind"] == "sdpa" and doc["tool"] == "attnverify"
+    statuses = {p["name"]: p["status"] for p in doc["properties"]}
+    assert statuses["causality"] == "PASS" and statuses["gqa"] == "NOT APPLICABLE"
+
+
+def test_torch_sdpa_from_the_command_line_in_a_subprocess(tmp_path):
+    pytest.importorskip("torch", reason=f"torch is not installed ({OPTIONAL_BACKENDS['torch']})")
+    run = subprocess.run([sys.executable, "-m", "verify.cli", "validate",
+                          "torch.nn.functional:scaled_dot_product_attention", "--max-examples", "6",
+                          "--dtype", "float32", "--json", "-"], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    assert doc["settings"]["adapter"] == "torch.nn.functional.scaled_dot_product_attention"
+    assert {p["name"]: p["status"] for p in doc["properties"]}["gradients"] == "PASS"
+    assert "gradients" in run.stderr  # the table went to stderr
+
+
+def test_a_module_from_the_current_directory(tmp_path, monkeypatch):
+    (tmp_path / "myattn.py").write_text(
+        "import numpy as np\n"
+        "def attention(q, k, v):\n"
+        "    s = q @ np.swapaxes(k, -1, -2)\n"  # no 1/sqrt(d_k)
+        "    e = np.exp(s - s.max(-1, keepdims=True))\n"
+        "    return e / e.sum(-1, keepdims=True) @ v\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    result = validate("myattn:attention", "--max-examples", "8", "--dtype", "float64")
+    assert result.exit_code == 1, result.output
+    assert "the 1/sqrt(d_k) is missing" in result.output
+
+
+@pytest.mark.parametrize("target, words", [
+    ("no_such_module_xyz:f", "no module named 'no_such_module_xyz'"),
+    ("sdpa.py:nope", "has no attribute 'nope'"),
+    ("sdpa.py:MUTANTS", "is a list, not a callable"),
+    ("justaname", "expected MODULE:ATTR"),
+    ("missing.py:f", "no such file 'missing.py'"),
+])
+def test_bad_targets_are_named(target, words, monkeypatch):
+    monkeypatch.chdir(MUTANTS)
+    result = validate(target)
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for 'MODULE:ATTR'" in result.output and words in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_module_that_raises_on_import_is_reported(tmp_path):
+    bad = tmp_path / "broken.py"
+    bad.write_text("raise RuntimeError('half written')\n")
+    result = validate(f"{bad}:f")
+    assert result.exit_code == 1
+    assert "importing" in result.output and "RuntimeError: half written" in result.output

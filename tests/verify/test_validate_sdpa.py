@@ -1,0 +1,160 @@
+"""The validate battery, kind "sdpa": every mutant fails with its fault named, every correct
+implementation passes, a raising or hanging one is reported and the battery goes on."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import numerics
+from tests.helpers import OPTIONAL_BACKENDS, backend_params, load_backend
+from tests.verify.mutants import correct, sdpa as mutants
+from verify.validate import Status, validate
+
+#: Small searches keep the file fast; the defaults are exercised by benchmarks/bench_validate.py.
+FAST = {"max_examples": 12}
+
+
+def _needs_torch(kw):
+    if kw.get("backend") == "torch":
+        pytest.importorskip("torch", reason=f"torch is not installed ({OPTIONAL_BACKENDS['torch']})")
+
+
+@pytest.mark.parametrize("mutant, fault, kw", mutants.MUTANTS, ids=[m[0].__name__ for m in mutants.MUTANTS])
+def test_every_mutant_fails_with_its_fault_named(mutant, fault, kw):
+    _needs_torch(kw)
+    result = validate(mutant, **FAST, **kw)
+    assert not result.passed
+    assert fault in result.faults, [(p.name, p.status.value, p.diagnosis) for p in result.failures]
+    named = [p for p in result.failures if p.fault == fault]
+    assert named[0].diagnosis and named[0].status is Status.FAIL
+
+
+@pytest.mark.parametrize("impl", [correct.logsumexp_form, correct.online_softmax], ids=lambda f: f.__name__)
+def test_correct_implementations_written_differently_pass(impl):
+    result = validate(impl, **FAST)
+    assert result.passed, [(p.name, p.diagnosis) for p in result.failures]
+    assert result["causality"].status is Status.PASS and result["mask_polarity"].status is Status.PASS
+
+
+@pytest.mark.parametrize("backend", backend_params("numpy", "array_api_strict", "torch"))
+def test_our_sdpa_passes_on_each_backend(backend):
+    load_backend(backend)
+    result = validate(numerics.scaled_dot_product_attention, backend=backend, **FAST)
+    assert result.passed, [(p.name, p.diagnosis) for p in result.failures]
+    # numerics takes every option: nothing is left not applicable except what needs weights/autograd
+    assert result["gqa"].status is Status.PASS and result["causality"].status is Status.PASS
+    if backend == "torch":
+        assert result["gradients"].status is Status.PASS
+
+
+def test_torch_sdpa_passes_with_gradients():
+    torch = pytest.importorskip("torch", reason=f"torch is not installed ({OPTIONAL_BACKENDS['torch']})")
+    result = validate(torch.nn.functional.scaled_dot_product_attention, **FAST)
+    assert result.settings["adapter"] == "torch.nn.functional.scaled_dot_product_attention"
+    assert result.passed, [(p.name, p.diagnosis) for p in result.failures]
+    assert result["gradients"].status is Status.PASS
+    assert "zeros" in result["empty_rows"].diagnosis
+
+
+def test_torch_sdpa_on_cuda():
+    torch = pytest.importorskip("torch", reason=f"torch is not installed ({OPTIONAL_BACKENDS['torch']})")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    result = validate(torch.nn.functional.scaled_dot_product_attention, device="cuda", **FAST)
+    assert result.settings["device"] == "cuda"
+    assert result.passed, [(p.name, p.diagnosis) for p in result.failures]
+
+
+def test_jax_dot_product_attention_passes():
+    jax = pytest.importorskip("jax", reason="jax is not installed (pip install jax)")
+    result = validate(jax.nn.dot_product_attention, **FAST)
+    assert result.passed, [(p.name, p.diagnosis) for p in result.failures]
+
+
+def test_torch_functions_are_detected_from_their_code():
+    pytest.importorskip("torch", reason=f"torch is not installed ({OPTIONAL_BACKENDS['torch']})")
+    result = validate(mutants.nan_gradient_empty_rows, properties=["agreement"], **FAST)
+    assert result.settings["backend"] == "torch"
+
+
+def test_mask_convention_block_and_layout_bshd():
+    # The inverted-polarity mutant is right for a caller whose masks say True = blocked.
+    assert validate(mutants.mask_inverted, mask_convention="block", **FAST).passed
+    assert "mask:inverted" in validate(mutants.mask_inverted, **FAST).faults
+
+    def bshd(q, k, v, mask=None):  # (B, N, H, K)
+        t = lambda x: np.swapaxes(x, -2, -3)  # noqa: E731
+        return t(correct.logsumexp_form(t(q), t(k), t(v), mask=mask))
+
+    assert validate(bshd, layout="bshd", **FAST).passed
+    assert not validate(bshd, **FAST).passed
+
+
+def test_the_failing_example_is_shrunk():
+    result = validate(mutants.no_scale, properties=["agreement"], max_examples=30)
+    example = result["agreement"].example
+    assert result["agreement"].status is Status.FAIL
+    # a random search starts with sizes up to 40 x 40; hypothesis shrinks towards the smallest
+    assert example["q"][-2] <= 3 and example["k"][-2] <= 3, example
+
+
+def test_a_raising_implementation_is_an_error_and_the_battery_goes_on():
+    def raises_on_masks(q, k, v, mask=None):
+        if mask is not None:
+            raise RuntimeError("masks are not implemented")
+        return correct.logsumexp_form(q, k, v)
+
+    result = validate(raises_on_masks, **FAST)
+    assert result["mask_polarity"].status is Status.ERROR
+    assert "RuntimeError: masks are not implemented" in result["mask_polarity"].diagnosis
+    assert result["scale"].status is Status.PASS and result["shift_invariance"].status is Status.PASS
+    assert not result.passed
+
+
+def test_a_hanging_implementation_times_out_and_the_battery_goes_on():
+    def loops_on_large_inputs(q, k, v, mask=None):
+        if np.max(np.abs(k)) > 100:  # masked_values and large_logits only
+            while True:
+                pass
+        return correct.logsumexp_form(q, k, v, mask=mask)
+
+    start = time.monotonic()
+    result = validate(loops_on_large_inputs, time_limit=2, **FAST)
+    assert result["large_logits"].status is Status.TIMEOUT
+    assert result["masked_values"].status is Status.TIMEOUT
+    assert "was stopped" in result["large_logits"].diagnosis
+    assert result["scale"].status is Status.PASS and result["causality"].status is Status.NOT_APPLICABLE
+    assert time.monotonic() - start < 60
+
+
+def test_a_call_blocked_in_native_code_is_abandoned():
+    never = threading.Event()
+
+    def blocks(q, k, v):
+        never.wait()
+
+    result = validate(blocks, time_limit=1, properties=["scale"])
+    assert result["scale"].status is Status.TIMEOUT
+    assert "abandoned" in result["scale"].diagnosis
+    never.set()
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(TypeError, match="fn must be callable"):
+        validate(3)
+    with pytest.raises(ValueError, match="dtypes"):
+        validate(correct.logsumexp_form, dtypes=["float8"])
+    with pytest.raises(ValueError, match="layout"):
+        validate(correct.logsumexp_form, layout="sbhd")
+    with pytest.raises(ValueError, match="properties"):
+        validate(correct.logsumexp_form, properties=["nope"])
+
+
+def test_same_seed_same_result():
+    a = validate(mutants.stray_factor, properties=["agreement"], **FAST).to_dict()
+    b = validate(mutants.stray_factor, properties=["agreement"], **FAST).to_dict()
+    assert a == b

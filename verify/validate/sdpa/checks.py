@@ -1,0 +1,44 @@
+"""Shared steps of the sdpa properties: a measured run with its diagnosis, and a difference between
+two of the candidate's own outputs judged against the rule's bound."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from verify.validate.context import PropertyContext
+from verify.validate.result import Measurement
+from verify.validate.sdpa.agreement import diagnose
+from verify.validate.sdpa.common import Run, fmt, measure
+from verify.validate.sdpa.problem import Problem
+from verify.validate.tolerance import relative_error
+
+
+def judged(ctx: PropertyContext, p: Problem, dtype: str, what: str = "output"):
+    """``(run, None)`` when the candidate agrees on ``p``; else ``(run, PropertyResult FAIL)`` with the
+    fault named when a known one reproduces the output."""
+    run = measure(ctx, p, dtype, what=what)
+    if run.ok:
+        return run, None
+    example = run.problem.describe(dtype)
+    if run.shape_error:
+        return run, ctx.failed(run.shape_error, (run.measurement,), example, "output:shape")
+    words, code = diagnose(run.problem, dtype, run.outcome.out, run.measurement.bound)
+    m = run.measurement
+    return run, ctx.failed(f"{words} (error {fmt(m.error)} vs bound {fmt(m.bound)})", (m,), example, code)
+
+
+def difference(what: str, a: np.ndarray, b: np.ndarray, run: Run) -> Measurement:
+    """Two of the candidate's outputs that must be equal: their relative difference against twice
+    the rule's bound (each may be off the reference by up to one bound)."""
+    if a.shape != b.shape:
+        return Measurement(what, float("inf"), 2 * run.measurement.bound)
+    return Measurement(what, relative_error(a, b) if np.any(b) else float(np.max(np.abs(a - b), initial=0.0)),
+                       2 * run.measurement.bound)
+
+
+def worst(measurements) -> str:
+    ms = [m for m in measurements if m is not None]
+    if not ms:
+        return ""
+    m = max(ms, key=lambda m: m.error / m.bound if m.bound > 0 else (float("inf") if m.error else 0))
+    return f"; worst error {fmt(m.error)} vs bound {fmt(m.bound)} ({m.what})"
