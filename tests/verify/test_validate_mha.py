@@ -214,3 +214,37 @@ def test_gelu_constant_is_fitted_not_assumed():
     text = result["gelu"].diagnosis
     assert "c = 0.04715" in text, text  # the fitted value, read off the candidate
     assert np.isclose(float(text.split("c = ")[1].split()[0]), 0.04715, rtol=1e-6)
+
+
+# ------------------------------------------------------------------ command line
+
+def test_command_line_kind_mha_and_block_on_file_paths():
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from verify.cli import main
+
+    mutants = Path(__file__).resolve().parent / "mutants"
+    run = lambda *a: CliRunner().invoke(main, ["validate", *map(str, a)], env={"COLUMNS": "220"})  # noqa: E731
+    bad = run(f"{mutants / 'mha.py'}:w_o_left_out", "--kind", "mha")
+    assert bad.exit_code == 1, bad.output
+    assert "W^O left out" in bad.output and "faults named: mha:no-w_o" in bad.output
+    good = run(f"{mutants / 'block.py'}:correct_post", "--kind", "block")
+    assert good.exit_code == 0, good.output
+    assert "layer norm placement" in good.output and "every applicable property passed" in good.output
+    worse = run(f"{mutants / 'block.py'}:layer_norm_over_tokens", "--kind", "block")
+    assert worse.exit_code == 1 and "block:ln-axis" in worse.output, worse.output
+
+
+@needs_torch
+def test_command_line_torch_module_instance(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from verify.cli import main
+
+    (tmp_path / "mymodel.py").write_text("import torch\nattn = torch.nn.MultiheadAttention(8, 2)\n")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["validate", "mymodel:attn", "--kind", "mha"], env={"COLUMNS": "220"})
+    assert result.exit_code == 0, result.output
+    assert "attention weights" in result.output
