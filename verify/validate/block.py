@@ -44,9 +44,8 @@ from numerics import BlockParams, FFNParams, transformer_block
 from numerics import reference as mp_reference
 from verify.validate import faults
 from verify.validate.context import CandidateError
-from verify.validate.mha import _Calls, _dtypes, _round, raised
+from verify.validate.mha import _round, raised, register_properties
 from verify.validate.modules import BlockCandidate
-from verify.validate.registry import register
 from verify.validate.result import Measurement, PropertyResult, Status
 from verify.validate.tolerance import ABS64, absolute, rule
 
@@ -259,17 +258,26 @@ def _switched_off(p: BlockParams, *, attention: bool = True, ffn: bool = False) 
     return out
 
 
+def _probe(name: str, cand, problem: Problem, params: BlockParams):
+    """The candidate's float64 output on ``problem.x`` with ``params``: (output, None), or (None, the
+    ERROR / FAIL result when it raised or gave the wrong shape)."""
+    try:
+        got = cand(problem.x, params, dtype="float64")
+    except CandidateError as exc:
+        return None, PropertyResult(name, Status.ERROR, f"the candidate raised {raised(exc)}", (), problem.describe())
+    if got.shape != problem.x.shape:
+        return None, PropertyResult(name, Status.FAIL, f"output of shape {got.shape}, not x's {problem.x.shape}", ())
+    return got, None
+
+
 def norm_placement(cand, seed: int, dtypes) -> PropertyResult:
     """Sub-layers off: pre-LN is the identity, post-LN is LN2(LN1(x))."""
     name = "layer norm placement"
     problem = Problem(cand, seed)
     off = _switched_off(problem.params, attention=True, ffn=True)
-    try:
-        got = cand(problem.x, off, dtype="float64")
-    except CandidateError as exc:
-        return PropertyResult(name, Status.ERROR, f"the candidate raised {raised(exc)}", (), problem.describe())
-    if got.shape != problem.x.shape:
-        return PropertyResult(name, Status.FAIL, f"output of shape {got.shape}, not x's {problem.x.shape}", ())
+    got, stopped = _probe(name, cand, problem, off)
+    if stopped is not None:
+        return stopped
     models = {(norm, axis): faults.block_model(problem.x, off, faults.BlockFault(norm=norm, ln_axis=axis), eps=cand.eps)
               for norm in ("post", "pre") for axis in (-1, -2)}
     found = faults.match(got, models)
@@ -322,12 +330,9 @@ def gelu(cand, seed: int, dtypes) -> PropertyResult:
     name = "gelu"
     problem = Problem(cand, seed)
     off = _switched_off(problem.params, attention=True)
-    try:
-        got = cand(problem.x, off, dtype="float64")
-    except CandidateError as exc:
-        return PropertyResult(name, Status.ERROR, f"the candidate raised {raised(exc)}", (), problem.describe())
-    if got.shape != problem.x.shape:
-        return PropertyResult(name, Status.FAIL, f"output of shape {got.shape}, not x's {problem.x.shape}", ())
+    got, stopped = _probe(name, cand, problem, off)
+    if stopped is not None:
+        return stopped
     declared = _GELU[cand.approximate]
     # Placement and layer-norm axis vary too: their faults are the other properties' to name, not this one's.
     models = {(norm, kind, axis): faults.block_model(problem.x, off, faults.BlockFault(norm=norm, gelu=kind, ln_axis=axis),
@@ -360,21 +365,10 @@ def gelu(cand, seed: int, dtypes) -> PropertyResult:
                           f"constant (closest c = {c:.4g}, relative distance {dist:.3g})", (m,), problem.describe())
 
 
-def _registered(name: str, fn, title: str):
-    def prop(ctx) -> PropertyResult:
-        if not isinstance(ctx.candidate, BlockCandidate):
-            raise TypeError(f"kind 'block' needs a block candidate, got {type(ctx.candidate).__name__}")
-        return fn(_Calls(ctx), int(ctx.settings.seed), _dtypes(ctx))
-
-    prop.__qualname__ = f"block.{fn.__name__}"
-    register("block", name, title=title)(prop)
-
-
-for _name, _fn, _title in (
+register_properties("block", BlockCandidate, (
     ("agreement", agreement, "the block agrees with numerics on the same weights (tolerance rule)"),
     ("masks", masks, "a boolean mask and causal masking agree with numerics"),
     ("layer norm placement", norm_placement, "pre-LN or post-LN, as declared"),
     ("position-wise", position_wise, "layer norms and FFN act on each token alone"),
     ("gelu", gelu, "the FFN's GELU is the declared one, with its constant"),
-):
-    _registered(_name, _fn, _title)
+))

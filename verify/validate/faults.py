@@ -33,7 +33,7 @@ MATCH = 1e-8
 GELU_TANH_C = 0.044715
 
 __all__ = ["MATCH", "GELU_TANH_C", "MHAFault", "BlockFault", "mha_model", "block_model", "match", "fit_gelu_constant",
-           "MHA_FAULTS", "block_faults", "gelu_model", "layer_norm_model"]
+           "MHA_FAULTS", "block_faults", "allowed_mask", "gelu_model", "layer_norm_model"]
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,8 @@ def _softmax(s: np.ndarray, allowed: np.ndarray | None, axis: int) -> np.ndarray
     return e / np.where(total > 0, total, 1.0)  # a row with no allowed key gives 0 (numerics' convention)
 
 
-def _allowed(mask, causal: bool, n: int, m: int) -> np.ndarray | None:
+def allowed_mask(mask, causal: bool, n: int, m: int) -> np.ndarray | None:
+    """The boolean mask (True = may attend) combined with top-left causal, (N, M) or None."""
     allowed = None if mask is None else np.asarray(mask, dtype=bool)
     if causal:
         tri = np.tril(np.ones((n, m), dtype=bool))
@@ -146,13 +147,13 @@ def mha_model(x, params: MHAParams, fault: MHAFault = MHAFault(), *, memory=None
     h = params.num_heads
     if params.kv_heads != h:
         raise ValueError("fault models cover ordinary multi-head attention (num_kv_heads = num_heads)")
-    kw, vw = p["w_q"].shape[1] // h, p["w_v"].shape[1] // h
+    kw = p["w_q"].shape[1] // h
     n, m = x.shape[-2], src.shape[-2]
     q = _add(x @ p["w_q"], p.get("b_q"))
     k = _add(src @ p["w_k"], p.get("b_k"))
     v = _add(src @ p["w_v"], p.get("b_v"))
     q, k, v = (a.reshape(*a.shape[:-1], h, a.shape[-1] // h) for a in (q, k, v))  # (..., L, H, C)
-    allowed = _allowed(mask, causal, n, m)
+    allowed = allowed_mask(mask, causal, n, m)
     if fault.split == "transpose":
         q, k, v = (np.swapaxes(a, -3, -2) for a in (q, k, v))  # (..., H, L, C)
         if allowed is not None:

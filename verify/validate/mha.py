@@ -349,22 +349,24 @@ def _dtypes(ctx) -> tuple[str, ...]:
     return tuple(d for d in ctx.dtypes() if d != "bfloat16")
 
 
-def _registered(name: str, fn, title: str):
-    def prop(ctx) -> PropertyResult:
-        if not isinstance(ctx.candidate, MHACandidate):
-            raise TypeError(f"kind 'mha' needs an MHA candidate, got {type(ctx.candidate).__name__}")
-        return fn(_Calls(ctx), int(ctx.settings.seed), _dtypes(ctx))
+def register_properties(kind: str, candidate_class: type, table) -> None:
+    """Register ``(name, fn(cand, seed, dtypes), title)`` rows as ``kind``'s properties: each runs
+    on the context's candidate (which must be a ``candidate_class``), its calls through the context."""
+    for name, fn, title in table:
+        def prop(ctx, fn=fn) -> PropertyResult:
+            if not isinstance(ctx.candidate, candidate_class):
+                raise TypeError(f"kind {kind!r} needs a {candidate_class.__name__}, got {type(ctx.candidate).__name__}")
+            return fn(_Calls(ctx), int(ctx.settings.seed), _dtypes(ctx))
 
-    prop.__qualname__ = f"mha.{fn.__name__}"
-    register("mha", name, title=title)(prop)
+        prop.__qualname__ = f"{kind}.{fn.__name__}"
+        register(kind, name, title=title)(prop)
 
 
-for _name, _fn, _title in (
+register_properties("mha", MHACandidate, (
     ("agreement", agreement, "self-attention agrees with numerics on the same weights (tolerance rule)"),
     ("masks", masks, "a boolean mask and causal masking agree with numerics"),
     ("cross-attention", cross_attention, "keys and values from a memory agree with numerics"),
     ("output projection", output_projection, "W^O = 0 gives output 0 (W^O is applied)"),
     ("head independence", head_independence, "one head's weights change only its slice before W^O"),
     ("attention weights", attention_weights, "returned weights are the head-averaged weights"),
-):
-    _registered(_name, _fn, _title)
+))

@@ -53,9 +53,10 @@ from typing import Any, Callable
 import numpy as np
 
 from numerics import BlockParams, FFNParams, MHAParams, init_block_params, init_params
-from verify.validate.adapters import make_backend, register_adapter
+from verify.validate.adapters import _split, make_backend, register_adapter
 from verify.validate.backends import ArrayBackend
 from verify.validate.candidate import FEATURES, Candidate
+from verify.validate.faults import allowed_mask
 
 __all__ = ["MHACandidate", "BlockCandidate", "as_mha_candidate", "as_block_candidate", "MHA_WEIGHT_NAMES",
            "BLOCK_WEIGHT_NAMES"]
@@ -66,23 +67,6 @@ OPTIONS = ("memory", "mask", "causal")
 
 
 # --------------------------------------------------------------------------- helpers
-
-def _first(result: Any) -> tuple[Any, Any]:
-    """(output, weights or None) from what a candidate returned (an array or a tuple)."""
-    if isinstance(result, (tuple, list)):
-        if not result:
-            raise TypeError("the candidate returned an empty tuple; expected the output array")
-        return result[0], (result[1] if len(result) > 1 else None)
-    return result, None
-
-
-def _allowed(mask, causal: bool, n: int, m: int) -> np.ndarray | None:
-    allowed = None if mask is None else np.asarray(mask, dtype=bool)
-    if causal:
-        tri = np.tril(np.ones((n, m), dtype=bool))
-        allowed = tri if allowed is None else allowed & tri
-    return allowed
-
 
 def _torch():
     import torch
@@ -267,7 +251,7 @@ class FunctionMHA(MHACandidate):
             kw["mask"] = self.backend.to_native(np.asarray(mask, dtype=bool))
         if causal:
             kw["causal"] = True
-        out, weights = _first(self.fn(*args, **kw))
+        out, weights = _split(self.fn(*args, **kw))
         return self.backend.to_host(out), (None if weights is None else self.backend.to_host(weights))
 
 
@@ -306,7 +290,7 @@ class FunctionBlock(BlockCandidate):
             kw["mask"] = self.backend.to_native(np.asarray(mask, dtype=bool))
         if causal:
             kw["causal"] = True
-        out, _ = _first(self.fn(*args, **kw))
+        out, _ = _split(self.fn(*args, **kw))
         return self.backend.to_host(out)
 
 
@@ -395,7 +379,7 @@ class TorchMultiheadAttention(MHACandidate):
         q, kv = (self.backend.to_native(a, dtype) for a in (x, src))
         if not m.batch_first:
             q, kv = q.transpose(0, 1), kv.transpose(0, 1)
-        allowed = _allowed(mask, causal, x.shape[-2], src.shape[-2])
+        allowed = allowed_mask(mask, causal, x.shape[-2], src.shape[-2])
         attn_mask = None if allowed is None else self.backend.to_native(~allowed)
         with torch.no_grad():
             out, weights = m(q, kv, kv, attn_mask=attn_mask, need_weights=True, average_attn_weights=True)
@@ -492,7 +476,7 @@ class LinearProjectionMHA(MHACandidate):
                 result = m(xt, src, src)
             else:
                 result = m(xt)
-        out, weights = _first(result)
+        out, weights = _split(result)
         return ArrayBackend.to_host(out), None
 
 
@@ -601,12 +585,12 @@ class TorchBlock(BlockCandidate):
             if self.encoder_layer:
                 batch_first = m.self_attn.batch_first
                 src = xt if batch_first else xt.transpose(0, 1)
-                allowed = _allowed(mask, causal, x.shape[-2], x.shape[-2])
+                allowed = allowed_mask(mask, causal, x.shape[-2], x.shape[-2])
                 src_mask = None if allowed is None else self.backend.to_native(~allowed)
                 out = m(src, src_mask=src_mask)
                 out = out if batch_first else out.transpose(0, 1)
             else:
-                out, _ = _first(m(xt))
+                out, _ = _split(m(xt))
         return ArrayBackend.to_host(out)
 
 
