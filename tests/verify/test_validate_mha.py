@@ -148,6 +148,25 @@ def test_convention_errors_name_what_was_expected():
 
 # ------------------------------------------------------------------ block
 
+@pytest.mark.parametrize("backend", backend_params("array_api_strict", "torch", "cupy"))
+def test_numerics_block_passes_on_each_backend(backend):
+    if backend == "cupy":
+        load_backend("cupy")
+    _assert_passes(validate(transformer_block, kind="block", backend=backend))
+
+
+def test_float16_runs_and_a_dtype_the_battery_cannot_round_is_not_a_pass():
+    result = validate(multi_head_attention, kind="mha", dtypes=("float64", "float16"))
+    _assert_passes(result)
+    assert any(m.what.startswith("float16") for m in result["agreement"].measurements)
+    if HAS_TORCH:
+        import torch
+
+        only_bf16 = validate(torch.nn.MultiheadAttention(8, 2), kind="mha", dtypes=("bfloat16",))
+        assert only_bf16["agreement"].status is Status.NOT_APPLICABLE, _table(only_bf16)
+        assert "no dtype to run in" in only_bf16["agreement"].diagnosis
+
+
 def test_numerics_block_passes_both_placements_and_gelus():
     for norm in ("post", "pre"):
         for approximate in ("none", "tanh"):

@@ -213,6 +213,9 @@ def _checked(name: str, cand, seed: int, problem: Problem, dtypes) -> PropertyRe
         return PropertyResult(name, Status.FAIL, f"the {exc}", (), problem.describe())
     except CandidateError as exc:
         return PropertyResult(name, Status.ERROR, f"the candidate raised {raised(exc)}", (), problem.describe())
+    if not measurements:
+        return PropertyResult(name, Status.NOT_APPLICABLE, f"no dtype to run in: the battery compares float64, float32 "
+                              f"and float16 runs, the settings gave {list(dtypes) or 'none the library holds'}")
     bad = [m for m in measurements if not m.ok]
     conv = f"{cand.norm}-LN, GELU approximate={cand.approximate!r}"
     if not bad:

@@ -178,6 +178,9 @@ def _run_checked(name: str, cand: MHACandidate, seed: int, problem: Problem, dty
             return PropertyResult(name, Status.FAIL, f"it raises {raised(exc)}; {words}", (),
                                   problem.describe(), fault_code(parts))
         return PropertyResult(name, Status.ERROR, f"the candidate raised {raised(exc)}", (), problem.describe())
+    if not measurements:
+        return PropertyResult(name, Status.NOT_APPLICABLE, f"no dtype to run in: the battery compares float64, float32 "
+                              f"and float16 runs, the settings gave {list(dtypes) or 'none the library holds'}")
     bad = [m for m in measurements if not m.ok]
     if bad:
         worst = max(bad, key=lambda m: m.error / m.bound if m.bound else math.inf)
@@ -346,7 +349,7 @@ class _Calls:
 
 def _dtypes(ctx) -> tuple[str, ...]:
     """The run's dtypes the candidate's library holds and NumPy can round to (not bfloat16)."""
-    return tuple(d for d in ctx.dtypes() if d != "bfloat16")
+    return tuple(d for d in ctx.dtypes() if d in ("float64", "float32", "float16"))
 
 
 def register_properties(kind: str, candidate_class: type, table) -> None:
