@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import sys
 from dataclasses import replace
 from typing import Any, Callable
 
@@ -75,7 +76,7 @@ def _torch():
 
 
 def _is_module(obj: Any) -> bool:
-    torch_nn = getattr(__import__("sys").modules.get("torch"), "nn", None)
+    torch_nn = getattr(sys.modules.get("torch"), "nn", None)  # never import torch for a plain function
     return torch_nn is not None and isinstance(obj, torch_nn.Module)
 
 
@@ -139,7 +140,15 @@ class MHACandidate(Candidate):
                              for b in MHA_WEIGHT_NAMES[4:]})
 
     def params(self, seed: int) -> MHAParams:
-        return self.read() or self.draw_params(seed)
+        """The weights the properties use: a module's own weights with its biases (zeros at
+        torch's initialisation, which would hide a dropped bias) drawn N(0, 0.3^2); drawn ones
+        for a function."""
+        own = self.read()
+        if own is None:
+            return self.draw_params(seed)
+        rng = np.random.default_rng([seed, 13])
+        return replace(own, **{b: None if getattr(own, b) is None else 0.3 * rng.standard_normal(getattr(own, b).shape)
+                               for b in MHA_WEIGHT_NAMES[4:]})
 
     def __call__(self, x, params: MHAParams, *, dtype: str, memory=None, mask=None, causal=False):
         refused = [k for k, v in (("memory", memory), ("mask", mask), ("causal", causal)) if v is not None and v is not False
