@@ -158,3 +158,25 @@ def test_same_seed_same_result():
     a = validate(mutants.stray_factor, properties=["agreement"], **FAST).to_dict()
     b = validate(mutants.stray_factor, properties=["agreement"], **FAST).to_dict()
     assert a == b
+
+
+def test_returned_weights_are_checked():
+    def with_weights(q, k, v, return_weights=False):
+        w = numerics.scaled_dot_product_attention(q, k, v, return_weights=True)[1]
+        out = w @ v
+        return (out, w) if return_weights else out
+
+    def unnormalised_weights(q, k, v, return_weights=False):
+        out, w = with_weights(q, k, v, True)
+        return (out, np.exp(np.log(w + 1e-300) * 0.5)) if return_weights else out  # rows no longer sum to 1
+
+    assert validate(with_weights, properties=["weights"], **FAST)["weights"].status is Status.PASS
+    bad = validate(unnormalised_weights, properties=["weights"], **FAST)["weights"]
+    assert bad.status is Status.FAIL and bad.fault == "weights:row_sum"
+
+
+def test_a_dtype_the_library_lacks_is_refused_or_noted():
+    with pytest.raises(ValueError, match="backend 'numpy' has none of them"):
+        validate(correct.online_softmax, dtypes=["bfloat16"])
+    result = validate(correct.online_softmax, dtypes=["float32", "bfloat16"], properties=["scale"])
+    assert result.settings["dtypes_not_run"] == ["bfloat16"]

@@ -132,7 +132,7 @@ def validate_document(result, seconds: float) -> dict:
               help="block: its boolean mask is True where a key is blocked.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--max-examples", type=click.IntRange(min=1), default=None,
-              help="Random examples per hypothesis search [default: 40].")
+              help="Random examples per hypothesis search [default: 100].")
 @click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Seconds each property may take before it is TIMEOUT [default: 60].")
 @click.option("--json", "json_path", type=OutputPath(dash=True),

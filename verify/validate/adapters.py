@@ -303,7 +303,6 @@ class JaxDPACandidate(Candidate):
 
     def _call(self, arrays, dtype, options):
         b = self.backend
-        ndim = arrays[0].ndim
         q, k, v = (b.to_native(_to_4d(a), dtype) for a in arrays)
         kw: dict[str, Any] = {}
         if options.get("mask") is not None:
@@ -314,12 +313,12 @@ class JaxDPACandidate(Candidate):
             kw["is_causal"] = True
         if "scale" in options:
             kw["scale"] = options["scale"]
-        if options.get("window") is not None:
-            kw["local_window_size"] = tuple(options["window"])
+        if options.get("window") is not None:  # jax takes ints: an unbounded side is the whole sequence
+            n, m = arrays[0].shape[-2], arrays[1].shape[-2]
+            kw["local_window_size"] = tuple(n + m if side is None else side for side in options["window"])
         out = self.fn(q, k, v, **kw)
         host = np.swapaxes(b.to_host(out), 1, 2)
-        return Outcome(host.reshape(arrays[0].shape[:-1] + host.shape[-1:]) if ndim != 4 else host, None,
-                       ArrayBackend.dtype_of(out))
+        return Outcome(host.reshape(arrays[0].shape[:-1] + host.shape[-1:]), None, ArrayBackend.dtype_of(out))
 
 
 def _to_4d(x: np.ndarray) -> np.ndarray:

@@ -55,7 +55,12 @@ class ArrayBackend:
         return importlib.import_module(self.name)
 
     def supports(self, dtype: str) -> bool:
-        """Whether the library has ``dtype`` (NumPy has no bfloat16)."""
+        """Whether the library has ``dtype`` (NumPy has no bfloat16; jax has float64 only with
+        ``jax_enable_x64``, which the battery does not turn on behind the user's back)."""
+        if self.name == "jax" and dtype == "float64":
+            import jax
+
+            return bool(jax.config.jax_enable_x64)
         return dtype in BACKEND_DTYPES[self.name]
 
     def to_native(self, a: np.ndarray | None, dtype: str | None = None, *, requires_grad: bool = False) -> Any:

@@ -55,7 +55,7 @@ class Settings:
     kind: str = "sdpa"
     dtypes: tuple[str, ...] = ("float64", "float32")
     seed: int = 0
-    max_examples: int = 40
+    max_examples: int = 100
     time_limit: float = 60.0
     layout: str = "bhsd"
     mask_convention: str = "allow"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import threading
-import time
 import traceback
 from typing import Any, Callable, Iterable
 
@@ -29,7 +28,7 @@ from verify.validate.result import PropertyResult, Status, ValidationResult
 
 #: Default settings of :func:`validate` (sized so a correct NumPy SDPA takes well under 60 s on 2 cores).
 DEFAULT_DTYPES = ("float64", "float32")
-DEFAULT_MAX_EXAMPLES = 40
+DEFAULT_MAX_EXAMPLES = 100
 DEFAULT_TIME_LIMIT = 60.0
 #: Seconds a property gets, past its time limit, to stop after the asynchronous exception.
 GRACE = 2.0
@@ -57,13 +56,15 @@ def validate(fn: Any, kind: str = "sdpa", *, backend: str | None = None, device:
     dtypes : str or iterable of str, optional
         Precisions to run in; default ``("float64", "float32")``.
     layout : {"bhsd", "bshd"}
-        ``"bshd"``: the candidate takes (B, N, H, K) arrays (heads after the sequence).
+        ``"bshd"``: the candidate takes (B, N, H, K) arrays (heads after the sequence). Plain
+        functions only: known peers have their own layout, which the adapter knows.
     mask_convention : {"allow", "block"}
         ``"block"``: the candidate's boolean mask is True where a key is blocked (nn.MultiheadAttention's).
+        Plain functions only, as ``layout``.
     seed : int
         Seeds the random problems and hypothesis (same seed, same examples).
     max_examples : int, optional
-        Random examples per hypothesis search (default 40).
+        Random examples per hypothesis search (default 100).
     time_limit : float, optional
         Seconds each property may take (default 60); past it, TIMEOUT.
     properties : iterable of str, optional
@@ -86,6 +87,10 @@ def validate(fn: Any, kind: str = "sdpa", *, backend: str | None = None, device:
     chosen = _choose(properties_for(kind), properties)
     candidate = fn if isinstance(fn, Candidate) else adapt(
         fn, kind, backend=backend, device=device, layout=layout, mask_convention=mask_convention, name=name)
+    unsupported = [d for d in settings.dtypes if not candidate.backend.supports(d)]
+    if len(unsupported) == len(settings.dtypes):
+        raise ValueError(f"dtypes {list(settings.dtypes)}: backend {candidate.backend.name!r} has none of them "
+                         f"(it has {[d for d in ('float64', 'float32', 'float16', 'bfloat16') if candidate.backend.supports(d)]})")
     results, not_run = [], []
     for prop in chosen:
         if stop is not None and stop.is_set():
@@ -98,6 +103,8 @@ def validate(fn: Any, kind: str = "sdpa", *, backend: str | None = None, device:
             "features": sorted(candidate.features), "adapter": candidate.note}
     if not_run:
         info.update(incomplete=True, not_run=not_run)
+    if unsupported:
+        info["dtypes_not_run"] = unsupported  # the library has no such dtype
     return ValidationResult(candidate.name, kind, tuple(results), info)
 
 

@@ -30,12 +30,21 @@ SHRINK_SHARE = 0.8
 class CaseResult:
     """The verdict on one case: ``status`` PASS, FAIL or ERROR, with what was measured.
 
-    ``fault`` and ``diagnosis`` name the fault when the check could (else the property does)."""
+    ``fault`` and ``diagnosis`` name the fault when the check could (else the property does);
+    ``explain``, when given, computes ``(diagnosis, fault)`` later: the search calls it once, for
+    the smallest failure, not for every failing case hypothesis tries while shrinking."""
 
     status: Status
     measurements: tuple[Measurement, ...] = ()
     diagnosis: str = ""
     fault: str | None = None
+    explain: Callable[[], tuple[str, str | None]] | None = field(default=None, compare=False, repr=False)
+
+    def explained(self) -> "CaseResult":
+        if self.explain is None:
+            return self
+        diagnosis, fault = self.explain()
+        return CaseResult(self.status, self.measurements, diagnosis, fault)
 
 
 @dataclass
@@ -113,6 +122,9 @@ def search(ctx: PropertyContext, cases: st.SearchStrategy, check: Callable[[Any]
         outcome.failure = (exc.case, outcome.seen[exc.case])
     except hypothesis.errors.HypothesisException:
         pass  # hypothesis's own complaint (flaky, unsatisfiable): keep what was found
+    if outcome.failure is not None:
+        case, result = outcome.failure
+        outcome.failure = (case, result.explained())
     return outcome
 
 

@@ -42,9 +42,17 @@ def dtype_name(dtype) -> str:
     return name
 
 
-def floor(dtype) -> float:
-    """The rounding floor of the rule for ``dtype`` (a dtype object or its name)."""
-    return FLOOR_ULPS * UNIT_ROUNDOFF[dtype_name(dtype)]
+def floor(dtype, magnitude: float = 1.0) -> float:
+    """The rounding floor of the rule for ``dtype`` (a dtype object or its name).
+
+    ``magnitude`` is the largest |score| of the problem (attention's logits): rounding a score s to
+    the dtype alone moves it by up to |s| u, and the weights exp(s - lse) by that relative amount,
+    so an ill-conditioned problem (large logits) gets a floor of FLOOR_ULPS u max(1, magnitude).
+    Without it the rule would fail correct code whose rounding differs from the plain
+    implementation's on the one problem where the plain happened to be exact.
+    """
+    m = float(magnitude)
+    return FLOOR_ULPS * UNIT_ROUNDOFF[dtype_name(dtype)] * (max(1.0, m) if m == m else 1.0)
 
 
 def relative_error(actual, expected) -> float:
@@ -67,14 +75,16 @@ def relative_error(actual, expected) -> float:
     return float(np.max(diff)) / (scale if scale > 0 else 1.0)
 
 
-def rule(candidate, plain, reference, *, dtype, k: float = K_OUTPUT, what: str = "output") -> Measurement:
-    """Measure ``candidate`` (computed in ``dtype``) by the rule, with ``plain`` in the same dtype.
+def rule(candidate, plain, reference, *, dtype, k: float = K_OUTPUT, what: str = "output",
+         magnitude: float = 1.0) -> Measurement:
+    """Measure ``candidate`` (computed in ``dtype``) by the rule, with ``plain`` in the same dtype
+    (``magnitude``: the problem's largest |score|, see :func:`floor`).
 
     Returns a :class:`Measurement` whose ``ok`` says whether the rule holds.
     """
     e_candidate = relative_error(candidate, reference)
     e_plain = relative_error(plain, reference)
-    f = floor(dtype)
+    f = floor(dtype, magnitude)
     return Measurement(what=what, error=e_candidate, bound=k * e_plain + f, plain_error=e_plain, k=k, floor=f)
 
 

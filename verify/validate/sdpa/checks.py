@@ -3,6 +3,8 @@ two of the candidate's own outputs judged against the rule's bound."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from verify.validate.context import PropertyContext
@@ -25,6 +27,18 @@ def judged(ctx: PropertyContext, p: Problem, dtype: str, what: str = "output"):
     words, code = diagnose(run.problem, dtype, run.outcome.out, run.measurement.bound)
     m = run.measurement
     return run, ctx.failed(f"{words} (error {fmt(m.error)} vs bound {fmt(m.bound)})", (m,), example, code)
+
+
+def judged_runs(ctx: PropertyContext, make: Callable[[], Problem], dtypes=None):
+    """``(runs, None)``: for each dtype (the context's by default) a fresh problem ``make()`` run and
+    judged; ``(runs so far, PropertyResult FAIL)`` at the first that disagrees."""
+    runs = []
+    for dtype in ctx.dtypes() if dtypes is None else dtypes:
+        run, fail = judged(ctx, make(), dtype)
+        if fail:
+            return runs, fail
+        runs.append(run)
+    return runs, None
 
 
 def difference(what: str, a: np.ndarray, b: np.ndarray, run: Run) -> Measurement:

@@ -11,7 +11,7 @@ from verify.validate.context import PropertyContext
 from verify.validate.result import Measurement
 from verify.validate.sdpa.faults import _allowed
 from verify.validate.sdpa.problem import Problem
-from verify.validate.tolerance import ABS64, K_OUTPUT, floor, relative_error
+from verify.validate.tolerance import ABS64, K_OUTPUT, floor, relative_error, rule
 
 
 @dataclass(frozen=True)
@@ -39,12 +39,12 @@ def rows_with_keys(p: Problem, shape) -> np.ndarray:
 
 
 def bound(p: Problem, dtype: str, plain: np.ndarray | None = None, reference: np.ndarray | None = None) -> float:
-    """k err(plain, dtype) + floor(dtype) for the problem (already rounded to ``dtype``); ABS64 in float64."""
+    """k err(plain, dtype) + floor(dtype, largest |score|) for the problem (already rounded to ``dtype``); ABS64 in float64."""
     if dtype == "float64":
         return ABS64
     reference = p.reference() if reference is None else reference
     plain = p.plain(dtype) if plain is None else plain
-    return K_OUTPUT * relative_error(plain, reference) + floor(dtype)
+    return K_OUTPUT * relative_error(plain, reference) + floor(dtype, p.score_magnitude())
 
 
 def measure(ctx: PropertyContext, p: Problem, dtype: str, *, what: str = "output", only_rows: bool = True) -> Run:
@@ -63,19 +63,17 @@ def measure(ctx: PropertyContext, p: Problem, dtype: str, *, what: str = "output
         cand, ref, pl = outcome.out[rows], reference[rows], plain[rows]
     else:
         cand, ref, pl = outcome.out, reference, plain
-    m = judge(f"{what} ({dtype})", cand, pl, ref, dtype, K_OUTPUT)
+    m = judge(f"{what} ({dtype})", cand, pl, ref, dtype, K_OUTPUT, p.score_magnitude())
     return Run(p, dtype, outcome, m)
 
 
-def judge(what: str, candidate, plain, reference, dtype: str, k: float) -> Measurement:
-    """The rule k err(plain) + floor; in float64, where our plain *is* the reference, the stated
-    bound ABS64 (the plain error would be 0 and the floor alone too strict for any other correct
-    float64 code on ill-conditioned problems)."""
+def judge(what: str, candidate, plain, reference, dtype: str, k: float, magnitude: float = 1.0) -> Measurement:
+    """The rule k err(plain) + floor(dtype, magnitude) (``magnitude``: the largest |score|); in
+    float64, where our plain *is* the reference, the stated bound ABS64 (the plain error would be 0
+    and the floor alone too strict for any other correct float64 code on ill-conditioned problems)."""
     if dtype == "float64":
         return Measurement(what, relative_error(candidate, reference), ABS64)
-    e_plain = relative_error(plain, reference)
-    f = floor(dtype)
-    return Measurement(what, relative_error(candidate, reference), k * e_plain + f, e_plain, k, f)
+    return rule(candidate, plain, reference, dtype=dtype, k=k, what=what, magnitude=magnitude)
 
 
 def fmt(x: float) -> str:

@@ -9,8 +9,7 @@ from verify.validate.registry import register
 from verify.validate.sdpa.agreement import diagnose
 from verify.validate.sdpa.checks import worst
 from verify.validate.sdpa.common import fmt
-from verify.validate.sdpa.problem import Problem, draw
-from verify.validate.sdpa.structure import _mask_with_keys
+from verify.validate.sdpa.problem import Problem, draw, mask_with_keys
 from verify.validate.tolerance import absolute
 
 
@@ -23,7 +22,7 @@ def mpmath_agreement(ctx: PropertyContext):
     q, k, v = draw(ctx.rng, (), 2, 3, 5, 4, 3)
     problems = [Problem(q, k, v)]
     if c.supports("mask"):
-        problems.append(Problem(q, k, v, mask=_mask_with_keys(ctx.rng, (2, 3, 5))))
+        problems.append(Problem(q, k, v, mask=mask_with_keys(ctx.rng, (2, 3, 5))))
     if c.supports("causal"):
         problems.append(Problem(q, k, v, causal="top_left"))
     ms = []

@@ -10,8 +10,7 @@ from verify.validate.context import PropertyContext
 from verify.validate.registry import register
 from verify.validate.sdpa.checks import worst
 from verify.validate.sdpa.common import fmt, judge
-from verify.validate.sdpa.problem import Problem, draw, round_to
-from verify.validate.sdpa.structure import _mask_with_keys
+from verify.validate.sdpa.problem import Problem, draw, mask_with_keys, round_to
 from verify.validate.tolerance import K_GRADIENT
 
 
@@ -34,7 +33,7 @@ def gradients(ctx: PropertyContext):
     for dtype in ctx.dtypes():
         q, k, v = draw(ctx.rng, (2,), 2, 7, 10, 8, 5)
         p = Problem(q, k, v,
-                    mask=_mask_with_keys(ctx.rng, (2, 2, 7, 10)) if c.supports("mask") else None,
+                    mask=mask_with_keys(ctx.rng, (2, 2, 7, 10)) if c.supports("mask") else None,
                     bias=ctx.rng.standard_normal((2, 2, 7, 10)) if c.supports("bias") else None,
                     causal="top_left" if c.supports("causal") else None).rounded(dtype)
         d_out = round_to(ctx.rng.standard_normal((2, 2, 7, 5)), dtype)
@@ -46,7 +45,7 @@ def gradients(ctx: PropertyContext):
             if g is None or g.shape != exact[name].shape:
                 return ctx.failed(f"d{name} has shape {None if g is None else g.shape}, expected {exact[name].shape}",
                                   ms, p.describe(dtype), f"gradient:d{name}")
-            m = judge(f"d{name} ({dtype})", g, plain[name], exact[name], dtype, K_GRADIENT)
+            m = judge(f"d{name} ({dtype})", g, plain[name], exact[name], dtype, K_GRADIENT, p.score_magnitude())
             ms.append(m)
             if not m.ok:
                 what = "NaN or inf in " if not np.all(np.isfinite(g)) else ""

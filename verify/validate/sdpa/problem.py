@@ -99,6 +99,19 @@ class Problem:
             **p._numerics_kwargs(), "bias": cast(p.bias)})
         return round_to(np.asarray(out, dtype=np.float64), dtype)
 
+    def score_magnitude(self) -> float:
+        """The largest |scale q.k| (after the softcap, plus |bias|): how ill-conditioned the softmax is."""
+        k = self.k
+        if self.enable_gqa:
+            k = np.repeat(k, self.q.shape[-3] // k.shape[-3], axis=-3)
+        scale = 1 / np.sqrt(self.q.shape[-1]) if self.scale is None else self.scale
+        s = np.abs(scale * (self.q @ np.swapaxes(k, -1, -2))) if self.q.size and k.size else np.zeros(1)
+        if self.softcap is not None:
+            s = np.minimum(s, self.softcap)
+        if self.bias is not None:
+            s = s + np.abs(self.bias)
+        return float(np.max(s, initial=0.0))
+
     @property
     def size(self) -> int:
         return int(self.q.size + self.k.size + self.v.size)
@@ -115,3 +128,14 @@ def draw(rng: np.random.Generator, batch: tuple[int, ...], heads: int, n: int, m
     k = rng.standard_normal((*lead_k, m, dk)) * scale_inputs
     v = rng.standard_normal((*lead_k, m, dv))
     return q, k, v
+
+
+def mask_with_keys(rng, shape, density=0.6):
+    """A random mask where every query row keeps at least one key and blocks at least one."""
+    mask = rng.random(shape) < density
+    m = shape[-1]
+    first = rng.integers(0, m, size=shape[:-1])
+    np.put_along_axis(mask, first[..., None], True, axis=-1)
+    if m > 1:
+        np.put_along_axis(mask, ((first + 1) % m)[..., None], False, axis=-1)
+    return mask

@@ -8,9 +8,9 @@ import numpy as np
 from verify.validate.context import PropertyContext
 from verify.validate.registry import register
 from verify.validate.result import Measurement
-from verify.validate.sdpa.checks import difference, judged, worst
+from verify.validate.sdpa.checks import difference, judged, judged_runs, worst
 from verify.validate.sdpa.common import fmt
-from verify.validate.sdpa.problem import Problem, draw
+from verify.validate.sdpa.problem import Problem, draw, mask_with_keys
 from verify.validate.tolerance import UNIT_ROUNDOFF, floor, relative_error
 
 
@@ -20,7 +20,7 @@ def weights(ctx: PropertyContext):
     ms = []
     for dtype in ctx.dtypes():
         q, k, v = draw(ctx.rng, (2,), 2, 7, 12, 8, 5)
-        mask = _mask_with_keys(ctx.rng, (2, 2, 7, 12)) if ctx.candidate.supports("mask") else None
+        mask = mask_with_keys(ctx.rng, (2, 2, 7, 12)) if ctx.candidate.supports("mask") else None
         p = Problem(q, k, v, mask=mask).rounded(dtype)
         outcome = ctx.call(p.q, p.k, p.v, dtype=dtype, **p.options())
         w = outcome.weights
@@ -45,56 +45,43 @@ def weights(ctx: PropertyContext):
     return ctx.passed("non-negative, rows sum to 1, equal to ours" + worst(ms), ms)
 
 
-def _mask_with_keys(rng, shape, density=0.6):
-    """A random mask where every query row keeps at least one key and blocks at least one."""
-    mask = rng.random(shape) < density
-    n, m = shape[-2], shape[-1]
-    first = rng.integers(0, m, size=shape[:-1])
-    np.put_along_axis(mask, first[..., None], True, axis=-1)
-    if m > 1:
-        np.put_along_axis(mask, ((first + 1) % m)[..., None], False, axis=-1)
-    return mask
-
-
 @register("sdpa", "shift_invariance", title="adding a constant to a row of scores changes nothing")
 def shift_invariance(ctx: PropertyContext):
-    """k + w for one vector w adds q_i . w to every score of row i: the output must not change."""
+    """k + w for one vector w adds scale q_i . w to every score of row i: the output must not change."""
+    runs, fail = judged_runs(ctx, lambda: Problem(*draw(ctx.rng, (2,), 2, 9, 13, 8, 6)))
+    if fail:
+        return fail
     ms = []
-    for dtype in ctx.dtypes():
-        q, k, v = draw(ctx.rng, (2,), 2, 9, 13, 8, 6)
-        p = Problem(q, k, v)
-        base, fail = judged(ctx, p, dtype)
-        if fail:
-            return fail
+    for run in runs:
+        p = run.problem
         w = ctx.rng.standard_normal(8)
-        w *= 40.0 / np.max(np.abs(p.q @ w))  # row shifts up to 40 / scale: 0.35 of exp's float32 range
-        shifted, fail = judged(ctx, p.with_(k=p.k + w), dtype, what="shifted rows")
+        w *= 40.0 / np.max(np.abs(p.q @ w))  # row shifts up to 40 scale = 14 (d_k = 8): far past exp's own range
+        shifted, fail = judged(ctx, p.with_(k=p.k + w), run.dtype, what="shifted rows")
         if fail:
             return ctx.failed("not invariant to a constant added to a row of scores: " + fail.diagnosis,
                               fail.measurements, fail.example, fail.fault or "softmax:not_shift_invariant")
-        ms += [base.measurement, shifted.measurement]
-    return ctx.passed("a row shift of the scores (up to 40 / scale) leaves the output unchanged" + worst(ms), ms)
+        ms += [run.measurement, shifted.measurement]
+    return ctx.passed("a row shift of the scores (up to 14) leaves the output unchanged" + worst(ms), ms)
 
 
 @register("sdpa", "batch_independence", title="one sample's output ignores the others")
 def batch_independence(ctx: PropertyContext):
     """Changing samples 1.. of the batch leaves sample 0's output as it was."""
+    runs, fail = judged_runs(ctx, lambda: Problem(*draw(ctx.rng, (3,), 2, 6, 9, 8, 5)))
+    if fail:
+        return fail
     ms = []
-    for dtype in ctx.dtypes():
-        q, k, v = draw(ctx.rng, (3,), 2, 6, 9, 8, 5)
-        p = Problem(q, k, v)
-        run, fail = judged(ctx, p, dtype)
-        if fail:
-            return fail
-        q2, k2, v2 = (a.copy() for a in (p.q, p.k, p.v))
-        for a in (q2, k2, v2):
+    for run in runs:
+        changed = [a.copy() for a in (run.problem.q, run.problem.k, run.problem.v)]
+        for a in changed:
             a[1:] = ctx.rng.standard_normal(a[1:].shape) * 3
-        other = ctx.call(q2, k2, v2, dtype=dtype).out
-        m = difference(f"sample 0, other samples changed ({dtype})", other[:1], run.outcome.out[:1], run)
+        other = ctx.call(*changed, dtype=run.dtype).out
+        m = difference(f"sample 0, other samples changed ({run.dtype})", other[:1], run.outcome.out[:1], run)
         ms.append(m)
         if not m.ok:
             return ctx.failed(f"sample 0's output changes when other samples change (by {fmt(m.error)}): the "
-                              f"batch is mixed (a reduction over the batch axis?)", ms, p.describe(dtype), "batch:mixed")
+                              f"batch is mixed (a reduction over the batch axis?)", ms, run.problem.describe(run.dtype),
+                              "batch:mixed")
     return ctx.passed("sample 0's output unchanged when the other samples change" + worst(ms), ms)
 
 
@@ -102,13 +89,12 @@ def batch_independence(ctx: PropertyContext):
 def permutation_equivariance(ctx: PropertyContext):
     """Unmasked attention: permuted queries give permuted output rows; keys and values permuted
     together give the same output."""
+    runs, fail = judged_runs(ctx, lambda: Problem(*draw(ctx.rng, (2,), 2, 8, 8, 8, 6)))
+    if fail:
+        return fail
     ms = []
-    for dtype in ctx.dtypes():
-        q, k, v = draw(ctx.rng, (2,), 2, 8, 8, 8, 6)
-        p = Problem(q, k, v)
-        run, fail = judged(ctx, p, dtype)
-        if fail:
-            return fail
+    for run in runs:
+        p, dtype = run.problem, run.dtype
         rows, keys = ctx.rng.permutation(8), ctx.rng.permutation(8)
         out_q = ctx.call(p.q[..., rows, :], p.k, p.v, dtype=dtype).out
         out_k = ctx.call(p.q, p.k[..., keys, :], p.v[..., keys, :], dtype=dtype).out
@@ -128,14 +114,13 @@ def permutation_equivariance(ctx: PropertyContext):
 @register("sdpa", "determinism", title="two calls on the same input agree")
 def determinism(ctx: PropertyContext):
     """Two calls on the same input: bitwise equal, or the spread is reported (a FAIL beyond rounding)."""
+    runs, fail = judged_runs(ctx, lambda: Problem(*draw(ctx.rng, (2,), 2, 17, 23, 8, 8)))
+    if fail:
+        return fail
     notes, ms = [], []
-    for dtype in ctx.dtypes():
-        q, k, v = draw(ctx.rng, (2,), 2, 17, 23, 8, 8)
-        p = Problem(q, k, v)
-        run, fail = judged(ctx, p, dtype)
-        if fail:
-            return fail
-        again = ctx.call(run.problem.q, run.problem.k, run.problem.v, dtype=dtype).out
+    for run in runs:
+        p, dtype = run.problem, run.dtype
+        again = ctx.call(p.q, p.k, p.v, dtype=dtype).out
         a, b = run.outcome.out, again
         if a.shape == b.shape and np.array_equal(a, b, equal_nan=True):
             notes.append(f"{dtype}: bitwise identical")
