@@ -1,7 +1,10 @@
 """kind="mha": the properties of multi-head attention, each with a named diagnosis.
 
-Every property takes an adapted candidate (:class:`verify.validate.modules.MHACandidate`) and the
-run's settings, and returns a :class:`verify.validate.PropertyResult`:
+Every property is ``prop(candidate, seed, dtypes) -> PropertyResult`` on an adapted candidate
+(:class:`verify.validate.modules.MHACandidate`), registered with the engine by
+:func:`register_properties` (its calls then go through the property's context: the time limit,
+and the candidate's exceptions told from the battery's). The problems are small and fixed by the
+seed (B = 2, N = 5, M = 7, the candidate's widths); a failure reports that problem, not a shrunk one.
 
 agreement
     Self-attention against :func:`numerics.multi_head_attention` on the same weights, by the
@@ -45,6 +48,8 @@ __all__ = ["agreement", "masks", "cross_attention", "output_projection", "head_i
 
 #: Largest model width at which the float64 check runs against mpmath (numerics float64 above).
 MPMATH_MAX_WIDTH = 64
+#: Largest H*V at which the diagnosis also tries N = H*V.
+SQUARE_MAX = 64
 #: Batch and sequence lengths of the problems.
 BATCH, LENGTH, MEMORY_LENGTH = 2, 5, 7
 
@@ -130,13 +135,13 @@ def _check_shape(got: np.ndarray, problem: Problem) -> None:
 def diagnose(cand: MHACandidate, seed: int) -> tuple[str, list[str]]:
     """Match the candidate's float64 output against every fault model: (words, fault names).
 
-    Tried at N = 5 and, when different, at N = H*V (where code that stacks the heads along the
-    tokens can multiply by W^O at all).
+    Tried at N = 5 and, when different and at most :data:`SQUARE_MAX`, at N = H*V (where code
+    that stacks the heads along the tokens can multiply by W^O at all).
     """
     params = cand.params(seed)
     h, vw = params.num_heads, params.w_v.shape[1] // params.num_heads
     tried = []
-    for n in dict.fromkeys((LENGTH, h * vw)):
+    for n in dict.fromkeys((LENGTH, h * vw) if h * vw <= SQUARE_MAX else (LENGTH,)):
         problem = Problem(cand, seed, n=n)
         try:
             got, _ = cand(problem.x, problem.params, dtype="float64", memory=problem.memory)
