@@ -71,8 +71,10 @@ def test_torch_sdpa_on_cuda():
 
 def test_jax_dot_product_attention_passes():
     jax = pytest.importorskip("jax", reason="jax is not installed (pip install jax)")
-    result = validate(jax.nn.dot_product_attention, **FAST)
+    # float32 only: jax has float64 only under jax_enable_x64; each new shape costs a compilation
+    result = validate(jax.nn.dot_product_attention, dtypes=["float32"], max_examples=5)
     assert result.passed, [(p.name, p.diagnosis) for p in result.failures]
+    assert "mean of V" in result["empty_rows"].diagnosis and result["gradients"].status is Status.PASS
 
 
 def test_torch_functions_are_detected_from_their_code():

@@ -294,16 +294,24 @@ def _torch_sdpa(fn, *, backend, device, layout, mask_convention, name):
 class JaxDPACandidate(Candidate):
     """``jax.nn.dot_product_attention``: (B, T, N, H) layout, ``mask`` True = may attend, ``bias``,
     ``is_causal`` (top-left), ``local_window_size=(left, right)``; key/value heads fewer than query
-    heads are repeated by jax itself (query head h on key/value head h // G)."""
+    heads are repeated by jax itself (query head h on key/value head h // G). jax wants d_v = d_k:
+    a narrower v is padded with zero columns (sliced off the output), narrower q and k with zero
+    columns (q . k unchanged; the default scale passed explicitly as 1/sqrt(d_k)). Gradients by
+    ``jax.vjp``."""
 
     def __init__(self, fn, *, name, backend):
         super().__init__(fn, name=name, kind="sdpa", backend=backend,
                          features={"mask", "causal", "scale", "bias", "window", "enable_gqa"},
-                         note="jax.nn.dot_product_attention")
+                         differentiable=True, note="jax.nn.dot_product_attention")
 
-    def _call(self, arrays, dtype, options):
+    def _native(self, arrays, dtype, options):
         b = self.backend
-        q, k, v = (b.to_native(_to_4d(a), dtype) for a in arrays)
+        q, k, v = arrays
+        dk, dv = q.shape[-1], v.shape[-1]
+        width = max(dk, dv)
+        pad = (lambda a: a if a.shape[-1] == width else
+               np.concatenate([a, np.zeros(a.shape[:-1] + (width - a.shape[-1],))], axis=-1))
+        q, k, v = (b.to_native(_to_4d(pad(a)), dtype) for a in (q, k, v))
         kw: dict[str, Any] = {}
         if options.get("mask") is not None:
             kw["mask"] = b.to_native(_score_4d(np.asarray(options["mask"], bool)))
@@ -313,12 +321,37 @@ class JaxDPACandidate(Candidate):
             kw["is_causal"] = True
         if "scale" in options:
             kw["scale"] = options["scale"]
+        elif dv > dk:
+            kw["scale"] = 1 / np.sqrt(dk)
         if options.get("window") is not None:  # jax takes ints: an unbounded side is the whole sequence
             n, m = arrays[0].shape[-2], arrays[1].shape[-2]
             kw["local_window_size"] = tuple(n + m if side is None else side for side in options["window"])
+        return q, k, v, kw, width
+
+    def _call(self, arrays, dtype, options):
+        q, k, v, kw, _ = self._native(arrays, dtype, options)
         out = self.fn(q, k, v, **kw)
-        host = np.swapaxes(b.to_host(out), 1, 2)
-        return Outcome(host.reshape(arrays[0].shape[:-1] + host.shape[-1:]), None, ArrayBackend.dtype_of(out))
+        return Outcome(_from_4d(self.backend.to_host(out), arrays[0].shape[:-1], arrays[2].shape[-1]), None,
+                       ArrayBackend.dtype_of(out))
+
+    def _gradients(self, arrays, d_out, dtype, options):
+        import jax
+
+        q, k, v, kw, width = self._native(arrays, dtype, options)
+        bias = kw.pop("bias", None)
+        out, vjp = jax.vjp(lambda q, k, v, bias: self.fn(q, k, v, bias=bias, **kw), q, k, v, bias)
+        pad = np.zeros(d_out.shape[:-1] + (width - d_out.shape[-1],))
+        grads = vjp(self.backend.to_native(_to_4d(np.concatenate([d_out, pad], axis=-1)), dtype))
+        result = {name: _from_4d(self.backend.to_host(g), a.shape[:-1], a.shape[-1])
+                  for name, g, a in zip("qkv", grads, arrays)}
+        if bias is not None:
+            result["bias"] = self.backend.to_host(grads[3]).reshape(np.shape(options["bias"]))
+        return result
+
+
+def _from_4d(x: np.ndarray, lead: tuple[int, ...], width: int) -> np.ndarray:
+    """(B, L, H, C) -> (..., H, L, width): the inverse of :func:`_to_4d`, padding columns dropped."""
+    return np.swapaxes(x, 1, 2)[..., :width].reshape(lead + (width,))
 
 
 def _to_4d(x: np.ndarray) -> np.ndarray:

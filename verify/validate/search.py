@@ -6,8 +6,10 @@ hypothesis with ``database=None``, ``deadline=None``, seeded from the run's seed
 the same examples), at most ``max_examples`` examples, then lets hypothesis shrink a failure.
 
 Results are memoised by case, so a candidate that answers differently on a repeat call (a
-nondeterministic kernel) does not make hypothesis raise Flaky, and once the property's time is nearly
-spent, new cases count as passing, so shrinking ends with the smallest failure found so far.
+nondeterministic kernel) does not make hypothesis raise Flaky. Once SHRINK_SHARE of the property's
+time is spent, new cases are not run and count as passing: shrinking ends with the smallest failure
+found so far, and a slow candidate with no failure yet gets fewer examples (counted in ``skipped``
+and reported), not a TIMEOUT, which is kept for a call that does not return.
 """
 
 from __future__ import annotations
@@ -65,6 +67,12 @@ class SearchOutcome:
     examples: int = 0
     worst: Measurement | None = None
     seen: dict = field(default_factory=dict)
+    #: Cases not run because the property's time was nearly spent (a slow candidate: each new shape
+    #: costs jax a compilation); the result says how many ran.
+    skipped: int = 0
+
+    def time_note(self) -> str:
+        return f" (time limit: {self.skipped} more not run)" if self.skipped else ""
 
 
 class _CaseFailed(Exception):
@@ -87,8 +95,10 @@ def search(ctx: PropertyContext, cases: st.SearchStrategy, check: Callable[[Any]
     def run(case) -> CaseResult:
         if case in outcome.seen:
             return outcome.seen[case]
-        if outcome.failure is not None and time.monotonic() > soft_deadline:
-            return CaseResult(Status.PASS)  # out of time to shrink: keep the smallest failure found
+        if time.monotonic() > soft_deadline:
+            # out of time: keep the smallest failure found, or stop looking for one
+            outcome.skipped += outcome.failure is None
+            return CaseResult(Status.PASS)
         try:
             result = check(case)
         except CandidateError as exc:  # the candidate raised: an ERROR on this case, shrunk like a failure

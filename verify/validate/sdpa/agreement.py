@@ -131,7 +131,7 @@ def agreement(ctx: PropertyContext):
             run.problem, case.dtype, run.outcome.out, run.measurement.bound))
 
     found = search(ctx, cases(ctx), check)
-    if found.failure is None:  # then the large sizes, after the random (shrinkable) ones
+    if found.failure is None and not found.skipped:  # then the large sizes, after the random (shrinkable) ones
         for case in explicit_cases(ctx):
             result = check(case)
             found.examples += 1
@@ -147,7 +147,8 @@ def conclude(ctx: PropertyContext, found, what: str):
     if found.failure is None:
         worst = found.worst
         detail = f"; worst error {fmt(worst.error)} vs bound {fmt(worst.bound)}" if worst else ""
-        return ctx.passed(f"{what} on {found.examples} random problems{detail}", (worst,) if worst else ())
+        return ctx.passed(f"{what} on {found.examples} random problems{found.time_note()}{detail}",
+                          (worst,) if worst else ())
     case, result = found.failure
     example = case.problem(ctx).describe(case.dtype) if hasattr(case, "problem") else {"case": repr(case)}
     m = result.measurements

@@ -9,8 +9,7 @@ import numpy as np
 from verify.validate.candidate import Outcome
 from verify.validate.context import PropertyContext
 from verify.validate.result import Measurement
-from verify.validate.sdpa.faults import _allowed
-from verify.validate.sdpa.problem import Problem
+from verify.validate.sdpa.problem import Problem, allowed
 from verify.validate.tolerance import ABS64, K_OUTPUT, floor, relative_error, rule
 
 
@@ -35,7 +34,7 @@ def rows_with_keys(p: Problem, shape) -> np.ndarray:
     convention, which libraries legitimately differ on: see the ``empty_rows`` property)."""
     scores_shape = np.broadcast_shapes(shape[:-1] + (p.k.shape[-2],),
                                        () if p.mask is None else p.mask.shape)
-    return _allowed(p, scores_shape).any(axis=-1)
+    return allowed(p, scores_shape).any(axis=-1)
 
 
 def bound(p: Problem, dtype: str, plain: np.ndarray | None = None, reference: np.ndarray | None = None) -> float:

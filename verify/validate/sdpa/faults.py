@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from verify.validate.sdpa.problem import Problem
+from verify.validate.sdpa.problem import Problem, allowed as _allowed
 from verify.validate.tolerance import relative_error
 
 
@@ -39,26 +39,6 @@ def _scores(p: Problem) -> np.ndarray:
     if p.bias is not None:
         s = s + p.bias
     return np.where(_allowed(p, s.shape), s, -np.inf)
-
-
-def _allowed(p: Problem, shape, *, causal=None, diagonal=0) -> np.ndarray:
-    n, m = shape[-2], shape[-1]
-    ok = np.ones(shape, dtype=bool)
-    if p.mask is not None:
-        ok &= p.mask
-    causal = p.causal if causal is None else causal
-    i, j = np.arange(n)[:, None], np.arange(m)[None, :]
-    offset = (m - n) if causal == "bottom_right" else 0
-    if causal:
-        ok &= j <= i + offset - diagonal
-    if p.window is not None:
-        left, right = p.window
-        centre = i + offset
-        if left is not None:
-            ok &= j >= centre - left
-        if right is not None:
-            ok &= j <= centre + right
-    return ok
 
 
 def _softmax(z: np.ndarray, axis: int) -> np.ndarray:

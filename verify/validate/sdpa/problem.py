@@ -26,6 +26,28 @@ def round_to(x: np.ndarray | None, dtype: str) -> np.ndarray | None:
     return np.asarray(x, dtype=dtype).astype(np.float64)
 
 
+def allowed(p: "Problem", shape, *, causal=None, diagonal=0) -> np.ndarray:
+    """Boolean (shape) True where query i may attend key j under the problem's mask, causal and
+    window (``causal`` overrides the problem's; ``diagonal=1`` leaves the diagonal out)."""
+    n, m = shape[-2], shape[-1]
+    ok = np.ones(shape, dtype=bool)
+    if p.mask is not None:
+        ok &= p.mask
+    causal = p.causal if causal is None else causal
+    i, j = np.arange(n)[:, None], np.arange(m)[None, :]
+    offset = (m - n) if causal == "bottom_right" else 0
+    if causal:
+        ok &= j <= i + offset - diagonal
+    if p.window is not None:
+        left, right = p.window
+        centre = i + offset
+        if left is not None:
+            ok &= j >= centre - left
+        if right is not None:
+            ok &= j <= centre + right
+    return ok
+
+
 @dataclass(frozen=True)
 class Problem:
     """One SDPA call in our convention (numerics'): mask True = may attend; causal ``"top_left"``
@@ -110,6 +132,7 @@ class Problem:
             s = np.minimum(s, self.softcap)
         if self.bias is not None:
             s = s + np.abs(self.bias)
+        s = np.where(allowed(self, s.shape), s, 0.0)  # blocked keys do not enter the result
         return float(np.max(s, initial=0.0))
 
     @property
