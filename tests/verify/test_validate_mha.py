@@ -80,6 +80,18 @@ def test_packed_torch_mha_written_differently_passes():
     _assert_passes(validate(PackedMHA(12, 3), kind="mha"))
 
 
+@needs_torch
+def test_nanogpt_causal_self_attention_declared_causal_passes_and_undeclared_fails():
+    from tests.verify.torch_implementations import CausalSelfAttention
+
+    declared = validate(as_mha_candidate(CausalSelfAttention(), causal=True), kind="mha")
+    _assert_passes(declared)
+    undeclared = validate(CausalSelfAttention(), kind="mha")
+    assert undeclared["agreement"].status is Status.FAIL  # compared with non-causal attention it must differ
+    assert "causal mask applied though none was asked for" in undeclared["agreement"].diagnosis
+    assert undeclared.faults == ("mha:unasked-causal",)
+
+
 # ------------------------------------------------------------------ mha: mutants
 
 @pytest.mark.parametrize("name", sorted(mha_mutants.MUTANTS))

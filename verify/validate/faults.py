@@ -51,6 +51,7 @@ class MHAFault:
         (no softmax and no V: the head returns its scaled scores, seed 001's example).
     scale : None (1/sqrt(K), correct) or a name of :data:`SCALES`.
     out_proj : False when W^O (and b_o) is left out.
+    causal : True when a causal (top-left) mask is applied though none was asked for.
     """
 
     split: str = "transpose"
@@ -58,6 +59,7 @@ class MHAFault:
     scores: str = "softmax"
     scale: str | None = None
     out_proj: bool = True
+    causal: bool = False
 
     def parts(self) -> list[str]:
         """The mistakes in words, one a changed part (empty for the correct model)."""
@@ -79,6 +81,9 @@ class MHAFault:
             words.append(f"scores scaled by {self.scale} instead of 1/sqrt(d_k)")
         if not self.out_proj:
             words.append("W^O left out: the concatenated heads are returned without the output projection")
+        if self.causal:
+            words.append("a causal mask applied though none was asked for (if the attention is causal by design, "
+                         "declare it: as_mha_candidate(..., causal=True))")
         return words
 
 
@@ -153,7 +158,7 @@ def mha_model(x, params: MHAParams, fault: MHAFault = MHAFault(), *, memory=None
     k = _add(src @ p["w_k"], p.get("b_k"))
     v = _add(src @ p["w_v"], p.get("b_v"))
     q, k, v = (a.reshape(*a.shape[:-1], h, a.shape[-1] // h) for a in (q, k, v))  # (..., L, H, C)
-    allowed = allowed_mask(mask, causal, n, m)
+    allowed = allowed_mask(mask, causal or fault.causal, n, m)
     if fault.split == "transpose":
         q, k, v = (np.swapaxes(a, -3, -2) for a in (q, k, v))  # (..., H, L, C)
         if allowed is not None:
@@ -240,7 +245,7 @@ MHA_FAULTS: tuple[MHAFault, ...] = tuple(
         "split": ("transpose", "none"), "merge": ("transpose", "reshape", "tokens"),
         "scores": ("softmax", "softmax_query", "raw"), "scale": (None, *SCALES), "out_proj": (True, False),
     })
-)
+) + (MHAFault(causal=True),)
 
 
 def block_faults(norm: str, gelu: str) -> tuple[BlockFault, ...]:

@@ -71,7 +71,8 @@ class Problem:
             mask = rng.random((n, m_len)) < 0.6
             mask[:, 0] = True  # every query keeps key 0, causal or not: no empty-row convention involved
             self.mask = mask
-        self.causal = causal
+        # A candidate that always masks causally (declared, e.g. nanoGPT's) is compared with causal attention.
+        self.causal = causal or getattr(cand, "always_causal", False)
 
     def options(self) -> dict[str, Any]:
         return {"memory": self.memory, "mask": self.mask, "causal": self.causal}
@@ -144,11 +145,12 @@ def diagnose(cand: MHACandidate, seed: int) -> tuple[str, list[str]]:
     for n in dict.fromkeys((LENGTH, h * vw) if h * vw <= SQUARE_MAX else (LENGTH,)):
         problem = Problem(cand, seed, n=n)
         try:
-            got, _ = cand(problem.x, problem.params, dtype="float64", memory=problem.memory)
+            got, _ = cand(problem.x, problem.params, dtype="float64", **problem.options())
         except CandidateError as exc:  # the candidate's own failure is information
             tried.append(f"at N = {n} it raises {raised(exc)}")
             continue
-        models = {f: faults.mha_model(problem.x, problem.params, f, memory=problem.memory) for f in faults.MHA_FAULTS}
+        models = {f: faults.mha_model(problem.x, problem.params, f, memory=problem.memory, causal=problem.causal)
+                  for f in faults.MHA_FAULTS}
         found = faults.match(got, models)
         if found:
             fault, dist = found[0]
@@ -159,7 +161,7 @@ def diagnose(cand: MHACandidate, seed: int) -> tuple[str, list[str]]:
             where = f"at N = {n} its output is that of multi-head attention with " + "; and ".join(parts)
             return f"{where} (relative distance {dist:.1e})" + ("; " + "; ".join(tried) if tried else ""), parts
         shape = f"shape {tuple(got.shape)}" + ("" if got.shape == problem.x.shape else f", not {problem.x.shape}")
-        ref = multi_head_attention(problem.x, problem.params, memory=problem.memory)
+        ref = multi_head_attention(problem.x, problem.params, memory=problem.memory, causal=problem.causal)
         dist = relative_error(got, ref) if got.shape == ref.shape else math.inf
         tried.append(f"at N = {n} its output ({shape}, relative error {dist:.3g}) matches none of the "
                      f"{len(models)} fault models tried")
@@ -233,8 +235,8 @@ def output_projection(cand: MHACandidate, seed: int, dtypes) -> PropertyResult:
     zero = replace(problem.params, w_o=np.zeros_like(problem.params.w_o),
                    b_o=None if problem.params.b_o is None else np.zeros_like(problem.params.b_o))
     try:
-        before, _ = cand(problem.x, problem.params, dtype="float64", memory=problem.memory)
-        after, _ = cand(problem.x, zero, dtype="float64", memory=problem.memory)
+        before, _ = cand(problem.x, problem.params, dtype="float64", **problem.options())
+        after, _ = cand(problem.x, zero, dtype="float64", **problem.options())
     except CandidateError as exc:
         return PropertyResult(name, Status.ERROR, f"the candidate raised {raised(exc)}", (),
                               problem.describe())
@@ -266,7 +268,7 @@ def head_independence(cand: MHACandidate, seed: int, dtypes) -> PropertyResult:
     problem = Problem(cand, seed)
     rng = np.random.default_rng([seed, 99])
     try:
-        y0, _ = cand(problem.x, eye, dtype="float64", memory=problem.memory)
+        y0, _ = cand(problem.x, eye, dtype="float64", **problem.options())
         leaks, own = [], []
         for head in range(h):
             cols_k, cols_v = slice(head * kw, (head + 1) * kw), slice(head * vw, (head + 1) * vw)
@@ -275,7 +277,7 @@ def head_independence(cand: MHACandidate, seed: int, dtypes) -> PropertyResult:
                 a = getattr(eye, w).copy()
                 a[:, cols] += rng.standard_normal(a[:, cols].shape)
                 changed[w] = a
-            y1, _ = cand(problem.x, replace(eye, **changed), dtype="float64", memory=problem.memory)
+            y1, _ = cand(problem.x, replace(eye, **changed), dtype="float64", **problem.options())
             if y1.shape != y0.shape:
                 return PropertyResult(name, Status.FAIL, f"the output's shape changed from {y0.shape} to {y1.shape}", ())
             delta = np.abs(y1 - y0)
@@ -308,10 +310,11 @@ def attention_weights(cand: MHACandidate, seed: int, dtypes) -> PropertyResult:
         return PropertyResult(name, Status.NOT_APPLICABLE, "the candidate does not return attention weights")
     problem = Problem(cand, seed)
     try:
-        _, weights = cand(problem.x, problem.params, dtype="float64", memory=problem.memory)
+        _, weights = cand(problem.x, problem.params, dtype="float64", **problem.options())
     except CandidateError as exc:
         return PropertyResult(name, Status.ERROR, f"the candidate raised {raised(exc)}", ())
-    _, ref = multi_head_attention(problem.x, problem.params, memory=problem.memory, return_weights=True)
+    _, ref = multi_head_attention(problem.x, problem.params, memory=problem.memory, causal=problem.causal,
+                                  return_weights=True)
     ref = ref.mean(axis=-3)
     if weights is None or weights.shape != ref.shape:
         return PropertyResult(name, Status.FAIL, f"weights of shape {None if weights is None else weights.shape}, "
@@ -333,7 +336,8 @@ def fault_code(parts: list[str]) -> str | None:
     """The short codes (``"mha:merge-reshape"``) of the fault-model parts named in ``parts``."""
     codes = {"heads split without": "mha:split-no-transpose", "merged without a transpose": "mha:merge-no-transpose",
              "concatenated on the wrong axis": "mha:concat-tokens", "no softmax": "mha:no-softmax",
-             "softmax over the query": "mha:softmax-query", "scores scaled by": "mha:scale", "W^O left out": "mha:no-w_o"}
+             "softmax over the query": "mha:softmax-query", "scores scaled by": "mha:scale", "W^O left out": "mha:no-w_o",
+             "causal mask applied though": "mha:unasked-causal"}
     found = [code for words, code in codes.items() if any(words in p for p in parts)]
     return ",".join(found) or None
 

@@ -150,7 +150,16 @@ class MHACandidate(Candidate):
         return replace(own, **{b: None if getattr(own, b) is None else 0.3 * rng.standard_normal(getattr(own, b).shape)
                                for b in MHA_WEIGHT_NAMES[4:]})
 
+    #: True when the candidate always masks causally (declared: ``as_mha_candidate(..., causal=True)``);
+    #: the battery then compares it with causal attention and never passes ``causal``.
+    always_causal = False
+
     def __call__(self, x, params: MHAParams, *, dtype: str, memory=None, mask=None, causal=False):
+        if self.always_causal:
+            if not causal:
+                raise ValueError(f"the candidate {self.name} is declared always causal; a property asked for "
+                                 "non-causal attention")
+            causal = False  # built in: nothing to pass
         refused = [k for k, v in (("memory", memory), ("mask", mask), ("causal", causal)) if v is not None and v is not False
                    and k not in self.takes]
         if refused:
@@ -201,16 +210,17 @@ class BlockCandidate(Candidate):
 
 # --------------------------------------------------------------------------- plain functions
 
-def _signature(fn: Callable) -> inspect.Signature:
+def _signature(fn: Callable, kind: str) -> inspect.Signature:
     try:
         return inspect.signature(fn)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"cannot read the signature of {_name_of(fn)}: {exc}") from None
+        raise TypeError(f"cannot read the signature of {_name_of(fn)} ({exc}); kind={kind!r} calls a plain function "
+                        "by its parameter names: fn(x, params, ...) or fn(x, w_q, w_k, w_v, w_o, num_heads, ...)") from None
 
 
 def _function_style(fn: Callable, known: tuple[str, ...], kind: str) -> tuple[str, set[str]]:
     """("params" | "names", the parameter names it takes), checked against the convention."""
-    sig = _signature(fn)
+    sig = _signature(fn, kind)
     params = list(sig.parameters.values())
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     if not positional:
@@ -617,11 +627,13 @@ def _resolve(obj: Any) -> Any:
 
 
 def as_mha_candidate(obj: Any, *, backend: str | None = None, device: str | None = None, d_model: int = 8,
-                     num_heads: int = 2, name: str | None = None) -> MHACandidate:
+                     num_heads: int = 2, causal: bool = False, name: str | None = None) -> MHACandidate:
     """Recognise ``obj`` (see the module docstring) as multi-head attention under test.
 
     ``d_model`` and ``num_heads`` are the sizes a plain function is run at (a module has its own);
-    pass the result to :func:`verify.validate.validate` with ``kind="mha"``.
+    ``causal=True`` declares attention that always masks causally (top-left) without being asked,
+    as nanoGPT's ``CausalSelfAttention``. Pass the result to :func:`verify.validate.validate` with
+    ``kind="mha"``.
     """
     if isinstance(obj, MHACandidate):
         return obj
@@ -629,11 +641,19 @@ def as_mha_candidate(obj: Any, *, backend: str | None = None, device: str | None
     if _is_module(obj):
         torch = _torch()
         if isinstance(obj, torch.nn.MultiheadAttention):
-            return TorchMultiheadAttention(obj, name=name, device=device)
-        return LinearProjectionMHA(obj, name=name, device=device)
-    if not callable(obj):
+            cand = TorchMultiheadAttention(obj, name=name, device=device)
+        else:
+            cand = LinearProjectionMHA(obj, name=name, device=device)
+    elif not callable(obj):
         raise TypeError(f"expected a function, an nn.Module or a factory returning one, got {type(obj).__name__}")
-    return FunctionMHA(obj, backend=make_backend(backend, device, obj), d_model=d_model, num_heads=num_heads, name=name)
+    else:
+        cand = FunctionMHA(obj, backend=make_backend(backend, device, obj), d_model=d_model, num_heads=num_heads,
+                           name=name)
+    if causal:
+        cand.always_causal = True
+        cand.takes = cand.takes - {"causal"}
+        cand.note += "; declared always causal"
+    return cand
 
 
 def as_block_candidate(obj: Any, *, backend: str | None = None, device: str | None = None, d_model: int = 8,
