@@ -87,3 +87,24 @@ def test_a_module_that_raises_on_import_is_reported(tmp_path):
     result = validate(f"{bad}:f")
     assert result.exit_code == 1
     assert "importing" in result.output and "RuntimeError: half written" in result.output
+
+
+def test_ctrl_c_stops_after_the_property_in_progress(tmp_path):
+    target = tmp_path / "interrupting.py"
+    target.write_text(
+        "import signal\n"
+        "from tests.verify.mutants.correct import online_softmax\n"
+        "calls = []\n"
+        "def attention(q, k, v, mask=None):\n"
+        "    if not calls:\n"
+        "        signal.raise_signal(signal.SIGINT)\n"  # Ctrl-C during the first property
+        "    calls.append(1)\n"
+        "    return online_softmax(q, k, v, mask=mask)\n")
+    out = tmp_path / "v.json"
+    result = validate(f"{target}:attention", "--max-examples", "5", "--json", out)
+    assert result.exit_code == 130, result.output
+    assert "Traceback" not in result.output and "interrupted: not run:" in result.output
+    doc = json.loads(out.read_text())
+    assert doc["settings"]["incomplete"] is True
+    assert [p["name"] for p in doc["properties"]] == ["agreement"]  # the property in progress finished
+    assert "gradients" in doc["settings"]["not_run"]

@@ -182,3 +182,16 @@ def test_a_dtype_the_library_lacks_is_refused_or_noted():
         validate(correct.online_softmax, dtypes=["bfloat16"])
     result = validate(correct.online_softmax, dtypes=["float32", "bfloat16"], properties=["scale"])
     assert result.settings["dtypes_not_run"] == ["bfloat16"]
+
+
+def test_max_examples_is_honoured():
+    calls = []
+
+    def counted(q, k, v):
+        calls.append(q.shape)
+        return correct.online_softmax(q, k, v)
+
+    result = validate(counted, properties=["agreement"], max_examples=5, dtypes=["float64"])
+    # 5 random problems, then the one explicit 113 x 203 problem (one dtype)
+    assert len(calls) <= 6 and result["agreement"].status is Status.PASS
+    assert (113, 24) in [shape[-2:] for shape in calls]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from hypothesis import strategies as st
 
-from verify.validate.context import PropertyContext
+from verify.validate.context import CandidateError, PropertyContext
 from verify.validate.registry import register
 from verify.validate.result import Status
 from verify.validate.sdpa import faults, scale_fit
@@ -94,17 +94,41 @@ def explicit_cases(ctx: PropertyContext) -> tuple[Case, ...]:
                  for dtype in ctx.dtypes())
 
 
-def diagnose(p: Problem, dtype: str, out: np.ndarray, bound: float) -> tuple[str, str | None]:
-    """(words, code) for a wrong output: a known fault, a wrong scale, low precision, or unknown."""
+#: A one-parameter scale fit needs this many output values to mean anything (one value can be
+#: matched by some scale whatever the fault).
+MIN_FIT_VALUES = 8
+
+
+def rerunner(ctx: PropertyContext, dtype: str):
+    """``rerun(problem) -> (problem rounded, candidate's output)`` for :func:`diagnose`."""
+    def rerun(p: Problem):
+        p = p.rounded(dtype)
+        return p, ctx.call(p.q, p.k, p.v, dtype=dtype, **p.options()).out
+    return rerun
+
+
+def diagnose(p: Problem, dtype: str, out: np.ndarray, bound: float, rerun=None) -> tuple[str, str | None]:
+    """(words, code) for a wrong output: a known fault, a wrong scale, low precision, or unknown.
+
+    The scale is fitted on the example itself when it has MIN_FIT_VALUES output values at least,
+    else (with ``rerun``, see :func:`rerunner`) on the candidate's output for a larger problem with
+    the same options and d_k."""
     if not np.all(np.isfinite(out)):
         return "the output has NaN or inf where ours is finite", "output:non_finite"
     slack = max(bound * 4, 1e-9)
     fault = faults.identify(p, out, slack)
     if fault is not None:
         return f"{fault.words}", fault.code
-    s, residual = scale_fit.fit(p, out)
+    fit_p, fit_out = p, out
+    if out.size < MIN_FIT_VALUES and rerun is not None:
+        try:
+            fit_p, fit_out = rerun(p.enlarged(np.random.default_rng(0)))
+        except CandidateError:
+            fit_p = None
+    s, residual = scale_fit.fit(fit_p, fit_out) if fit_p is not None and fit_out.size >= MIN_FIT_VALUES \
+        and fit_out.shape == fit_p.reference().shape else (float("nan"), float("inf"))
     if residual <= max(slack, 1e-6):
-        named = scale_fit.name_scale(p, s, residual)
+        named = scale_fit.name_scale(fit_p, s, residual)
         if not named.correct:
             return named.words(), named.code
     err = faults.relative_error(out, p.reference())
@@ -128,7 +152,7 @@ def agreement(ctx: PropertyContext):
         if run.ok:
             return CaseResult(Status.PASS, (run.measurement,))
         return CaseResult(Status.FAIL, (run.measurement,), explain=lambda: diagnose(
-            run.problem, case.dtype, run.outcome.out, run.measurement.bound))
+            run.problem, case.dtype, run.outcome.out, run.measurement.bound, rerunner(ctx, case.dtype)))
 
     found = search(ctx, cases(ctx), check)
     if found.failure is None and not found.skipped:  # then the large sizes, after the random (shrinkable) ones

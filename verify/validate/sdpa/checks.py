@@ -9,7 +9,7 @@ import numpy as np
 
 from verify.validate.context import PropertyContext
 from verify.validate.result import Measurement
-from verify.validate.sdpa.agreement import diagnose
+from verify.validate.sdpa.agreement import diagnose, rerunner
 from verify.validate.sdpa.common import Run, fmt, measure
 from verify.validate.sdpa.problem import Problem
 from verify.validate.tolerance import relative_error
@@ -24,7 +24,7 @@ def judged(ctx: PropertyContext, p: Problem, dtype: str, what: str = "output"):
     example = run.problem.describe(dtype)
     if run.shape_error:
         return run, ctx.failed(run.shape_error, (run.measurement,), example, "output:shape")
-    words, code = diagnose(run.problem, dtype, run.outcome.out, run.measurement.bound)
+    words, code = diagnose(run.problem, dtype, run.outcome.out, run.measurement.bound, rerunner(ctx, dtype))
     m = run.measurement
     return run, ctx.failed(f"{words} (error {fmt(m.error)} vs bound {fmt(m.bound)})", (m,), example, code)
 

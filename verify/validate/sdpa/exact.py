@@ -6,7 +6,7 @@ from numerics import reference as mp_reference
 
 from verify.validate.context import PropertyContext
 from verify.validate.registry import register
-from verify.validate.sdpa.agreement import diagnose
+from verify.validate.sdpa.agreement import diagnose, rerunner
 from verify.validate.sdpa.checks import worst
 from verify.validate.sdpa.common import fmt
 from verify.validate.sdpa.problem import Problem, draw, mask_with_keys
@@ -35,7 +35,7 @@ def mpmath_agreement(ctx: PropertyContext):
         m = absolute(out, exact, what="float64 vs mpmath")
         ms.append(m)
         if not m.ok:
-            words, code = diagnose(p, "float64", out, m.bound)
+            words, code = diagnose(p, "float64", out, m.bound, rerunner(ctx, "float64"))
             return ctx.failed(f"float64 output differs from mpmath by {fmt(m.error)} (bound {fmt(m.bound)}): {words}",
                               ms, p.describe("float64"), code)
     return ctx.passed(f"{len(problems)} small problems" + worst(ms), ms)

@@ -121,6 +121,23 @@ class Problem:
             **p._numerics_kwargs(), "bias": cast(p.bias)})
         return round_to(np.asarray(out, dtype=np.float64), dtype)
 
+    def enlarged(self, rng: np.random.Generator) -> "Problem":
+        """A problem with the same options, heads and d_k but at least 6 queries and keys and 3
+        value columns (new random arrays; a mask or bias redrawn to the new shape)."""
+        *lead_q, n, dk = self.q.shape
+        *lead_k, m, dv = self.v.shape
+        n, m, dv = max(n, 6), max(m, 6), max(dv, 3)
+        q = rng.standard_normal((*lead_q, n, dk))
+        k = rng.standard_normal((*lead_k, m, dk))
+        v = rng.standard_normal((*lead_k, m, dv))
+        if self.enable_gqa:  # (..., Hq) and (..., Hkv): the scores have the query heads
+            scores = (*np.broadcast_shapes(tuple(lead_q[:-1]), tuple(lead_k[:-1])), lead_q[-1], n, m)
+        else:
+            scores = (*np.broadcast_shapes(tuple(lead_q), tuple(lead_k)), n, m)
+        mask = None if self.mask is None else mask_with_keys(rng, scores)
+        bias = None if self.bias is None else rng.standard_normal(scores)
+        return replace(self, q=q, k=k, v=v, mask=mask, bias=bias)
+
     def score_magnitude(self) -> float:
         """The largest |scale q.k| (after the softcap, plus |bias|): how ill-conditioned the softmax is."""
         k = self.k
