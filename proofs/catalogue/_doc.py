@@ -131,16 +131,18 @@ def code_block_after(doc: str | Path, line: int) -> tuple[int, str]:
     raise ValueError(f"no complete code block after line {line} of {document_path(doc).name}")
 
 
-def run_document_code(code: str, name: str) -> dict:
+def run_document_code(code: str, name: str, inputs: dict | None = None) -> dict:
     """Execute a document's code block with its printing captured; return its namespace.
 
-    NumPy's legacy global RNG (which the documents seed) is saved and restored, so running
-    a document never changes the state other code sees. Exceptions propagate.
+    ``inputs`` are names defined before the code runs (values the caller puts in place of
+    lines it removed). NumPy's legacy global RNG (which the documents seed) is saved and
+    restored, so running a document never changes the state other code sees. Exceptions
+    propagate.
     """
     import numpy as np
 
     state = np.random.get_state()
-    namespace: dict = {"__name__": f"attnverify_document_{name}"}
+    namespace: dict = {**(inputs or {}), "__name__": f"attnverify_document_{name}"}
     try:
         with contextlib.redirect_stdout(io.StringIO()) as printed:
             exec(compile(code, f"<{name}>", "exec"), namespace)  # noqa: S102 - the document under audit

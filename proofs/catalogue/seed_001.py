@@ -14,6 +14,7 @@ from ..claims import CheckOutcome, Method, Verdict
 from ..derivation import Step
 from ._derivations import derivation
 from ._doc import code_block_after, run_document_code
+from ._document_code import battery_evidence, run_battery, seed001_multihead
 from ._kit import (counterexample, derived, equal, fact, informal_outcome, interval_text, note, numeric, proof,
                    proved, steps_evidence)
 from ._registry import claim
@@ -290,10 +291,14 @@ def check_expansion_informal() -> CheckOutcome:
        assumptions=["the document's code, run as printed"])
 def check_example_multihead_code() -> CheckOutcome:
     start, code = code_block_after(DOC, 215)
+    # The battery runs the document's own lines on sequences (d = 4, h = 2 as printed) and names the faults.
+    _, example = seed001_multihead()
+    table = battery_evidence(run_battery(example, "mha", d_model=4, num_heads=2),
+                             f"the example's lines (fence on line {start}) applied to a sequence x (N, 4)")
     try:
         ns = run_document_code(code, f"seed001_line{start}")
     except Exception as exc:  # the finding: the document's code does not run
-        return CheckOutcome(Verdict.REFUTED, Method.NUMERIC, [counterexample(
+        return CheckOutcome(Verdict.REFUTED, Method.NUMERIC, [table, counterexample(
             f"the example's code (fence on line {start}) raises {type(exc).__name__}: {exc}. With a single token x_i, "
             "np.dot(Q, K.T) is a scalar per head, and the 'attention' returns raw scores without softmax or V, so "
             "nothing of shape (h*d_v,) exists to concatenate and project with W_O (4 x 4)",

@@ -21,6 +21,7 @@ from ..derivation import Step
 from . import _counts as C
 from ._derivations import derivation
 from ._doc import code_block_after, run_document_code
+from ._document_code import battery_evidence, run_battery, seed002_class
 from ._kit import (StepFailed, counterexample, derived, fact, failed_steps, informal_outcome, note, numeric, proof,
                    proved, steps_evidence)
 from ._registry import claim
@@ -128,22 +129,17 @@ def _torch_reference(model, d_model: int, heads: int, x):
     return multi_head_attention(x, p)
 
 
-def _load_class(line: int, name: str):
-    import torch
-
-    start, code = code_block_after(DOC, line)
-    ns = run_document_code(code, f"seed002_line{start}")
-    return start, ns[name], torch
-
-
 @claim(77, "class MultiHeadAttention",
        title="Code: MultiHeadAttention (split_heads, scaled attention, W_o)",
        statement=r"\text{the class computes } \mathrm{Concat}(\mathrm{head}_1..\mathrm{head}_h)W^O",
        assumptions=["the document's code, run as printed",
-                    "added: in float64 (the document's default is float32), so agreement is judged at 1e-12"],
+                    "added: in float64 (the document's default is float32), so agreement is judged at 1e-12",
+                    "added: the validate battery (kind='mha') runs it in float64 and float32 on weights it sets"],
        requires=NEEDS_TORCH)
 def check_mha_code() -> CheckOutcome:
-    start, cls, torch = _load_class(71, "MultiHeadAttention")
+    import torch
+
+    start, cls = seed002_class("MultiHeadAttention")
     errors = []
     with torch.random.fork_rng(devices=[]):
         for seed in range(3):
@@ -154,15 +150,18 @@ def check_mha_code() -> CheckOutcome:
                 got = model(*(torch.from_numpy(x),) * 3).numpy()
             errors.append(float(np.abs(got - _torch_reference(model, 8, 2, x)).max()))
     worst = max(errors)
+    battery = run_battery(lambda: cls(8, 2), "mha")
     data = {"trials": 3, "seeds": [0, 1, 2], "shape": [2, 5, 8], "heads": 2, "max_errors": errors, "tolerance": 1e-12,
             "error_rate": "not statistical: two implementations of different functions agree on random real inputs "
                           "with probability 0; the tolerance covers float64 rounding"}
-    if worst < 1e-12:
-        return CheckOutcome(Verdict.SUPPORTED, Method.NUMERIC, [numeric(
+    table = battery_evidence(battery, f"the document's MultiHeadAttention(8, 2) (code fence line {start})")
+    if worst < 1e-12 and battery.passed:
+        return CheckOutcome(Verdict.SUPPORTED, Method.NUMERIC, [table, numeric(
             f"the document's MultiHeadAttention (code fence line {start}) matches numerics.multi_head_attention on 3 "
             f"random inputs, max error {worst:.1e}", **data)])
-    return CheckOutcome(Verdict.REFUTED, Method.NUMERIC, [counterexample(
-        f"the document's MultiHeadAttention differs from multi-head attention by up to {worst:.3g}", **data)])
+    found = [] if worst < 1e-12 else [counterexample(
+        f"the document's MultiHeadAttention differs from multi-head attention by up to {worst:.3g}", **data)]
+    return CheckOutcome(Verdict.REFUTED, Method.NUMERIC, [table] + found)
 
 
 # ---- code: class PrunableMultiHeadAttention (line 269) ------------------------------------------
@@ -243,9 +242,13 @@ def check_prunable_code() -> CheckOutcome:
             f"attention: q, k, v are viewed as (bsz, seq, heads, head_dim) without .transpose(1, 2), so the scores have "
             f"shape {tuple(scores)} and each position attends over the heads, not over the sequence; output differs by "
             f"up to {err:.3g} (5 tokens, seed 0)", **data))
-    if not evidence:
-        return CheckOutcome(Verdict.SUPPORTED, Method.NUMERIC, [numeric(
+    battery = run_battery(lambda: cls(4, 2), "mha")
+    table = battery_evidence(battery, "the document's PrunableMultiHeadAttention(4, 2) (head_dim = num_heads, "
+                             "the only size at which it runs)")
+    if not evidence and battery.passed:
+        return CheckOutcome(Verdict.SUPPORTED, Method.NUMERIC, [table, numeric(
             "the document's PrunableMultiHeadAttention runs and matches multi-head attention", **data)])
+    evidence.insert(0, table)  # first: the check table shows the first piece of evidence
     if err_fixed < 1e-12:
         evidence.append(note("with .transpose(1, 2) on q, k, v and the head mask and importance broadcast over the head "
                              f"axis, the same weights give multi-head attention (max error {err_fixed:.1e})", **data))

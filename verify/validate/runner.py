@@ -83,6 +83,7 @@ def validate(fn: Any, kind: str = "sdpa", *, backend: str | None = None, device:
     """
     settings = make_settings(kind, dtypes=dtypes, seed=seed, max_examples=max_examples, time_limit=time_limit,
                              layout=layout, mask_convention=mask_convention)
+    # The kind's module first: importing it registers the kind's properties and its adapters.
     chosen = _choose(properties_for(kind), properties)
     candidate = fn if isinstance(fn, Candidate) else adapt(
         fn, kind, backend=backend, device=device, layout=layout, mask_convention=mask_convention, name=name)

@@ -1,0 +1,81 @@
+"""Multi-head attention mutants for kind="mha": each a plain NumPy function (or a document's
+class run from the document) with one known fault, and the words its diagnosis must contain.
+
+Conventions: ``fn(x, w_q, w_k, w_v, w_o, num_heads)`` in the row convention (Q = x @ w_q, head
+h = columns h*K:(h+1)*K), x (B, N, D); see :mod:`verify.validate.modules`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def _heads(x, w_q, w_k, w_v, num_heads):
+    """Q, K, V split into heads (B, H, N, C), correctly."""
+    def split(y):
+        b, n, width = y.shape
+        return y.reshape(b, n, num_heads, width // num_heads).transpose(0, 2, 1, 3)
+
+    return split(x @ w_q), split(x @ w_k), split(x @ w_v)
+
+
+def _attend(q, k, v, scale):
+    s = q @ np.swapaxes(k, -1, -2) * scale
+    w = np.exp(s - s.max(axis=-1, keepdims=True))
+    return (w / w.sum(axis=-1, keepdims=True)) @ v
+
+
+def merge_without_transpose(x, w_q, w_k, w_v, w_o, num_heads):
+    """Heads (B, H, N, V) reshaped straight to (B, N, H*V): tokens and heads mixed."""
+    q, k, v = _heads(x, w_q, w_k, w_v, num_heads)
+    o = _attend(q, k, v, 1 / math.sqrt(q.shape[-1]))
+    b, h, n, c = o.shape
+    return o.reshape(b, n, h * c) @ w_o
+
+
+def w_o_left_out(x, w_q, w_k, w_v, w_o, num_heads):
+    """The concatenated heads returned without the output projection."""
+    q, k, v = _heads(x, w_q, w_k, w_v, num_heads)
+    o = _attend(q, k, v, 1 / math.sqrt(q.shape[-1]))
+    b, h, n, c = o.shape
+    return o.transpose(0, 2, 1, 3).reshape(b, n, h * c)
+
+
+def scaled_by_d_model(x, w_q, w_k, w_v, w_o, num_heads):
+    """Scores scaled by 1/sqrt(d_model) instead of 1/sqrt(d_k) (an sdpa scale fault, seen through MHA)."""
+    q, k, v = _heads(x, w_q, w_k, w_v, num_heads)
+    o = _attend(q, k, v, 1 / math.sqrt(x.shape[-1]))
+    b, h, n, c = o.shape
+    return o.transpose(0, 2, 1, 3).reshape(b, n, h * c) @ w_o
+
+
+def prunable_from_document():
+    """Seed 002's PrunableMultiHeadAttention, run from the document, built at the only size it
+    runs at (head_dim = num_heads: d_model = 4, 2 heads). Heads split without the transpose."""
+    from proofs.catalogue._document_code import seed002_class
+
+    import torch
+
+    _, cls = seed002_class("PrunableMultiHeadAttention")
+    torch.manual_seed(0)
+    return cls(4, 2)
+
+
+def seed001_from_document():
+    """Seed 001's NumPy multi-head example, its own lines run on each sequence."""
+    from proofs.catalogue._document_code import seed001_multihead
+
+    return seed001_multihead()[1]
+
+
+#: name -> (how to get the candidate, validate keywords, words the diagnosis must contain, the property that fails)
+MUTANTS = {
+    "merge without transpose": (lambda: merge_without_transpose, {}, "merged without a transpose", "agreement"),
+    "W^O left out": (lambda: w_o_left_out, {}, "W^O left out", "output projection"),
+    "scale 1/sqrt(d_model)": (lambda: scaled_by_d_model, {}, "scaled by 1/sqrt(d_model)", "agreement"),
+    "seed 002 PrunableMultiHeadAttention": (prunable_from_document, {}, "split without the transpose", "agreement"),
+    "seed 001 multi-head example": (seed001_from_document, {"d_model": 4, "num_heads": 2},
+                                    "concatenated on the wrong axis", "agreement"),
+}
