@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(not os.environ.get("CI"), reason="CI only: a use
 
 
 @pytest.mark.parametrize("module", ["torch", "array_api_strict", "hypothesis", "jsonschema", "pytest_timeout",
-                                    "distributed", "bokeh"])
+                                    "distributed", "bokeh", "jax"])
 def test_ci_installs_the_optional_python_parts(module):
     assert importlib.util.find_spec(module) is not None, f"CI must install {module} (.ci/run)"
 

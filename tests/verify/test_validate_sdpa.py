@@ -70,7 +70,7 @@ def test_torch_sdpa_on_cuda():
 
 
 def test_jax_dot_product_attention_passes():
-    jax = pytest.importorskip("jax", reason="jax is not installed (pip install jax)")
+    jax = pytest.importorskip("jax", reason="jax is not installed (pip install 'attnverify[jax]')")
     # float32 only: jax has float64 only under jax_enable_x64; each new shape costs a compilation
     result = validate(jax.nn.dot_product_attention, dtypes=["float32"], max_examples=5)
     assert result.passed, [(p.name, p.diagnosis) for p in result.failures]
