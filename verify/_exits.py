@@ -7,7 +7,7 @@ EXIT_CODES = """\b
 Exit codes:
   0    done (a REFUTED claim is a finding, not a failure)
   1    findings under --strict, or a check crashed; derive, prove: a step that did not pass;
-       crosscheck: a line over its bound
+       crosscheck: a line over its bound; validate: a property that failed, raised or timed out
   2    bad usage: unknown option, bad value, an output path that cannot be written
   130  interrupted (Ctrl-C); what finished is saved, marked incomplete"""
 
