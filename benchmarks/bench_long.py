@@ -177,7 +177,8 @@ def _in_fresh_process(fn, *args):
 
 
 def _title(d: int, h: int, note: str, backward: bool = False) -> str:
-    return (f"causal MHA {'forward + backward' if backward else 'forward'}, float32, B=1, D={d}, H={h}, {_cpu_model()}, {os.cpu_count()} cores"
+    what = "forward + backward" if backward else "forward"
+    return (f"causal MHA {what}, float32, B=1, D={d}, H={h}, {_cpu_model()}, {os.cpu_count()} cores"
             + (f" ({note})" if note else ""))
 
 

@@ -984,9 +984,10 @@ def attention_vjp(
     (..., N, M) until ``backward`` is dropped. Problems of more than
     :data:`SAVED_WEIGHTS_MAX` scores that the tiled path takes keep only q, k, v, the
     output and its logsumexp (..., N) instead, and the backward recomputes the scores
-    tile by tile from them (not the forward), in memory linear in N and M. ``backward`` may be called more than once; ``d_out`` has the output's shape,
-    dtype and namespace. Arguments as in :func:`scaled_dot_product_attention`; the arrays
-    are held as given (not copied).
+    tile by tile from them (not the forward), in memory linear in N and M. ``backward``
+    may be called more than once; ``d_out`` has the output's shape, dtype and namespace.
+    Arguments as in :func:`scaled_dot_product_attention`; the arrays are held as given
+    (not copied).
     """
     res, _ = _residuals(q, k, v, mask=mask, bias=bias, causal=causal, window=window, softcap=softcap,
                         scale=scale, enable_gqa=enable_gqa, dropout_p=dropout_p, dropout_mask=dropout_mask,

@@ -207,8 +207,9 @@ def test_split_over_cores_then_tiled(monkeypatch, tiles, route, bias):
 
 
 @pytest.mark.parametrize("split", [False, True], ids=["whole", "split"])
-@pytest.mark.parametrize("options, bias", [(dict(causal=True), None), (dict(causal="bottom_right", softcap=3.0), "full"),
-                                           (dict(window=(30, 3)), "keys")], ids=str)
+@pytest.mark.parametrize("options, bias", [
+    (dict(causal=True), None), (dict(causal="bottom_right", softcap=3.0), "full"), (dict(window=(30, 3)), "keys"),
+], ids=str)
 def test_vjp_backward_from_the_kept_out_and_lse(monkeypatch, tiles, route, options, bias, split):
     """attention_vjp on the tiled path keeps the forward's out and lse, and its backward
     (no forward recomputed) gives the untiled gradients; rows with no key (lse -inf),
