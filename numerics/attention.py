@@ -1012,8 +1012,8 @@ def attention_vjp(
 
 #: :func:`attention_vjp` keeps the weights of problems of up to this many scores (batch x N x
 #: M: 256 MiB in float32), so that its backward recomputes nothing; larger problems that
-#: the tiled path takes keep only q, k, v, out and the lse (..., N). (Keeping the weights is faster than the tiled
-#: recomputation at every size that fits in memory.)
+#: the tiled path takes keep only q, k, v, out and the lse (..., N). (Keeping the weights
+#: is faster than the tiled recomputation at every size that fits in memory.)
 SAVED_WEIGHTS_MAX = 1 << 26
 
 
