@@ -2,9 +2,10 @@
 
 Times the forward pass of causal self-attention in float32, B=1, D=512, H=8 (defaults),
 at each N of ``--n``, and measures each side's peak memory; prints both, and the ratios
-numerics/torch (< 1 means numerics is faster or leaner).
+numerics/torch (< 1 means numerics is faster or leaner). With ``--backward``, the forward
+and backward pass instead.
 
-    python benchmarks/bench_long.py [--n 2048 8192 16384] [--repeat 3] [--rounds 1]
+    python benchmarks/bench_long.py [--n 2048 8192 16384] [--repeat 3] [--rounds 1] [--backward]
                                     [--peers numerics torch] [--plot docs/long_sequences.png]
 
 Peers: ``numerics.multi_head_attention(x, params, causal=True)`` (finite-input checks on;
@@ -12,6 +13,13 @@ long sequences take the tiled attention, see numerics/_tiled.py) against torch's
 projections plus ``F.scaled_dot_product_attention(..., is_causal=True)`` under
 ``torch.no_grad`` (its flash kernel on the CPU). Same weights; the outputs are compared
 before anything is timed (at the smallest N, at most 2048).
+
+``--backward``: ``numerics.multi_head_attention_vjp(x, params, causal=True)``, then its
+backward on an upstream gradient (every gradient: x and the parameters; long sequences
+take the tiled backward from the forward's output and logsumexp) against torch's same
+forward with x and the parameters requiring grad, then ``out.backward(d_out)`` through
+autograd (SDPA's flash backward on the CPU). The gradients of x are compared before
+anything is timed (at the smallest N, at most 4096: the tiled backward at H = 8).
 
 Every figure is measured in a fresh process (``spawn``), so that the libraries' thread
 pools never meet and each process's peak memory is its own:
@@ -58,8 +66,15 @@ def _setup(n: int, d: int, h: int):
     return x, params
 
 
-def _torch_pass(x, params, h: int):
-    """Projections plus SDPA, the same weights as numerics'; returns fn() -> output."""
+def _upstream(x):
+    """The upstream gradient of the backward rows, x's shape."""
+    return np.random.default_rng(1).standard_normal(x.shape).astype(x.dtype)
+
+
+def _torch_pass(x, params, h: int, backward: bool = False):
+    """Projections plus SDPA, the same weights as numerics'; returns fn() -> output, or
+    with ``backward`` fn() -> the gradient of x (forward, then autograd's backward of
+    ``sum(d_out * out)``, with x and every parameter requiring grad)."""
     import torch
     import torch.nn.functional as F
 
@@ -67,36 +82,71 @@ def _torch_pass(x, params, h: int):
     w_qkv = torch.from_numpy(np.ascontiguousarray(np.concatenate([params.w_q, params.w_k, params.w_v], 1)))
     b_qkv = torch.from_numpy(np.concatenate([params.b_q, params.b_k, params.b_v]))
     w_o, b_o = torch.from_numpy(params.w_o), torch.from_numpy(params.b_o)
+    leaves = (tx, w_qkv, b_qkv, w_o, b_o)
     b, n, _ = tx.shape
 
-    def run():
-        with torch.no_grad():
-            qkv = torch.addmm(b_qkv, tx.reshape(b * n, -1), w_qkv).reshape(b, n, 3, h, -1)
-            q, k, v = qkv.permute(2, 0, 3, 1, 4)
-            heads = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            return torch.addmm(b_o, heads.transpose(1, 2).reshape(b * n, -1), w_o).reshape(b, n, -1)
+    def forward():
+        qkv = torch.addmm(b_qkv, tx.reshape(b * n, -1), w_qkv).reshape(b, n, 3, h, -1)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        heads = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return torch.addmm(b_o, heads.transpose(1, 2).reshape(b * n, -1), w_o).reshape(b, n, -1)
 
-    return run
+    if not backward:
+        def run():
+            with torch.no_grad():
+                return forward()
+
+        return run
+    d_out = torch.from_numpy(_upstream(x))
+    for leaf in leaves:
+        leaf.requires_grad_(True)
+
+    def run_backward():
+        for leaf in leaves:
+            leaf.grad = None
+        forward().backward(d_out)
+        return tx.grad
+
+    return run_backward
+
+
+def _numerics_pass(x, params, backward: bool = False):
+    """numerics' forward, fn() -> output; with ``backward`` the vjp then its backward, fn()
+    -> the gradients (MHAGradients)."""
+    import numerics
+
+    if not backward:
+        return lambda: numerics.multi_head_attention(x, params, causal=True)
+    d_out = _upstream(x)
+
+    def run_backward():
+        _, vjp = numerics.multi_head_attention_vjp(x, params, causal=True)
+        return vjp(d_out)
+
+    return run_backward
 
 
 def measure(peer: str, n: int, d: int, h: int, repeat: int, blocks: tuple[int | None, int | None],
-            warmup: int = 1) -> dict:
-    """{"time": s, "cpu": s, "peak": bytes, "pass": bytes} of one forward pass, in this
-    (fresh) process; cpu is the process's CPU time (all threads) of the pass."""
+            warmup: int = 1, backward: bool = False) -> dict:
+    """{"time": s, "cpu": s, "peak": bytes, "pass": bytes, "tree": numerics' source folder
+    (None for torch)} of one forward pass (with
+    ``backward``, forward and backward), in this (fresh) process; cpu is the process's CPU
+    time (all threads) of the pass."""
     x, params = _setup(n, d, h)
+    tree = None
     if peer == "numerics":
         import numerics
         from numerics import _tiled
+
+        tree = os.path.dirname(os.path.dirname(numerics.__file__))
 
         if blocks[0]:
             _tiled.BLOCK_Q = blocks[0]
         if blocks[1]:
             _tiled.BLOCK_K = blocks[1]
-
-        def run():
-            return numerics.multi_head_attention(x, params, causal=True)
+        run = _numerics_pass(x, params, backward)
     else:
-        run = _torch_pass(x, params, h)
+        run = _torch_pass(x, params, h, backward)
     before = _rss_bytes()
     for _ in range(warmup):
         run()
@@ -108,19 +158,17 @@ def measure(peer: str, n: int, d: int, h: int, repeat: int, blocks: tuple[int | 
         cpu.append(time.process_time() - start_cpu)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kiB on Linux
     return {"time": statistics.median(times), "cpu": statistics.median(cpu), "peak": peak,
-            "pass": max(peak - before, 0)}
+            "pass": max(peak - before, 0), "tree": tree}
 
 
-def _agree(n: int, d: int, h: int) -> float:
-    """max |numerics - torch| of the output, both in this process (checked before timing)."""
-    import numerics
-    import torch
-
+def _agree(n: int, d: int, h: int, backward: bool = False) -> float:
+    """max |numerics - torch| of the output (with ``backward``, of the gradient of x),
+    relative to torch's largest entry, both in this process (checked before timing)."""
     x, params = _setup(n, d, h)
-    ours = numerics.multi_head_attention(x, params, causal=True)
-    theirs = _torch_pass(x, params, h)().numpy()
-    del torch
-    return float(np.max(np.abs(ours - theirs)))
+    ours = _numerics_pass(x, params, backward)()
+    ours = ours.x if backward else ours
+    theirs = _torch_pass(x, params, h, backward)().detach().numpy()
+    return float(np.max(np.abs(ours - theirs)) / np.max(np.abs(theirs)))
 
 
 def _in_fresh_process(fn, *args):
@@ -128,12 +176,13 @@ def _in_fresh_process(fn, *args):
         return pool.submit(fn, *args).result()
 
 
-def _title(d: int, h: int, note: str) -> str:
-    return (f"causal MHA forward, float32, B=1, D={d}, H={h}, {_cpu_model()}, {os.cpu_count()} cores"
+def _title(d: int, h: int, note: str, backward: bool = False) -> str:
+    what = "forward + backward" if backward else "forward"
+    return (f"causal MHA {what}, float32, B=1, D={d}, H={h}, {_cpu_model()}, {os.cpu_count()} cores"
             + (f" ({note})" if note else ""))
 
 
-def plot(results: dict, path: str, title: str) -> None:
+def plot(results: dict, path: str, title: str, backward: bool = False) -> None:
     """Time and peak memory against N, both peers, log-log, as a PNG at ``path``."""
     import matplotlib
 
@@ -151,7 +200,7 @@ def plot(results: dict, path: str, title: str) -> None:
         ax_m.plot(ns, [results[(peer, n)]["peak"] / MIB for n in ns], label=f"{peer} peak RSS", **style)
         ax_m.plot(ns, [results[(peer, n)]["pass"] / MIB for n in ns], linestyle="--",
                   label=f"{peer} growth during the pass", **style)
-    for ax, label in ((ax_t, "forward pass (s)"), (ax_m, "memory (MiB)")):
+    for ax, label in ((ax_t, "forward + backward (s)" if backward else "forward pass (s)"), (ax_m, "memory (MiB)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("sequence length N")
@@ -173,6 +222,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1,
                         help="alternate the peers this many times; each figure is the median over rounds")
     parser.add_argument("--peers", nargs="+", default=["numerics", "torch"], choices=["numerics", "torch"])
+    parser.add_argument("--backward", action="store_true",
+                        help="time forward + backward (numerics' vjp, torch's autograd) instead of the forward")
     parser.add_argument("--block-q", type=int, default=None)
     parser.add_argument("--block-k", type=int, default=None)
     parser.add_argument("--plot", default=None, help="write the curves to this PNG")
@@ -188,14 +239,18 @@ def main() -> None:
         for path in args.replot:
             with open(path) as f:
                 merged.update({(r["peer"], r["n"]): r for r in json.load(f)["results"]})
-        plot(merged, args.plot, _title(d, h, args.note))
+        plot(merged, args.plot, _title(d, h, args.note, args.backward), args.backward)
         print(f"plot: {args.plot}")
         return
 
     if set(args.peers) == {"numerics", "torch"}:
-        small = min(args.n + [2048])
-        err = _in_fresh_process(_agree, small, d, h)
-        assert err < 1e-3, f"numerics and torch disagree by {err} at N={small}"
+        # --backward: at most 4096, where H = 8 heads have more than SAVED_WEIGHTS_MAX = 2^26
+        # scores, so the vjp's tiled backward is the one checked.
+        small = min(args.n + [4096 if args.backward else 2048])
+        err = _in_fresh_process(_agree, small, d, h, args.backward)
+        assert err < 1e-3, f"numerics and torch disagree by {err} (relative) at N={small}"
+        print(f"agreement at N={small}: max |numerics - torch| / max |torch| = {err:.1e} "
+              f"({'the gradient of x' if args.backward else 'the output'})")
 
     load_before = os.getloadavg()
     runs: dict[tuple[str, int], list[dict]] = {}
@@ -203,21 +258,23 @@ def main() -> None:
         for n in args.n:
             for peer in args.peers:
                 runs.setdefault((peer, n), []).append(_in_fresh_process(measure, peer, n, d, h, args.repeat, blocks,
-                                                                      args.warmup))
+                                                                      args.warmup, args.backward))
     results = {key: {f: statistics.median(r[f] for r in rs) for f in ("time", "cpu", "peak", "pass")}
                for key, rs in runs.items()}
 
     import numerics
 
+    trees = sorted({r["tree"] for rs in runs.values() for r in rs if r["tree"]})
     load = os.getloadavg()
     print(f"machine: {platform.machine()} {_cpu_model()} cores={os.cpu_count()} load average (1, 5, 15 min) "
           f"before {load_before[0]:.1f} {load_before[1]:.1f} {load_before[2]:.1f}, after "
           f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; numpy {np.__version__}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     from numerics import _tiled
 
-    print(f"problem: causal self-attention forward, float32, B=1, D={d}, H={h}; numerics tiles "
+    what = "forward + backward (numerics' vjp, torch's autograd)" if args.backward else "forward"
+    print(f"problem: causal self-attention {what}, float32, B=1, D={d}, H={h}; numerics tiles "
           f"{args.block_q or _tiled.BLOCK_Q} x {args.block_k or _tiled.BLOCK_K}; each figure: median of "
-          f"{args.rounds} fresh process(es) x {args.repeat} runs")
+          f"{args.rounds} fresh process(es) x {args.repeat} runs; numerics from {', '.join(trees)}")
     head = f"{'N':>7}{'peer':>10}{'time s':>10}{'cpu s':>10}{'peak MiB':>10}{'pass MiB':>10}"
     both = set(args.peers) == {"numerics", "torch"}
     if both:
@@ -240,10 +297,11 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"load_average": load, "load_average_before": load_before, "d_model": d, "heads": h,
+                       "backward": args.backward, "numerics": trees,
                        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                        "results": [{"peer": p, "n": n, **r} for (p, n), r in results.items()]}, f, indent=1)
     if args.plot:
-        plot(results, args.plot, _title(d, h, args.note))
+        plot(results, args.plot, _title(d, h, args.note, args.backward), args.backward)
         print(f"plot: {args.plot}")
 
 

@@ -322,13 +322,19 @@ def _forward(p: Any) -> tuple[Any, Any]:
     return out, lse
 
 
-def backward(p: Any, d_out: Any) -> tuple[Any, ...]:
+def backward(p: Any, d_out: Any, out: Any = None, lse: Any = None) -> tuple[Any, ...]:
     """``(dq, dk, dv[, d_bias])`` as :func:`numerics.attention._backward` gives them (the
     problem's batch dims; d_bias summed over the bias's broadcast rows and columns), from
-    the tiled forward's output and lse; no (N, M) array is formed unless the bias is one."""
+    the tiled forward's output and lse; no (N, M) array is formed unless the bias is one.
+
+    ``out`` (..., N, V) and ``lse`` (..., N, 1), compute dtype, are what :func:`forward`
+    with ``return_lse`` gave for ``p`` (a vjp keeps them); None: the forward is recomputed."""
     xp = p.xp
     n, m = int(p.q.shape[-2]), int(p.k.shape[-2])
-    out, lse = _forward(p)
+    if (out is None) != (lse is None):
+        raise ValueError("backward needs both the forward's out and lse, or neither (to recompute them)")
+    if out is None:
+        out, lse = _forward(p)
     shift = _finite_or_zero(xp, lse)  # rows with no key: every score -inf, P = 0
     delta = xp.sum(d_out * out, axis=-1, keepdims=True)
     del out

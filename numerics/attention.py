@@ -982,11 +982,12 @@ def attention_vjp(
     ``backward(d_out)`` returns the :class:`AttentionGradients` of ``sum(d_out * out)``,
     as :func:`attention_backward` would, without recomputing the weights: they are kept
     (..., N, M) until ``backward`` is dropped. Problems of more than
-    :data:`SAVED_WEIGHTS_MAX` scores that the tiled path takes keep only q, k and v
-    instead, and the backward recomputes the scores tile by tile, in memory linear in N
-    and M. ``backward`` may be called more than once; ``d_out`` has the output's shape,
-    dtype and namespace. Arguments as in :func:`scaled_dot_product_attention`; the arrays
-    are held as given (not copied).
+    :data:`SAVED_WEIGHTS_MAX` scores that the tiled path takes keep only q, k, v, the
+    output and its logsumexp (..., N) instead, and the backward recomputes the scores
+    tile by tile from them (not the forward), in memory linear in N and M. ``backward``
+    may be called more than once; ``d_out`` has the output's shape, dtype and namespace.
+    Arguments as in :func:`scaled_dot_product_attention`; the arrays are held as given
+    (not copied).
     """
     res, _ = _residuals(q, k, v, mask=mask, bias=bias, causal=causal, window=window, softcap=softcap,
                         scale=scale, enable_gqa=enable_gqa, dropout_p=dropout_p, dropout_mask=dropout_mask,
@@ -1011,8 +1012,8 @@ def attention_vjp(
 
 #: :func:`attention_vjp` keeps the weights of problems of up to this many scores (batch x N x
 #: M: 256 MiB in float32), so that its backward recomputes nothing; larger problems that
-#: the tiled path takes keep only q, k and v. (Keeping the weights is faster than the tiled
-#: recomputation at every size that fits in memory.)
+#: the tiled path takes keep only q, k, v, out and the lse (..., N). (Keeping the weights
+#: is faster than the tiled recomputation at every size that fits in memory.)
 SAVED_WEIGHTS_MAX = 1 << 26
 
 
@@ -1022,8 +1023,10 @@ class AttentionResiduals:
 
     ``problem`` is the checked problem (compute dtype, grouped heads folded). On the untiled
     path ``weights`` (..., N, M, before dropout) and ``out`` (..., N, V) are the forward's;
-    on the tiled path (``tiled``) both are None and the backward recomputes the scores tile
-    by tile from the logsumexp. With neither, the backward recomputes the weights whole.
+    on the tiled path (``tiled``) ``weights`` is None, ``out`` and ``lse`` (..., N, 1) are
+    the forward's, and the backward recomputes the scores tile by tile from them (without
+    ``out`` and ``lse``, it recomputes the forward first). With neither, the backward
+    recomputes the weights whole.
     """
 
     problem: _Problem
@@ -1035,6 +1038,7 @@ class AttentionResiduals:
     tiled: bool = False
     weights: Any = None
     out: Any = None
+    lse: Any = None
 
 
 def _residuals(q, k, v, d_out=None, **options) -> tuple[AttentionResiduals, Any]:
@@ -1053,8 +1057,8 @@ def _fwd(res: AttentionResiduals) -> tuple[Any, AttentionResiduals]:
     p = res.problem
     scores = math.prod(p.batch) * int(p.q.shape[-2]) * int(p.k.shape[-2])
     if _tiled.use_tiles(p, False) and scores > SAVED_WEIGHTS_MAX:
-        (out,) = _run(p, _tiled.forward)
-        res = replace(res, tiled=True)
+        out, lse = _run(p, partial(_tiled.forward, return_lse=True))
+        res = replace(res, tiled=True, out=out, lse=lse)
     else:
         weights, out = _run(p, _weights_and_output)
         res = replace(res, weights=weights, out=out)
@@ -1069,6 +1073,8 @@ def _bwd(res: AttentionResiduals, d_out: Any) -> AttentionGradients:
     d_out = xp.astype(d_out, p.q.dtype, copy=False)
     if res.weights is not None:
         raw = _run(p, _gradients, res.weights, res.out, d_out)
+    elif res.tiled and res.lse is not None:
+        raw = _run(p, _tiled.backward, d_out, res.out, res.lse)
     else:
         raw = _run(p, _tiled.backward if res.tiled else _backward, d_out)
     grads = []

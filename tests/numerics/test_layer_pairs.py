@@ -63,6 +63,76 @@ def test_attention_vjp_equals_attention_backward(monkeypatch, kw, tiled):
     assert _rel(wrong.q, expected.q) > 1e-4
 
 
+def _count_tiled_forwards(monkeypatch) -> list:
+    """Tiles forced (the vjp keeps no weights); counts the tiled forward passes, those of
+    the forward and those a backward recomputes."""
+    monkeypatch.setattr(_tiled, "MIN_SCORES", 0)
+    monkeypatch.setattr(attention, "SAVED_WEIGHTS_MAX", 0)
+    monkeypatch.setattr(_tiled, "BLOCK_Q", 4)
+    monkeypatch.setattr(_tiled, "BLOCK_K", 8)
+    calls = []
+    real = _tiled._forward
+    monkeypatch.setattr(_tiled, "_forward", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+def _tiled_case(seed: int = 4):
+    rng = np.random.default_rng(seed)
+    q, k, v = rng.standard_normal((2, 3, 19, 4)), rng.standard_normal((2, 3, 23, 4)), rng.standard_normal((2, 3, 23, 5))
+    return q, k, v, rng.standard_normal((2, 3, 19, 5))
+
+
+TILED_OPTIONS = [dict(causal=True), dict(causal="bottom_right", window=(6, 2), softcap=2.5), dict(bias="rows")]
+
+
+@pytest.mark.parametrize("kw", TILED_OPTIONS, ids=str)
+def test_tiled_vjp_backward_does_not_recompute_the_forward(monkeypatch, kw):
+    """On the tiled path the vjp keeps the forward's out and lse: its backward runs no
+    forward pass (attention_backward, which keeps nothing, runs one), and the gradients
+    are the recomputing backward's to float64 rounding."""
+    q, k, v, d_out = _tiled_case()
+    if kw.get("bias") == "rows":  # a bias: the online route, and lse with fewer batch dims than v
+        kw = dict(bias=np.random.default_rng(5).standard_normal((19, 1)), causal=True)
+        v = np.broadcast_to(v[:1], v.shape)
+    calls = _count_tiled_forwards(monkeypatch)
+    out, backward = numerics.attention_vjp(q, k, v, **kw)
+    assert len(calls) == 1
+    grads = backward(d_out)
+    assert len(calls) == 1, "the vjp's backward recomputed the forward"
+    expected = numerics.attention_backward(q, k, v, d_out, **kw)
+    assert len(calls) == 2, "attention_backward recomputes the forward by design"
+    for name in ("q", "k", "v", "bias"):
+        if getattr(expected, name) is not None:
+            assert _rel(getattr(grads, name), getattr(expected, name)) < TOL64, name
+
+
+@pytest.mark.parametrize("wrong", ["lse", "out"])
+def test_tiled_vjp_backward_uses_the_forwards_lse_and_out(monkeypatch, wrong):
+    """A wrong lse (or out) kept by the forward gives wrong gradients: the backward uses
+    what the forward kept, and the comparison with the recomputing backward catches it."""
+    q, k, v, d_out = _tiled_case()
+    _count_tiled_forwards(monkeypatch)
+    real = _tiled.forward
+
+    def shifted(p, return_lse=False):
+        out, lse = real(p, return_lse=True)
+        return (out, lse + 1e-6) if wrong == "lse" else (out * (1 + 1e-6), lse)
+
+    expected = numerics.attention_backward(q, k, v, d_out, causal=True)
+    monkeypatch.setattr(_tiled, "forward", shifted)
+    _, backward = numerics.attention_vjp(q, k, v, causal=True)
+    grads = backward(d_out)
+    worst = max(_rel(getattr(grads, n), getattr(expected, n)) for n in ("q", "k", "v"))
+    assert worst > 1e-8, f"a wrong {wrong} went unnoticed"
+
+
+def test_tiled_backward_needs_both_out_and_lse():
+    q, k, v, d_out = _tiled_case()
+    p = attention._prepare(q, k, v, None, True, None, True)
+    with pytest.raises(ValueError, match="both the forward's out and lse, or neither"):
+        _tiled.backward(p, d_out, out=q[..., :5])
+
+
 def test_attention_vjp_backward_checks_d_out():
     q = np.ones((2, 3, 4))
     _, backward = numerics.attention_vjp(q, q, q)

@@ -206,6 +206,30 @@ def test_split_over_cores_then_tiled(monkeypatch, tiles, route, bias):
     _check_route(route, bias)
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "split"])
+@pytest.mark.parametrize("options, bias", [
+    (dict(causal=True), None), (dict(causal="bottom_right", softcap=3.0), "full"), (dict(window=(30, 3)), "keys"),
+], ids=str)
+def test_vjp_backward_from_the_kept_out_and_lse(monkeypatch, tiles, route, options, bias, split):
+    """attention_vjp on the tiled path keeps the forward's out and lse, and its backward
+    (no forward recomputed) gives the untiled gradients; rows with no key (lse -inf),
+    dropout and grouped heads included, whole or split over cores."""
+    monkeypatch.setattr(attention, "SAVED_WEIGHTS_MAX", 0)
+    slabs = force_split(monkeypatch) if split else None
+    q, k, v, d_out, kw = _case(113, 203, heads=(4, 2), bias=bias, mask=True, dropout=True, empty_rows=True, seed=23)
+    kw.update(options)
+    out, backward = attention.attention_vjp(q, k, v, **kw)
+    grads = backward(d_out)
+    # One tiled forward and backward per slab (test_layer_pairs checks no forward is recomputed).
+    assert tiles.count("forward") == tiles.count("backward") == len(tiles) // 2 >= 1
+    assert not split or slabs, "the problem was not split over cores"
+    _check_route(route, bias)
+    _untiled(monkeypatch)
+    out_u, lse_u = scaled_dot_product_attention(q, k, v, return_lse=True, **kw)
+    untiled = attention_backward(q, k, v, d_out, **kw)
+    _assert_agree((out, lse_u, list(grads)), (out_u, lse_u, list(untiled)))
+
+
 def test_a_merge_without_rescale_is_caught(monkeypatch, tiles):
     """The same comparison rejects a merge that forgets to rescale the old sum and accumulator."""
     monkeypatch.setattr(_tiled, "UNSHIFTED", False)
