@@ -626,14 +626,14 @@ def _resolve(obj: Any) -> Any:
     return obj
 
 
-def as_mha_candidate(obj: Any, *, backend: str | None = None, device: str | None = None, d_model: int = 8,
-                     num_heads: int = 2, causal: bool = False, name: str | None = None) -> MHACandidate:
+def as_mha_candidate(obj: Any, *, backend: str | None = None, device: str | None = None, d_model: int | None = None,
+                     num_heads: int | None = None, causal: bool = False, name: str | None = None) -> MHACandidate:
     """Recognise ``obj`` (see the module docstring) as multi-head attention under test.
 
-    ``d_model`` and ``num_heads`` are the sizes a plain function is run at (a module has its own);
-    ``causal=True`` declares attention that always masks causally (top-left) without being asked,
-    as nanoGPT's ``CausalSelfAttention``. Pass the result to :func:`verify.validate.validate` with
-    ``kind="mha"``.
+    ``d_model`` and ``num_heads`` are the sizes a plain function is run at (default 8 and 2); a
+    module has its own, and a value that disagrees with them is a ValueError. ``causal=True``
+    declares attention that always masks causally (top-left) without being asked, as nanoGPT's
+    ``CausalSelfAttention``. Pass the result to :func:`verify.validate.validate` with ``kind="mha"``.
     """
     if isinstance(obj, MHACandidate):
         return obj
@@ -644,11 +644,12 @@ def as_mha_candidate(obj: Any, *, backend: str | None = None, device: str | None
             cand = TorchMultiheadAttention(obj, name=name, device=device)
         else:
             cand = LinearProjectionMHA(obj, name=name, device=device)
+        _agrees_with_module(cand, d_model=d_model, num_heads=num_heads)
     elif not callable(obj):
         raise TypeError(f"expected a function, an nn.Module or a factory returning one, got {type(obj).__name__}")
     else:
-        cand = FunctionMHA(obj, backend=make_backend(backend, device, obj), d_model=d_model, num_heads=num_heads,
-                           name=name)
+        cand = FunctionMHA(obj, backend=make_backend(backend, device, obj), d_model=d_model or 8,
+                           num_heads=num_heads or 2, name=name)
     if causal:
         cand.always_causal = True
         cand.takes = cand.takes - {"causal"}
@@ -656,27 +657,44 @@ def as_mha_candidate(obj: Any, *, backend: str | None = None, device: str | None
     return cand
 
 
-def as_block_candidate(obj: Any, *, backend: str | None = None, device: str | None = None, d_model: int = 8,
-                       num_heads: int = 2, d_ff: int = 16, norm: str | None = None, approximate: str | None = None,
+def _agrees_with_module(cand, **declared) -> None:
+    """A module's sizes are its own: a declared size that differs is the caller's mistake."""
+    for key, value in declared.items():
+        if value is not None and value != getattr(cand, key):
+            raise ValueError(f"option {key!r} is {value}, but the module {cand.name} has {key} = {getattr(cand, key)} "
+                             "(a module's sizes are read from it; leave the option out)")
+
+
+def as_block_candidate(obj: Any, *, backend: str | None = None, device: str | None = None, d_model: int | None = None,
+                       num_heads: int | None = None, d_ff: int | None = None, norm: str | None = None,
+                       approximate: str | None = None, eps: float | None = None,
                        name: str | None = None) -> BlockCandidate:
     """Recognise ``obj`` as a transformer block under test. ``norm`` and ``approximate`` declare
-    its conventions when it does not say itself (a plain function: default "post" and "none")."""
+    its conventions when it does not say itself (a plain function: default "post" and "none");
+    the sizes (default 8, 2, 16) and ``eps`` (default 1e-5) are a plain function's, a module's
+    are read from it (a size that disagrees is a ValueError)."""
     if isinstance(obj, BlockCandidate):
         return obj
     obj = _resolve(obj)
     if _is_module(obj):
-        return TorchBlock(obj, norm=norm, approximate=approximate, name=name, device=device)
+        cand = TorchBlock(obj, norm=norm, approximate=approximate, name=name, device=device)
+        _agrees_with_module(cand, d_model=d_model, num_heads=num_heads, d_ff=d_ff)
+        if eps is not None and eps != cand.eps:
+            raise ValueError(f"option 'eps' is {eps}, but the module {cand.name} has layer-norm eps {cand.eps} "
+                             "(read from it; leave the option out)")
+        return cand
     if not callable(obj):
         raise TypeError(f"expected a function, an nn.Module or a factory returning one, got {type(obj).__name__}")
-    return FunctionBlock(obj, backend=make_backend(backend, device, obj), d_model=d_model, num_heads=num_heads,
-                         d_ff=d_ff, norm=norm or "post", approximate=approximate or "none", name=name)
+    return FunctionBlock(obj, backend=make_backend(backend, device, obj), d_model=d_model or 8, num_heads=num_heads or 2,
+                         d_ff=d_ff or 16, norm=norm or "post", approximate=approximate or "none",
+                         eps=1e-5 if eps is None else eps, name=name)
 
 
 @register_adapter("mha")
-def _recognise_mha(fn, *, backend, device, layout, mask_convention, name):
-    return as_mha_candidate(fn, backend=backend, device=device, name=name)
+def _recognise_mha(fn, *, backend, device, layout, mask_convention, name, options=None):
+    return as_mha_candidate(fn, backend=backend, device=device, name=name, **(options or {}))
 
 
 @register_adapter("block")
-def _recognise_block(fn, *, backend, device, layout, mask_convention, name):
-    return as_block_candidate(fn, backend=backend, device=device, name=name)
+def _recognise_block(fn, *, backend, device, layout, mask_convention, name, options=None):
+    return as_block_candidate(fn, backend=backend, device=device, name=name, **(options or {}))
