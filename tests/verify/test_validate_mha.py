@@ -109,6 +109,21 @@ def test_mha_mutant_fails_with_its_diagnosis(name):
     assert result.faults, "a named fault carries its code"
 
 
+@pytest.mark.parametrize("kind, name", [("mha", n) for n in sorted(mha_mutants.REPEAT_MUTANTS)]
+                         + [("block", n) for n in sorted(block_mutants.REPEAT_MUTANTS)])
+def test_batch_and_determinism_mutants_fail_with_their_fault(kind, name):
+    mutants = mha_mutants if kind == "mha" else block_mutants
+    fn, prop, code = mutants.REPEAT_MUTANTS[name]
+    result = validate(fn, kind=kind, properties=["batch independence", "determinism"])
+    assert result[prop].status is Status.FAIL, _table(result)
+    assert result[prop].fault == code, _table(result)
+    assert result[prop].measurements and not result[prop].measurements[-1].ok
+    # one fault, one name: a nondeterministic candidate's batch check names nondeterminism, not mixing
+    assert result.faults == (code,), _table(result)
+    if code == "batch:mixed":
+        assert result["determinism"].status is Status.PASS, _table(result)
+
+
 def test_head_independence_names_mixed_heads_and_w_o_probe_names_missing_projection():
     merged = validate(mha_mutants.merge_without_transpose, kind="mha")
     assert merged["head independence"].status is Status.FAIL

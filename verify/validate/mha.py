@@ -24,6 +24,9 @@ head independence
     head's slice of the output (the heads before W^O); anything else names mixed heads.
 attention weights
     Returned (head-averaged) weights against numerics' weights, when the candidate returns them.
+batch independence, determinism
+    Sample 0's output unchanged when the other samples change; two calls on the same input
+    bitwise equal or within rounding (:mod:`verify.validate.repeats`, shared with sdpa).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import numpy as np
 
 from numerics import MHAParams, multi_head_attention
 from numerics import reference as mp_reference
-from verify.validate import faults
+from verify.validate import faults, repeats
 from verify.validate.context import CandidateError
 from verify.validate.modules import MHACandidate
 from verify.validate.registry import register
@@ -44,7 +47,7 @@ from verify.validate.result import Measurement, PropertyResult, Status
 from verify.validate.tolerance import ABS64, absolute, relative_error, rule
 
 __all__ = ["agreement", "masks", "cross_attention", "output_projection", "head_independence",
-           "attention_weights", "diagnose", "Problem"]
+           "attention_weights", "batch_independence", "determinism", "diagnose", "Problem"]
 
 #: Largest model width at which the float64 check runs against mpmath (numerics float64 above).
 MPMATH_MAX_WIDTH = 64
@@ -326,6 +329,39 @@ def attention_weights(cand: MHACandidate, seed: int, dtypes) -> PropertyResult:
                           (m,), problem.describe())
 
 
+def repeat_property(name: str, kind_check, measure, call, problem, dtypes, shape_errors=(), rng=None) -> PropertyResult:
+    """Batch independence (``kind_check`` = :func:`repeats.batch_independence`, ``rng`` given) or
+    determinism (:func:`repeats.determinism`) on ``problem``, each dtype's bound the rule's bound
+    that ``measure(problem) -> [Measurement per dtype of dtypes]`` finds (shared by kinds mha and block)."""
+    try:
+        bounds = [(dtype, m.bound) for dtype, m in zip(dtypes, measure(problem), strict=True)]
+        extra = () if rng is None else (rng,)
+        return kind_check(name, call, problem.x, bounds, *extra, problem.describe())
+    except shape_errors as exc:
+        return PropertyResult(name, Status.FAIL, f"the {exc}", (), problem.describe())
+    except CandidateError as exc:
+        return PropertyResult(name, Status.ERROR, f"the candidate raised {raised(exc)}", (), problem.describe())
+
+
+def _own_call(cand: MHACandidate, problem: Problem):
+    return lambda x, dtype: cand(x, problem.params, dtype=dtype, **problem.options())[0]
+
+
+def batch_independence(cand: MHACandidate, seed: int, dtypes) -> PropertyResult:
+    """Changing samples 1.. of the batch leaves sample 0's output as it was."""
+    problem = Problem(cand, seed)
+    return repeat_property("batch independence", repeats.batch_independence,
+                           lambda p: _measure(cand, p, dtypes)[0], _own_call(cand, problem), problem, dtypes, (ShapeError,),
+                           np.random.default_rng([seed, 21]))
+
+
+def determinism(cand: MHACandidate, seed: int, dtypes) -> PropertyResult:
+    """Two calls on the same input agree bitwise, or within rounding (the spread reported)."""
+    problem = Problem(cand, seed)
+    return repeat_property("determinism", repeats.determinism, lambda p: _measure(cand, p, dtypes)[0],
+                           _own_call(cand, problem), problem, dtypes, (ShapeError,))
+
+
 def raised(exc: BaseException) -> str:
     """``"ValueError: ..."`` for the candidate's exception (unwrapped from the engine's CandidateError)."""
     exc = getattr(exc, "original", exc)
@@ -381,4 +417,6 @@ register_properties("mha", MHACandidate, (
     ("output projection", output_projection, "W^O = 0 gives output 0 (W^O is applied)"),
     ("head independence", head_independence, "one head's weights change only its slice before W^O"),
     ("attention weights", attention_weights, "returned weights are the head-averaged weights"),
+    ("batch independence", batch_independence, "one sample's output ignores the others"),
+    ("determinism", determinism, "two calls on the same input agree"),
 ))

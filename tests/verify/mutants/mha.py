@@ -51,6 +51,26 @@ def scaled_by_d_model(x, w_q, w_k, w_v, w_o, num_heads):
     return o.transpose(0, 2, 1, 3).reshape(b, n, h * c) @ w_o
 
 
+def centred_by_batch_mean(x, w_q, w_k, w_v, w_o, num_heads):
+    """x centred by its mean over the batch before the projections (a batch statistic, as a
+    batch norm): one sample's output depends on the others."""
+    x = x - x.mean(axis=0, keepdims=True)
+    q, k, v = _heads(x, w_q, w_k, w_v, num_heads)
+    o = _attend(q, k, v, 1 / math.sqrt(q.shape[-1]))
+    b, h, n, c = o.shape
+    return o.transpose(0, 2, 1, 3).reshape(b, n, h * c) @ w_o
+
+
+def jittery(x, w_q, w_k, w_v, w_o, num_heads):
+    """Correct attention plus relative noise of 1e-7 from an unseeded generator (as a kernel whose
+    reductions run in a different order on each call, exaggerated): two calls differ."""
+    q, k, v = _heads(x, w_q, w_k, w_v, num_heads)
+    o = _attend(q, k, v, 1 / math.sqrt(q.shape[-1]))
+    b, h, n, c = o.shape
+    out = o.transpose(0, 2, 1, 3).reshape(b, n, h * c) @ w_o
+    return out * (1 + 1e-7 * np.random.default_rng().standard_normal(out.shape))
+
+
 def prunable_from_document():
     """Seed 002's PrunableMultiHeadAttention, run from the document, built at the only size it
     runs at (head_dim = num_heads: d_model = 4, 2 heads). Heads split without the transpose."""
@@ -78,4 +98,10 @@ MUTANTS = {
     "seed 002 PrunableMultiHeadAttention": (prunable_from_document, {}, "split without the transpose", "agreement"),
     "seed 001 multi-head example": (seed001_from_document, {"d_model": 4, "num_heads": 2},
                                     "concatenated on the wrong axis", "agreement"),
+}
+
+#: Mutants of batch independence and determinism: name -> (candidate, the property that names it, fault code).
+REPEAT_MUTANTS = {
+    "centred by the batch mean": (centred_by_batch_mean, "batch independence", "batch:mixed"),
+    "nondeterministic": (jittery, "determinism", "nondeterministic"),
 }
