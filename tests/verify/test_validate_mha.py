@@ -124,6 +124,40 @@ def test_batch_and_determinism_mutants_fail_with_their_fault(kind, name):
         assert result["determinism"].status is Status.PASS, _table(result)
 
 
+@needs_torch
+@pytest.mark.parametrize("name", sorted(mha_mutants.GRADIENT_MUTANTS))
+def test_gradient_mutants_fail_with_their_fault(name):
+    make, code, words = mha_mutants.GRADIENT_MUTANTS[name]
+    result = validate(make(), kind="mha")
+    assert result["agreement"].status is Status.PASS, _table(result)  # the forward is right
+    grads = result["gradients"]
+    assert grads.status is Status.FAIL and grads.fault == code, _table(result)
+    assert words in grads.diagnosis, _table(result)
+    # the gradients that do not depend on the fault are reported right: dw_v and dw_o
+    assert "right: " in grads.diagnosis and "dw_v" in grads.diagnosis.split("right: ")[1], grads.diagnosis
+    assert "dw_o" in grads.diagnosis.split("right: ")[1], grads.diagnosis
+
+
+@needs_torch
+@pytest.mark.parametrize("make", ["multihead", "multihead batch_first", "projection module"])
+def test_correct_torch_modules_pass_the_gradients(make):
+    import torch
+
+    torch.manual_seed(0)
+    module = {"multihead": lambda: torch.nn.MultiheadAttention(8, 2),
+              "multihead batch_first": lambda: torch.nn.MultiheadAttention(8, 2, batch_first=True),
+              "projection module": mha_mutants.projection_module}[make]()
+    result = validate(module, kind="mha", properties=["agreement", "gradients"])
+    assert result["gradients"].status is Status.PASS, _table(result)
+    # every gradient was measured, separately: dx, four weights and four biases, in each dtype
+    assert len(result["gradients"].measurements) == 9 * 2
+
+
+def test_gradients_not_applicable_to_a_numpy_function():
+    result = validate(multi_head_attention, kind="mha", properties=["gradients"])
+    assert result["gradients"].status is Status.NOT_APPLICABLE
+
+
 def test_head_independence_names_mixed_heads_and_w_o_probe_names_missing_projection():
     merged = validate(mha_mutants.merge_without_transpose, kind="mha")
     assert merged["head independence"].status is Status.FAIL

@@ -27,6 +27,10 @@ attention weights
 batch independence, determinism
     Sample 0's output unchanged when the other samples change; two calls on the same input
     bitwise equal or within rounding (:mod:`verify.validate.repeats`, shared with sdpa).
+gradients
+    Torch modules: autograd's dx and the gradient of each weight and bias (row convention) against
+    :func:`numerics.multi_head_attention_backward` on the same weights, each separately by the rule
+    with K_GRADIENT (float64: ABS64); a wrong one is named, "detached" when it is zero.
 """
 
 from __future__ import annotations
@@ -37,14 +41,14 @@ from typing import Any
 
 import numpy as np
 
-from numerics import MHAParams, multi_head_attention
+from numerics import MHAParams, multi_head_attention, multi_head_attention_backward
 from numerics import reference as mp_reference
 from verify.validate import faults, repeats
 from verify.validate.context import CandidateError
 from verify.validate.modules import MHACandidate
 from verify.validate.registry import register
 from verify.validate.result import Measurement, PropertyResult, Status
-from verify.validate.tolerance import ABS64, absolute, relative_error, rule
+from verify.validate.tolerance import ABS64, K_GRADIENT, absolute, floor, relative_error, rule
 
 __all__ = ["agreement", "masks", "cross_attention", "output_projection", "head_independence",
            "attention_weights", "batch_independence", "determinism", "diagnose", "Problem"]
@@ -329,6 +333,82 @@ def attention_weights(cand: MHACandidate, seed: int, dtypes) -> PropertyResult:
                           (m,), problem.describe())
 
 
+#: The gradients the property compares, in this order (those of biases the candidate has).
+GRADIENT_NAMES = ("x", "w_q", "w_k", "w_v", "w_o", "b_q", "b_k", "b_v", "b_o")
+
+
+def _gradient_measure(name: str, got, plain, exact, dtype: str, scale: float) -> Measurement:
+    """The rule for one gradient, errors relative to ``scale`` (the reference's own size, or for
+    d b_k, which is 0 in exact arithmetic, the size of d b_q): float64 against the stated ABS64."""
+    rel = lambda a: float(np.max(np.abs(a - exact), initial=0.0)) / scale if np.all(np.isfinite(a)) else math.inf  # noqa: E731
+    what = f"d{name} ({dtype})"
+    if dtype == "float64":
+        return Measurement(what, rel(got), ABS64)
+    e_plain = rel(plain)
+    f = floor(dtype)
+    return Measurement(what, rel(got), K_GRADIENT * e_plain + f, plain_error=e_plain, k=K_GRADIENT, floor=f)
+
+
+def _analytic(x, params: MHAParams, d_out, problem: Problem, dtype: str) -> dict[str, np.ndarray]:
+    cast = lambda a: None if a is None else np.asarray(a, dtype=dtype)  # noqa: E731
+    low = replace(params, **{k: cast(v) for k, v in params.arrays().items()})
+    g = multi_head_attention_backward(cast(x), low, cast(d_out), memory=cast(problem.memory), mask=problem.mask,
+                                      causal=problem.causal)
+    out = {"x": g.x, **{k: v for k, v in g.params.arrays().items() if v is not None}}
+    return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
+
+
+def gradients(cand: MHACandidate, seed: int, dtypes) -> PropertyResult:
+    """Autograd dx and each weight's gradient against numerics' analytic backward, separately."""
+    name = "gradients"
+    if not cand.differentiable:
+        return PropertyResult(name, Status.NOT_APPLICABLE, f"the candidate is not differentiable in its library "
+                              f"(backend {cand.backend.name}; torch modules are)")
+    problem = Problem(cand, seed)
+    d_out0 = np.random.default_rng([seed, 31]).standard_normal(problem.x.shape)
+    ms, wrong = [], []
+    for dtype in dtypes:
+        x = problem.x.astype(dtype).astype(np.float64)
+        params = _round(problem.params, dtype)
+        d_out = d_out0.astype(dtype).astype(np.float64)
+        try:
+            got = cand.gradients(x, params, d_out=d_out, dtype=dtype, **problem.options())
+        except CandidateError as exc:
+            return PropertyResult(name, Status.ERROR, f"the candidate's backward raised {raised(exc)}", (),
+                                  problem.describe())
+        exact = _analytic(x, params, d_out, problem, "float64")
+        plain = _analytic(x, params, d_out, problem, dtype)
+        for g in (n for n in GRADIENT_NAMES if n in exact):
+            if got.get(g) is None or got[g].shape != exact[g].shape:
+                wrong.append((g, f"d{g} has shape {None if got.get(g) is None else got[g].shape}, expected "
+                                 f"{exact[g].shape}"))
+                continue
+            ref_scale = exact["b_q"] if g == "b_k" and "b_q" in exact else exact[g]
+            scale = float(np.max(np.abs(ref_scale), initial=0.0)) or 1.0
+            m = _gradient_measure(g, got[g], plain[g], exact[g], dtype, scale)
+            ms.append(m)
+            if not m.ok and g not in (w for w, _ in wrong):
+                if not np.any(got[g]) and np.any(exact[g]):
+                    wrong.append((g, f"d{g} is zero: no gradient reaches {g} (detached from the graph: a .detach() "
+                                     "or torch.no_grad() on its path)"))
+                else:
+                    wrong.append((g, f"d{g} differs from the analytic backward (error {m.error:.3g} > bound "
+                                     f"{m.bound:.3g})"))
+        if wrong:
+            break
+    if wrong:
+        names = ", ".join(f"d{g}" for g, _ in wrong)
+        lead = ("; ".join(w for _, w in wrong) + f". Wrong: {names}; right: "
+                + ", ".join(f"d{g}" for g in GRADIENT_NAMES if g in exact and g not in dict(wrong)))
+        why = (". Where the output agrees (the agreement property), the backward is at fault: a custom autograd "
+               "Function with a wrong backward, or a detach() in the wrong place")
+        code = ",".join(["gradient:detached"] * any("is zero" in w for _, w in wrong)
+                        + ["gradient:wrong"] * any("is zero" not in w for _, w in wrong))
+        return PropertyResult(name, Status.FAIL, lead + why, tuple(ms), problem.describe(), code)
+    return PropertyResult(name, Status.PASS, "dx and every weight's gradient agree with "
+                          f"numerics.multi_head_attention_backward ({', '.join(dtypes)})", tuple(ms))
+
+
 def repeat_property(name: str, kind_check, measure, call, problem, dtypes, shape_errors=(), rng=None) -> PropertyResult:
     """Batch independence (``kind_check`` = :func:`repeats.batch_independence`, ``rng`` given) or
     determinism (:func:`repeats.determinism`) on ``problem``, each dtype's bound the rule's bound
@@ -391,6 +471,9 @@ class _Calls:
     def __call__(self, *arrays, dtype: str, **options):
         return self._ctx.call(*arrays, dtype=dtype, **options)
 
+    def gradients(self, *arrays, d_out, dtype: str, **options):
+        return self._ctx.gradients(*arrays, d_out=d_out, dtype=dtype, **options)
+
 
 def _dtypes(ctx) -> tuple[str, ...]:
     """The run's dtypes the candidate's library holds and NumPy can round to (not bfloat16)."""
@@ -419,4 +502,5 @@ register_properties("mha", MHACandidate, (
     ("attention weights", attention_weights, "returned weights are the head-averaged weights"),
     ("batch independence", batch_independence, "one sample's output ignores the others"),
     ("determinism", determinism, "two calls on the same input agree"),
+    ("gradients", gradients, "dx and each weight's gradient (autograd) agree with our analytic backward"),
 ))

@@ -169,6 +169,30 @@ class MHACandidate(Candidate):
     def _call(self, x, params, dtype, memory, mask, causal):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def gradients(self, x, params: MHAParams, *, d_out, dtype: str, memory=None, mask=None, causal=False):
+        """Autograd gradients of ``sum(d_out * out)`` (torch modules): ``{"x": (B, N, D), "w_q": ...,
+        "b_o": ...}`` on the host in float64, the weights' in the row convention (``w_q`` (D, H*K));
+        a bias the module lacks is absent."""
+        if not self.differentiable:
+            raise ValueError(f"the candidate {self.name} is not differentiable in its library")
+        if self.always_causal:
+            causal = False
+        torch = _torch()
+        m = self.copies.get(dtype)
+        self._load_into(m, params)
+        xt = self.backend.to_native(np.asarray(x, dtype=np.float64), dtype, requires_grad=True)
+        for p in m.parameters():
+            p.requires_grad_(True)
+            p.grad = None
+        with torch.enable_grad():
+            out, _ = self._forward(m, xt, memory, mask, bool(causal), dtype)
+            (out * self.backend.to_native(np.asarray(d_out, dtype=np.float64), dtype)).sum().backward()
+        grads = {"x": ArrayBackend.to_host(xt.grad)}
+        with _grads_as_weights(m):
+            as_params = self._read_from(m)
+        grads.update({k: v for k, v in as_params.arrays().items() if v is not None})
+        return grads
+
 
 class BlockCandidate(Candidate):
     """A transformer block under test: ``candidate(x, params, dtype=..., mask=..., causal=...)``
@@ -322,6 +346,27 @@ def _linear_params(lin) -> tuple[np.ndarray, np.ndarray | None]:
     return w, b
 
 
+class _grads_as_weights:
+    """Within the block, each parameter of ``m`` holds its gradient (zeros where none reached it),
+    so the code that reads a module's weights in the row convention reads its gradients."""
+
+    def __init__(self, m):
+        self.m, self.saved = m, []
+
+    def __enter__(self):
+        torch = _torch()
+        with torch.no_grad():
+            for p in self.m.parameters():
+                self.saved.append((p, p.data))
+                p.data = p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p.data)
+        return self.m
+
+    def __exit__(self, *exc):
+        for p, data in self.saved:
+            p.data = data
+        return False
+
+
 def _set(tensor, value: np.ndarray | None) -> None:
     torch = _torch()
     if tensor is None:
@@ -363,6 +408,7 @@ class TorchMultiheadAttention(MHACandidate):
                          d_memory=module.kdim if module.kdim == module.vdim else None,
                          takes=("memory", "mask", "causal"), has_bias={b: has_b for b in MHA_WEIGHT_NAMES[4:]},
                          returns_weights=True)
+        self.differentiable = True
         if module.kdim != module.vdim:
             raise TypeError("nn.MultiheadAttention with kdim != vdim: keys and values from different memories are "
                             "not covered by the battery")
@@ -380,7 +426,10 @@ class TorchMultiheadAttention(MHACandidate):
                 "b_o": m.out_proj.bias}
 
     def read(self) -> MHAParams:
-        t = self._weights(self.module)
+        return self._read_from(self.module)
+
+    def _read_from(self, m) -> MHAParams:
+        t = self._weights(m)
         host = {k: (None if v is None else v.detach().double().cpu().numpy()) for k, v in t.items()}
         return MHAParams(num_heads=self.num_heads, **{k: (v.T if k.startswith("w") else v) for k, v in host.items()})
 
@@ -390,20 +439,26 @@ class TorchMultiheadAttention(MHACandidate):
             value = getattr(params, k)
             _set(t[k], None if value is None else (value.T if k.startswith("w") else value))
 
+    def _forward(self, m, xt, memory, mask, causal, dtype):
+        """The module on native ``xt`` (B, N, D): (out (B, N, D), head-averaged weights)."""
+        kv = xt if memory is None else self.backend.to_native(np.asarray(memory, dtype=np.float64), dtype)
+        q = xt
+        if not m.batch_first:
+            q, kv = q.transpose(0, 1), kv.transpose(0, 1)
+        allowed = allowed_mask(mask, causal, xt.shape[-2], kv.shape[0 if not m.batch_first else -2])
+        attn_mask = None if allowed is None else self.backend.to_native(~allowed)
+        out, weights = m(q, kv, kv, attn_mask=attn_mask, need_weights=True, average_attn_weights=True)
+        return (out if m.batch_first else out.transpose(0, 1)), weights
+
+    def _load_into(self, m, params: MHAParams) -> None:
+        self._load(m, params)
+
     def _call(self, x, params, dtype, memory, mask, causal):
         torch = _torch()
         m = self.copies.get(dtype)
         self._load(m, params)
-        src = x if memory is None else np.asarray(memory, dtype=np.float64)
-        q, kv = (self.backend.to_native(a, dtype) for a in (x, src))
-        if not m.batch_first:
-            q, kv = q.transpose(0, 1), kv.transpose(0, 1)
-        allowed = allowed_mask(mask, causal, x.shape[-2], src.shape[-2])
-        attn_mask = None if allowed is None else self.backend.to_native(~allowed)
         with torch.no_grad():
-            out, weights = m(q, kv, kv, attn_mask=attn_mask, need_weights=True, average_attn_weights=True)
-        if not m.batch_first:
-            out = out.transpose(0, 1)
+            out, weights = self._forward(m, self.backend.to_native(x, dtype), memory, mask, causal, dtype)
         return ArrayBackend.to_host(out), ArrayBackend.to_host(weights)
 
 
@@ -449,6 +504,7 @@ class LinearProjectionMHA(MHACandidate):
                          d_model=w_o.shape[1], num_heads=heads, takes=("memory",) if self.three else (),
                          has_bias={"b_q": b_q is not None, "b_k": b_q is not None, "b_v": b_q is not None,
                                    "b_o": b_o is not None})
+        self.differentiable = True
 
     def _find(self, module) -> dict[str, Any]:
         found, self.names = {}, {}
@@ -476,26 +532,32 @@ class LinearProjectionMHA(MHACandidate):
         return out
 
     def read(self) -> MHAParams:
+        return self._read_from(self.module)
+
+    def _read_from(self, m) -> MHAParams:
         host = {}
-        for key, (w, b) in self._row_weights(self.module).items():
+        for key, (w, b) in self._row_weights(m).items():
             host[f"w_{key}"] = w.detach().double().cpu().numpy().T
             host[f"b_{key}"] = None if b is None else b.detach().double().cpu().numpy()
         return MHAParams(num_heads=self.num_heads, **host)
 
-    def _call(self, x, params, dtype, memory, mask, causal):
-        torch = _torch()
-        m = self.copies.get(dtype)
+    def _load_into(self, m, params: MHAParams) -> None:
         for key, (w, b) in self._row_weights(m).items():
             _set(w, getattr(params, f"w_{key}").T)
             _set(b, getattr(params, f"b_{key}"))
-        xt = self.backend.to_native(x, dtype)
+
+    def _forward(self, m, xt, memory, mask, causal, dtype):
+        if self.three:
+            src = xt if memory is None else self.backend.to_native(np.asarray(memory), dtype)
+            return _split(m(xt, src, src))
+        return _split(m(xt))
+
+    def _call(self, x, params, dtype, memory, mask, causal):
+        torch = _torch()
+        m = self.copies.get(dtype)
+        self._load_into(m, params)
         with torch.no_grad():
-            if self.three:
-                src = xt if memory is None else self.backend.to_native(np.asarray(memory), dtype)
-                result = m(xt, src, src)
-            else:
-                result = m(xt)
-        out, weights = _split(result)
+            out, _ = self._forward(m, self.backend.to_native(x, dtype), memory, mask, causal, dtype)
         return ArrayBackend.to_host(out), None
 
 

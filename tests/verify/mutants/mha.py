@@ -71,6 +71,46 @@ def jittery(x, w_q, w_k, w_v, w_o, num_heads):
     return out * (1 + 1e-7 * np.random.default_rng().standard_normal(out.shape))
 
 
+def projection_module(*, detach_keys: bool = False, wrong_softmax_backward: bool = False):
+    """A torch module with q_proj/k_proj/v_proj/o_proj (HF style), d_model 8, 2 heads. Correct by
+    default; ``detach_keys``: K detached from the graph (no gradient reaches W_k, and dx misses the
+    keys' path); ``wrong_softmax_backward``: the softmax is a custom autograd Function whose
+    backward returns p * g, forgetting the - p sum(p * g) term. The forward is right either way."""
+    import torch
+    from torch import nn
+
+    class SoftmaxForgetsTheSum(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, s):
+            p = torch.softmax(s, dim=-1)
+            ctx.save_for_backward(p)
+            return p
+
+        @staticmethod
+        def backward(ctx, g):
+            (p,) = ctx.saved_tensors
+            return p * g
+
+    class ProjectionMHA(nn.Module):
+        def __init__(self, d_model=8, num_heads=2):
+            super().__init__()
+            self.num_heads = num_heads
+            self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(d_model, d_model) for _ in range(4))
+
+        def forward(self, x):
+            b, n, d = x.shape
+            split = lambda y: y.view(b, n, self.num_heads, d // self.num_heads).transpose(1, 2)  # noqa: E731
+            q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
+            if detach_keys:
+                k = k.detach()
+            s = q @ k.transpose(-1, -2) / math.sqrt(d // self.num_heads)
+            p = SoftmaxForgetsTheSum.apply(s) if wrong_softmax_backward else torch.softmax(s, dim=-1)
+            return self.o_proj((p @ v).transpose(1, 2).reshape(b, n, d))
+
+    torch.manual_seed(0)
+    return ProjectionMHA()
+
+
 def prunable_from_document():
     """Seed 002's PrunableMultiHeadAttention, run from the document, built at the only size it
     runs at (head_dim = num_heads: d_model = 4, 2 heads). Heads split without the transpose."""
@@ -104,4 +144,12 @@ MUTANTS = {
 REPEAT_MUTANTS = {
     "centred by the batch mean": (centred_by_batch_mean, "batch independence", "batch:mixed"),
     "nondeterministic": (jittery, "determinism", "nondeterministic"),
+}
+
+#: Gradient mutants (torch): name -> (factory, fault code, words the diagnosis must contain).
+GRADIENT_MUTANTS = {
+    "keys detached": (lambda: projection_module(detach_keys=True), "gradient:detached,gradient:wrong",
+                      "dw_k is zero: no gradient reaches w_k"),
+    "softmax backward forgets the sum": (lambda: projection_module(wrong_softmax_backward=True), "gradient:wrong",
+                                         "dw_q differs from the analytic backward"),
 }
