@@ -23,26 +23,22 @@ __all__ = ["KIND_OPTIONS", "check_options", "parse_pairs"]
 _TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
 
 
-def _positive_int(key: str, value: Any) -> int:
-    if isinstance(value, str):
-        try:
-            value = int(value.strip())
-        except ValueError:
-            raise ValueError(f"option {key!r} must be a positive integer, got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"option {key!r} must be a positive integer, got {value!r}")
-    return value
+def _positive(convert: type, words: str, types: tuple) -> Callable[[str, Any], Any]:
+    """A check for a positive number: ``convert`` reads it from a string, ``types`` are accepted as they are."""
+    def check(key: str, value: Any):
+        if isinstance(value, str):
+            try:
+                value = convert(value.strip())
+            except ValueError:
+                raise ValueError(f"option {key!r} must be {words}, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, types) or not value > 0:
+            raise ValueError(f"option {key!r} must be {words}, got {value!r}")
+        return convert(value)
+    return check
 
 
-def _positive_float(key: str, value: Any) -> float:
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            raise ValueError(f"option {key!r} must be a positive number, got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"option {key!r} must be a positive number, got {value!r}")
-    return float(value)
+_positive_int = _positive(int, "a positive integer", (int,))
+_positive_float = _positive(float, "a positive number", (int, float))
 
 
 def _flag(key: str, value: Any) -> bool:
