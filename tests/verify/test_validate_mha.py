@@ -90,6 +90,9 @@ def test_nanogpt_causal_self_attention_declared_causal_passes_and_undeclared_fai
     assert undeclared["agreement"].status is Status.FAIL  # compared with non-causal attention it must differ
     assert "causal mask applied though none was asked for" in undeclared["agreement"].diagnosis
     assert undeclared.faults == ("mha:unasked-causal",)
+    # its gradients are those of causal attention: not judged against non-causal ones, never a second fault
+    assert undeclared["gradients"].status is Status.NOT_APPLICABLE, _table(undeclared)
+    assert declared["gradients"].status is Status.PASS, _table(declared)
 
 
 # ------------------------------------------------------------------ mha: mutants

@@ -365,6 +365,16 @@ def gradients(cand: MHACandidate, seed: int, dtypes) -> PropertyResult:
         return PropertyResult(name, Status.NOT_APPLICABLE, f"the candidate is not differentiable in its library "
                               f"(backend {cand.backend.name}; torch modules are)")
     problem = Problem(cand, seed)
+    try:
+        forward = _measure(cand, problem, ("float64",))[0][0]
+    except ShapeError as exc:
+        return PropertyResult(name, Status.NOT_APPLICABLE, f"the {exc}: gradients of the wrong output are not judged")
+    except CandidateError as exc:
+        return PropertyResult(name, Status.ERROR, f"the candidate raised {raised(exc)}", (), problem.describe())
+    if not forward.ok:
+        return PropertyResult(name, Status.NOT_APPLICABLE, f"the output itself differs from ours ({forward.what}: error "
+                              f"{forward.error:.3g} > bound {forward.bound:.3g}; see agreement), so its gradients "
+                              "cannot be told apart from the forward's fault and are not judged")
     d_out0 = np.random.default_rng([seed, 31]).standard_normal(problem.x.shape)
     ms, wrong = [], []
     for dtype in dtypes:
@@ -400,8 +410,8 @@ def gradients(cand: MHACandidate, seed: int, dtypes) -> PropertyResult:
         names = ", ".join(f"d{g}" for g, _ in wrong)
         lead = ("; ".join(w for _, w in wrong) + f". Wrong: {names}; right: "
                 + ", ".join(f"d{g}" for g in GRADIENT_NAMES if g in exact and g not in dict(wrong)))
-        why = (". Where the output agrees (the agreement property), the backward is at fault: a custom autograd "
-               "Function with a wrong backward, or a detach() in the wrong place")
+        why = (f". The output agrees ({forward.what}: error {forward.error:.3g}), so the backward is at fault: a "
+               "custom autograd Function with a wrong backward, or a detach() in the wrong place")
         code = ",".join(["gradient:detached"] * any("is zero" in w for _, w in wrong)
                         + ["gradient:wrong"] * any("is zero" not in w for _, w in wrong))
         return PropertyResult(name, Status.FAIL, lead + why, tuple(ms), problem.describe(), code)
