@@ -156,6 +156,18 @@ def test_correct_torch_modules_pass_the_gradients(make):
     assert len(result["gradients"].measurements) == 9 * 2
 
 
+@needs_torch
+def test_llama_style_gqa_is_recognised_and_tiled_heads_are_named():
+    correct = validate(mha_mutants.llama_style_gqa(), kind="mha")
+    _assert_passes(correct)
+    assert "2 key/value heads" in correct.settings["adapter"]
+    assert correct["gradients"].status is Status.PASS, _table(correct)
+    tiled = validate(mha_mutants.llama_style_gqa(tiled=True), kind="mha")
+    assert tiled["agreement"].status is Status.FAIL, _table(tiled)
+    assert "GQA heads tiled instead of interleaved" in tiled["agreement"].diagnosis, _table(tiled)
+    assert tiled["agreement"].fault == "gqa:tiled"
+
+
 def test_gradients_not_applicable_to_a_numpy_function():
     result = validate(multi_head_attention, kind="mha", properties=["gradients"])
     assert result["gradients"].status is Status.NOT_APPLICABLE

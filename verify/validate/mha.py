@@ -266,6 +266,9 @@ def head_independence(cand: MHACandidate, seed: int, dtypes) -> PropertyResult:
     name = "head independence"
     base = cand.params(seed)
     h, vw, kw, d = base.num_heads, base.w_v.shape[1] // base.num_heads, base.w_q.shape[1] // base.num_heads, base.d_model
+    if base.kv_heads != h:
+        return PropertyResult(name, Status.NOT_APPLICABLE, f"grouped-query heads ({base.kv_heads} key/value heads for "
+                              f"{h} query heads): a key/value head's weights reach several heads by design")
     if h * vw != d:
         return PropertyResult(name, Status.NOT_APPLICABLE, f"needs W^O square (H*V = D) to read the heads through "
                               f"W^O = I; here H*V = {h * vw}, D = {d}")
@@ -463,7 +466,7 @@ def fault_code(parts: list[str]) -> str | None:
     codes = {"heads split without": "mha:split-no-transpose", "merged without a transpose": "mha:merge-no-transpose",
              "concatenated on the wrong axis": "mha:concat-tokens", "no softmax": "mha:no-softmax",
              "softmax over the query": "mha:softmax-query", "scores scaled by": "mha:scale", "W^O left out": "mha:no-w_o",
-             "causal mask applied though": "mha:unasked-causal"}
+             "causal mask applied though": "mha:unasked-causal", "GQA heads tiled": "gqa:tiled"}
     found = [code for words, code in codes.items() if any(words in p for p in parts)]
     return ",".join(found) or None
 

@@ -468,6 +468,8 @@ _V_NAMES = ("W_v", "v_proj", "value", "wv", "to_v", "v")
 _O_NAMES = ("W_o", "o_proj", "out_proj", "wo", "to_out", "proj", "c_proj", "out")
 _QKV_NAMES = ("qkv", "c_attn", "in_proj", "W_qkv", "qkv_proj")
 _HEAD_NAMES = ("num_heads", "n_head", "n_heads", "h", "heads")
+#: Key/value head counts of grouped-query attention (HF Llama's num_key_value_heads).
+_KV_HEAD_NAMES = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "n_kv_head")
 
 
 def _child(module, names: tuple[str, ...]):
@@ -496,6 +498,10 @@ class LinearProjectionMHA(MHACandidate):
             raise TypeError(f"{type(module).__name__}.forward must take (x) or (query, key, value), takes "
                             f"{[p.name for p in required]}")
         self.three = len(required) == 3
+        kv_heads = next((getattr(module, n) for n in _KV_HEAD_NAMES if isinstance(getattr(module, n, None), int)), heads)
+        if kv_heads != heads and ("qkv" in self.layout or heads % kv_heads):
+            raise TypeError(f"{type(module).__name__}: {kv_heads} key/value heads for {heads} query heads needs separate "
+                            "q/k/v projections and a head count divisible by the key/value heads")
         w_o, b_o = _linear_params(self.layout["o"])
         _, b_q = _linear_params(self.layout["q"]) if "q" in self.layout else _linear_params(self.layout["qkv"])
         super().__init__(module, name=name or type(module).__qualname__, backend=ArrayBackend("torch", device),
@@ -505,6 +511,9 @@ class LinearProjectionMHA(MHACandidate):
                          has_bias={"b_q": b_q is not None, "b_k": b_q is not None, "b_v": b_q is not None,
                                    "b_o": b_o is not None})
         self.differentiable = True
+        self.num_kv_heads = kv_heads
+        if kv_heads != heads:
+            self.note += f"; grouped-query: {kv_heads} key/value heads"
 
     def _find(self, module) -> dict[str, Any]:
         found, self.names = {}, {}
@@ -539,7 +548,8 @@ class LinearProjectionMHA(MHACandidate):
         for key, (w, b) in self._row_weights(m).items():
             host[f"w_{key}"] = w.detach().double().cpu().numpy().T
             host[f"b_{key}"] = None if b is None else b.detach().double().cpu().numpy()
-        return MHAParams(num_heads=self.num_heads, **host)
+        kv = getattr(self, "num_kv_heads", self.num_heads)
+        return MHAParams(num_heads=self.num_heads, num_kv_heads=None if kv == self.num_heads else kv, **host)
 
     def _load_into(self, m, params: MHAParams) -> None:
         for key, (w, b) in self._row_weights(m).items():

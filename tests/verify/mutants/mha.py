@@ -111,6 +111,40 @@ def projection_module(*, detach_keys: bool = False, wrong_softmax_backward: bool
     return ProjectionMHA()
 
 
+def llama_style_gqa(*, tiled: bool = False):
+    """HF Llama-style grouped-query attention (q_proj/k_proj/v_proj/o_proj, num_key_value_heads,
+    repeat_kv): d_model 16, 4 query heads, 2 key/value heads. ``tiled``: K and V repeated as a
+    block (torch .repeat, head h on key/value head h mod 2) instead of repeat_interleave."""
+    import torch
+    from torch import nn
+
+    class LlamaAttention(nn.Module):
+        def __init__(self, d_model=16, num_heads=4, num_key_value_heads=2):
+            super().__init__()
+            self.num_heads, self.num_key_value_heads = num_heads, num_key_value_heads
+            self.head_dim = d_model // num_heads
+            self.q_proj = nn.Linear(d_model, num_heads * self.head_dim, bias=False)
+            self.k_proj = nn.Linear(d_model, num_key_value_heads * self.head_dim, bias=False)
+            self.v_proj = nn.Linear(d_model, num_key_value_heads * self.head_dim, bias=False)
+            self.o_proj = nn.Linear(num_heads * self.head_dim, d_model, bias=False)
+
+        def repeat_kv(self, a):
+            g = self.num_heads // self.num_key_value_heads
+            return a.repeat(1, g, 1, 1) if tiled else a.repeat_interleave(g, dim=1)
+
+        def forward(self, x):
+            b, n, _ = x.shape
+            q = self.q_proj(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+            k = self.k_proj(x).view(b, n, self.num_key_value_heads, self.head_dim).transpose(1, 2)
+            v = self.v_proj(x).view(b, n, self.num_key_value_heads, self.head_dim).transpose(1, 2)
+            k, v = self.repeat_kv(k), self.repeat_kv(v)
+            p = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(self.head_dim), dim=-1)
+            return self.o_proj((p @ v).transpose(1, 2).reshape(b, n, -1))
+
+    torch.manual_seed(0)
+    return LlamaAttention()
+
+
 def prunable_from_document():
     """Seed 002's PrunableMultiHeadAttention, run from the document, built at the only size it
     runs at (head_dim = num_heads: d_model = 4, 2 heads). Heads split without the transpose."""
