@@ -108,3 +108,21 @@ def test_ctrl_c_stops_after_the_property_in_progress(tmp_path):
     assert doc["settings"]["incomplete"] is True
     assert [p["name"] for p in doc["properties"]] == ["agreement"]  # the property in progress finished
     assert "gradients" in doc["settings"]["not_run"]
+
+
+def test_the_example_label_says_whether_hypothesis_shrank_it(tmp_path):
+    def validate(*args):  # a table wide enough that no diagnosis wraps
+        return CliRunner().invoke(main, ["validate", *map(str, args)], env={"COLUMNS": "3000"})
+
+    # sdpa's agreement searches: its failure is the smallest hypothesis shrank to
+    sdpa = validate(f"{MUTANTS / 'sdpa.py'}:no_scale", "--max-examples", "8", "--json", tmp_path / "s.json")
+    assert sdpa.exit_code == 1, sdpa.output
+    agreement = {p["name"]: p for p in json.loads((tmp_path / "s.json").read_text())["properties"]}["agreement"]
+    assert agreement["status"] == "FAIL" and agreement["shrunk"] is True
+    assert "smallest example (shrunk by hypothesis)" in sdpa.output
+    # kind mha runs fixed problems: the example is reported as the failing one, never "smallest"
+    mha = validate(f"{MUTANTS / 'mha.py'}:scaled_by_d_model", "--kind", "mha", "--json", tmp_path / "m.json")
+    assert mha.exit_code == 1, mha.output
+    failed = [p for p in json.loads((tmp_path / "m.json").read_text())["properties"] if p["status"] == "FAIL"]
+    assert failed and all(p["shrunk"] is False for p in failed)
+    assert "failing example:" in mha.output and "smallest example" not in mha.output

@@ -90,6 +90,9 @@ def test_nanogpt_causal_self_attention_declared_causal_passes_and_undeclared_fai
     assert undeclared["agreement"].status is Status.FAIL  # compared with non-causal attention it must differ
     assert "causal mask applied though none was asked for" in undeclared["agreement"].diagnosis
     assert undeclared.faults == ("mha:unasked-causal",)
+    # its gradients are those of causal attention: not judged against non-causal ones, never a second fault
+    assert undeclared["gradients"].status is Status.NOT_APPLICABLE, _table(undeclared)
+    assert declared["gradients"].status is Status.PASS, _table(declared)
 
 
 # ------------------------------------------------------------------ mha: mutants
@@ -107,6 +110,67 @@ def test_mha_mutant_fails_with_its_diagnosis(name):
     assert result[prop].status is Status.FAIL, _table(result)
     assert words in result[prop].diagnosis, _table(result)
     assert result.faults, "a named fault carries its code"
+
+
+@pytest.mark.parametrize("kind, name", [("mha", n) for n in sorted(mha_mutants.REPEAT_MUTANTS)]
+                         + [("block", n) for n in sorted(block_mutants.REPEAT_MUTANTS)])
+def test_batch_and_determinism_mutants_fail_with_their_fault(kind, name):
+    mutants = mha_mutants if kind == "mha" else block_mutants
+    fn, prop, code = mutants.REPEAT_MUTANTS[name]
+    result = validate(fn, kind=kind, properties=["batch independence", "determinism"])
+    assert result[prop].status is Status.FAIL, _table(result)
+    assert result[prop].fault == code, _table(result)
+    assert result[prop].measurements and not result[prop].measurements[-1].ok
+    # one fault, one name: a nondeterministic candidate's batch check names nondeterminism, not mixing
+    assert result.faults == (code,), _table(result)
+    if code == "batch:mixed":
+        assert result["determinism"].status is Status.PASS, _table(result)
+
+
+@needs_torch
+@pytest.mark.parametrize("name", sorted(mha_mutants.GRADIENT_MUTANTS))
+def test_gradient_mutants_fail_with_their_fault(name):
+    make, code, words = mha_mutants.GRADIENT_MUTANTS[name]
+    result = validate(make(), kind="mha")
+    assert result["agreement"].status is Status.PASS, _table(result)  # the forward is right
+    grads = result["gradients"]
+    assert grads.status is Status.FAIL and grads.fault == code, _table(result)
+    assert words in grads.diagnosis, _table(result)
+    # the gradients that do not depend on the fault are reported right: dw_v and dw_o
+    assert "right: " in grads.diagnosis and "dw_v" in grads.diagnosis.split("right: ")[1], grads.diagnosis
+    assert "dw_o" in grads.diagnosis.split("right: ")[1], grads.diagnosis
+
+
+@needs_torch
+@pytest.mark.parametrize("make", ["multihead", "multihead batch_first", "projection module"])
+def test_correct_torch_modules_pass_the_gradients(make):
+    import torch
+
+    torch.manual_seed(0)
+    module = {"multihead": lambda: torch.nn.MultiheadAttention(8, 2),
+              "multihead batch_first": lambda: torch.nn.MultiheadAttention(8, 2, batch_first=True),
+              "projection module": mha_mutants.projection_module}[make]()
+    result = validate(module, kind="mha", properties=["agreement", "gradients"])
+    assert result["gradients"].status is Status.PASS, _table(result)
+    # every gradient was measured, separately: dx, four weights and four biases, in each dtype
+    assert len(result["gradients"].measurements) == 9 * 2
+
+
+@needs_torch
+def test_llama_style_gqa_is_recognised_and_tiled_heads_are_named():
+    correct = validate(mha_mutants.llama_style_gqa(), kind="mha")
+    _assert_passes(correct)
+    assert "2 key/value heads" in correct.settings["adapter"]
+    assert correct["gradients"].status is Status.PASS, _table(correct)
+    tiled = validate(mha_mutants.llama_style_gqa(tiled=True), kind="mha")
+    assert tiled["agreement"].status is Status.FAIL, _table(tiled)
+    assert "GQA heads tiled instead of interleaved" in tiled["agreement"].diagnosis, _table(tiled)
+    assert tiled["agreement"].fault == "gqa:tiled"
+
+
+def test_gradients_not_applicable_to_a_numpy_function():
+    result = validate(multi_head_attention, kind="mha", properties=["gradients"])
+    assert result["gradients"].status is Status.NOT_APPLICABLE
 
 
 def test_head_independence_names_mixed_heads_and_w_o_probe_names_missing_projection():

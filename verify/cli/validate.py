@@ -87,7 +87,8 @@ def _worst(p) -> str:
 def _example(p) -> str:
     if not p.example:
         return ""
-    return "; smallest example: " + ", ".join(f"{k}={v}" for k, v in p.example.items())
+    label = "smallest example (shrunk by hypothesis)" if p.shrunk else "failing example"
+    return f"; {label}: " + ", ".join(f"{k}={v}" for k, v in p.example.items())
 
 
 def print_result(result, console: Console, seconds: float) -> None:
@@ -136,12 +137,16 @@ def validate_document(result, seconds: float) -> dict:
               help="Random examples per hypothesis search [default: 100].")
 @click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Seconds each property may take before it is TIMEOUT [default: 60].")
+@click.option("--option", "option_pairs", metavar="KEY=VALUE", multiple=True,
+              help="--kind mha/block: a size or convention the function does not state itself (repeatable): "
+                   "d_model, num_heads, causal (mha); d_model, num_heads, d_ff, norm=pre|post, "
+                   "approximate=none|tanh, eps (block).")
 @click.option("--json", "json_path", type=OutputPath(dash=True),
-              help="Write every property with its status, diagnosis, measurements and smallest failing example "
+              help="Write every property with its status, diagnosis, measurements and failing example "
                    "to this JSON file ('-': to stdout, the table to stderr).")
 @click.pass_context
 def validate(ctx: click.Context, target: str, kind: str, backend, device, dtypes, layout, mask_convention, seed,
-             max_examples, time_limit, json_path) -> None:
+             max_examples, time_limit, option_pairs, json_path) -> None:
     """Check an attention implementation MODULE:ATTR and name what is wrong.
 
     MODULE is an importable module or a .py file (the current directory is on
@@ -152,8 +157,15 @@ def validate(ctx: click.Context, target: str, kind: str, backend, device, dtypes
     does not take make their properties NOT APPLICABLE. torch's and jax's SDPA
     are recognised (torch.nn.functional:scaled_dot_product_attention).
 
-    Each property prints PASS, FAIL (with the fault named and the smallest
-    failing example), NOT APPLICABLE, ERROR (the function raised) or TIMEOUT. The
+    --kind mha / block: an nn.MultiheadAttention, a TransformerEncoderLayer, a
+    module with nn.Linear projections, or fn(x, params, ...) / fn(x, w_q, w_k,
+    w_v, w_o, num_heads, ...) with the weights in the row convention; declare
+    what it does not state with --option (e.g. --option norm=pre). See the
+    README, "Multi-head attention and blocks".
+
+    Each property prints PASS, FAIL (with the fault named and the failing
+    example: the smallest, shrunk by hypothesis, where the property searches),
+    NOT APPLICABLE, ERROR (the function raised) or TIMEOUT. The
     exit code is 0 when every applicable property passes, 1 when one does not.
     The module is imported and run in this process: validate only code you trust.
     Ctrl-C stops after the property in progress (twice: at once).
@@ -162,13 +174,19 @@ def validate(ctx: click.Context, target: str, kind: str, backend, device, dtypes
 
     to_stdout = json_path == "-"
     console = stdout_console(stderr=to_stdout)
+    from verify.validate.options import parse_pairs
+
+    try:
+        options = parse_pairs(option_pairs)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--option'") from None
     fn, name = load_target(target)
     start = time.perf_counter()
     try:
         with InterruptGate() as gate:
             result = run_battery(fn, kind, backend=backend, device=device, dtypes=dtypes or None, layout=layout,
                                  mask_convention=mask_convention, seed=seed, max_examples=max_examples,
-                                 time_limit=time_limit, name=name, stop=gate.stop)
+                                 time_limit=time_limit, name=name, options=options or None, stop=gate.stop)
     except (ValueError, TypeError) as exc:  # the library's argument checks: bad usage
         raise click.UsageError(str(exc)) from None
     seconds = time.perf_counter() - start

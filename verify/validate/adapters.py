@@ -40,18 +40,25 @@ def register_adapter(kind: str) -> Callable:
 
 
 def adapt(fn: Any, kind: str = "sdpa", *, backend: str | None = None, device: str | None = None,
-          layout: str = "bhsd", mask_convention: str = "allow", name: str | None = None) -> Candidate:
-    """The candidate for ``fn`` (see the module docstring). Bad arguments: ValueError/TypeError naming them."""
+          layout: str = "bhsd", mask_convention: str = "allow", name: str | None = None,
+          options: dict | None = None) -> Candidate:
+    """The candidate for ``fn`` (see the module docstring). ``options``: the sizes and conventions
+    declared for kind "mha" / "block" (see :mod:`verify.validate.options`), handed to the kind's
+    recognisers. Bad arguments: ValueError/TypeError naming them."""
+    from verify.validate.options import check_options
+
     if not callable(fn):
         raise TypeError(f"fn must be callable (a function, or an object with __call__), got {type(fn).__name__}")
     if kind not in ("sdpa", "mha", "block"):
         raise ValueError(f"kind must be 'sdpa', 'mha' or 'block', got {kind!r}")
     if backend is not None and not isinstance(backend, str):
         raise TypeError(f"backend must be a library name or None, got {backend!r}")
+    options = check_options(kind, options)
+    extra = {"options": options} if options else {}  # only the mha/block recognisers take options
     name = name or describe(fn)
     for recognise in _RECOGNISERS.get(kind, []):
         candidate = recognise(fn, backend=backend, device=device, layout=layout, mask_convention=mask_convention,
-                              name=name)
+                              name=name, **extra)
         if candidate is not None:
             return candidate
     raise ValueError(f"no adapter for kind {kind!r} recognises {name}")

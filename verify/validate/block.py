@@ -30,6 +30,8 @@ position-wise
 gelu
     With the attention switched off, which GELU the output is made of: erf, the tanh form with
     0.044715, or the tanh form with a fitted constant.
+batch independence, determinism
+    As for kind mha (:mod:`verify.validate.repeats`).
 """
 
 from __future__ import annotations
@@ -42,14 +44,15 @@ import numpy as np
 
 from numerics import BlockParams, FFNParams, transformer_block
 from numerics import reference as mp_reference
-from verify.validate import faults
+from verify.validate import faults, repeats
 from verify.validate.context import CandidateError
-from verify.validate.mha import _round, raised, register_properties
+from verify.validate.mha import _round, raised, register_properties, repeat_property
 from verify.validate.modules import BlockCandidate
 from verify.validate.result import Measurement, PropertyResult, Status
 from verify.validate.tolerance import ABS64, absolute, rule
 
-__all__ = ["agreement", "masks", "norm_placement", "position_wise", "gelu", "diagnose"]
+__all__ = ["agreement", "masks", "norm_placement", "position_wise", "gelu", "batch_independence", "determinism",
+           "diagnose"]
 
 MPMATH_MAX_WIDTH = 64
 BATCH, LENGTH = 2, 5
@@ -368,10 +371,30 @@ def gelu(cand, seed: int, dtypes) -> PropertyResult:
                           f"constant (closest c = {c:.4g}, relative distance {dist:.3g})", (m,), problem.describe())
 
 
+def _own_call(cand, problem: Problem):
+    return lambda x, dtype: cand(x, problem.params, dtype=dtype, **problem.options())
+
+
+def batch_independence(cand, seed: int, dtypes) -> PropertyResult:
+    """Changing samples 1.. of the batch leaves sample 0's output as it was."""
+    problem = Problem(cand, seed)
+    return repeat_property("batch independence", repeats.batch_independence, lambda p: _measure(cand, p, dtypes),
+                           _own_call(cand, problem), problem, dtypes, (_Shape,), np.random.default_rng([seed, 21]))
+
+
+def determinism(cand, seed: int, dtypes) -> PropertyResult:
+    """Two calls on the same input agree bitwise, or within rounding (the spread reported)."""
+    problem = Problem(cand, seed)
+    return repeat_property("determinism", repeats.determinism, lambda p: _measure(cand, p, dtypes),
+                           _own_call(cand, problem), problem, dtypes, (_Shape,))
+
+
 register_properties("block", BlockCandidate, (
     ("agreement", agreement, "the block agrees with numerics on the same weights (tolerance rule)"),
     ("masks", masks, "a boolean mask and causal masking agree with numerics"),
     ("layer norm placement", norm_placement, "pre-LN or post-LN, as declared"),
     ("position-wise", position_wise, "layer norms and FFN act on each token alone"),
     ("gelu", gelu, "the FFN's GELU is the declared one, with its constant"),
+    ("batch independence", batch_independence, "one sample's output ignores the others"),
+    ("determinism", determinism, "two calls on the same input agree"),
 ))

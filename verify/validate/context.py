@@ -147,21 +147,24 @@ class PropertyContext:
 
     # ------------------------------------------------------------------ results
 
-    def result(self, status: Status, diagnosis: str, measurements=(), example=None, fault=None) -> PropertyResult:
-        return PropertyResult(self.name, status, diagnosis, tuple(measurements), example, fault)
+    def result(self, status: Status, diagnosis: str, measurements=(), example=None, fault=None,
+               shrunk: bool = False) -> PropertyResult:
+        return PropertyResult(self.name, status, diagnosis, tuple(measurements), example, fault, shrunk)
 
     def passed(self, diagnosis: str, measurements: tuple[Measurement, ...] | list = (), example=None) -> PropertyResult:
         return self.result(Status.PASS, diagnosis, measurements, example)
 
-    def failed(self, diagnosis: str, measurements=(), example=None, fault: str | None = None) -> PropertyResult:
-        """A FAIL; ``fault`` is the named fault's code (``"scale:none"``, ``"causal:bottom_right"``)."""
-        return self.result(Status.FAIL, diagnosis, measurements, example, fault)
+    def failed(self, diagnosis: str, measurements=(), example=None, fault: str | None = None,
+               shrunk: bool = False) -> PropertyResult:
+        """A FAIL; ``fault`` is the named fault's code (``"scale:none"``, ``"causal:bottom_right"``);
+        ``shrunk``: the example is the smallest failure a hypothesis search shrank to."""
+        return self.result(Status.FAIL, diagnosis, measurements, example, fault, shrunk)
 
     def not_applicable(self, diagnosis: str) -> PropertyResult:
         return self.result(Status.NOT_APPLICABLE, diagnosis)
 
-    def error(self, diagnosis: str, example=None) -> PropertyResult:
-        return self.result(Status.ERROR, diagnosis, (), example)
+    def error(self, diagnosis: str, example=None, shrunk: bool = False) -> PropertyResult:
+        return self.result(Status.ERROR, diagnosis, (), example, shrunk=shrunk)
 
 
 def _describe_call(arrays, dtype: str, options: dict) -> dict[str, Any]:

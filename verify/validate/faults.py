@@ -52,6 +52,9 @@ class MHAFault:
     scale : None (1/sqrt(K), correct) or a name of :data:`SCALES`.
     out_proj : False when W^O (and b_o) is left out.
     causal : True when a causal (top-left) mask is applied though none was asked for.
+    gqa : "interleaved" (query head h uses key/value head h // G, G = H / Hkv: torch's
+        enable_gqa, HF's repeat_kv, correct) or "tiled" (head h mod Hkv: K and V repeated as a
+        block). Only grouped-query weights (num_kv_heads < num_heads) tell the two apart.
     """
 
     split: str = "transpose"
@@ -60,6 +63,7 @@ class MHAFault:
     scale: str | None = None
     out_proj: bool = True
     causal: bool = False
+    gqa: str = "interleaved"
 
     def parts(self) -> list[str]:
         """The mistakes in words, one a changed part (empty for the correct model)."""
@@ -81,6 +85,9 @@ class MHAFault:
             words.append(f"scores scaled by {self.scale} instead of 1/sqrt(d_k)")
         if not self.out_proj:
             words.append("W^O left out: the concatenated heads are returned without the output projection")
+        if self.gqa == "tiled":
+            words.append("GQA heads tiled instead of interleaved: query head h uses key/value head h mod Hkv (K and "
+                         "V repeated as a block) instead of h // G (repeat_interleave, HF's repeat_kv)")
         if self.causal:
             words.append("a causal mask applied though none was asked for (if the attention is causal by design, "
                          "declare it: as_mha_candidate(..., causal=True))")
@@ -149,15 +156,20 @@ def mha_model(x, params: MHAParams, fault: MHAFault = MHAFault(), *, memory=None
     x = np.asarray(x, dtype=np.float64)
     src = x if memory is None else np.asarray(memory, dtype=np.float64)
     p = {k: (None if v is None else np.asarray(v, dtype=np.float64)) for k, v in params.arrays().items()}
-    h = params.num_heads
-    if params.kv_heads != h:
-        raise ValueError("fault models cover ordinary multi-head attention (num_kv_heads = num_heads)")
+    h, hkv = params.num_heads, params.kv_heads
+    if hkv != h and fault.split != "transpose":
+        return None  # grouped heads viewed without the transpose: no consistent shapes
     kw = p["w_q"].shape[1] // h
     n, m = x.shape[-2], src.shape[-2]
     q = _add(x @ p["w_q"], p.get("b_q"))
     k = _add(src @ p["w_k"], p.get("b_k"))
     v = _add(src @ p["w_v"], p.get("b_v"))
-    q, k, v = (a.reshape(*a.shape[:-1], h, a.shape[-1] // h) for a in (q, k, v))  # (..., L, H, C)
+    q = q.reshape(*q.shape[:-1], h, q.shape[-1] // h)  # (..., L, H, C)
+    k, v = (a.reshape(*a.shape[:-1], hkv, a.shape[-1] // hkv) for a in (k, v))  # (..., L, Hkv, C)
+    if hkv != h:  # every query head gets its key/value head: h // G (interleaved) or h mod Hkv (tiled)
+        g = h // hkv
+        k, v = (np.repeat(a, g, axis=-2) if fault.gqa == "interleaved" else
+                np.tile(a, (1,) * (a.ndim - 2) + (g, 1)) for a in (k, v))
     allowed = allowed_mask(mask, causal or fault.causal, n, m)
     if fault.split == "transpose":
         q, k, v = (np.swapaxes(a, -3, -2) for a in (q, k, v))  # (..., H, L, C)
@@ -245,7 +257,7 @@ MHA_FAULTS: tuple[MHAFault, ...] = tuple(
         "split": ("transpose", "none"), "merge": ("transpose", "reshape", "tokens"),
         "scores": ("softmax", "softmax_query", "raw"), "scale": (None, *SCALES), "out_proj": (True, False),
     })
-) + (MHAFault(causal=True),)
+) + (MHAFault(causal=True), MHAFault(gqa="tiled"))
 
 
 def block_faults(norm: str, gelu: str) -> tuple[BlockFault, ...]:

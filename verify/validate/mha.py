@@ -24,6 +24,13 @@ head independence
     head's slice of the output (the heads before W^O); anything else names mixed heads.
 attention weights
     Returned (head-averaged) weights against numerics' weights, when the candidate returns them.
+batch independence, determinism
+    Sample 0's output unchanged when the other samples change; two calls on the same input
+    bitwise equal or within rounding (:mod:`verify.validate.repeats`, shared with sdpa).
+gradients
+    Torch modules: autograd's dx and the gradient of each weight and bias (row convention) against
+    :func:`numerics.multi_head_attention_backward` on the same weights, each separately by the rule
+    with K_GRADIENT (float64: ABS64); a wrong one is named, "detached" when it is zero.
 """
 
 from __future__ import annotations
@@ -34,17 +41,17 @@ from typing import Any
 
 import numpy as np
 
-from numerics import MHAParams, multi_head_attention
+from numerics import MHAParams, multi_head_attention, multi_head_attention_backward
 from numerics import reference as mp_reference
-from verify.validate import faults
+from verify.validate import faults, repeats
 from verify.validate.context import CandidateError
 from verify.validate.modules import MHACandidate
 from verify.validate.registry import register
 from verify.validate.result import Measurement, PropertyResult, Status
-from verify.validate.tolerance import ABS64, absolute, relative_error, rule
+from verify.validate.tolerance import ABS64, K_GRADIENT, absolute, floor, relative_error, rule
 
 __all__ = ["agreement", "masks", "cross_attention", "output_projection", "head_independence",
-           "attention_weights", "diagnose", "Problem"]
+           "attention_weights", "batch_independence", "determinism", "diagnose", "Problem"]
 
 #: Largest model width at which the float64 check runs against mpmath (numerics float64 above).
 MPMATH_MAX_WIDTH = 64
@@ -259,6 +266,9 @@ def head_independence(cand: MHACandidate, seed: int, dtypes) -> PropertyResult:
     name = "head independence"
     base = cand.params(seed)
     h, vw, kw, d = base.num_heads, base.w_v.shape[1] // base.num_heads, base.w_q.shape[1] // base.num_heads, base.d_model
+    if base.kv_heads != h:
+        return PropertyResult(name, Status.NOT_APPLICABLE, f"grouped-query heads ({base.kv_heads} key/value heads for "
+                              f"{h} query heads): a key/value head's weights reach several heads by design")
     if h * vw != d:
         return PropertyResult(name, Status.NOT_APPLICABLE, f"needs W^O square (H*V = D) to read the heads through "
                               f"W^O = I; here H*V = {h * vw}, D = {d}")
@@ -326,6 +336,125 @@ def attention_weights(cand: MHACandidate, seed: int, dtypes) -> PropertyResult:
                           (m,), problem.describe())
 
 
+#: The gradients the property compares, in this order (those of biases the candidate has).
+GRADIENT_NAMES = ("x", "w_q", "w_k", "w_v", "w_o", "b_q", "b_k", "b_v", "b_o")
+
+
+def _gradient_measure(name: str, got, plain, exact, dtype: str, scale: float) -> Measurement:
+    """The rule for one gradient, errors relative to ``scale`` (the reference's own size, or for
+    d b_k, which is 0 in exact arithmetic, the size of d b_q): float64 against the stated ABS64."""
+    rel = lambda a: float(np.max(np.abs(a - exact), initial=0.0)) / scale if np.all(np.isfinite(a)) else math.inf  # noqa: E731
+    what = f"d{name} ({dtype})"
+    if dtype == "float64":
+        return Measurement(what, rel(got), ABS64)
+    e_plain = rel(plain)
+    f = floor(dtype)
+    return Measurement(what, rel(got), K_GRADIENT * e_plain + f, plain_error=e_plain, k=K_GRADIENT, floor=f)
+
+
+def _analytic(x, params: MHAParams, d_out, problem: Problem, dtype: str) -> dict[str, np.ndarray]:
+    cast = lambda a: None if a is None else np.asarray(a, dtype=dtype)  # noqa: E731
+    low = replace(params, **{k: cast(v) for k, v in params.arrays().items()})
+    g = multi_head_attention_backward(cast(x), low, cast(d_out), memory=cast(problem.memory), mask=problem.mask,
+                                      causal=problem.causal)
+    out = {"x": g.x, **{k: v for k, v in g.params.arrays().items() if v is not None}}
+    return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
+
+
+def gradients(cand: MHACandidate, seed: int, dtypes) -> PropertyResult:
+    """Autograd dx and each weight's gradient against numerics' analytic backward, separately."""
+    name = "gradients"
+    if not cand.differentiable:
+        return PropertyResult(name, Status.NOT_APPLICABLE, f"the candidate is not differentiable in its library "
+                              f"(backend {cand.backend.name}; torch modules are)")
+    problem = Problem(cand, seed)
+    try:
+        forward = _measure(cand, problem, ("float64",))[0][0]
+    except ShapeError as exc:
+        return PropertyResult(name, Status.NOT_APPLICABLE, f"the {exc}: gradients of the wrong output are not judged")
+    except CandidateError as exc:
+        return PropertyResult(name, Status.ERROR, f"the candidate raised {raised(exc)}", (), problem.describe())
+    if not forward.ok:
+        return PropertyResult(name, Status.NOT_APPLICABLE, f"the output itself differs from ours ({forward.what}: error "
+                              f"{forward.error:.3g} > bound {forward.bound:.3g}; see agreement), so its gradients "
+                              "cannot be told apart from the forward's fault and are not judged")
+    d_out0 = np.random.default_rng([seed, 31]).standard_normal(problem.x.shape)
+    ms, wrong = [], []
+    for dtype in dtypes:
+        x = problem.x.astype(dtype).astype(np.float64)
+        params = _round(problem.params, dtype)
+        d_out = d_out0.astype(dtype).astype(np.float64)
+        try:
+            got = cand.gradients(x, params, d_out=d_out, dtype=dtype, **problem.options())
+        except CandidateError as exc:
+            return PropertyResult(name, Status.ERROR, f"the candidate's backward raised {raised(exc)}", (),
+                                  problem.describe())
+        exact = _analytic(x, params, d_out, problem, "float64")
+        plain = _analytic(x, params, d_out, problem, dtype)
+        for g in (n for n in GRADIENT_NAMES if n in exact):
+            if got.get(g) is None or got[g].shape != exact[g].shape:
+                wrong.append((g, f"d{g} has shape {None if got.get(g) is None else got[g].shape}, expected "
+                                 f"{exact[g].shape}"))
+                continue
+            ref_scale = exact["b_q"] if g == "b_k" and "b_q" in exact else exact[g]
+            scale = float(np.max(np.abs(ref_scale), initial=0.0)) or 1.0
+            m = _gradient_measure(g, got[g], plain[g], exact[g], dtype, scale)
+            ms.append(m)
+            if not m.ok and g not in (w for w, _ in wrong):
+                if not np.any(got[g]) and np.any(exact[g]):
+                    wrong.append((g, f"d{g} is zero: no gradient reaches {g} (detached from the graph: a .detach() "
+                                     "or torch.no_grad() on its path)"))
+                else:
+                    wrong.append((g, f"d{g} differs from the analytic backward (error {m.error:.3g} > bound "
+                                     f"{m.bound:.3g})"))
+        if wrong:
+            break
+    if wrong:
+        names = ", ".join(f"d{g}" for g, _ in wrong)
+        lead = ("; ".join(w for _, w in wrong) + f". Wrong: {names}; right: "
+                + ", ".join(f"d{g}" for g in GRADIENT_NAMES if g in exact and g not in dict(wrong)))
+        why = (f". The output agrees ({forward.what}: error {forward.error:.3g}), so the backward is at fault: a "
+               "custom autograd Function with a wrong backward, or a detach() in the wrong place")
+        code = ",".join(["gradient:detached"] * any("is zero" in w for _, w in wrong)
+                        + ["gradient:wrong"] * any("is zero" not in w for _, w in wrong))
+        return PropertyResult(name, Status.FAIL, lead + why, tuple(ms), problem.describe(), code)
+    return PropertyResult(name, Status.PASS, "dx and every weight's gradient agree with "
+                          f"numerics.multi_head_attention_backward ({', '.join(dtypes)})", tuple(ms))
+
+
+def repeat_property(name: str, kind_check, measure, call, problem, dtypes, shape_errors=(), rng=None) -> PropertyResult:
+    """Batch independence (``kind_check`` = :func:`repeats.batch_independence`, ``rng`` given) or
+    determinism (:func:`repeats.determinism`) on ``problem``, each dtype's bound the rule's bound
+    that ``measure(problem) -> [Measurement per dtype of dtypes]`` finds (shared by kinds mha and block)."""
+    try:
+        bounds = [(dtype, m.bound) for dtype, m in zip(dtypes, measure(problem), strict=True)]
+        extra = () if rng is None else (rng,)
+        return kind_check(name, call, problem.x, bounds, *extra, problem.describe())
+    except shape_errors as exc:
+        return PropertyResult(name, Status.FAIL, f"the {exc}", (), problem.describe())
+    except CandidateError as exc:
+        return PropertyResult(name, Status.ERROR, f"the candidate raised {raised(exc)}", (), problem.describe())
+
+
+def _own_call(cand: MHACandidate, problem: Problem):
+    return lambda x, dtype: cand(x, problem.params, dtype=dtype, **problem.options())[0]
+
+
+def batch_independence(cand: MHACandidate, seed: int, dtypes) -> PropertyResult:
+    """Changing samples 1.. of the batch leaves sample 0's output as it was."""
+    problem = Problem(cand, seed)
+    return repeat_property("batch independence", repeats.batch_independence,
+                           lambda p: _measure(cand, p, dtypes)[0], _own_call(cand, problem), problem, dtypes, (ShapeError,),
+                           np.random.default_rng([seed, 21]))
+
+
+def determinism(cand: MHACandidate, seed: int, dtypes) -> PropertyResult:
+    """Two calls on the same input agree bitwise, or within rounding (the spread reported)."""
+    problem = Problem(cand, seed)
+    return repeat_property("determinism", repeats.determinism, lambda p: _measure(cand, p, dtypes)[0],
+                           _own_call(cand, problem), problem, dtypes, (ShapeError,))
+
+
 def raised(exc: BaseException) -> str:
     """``"ValueError: ..."`` for the candidate's exception (unwrapped from the engine's CandidateError)."""
     exc = getattr(exc, "original", exc)
@@ -337,7 +466,7 @@ def fault_code(parts: list[str]) -> str | None:
     codes = {"heads split without": "mha:split-no-transpose", "merged without a transpose": "mha:merge-no-transpose",
              "concatenated on the wrong axis": "mha:concat-tokens", "no softmax": "mha:no-softmax",
              "softmax over the query": "mha:softmax-query", "scores scaled by": "mha:scale", "W^O left out": "mha:no-w_o",
-             "causal mask applied though": "mha:unasked-causal"}
+             "causal mask applied though": "mha:unasked-causal", "GQA heads tiled": "gqa:tiled"}
     found = [code for words, code in codes.items() if any(words in p for p in parts)]
     return ",".join(found) or None
 
@@ -354,6 +483,9 @@ class _Calls:
 
     def __call__(self, *arrays, dtype: str, **options):
         return self._ctx.call(*arrays, dtype=dtype, **options)
+
+    def gradients(self, *arrays, d_out, dtype: str, **options):
+        return self._ctx.gradients(*arrays, d_out=d_out, dtype=dtype, **options)
 
 
 def _dtypes(ctx) -> tuple[str, ...]:
@@ -381,4 +513,7 @@ register_properties("mha", MHACandidate, (
     ("output projection", output_projection, "W^O = 0 gives output 0 (W^O is applied)"),
     ("head independence", head_independence, "one head's weights change only its slice before W^O"),
     ("attention weights", attention_weights, "returned weights are the head-averaged weights"),
+    ("batch independence", batch_independence, "one sample's output ignores the others"),
+    ("determinism", determinism, "two calls on the same input agree"),
+    ("gradients", gradients, "dx and each weight's gradient (autograd) agree with our analytic backward"),
 ))

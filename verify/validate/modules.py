@@ -169,6 +169,30 @@ class MHACandidate(Candidate):
     def _call(self, x, params, dtype, memory, mask, causal):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def gradients(self, x, params: MHAParams, *, d_out, dtype: str, memory=None, mask=None, causal=False):
+        """Autograd gradients of ``sum(d_out * out)`` (torch modules): ``{"x": (B, N, D), "w_q": ...,
+        "b_o": ...}`` on the host in float64, the weights' in the row convention (``w_q`` (D, H*K));
+        a bias the module lacks is absent."""
+        if not self.differentiable:
+            raise ValueError(f"the candidate {self.name} is not differentiable in its library")
+        if self.always_causal:
+            causal = False
+        torch = _torch()
+        m = self.copies.get(dtype)
+        self._load_into(m, params)
+        xt = self.backend.to_native(np.asarray(x, dtype=np.float64), dtype, requires_grad=True)
+        for p in m.parameters():
+            p.requires_grad_(True)
+            p.grad = None
+        with torch.enable_grad():
+            out, _ = self._forward(m, xt, memory, mask, bool(causal), dtype)
+            (out * self.backend.to_native(np.asarray(d_out, dtype=np.float64), dtype)).sum().backward()
+        grads = {"x": ArrayBackend.to_host(xt.grad)}
+        with _grads_as_weights(m):
+            as_params = self._read_from(m)
+        grads.update({k: v for k, v in as_params.arrays().items() if v is not None})
+        return grads
+
 
 class BlockCandidate(Candidate):
     """A transformer block under test: ``candidate(x, params, dtype=..., mask=..., causal=...)``
@@ -322,6 +346,27 @@ def _linear_params(lin) -> tuple[np.ndarray, np.ndarray | None]:
     return w, b
 
 
+class _grads_as_weights:
+    """Within the block, each parameter of ``m`` holds its gradient (zeros where none reached it),
+    so the code that reads a module's weights in the row convention reads its gradients."""
+
+    def __init__(self, m):
+        self.m, self.saved = m, []
+
+    def __enter__(self):
+        torch = _torch()
+        with torch.no_grad():
+            for p in self.m.parameters():
+                self.saved.append((p, p.data))
+                p.data = p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p.data)
+        return self.m
+
+    def __exit__(self, *exc):
+        for p, data in self.saved:
+            p.data = data
+        return False
+
+
 def _set(tensor, value: np.ndarray | None) -> None:
     torch = _torch()
     if tensor is None:
@@ -363,6 +408,7 @@ class TorchMultiheadAttention(MHACandidate):
                          d_memory=module.kdim if module.kdim == module.vdim else None,
                          takes=("memory", "mask", "causal"), has_bias={b: has_b for b in MHA_WEIGHT_NAMES[4:]},
                          returns_weights=True)
+        self.differentiable = True
         if module.kdim != module.vdim:
             raise TypeError("nn.MultiheadAttention with kdim != vdim: keys and values from different memories are "
                             "not covered by the battery")
@@ -380,7 +426,10 @@ class TorchMultiheadAttention(MHACandidate):
                 "b_o": m.out_proj.bias}
 
     def read(self) -> MHAParams:
-        t = self._weights(self.module)
+        return self._read_from(self.module)
+
+    def _read_from(self, m) -> MHAParams:
+        t = self._weights(m)
         host = {k: (None if v is None else v.detach().double().cpu().numpy()) for k, v in t.items()}
         return MHAParams(num_heads=self.num_heads, **{k: (v.T if k.startswith("w") else v) for k, v in host.items()})
 
@@ -390,20 +439,26 @@ class TorchMultiheadAttention(MHACandidate):
             value = getattr(params, k)
             _set(t[k], None if value is None else (value.T if k.startswith("w") else value))
 
+    def _forward(self, m, xt, memory, mask, causal, dtype):
+        """The module on native ``xt`` (B, N, D): (out (B, N, D), head-averaged weights)."""
+        kv = xt if memory is None else self.backend.to_native(np.asarray(memory, dtype=np.float64), dtype)
+        q = xt
+        if not m.batch_first:
+            q, kv = q.transpose(0, 1), kv.transpose(0, 1)
+        allowed = allowed_mask(mask, causal, xt.shape[-2], kv.shape[0 if not m.batch_first else -2])
+        attn_mask = None if allowed is None else self.backend.to_native(~allowed)
+        out, weights = m(q, kv, kv, attn_mask=attn_mask, need_weights=True, average_attn_weights=True)
+        return (out if m.batch_first else out.transpose(0, 1)), weights
+
+    def _load_into(self, m, params: MHAParams) -> None:
+        self._load(m, params)
+
     def _call(self, x, params, dtype, memory, mask, causal):
         torch = _torch()
         m = self.copies.get(dtype)
         self._load(m, params)
-        src = x if memory is None else np.asarray(memory, dtype=np.float64)
-        q, kv = (self.backend.to_native(a, dtype) for a in (x, src))
-        if not m.batch_first:
-            q, kv = q.transpose(0, 1), kv.transpose(0, 1)
-        allowed = allowed_mask(mask, causal, x.shape[-2], src.shape[-2])
-        attn_mask = None if allowed is None else self.backend.to_native(~allowed)
         with torch.no_grad():
-            out, weights = m(q, kv, kv, attn_mask=attn_mask, need_weights=True, average_attn_weights=True)
-        if not m.batch_first:
-            out = out.transpose(0, 1)
+            out, weights = self._forward(m, self.backend.to_native(x, dtype), memory, mask, causal, dtype)
         return ArrayBackend.to_host(out), ArrayBackend.to_host(weights)
 
 
@@ -413,6 +468,8 @@ _V_NAMES = ("W_v", "v_proj", "value", "wv", "to_v", "v")
 _O_NAMES = ("W_o", "o_proj", "out_proj", "wo", "to_out", "proj", "c_proj", "out")
 _QKV_NAMES = ("qkv", "c_attn", "in_proj", "W_qkv", "qkv_proj")
 _HEAD_NAMES = ("num_heads", "n_head", "n_heads", "h", "heads")
+#: Key/value head counts of grouped-query attention (HF Llama's num_key_value_heads).
+_KV_HEAD_NAMES = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "n_kv_head")
 
 
 def _child(module, names: tuple[str, ...]):
@@ -441,6 +498,10 @@ class LinearProjectionMHA(MHACandidate):
             raise TypeError(f"{type(module).__name__}.forward must take (x) or (query, key, value), takes "
                             f"{[p.name for p in required]}")
         self.three = len(required) == 3
+        kv_heads = next((getattr(module, n) for n in _KV_HEAD_NAMES if isinstance(getattr(module, n, None), int)), heads)
+        if kv_heads != heads and ("qkv" in self.layout or heads % kv_heads):
+            raise TypeError(f"{type(module).__name__}: {kv_heads} key/value heads for {heads} query heads needs separate "
+                            "q/k/v projections and a head count divisible by the key/value heads")
         w_o, b_o = _linear_params(self.layout["o"])
         _, b_q = _linear_params(self.layout["q"]) if "q" in self.layout else _linear_params(self.layout["qkv"])
         super().__init__(module, name=name or type(module).__qualname__, backend=ArrayBackend("torch", device),
@@ -449,6 +510,10 @@ class LinearProjectionMHA(MHACandidate):
                          d_model=w_o.shape[1], num_heads=heads, takes=("memory",) if self.three else (),
                          has_bias={"b_q": b_q is not None, "b_k": b_q is not None, "b_v": b_q is not None,
                                    "b_o": b_o is not None})
+        self.differentiable = True
+        self.num_kv_heads = kv_heads
+        if kv_heads != heads:
+            self.note += f"; grouped-query: {kv_heads} key/value heads"
 
     def _find(self, module) -> dict[str, Any]:
         found, self.names = {}, {}
@@ -476,26 +541,33 @@ class LinearProjectionMHA(MHACandidate):
         return out
 
     def read(self) -> MHAParams:
+        return self._read_from(self.module)
+
+    def _read_from(self, m) -> MHAParams:
         host = {}
-        for key, (w, b) in self._row_weights(self.module).items():
+        for key, (w, b) in self._row_weights(m).items():
             host[f"w_{key}"] = w.detach().double().cpu().numpy().T
             host[f"b_{key}"] = None if b is None else b.detach().double().cpu().numpy()
-        return MHAParams(num_heads=self.num_heads, **host)
+        kv = getattr(self, "num_kv_heads", self.num_heads)
+        return MHAParams(num_heads=self.num_heads, num_kv_heads=None if kv == self.num_heads else kv, **host)
+
+    def _load_into(self, m, params: MHAParams) -> None:
+        for key, (w, b) in self._row_weights(m).items():
+            _set(w, getattr(params, f"w_{key}").T)
+            _set(b, getattr(params, f"b_{key}"))
+
+    def _forward(self, m, xt, memory, mask, causal, dtype):
+        if self.three:
+            src = xt if memory is None else self.backend.to_native(np.asarray(memory), dtype)
+            return _split(m(xt, src, src))
+        return _split(m(xt))
 
     def _call(self, x, params, dtype, memory, mask, causal):
         torch = _torch()
         m = self.copies.get(dtype)
-        for key, (w, b) in self._row_weights(m).items():
-            _set(w, getattr(params, f"w_{key}").T)
-            _set(b, getattr(params, f"b_{key}"))
-        xt = self.backend.to_native(x, dtype)
+        self._load_into(m, params)
         with torch.no_grad():
-            if self.three:
-                src = xt if memory is None else self.backend.to_native(np.asarray(memory), dtype)
-                result = m(xt, src, src)
-            else:
-                result = m(xt)
-        out, weights = _split(result)
+            out, _ = self._forward(m, self.backend.to_native(x, dtype), memory, mask, causal, dtype)
         return ArrayBackend.to_host(out), None
 
 
@@ -626,14 +698,14 @@ def _resolve(obj: Any) -> Any:
     return obj
 
 
-def as_mha_candidate(obj: Any, *, backend: str | None = None, device: str | None = None, d_model: int = 8,
-                     num_heads: int = 2, causal: bool = False, name: str | None = None) -> MHACandidate:
+def as_mha_candidate(obj: Any, *, backend: str | None = None, device: str | None = None, d_model: int | None = None,
+                     num_heads: int | None = None, causal: bool = False, name: str | None = None) -> MHACandidate:
     """Recognise ``obj`` (see the module docstring) as multi-head attention under test.
 
-    ``d_model`` and ``num_heads`` are the sizes a plain function is run at (a module has its own);
-    ``causal=True`` declares attention that always masks causally (top-left) without being asked,
-    as nanoGPT's ``CausalSelfAttention``. Pass the result to :func:`verify.validate.validate` with
-    ``kind="mha"``.
+    ``d_model`` and ``num_heads`` are the sizes a plain function is run at (default 8 and 2); a
+    module has its own, and a value that disagrees with them is a ValueError. ``causal=True``
+    declares attention that always masks causally (top-left) without being asked, as nanoGPT's
+    ``CausalSelfAttention``. Pass the result to :func:`verify.validate.validate` with ``kind="mha"``.
     """
     if isinstance(obj, MHACandidate):
         return obj
@@ -644,11 +716,12 @@ def as_mha_candidate(obj: Any, *, backend: str | None = None, device: str | None
             cand = TorchMultiheadAttention(obj, name=name, device=device)
         else:
             cand = LinearProjectionMHA(obj, name=name, device=device)
+        _agrees_with_module(cand, d_model=d_model, num_heads=num_heads)
     elif not callable(obj):
         raise TypeError(f"expected a function, an nn.Module or a factory returning one, got {type(obj).__name__}")
     else:
-        cand = FunctionMHA(obj, backend=make_backend(backend, device, obj), d_model=d_model, num_heads=num_heads,
-                           name=name)
+        cand = FunctionMHA(obj, backend=make_backend(backend, device, obj), d_model=d_model or 8,
+                           num_heads=num_heads or 2, name=name)
     if causal:
         cand.always_causal = True
         cand.takes = cand.takes - {"causal"}
@@ -656,27 +729,44 @@ def as_mha_candidate(obj: Any, *, backend: str | None = None, device: str | None
     return cand
 
 
-def as_block_candidate(obj: Any, *, backend: str | None = None, device: str | None = None, d_model: int = 8,
-                       num_heads: int = 2, d_ff: int = 16, norm: str | None = None, approximate: str | None = None,
+def _agrees_with_module(cand, **declared) -> None:
+    """A module's sizes are its own: a declared size that differs is the caller's mistake."""
+    for key, value in declared.items():
+        if value is not None and value != getattr(cand, key):
+            raise ValueError(f"option {key!r} is {value}, but the module {cand.name} has {key} = {getattr(cand, key)} "
+                             "(a module's sizes are read from it; leave the option out)")
+
+
+def as_block_candidate(obj: Any, *, backend: str | None = None, device: str | None = None, d_model: int | None = None,
+                       num_heads: int | None = None, d_ff: int | None = None, norm: str | None = None,
+                       approximate: str | None = None, eps: float | None = None,
                        name: str | None = None) -> BlockCandidate:
     """Recognise ``obj`` as a transformer block under test. ``norm`` and ``approximate`` declare
-    its conventions when it does not say itself (a plain function: default "post" and "none")."""
+    its conventions when it does not say itself (a plain function: default "post" and "none");
+    the sizes (default 8, 2, 16) and ``eps`` (default 1e-5) are a plain function's, a module's
+    are read from it (a size that disagrees is a ValueError)."""
     if isinstance(obj, BlockCandidate):
         return obj
     obj = _resolve(obj)
     if _is_module(obj):
-        return TorchBlock(obj, norm=norm, approximate=approximate, name=name, device=device)
+        cand = TorchBlock(obj, norm=norm, approximate=approximate, name=name, device=device)
+        _agrees_with_module(cand, d_model=d_model, num_heads=num_heads, d_ff=d_ff)
+        if eps is not None and eps != cand.eps:
+            raise ValueError(f"option 'eps' is {eps}, but the module {cand.name} has layer-norm eps {cand.eps} "
+                             "(read from it; leave the option out)")
+        return cand
     if not callable(obj):
         raise TypeError(f"expected a function, an nn.Module or a factory returning one, got {type(obj).__name__}")
-    return FunctionBlock(obj, backend=make_backend(backend, device, obj), d_model=d_model, num_heads=num_heads,
-                         d_ff=d_ff, norm=norm or "post", approximate=approximate or "none", name=name)
+    return FunctionBlock(obj, backend=make_backend(backend, device, obj), d_model=d_model or 8, num_heads=num_heads or 2,
+                         d_ff=d_ff or 16, norm=norm or "post", approximate=approximate or "none",
+                         eps=1e-5 if eps is None else eps, name=name)
 
 
 @register_adapter("mha")
-def _recognise_mha(fn, *, backend, device, layout, mask_convention, name):
-    return as_mha_candidate(fn, backend=backend, device=device, name=name)
+def _recognise_mha(fn, *, backend, device, layout, mask_convention, name, options=None):
+    return as_mha_candidate(fn, backend=backend, device=device, name=name, **(options or {}))
 
 
 @register_adapter("block")
-def _recognise_block(fn, *, backend, device, layout, mask_convention, name):
-    return as_block_candidate(fn, backend=backend, device=device, name=name)
+def _recognise_block(fn, *, backend, device, layout, mask_convention, name, options=None):
+    return as_block_candidate(fn, backend=backend, device=device, name=name, **(options or {}))

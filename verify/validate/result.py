@@ -60,7 +60,10 @@ class PropertyResult:
     measurements : tuple of Measurement
         The errors measured, each with its bound.
     example : dict or None
-        The smallest failing example (shapes, dtype, options), when the property failed.
+        The failing example (shapes, dtype, options), when the property failed.
+    shrunk : bool
+        True when ``example`` is the smallest failure hypothesis shrank to (a property that
+        searches); False for a fixed problem (kind mha / block, most single-problem checks).
     fault : str or None
         The named fault's short code when the property failed and the fault was identified
         (``"scale:none"``, ``"causal:bottom_right"``, ``"mask:inverted"``); None otherwise.
@@ -72,6 +75,7 @@ class PropertyResult:
     measurements: tuple[Measurement, ...] = ()
     example: dict[str, Any] | None = None
     fault: str | None = None
+    shrunk: bool = False
 
     @property
     def applicable(self) -> bool:

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable
 from verify.validate.adapters import adapt
 from verify.validate.candidate import Candidate
 from verify.validate.context import CandidateError, PropertyContext, Settings, TimeLimitReached
+from verify.validate.options import check_options
 from verify.validate.registry import Property, properties_for
 from verify.validate.result import PropertyResult, Status, ValidationResult
 
@@ -37,7 +38,7 @@ GRACE = 2.0
 def validate(fn: Any, kind: str = "sdpa", *, backend: str | None = None, device: str | None = None,
              dtypes: Iterable[str] | str | None = None, layout: str = "bhsd", mask_convention: str = "allow",
              seed: int = 0, max_examples: int | None = None, time_limit: float | None = None,
-             properties: Iterable[str] | None = None, name: str | None = None, stop=None,
+             properties: Iterable[str] | None = None, name: str | None = None, options: dict | None = None, stop=None,
              on_property: Callable[[PropertyResult], None] | None = None) -> ValidationResult:
     """Run the battery of ``kind`` on ``fn`` and return what each property found.
 
@@ -71,6 +72,11 @@ def validate(fn: Any, kind: str = "sdpa", *, backend: str | None = None, device:
         Run only these properties (by name).
     name : str, optional
         How the report names the candidate.
+    options : dict, optional
+        Kind "mha" / "block": the sizes and conventions of a candidate that does not say them
+        itself (``{"norm": "pre", "approximate": "tanh", "d_model": 16, "num_heads": 4}``; see
+        :mod:`verify.validate.options`; strings as the command line's ``--option KEY=VALUE`` give
+        them are converted). An unknown key or a bad value: ValueError naming the option.
     stop : threading.Event, optional
         Checked between properties: once set, the rest are not run (``settings["not_run"]`` lists
         them, ``settings["incomplete"]`` is True). The command line sets it on Ctrl-C.
@@ -85,8 +91,13 @@ def validate(fn: Any, kind: str = "sdpa", *, backend: str | None = None, device:
                              layout=layout, mask_convention=mask_convention)
     # The kind's module first: importing it registers the kind's properties and its adapters.
     chosen = _choose(properties_for(kind), properties)
+    options = check_options(kind, options)  # before the candidate: a bad option is the caller's error, named
+    if isinstance(fn, Candidate) and options:
+        raise ValueError(f"options {sorted(options)}: fn is an already adapted Candidate; declare them when adapting it "
+                         "(as_mha_candidate / as_block_candidate) or pass the plain callable")
     candidate = fn if isinstance(fn, Candidate) else adapt(
-        fn, kind, backend=backend, device=device, layout=layout, mask_convention=mask_convention, name=name)
+        fn, kind, backend=backend, device=device, layout=layout, mask_convention=mask_convention, name=name,
+        options=options)
     unsupported = [d for d in settings.dtypes if not candidate.backend.supports(d)]
     if len(unsupported) == len(settings.dtypes):
         raise ValueError(f"dtypes {list(settings.dtypes)}: backend {candidate.backend.name!r} has none of them "
@@ -101,6 +112,8 @@ def validate(fn: Any, kind: str = "sdpa", *, backend: str | None = None, device:
             on_property(results[-1])
     info = {**settings.to_dict(), "backend": candidate.backend.name, "device": candidate.backend.device,
             "features": sorted(candidate.features), "adapter": candidate.note}
+    if options:
+        info["options"] = dict(options)
     if not_run:
         info.update(incomplete=True, not_run=not_run)
     if unsupported:

@@ -57,6 +57,9 @@ class SearchOutcome:
     ----------
     failure : (case, CaseResult) or None
         The smallest failing case hypothesis reached, with its result.
+    shrunk : bool
+        Whether ``failure`` came out of hypothesis's shrinking (False for an explicit case, which
+        hypothesis does not shrink, or one a property set itself).
     examples : int
         Distinct cases checked.
     worst : Measurement or None
@@ -70,6 +73,7 @@ class SearchOutcome:
     #: Cases not run because the property's time was nearly spent (a slow candidate: each new shape
     #: costs jax a compilation); the result says how many ran.
     skipped: int = 0
+    shrunk: bool = False
 
     def time_note(self) -> str:
         return f" (time limit: {self.skipped} more not run)" if self.skipped else ""
@@ -135,6 +139,7 @@ def search(ctx: PropertyContext, cases: st.SearchStrategy, check: Callable[[Any]
     if outcome.failure is not None:
         case, result = outcome.failure
         outcome.failure = (case, result.explained())
+        outcome.shrunk = case not in explicit
     return outcome
 
 

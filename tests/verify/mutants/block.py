@@ -54,6 +54,18 @@ def correct_post(x, params):
     return _block(x, params)
 
 
+def layer_norm_over_the_batch(x, params):
+    """Both layer norms normalise over the batch (axis 0, a batch norm's statistics): one sample's
+    output depends on the others."""
+    return _block(x, params, axis=0)
+
+
+def jittery(x, params):
+    """A correct block plus relative noise of 1e-7 from an unseeded generator: two calls differ."""
+    out = _block(x, params)
+    return out * (1 + 1e-7 * np.random.default_rng().standard_normal(out.shape))
+
+
 def layer_norm_over_tokens(x, params):
     """Both layer norms normalise over the tokens (axis -2) instead of the features."""
     return _block(x, params, axis=-2)
@@ -82,4 +94,10 @@ MUTANTS = {
                                 "layer norm placement"),
     "post-LN declared pre-LN": (correct_post, {"norm": "pre"}, "pre-LN and post-LN confused", "layer norm placement"),
     "tanh GELU declared erf": (tanh_gelu_declared_erf, {"approximate": "none"}, "GELU confused", "gelu"),
+}
+
+#: Mutants of batch independence and determinism: name -> (candidate, the property that names it, fault code).
+REPEAT_MUTANTS = {
+    "layer norm over the batch": (layer_norm_over_the_batch, "batch independence", "batch:mixed"),
+    "nondeterministic": (jittery, "determinism", "nondeterministic"),
 }

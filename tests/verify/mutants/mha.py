@@ -51,6 +51,100 @@ def scaled_by_d_model(x, w_q, w_k, w_v, w_o, num_heads):
     return o.transpose(0, 2, 1, 3).reshape(b, n, h * c) @ w_o
 
 
+def centred_by_batch_mean(x, w_q, w_k, w_v, w_o, num_heads):
+    """x centred by its mean over the batch before the projections (a batch statistic, as a
+    batch norm): one sample's output depends on the others."""
+    x = x - x.mean(axis=0, keepdims=True)
+    q, k, v = _heads(x, w_q, w_k, w_v, num_heads)
+    o = _attend(q, k, v, 1 / math.sqrt(q.shape[-1]))
+    b, h, n, c = o.shape
+    return o.transpose(0, 2, 1, 3).reshape(b, n, h * c) @ w_o
+
+
+def jittery(x, w_q, w_k, w_v, w_o, num_heads):
+    """Correct attention plus relative noise of 1e-7 from an unseeded generator (as a kernel whose
+    reductions run in a different order on each call, exaggerated): two calls differ."""
+    q, k, v = _heads(x, w_q, w_k, w_v, num_heads)
+    o = _attend(q, k, v, 1 / math.sqrt(q.shape[-1]))
+    b, h, n, c = o.shape
+    out = o.transpose(0, 2, 1, 3).reshape(b, n, h * c) @ w_o
+    return out * (1 + 1e-7 * np.random.default_rng().standard_normal(out.shape))
+
+
+def projection_module(*, detach_keys: bool = False, wrong_softmax_backward: bool = False):
+    """A torch module with q_proj/k_proj/v_proj/o_proj (HF style), d_model 8, 2 heads. Correct by
+    default; ``detach_keys``: K detached from the graph (no gradient reaches W_k, and dx misses the
+    keys' path); ``wrong_softmax_backward``: the softmax is a custom autograd Function whose
+    backward returns p * g, forgetting the - p sum(p * g) term. The forward is right either way."""
+    import torch
+    from torch import nn
+
+    class SoftmaxForgetsTheSum(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, s):
+            p = torch.softmax(s, dim=-1)
+            ctx.save_for_backward(p)
+            return p
+
+        @staticmethod
+        def backward(ctx, g):
+            (p,) = ctx.saved_tensors
+            return p * g
+
+    class ProjectionMHA(nn.Module):
+        def __init__(self, d_model=8, num_heads=2):
+            super().__init__()
+            self.num_heads = num_heads
+            self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(d_model, d_model) for _ in range(4))
+
+        def forward(self, x):
+            b, n, d = x.shape
+            split = lambda y: y.view(b, n, self.num_heads, d // self.num_heads).transpose(1, 2)  # noqa: E731
+            q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
+            if detach_keys:
+                k = k.detach()
+            s = q @ k.transpose(-1, -2) / math.sqrt(d // self.num_heads)
+            p = SoftmaxForgetsTheSum.apply(s) if wrong_softmax_backward else torch.softmax(s, dim=-1)
+            return self.o_proj((p @ v).transpose(1, 2).reshape(b, n, d))
+
+    torch.manual_seed(0)
+    return ProjectionMHA()
+
+
+def llama_style_gqa(*, tiled: bool = False):
+    """HF Llama-style grouped-query attention (q_proj/k_proj/v_proj/o_proj, num_key_value_heads,
+    repeat_kv): d_model 16, 4 query heads, 2 key/value heads. ``tiled``: K and V repeated as a
+    block (torch .repeat, head h on key/value head h mod 2) instead of repeat_interleave."""
+    import torch
+    from torch import nn
+
+    class LlamaAttention(nn.Module):
+        def __init__(self, d_model=16, num_heads=4, num_key_value_heads=2):
+            super().__init__()
+            self.num_heads, self.num_key_value_heads = num_heads, num_key_value_heads
+            self.head_dim = d_model // num_heads
+            self.q_proj = nn.Linear(d_model, num_heads * self.head_dim, bias=False)
+            self.k_proj = nn.Linear(d_model, num_key_value_heads * self.head_dim, bias=False)
+            self.v_proj = nn.Linear(d_model, num_key_value_heads * self.head_dim, bias=False)
+            self.o_proj = nn.Linear(num_heads * self.head_dim, d_model, bias=False)
+
+        def repeat_kv(self, a):
+            g = self.num_heads // self.num_key_value_heads
+            return a.repeat(1, g, 1, 1) if tiled else a.repeat_interleave(g, dim=1)
+
+        def forward(self, x):
+            b, n, _ = x.shape
+            q = self.q_proj(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+            k = self.k_proj(x).view(b, n, self.num_key_value_heads, self.head_dim).transpose(1, 2)
+            v = self.v_proj(x).view(b, n, self.num_key_value_heads, self.head_dim).transpose(1, 2)
+            k, v = self.repeat_kv(k), self.repeat_kv(v)
+            p = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(self.head_dim), dim=-1)
+            return self.o_proj((p @ v).transpose(1, 2).reshape(b, n, -1))
+
+    torch.manual_seed(0)
+    return LlamaAttention()
+
+
 def prunable_from_document():
     """Seed 002's PrunableMultiHeadAttention, run from the document, built at the only size it
     runs at (head_dim = num_heads: d_model = 4, 2 heads). Heads split without the transpose."""
@@ -78,4 +172,18 @@ MUTANTS = {
     "seed 002 PrunableMultiHeadAttention": (prunable_from_document, {}, "split without the transpose", "agreement"),
     "seed 001 multi-head example": (seed001_from_document, {"d_model": 4, "num_heads": 2},
                                     "concatenated on the wrong axis", "agreement"),
+}
+
+#: Mutants of batch independence and determinism: name -> (candidate, the property that names it, fault code).
+REPEAT_MUTANTS = {
+    "centred by the batch mean": (centred_by_batch_mean, "batch independence", "batch:mixed"),
+    "nondeterministic": (jittery, "determinism", "nondeterministic"),
+}
+
+#: Gradient mutants (torch): name -> (factory, fault code, words the diagnosis must contain).
+GRADIENT_MUTANTS = {
+    "keys detached": (lambda: projection_module(detach_keys=True), "gradient:detached,gradient:wrong",
+                      "dw_k is zero: no gradient reaches w_k"),
+    "softmax backward forgets the sum": (lambda: projection_module(wrong_softmax_backward=True), "gradient:wrong",
+                                         "dw_q differs from the analytic backward"),
 }

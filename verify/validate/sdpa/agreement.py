@@ -160,7 +160,7 @@ def agreement(ctx: PropertyContext):
             result = check(case)
             found.examples += 1
             if result.status is not Status.PASS:
-                found.failure = (case, result.explained())
+                found.failure, found.shrunk = (case, result.explained()), False  # a fixed large size
                 break
             found.worst = max((found.worst, *result.measurements), key=_ratio) if found.worst else result.measurements[0]
     return conclude(ctx, found, "agrees with float64 attention")
@@ -177,6 +177,6 @@ def conclude(ctx: PropertyContext, found, what: str):
     example = case.problem(ctx).describe(case.dtype) if hasattr(case, "problem") else {"case": repr(case)}
     m = result.measurements
     if result.status is Status.ERROR:
-        return ctx.error(f"the candidate {result.diagnosis}", example=example)
+        return ctx.error(f"the candidate {result.diagnosis}", example=example, shrunk=found.shrunk)
     detail = f" (error {fmt(m[0].error)} vs bound {fmt(m[0].bound)})" if m and math.isfinite(m[0].error) else ""
-    return ctx.failed(f"{result.diagnosis}{detail}", m, example, result.fault)
+    return ctx.failed(f"{result.diagnosis}{detail}", m, example, result.fault, shrunk=found.shrunk)

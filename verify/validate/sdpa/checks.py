@@ -8,11 +8,11 @@ from typing import Callable
 import numpy as np
 
 from verify.validate.context import PropertyContext
+from verify.validate.repeats import own_difference
 from verify.validate.result import Measurement
 from verify.validate.sdpa.agreement import diagnose, rerunner
 from verify.validate.sdpa.common import Run, fmt, measure
 from verify.validate.sdpa.problem import Problem
-from verify.validate.tolerance import relative_error
 
 
 def judged(ctx: PropertyContext, p: Problem, dtype: str, what: str = "output"):
@@ -54,10 +54,7 @@ def agrees_on(ctx: PropertyContext, make: Callable[[], Problem], words: str):
 def difference(what: str, a: np.ndarray, b: np.ndarray, run: Run) -> Measurement:
     """Two of the candidate's outputs that must be equal: their relative difference against twice
     the rule's bound (each may be off the reference by up to one bound)."""
-    if a.shape != b.shape:
-        return Measurement(what, float("inf"), 2 * run.measurement.bound)
-    return Measurement(what, relative_error(a, b) if np.any(b) else float(np.max(np.abs(a - b), initial=0.0)),
-                       2 * run.measurement.bound)
+    return own_difference(what, a, b, run.measurement.bound)
 
 
 def worst(measurements) -> str:

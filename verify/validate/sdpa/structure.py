@@ -7,6 +7,7 @@ import numpy as np
 
 from verify.validate.context import PropertyContext
 from verify.validate.registry import register
+from verify.validate.repeats import BATCH_MIXED, NONDETERMINISTIC, batch_verdict, repeat_verdict
 from verify.validate.result import Measurement
 from verify.validate.sdpa.checks import difference, judged, judged_runs, worst
 from verify.validate.sdpa.common import fmt
@@ -76,12 +77,10 @@ def batch_independence(ctx: PropertyContext):
         for a in changed:
             a[1:] = ctx.rng.standard_normal(a[1:].shape) * 3
         other = ctx.call(*changed, dtype=run.dtype).out
-        m = difference(f"sample 0, other samples changed ({run.dtype})", other[:1], run.outcome.out[:1], run)
+        m, words = batch_verdict(run.outcome.out[:1], other[:1], run.measurement.bound, run.dtype)
         ms.append(m)
-        if not m.ok:
-            return ctx.failed(f"sample 0's output changes when other samples change (by {fmt(m.error)}): the "
-                              f"batch is mixed (a reduction over the batch axis?)", ms, run.problem.describe(run.dtype),
-                              "batch:mixed")
+        if words:
+            return ctx.failed(words, ms, run.problem.describe(run.dtype), BATCH_MIXED)
     return ctx.passed("sample 0's output unchanged when the other samples change" + worst(ms), ms)
 
 
@@ -121,15 +120,9 @@ def determinism(ctx: PropertyContext):
     for run in runs:
         p, dtype = run.problem, run.dtype
         again = ctx.call(p.q, p.k, p.v, dtype=dtype).out
-        a, b = run.outcome.out, again
-        if a.shape == b.shape and np.array_equal(a, b, equal_nan=True):
-            notes.append(f"{dtype}: bitwise identical")
-            ms.append(Measurement(f"spread ({dtype})", 0.0, run.measurement.bound))
-            continue
-        m = difference(f"spread of two calls ({dtype})", b, a, run)
+        m, note, ok = repeat_verdict(run.outcome.out, again, run.measurement.bound, dtype)
         ms.append(m)
-        if not m.ok:
-            return ctx.failed(f"two calls on the same input differ by {fmt(m.error)} (beyond rounding)", ms,
-                              p.describe(dtype), "nondeterministic")
-        notes.append(f"{dtype}: not bitwise, spread {fmt(m.error)} (within rounding)")
+        if not ok:
+            return ctx.failed(note, ms, p.describe(dtype), NONDETERMINISTIC)
+        notes.append(note)
     return ctx.passed("; ".join(notes), ms)
