@@ -41,7 +41,7 @@ def test_seed001_example_leads_with_its_crash_then_the_adapted_battery():
     assert set(data["faults"]) == {"mha:concat-tokens,mha:no-softmax"}
     assert "concatenated on the wrong axis" in outcome.evidence[2].summary
     claim = next(c for c in claims_for("001") if c.id == "seed001.exemplo-numerico-l215")
-    assert any(a.startswith("added, for the validate battery only") for a in claim.assumptions)
+    assert any(a.startswith("added: for the validate battery only") for a in claim.assumptions)
 
 
 def test_what_the_heads_compute_tells_a_head_that_reads_v():
