@@ -33,7 +33,11 @@ How verdicts are assigned (a referee's rules; every check in the catalogue follo
     could change) or carries its interval, rounded outwards; a random estimate never appears bare.
 (e) The same kind of statement gets the same verdict in every document: a precise false
     sub-claim inside an otherwise informal statement makes it CORRECTED wherever it occurs; a
-    "special case of" identity that is checked exactly is PROVED wherever it occurs.
+    "special case of" identity that is checked exactly is PROVED wherever it occurs; "the
+    document's code computes X", checked by running it on finitely many inputs against a
+    high-precision reference, is SUPPORTED wherever it occurs (its evidence states the inputs,
+    the reference, the tolerance and what a pass can miss), never PROVED, and REFUTED when it
+    crashes or disagrees.
 (f) PROVED means under the document's own assumptions (its statement and its proof). Any
     assumption or reading we add is printed in the claim's assumptions, marked "added:".
 """

@@ -198,9 +198,9 @@ def crosscheck_section(result) -> str:
     """The crosscheck's table (a :class:`verify.crosscheck.CrosscheckResult`) as a LaTeX section:
     one row per layer, pass, backend and dtype, the largest error against each reference beside
     its bound, and the tolerance rule's verdict over every case."""
-    lines: dict[tuple, dict] = {}
-    for row in result.rows:
-        lines.setdefault((row.layer, row.quantity, row.backend, row.dtype), {})[row.reference] = row
+    from verify.crosscheck import table_lines
+
+    lines = table_lines(result)
     refs = list(result.references)
     head = " & ".join([r"\textbf{layer}", r"\textbf{pass}", r"\textbf{backend}", r"\textbf{dtype}",
                        *(rf"\textbf{{vs {plain(r)}}}" for r in refs), r"\textbf{verdict}"])
@@ -222,7 +222,10 @@ def crosscheck_section(result) -> str:
         + ". Each cell is the largest relative error over the cases against its bound: $10^{-12}$ for float64;"
         " for float32, $k\\,\\mathrm{err}(\\text{plain}) + 16u$ with $k = 2$, the plain implementation being the"
         " mpmath reference with every operation rounded to 24 bits. "
-        + plain(f"Cases: {cases}. Wall time {result.seconds:.1f} s.")
+        + (" Tiled lines are the long problems, run with numerics' tiled attention forced on, against NumPy float64"
+           " untiled (plain float32: NumPy float32 untiled); mpmath and SymPy cannot afford their sizes."
+           if any(c.tiled for c in result.cases) else "")
+        + plain(f" Cases: {cases}. Wall time {result.seconds:.1f} s.")
         + (" " + plain(f"Not run: {skipped}.") if skipped else "")
     )
     spec = "@{}llll" + "c" * len(refs) + "l@{}"

@@ -24,8 +24,12 @@ of the reference; a float32 result must satisfy ``err <= k err(plain) + floor(fl
 significand (:func:`numerics.reference.emulated_precision`: the textbook definitions in the
 same precision, gradients by forward-mode differentiation in it).
 
-The problems are small (a few hundred numbers), so that mpmath and SymPy can afford them; the
-whole run takes tens of seconds, most of it in mpmath's gradients.
+The problems of :data:`CASES` are small (a few hundred numbers), so that mpmath and SymPy can
+afford them; the whole run takes tens of seconds, most of it in mpmath's gradients. Those of
+:data:`TILED_CASES` are long (hundreds of tokens) and run with numerics' tiled attention
+(:mod:`numerics._tiled`) forced on, and the call counted, so the long-sequence path is checked
+too: their reference is numerics on NumPy in float64 with tiling off, and float32's plain
+implementation is the same untiled NumPy code in float32; mpmath and SymPy cannot afford them.
 
 A :class:`Row` holds one (layer, pass, backend, dtype, reference): the worst case over the
 layer's problems, by the ratio of error to bound, and the verdict over all of them.
@@ -33,6 +37,7 @@ layer's problems, by the ratio of error to bound, and the verdict over all of th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import math
@@ -53,6 +58,7 @@ __all__ = [
     "Row",
     "CrosscheckResult",
     "CASES",
+    "TILED_CASES",
     "LAYERS",
     "PASSES",
     "REFERENCES",
@@ -60,6 +66,8 @@ __all__ = [
     "make_problem",
     "run_backend",
     "crosscheck",
+    "table_lines",
+    "case_numbers",
 ]
 
 LAYERS = ("sdpa", "mha", "block")
@@ -98,6 +106,9 @@ class Case:
         numerics keywords that are not arrays: causal, window, softcap, rope (a dict of
         Rope's fields), enable_gqa, norm; ``bias``/``mask`` True means one is drawn.
     seed : int
+    tiled : bool
+        Run with numerics' tiled attention forced on, against the untiled NumPy float64 result
+        (a long problem: no mpmath or SymPy reference).
     """
 
     layer: str
@@ -105,6 +116,7 @@ class Case:
     sizes: dict
     options: dict
     seed: int
+    tiled: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -129,6 +141,16 @@ CASES: tuple[Case, ...] = (
          dict(norm="post", causal="top_left", rope=dict(style="half"), bias=True), 31),
     Case("block", "pre+gqa+window+softcap", dict(B=1, N=3, D=4, H=2, Hkv=1, F=8),
          dict(norm="pre", window=[1, 1], softcap=2.0), 32),
+)
+
+
+#: Long problems through the tiled path (tiles of numerics._tiled.BLOCK_Q x BLOCK_K = 256 x 256, so
+#: 2 x 2 tiles, the last row and column partial), with a bias, both causal alignments and rope.
+TILED_CASES: tuple[Case, ...] = (
+    Case("sdpa", "long: bottom_right+bias", dict(B=1, H=2, Hkv=2, N=300, M=400, K=16, V=16),
+         dict(causal="bottom_right", bias=True), 41, tiled=True),
+    Case("mha", "long: self+causal+rope_half", dict(B=1, N=400, M=400, D=16, H=2, Hkv=2, K=8, V=8),
+         dict(causal="top_left", rope=dict(style="half")), 42, tiled=True),
 )
 
 
@@ -287,6 +309,40 @@ def run_backend(problem: Problem, backend: str, dtype: str) -> dict[str, np.ndar
     return {k: _host(v) for k, v in result.items() if v is not None}
 
 
+@contextlib.contextmanager
+def tiling(forced: bool):
+    """numerics' attention with tiling forced on or off, restored after.
+
+    Forced on: ``numerics._tiled.MIN_SCORES = 0`` (every problem is tiled) and
+    ``numerics.attention.SAVED_WEIGHTS_MAX = 0`` (a forward that feeds a backward, as multi-head
+    attention's does, keeps q, k, v rather than the weights, and the backward is tiled too), as
+    for sequences too long to hold the weights. Off: no problem is large enough. Yields a dict
+    counting the calls of the tiled ``forward`` and ``backward``, so a caller can tell that the
+    tiled path really ran."""
+    from numerics import _tiled
+    from numerics import attention as _attention
+
+    calls = {"forward": 0, "backward": 0}
+    saved = _tiled.MIN_SCORES, _tiled.forward, _tiled.backward
+    saved_weights_max = _attention.SAVED_WEIGHTS_MAX
+
+    def counted(name, fn):
+        def run(*args, **kw):
+            calls[name] += 1
+            return fn(*args, **kw)
+        return run
+
+    _tiled.MIN_SCORES = 0 if forced else math.inf
+    if forced:
+        _attention.SAVED_WEIGHTS_MAX = 0
+    _tiled.forward, _tiled.backward = counted("forward", saved[1]), counted("backward", saved[2])
+    try:
+        yield calls
+    finally:
+        _tiled.MIN_SCORES, _tiled.forward, _tiled.backward = saved
+        _attention.SAVED_WEIGHTS_MAX = saved_weights_max
+
+
 def run_reference(problem: Problem, bits: int | None = None) -> dict[str, np.ndarray]:
     """The mpmath reference of ``problem`` (pass -> float64 array); with ``bits``, the plain
     implementation: the same definitions with every operation rounded to ``bits`` bits."""
@@ -344,6 +400,7 @@ class Row:
     worst_case: str = ""
     cases: int = 0
     message: str = ""
+    tiled: bool = False
 
     @property
     def passed(self) -> bool:
@@ -430,7 +487,7 @@ def crosscheck(
     *,
     backends: Sequence[str] | None = None,
     dtypes: Sequence[str] = DTYPES,
-    cases: Sequence[Case] = CASES,
+    cases: Sequence[Case] = CASES + TILED_CASES,
     symbolic: SymbolicProvider | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> CrosscheckResult:
@@ -443,7 +500,7 @@ def crosscheck(
         not present is a ValueError saying why.
     dtypes : sequence of {"float64", "float32"}
     cases : sequence of Case
-        Default :data:`CASES`.
+        Default :data:`CASES` and :data:`TILED_CASES`.
     symbolic : callable, optional
         ``symbolic(problem)`` -> dict pass -> float64 array, or None: the SymPy results
         (see the module docstring). Without it, no sympy rows.
@@ -470,10 +527,10 @@ def crosscheck(
         if dtype_name(d) not in DTYPES:
             raise ValueError(f"dtypes must be among {DTYPES}, got {d!r}")
     dtypes = tuple(dtype_name(d) for d in dtypes)
-    worst: dict[tuple[str, str, str, str, str], _Worst] = {}
+    worst: dict[tuple[str, bool, str, str, str, str], _Worst] = {}
     notes: list[str] = []
     refs_used = ["float64", "mpmath"] + (["sympy"] if symbolic is not None else [])
-    total = len(cases) * (2 + len(chosen) * len(dtypes) + (symbolic is not None))
+    total = sum(2 + len(chosen) * len(dtypes) + (symbolic is not None and not c.tiled) for c in cases)
     done = 0
 
     def tick(what: str) -> None:
@@ -485,40 +542,20 @@ def crosscheck(
     for case in cases:
         problem = make_problem(case)
         label = f"{case.layer} {case.name}"
-        references = {"mpmath": run_reference(problem)}
-        tick(f"{label}: mpmath")
-        plains = {d: run_reference(problem, PLAIN_BITS[d]) for d in dtypes if d in PLAIN_BITS}
-        tick(f"{label}: plain float32")
-        if symbolic is not None:
-            sym = symbolic(problem)
-            tick(f"{label}: sympy")
-            if sym is None:
-                notes.append(f"sympy: no derivation expresses {label}")
-            else:
-                references["sympy"] = dict(sym)
-                missing = [p for p in references["mpmath"] if p not in sym]
-                if missing:
-                    notes.append(f"sympy: {label} without {', '.join(missing)}")
-        runs: dict[tuple[str, str], tuple[dict, str]] = {}
-        for backend, d in [("numpy", "float64")] + [(b, d) for b in chosen for d in dtypes]:
-            if (backend, d) in runs:
-                continue
-            try:
-                runs[backend, d] = (run_backend(problem, backend, d), "")
-            except Exception as exc:  # a backend that raises is reported, and the run goes on
-                runs[backend, d] = ({}, f"{type(exc).__name__}: {exc}")
-            if backend in chosen and d in dtypes:
-                tick(f"{label}: {backend} {d}")
-        references["float64"] = runs["numpy", "float64"][0]
+        if case.tiled:
+            references, plains, runs = _tiled_runs(problem, chosen, dtypes, label, tick)
+        else:
+            references, plains, runs = _small_runs(problem, chosen, dtypes, label, tick, symbolic, notes)
         for backend in chosen:
             for d in dtypes:
                 got, failure = runs[backend, d]
-                for quantity in references["mpmath"]:
+                for quantity in references["float64"] if case.tiled else references["mpmath"]:
                     for ref_name in REFERENCES:
                         ref = references.get(ref_name, {}).get(quantity)
-                        if ref is None or (ref_name == "float64" and backend == "numpy" and d == "float64"):
+                        if ref is None or (not case.tiled and ref_name == "float64" and backend == "numpy"
+                                           and d == "float64"):
                             continue
-                        cell = worst.setdefault((case.layer, quantity, backend, d, ref_name), _Worst())
+                        cell = worst.setdefault((case.layer, case.tiled, quantity, backend, d, ref_name), _Worst())
                         if failure or quantity not in got:
                             cell.failed, cell.error = True, failure or f"{backend} returned no {quantity}"
                             cell.cases += 1
@@ -527,10 +564,10 @@ def crosscheck(
                         cell.add(_measure(got[quantity], ref, plain, d, quantity), case.name)
     rows = []
     order = {name: i for i, name in enumerate(BACKENDS)}
-    for (layer, quantity, backend, d, ref_name), cell in sorted(
+    for (layer, tiled, quantity, backend, d, ref_name), cell in sorted(
         worst.items(),
-        key=lambda kv: (LAYERS.index(kv[0][0]), PASSES[kv[0][0]].index(kv[0][1]), order[kv[0][2]],
-                        DTYPES.index(kv[0][3]), REFERENCES.index(kv[0][4])),
+        key=lambda kv: (kv[0][1], LAYERS.index(kv[0][0]), PASSES[kv[0][0]].index(kv[0][2]), order[kv[0][3]],
+                        DTYPES.index(kv[0][4]), REFERENCES.index(kv[0][5])),
     ):
         m = cell.measurement
         if cell.error:
@@ -540,6 +577,79 @@ def crosscheck(
         rows.append(Row(layer, quantity, backend, d, ref_name, status,
                         error=m.error if m else math.nan, bound=m.bound if m else math.nan,
                         plain_error=m.plain_error if m else None, worst_case=cell.case, cases=cell.cases,
-                        message=cell.error))
+                        message=cell.error, tiled=tiled))
     return CrosscheckResult(tuple(rows), tuple(chosen), dict(skipped), tuple(refs_used), tuple(cases),
                             seconds=time.perf_counter() - start, notes=tuple(notes))
+
+
+def _small_runs(problem, chosen, dtypes, label, tick, symbolic, notes):
+    """A small problem's references (mpmath, SymPy when given, NumPy float64), plain float32 (the
+    mpmath reference rounded to 24 bits) and every backend's run."""
+    references = {"mpmath": run_reference(problem)}
+    tick(f"{label}: mpmath")
+    plains = {d: run_reference(problem, PLAIN_BITS[d]) for d in dtypes if d in PLAIN_BITS}
+    tick(f"{label}: plain float32")
+    if symbolic is not None:
+        sym = symbolic(problem)
+        tick(f"{label}: sympy")
+        if sym is None:
+            notes.append(f"sympy: no derivation expresses {label}")
+        else:
+            references["sympy"] = dict(sym)
+            missing = [p for p in references["mpmath"] if p not in sym]
+            if missing:
+                notes.append(f"sympy: {label} without {', '.join(missing)}")
+    runs = {}
+    for backend, d in [("numpy", "float64")] + [(b, d) for b in chosen for d in dtypes]:
+        if (backend, d) in runs:
+            continue
+        runs[backend, d] = _run(problem, backend, d)
+        if backend in chosen and d in dtypes:
+            tick(f"{label}: {backend} {d}")
+    references["float64"] = runs["numpy", "float64"][0]
+    return references, plains, runs
+
+
+def _tiled_runs(problem, chosen, dtypes, label, tick):
+    """A long problem's reference (NumPy float64, untiled), plain float32 (NumPy float32, untiled)
+    and every backend's run with tiling forced; a run that did not go through the tiled forward
+    and backward is a failure."""
+    with tiling(False):
+        references = {"float64": run_backend(problem, "numpy", "float64")}
+        tick(f"{label}: numpy float64 untiled")
+        plains = {d: run_backend(problem, "numpy", d) for d in dtypes if d in PLAIN_BITS}
+        tick(f"{label}: numpy float32 untiled")
+    runs = {}
+    for backend in chosen:
+        for d in dtypes:
+            with tiling(True) as calls:
+                got, failure = _run(problem, backend, d)
+            if not failure and not (calls["forward"] and calls["backward"]):
+                failure = f"the tiled path did not run (tiled forward calls {calls['forward']}, backward {calls['backward']})"
+            runs[backend, d] = (got, failure)
+            tick(f"{label}: {backend} {d} tiled")
+    return references, plains, runs
+
+
+def _run(problem, backend, dtype):
+    """(run_backend's results, "") or ({}, what it raised): a backend that raises is reported."""
+    try:
+        return run_backend(problem, backend, dtype), ""
+    except Exception as exc:  # a backend that raises is reported, and the run goes on
+        return {}, f"{type(exc).__name__}: {exc}"
+
+
+def case_numbers(result: CrosscheckResult) -> dict[tuple[str, str], int]:
+    """(layer, case name) -> the problem's number (1-based, in ``result.cases``' order), as the
+    table names each row's worst case."""
+    return {(c.layer, c.name): i for i, c in enumerate(result.cases, 1)}
+
+
+def table_lines(result: CrosscheckResult) -> dict[tuple[str, str, str, str], dict[str, Row]]:
+    """The table's lines: (layer, pass, backend, dtype) -> {reference: Row}, in the rows' order;
+    a tiled line's layer reads "sdpa tiled" (its rows are measured on the long problems)."""
+    lines: dict[tuple[str, str, str, str], dict[str, Row]] = {}
+    for row in result.rows:
+        layer = f"{row.layer} tiled" if row.tiled else row.layer
+        lines.setdefault((layer, row.quantity, row.backend, row.dtype), {})[row.reference] = row
+    return lines

@@ -152,6 +152,36 @@ def run_document_code(code: str, name: str, inputs: dict | None = None) -> dict:
     return namespace
 
 
+def run_document_code_until_error(code: str, name: str) -> tuple[dict, tuple[int, str, BaseException] | None]:
+    """Execute a document's code block statement by statement, as printed, stopping at the first
+    statement that raises.
+
+    Returns ``(namespace, None)`` when the whole block runs, else ``(namespace so far, (line, source,
+    exception))``: ``line`` counts from 1 at the block's first line, ``source`` is the failing
+    statement as printed. The RNG and printing are handled as in :func:`run_document_code`.
+    """
+    import ast
+
+    import numpy as np
+
+    tree = ast.parse(code, f"<{name}>")
+    state = np.random.get_state()
+    namespace: dict = {"__name__": f"attnverify_document_{name}"}
+    failure = None
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            for statement in tree.body:
+                try:
+                    exec(compile(ast.Module([statement], []), f"<{name}>", "exec"), namespace)  # noqa: S102
+                except Exception as exc:  # the finding: where the document's code stops, and why
+                    failure = (statement.lineno, ast.get_source_segment(code, statement) or "", exc)
+                    break
+    finally:
+        np.random.set_state(state)
+    namespace["__printed__"] = printed.getvalue()
+    return namespace, failure
+
+
 _AFTER_EQUALS = re.compile(r"=\s*(-?\d+(?:\.\d+)?)\s*(?=\$|,|$)")
 
 

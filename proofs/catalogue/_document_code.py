@@ -84,16 +84,25 @@ def run_battery(candidate, kind: str = "mha", **sizes):
         return validate(candidate, kind=kind, seed=0)
 
 
-def battery_evidence(result, what: str):
-    """The battery's property table as one piece of evidence (a counterexample when it failed)."""
+def battery_evidence(result, what: str, *, adapted: bool = False):
+    """The battery's property table as one piece of evidence (a counterexample when it failed).
+
+    Properties that failed with the same status and diagnosis are listed once, their names joined;
+    ``adapted=True`` marks the summary "ADAPTED" (the battery ran an adaptation of the document's
+    code, not the code as printed)."""
     from ._kit import counterexample, numeric
 
-    rows = [f"{p.name} {p.status} ({p.diagnosis})" for p in result.properties if p.status.value in ("FAIL", "ERROR", "TIMEOUT")]
+    failed: dict[tuple[str, str], list[str]] = {}
+    for p in result.properties:
+        if p.status.value in ("FAIL", "ERROR", "TIMEOUT"):
+            failed.setdefault((p.status.value, p.diagnosis), []).append(p.name)
+    rows = [f"{', '.join(names)} {status} ({diagnosis})" for (status, diagnosis), names in failed.items()]
     for status in ("PASS", "NOT APPLICABLE"):
         names = [p.name for p in result.properties if p.status.value == status]
         if names:
             rows.append(f"{status}: {', '.join(names)}")
     verdict = "passes" if result.passed else "fails"
-    summary = f"the validate battery (kind={result.kind!r}) {verdict} on {what}: " + "; ".join(rows)
-    data = {"validate": result.to_dict(), "faults": list(result.faults)}
+    summary = (("ADAPTED, not the document's code as printed: " if adapted else "")
+               + f"the validate battery (kind={result.kind!r}) {verdict} on {what}: " + "; ".join(rows))
+    data = {"validate": result.to_dict(), "faults": list(result.faults), "adapted": adapted}
     return numeric(summary, **data) if result.passed else counterexample(summary, **data)

@@ -26,7 +26,7 @@ from ._doc import document_path, text_line
 from ._labels import labels_in_document
 
 __all__ = ["fact", "equal", "proof", "steps_evidence", "failed_steps", "StepFailed", "claim_at", "supplementary_claim",
-           "note", "counterexample", "derived", "numeric", "informal_outcome", "proved"]
+           "note", "counterexample", "derived", "numeric", "informal_outcome", "proved", "code_agrees"]
 
 
 def _as_math_text(statement: str) -> str:
@@ -204,6 +204,24 @@ def proved(steps: Derivation, method: Method, evidence: list[Evidence], *, refut
                                                                     failed=[r.to_dict() for r in steps.failed]),
                                                      *evidence])
     raise StepFailed(f"a step of the toolkit's own proof failed (a defect of the check, not a verdict): {failed}")
+
+
+def code_agrees(steps: Derivation, evidence: list[Evidence], *, inputs: str, reference: str, tolerance: str,
+                error_rate: str) -> CheckOutcome:
+    """The verdict of "the document's code computes X": SUPPORTED when every step (the code run on
+    finitely many inputs and compared with a reference) holds, REFUTED with the failed steps as the
+    counterexample otherwise.
+
+    Never PROVED: agreement within a rounding tolerance on finitely many inputs is no exact proof
+    (seed 002's classes, checked by the battery, get the same verdict). The first evidence carries
+    what SUPPORTED must state: the ``inputs`` run, the ``reference`` and its precision, the
+    ``tolerance`` and why, and in place of an alpha the ``error_rate``: what a pass can miss.
+    """
+    if not steps.valid:
+        return proved(steps, Method.NUMERIC, evidence, refuted_by_failure=True)
+    evidence[0].data.update(inputs=inputs, reference=reference, tolerance=tolerance, error_rate=error_rate)
+    evidence[0].summary += f" (inputs: {inputs}; reference: {reference}; tolerance: {tolerance})"
+    return CheckOutcome(Verdict.SUPPORTED, Method.NUMERIC, evidence)
 
 
 def informal_outcome(reason: str, proxy_holds: bool, proxy: Evidence, *, refutes_if_false: str) -> CheckOutcome:

@@ -64,7 +64,7 @@ def test_corolario_4_check_never_supports_the_document_without_statistics(monkey
 
 
 def test_ffn_example_without_its_certified_bound_gives_no_supported_verdict(monkeypatch):
-    assert seed_001.check_example_ffn_code().verdict is Verdict.PROVED
+    assert seed_001.check_example_ffn_code().verdict is Verdict.SUPPORTED
 
     def missing(name):
         return (None, real_derivation("gelu-tanh-error")[1]) if name == "gelu-tanh-error" else real_derivation(name)
@@ -76,7 +76,7 @@ def test_ffn_example_without_its_certified_bound_gives_no_supported_verdict(monk
 
 def test_document_code_checks_still_refute_with_their_failed_step(monkeypatch):
     """Where the steps run the document's own code, a failed step *is* the counterexample."""
-    assert seed_001.check_example_projection_shapes().verdict is Verdict.PROVED
+    assert seed_001.check_example_projection_shapes().verdict is Verdict.SUPPORTED
     real_run = seed_001._run_example
 
     def wrong_width(line):

@@ -60,7 +60,52 @@ def test_the_result_is_json_ready(full):
     assert doc["passed"] is True and doc["references"] == ["float64", "mpmath", "sympy"]
     row = doc["rows"][0]
     assert set(row) >= {"layer", "pass", "backend", "dtype", "reference", "status", "error", "bound"}
-    assert len(doc["cases"]) == len(cc.CASES)
+    assert len(doc["cases"]) == len(cc.CASES) + len(cc.TILED_CASES)
+    assert [c["tiled"] for c in doc["cases"]].count(True) == len(cc.TILED_CASES)
+
+
+# ------------------------------------------------------------------ the tiled tier
+
+
+def test_the_tiled_tier_runs_the_long_path_against_untiled_float64(full):
+    from numerics import _tiled
+
+    tiled = [r for r in full.rows if r.tiled]
+    assert {r.layer for r in tiled} == {"sdpa", "mha"}
+    assert {r.reference for r in tiled} == {"float64"}  # mpmath and SymPy cannot afford them
+    assert ("sdpa", "numpy", "float64") in {(r.layer, r.backend, r.dtype) for r in tiled}  # not its own reference
+    assert all(r.passed and 0 <= r.error <= r.bound for r in tiled), [r for r in tiled if not r.passed]
+    for case in cc.TILED_CASES:  # above one tile in each direction
+        assert case.sizes["N"] > _tiled.BLOCK_Q and case.sizes["M"] > _tiled.BLOCK_K
+
+
+def _only_when_tiled(change):
+    """run_backend with ``change`` applied only when tiling is forced: a bug of the tiled path."""
+    from numerics import _tiled
+
+    original = cc.run_backend
+
+    def run(problem, name, dt):
+        out = original(problem, name, dt)
+        return change(out) if _tiled.MIN_SCORES == 0 else out
+
+    return run
+
+
+def test_a_bug_only_in_the_tiled_path_fails_its_tiled_rows(monkeypatch):
+    monkeypatch.setattr(cc, "run_backend", _only_when_tiled(lambda out: {**out, "dk": out["dk"] * (1 + 1e-9)}))
+    result = cc.crosscheck(backends=["numpy"], cases=ONE + cc.TILED_CASES[:1], dtypes=["float64"])
+    assert {(r.layer, r.tiled, r.quantity) for r in result.failures} == {("sdpa", True, "dk")}
+    assert all(r.status is Status.FAIL and r.error > r.bound for r in result.failures)
+
+
+def test_a_run_that_skips_the_tiled_path_is_an_error(monkeypatch):
+    from numerics import _tiled
+
+    monkeypatch.setattr(_tiled, "use_tiles", lambda p, return_weights: False)
+    result = cc.crosscheck(backends=["numpy"], cases=cc.TILED_CASES[:1], dtypes=["float64"])
+    assert result.rows and all(r.status is Status.ERROR for r in result.rows)
+    assert all("the tiled path did not run" in r.message for r in result.rows)
 
 
 ONE = (cc.CASES[3],)  # sdpa with bias and softcap: every sdpa pass, cheap
@@ -155,6 +200,21 @@ def test_cli_exits_1_and_names_the_failing_line(monkeypatch):
     assert result.exit_code == 1, result.output
     assert "FAIL sdpa dk on numpy float32 vs float64: case bias+softcap" in result.output
     assert "vs sympy" not in result.output
+
+
+def test_cli_table_says_what_its_numbers_mean_and_shows_a_failing_tiled_line(monkeypatch):
+    monkeypatch.setattr(cc, "crosscheck", functools.partial(cc.crosscheck, cases=ONE + cc.TILED_CASES[:1]))
+    monkeypatch.setattr(cc, "run_backend", _only_when_tiled(lambda out: {**out, "output": out["output"] * (1 + 1e-9)}))
+    result = CliRunner().invoke(main, ["crosscheck", "--backend", "numpy", "--no-sympy"], env={"COLUMNS": "250"})
+    assert result.exit_code == 1, result.output
+    out = result.output
+    assert "(reference)" in out and "#1" in out and "#2" in out  # NumPy float64's own line; the worst problems
+    assert "max |result - reference| / max |reference|" in out and "ABS64 = 1e-12" in out and "u = 2^-24" in out
+    assert "#1 sdpa bias+softcap" in out and "#2 sdpa long: bottom_right+bias (N=300, M=400)" in out
+    line = next(line for line in out.splitlines() if line.startswith("sdpa tiled") and "output" in line
+                and "float64" in line)  # 1e-9 is far below float32's bound: only float64 fails
+    assert "1.0e-09 > 1.0e-12 #2" in line and line.rstrip().endswith("FAIL"), out
+    assert "FAIL sdpa tiled output on numpy float64 vs float64: case long: bottom_right+bias" in out
 
 
 def test_cli_json_to_stdout(monkeypatch):

@@ -1,8 +1,9 @@
 """``attnverify crosscheck``: numerics on every backend present against float64, mpmath and SymPy.
 
 The table has one line per layer, pass (output or gradient), backend and dtype, with the worst
-error against each reference next to its bound, and the verdict of verify.validate.tolerance's
-rule over every case. The JSON file (``--json``) is written before the table is printed.
+relative error against each reference next to its bound and the number of the problem that gave
+it, and the verdict of verify.validate.tolerance's rule over every case; a footer says what the
+numbers mean and lists the problems. The JSON file (``--json``) is written before the table is printed.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from verify._console import plain, print_table, stdout_console
 from verify._exits import EXIT_CODES, plan_exit
 from verify._paths import OutputPath, write_output
 
-__all__ = ["crosscheck", "result_document", "table_rows"]
+__all__ = ["crosscheck", "footer", "result_document", "table_rows"]
 
 _STYLE = {"PASS": "green", "FAIL": "bold red", "ERROR": "bold red"}
 
@@ -35,39 +36,67 @@ def result_document(result) -> dict:
             "python": platform.python_version(), **result.to_dict()}
 
 
-def _cell(row) -> str:
+def _cell(row, numbers: dict, *, reference_itself: bool = False) -> str:
     if row is None:
-        return "-"
+        return "(reference)" if reference_itself else "-"
     if row.message:
         return "error"
-    return f"{row.error:.1e} <= {row.bound:.1e}" if row.passed else f"{row.error:.1e} > {row.bound:.1e}"
+    case = f" #{numbers[row.layer, row.worst_case]}" if (row.layer, row.worst_case) in numbers else ""
+    relation = "<=" if row.passed else ">"
+    return f"{row.error:.1e} {relation} {row.bound:.1e}{case}"
 
 
 def table_rows(result) -> list[tuple]:
-    """One tuple a (layer, pass, backend, dtype): the three references' cells and the verdict
-    (FAIL or ERROR when any reference's row is)."""
-    lines: dict[tuple, dict] = {}
-    for row in result.rows:
-        lines.setdefault((row.layer, row.quantity, row.backend, row.dtype), {})[row.reference] = row
+    """One tuple a (layer, pass, backend, dtype): the references' cells ("error <= bound #n", n the
+    worst problem's number; "(reference)" where the line is the float64 reference itself; "-"
+    where the reference was not run) and the verdict (FAIL or ERROR when any reference's row is)."""
+    from verify.crosscheck import case_numbers, table_lines
+
+    numbers = case_numbers(result)
     out = []
-    for (layer, quantity, backend, dtype), by_ref in lines.items():
+    for (layer, quantity, backend, dtype), by_ref in table_lines(result).items():
         statuses = [r.status.value for r in by_ref.values()]
         verdict = "ERROR" if "ERROR" in statuses else "FAIL" if "FAIL" in statuses else "PASS"
-        out.append((layer, quantity, backend, dtype, *(_cell(by_ref.get(ref)) for ref in result.references), verdict))
+        itself = not layer.endswith(" tiled") and backend == "numpy" and dtype == "float64"
+        out.append((layer, quantity, backend, dtype,
+                    *(_cell(by_ref.get(ref), numbers, reference_itself=itself and ref == "float64")
+                      for ref in result.references), verdict))
     return out
+
+
+def footer(result) -> list[str]:
+    """What the table's numbers mean, and its problems by number."""
+    from verify.validate.tolerance import ABS64, K_GRADIENT, K_OUTPUT
+
+    lines = [
+        "error: max |result - reference| / max |reference| over all entries of that output or gradient, the "
+        "largest over the layer's problems (#n: the problem that gave it, listed below); '(reference)': NumPy "
+        "float64 is the float64 reference itself.",
+        f"bound: a float64 result within ABS64 = {ABS64:g} of the reference (relative, as the error); a float32 "
+        f"result within k err(plain float32) + 16u, u = 2^-24 (float32's unit roundoff), k = {K_OUTPUT:g} for "
+        f"outputs and {K_GRADIENT:g} for gradients; plain: the mpmath reference with every operation rounded to "
+        "24 bits.",
+    ]
+    if any(c.tiled for c in result.cases):
+        lines.append("tiled lines: the long problems, with numerics' tiled attention forced on (forward and "
+                     "backward, each run checked to go through it), against NumPy float64 untiled; plain float32 "
+                     "is NumPy float32 untiled; mpmath and SymPy ('-') cannot afford these sizes.")
+    lines.append("problems: " + "; ".join(
+        f"#{i} {c.layer} {c.name} (" + ", ".join(f"{k}={v}" for k, v in c.sizes.items() if k in ("N", "M")) + ")"
+        for i, c in enumerate(result.cases, 1)))
+    return lines
 
 
 def _print(result, console: Console) -> None:
     rows = [(*row[:-1], Text(row[-1], style=_STYLE[row[-1]])) for row in table_rows(result)]
     columns = ("layer", "pass", "backend", "dtype", *(f"vs {ref}" for ref in result.references), "verdict")
-    print_table(console, "attnverify crosscheck: max relative error <= bound", columns, rows,
+    print_table(console, "attnverify crosscheck: max relative error <= bound (#n: worst problem)", columns, rows,
                 verdict_columns=("verdict",), compact=True)
-    console.print(plain(
-        "bound: float64 results within 1e-12 (ABS64) of the reference; float32 results within "
-        "k err(plain float32) + 16u (k = 2; plain: the mpmath reference with every operation rounded to 24 bits)."))
+    for line in footer(result):
+        console.print(plain(line))
     failed = [r for r in result.rows if not r.passed]
     for row in failed:
-        what = f"{row.layer} {row.quantity} on {row.backend} {row.dtype} vs {row.reference}"
+        what = f"{row.layer}{' tiled' if row.tiled else ''} {row.quantity} on {row.backend} {row.dtype} vs {row.reference}"
         if row.message:
             console.print(plain(f"ERROR {what}: {row.message}", "bold red"))
         else:
@@ -101,7 +130,8 @@ def crosscheck(ctx: click.Context, json_path, backends: tuple[str, ...], use_sym
     alignments, window, softcap, grouped-query heads, rope) forward and backward on every
     backend present, in float64 and float32, against NumPy float64, the mpmath reference and
     the derivations' SymPy results, and print the largest errors with the tolerance rule's
-    verdict. Exit 1 when a line fails.
+    verdict; two long problems run through the tiled path against NumPy float64 untiled.
+    Exit 1 when a line fails.
     """
     from verify.crosscheck import crosscheck as run
 
