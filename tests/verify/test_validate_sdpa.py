@@ -196,3 +196,22 @@ def test_max_examples_is_honoured():
     # 5 random problems, then the one explicit 113 x 203 problem (one dtype)
     assert len(calls) <= 6 and result["agreement"].status is Status.PASS
     assert (113, 24) in [shape[-2:] for shape in calls]
+
+
+@pytest.mark.parametrize("seed", [6, 9, 10, 11, 12])
+def test_the_scale_fit_allows_bfloat16_rounding(seed):
+    # bfloat16 rounding moves the fitted scale by ~u = 0.0039: a fixed 2e-3 called correct code "a stray factor"
+    pytest.importorskip("torch", reason=f"torch is not installed ({OPTIONAL_BACKENDS['torch']})")
+    ok = validate(correct.torch_masked_fill, dtypes=["bfloat16"], properties=["scale"], seed=seed)["scale"]
+    assert ok.status is Status.PASS, ok.diagnosis
+
+
+def test_a_stray_factor_still_fails_the_scale_in_bfloat16():
+    torch = pytest.importorskip("torch", reason=f"torch is not installed ({OPTIONAL_BACKENDS['torch']})")
+
+    def stray(q, k, v, scale=None):
+        return correct.torch_masked_fill(q, k, v, scale=1.03 * (q.shape[-1] ** -0.5 if scale is None else scale))
+
+    bad = validate(stray, backend="torch", dtypes=["bfloat16"], properties=["scale"])["scale"]
+    assert torch and bad.status is Status.FAIL and bad.fault == "scale:stray_factor", bad.diagnosis
+

@@ -128,7 +128,7 @@ def diagnose(p: Problem, dtype: str, out: np.ndarray, bound: float, rerun=None) 
     s, residual = scale_fit.fit(fit_p, fit_out) if fit_p is not None and fit_out.size >= MIN_FIT_VALUES \
         and fit_out.shape == fit_p.reference().shape else (float("nan"), float("inf"))
     if residual <= max(slack, 1e-6):
-        named = scale_fit.name_scale(fit_p, s, residual)
+        named = scale_fit.name_scale(fit_p, s, residual, scale_fit.match_bound(fit_p, dtype))
         if not named.correct:
             return named.words(), named.code
     err = faults.relative_error(out, p.reference())

@@ -30,9 +30,9 @@ def scale(ctx: PropertyContext):
             return ctx.failed(f"the output has shape {out.shape}, expected {p.reference().shape}", (), p.describe(dtype),
                               "output:shape")
         s, residual = scale_fit.fit(p, out)
-        named = scale_fit.name_scale(p, s, residual)
+        named = scale_fit.name_scale(p, s, residual, scale_fit.match_bound(p, dtype))
         passed_as = "default" if p.scale is None else f"scale={p.scale}"
-        m = Measurement(f"scale ({passed_as}) / expected - 1", abs(named.ratio - 1), scale_fit.MATCH)
+        m = Measurement(f"scale ({passed_as}) / expected - 1", abs(named.ratio - 1), named.match)
         measurements.append(m)
         if residual > tol:
             return ctx.failed(f"no single scale reproduces the output ({passed_as}: best fit {s:.4g} leaves a relative "
@@ -41,7 +41,7 @@ def scale(ctx: PropertyContext):
         if not named.correct:
             words = named.words() + ("" if p.scale is None else f" (with scale={p.scale} passed)")
             code = named.code if p.scale is None else "scale:ignores_argument"
-            if p.scale is not None and abs(s * DK ** 0.5 - 1) <= scale_fit.MATCH:
+            if p.scale is not None and abs(s * DK ** 0.5 - 1) <= named.match:
                 words = f"scale={p.scale} is ignored: the function uses 1/sqrt(d_k) = {s:.6g} regardless"
             return ctx.failed(words, measurements, p.describe(dtype), code)
         found.append(f"{passed_as}: {s:.6g}")
