@@ -215,3 +215,11 @@ def test_a_stray_factor_still_fails_the_scale_in_bfloat16():
     bad = validate(stray, backend="torch", dtypes=["bfloat16"], properties=["scale"])["scale"]
     assert torch and bad.status is Status.FAIL and bad.fault == "scale:stray_factor", bad.diagnosis
 
+
+def test_a_future_leak_and_a_wrong_alignment_are_told_apart():
+    # at N = 1, M = 2 tril(k=1) and bottom-right alignment coincide: the square problem decides
+    leak = validate(mutants.causal_leaks_one, **FAST)
+    assert "causal:future_leak" in leak.faults and "causal:bottom_right" not in leak.faults, leak.faults
+    assert "i+1" in leak["causality"].diagnosis and "i+1" in leak["agreement"].diagnosis
+    aligned = validate(mutants.causal_bottom_right, **FAST)
+    assert "causal:bottom_right" in aligned.faults and "causal:future_leak" not in aligned.faults, aligned.faults

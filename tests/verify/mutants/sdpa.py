@@ -87,6 +87,22 @@ def causal_bottom_right(q, k, v, causal=False):
     return _safe_softmax(s) @ v
 
 
+def causal_leaks_one(q, k, v, causal=False):
+    """causal with tril(k=1): query i also sees key i + 1."""
+    s = q @ _t(k) / math.sqrt(q.shape[-1])
+    if causal:
+        n, m = s.shape[-2:]
+        s = np.where(np.tril(np.ones((n, m), bool), 1), s, -np.inf)
+    return _safe_softmax(s) @ v
+
+
+def causal_always(q, k, v):
+    """Decoder-only code: a causal mask always applied, with no flag to ask for it."""
+    s = q @ _t(k) / math.sqrt(q.shape[-1])
+    n, m = s.shape[-2:]
+    return _safe_softmax(np.where(np.tril(np.ones((n, m), bool)), s, -np.inf)) @ v
+
+
 def mask_after_softmax(q, k, v, mask=None):
     """The mask multiplied into the weights after the softmax, rows not renormalised."""
     a = _softmax(q @ _t(k) / math.sqrt(q.shape[-1]))
@@ -145,6 +161,8 @@ MUTANTS = [
     (no_max_subtraction, "softmax:no_max_subtraction", {}),
     (causal_excludes_diagonal, "causal:diagonal_excluded", {}),
     (causal_bottom_right, "causal:bottom_right", {}),
+    (causal_leaks_one, "causal:future_leak", {}),
+    (causal_always, "causal:always", {}),
     (mask_after_softmax, "mask:after_softmax", {}),
     (mask_inverted, "mask:inverted", {}),
     (k_for_v, "values:k_for_v", {}),
