@@ -81,12 +81,32 @@ def test_bad_targets_are_named(target, words, monkeypatch):
     assert "Traceback" not in result.output
 
 
-def test_a_module_that_raises_on_import_is_reported(tmp_path):
+@pytest.mark.parametrize("source, words", [("raise RuntimeError('half written')\n", "RuntimeError: half written"),
+                                           ("def f(q, k, v:\n", "SyntaxError")])
+def test_a_file_that_cannot_be_imported_is_bad_usage(tmp_path, source, words):
+    # as an unknown module is (exit 2), not a failed property (exit 1)
     bad = tmp_path / "broken.py"
-    bad.write_text("raise RuntimeError('half written')\n")
+    bad.write_text(source)
     result = validate(f"{bad}:f")
-    assert result.exit_code == 1
-    assert "importing" in result.output and "RuntimeError: half written" in result.output
+    assert result.exit_code == 2, result.output
+    assert "importing" in result.output and words in result.output and "Traceback" not in result.output
+
+
+def test_validate_help_states_its_own_exit_codes():
+    out = CliRunner().invoke(main, ["validate", "--help"]).output
+    assert "1    a property failed" in out and "a REFUTED claim" not in out
+
+
+@pytest.mark.parametrize("backend", ["jax", "cupy", "array_api_strict", "torch"])
+def test_a_backend_that_is_not_installed_is_bad_usage_up_front(backend, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == backend else real(name, *a))
+    result = validate(f"{MUTANTS / 'correct.py'}:online_softmax", "--backend", backend)
+    assert result.exit_code == 2, result.output
+    assert f"backend '{backend}' is not installed (pip install" in result.output
+    assert "ERROR" not in result.output and "Traceback" not in result.output
 
 
 def test_ctrl_c_stops_after_the_property_in_progress(tmp_path):
@@ -104,7 +124,9 @@ def test_ctrl_c_stops_after_the_property_in_progress(tmp_path):
     result = validate(f"{target}:attention", "--max-examples", "5", "--json", out)
     assert result.exit_code == 130, result.output
     assert "Traceback" not in result.output and "interrupted: not run:" in result.output
+    assert "INTERRUPTED" in result.output and "every applicable property passed" not in result.output
     doc = json.loads(out.read_text())
     assert doc["settings"]["incomplete"] is True
+    assert doc["incomplete"] is True and doc["passed"] is False and "gradients" in doc["not_run"]
     assert [p["name"] for p in doc["properties"]] == ["agreement"]  # the property in progress finished
     assert "gradients" in doc["settings"]["not_run"]

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.text import Text
 
 from verify._console import plain, print_table, stdout_console
-from verify._exits import EXIT_CODES, plan_exit
+from verify._exits import VALIDATE_EXIT_CODES, plan_exit
 from verify._interrupt import InterruptGate
 from verify._paths import OutputPath, write_output
 
@@ -60,8 +60,8 @@ def load_target(target: str) -> tuple[Any, str]:
                 raise
     except click.BadParameter:
         raise
-    except Exception as exc:  # the user's module raised while it was imported
-        raise click.ClickException(f"importing {module_part!r} raised {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # the user's module raised (or has a syntax error) while it was imported: bad usage
+        raise bad(f"importing {module_part!r} raised {type(exc).__name__}: {exc}") from None
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -103,7 +103,8 @@ def print_result(result, console: Console, seconds: float) -> None:
     for p in result.properties:
         counts[p.status.value] = counts.get(p.status.value, 0) + 1
     summary = ", ".join(f"{k} {v}" for k, v in counts.items())
-    verdict = "every applicable property passed" if result.passed else "FAILED"
+    verdict = ("every applicable property passed" if result.passed else
+               "INTERRUPTED: not every property ran, so nothing is passed" if result.incomplete else "FAILED")
     faults = f"; faults named: {', '.join(result.faults)}" if result.faults else ""
     console.print(Text.assemble(plain(f"{len(result.properties)} properties in {seconds:.1f} s ({summary}): "),
                                 plain(verdict, "green" if result.passed else "bold red"), plain(faults)))
@@ -117,7 +118,7 @@ def validate_document(result, seconds: float) -> dict:
             "python": platform.python_version(), "seconds": round(seconds, 6), **result.to_dict()}
 
 
-@click.command(epilog=EXIT_CODES)
+@click.command(epilog=VALIDATE_EXIT_CODES)
 @click.argument("target", metavar="MODULE:ATTR")
 @click.option("--kind", type=click.Choice(["sdpa", "mha", "block"]), default="sdpa", show_default=True,
               help="What the function computes: scaled dot-product attention, multi-head attention, a block.")
@@ -154,9 +155,11 @@ def validate(ctx: click.Context, target: str, kind: str, backend, device, dtypes
 
     Each property prints PASS, FAIL (with the fault named and the smallest
     failing example), NOT APPLICABLE, ERROR (the function raised) or TIMEOUT. The
-    exit code is 0 when every applicable property passes, 1 when one does not.
-    The module is imported and run in this process: validate only code you trust.
-    Ctrl-C stops after the property in progress (twice: at once).
+    exit code is 0 when every applicable property passes, 1 when one does not,
+    2 when the target cannot be imported or the backend is not installed. The
+    module is imported and run in this process: validate only code you trust.
+    Ctrl-C stops after the property in progress (twice: at once); the run is then
+    incomplete, never passed.
     """
     from verify.validate import validate as run_battery
 

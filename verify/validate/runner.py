@@ -21,6 +21,7 @@ import traceback
 from typing import Any, Callable, Iterable
 
 from verify.validate.adapters import adapt
+from verify.validate.backends import require
 from verify.validate.candidate import Candidate
 from verify.validate.context import CandidateError, PropertyContext, Settings, TimeLimitReached
 from verify.validate.registry import Property, properties_for
@@ -85,6 +86,8 @@ def validate(fn: Any, kind: str = "sdpa", *, backend: str | None = None, device:
                              layout=layout, mask_convention=mask_convention)
     # The kind's module first: importing it registers the kind's properties and its adapters.
     chosen = _choose(properties_for(kind), properties)
+    if backend is not None:
+        require(backend)
     candidate = fn if isinstance(fn, Candidate) else adapt(
         fn, kind, backend=backend, device=device, layout=layout, mask_convention=mask_convention, name=name)
     unsupported = [d for d in settings.dtypes if not candidate.backend.supports(d)]
