@@ -223,3 +223,55 @@ def test_a_future_leak_and_a_wrong_alignment_are_told_apart():
     assert "i+1" in leak["causality"].diagnosis and "i+1" in leak["agreement"].diagnosis
     aligned = validate(mutants.causal_bottom_right, **FAST)
     assert "causal:bottom_right" in aligned.faults and "causal:future_leak" not in aligned.faults, aligned.faults
+
+
+@pytest.mark.parametrize("mutant, code", [(mutants.softmax_in_float32, "precision:float32"),
+                                          (mutants.float16_sum, "precision:float16")], ids=["float32", "float16"])
+def test_lower_precision_is_one_finding_not_a_scale_or_mask_fault(mutant, code):
+    # float64 asked, less delivered: the precision is named once; the properties that compare values
+    # judge by the delivered precision's rule and invent no scale, mask, determinism or gradient fault
+    kw = {"backend": "torch"} if mutant is mutants.softmax_in_float32 else {}
+    _needs_torch(kw)
+    result = validate(mutant, **FAST, **kw)
+    assert result.faults == (code,), [(p.name, p.diagnosis) for p in result.failures]
+    assert {p.name for p in result.failures} <= {"agreement", "mpmath"}, [(p.name, p.diagnosis) for p in result.failures]
+    if kw:
+        assert result["gradients"].status is Status.PASS and "judged as the float32" in str(result["gradients"].measurements)
+
+
+def test_dropout_left_on_is_named_by_determinism_and_a_repeatable_wrong_output_is_not():
+    random = validate(mutants.dropout_left_on, properties=["determinism", "agreement"], **FAST)
+    assert random["determinism"].fault == "nondeterministic" and "dropout" in random["determinism"].diagnosis
+    assert random["agreement"].fault == "nondeterministic"
+    wrong = validate(mutants.no_scale, properties=["determinism"], **FAST)["determinism"]
+    assert wrong.status is Status.PASS, wrong.diagnosis  # wrong but the same twice: not determinism's finding
+
+
+def test_gradients_of_a_wrong_forward_are_not_judged():
+    _needs_torch({"backend": "torch"})
+
+    def no_scale_torch(q, k, v):
+        import torch
+        return torch.softmax(q @ k.transpose(-2, -1), dim=-1) @ v
+
+    result = validate(no_scale_torch, backend="torch", properties=["gradients"], **FAST)["gradients"]
+    assert result.status is Status.NOT_APPLICABLE and "forward differs" in result.diagnosis
+
+
+def test_detached_weights_are_named_zero_gradient():
+    _needs_torch({"backend": "torch"})
+
+    def detached(q, k, v):
+        import torch
+        return torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5, dim=-1).detach() @ v
+
+    result = validate(detached, backend="torch", properties=["gradients"], **FAST)["gradients"]
+    assert result.fault == "gradient:dq_zero" and "dq is zero: no gradient reaches q" in result.diagnosis
+
+
+@pytest.mark.parametrize("returned, words", [(None, "returned None, not an array"),
+                                             ([1.0], "returned a list ([1.0]), not an array")])
+def test_a_return_that_is_not_an_array_is_said_as_it_is(returned, words):
+    result = validate(lambda q, k, v: returned, properties=["agreement", "scale"], **FAST)
+    for p in result.properties:
+        assert p.status is Status.ERROR and words in p.diagnosis and "raised" not in p.diagnosis, p.diagnosis

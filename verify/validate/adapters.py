@@ -108,13 +108,33 @@ def _mask_for(mask: np.ndarray | None, convention: str) -> np.ndarray | None:
     return ~mask if convention == "block" else mask
 
 
-def _split(result: Any) -> tuple[Any, Any]:
-    """``(out, weights)`` from what a function returned (a tuple's first two entries)."""
+class ReturnTypeError(TypeError):
+    """The candidate returned something that is not an array (None, a list, a dict...)."""
+
+
+def _split(result: Any, pair: bool = True) -> tuple[Any, Any]:
+    """``(out, weights)`` from what a function returned (a tuple's first two entries; ``pair=False``:
+    the function was not asked for weights, so what it returned must be the output array itself)."""
+    if not pair:
+        if not (hasattr(result, "shape") and hasattr(result, "dtype")):
+            raise ReturnTypeError(f"the candidate returned {'None' if result is None else _a(type(result).__name__)}"
+                                  f"{'' if result is None else ' (' + _brief(result) + ')'}, not an array: "
+                                  f"it must return the output (..., N, V) in its library")
+        return result, None
     if isinstance(result, (tuple, list)):
         if not result:
             raise ValueError("the candidate returned an empty tuple")
         return result[0], (result[1] if len(result) > 1 else None)
     return result, None
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[:1].lower() in "aeiou" else "a ") + noun
+
+
+def _brief(x: Any) -> str:
+    text = repr(x)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 # ------------------------------------------------------------------ plain functions
@@ -150,7 +170,7 @@ class FunctionCandidate(Candidate):
 
     def _call(self, arrays, dtype, options) -> Outcome:
         q, k, v, kw = self._native_args(arrays, dtype, options)
-        out, weights = _split(self.fn(q, k, v, **kw))
+        out, weights = _split(self.fn(q, k, v, **kw), pair=self.weights_param)
         ndim = arrays[0].ndim
         host = _from_layout(self.backend.to_host(out), self.layout, ndim)
         w = None if weights is None else self.backend.to_host(weights)
@@ -160,7 +180,7 @@ class FunctionCandidate(Candidate):
         import torch
 
         q, k, v, kw = self._native_args(arrays, dtype, options, requires_grad=True)
-        out, _ = _split(self.fn(q, k, v, **kw))
+        out, _ = _split(self.fn(q, k, v, **kw), pair=self.weights_param)
         grad = self.backend.to_native(_to_layout(d_out, self.layout), ArrayBackend.dtype_of(out).replace("torch.", ""))
         torch.autograd.backward(out, grad)
         ndim = arrays[0].ndim

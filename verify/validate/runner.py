@@ -20,7 +20,7 @@ import threading
 import traceback
 from typing import Any, Callable, Iterable
 
-from verify.validate.adapters import adapt
+from verify.validate.adapters import ReturnTypeError, adapt
 from verify.validate.backends import require
 from verify.validate.candidate import Candidate
 from verify.validate.context import CandidateError, PropertyContext, Settings, TimeLimitReached
@@ -197,7 +197,10 @@ def _guarded(fn: Callable, ctx: PropertyContext, box: dict) -> None:
         box["timeout"] = True
         box["in_call"] = ctx.in_call
     except CandidateError as exc:  # the candidate raised where the property did not expect it
-        box["crash"] = f"the candidate raised {exc}" + _where(exc.original)
+        if isinstance(exc.original, ReturnTypeError):  # it did not raise: it returned the wrong type
+            box["crash"] = str(exc.original)
+        else:
+            box["crash"] = f"the candidate raised {exc}" + _where(exc.original)
     except Exception as exc:  # noqa: BLE001 - a bug of the battery: reported, never blamed on the candidate
         box["crash"] = f"the property itself failed (a bug in the battery): {type(exc).__name__}: {exc}" + _where(exc)
     except BaseException:  # noqa: BLE001 - SystemExit from a candidate: report, never exit the battery

@@ -13,10 +13,10 @@ from verify.validate.context import CandidateError, PropertyContext
 from verify.validate.registry import register
 from verify.validate.result import Status
 from verify.validate.sdpa import faults, scale_fit
-from verify.validate.sdpa.common import bound as rule_bound, fmt, measure
+from verify.validate.sdpa.common import bound as rule_bound, fmt, measure, rows_with_keys
 from verify.validate.sdpa.problem import Problem, draw
 from verify.validate.search import CaseResult, _ratio, search
-from verify.validate.tolerance import UNIT_ROUNDOFF
+from verify.validate.tolerance import UNIT_ROUNDOFF, rule
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,8 @@ def explicit_cases(ctx: PropertyContext) -> tuple[Case, ...]:
 #: A one-parameter scale fit needs this many output values to mean anything (one value can be
 #: matched by some scale whatever the fault).
 MIN_FIT_VALUES = 8
+#: Calls on the same input that :func:`diagnose` compares with the first (dropout can spare a tiny example once).
+RERUNS = 3
 
 
 def rerunner(ctx: PropertyContext, dtype: str):
@@ -105,6 +107,33 @@ def rerunner(ctx: PropertyContext, dtype: str):
         p = p.rounded(dtype)
         return p, ctx.call(p.q, p.k, p.v, dtype=dtype, **p.options()).out
     return rerun
+
+
+def _random(p: Problem, out: np.ndarray, bound: float, rerun) -> bool:
+    """Whether calls on the same input differ: on ``p`` (whose output was ``out``) and on a larger
+    problem (dropout can spare a one-key example several times running)."""
+    try:
+        for probe, first in ((p, out), (p.enlarged(np.random.default_rng(0)), None)):
+            if first is None:
+                probe, first = rerun(probe)
+            for _ in range(RERUNS):
+                again = rerun(probe)[1]
+                if again.shape == first.shape and faults.relative_error(again, first) > 2 * max(bound, 1e-15):
+                    return True
+    except CandidateError:
+        return False
+    return False
+
+
+def float32_level(p: Problem, dtype: str, out: np.ndarray):
+    """The Measurement of a float64 ``out`` by float32's rule when it meets that rule (it is as
+    accurate as float32 code, no more); None otherwise or when ``dtype`` is not float64."""
+    if dtype != "float64" or out.shape != p.reference().shape:
+        return None
+    rows = np.broadcast_to(rows_with_keys(p, out.shape), out.shape[:-1])
+    m = rule(out[rows], p.plain("float32")[rows], p.reference()[rows], dtype="float32",
+             magnitude=p.score_magnitude(), what="output (float64) by float32's rule")
+    return m if m.ok else None
 
 
 def _on_a_square_problem(p: Problem, dtype: str, out: np.ndarray, slack: float, rerun) -> faults.Fault | None:
@@ -132,6 +161,12 @@ def diagnose(p: Problem, dtype: str, out: np.ndarray, bound: float, rerun=None) 
     the same options and d_k."""
     if not np.all(np.isfinite(out)):
         return "the output has NaN or inf where ours is finite", "output:non_finite"
+    if rerun is not None and _random(p, out, bound, rerun):  # named before any model is fitted to one draw
+        return "two calls on the same input differ: the output is random (dropout left on?)", "nondeterministic"
+    low32 = float32_level(p, dtype, out)
+    if low32 is not None:  # no fault model is told apart from rounding at 1e-7: precision first
+        return (f"float64 output has float32-level error ({fmt(low32.error)}, within float32's rule "
+                f"{fmt(low32.bound)}): part of the computation runs in float32"), "precision:float32"
     slack = max(bound * 4, 1e-9)
     fault = faults.identify(p, out, slack)
     if fault is not None and fault.code in faults.CAUSAL_AMBIGUOUS and p.q.shape[-2] != p.k.shape[-2] and rerun:

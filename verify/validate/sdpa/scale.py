@@ -6,6 +6,7 @@ from verify.validate.context import PropertyContext
 from verify.validate.registry import register
 from verify.validate.result import Measurement
 from verify.validate.sdpa import scale_fit
+from verify.validate.sdpa.checks import delivered
 from verify.validate.sdpa.common import bound, fmt
 from verify.validate.sdpa.problem import Problem, draw
 
@@ -22,15 +23,16 @@ def scale(ctx: PropertyContext):
     if ctx.candidate.supports("scale"):
         problems.append(Problem(q, k, v, scale=0.3))
     found, measurements = [], []
+    low = delivered(ctx, dtype)  # a candidate computing in lower precision is fitted by that precision's rule
     for p in problems:
         p = p.rounded(dtype)
         out = ctx.call(p.q, p.k, p.v, dtype=dtype, **p.options()).out
-        tol = max(4 * bound(p, dtype), 1e-6)
+        tol = max(4 * bound(p, low), 1e-6)
         if out.shape != p.reference().shape:
             return ctx.failed(f"the output has shape {out.shape}, expected {p.reference().shape}", (), p.describe(dtype),
                               "output:shape")
         s, residual = scale_fit.fit(p, out)
-        named = scale_fit.name_scale(p, s, residual, scale_fit.match_bound(p, dtype))
+        named = scale_fit.name_scale(p, s, residual, scale_fit.match_bound(p, low))
         passed_as = "default" if p.scale is None else f"scale={p.scale}"
         m = Measurement(f"scale ({passed_as}) / expected - 1", abs(named.ratio - 1), named.match)
         measurements.append(m)
