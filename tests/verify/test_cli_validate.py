@@ -130,3 +130,14 @@ def test_ctrl_c_stops_after_the_property_in_progress(tmp_path):
     assert doc["incomplete"] is True and doc["passed"] is False and "gradients" in doc["not_run"]
     assert [p["name"] for p in doc["properties"]] == ["agreement"]  # the property in progress finished
     assert "gradients" in doc["settings"]["not_run"]
+
+
+def test_a_function_needing_more_than_q_k_v_is_refused_up_front(tmp_path):
+    target = tmp_path / "raw.py"
+    target.write_text("def raw(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):\n"
+                      "    raise AssertionError('never called')\n")
+    result = validate(f"{target}:raw")
+    assert result.exit_code == 2, result.output
+    assert "also needs value, attention_mask, scaling (no default)" in " ".join(result.output.split())
+    assert "ERROR" not in result.output
+

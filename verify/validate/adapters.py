@@ -214,8 +214,30 @@ def _signature_features(fn: Any) -> tuple[frozenset, bool, tuple[str, ...], str]
     return features, "return_weights" in named, alignments, ""
 
 
+def _check_callable_as_qkv(fn: Any, name: str) -> None:
+    """ValueError (bad usage) when ``fn`` cannot be called as fn(q, k, v, **options): fewer than three
+    positional parameters, or parameters beyond them without a default (checked up front, so that the
+    battery does not report every property as the candidate raising TypeError)."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    rest = [p for p in params if p not in positional[:3] and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    required = [p.name for p in rest if p.default is p.empty]
+    if len(positional) < 3 or required:
+        shown = ", ".join(p.name for p in params)
+        need = (f"it takes fewer than three positional arguments" if len(positional) < 3 else
+                f"it also needs {', '.join(required)} (no default) besides {', '.join(p.name for p in positional[:3])}")
+        raise ValueError(f"{name} cannot be called as fn(q, k, v, **options): {need} (its signature: ({shown})); "
+                         f"wrap it in a function of q, k, v, or give those parameters defaults")
+
+
 @register_adapter("sdpa")
 def _plain_function(fn, *, backend, device, layout, mask_convention, name):
+    _check_callable_as_qkv(fn, name)
     features, weights_param, alignments, note = _signature_features(fn)
     return FunctionCandidate(fn, name=name, backend=make_backend(backend, device, fn), features=features,
                              weights_param=weights_param, causal_alignments=alignments, layout=layout,
