@@ -70,6 +70,8 @@ def test_a_module_from_the_current_directory(tmp_path, monkeypatch):
     ("no_such_module_xyz:f", "no module named 'no_such_module_xyz'"),
     ("sdpa.py:nope", "has no attribute 'nope'"),
     ("sdpa.py:MUTANTS", "is a list, not a callable"),
+    ("sdpa.py:MUTANT_COUNT", "is an int, not a callable"),
+    ("sdpa.py:no_scale:extra", "too many colons in 'sdpa.py:no_scale:extra'"),
     ("justaname", "expected MODULE:ATTR"),
     ("missing.py:f", "no such file 'missing.py'"),
 ])
@@ -141,3 +143,36 @@ def test_a_function_needing_more_than_q_k_v_is_refused_up_front(tmp_path):
     assert "also needs value, attention_mask, scaling (no default)" in " ".join(result.output.split())
     assert "ERROR" not in result.output
 
+
+def test_the_candidates_warnings_are_counted_once_not_printed(tmp_path):
+    target = tmp_path / "warns.py"
+    target.write_text("import warnings\n"
+                      "from tests.verify.mutants.correct import online_softmax\n"
+                      "def attention(q, k, v):\n"
+                      "    warnings.warn('overflow in exp', RuntimeWarning)\n"
+                      "    return online_softmax(q, k, v)\n")
+    out = tmp_path / "v.json"
+    result = validate(f"{target}:attention", "--max-examples", "3", "--dtype", "float64", "--json", out)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("overflow in exp") == 1 and "warnings from the candidate (first: RuntimeWarning" \
+        in result.output
+    assert json.loads(out.read_text())["candidate_warnings"] > 1
+
+
+def test_a_module_is_said_to_be_put_in_eval_mode(tmp_path):
+    torch = pytest.importorskip("torch", reason=f"torch is not installed ({OPTIONAL_BACKENDS['torch']})")
+    target = tmp_path / "m.py"
+    target.write_text("import torch\nattn = torch.nn.MultiheadAttention(8, 2, dropout=0.1)\n")
+    out = tmp_path / "v.json"
+    result = validate(f"{target}:attn", "--kind", "mha", "--max-examples", "3", "--json", out)
+    assert torch and "module put in eval mode for the battery" in result.output
+    assert "eval mode" in json.loads(out.read_text())["settings"]["module_mode"]
+
+
+def test_a_timeout_example_is_labelled_as_the_call_in_progress(tmp_path):
+    target = tmp_path / "spins.py"
+    target.write_text("def attention(q, k, v):\n    while True:\n        pass\n")
+    result = validate(f"{target}:attention", "--time-limit", "0.3", "--dtype", "float64")
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1 and "TIMEOUT" in text
+    assert "the call in progress (not shrunk): q=" in text and "smallest example" not in text

@@ -275,3 +275,8 @@ def test_a_return_that_is_not_an_array_is_said_as_it_is(returned, words):
     result = validate(lambda q, k, v: returned, properties=["agreement", "scale"], **FAST)
     for p in result.properties:
         assert p.status is Status.ERROR and words in p.diagnosis and "raised" not in p.diagnosis, p.diagnosis
+
+
+def test_the_mask_inverted_words_give_the_flag_and_the_keyword():
+    bad = validate(mutants.mask_inverted, properties=["mask_polarity"], **FAST)["mask_polarity"]
+    assert "--mask-convention block" in bad.diagnosis and "mask_convention='block'" in bad.diagnosis

@@ -11,6 +11,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,8 @@ def load_target(target: str) -> tuple[Any, str]:
     module_part, sep, attr = target.rpartition(":")
     if not sep or not module_part or not attr:
         raise bad(f"expected MODULE:ATTR (a module or a .py file, then the function's name), got {target!r}")
+    if ":" in module_part and not Path(module_part).is_file():
+        raise bad(f"too many colons in {target!r}: expected one, MODULE:ATTR (ATTR may be dotted: Class.method)")
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     path = Path(module_part)
@@ -68,7 +71,8 @@ def load_target(target: str) -> tuple[Any, str]:
             raise bad(f"{module_part!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise bad(f"{target!r} is a {type(obj).__name__}, not a callable")
+        noun = type(obj).__name__
+        raise bad(f"{target!r} is {'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}, not a callable")
     return obj, target
 
 
@@ -87,6 +91,8 @@ def _worst(p) -> str:
 def _example(p) -> str:
     if not p.example:
         return ""
+    if p.status.value == "TIMEOUT":  # the call in progress when time ran out: nothing was shrunk
+        return "; the call in progress (not shrunk): " + ", ".join(f"{k}={v}" for k, v in p.example.items())
     return "; smallest example: " + ", ".join(f"{k}={v}" for k, v in p.example.items())
 
 
@@ -106,6 +112,8 @@ def print_result(result, console: Console, seconds: float) -> None:
     verdict = ("every applicable property passed" if result.passed else
                "INTERRUPTED: not every property ran, so nothing is passed" if result.incomplete else "FAILED")
     faults = f"; faults named: {', '.join(result.faults)}" if result.faults else ""
+    if s.get("module_mode"):
+        console.print(plain(s["module_mode"]))
     console.print(Text.assemble(plain(f"{len(result.properties)} properties in {seconds:.1f} s ({summary}): "),
                                 plain(verdict, "green" if result.passed else "bold red"), plain(faults)))
 
@@ -168,7 +176,8 @@ def validate(ctx: click.Context, target: str, kind: str, backend, device, dtypes
     fn, name = load_target(target)
     start = time.perf_counter()
     try:
-        with InterruptGate() as gate:
+        with InterruptGate() as gate, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # the candidate's own warnings: counted and said once, not a flood
             result = run_battery(fn, kind, backend=backend, device=device, dtypes=dtypes or None, layout=layout,
                                  mask_convention=mask_convention, seed=seed, max_examples=max_examples,
                                  time_limit=time_limit, name=name, stop=gate.stop)
@@ -178,12 +187,17 @@ def validate(ctx: click.Context, target: str, kind: str, backend, device, dtypes
     code = 130 if gate.pending else 0 if result.passed else 1
     plan_exit(code)
     if json_path is not None:
-        document = json.dumps(validate_document(result, seconds), indent=2, default=str)
+        document = json.dumps({**validate_document(result, seconds), "candidate_warnings": len(caught)}, indent=2,
+                              default=str)
         if to_stdout:
             click.echo(document)
         else:
             write_output(json_path, "--json", lambda: json_path.write_text(document, encoding="utf-8"))
     print_result(result, console, seconds)
+    if caught:
+        first = caught[0]
+        console.print(plain(f"{len(caught)} warning{'s' if len(caught) > 1 else ''} from the candidate (first: "
+                            f"{first.category.__name__}: {first.message} at {Path(first.filename).name}:{first.lineno})"))
     if json_path is not None and not to_stdout:
         console.print(plain(f"wrote {json_path}"))
     if gate.pending:

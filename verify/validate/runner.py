@@ -104,6 +104,8 @@ def validate(fn: Any, kind: str = "sdpa", *, backend: str | None = None, device:
             on_property(results[-1])
     info = {**settings.to_dict(), "backend": candidate.backend.name, "device": candidate.backend.device,
             "features": sorted(candidate.features), "adapter": candidate.note}
+    if hasattr(fn, "training") and hasattr(fn, "eval"):  # a torch module: the adapters run eval-mode copies
+        info["module_mode"] = "module put in eval mode for the battery (copies of it: dropout off; yours untouched)"
     if not_run:
         info.update(incomplete=True, not_run=not_run)
     if unsupported:

@@ -188,3 +188,6 @@ MUTANTS = [
     (dropout_left_on, "nondeterministic", {}),
     (nan_gradient_empty_rows, "empty_rows:nan_gradients", {"backend": "torch"}),
 ]
+
+#: Not a function (the command line's "is an int, not a callable").
+MUTANT_COUNT = len(MUTANTS)

@@ -146,7 +146,8 @@ FAULTS = (
     Fault("mask:after_softmax", "mask applied after the softmax without renormalising (rows no longer sum to 1)",
           _mask_after_softmax),
     Fault("mask:inverted", "mask polarity inverted: True is taken as 'blocked' (nn.MultiheadAttention's "
-          "convention), where True means 'may attend' (SDPA's); pass mask_convention='block' if that is intended",
+          "convention), where True means 'may attend' (SDPA's); if that is intended, pass --mask-convention block "
+          "(validate(..., mask_convention='block') from Python)",
           _mask_inverted),
     Fault("mask:ignored", "the mask is ignored", _mask_ignored),
     Fault("causal:diagonal_excluded", "causal mask excludes the diagonal (query i may not attend key i)",
