@@ -97,6 +97,9 @@ def explicit_cases(ctx: PropertyContext) -> tuple[Case, ...]:
 #: A one-parameter scale fit needs this many output values to mean anything (one value can be
 #: matched by some scale whatever the fault).
 MIN_FIT_VALUES = 8
+#: The largest |score| at which a float64 output meeting float32's rule is called float32 before any
+#: fault model is tried (the rule's floor grows with the logits; past this, faults are tried first).
+WELL_CONDITIONED = 30.0
 #: Calls on the same input that :func:`diagnose` compares with the first (dropout can spare a tiny example once).
 RERUNS = 3
 
@@ -128,8 +131,8 @@ def _random(p: Problem, out: np.ndarray, bound: float, rerun) -> bool:
 def float32_level(p: Problem, dtype: str, out: np.ndarray):
     """The Measurement of a float64 ``out`` by float32's rule when it meets that rule (it is as
     accurate as float32 code, no more); None otherwise or when ``dtype`` is not float64."""
-    if dtype != "float64" or out.shape != p.reference().shape:
-        return None
+    if dtype != "float64" or out.shape != p.reference().shape or p.score_magnitude() > WELL_CONDITIONED:
+        return None  # on large logits float32's rule allows errors that real faults (a wrong scale) also make
     rows = np.broadcast_to(rows_with_keys(p, out.shape), out.shape[:-1])
     m = rule(out[rows], p.plain("float32")[rows], p.reference()[rows], dtype="float32",
              magnitude=p.score_magnitude(), what="output (float64) by float32's rule")
