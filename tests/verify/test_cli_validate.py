@@ -176,3 +176,21 @@ def test_a_timeout_example_is_labelled_as_the_call_in_progress(tmp_path):
     text = " ".join(result.output.split())
     assert result.exit_code == 1 and "TIMEOUT" in text
     assert "the call in progress (not shrunk): q=" in text and "smallest example" not in text
+
+
+def test_ctrl_c_after_the_last_property_leaves_a_complete_result(monkeypatch):
+    import signal
+
+    import verify.validate as api
+
+    real = api.validate
+
+    def battery_then_ctrl_c(fn, kind, **kw):
+        result = real(fn, kind, **{**kw, "properties": ["agreement"], "max_examples": 3})
+        signal.raise_signal(signal.SIGINT)  # arrives once every property has run
+        return result
+
+    monkeypatch.setattr(api, "validate", battery_then_ctrl_c)
+    result = validate(f"{MUTANTS / 'correct.py'}:online_softmax")
+    assert result.exit_code == 0, result.output
+    assert "the run is complete" in result.output and "every applicable property passed" in result.output

@@ -184,7 +184,9 @@ def validate(ctx: click.Context, target: str, kind: str, backend, device, dtypes
     except (ValueError, TypeError) as exc:  # the library's argument checks: bad usage
         raise click.UsageError(str(exc)) from None
     seconds = time.perf_counter() - start
-    code = 130 if gate.pending else 0 if result.passed else 1
+    # Ctrl-C after the last property stopped nothing: the result is complete and its own code stands
+    interrupted = gate.pending and result.incomplete
+    code = 130 if interrupted else 0 if result.passed else 1
     plan_exit(code)
     if json_path is not None:
         document = json.dumps({**validate_document(result, seconds), "candidate_warnings": len(caught)}, indent=2,
@@ -200,7 +202,9 @@ def validate(ctx: click.Context, target: str, kind: str, backend, device, dtypes
                             f"{first.category.__name__}: {first.message} at {Path(first.filename).name}:{first.lineno})"))
     if json_path is not None and not to_stdout:
         console.print(plain(f"wrote {json_path}"))
-    if gate.pending:
+    if gate.pending and not interrupted:
+        console.print(plain("Ctrl-C came after the last property had finished: the run is complete", "bold yellow"))
+    elif interrupted:
         console.print(plain(f"interrupted: not run: {', '.join(result.settings.get('not_run', [])) or 'none'}",
                             "bold yellow"))
     ctx.exit(code)
