@@ -11,6 +11,16 @@ Exit codes:
   2    bad usage: unknown option, bad value, an output path that cannot be written
   130  interrupted (Ctrl-C); what finished is saved, marked incomplete"""
 
+#: validate's own exit codes (its 0 is not "done": a FAIL exits 1).
+VALIDATE_EXIT_CODES = """\b
+Exit codes:
+  0    every applicable property passed
+  1    a property failed, raised (ERROR) or timed out
+  2    bad usage: unknown option, bad value, a MODULE:ATTR that cannot be imported (a syntax error
+       or an exception in the file) or called as asked, a backend that is not installed, an output
+       path that cannot be written
+  130  interrupted (Ctrl-C); what finished is saved, marked incomplete and not passed"""
+
 #: Key (in click's shared ctx.meta) of the exit code a command plans before it prints.
 PLANNED_EXIT = "attnverify.exit_code"
 

@@ -49,6 +49,7 @@ import numpy as np
 
 from numerics import reference
 from verify.montecarlo.stats import _to_host
+from verify.validate.backends import INSTALL
 from verify.validate.result import Measurement, Status
 from verify.validate.tolerance import ABS64, K_GRADIENT, K_OUTPUT, absolute, dtype_name, rule
 
@@ -227,14 +228,13 @@ def available_backends() -> tuple[tuple[str, ...], dict[str, str]]:
 
     CuPy is imported only when installed, to ask for a CUDA device."""
     present, skipped = ["numpy"], {}
-    for name, install in (("array_api_strict", "pip install array-api-strict"),
-                          ("torch", "pip install 'attnverify[torch]'")):
+    for name in ("array_api_strict", "torch"):
         if importlib.util.find_spec(name) is None:
-            skipped[name] = f"not installed ({install})"
+            skipped[name] = f"not installed ({INSTALL[name]})"
         else:
             present.append(name)
     if importlib.util.find_spec("cupy") is None:
-        skipped["cupy"] = "not installed (pip install 'attnverify[gpu]' on a machine with a CUDA device)"
+        skipped["cupy"] = f"not installed ({INSTALL['cupy']})"
     else:
         try:
             import cupy

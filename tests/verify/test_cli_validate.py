@@ -70,6 +70,8 @@ def test_a_module_from_the_current_directory(tmp_path, monkeypatch):
     ("no_such_module_xyz:f", "no module named 'no_such_module_xyz'"),
     ("sdpa.py:nope", "has no attribute 'nope'"),
     ("sdpa.py:MUTANTS", "is a list, not a callable"),
+    ("sdpa.py:MUTANT_COUNT", "is an int, not a callable"),
+    ("sdpa.py:no_scale:extra", "too many colons in 'sdpa.py:no_scale:extra'"),
     ("justaname", "expected MODULE:ATTR"),
     ("missing.py:f", "no such file 'missing.py'"),
 ])
@@ -81,12 +83,32 @@ def test_bad_targets_are_named(target, words, monkeypatch):
     assert "Traceback" not in result.output
 
 
-def test_a_module_that_raises_on_import_is_reported(tmp_path):
+@pytest.mark.parametrize("source, words", [("raise RuntimeError('half written')\n", "RuntimeError: half written"),
+                                           ("def f(q, k, v:\n", "SyntaxError")])
+def test_a_file_that_cannot_be_imported_is_bad_usage(tmp_path, source, words):
+    # as an unknown module is (exit 2), not a failed property (exit 1)
     bad = tmp_path / "broken.py"
-    bad.write_text("raise RuntimeError('half written')\n")
+    bad.write_text(source)
     result = validate(f"{bad}:f")
-    assert result.exit_code == 1
-    assert "importing" in result.output and "RuntimeError: half written" in result.output
+    assert result.exit_code == 2, result.output
+    assert "importing" in result.output and words in result.output and "Traceback" not in result.output
+
+
+def test_validate_help_states_its_own_exit_codes():
+    out = CliRunner().invoke(main, ["validate", "--help"]).output
+    assert "1    a property failed" in out and "a REFUTED claim" not in out
+
+
+@pytest.mark.parametrize("backend", ["jax", "cupy", "array_api_strict", "torch"])
+def test_a_backend_that_is_not_installed_is_bad_usage_up_front(backend, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == backend else real(name, *a))
+    result = validate(f"{MUTANTS / 'correct.py'}:online_softmax", "--backend", backend)
+    assert result.exit_code == 2, result.output
+    assert f"backend '{backend}' is not installed (pip install" in result.output
+    assert "ERROR" not in result.output and "Traceback" not in result.output
 
 
 def test_ctrl_c_stops_after_the_property_in_progress(tmp_path):
@@ -104,8 +126,10 @@ def test_ctrl_c_stops_after_the_property_in_progress(tmp_path):
     result = validate(f"{target}:attention", "--max-examples", "5", "--json", out)
     assert result.exit_code == 130, result.output
     assert "Traceback" not in result.output and "interrupted: not run:" in result.output
+    assert "INTERRUPTED" in result.output and "every applicable property passed" not in result.output
     doc = json.loads(out.read_text())
     assert doc["settings"]["incomplete"] is True
+    assert doc["incomplete"] is True and doc["passed"] is False and "gradients" in doc["not_run"]
     assert [p["name"] for p in doc["properties"]] == ["agreement"]  # the property in progress finished
     assert "gradients" in doc["settings"]["not_run"]
 
@@ -126,3 +150,65 @@ def test_the_example_label_says_whether_hypothesis_shrank_it(tmp_path):
     failed = [p for p in json.loads((tmp_path / "m.json").read_text())["properties"] if p["status"] == "FAIL"]
     assert failed and all(p["shrunk"] is False for p in failed)
     assert "failing example:" in mha.output and "smallest example" not in mha.output
+
+
+def test_a_function_needing_more_than_q_k_v_is_refused_up_front(tmp_path):
+    target = tmp_path / "raw.py"
+    target.write_text("def raw(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):\n"
+                      "    raise AssertionError('never called')\n")
+    result = validate(f"{target}:raw")
+    assert result.exit_code == 2, result.output
+    assert "also needs value, attention_mask, scaling (no default)" in " ".join(result.output.split())
+    assert "ERROR" not in result.output
+
+
+def test_the_candidates_warnings_are_counted_once_not_printed(tmp_path):
+    target = tmp_path / "warns.py"
+    target.write_text("import warnings\n"
+                      "from tests.verify.mutants.correct import online_softmax\n"
+                      "def attention(q, k, v):\n"
+                      "    warnings.warn('overflow in exp', RuntimeWarning)\n"
+                      "    return online_softmax(q, k, v)\n")
+    out = tmp_path / "v.json"
+    result = validate(f"{target}:attention", "--max-examples", "3", "--dtype", "float64", "--json", out)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("overflow in exp") == 1 and "warnings from the candidate (first: RuntimeWarning" \
+        in result.output
+    assert json.loads(out.read_text())["candidate_warnings"] > 1
+
+
+def test_a_module_is_said_to_be_put_in_eval_mode(tmp_path):
+    torch = pytest.importorskip("torch", reason=f"torch is not installed ({OPTIONAL_BACKENDS['torch']})")
+    target = tmp_path / "m.py"
+    target.write_text("import torch\nattn = torch.nn.MultiheadAttention(8, 2, dropout=0.1)\n")
+    out = tmp_path / "v.json"
+    result = validate(f"{target}:attn", "--kind", "mha", "--max-examples", "3", "--json", out)
+    assert torch and "module put in eval mode for the battery" in result.output
+    assert "eval mode" in json.loads(out.read_text())["settings"]["module_mode"]
+
+
+def test_a_timeout_example_is_labelled_as_the_call_in_progress(tmp_path):
+    target = tmp_path / "spins.py"
+    target.write_text("def attention(q, k, v):\n    while True:\n        pass\n")
+    result = validate(f"{target}:attention", "--time-limit", "0.3", "--dtype", "float64")
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1 and "TIMEOUT" in text
+    assert "the call in progress (not shrunk): q=" in text and "smallest example" not in text
+
+
+def test_ctrl_c_after_the_last_property_leaves_a_complete_result(monkeypatch):
+    import signal
+
+    import verify.validate as api
+
+    real = api.validate
+
+    def battery_then_ctrl_c(fn, kind, **kw):
+        result = real(fn, kind, **{**kw, "properties": ["agreement"], "max_examples": 3})
+        signal.raise_signal(signal.SIGINT)  # arrives once every property has run
+        return result
+
+    monkeypatch.setattr(api, "validate", battery_then_ctrl_c)
+    result = validate(f"{MUTANTS / 'correct.py'}:online_softmax")
+    assert result.exit_code == 0, result.output
+    assert "the run is complete" in result.output and "every applicable property passed" in result.output

@@ -11,6 +11,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from rich.console import Console
 from rich.text import Text
 
 from verify._console import plain, print_table, stdout_console
-from verify._exits import EXIT_CODES, plan_exit
+from verify._exits import VALIDATE_EXIT_CODES, plan_exit
 from verify._interrupt import InterruptGate
 from verify._paths import OutputPath, write_output
 
@@ -38,6 +39,8 @@ def load_target(target: str) -> tuple[Any, str]:
     module_part, sep, attr = target.rpartition(":")
     if not sep or not module_part or not attr:
         raise bad(f"expected MODULE:ATTR (a module or a .py file, then the function's name), got {target!r}")
+    if ":" in module_part and not Path(module_part).is_file():
+        raise bad(f"too many colons in {target!r}: expected one, MODULE:ATTR (ATTR may be dotted: Class.method)")
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     path = Path(module_part)
@@ -60,15 +63,16 @@ def load_target(target: str) -> tuple[Any, str]:
                 raise
     except click.BadParameter:
         raise
-    except Exception as exc:  # the user's module raised while it was imported
-        raise click.ClickException(f"importing {module_part!r} raised {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # the user's module raised (or has a syntax error) while it was imported: bad usage
+        raise bad(f"importing {module_part!r} raised {type(exc).__name__}: {exc}") from None
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise bad(f"{module_part!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise bad(f"{target!r} is a {type(obj).__name__}, not a callable")
+        noun = type(obj).__name__
+        raise bad(f"{target!r} is {'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}, not a callable")
     return obj, target
 
 
@@ -87,6 +91,8 @@ def _worst(p) -> str:
 def _example(p) -> str:
     if not p.example:
         return ""
+    if p.status.value == "TIMEOUT":  # the call in progress when time ran out: nothing was shrunk
+        return "; the call in progress (not shrunk): " + ", ".join(f"{k}={v}" for k, v in p.example.items())
     label = "smallest example (shrunk by hypothesis)" if p.shrunk else "failing example"
     return f"; {label}: " + ", ".join(f"{k}={v}" for k, v in p.example.items())
 
@@ -104,8 +110,11 @@ def print_result(result, console: Console, seconds: float) -> None:
     for p in result.properties:
         counts[p.status.value] = counts.get(p.status.value, 0) + 1
     summary = ", ".join(f"{k} {v}" for k, v in counts.items())
-    verdict = "every applicable property passed" if result.passed else "FAILED"
+    verdict = ("every applicable property passed" if result.passed else
+               "INTERRUPTED: not every property ran, so nothing is passed" if result.incomplete else "FAILED")
     faults = f"; faults named: {', '.join(result.faults)}" if result.faults else ""
+    if s.get("module_mode"):
+        console.print(plain(s["module_mode"]))
     console.print(Text.assemble(plain(f"{len(result.properties)} properties in {seconds:.1f} s ({summary}): "),
                                 plain(verdict, "green" if result.passed else "bold red"), plain(faults)))
 
@@ -118,7 +127,7 @@ def validate_document(result, seconds: float) -> dict:
             "python": platform.python_version(), "seconds": round(seconds, 6), **result.to_dict()}
 
 
-@click.command(epilog=EXIT_CODES)
+@click.command(epilog=VALIDATE_EXIT_CODES)
 @click.argument("target", metavar="MODULE:ATTR")
 @click.option("--kind", type=click.Choice(["sdpa", "mha", "block"]), default="sdpa", show_default=True,
               help="What the function computes: scaled dot-product attention, multi-head attention, a block.")
@@ -165,10 +174,12 @@ def validate(ctx: click.Context, target: str, kind: str, backend, device, dtypes
 
     Each property prints PASS, FAIL (with the fault named and the failing
     example: the smallest, shrunk by hypothesis, where the property searches),
-    NOT APPLICABLE, ERROR (the function raised) or TIMEOUT. The
-    exit code is 0 when every applicable property passes, 1 when one does not.
-    The module is imported and run in this process: validate only code you trust.
-    Ctrl-C stops after the property in progress (twice: at once).
+    NOT APPLICABLE, ERROR (the function raised) or TIMEOUT. The exit code is 0
+    when every applicable property passes, 1 when one does not, 2 when the
+    target cannot be imported or the backend is not installed. The module is
+    imported and run in this process: validate only code you trust. Ctrl-C
+    stops after the property in progress (twice: at once); the run is then
+    incomplete, never passed.
     """
     from verify.validate import validate as run_battery
 
@@ -183,25 +194,35 @@ def validate(ctx: click.Context, target: str, kind: str, backend, device, dtypes
     fn, name = load_target(target)
     start = time.perf_counter()
     try:
-        with InterruptGate() as gate:
+        with InterruptGate() as gate, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # the candidate's own warnings: counted and said once, not a flood
             result = run_battery(fn, kind, backend=backend, device=device, dtypes=dtypes or None, layout=layout,
                                  mask_convention=mask_convention, seed=seed, max_examples=max_examples,
                                  time_limit=time_limit, name=name, options=options or None, stop=gate.stop)
     except (ValueError, TypeError) as exc:  # the library's argument checks: bad usage
         raise click.UsageError(str(exc)) from None
     seconds = time.perf_counter() - start
-    code = 130 if gate.pending else 0 if result.passed else 1
+    # Ctrl-C after the last property stopped nothing: the result is complete and its own code stands
+    interrupted = gate.pending and result.incomplete
+    code = 130 if interrupted else 0 if result.passed else 1
     plan_exit(code)
     if json_path is not None:
-        document = json.dumps(validate_document(result, seconds), indent=2, default=str)
+        document = json.dumps({**validate_document(result, seconds), "candidate_warnings": len(caught)}, indent=2,
+                              default=str)
         if to_stdout:
             click.echo(document)
         else:
             write_output(json_path, "--json", lambda: json_path.write_text(document, encoding="utf-8"))
     print_result(result, console, seconds)
+    if caught:
+        first = caught[0]
+        console.print(plain(f"{len(caught)} warning{'s' if len(caught) > 1 else ''} from the candidate (first: "
+                            f"{first.category.__name__}: {first.message} at {Path(first.filename).name}:{first.lineno})"))
     if json_path is not None and not to_stdout:
         console.print(plain(f"wrote {json_path}"))
-    if gate.pending:
+    if gate.pending and not interrupted:
+        console.print(plain("Ctrl-C came after the last property had finished: the run is complete", "bold yellow"))
+    elif interrupted:
         console.print(plain(f"interrupted: not run: {', '.join(result.settings.get('not_run', [])) or 'none'}",
                             "bold yellow"))
     ctx.exit(code)

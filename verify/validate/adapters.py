@@ -115,13 +115,33 @@ def _mask_for(mask: np.ndarray | None, convention: str) -> np.ndarray | None:
     return ~mask if convention == "block" else mask
 
 
-def _split(result: Any) -> tuple[Any, Any]:
-    """``(out, weights)`` from what a function returned (a tuple's first two entries)."""
+class ReturnTypeError(TypeError):
+    """The candidate returned something that is not an array (None, a list, a dict...)."""
+
+
+def _split(result: Any, pair: bool = True) -> tuple[Any, Any]:
+    """``(out, weights)`` from what a function returned (a tuple's first two entries; ``pair=False``:
+    the function was not asked for weights, so what it returned must be the output array itself)."""
+    if not pair:
+        if not (hasattr(result, "shape") and hasattr(result, "dtype")):
+            raise ReturnTypeError(f"the candidate returned {'None' if result is None else _a(type(result).__name__)}"
+                                  f"{'' if result is None else ' (' + _brief(result) + ')'}, not an array: "
+                                  f"it must return the output (..., N, V) in its library")
+        return result, None
     if isinstance(result, (tuple, list)):
         if not result:
             raise ValueError("the candidate returned an empty tuple")
         return result[0], (result[1] if len(result) > 1 else None)
     return result, None
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[:1].lower() in "aeiou" else "a ") + noun
+
+
+def _brief(x: Any) -> str:
+    text = repr(x)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 # ------------------------------------------------------------------ plain functions
@@ -157,7 +177,7 @@ class FunctionCandidate(Candidate):
 
     def _call(self, arrays, dtype, options) -> Outcome:
         q, k, v, kw = self._native_args(arrays, dtype, options)
-        out, weights = _split(self.fn(q, k, v, **kw))
+        out, weights = _split(self.fn(q, k, v, **kw), pair=self.weights_param)
         ndim = arrays[0].ndim
         host = _from_layout(self.backend.to_host(out), self.layout, ndim)
         w = None if weights is None else self.backend.to_host(weights)
@@ -167,7 +187,7 @@ class FunctionCandidate(Candidate):
         import torch
 
         q, k, v, kw = self._native_args(arrays, dtype, options, requires_grad=True)
-        out, _ = _split(self.fn(q, k, v, **kw))
+        out, _ = _split(self.fn(q, k, v, **kw), pair=self.weights_param)
         grad = self.backend.to_native(_to_layout(d_out, self.layout), ArrayBackend.dtype_of(out).replace("torch.", ""))
         torch.autograd.backward(out, grad)
         ndim = arrays[0].ndim
@@ -201,8 +221,30 @@ def _signature_features(fn: Any) -> tuple[frozenset, bool, tuple[str, ...], str]
     return features, "return_weights" in named, alignments, ""
 
 
+def _check_callable_as_qkv(fn: Any, name: str) -> None:
+    """ValueError (bad usage) when ``fn`` cannot be called as fn(q, k, v, **options): fewer than three
+    positional parameters, or parameters beyond them without a default (checked up front, so that the
+    battery does not report every property as the candidate raising TypeError)."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    rest = [p for p in params if p not in positional[:3] and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    required = [p.name for p in rest if p.default is p.empty]
+    if len(positional) < 3 or required:
+        shown = ", ".join(p.name for p in params)
+        need = ("it takes fewer than three positional arguments" if len(positional) < 3 else
+                f"it also needs {', '.join(required)} (no default) besides {', '.join(p.name for p in positional[:3])}")
+        raise ValueError(f"{name} cannot be called as fn(q, k, v, **options): {need} (its signature: ({shown})); "
+                         f"wrap it in a function of q, k, v, or give those parameters defaults")
+
+
 @register_adapter("sdpa")
 def _plain_function(fn, *, backend, device, layout, mask_convention, name):
+    _check_callable_as_qkv(fn, name)
     features, weights_param, alignments, note = _signature_features(fn)
     return FunctionCandidate(fn, name=name, backend=make_backend(backend, device, fn), features=features,
                              weights_param=weights_param, causal_alignments=alignments, layout=layout,

@@ -9,6 +9,7 @@ the candidate's own code uses it, never on speculation (CuPy in particular).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,21 @@ BACKEND_DTYPES = {
     "cupy": ("float64", "float32", "float16"),
     "jax": ("float64", "float32", "float16", "bfloat16"),
 }
+
+#: How to install each library that does not come with attnverify.
+INSTALL = {
+    "torch": "pip install 'attnverify[torch]'",
+    "jax": "pip install 'attnverify[jax]'",
+    "cupy": "pip install 'attnverify[gpu]' on a machine with a CUDA device",
+    "array_api_strict": "pip install array-api-strict",
+}
+
+
+def require(name: str) -> None:
+    """Raise ValueError naming backend ``name`` and its install line when the library is not installed
+    (checked before any candidate is adapted, so a missing library is bad usage, not a raising candidate)."""
+    if name in INSTALL and importlib.util.find_spec(name) is None:
+        raise ValueError(f"backend {name!r} is not installed ({INSTALL[name]})")
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,7 @@ class ValidationResult:
     """The battery's result for one candidate.
 
     ``passed`` is True when every applicable property passed; FAIL, ERROR and TIMEOUT all count
-    against it. ``settings`` holds what the battery ran with (kind, backend, dtypes, seed, ...).
+    against it, and so does an interrupted run (``incomplete``: some properties were not run). ``settings`` holds what the battery ran with (kind, backend, dtypes, seed, ...).
     """
 
     target: str
@@ -101,8 +101,13 @@ class ValidationResult:
     settings: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def incomplete(self) -> bool:
+        """True when the run was stopped (Ctrl-C) before every property ran: it never reads as passed."""
+        return bool(self.settings.get("incomplete"))
+
+    @property
     def passed(self) -> bool:
-        return all(p.status in (Status.PASS, Status.NOT_APPLICABLE) for p in self.properties) \
+        return not self.incomplete and all(p.status in (Status.PASS, Status.NOT_APPLICABLE) for p in self.properties) \
             and any(p.status is Status.PASS for p in self.properties)
 
     @property
@@ -121,5 +126,5 @@ class ValidationResult:
         raise KeyError(f"no property named {name!r}; the battery ran {[p.name for p in self.properties]}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"target": self.target, "kind": self.kind, "passed": self.passed,
-                "settings": dict(self.settings), "properties": [p.to_dict() for p in self.properties]}
+        return {"target": self.target, "kind": self.kind, "passed": self.passed, "incomplete": self.incomplete,
+                "not_run": list(self.settings.get("not_run", [])), "settings": dict(self.settings), "properties": [p.to_dict() for p in self.properties]}

@@ -20,7 +20,8 @@ import threading
 import traceback
 from typing import Any, Callable, Iterable
 
-from verify.validate.adapters import adapt
+from verify.validate.adapters import ReturnTypeError, adapt
+from verify.validate.backends import require
 from verify.validate.candidate import Candidate
 from verify.validate.context import CandidateError, PropertyContext, Settings, TimeLimitReached
 from verify.validate.options import check_options
@@ -95,6 +96,8 @@ def validate(fn: Any, kind: str = "sdpa", *, backend: str | None = None, device:
     if isinstance(fn, Candidate) and options:
         raise ValueError(f"options {sorted(options)}: fn is an already adapted Candidate; declare them when adapting it "
                          "(as_mha_candidate / as_block_candidate) or pass the plain callable")
+    if backend is not None:
+        require(backend)
     candidate = fn if isinstance(fn, Candidate) else adapt(
         fn, kind, backend=backend, device=device, layout=layout, mask_convention=mask_convention, name=name,
         options=options)
@@ -114,6 +117,8 @@ def validate(fn: Any, kind: str = "sdpa", *, backend: str | None = None, device:
             "features": sorted(candidate.features), "adapter": candidate.note}
     if options:
         info["options"] = dict(options)
+    if hasattr(fn, "training") and hasattr(fn, "eval"):  # a torch module: the adapters run eval-mode copies
+        info["module_mode"] = "module put in eval mode for the battery (copies of it: dropout off; yours untouched)"
     if not_run:
         info.update(incomplete=True, not_run=not_run)
     if unsupported:
@@ -207,7 +212,10 @@ def _guarded(fn: Callable, ctx: PropertyContext, box: dict) -> None:
         box["timeout"] = True
         box["in_call"] = ctx.in_call
     except CandidateError as exc:  # the candidate raised where the property did not expect it
-        box["crash"] = f"the candidate raised {exc}" + _where(exc.original)
+        if isinstance(exc.original, ReturnTypeError):  # it did not raise: it returned the wrong type
+            box["crash"] = str(exc.original)
+        else:
+            box["crash"] = f"the candidate raised {exc}" + _where(exc.original)
     except Exception as exc:  # noqa: BLE001 - a bug of the battery: reported, never blamed on the candidate
         box["crash"] = f"the property itself failed (a bug in the battery): {type(exc).__name__}: {exc}" + _where(exc)
     except BaseException:  # noqa: BLE001 - SystemExit from a candidate: report, never exit the battery

@@ -106,7 +106,10 @@ def search(ctx: PropertyContext, cases: st.SearchStrategy, check: Callable[[Any]
         try:
             result = check(case)
         except CandidateError as exc:  # the candidate raised: an ERROR on this case, shrunk like a failure
-            result = CaseResult(Status.ERROR, diagnosis=f"raised {exc}")
+            said = str(exc.original)  # a wrong return type is said as it is, not as "raised"
+            result = CaseResult(Status.ERROR, diagnosis=said.removeprefix("the candidate ")
+                                if isinstance(exc.original, TypeError) and said.startswith("the candidate returned")
+                                else f"raised {exc}")
         outcome.seen[case] = result
         outcome.examples += 1
         if result.status is Status.PASS:

@@ -48,3 +48,15 @@ def online_softmax(q, k, v, mask=None, causal=False, scale=None, block=16):
         acc = acc * correction + p @ vb
         top = new_top
     return np.divide(acc, total, out=np.zeros_like(acc), where=total > 0).astype(q.dtype)
+
+
+def torch_masked_fill(q, k, v, mask=None, causal=False, scale=None):
+    """torch: scores, masked_fill with -inf, torch.softmax, NaN rows zeroed (the hand-written form)."""
+    import torch
+
+    s = (q @ k.transpose(-2, -1)) * (scale if scale is not None else q.shape[-1] ** -0.5)
+    if causal:
+        s = s.masked_fill(~torch.ones(s.shape[-2:], dtype=torch.bool).tril(), float("-inf"))
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    return torch.nan_to_num(torch.softmax(s, dim=-1), nan=0.0) @ v

@@ -87,6 +87,22 @@ def causal_bottom_right(q, k, v, causal=False):
     return _safe_softmax(s) @ v
 
 
+def causal_leaks_one(q, k, v, causal=False):
+    """causal with tril(k=1): query i also sees key i + 1."""
+    s = q @ _t(k) / math.sqrt(q.shape[-1])
+    if causal:
+        n, m = s.shape[-2:]
+        s = np.where(np.tril(np.ones((n, m), bool), 1), s, -np.inf)
+    return _safe_softmax(s) @ v
+
+
+def causal_always(q, k, v):
+    """Decoder-only code: a causal mask always applied, with no flag to ask for it."""
+    s = q @ _t(k) / math.sqrt(q.shape[-1])
+    n, m = s.shape[-2:]
+    return _safe_softmax(np.where(np.tril(np.ones((n, m), bool)), s, -np.inf)) @ v
+
+
 def mask_after_softmax(q, k, v, mask=None):
     """The mask multiplied into the weights after the softmax, rows not renormalised."""
     a = _softmax(q @ _t(k) / math.sqrt(q.shape[-1]))
@@ -121,6 +137,22 @@ def float16_sum(q, k, v, mask=None):
     return np.divide(e, total, out=np.zeros_like(e), where=total > 0) @ v
 
 
+def softmax_in_float32(q, k, v, mask=None):
+    """torch: the softmax in float32 whatever the inputs' dtype (Hugging Face's eager attention)."""
+    import torch
+
+    s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    return torch.nan_to_num(torch.softmax(s, dim=-1, dtype=torch.float32), nan=0.0).to(q.dtype) @ v
+
+
+def dropout_left_on(q, k, v):
+    """Dropout (p = 0.1) on the weights at every call, as in training."""
+    w = _softmax(q @ _t(k) / math.sqrt(q.shape[-1]))
+    return w * (np.random.default_rng().random(w.shape) > 0.1) / 0.9 @ v
+
+
 def nan_gradient_empty_rows(q, k, v, mask=None):
     """torch: an additive -inf mask, and the output of a row with no allowed key zeroed after the
     softmax (forward fine), but the backward of a softmax of all -inf is NaN and the addition passes
@@ -145,10 +177,17 @@ MUTANTS = [
     (no_max_subtraction, "softmax:no_max_subtraction", {}),
     (causal_excludes_diagonal, "causal:diagonal_excluded", {}),
     (causal_bottom_right, "causal:bottom_right", {}),
+    (causal_leaks_one, "causal:future_leak", {}),
+    (causal_always, "causal:always", {}),
     (mask_after_softmax, "mask:after_softmax", {}),
     (mask_inverted, "mask:inverted", {}),
     (k_for_v, "values:k_for_v", {}),
     (gqa_tiled, "gqa:tiled", {}),
     (float16_sum, "precision:float16", {}),
+    (softmax_in_float32, "precision:float32", {"backend": "torch"}),
+    (dropout_left_on, "nondeterministic", {}),
     (nan_gradient_empty_rows, "empty_rows:nan_gradients", {"backend": "torch"}),
 ]
+
+#: Not a function (the command line's "is an int, not a callable").
+MUTANT_COUNT = len(MUTANTS)

@@ -13,10 +13,10 @@ from verify.validate.context import CandidateError, PropertyContext
 from verify.validate.registry import register
 from verify.validate.result import Status
 from verify.validate.sdpa import faults, scale_fit
-from verify.validate.sdpa.common import fmt, measure
+from verify.validate.sdpa.common import bound as rule_bound, fmt, measure, rows_with_keys
 from verify.validate.sdpa.problem import Problem, draw
 from verify.validate.search import CaseResult, _ratio, search
-from verify.validate.tolerance import UNIT_ROUNDOFF
+from verify.validate.tolerance import UNIT_ROUNDOFF, rule
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,11 @@ def explicit_cases(ctx: PropertyContext) -> tuple[Case, ...]:
 #: A one-parameter scale fit needs this many output values to mean anything (one value can be
 #: matched by some scale whatever the fault).
 MIN_FIT_VALUES = 8
+#: The largest |score| at which a float64 output meeting float32's rule is called float32 before any
+#: fault model is tried (the rule's floor grows with the logits; past this, faults are tried first).
+WELL_CONDITIONED = 30.0
+#: Calls on the same input that :func:`diagnose` compares with the first (dropout can spare a tiny example once).
+RERUNS = 3
 
 
 def rerunner(ctx: PropertyContext, dtype: str):
@@ -107,6 +112,50 @@ def rerunner(ctx: PropertyContext, dtype: str):
     return rerun
 
 
+def _random(p: Problem, out: np.ndarray, bound: float, rerun) -> bool:
+    """Whether calls on the same input differ: on ``p`` (whose output was ``out``) and on a larger
+    problem (dropout can spare a one-key example several times running)."""
+    try:
+        for probe, first in ((p, out), (p.enlarged(np.random.default_rng(0)), None)):
+            if first is None:
+                probe, first = rerun(probe)
+            for _ in range(RERUNS):
+                again = rerun(probe)[1]
+                if again.shape == first.shape and faults.relative_error(again, first) > 2 * max(bound, 1e-15):
+                    return True
+    except CandidateError:
+        return False
+    return False
+
+
+def float32_level(p: Problem, dtype: str, out: np.ndarray):
+    """The Measurement of a float64 ``out`` by float32's rule when it meets that rule (it is as
+    accurate as float32 code, no more); None otherwise or when ``dtype`` is not float64."""
+    if dtype != "float64" or out.shape != p.reference().shape or p.score_magnitude() > WELL_CONDITIONED:
+        return None  # on large logits float32's rule allows errors that real faults (a wrong scale) also make
+    rows = np.broadcast_to(rows_with_keys(p, out.shape), out.shape[:-1])
+    m = rule(out[rows], p.plain("float32")[rows], p.reference()[rows], dtype="float32",
+             magnitude=p.score_magnitude(), what="output (float64) by float32's rule")
+    return m if m.ok else None
+
+
+def _on_a_square_problem(p: Problem, dtype: str, out: np.ndarray, slack: float, rerun) -> faults.Fault | None:
+    """Tell apart causal faults that coincide when N != M (top-left seeing one future key is
+    bottom-right at N = 1, M = 2): with N = M both alignments agree, so a candidate right there has
+    only its alignment wrong; one wrong there is named on the square problem (a leak, causal ignored)."""
+    try:
+        sq, sq_out = rerun(p.enlarged(np.random.default_rng(0), square=True))
+    except CandidateError:
+        return None
+    reference = sq.reference()
+    if sq_out.shape != reference.shape:
+        return None
+    sq_slack = max(slack, 4 * rule_bound(sq, dtype))
+    if faults.relative_error(sq_out, reference) <= sq_slack:
+        return faults.identify(p, out, slack, codes=("causal:alignment",))
+    return faults.identify(sq, sq_out, sq_slack)
+
+
 def diagnose(p: Problem, dtype: str, out: np.ndarray, bound: float, rerun=None) -> tuple[str, str | None]:
     """(words, code) for a wrong output: a known fault, a wrong scale, low precision, or unknown.
 
@@ -115,8 +164,16 @@ def diagnose(p: Problem, dtype: str, out: np.ndarray, bound: float, rerun=None) 
     the same options and d_k."""
     if not np.all(np.isfinite(out)):
         return "the output has NaN or inf where ours is finite", "output:non_finite"
+    if rerun is not None and _random(p, out, bound, rerun):  # named before any model is fitted to one draw
+        return "two calls on the same input differ: the output is random (dropout left on?)", "nondeterministic"
+    low32 = float32_level(p, dtype, out)
+    if low32 is not None:  # no fault model is told apart from rounding at 1e-7: precision first
+        return (f"float64 output has float32-level error ({fmt(low32.error)}, within float32's rule "
+                f"{fmt(low32.bound)}): part of the computation runs in float32"), "precision:float32"
     slack = max(bound * 4, 1e-9)
     fault = faults.identify(p, out, slack)
+    if fault is not None and fault.code in faults.CAUSAL_AMBIGUOUS and p.q.shape[-2] != p.k.shape[-2] and rerun:
+        fault = _on_a_square_problem(p, dtype, out, slack, rerun) or fault
     if fault is not None:
         return f"{fault.words}", fault.code
     fit_p, fit_out = p, out
@@ -128,7 +185,7 @@ def diagnose(p: Problem, dtype: str, out: np.ndarray, bound: float, rerun=None) 
     s, residual = scale_fit.fit(fit_p, fit_out) if fit_p is not None and fit_out.size >= MIN_FIT_VALUES \
         and fit_out.shape == fit_p.reference().shape else (float("nan"), float("inf"))
     if residual <= max(slack, 1e-6):
-        named = scale_fit.name_scale(fit_p, s, residual)
+        named = scale_fit.name_scale(fit_p, s, residual, scale_fit.match_bound(fit_p, dtype))
         if not named.correct:
             return named.words(), named.code
     err = faults.relative_error(out, p.reference())

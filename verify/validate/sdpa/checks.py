@@ -11,16 +11,45 @@ from verify.validate.context import PropertyContext
 from verify.validate.repeats import own_difference
 from verify.validate.result import Measurement
 from verify.validate.sdpa.agreement import diagnose, rerunner
-from verify.validate.sdpa.common import Run, fmt, measure
-from verify.validate.sdpa.problem import Problem
+from verify.validate.sdpa.common import Run, fmt, judge_outcome, measure
+from verify.validate.sdpa.problem import Problem, draw
+from verify.validate.tolerance import relative_error
+
+
+#: The problem on which the precision a candidate delivers is diagnosed (see :func:`delivered`).
+PROBE_KEY = 0x9E
+
+
+def delivered(ctx: PropertyContext, dtype: str) -> str:
+    """The precision the candidate's output has when ``dtype`` is asked for: ``dtype``, or the lower one
+    that :func:`diagnose` names (``precision:float32``...) on a fixed plain problem (once per property).
+
+    The agreement property reports that shortfall as its one FAIL; the other properties, which
+    compare values, judge by the delivered precision's rule so as not to invent scale, mask or
+    determinism faults from rounding."""
+    cache = ctx.__dict__.setdefault("_delivered", {})
+    if dtype not in cache:
+        run = measure(ctx, Problem(*draw(ctx.generator(PROBE_KEY), (2,), 2, 9, 12, 16, 8)), dtype,
+                      what="precision probe")
+        code = None
+        if not run.ok and not run.shape_error:
+            code = diagnose(run.problem, dtype, run.outcome.out, run.measurement.bound)[1]
+        cache[dtype] = code.split(":", 1)[1] if code and code.startswith("precision:") else dtype
+    return cache[dtype]
 
 
 def judged(ctx: PropertyContext, p: Problem, dtype: str, what: str = "output"):
-    """``(run, None)`` when the candidate agrees on ``p``; else ``(run, PropertyResult FAIL)`` with the
-    fault named when a known one reproduces the output."""
+    """``(run, None)`` when the candidate agrees on ``p`` (by the rule of the precision it delivers,
+    see :func:`delivered`); else ``(run, PropertyResult FAIL)`` with the fault named when a known one
+    reproduces the output."""
     run = measure(ctx, p, dtype, what=what)
     if run.ok:
         return run, None
+    low = None if run.shape_error else delivered(ctx, dtype)
+    if low is not None and low != dtype:
+        as_low = judge_outcome(run.problem, dtype, run.outcome, what=what, judged_as=low)
+        if as_low.ok:
+            return as_low, None
     example = run.problem.describe(dtype)
     if run.shape_error:
         return run, ctx.failed(run.shape_error, (run.measurement,), example, "output:shape")

@@ -51,8 +51,16 @@ def measure(ctx: PropertyContext, p: Problem, dtype: str, *, what: str = "output
     by the rule (``only_rows``: leave out rows with no allowed key)."""
     p = p.rounded(dtype)
     outcome = ctx.call(p.q, p.k, p.v, dtype=dtype, **p.options())
+    return judge_outcome(p, dtype, outcome, what=what, only_rows=only_rows)
+
+
+def judge_outcome(p: Problem, dtype: str, outcome: Outcome, *, what: str = "output", only_rows: bool = True,
+                  judged_as: str | None = None) -> Run:
+    """The :class:`Run` of an ``outcome`` on ``p`` (rounded to ``dtype``); ``judged_as``: measure it by
+    the rule of that (lower) precision instead, the one the candidate has been found to deliver."""
     reference = p.reference()
-    plain = p.plain(dtype)
+    rule_dtype = judged_as or dtype
+    plain = p.plain(rule_dtype)
     if outcome.out.shape != reference.shape:
         m = Measurement(what, float("inf"), 0.0)
         return Run(p, dtype, outcome, m, f"the output has shape {outcome.out.shape}, expected {reference.shape} "
@@ -62,7 +70,8 @@ def measure(ctx: PropertyContext, p: Problem, dtype: str, *, what: str = "output
         cand, ref, pl = outcome.out[rows], reference[rows], plain[rows]
     else:
         cand, ref, pl = outcome.out, reference, plain
-    m = judge(f"{what} ({dtype})", cand, pl, ref, dtype, K_OUTPUT, p.score_magnitude())
+    label = f"{what} ({dtype})" if judged_as is None else f"{what} ({dtype}, judged as the {judged_as} it delivers)"
+    m = judge(label, cand, pl, ref, rule_dtype, K_OUTPUT, p.score_magnitude())
     return Run(p, dtype, outcome, m)
 
 

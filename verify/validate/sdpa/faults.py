@@ -95,6 +95,23 @@ def _diagonal_excluded(p: Problem):
     return _softmax(z, -1) @ _values(p)
 
 
+def _future_leak(steps: int):
+    """Model: query i also attends the next ``steps`` keys (a causal mask built with tril(k=steps))."""
+    def model(p: Problem):
+        if not p.causal:
+            return None
+        z = _scores(p.with_(causal=None))
+        z = np.where(_allowed(p, z.shape, diagonal=-steps), z, -np.inf)
+        return _softmax(z, -1) @ _values(p)
+    return model
+
+
+def _always_causal(p: Problem):
+    if p.causal:
+        return None
+    return p.with_(causal="top_left").reference()
+
+
 def _other_alignment(p: Problem):
     if not p.causal or p.q.shape[-2] == p.k.shape[-2]:
         return None
@@ -129,11 +146,17 @@ FAULTS = (
     Fault("mask:after_softmax", "mask applied after the softmax without renormalising (rows no longer sum to 1)",
           _mask_after_softmax),
     Fault("mask:inverted", "mask polarity inverted: True is taken as 'blocked' (nn.MultiheadAttention's "
-          "convention), where True means 'may attend' (SDPA's); pass mask_convention='block' if that is intended",
+          "convention), where True means 'may attend' (SDPA's); if that is intended, pass --mask-convention block "
+          "(validate(..., mask_convention='block') from Python)",
           _mask_inverted),
     Fault("mask:ignored", "the mask is ignored", _mask_ignored),
     Fault("causal:diagonal_excluded", "causal mask excludes the diagonal (query i may not attend key i)",
           _diagonal_excluded),
+    Fault("causal:future_leak", "query i attends key i+1: the future leaks (the causal mask is off by one, "
+          "tril(k=1))", _future_leak(1)),
+    Fault("causal:future_leak", "query i attends keys up to i+2: the future leaks (the causal mask is off by two, "
+          "tril(k=2))", _future_leak(2)),
+    Fault("causal:always", "a causal mask applied though none was asked for (causal always on)", _always_causal),
     Fault("causal:alignment", "causal alignment wrong when N != M (bottom-right vs top-left)", _other_alignment),
     Fault("causal:ignored", "causal=True is ignored", _causal_ignored),
     Fault("gqa:tiled", "GQA heads tiled (query head h on key/value head h % Hkv) instead of interleaved "
@@ -151,10 +174,17 @@ def alignment_words(p: Problem) -> str:
             "top-left (j <= i, torch's is_causal)")
 
 
-def identify(p: Problem, out: np.ndarray, bound: float) -> Fault | None:
-    """The first fault whose model reproduces ``out`` within ``bound`` (relative, against the model)
-    while the correct reference does not; None when no model does."""
+#: Faults that coincide on some N != M problems (top-left with one future key is bottom-right at
+#: N = 1, M = 2): a square problem tells them apart (see ``agreement.diagnose``).
+CAUSAL_AMBIGUOUS = frozenset({"causal:future_leak", "causal:bottom_right", "causal:top_left", "causal:ignored"})
+
+
+def identify(p: Problem, out: np.ndarray, bound: float, codes=None) -> Fault | None:
+    """The first fault (among ``codes``, default all) whose model reproduces ``out`` within ``bound``
+    (relative, against the model) while the correct reference does not; None when no model does."""
     for fault in FAULTS:
+        if codes is not None and fault.code not in codes:
+            continue
         try:
             model = fault.model(p)
         except (ValueError, FloatingPointError):

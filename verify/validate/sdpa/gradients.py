@@ -8,7 +8,7 @@ import numpy as np
 import numerics
 from verify.validate.context import PropertyContext
 from verify.validate.registry import register
-from verify.validate.sdpa.checks import worst
+from verify.validate.sdpa.checks import delivered, judged, worst
 from verify.validate.sdpa.common import fmt, judge
 from verify.validate.sdpa.problem import Problem, draw, mask_with_keys, round_to
 from verify.validate.tolerance import K_GRADIENT
@@ -40,16 +40,25 @@ def gradients(ctx: PropertyContext):
                     bias=ctx.rng.standard_normal((2, 2, 7, 10)) if c.supports("bias") else None,
                     causal="top_left" if c.supports("causal") else None).rounded(dtype)
         d_out = round_to(ctx.rng.standard_normal((2, 2, 7, 5)), dtype)
+        forward, wrong = judged(ctx, p, dtype)
+        if wrong:  # a backward of a different function is not judged against ours
+            return ctx.not_applicable(f"not judged: the forward differs from ours ({dtype}: {wrong.diagnosis}); "
+                                      f"see the other properties")
+        low = delivered(ctx, dtype)  # the precision the forward delivers: the gradients are judged by its rule
         got = ctx.gradients(p.q, p.k, p.v, d_out=d_out, dtype=dtype, **p.options())
         exact = _ours(p, d_out, "float64")
-        plain = _ours(p, d_out, dtype)
+        plain = _ours(p, d_out, low)
         for name in exact:
             g = got.get(name)
             if g is None or g.shape != exact[name].shape:
                 return ctx.failed(f"d{name} has shape {None if g is None else g.shape}, expected {exact[name].shape}",
                                   ms, p.describe(dtype), f"gradient:d{name}")
-            m = judge(f"d{name} ({dtype})", g, plain[name], exact[name], dtype, K_GRADIENT, p.score_magnitude())
+            label = f"d{name} ({dtype})" if low == dtype else f"d{name} ({dtype}, judged as the {low} it delivers)"
+            m = judge(label, g, plain[name], exact[name], low, K_GRADIENT, p.score_magnitude())
             ms.append(m)
+            if not m.ok and not np.any(g) and np.any(exact[name]):
+                return ctx.failed(f"d{name} is zero: no gradient reaches {name} (a .detach() or a computation "
+                                  f"outside autograd on its path?)", ms, p.describe(dtype), f"gradient:d{name}_zero")
             if not m.ok:
                 what = "NaN or inf in " if not np.all(np.isfinite(g)) else ""
                 return ctx.failed(f"{what}d{name} differs from our backward (error {fmt(m.error)} vs bound "

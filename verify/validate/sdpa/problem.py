@@ -121,12 +121,14 @@ class Problem:
             **p._numerics_kwargs(), "bias": cast(p.bias)})
         return round_to(np.asarray(out, dtype=np.float64), dtype)
 
-    def enlarged(self, rng: np.random.Generator) -> "Problem":
+    def enlarged(self, rng: np.random.Generator, *, square: bool = False) -> "Problem":
         """A problem with the same options, heads and d_k but at least 6 queries and keys and 3
-        value columns (new random arrays; a mask or bias redrawn to the new shape)."""
+        value columns (new random arrays; a mask or bias redrawn to the new shape); ``square``: N = M."""
         *lead_q, n, dk = self.q.shape
         *lead_k, m, dv = self.v.shape
         n, m, dv = max(n, 6), max(m, 6), max(dv, 3)
+        if square:
+            n = m = max(n, m)
         q = rng.standard_normal((*lead_q, n, dk))
         k = rng.standard_normal((*lead_k, m, dk))
         v = rng.standard_normal((*lead_k, m, dv))

@@ -14,9 +14,10 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from verify.validate.sdpa.problem import Problem
-from verify.validate.tolerance import relative_error
+from verify.validate.tolerance import K_OUTPUT, UNIT_ROUNDOFF, relative_error
 
-#: A fitted scale within this relative distance of a named one is that one.
+#: A fitted scale within this relative distance of a named one is that one (in float64 and float32;
+#: lower precisions widen it, see :func:`match_bound`).
 MATCH = 2e-3
 
 
@@ -29,6 +30,7 @@ class ScaleFit:
     expected: float
     name: str | None
     code: str | None
+    match: float = MATCH
 
     @property
     def ratio(self) -> float:
@@ -36,7 +38,7 @@ class ScaleFit:
 
     @property
     def correct(self) -> bool:
-        return abs(self.ratio - 1) <= MATCH
+        return abs(self.ratio - 1) <= self.match
 
     def words(self) -> str:
         if self.correct:
@@ -86,12 +88,27 @@ def named_scales(p: Problem) -> dict[str, tuple[str, float]]:
     }
 
 
-def name_scale(p: Problem, scale: float, residual: float) -> ScaleFit:
-    """Name the fitted ``scale`` against the expected one (``p.scale``, else 1/sqrt(d_k))."""
+def match_bound(p: Problem, dtype: str) -> float:
+    """How far a correct implementation's fitted scale may sit from the true one in ``dtype`` (relative):
+    the tolerance rule applied to the fit, k (|fit(plain) / expected - 1| + u(dtype)), at least MATCH.
+
+    ``p`` is the problem rounded to ``dtype``. Rounding the output moves the fitted scale by about u
+    (bfloat16's 2^-8 = 0.0039, far above MATCH), so a fixed MATCH fails correct low-precision code.
+    """
+    if dtype == "float64":
+        return MATCH
     expected = p.scale if p.scale is not None else 1 / math.sqrt(p.q.shape[-1])
-    if abs(scale / expected - 1) <= MATCH:
-        return ScaleFit(scale, residual, expected, None, None)
+    s_plain, _ = fit(p, p.plain(dtype))
+    return max(MATCH, K_OUTPUT * (abs(s_plain / expected - 1) + UNIT_ROUNDOFF[dtype]))
+
+
+def name_scale(p: Problem, scale: float, residual: float, match: float = MATCH) -> ScaleFit:
+    """Name the fitted ``scale`` against the expected one (``p.scale``, else 1/sqrt(d_k)); ``match``
+    is the relative distance within which two scales are the same (see :func:`match_bound`)."""
+    expected = p.scale if p.scale is not None else 1 / math.sqrt(p.q.shape[-1])
+    if abs(scale / expected - 1) <= match:
+        return ScaleFit(scale, residual, expected, None, None, match)
     for code, (words, value) in named_scales(p).items():
-        if abs(scale / value - 1) <= MATCH and abs(value / expected - 1) > MATCH:
-            return ScaleFit(scale, residual, expected, words, code)
-    return ScaleFit(scale, residual, expected, None, "scale:stray_factor")
+        if abs(scale / value - 1) <= match and abs(value / expected - 1) > match:
+            return ScaleFit(scale, residual, expected, words, code, match)
+    return ScaleFit(scale, residual, expected, None, "scale:stray_factor", match)
