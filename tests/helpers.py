@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 
 from numerics._backend import get_namespace
+from verify.validate.backends import INSTALL
 from verify.validate.tolerance import relative_error  # noqa: F401  (the package's, re-exported for the tests)
 
-#: Namespaces that are optional extras, with the install line a skip reason names.
-OPTIONAL_BACKENDS = {
-    "torch": "pip install 'attnverify[torch]'",
-    "cupy": "pip install 'attnverify[gpu]' on a machine with a CUDA device",
-}
+#: Namespaces that are optional extras, with the install line a skip reason names (the package's
+#: own lines, as validate and crosscheck print them).
+OPTIONAL_BACKENDS = {name: INSTALL[name] for name in ("torch", "cupy")}
 
 
 def backend_params(*names: str) -> list:

@@ -48,8 +48,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from numerics import reference
-from verify.montecarlo.stats import _to_host
-from verify.validate.backends import INSTALL
+from verify.validate.backends import INSTALL, ArrayBackend
 from verify.validate.result import Measurement, Status
 from verify.validate.tolerance import ABS64, K_GRADIENT, K_OUTPUT, absolute, dtype_name, rule
 
@@ -271,11 +270,7 @@ def _on(xp, dtype, value):
 
 def _flat(grads: Mapping[str, Any]) -> np.ndarray:
     """Every parameter gradient, by sorted name, as one float64 vector."""
-    return np.concatenate([np.ravel(_host(grads[name])) for name in sorted(grads)])
-
-
-def _host(x: Any) -> np.ndarray:
-    return np.asarray(_to_host(x), dtype=np.float64)
+    return np.concatenate([np.ravel(ArrayBackend.to_host(grads[name])) for name in sorted(grads)])
 
 
 def run_backend(problem: Problem, backend: str, dtype: str) -> dict[str, np.ndarray]:
@@ -306,7 +301,7 @@ def run_backend(problem: Problem, backend: str, dtype: str) -> dict[str, np.ndar
         out = numerics.transformer_block(a["x"], params, **kw)
         g = numerics.transformer_block_backward(a["x"], params, a["d_out"], **kw)
         result = {"output": out, "dx": g.x, "dbias": g.bias, "dparams": _flat(g.params.arrays())}
-    return {k: _host(v) for k, v in result.items() if v is not None}
+    return {k: ArrayBackend.to_host(v) for k, v in result.items() if v is not None}
 
 
 @contextlib.contextmanager

@@ -36,7 +36,9 @@ from numerics import (
     scaled_dot_product_attention,
 )
 from numerics._band import key_band
-from tests.helpers import assert_gradcheck, force_split, from_numpy, numerical_gradient, relative_error, to_numpy
+from tests.helpers import (
+    OPTIONAL_BACKENDS, assert_gradcheck, force_split, from_numpy, numerical_gradient, relative_error, to_numpy,
+)
 from verify.validate.tolerance import ABS64, K_OUTPUT, floor
 
 #: The package's bounds (verify.validate.tolerance): float64 against mpmath, and the float32 rule
@@ -379,7 +381,7 @@ def test_rows_with_no_allowed_key_give_zeros_and_zero_gradients(xp, rows, softca
 
 
 def _torch():
-    return pytest.importorskip("torch", reason="torch is not installed (pip install 'attnverify[torch]')")
+    return pytest.importorskip("torch", reason=f"torch is not installed ({OPTIONAL_BACKENDS['torch']})")
 
 
 def explicit_allowed(n, m, causal, window):

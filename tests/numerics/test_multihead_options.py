@@ -48,7 +48,9 @@ from numerics import (
     transformer_block,
     transformer_block_backward,
 )
-from tests.helpers import assert_gradcheck, force_split, from_numpy, numerical_gradient, relative_error, to_numpy
+from tests.helpers import (
+    OPTIONAL_BACKENDS, assert_gradcheck, force_split, from_numpy, numerical_gradient, relative_error, to_numpy,
+)
 from tests.numerics.test_attention_options import explicit_allowed
 from verify.validate.tolerance import ABS64, K_OUTPUT, floor
 
@@ -311,7 +313,7 @@ def test_alibi_heads_reversed_and_default_positions_shift_are_rejected():
 
 
 def _torch():
-    return pytest.importorskip("torch", reason="torch is not installed (pip install 'attnverify[torch]')")
+    return pytest.importorskip("torch", reason=f"torch is not installed ({OPTIONAL_BACKENDS['torch']})")
 
 
 def _rope_torch(torch, a, positions, theta, style):

@@ -13,6 +13,7 @@ import numerics
 from tests.helpers import OPTIONAL_BACKENDS, backend_params, load_backend
 from tests.verify.mutants import correct, sdpa as mutants
 from verify.validate import Status, validate
+from verify.validate.backends import INSTALL
 
 #: Small searches keep the file fast; the defaults are exercised by benchmarks/bench_validate.py.
 FAST = {"max_examples": 12}
@@ -72,7 +73,7 @@ def test_torch_sdpa_on_cuda():
 
 
 def test_jax_dot_product_attention_passes():
-    jax = pytest.importorskip("jax", reason="jax is not installed (pip install 'attnverify[jax]')")
+    jax = pytest.importorskip("jax", reason=f"jax is not installed ({INSTALL['jax']})")
     # float32 only: jax has float64 only under jax_enable_x64; each new shape costs a compilation
     result = validate(jax.nn.dot_product_attention, dtypes=["float32"], max_examples=5)
     assert result.passed, [(p.name, p.diagnosis) for p in result.failures]
